@@ -1,0 +1,84 @@
+"""The Celery application: safe defaults, the fleet router, header stamping, worker presets.
+
+``celery -A fleet.app worker -Q gpu`` works as with any Celery app; ``fleet worker gpu`` adds
+the class preset (pool, concurrency, prefetch, time limits).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from celery import Celery
+from celery.signals import before_task_publish
+
+from fleet.backend import backend_setting
+from fleet.config import FleetConfig, load_config
+from fleet.routing import FleetRouter, take_decision
+
+WORKER_CLASS_ENV = "FLEET_WORKER_CLASS"
+
+
+def configure(app: Celery, cfg: FleetConfig) -> None:
+    """Apply ``cfg`` to ``app`` (broker, serializers, reliability, routing)."""
+    app.conf.update(
+        broker_url=cfg.broker_url,
+        result_backend=backend_setting(cfg.backend_url),
+        # JSON only: nothing that crosses the broker may execute code when read.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Long steps: acknowledge after the work, requeue if the process dies, one at a time.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": cfg.visibility_timeout},
+        result_expires=cfg.run_ttl,
+        task_routes=(FleetRouter(cfg),),
+        task_default_queue=cfg.classes[cfg.control_class].queue_name,
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        # Model loading in worker_process_init may take longer than the 4 s default.
+        worker_proc_alive_timeout=120,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+    preset = os.environ.get(WORKER_CLASS_ENV)
+    if preset and preset in cfg.classes:
+        app.conf.task_acks_late = cfg.classes[preset].acks_late
+    app.fleet_config = cfg
+
+
+def create_app(cfg: FleetConfig | None = None) -> Celery:
+    cfg = cfg or load_config()
+    app = Celery("fleet", include=["fleet.tasks"])
+    configure(app, cfg)
+    from workers.heartbeat import Heartbeat
+
+    app.steps["worker"].add(Heartbeat)
+    return app
+
+
+@before_task_publish.connect
+def _stamp_headers(
+    sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any
+) -> None:
+    """Stamp send time and the routing decision on every fleet message."""
+    if headers is None or not str(headers.get("task", "")).startswith("fleet."):
+        return
+    headers["fleet_sent_at"] = time.time()
+    decision = take_decision(str(headers["task"]))
+    if decision is not None:
+        headers["fleet_route"] = decision.to_dict()
+
+
+app = create_app()
+
+
+def fleet_config(celery_app: Celery | None = None) -> FleetConfig:
+    cfg: FleetConfig = getattr(celery_app or app, "fleet_config")  # noqa: B009
+    return cfg

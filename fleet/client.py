@@ -1,0 +1,128 @@
+"""Submit workflows and follow their runs.
+
+    from fleet import Fleet
+    run = Fleet().submit("examples/hello.yaml", {"text": "hi"})
+    print(run.get(timeout=30), run.trace())
+
+Validation, input checks and planning of the first segment all happen here, before anything
+is sent: a bad workflow never reaches the broker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from fleet.builder import Workflow
+from fleet.compiler import build, send
+from fleet.config import FleetConfig
+from fleet.errors import WorkflowFailed, WorkflowTimeout
+from fleet.loader import load_workflow
+from fleet.model import WorkflowSpec
+from fleet.ops import registry
+from fleet.plan import advance, new_envelope
+from fleet.runs import RunInfo, RunStore, TraceEntry
+from fleet.validate import check_inputs, validate
+
+WorkflowLike = Workflow | WorkflowSpec | str | Path
+
+
+def to_spec(workflow: WorkflowLike) -> WorkflowSpec:
+    if isinstance(workflow, Workflow):
+        return workflow.spec()
+    if isinstance(workflow, WorkflowSpec):
+        return workflow
+    return load_workflow(workflow)
+
+
+class RunHandle:
+    """A submitted run: wait for it, poll it, read its trace."""
+
+    def __init__(self, run_id: str, store: RunStore) -> None:
+        self.id = run_id
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.id} {self.status()}>"
+
+    def info(self) -> RunInfo | None:
+        return self._store.info(self.id)
+
+    def status(self) -> str:
+        """``running``, ``succeeded``, ``failed`` (or ``unknown`` once the record expired)."""
+        return self._store.status(self.id) or "unknown"
+
+    def trace(self) -> list[TraceEntry]:
+        """Every step so far in completion order: node, op, class, worker, wait and run time."""
+        return self._store.trace(self.id)
+
+    def get(self, timeout: float | None = 60.0) -> dict[str, Any]:
+        """Wait for the workflow's outputs; raise WorkflowFailed naming the failed node."""
+        info = self._store.wait(self.id, timeout)
+        if info is None:
+            raise WorkflowFailed(self.id, None, "no record of this run (expired or never sent)")
+        if info.status == "failed":
+            raise WorkflowFailed(self.id, info.error_node, info.error or "unknown error")
+        if info.status != "succeeded":
+            raise WorkflowTimeout(f"run {self.id} did not finish within {timeout} s")
+        return info.outputs or {}
+
+
+class Fleet:
+    """Client for one fleet (one broker, one configuration)."""
+
+    def __init__(self, app: Celery | None = None, cfg: FleetConfig | None = None) -> None:
+        if app is None:
+            from fleet.app import app as default_app
+
+            app = default_app
+        self.app = app
+        self.cfg: FleetConfig = cfg or app.fleet_config
+        self.store = RunStore(self.cfg.backend_url, self.cfg.run_ttl)
+        registry.load_modules(self.cfg.op_modules)
+
+    def validate(self, workflow: WorkflowLike) -> WorkflowSpec:
+        spec = to_spec(workflow)
+        validate(spec, self.cfg, registry)
+        return spec
+
+    def submit(
+        self,
+        workflow: WorkflowLike,
+        inputs: dict[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+    ) -> RunHandle:
+        """Validate, plan the first segment, and send it. Returns at once."""
+        spec = self.validate(workflow)
+        inputs = dict(inputs or {})
+        check_inputs(spec, inputs)
+        plan = advance(spec, [], new_envelope({**spec.defaults, **inputs}), self.cfg, registry)
+        run_id = uuid.uuid4().hex
+        run: dict[str, Any] = {"id": run_id, "workflow": spec.name}
+        if priority is not None:
+            run["priority"] = priority
+        self.store.create(run_id, spec.name, {"priority": priority})
+        self.store.add_skips(run_id, plan.envelope["skipped"])
+        if plan.finished:
+            self.store.succeed(run_id, plan.outputs)
+        else:
+            send(build(self.app, plan, run, spec.model_dump(mode="json")), plan.envelope)
+        return RunHandle(run_id, self.store)
+
+    def run(
+        self, workflow: WorkflowLike, inputs: dict[str, Any] | None = None, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Submit and wait for the outputs."""
+        return self.submit(workflow, inputs).get(timeout=timeout)
+
+    def handle(self, run_id: str) -> RunHandle:
+        return RunHandle(run_id, self.store)
+
+
+def submit(workflow: WorkflowLike, inputs: dict[str, Any] | None = None) -> RunHandle:
+    """Submit with the default app and configuration (environment / fleet.toml)."""
+    return Fleet().submit(workflow, inputs)

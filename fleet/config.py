@@ -1,0 +1,218 @@
+"""Fleet configuration: hardware classes, broker, routing policy.
+
+Sources, later ones winning: built-in defaults, a TOML/YAML file (``FLEET_CONFIG`` or
+``./fleet.toml``), then environment variables::
+
+    FLEET_BROKER_URL, FLEET_RESULT_BACKEND, FLEET_POLICY, FLEET_CONTROL_CLASS,
+    FLEET_OP_MODULES (comma separated), FLEET_FLOWER_PORT,
+    FLEET_CLASS_<NAME>_<FIELD>   e.g. FLEET_CLASS_NPU_LITE_CONCURRENCY=2
+
+A class that is not built in can be added by configuration alone (a ``[classes.NAME]`` table).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fleet.errors import ConfigError
+
+Pool = Literal["prefork", "threads", "gevent", "solo"]
+
+
+class ClassSpec(BaseModel):
+    """A hardware class: one queue and the worker preset that serves it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    queue: str = ""
+    description: str = ""
+    pool: Pool = "prefork"
+    concurrency: int = Field(default=1, ge=1)
+    prefetch_multiplier: int = Field(default=1, ge=1)
+    acks_late: bool = True
+    time_limit: float | None = Field(default=None, gt=0)
+    soft_time_limit: float | None = Field(default=None, gt=0)
+    max_tasks_per_child: int | None = Field(default=None, ge=1)
+    # What the class's ops should bind to: "cuda" offloads when a GPU is present.
+    device: str = "cpu"
+    # Hourly price of one worker slot of this class (cost model; see docs/routing.md).
+    price_per_hour: float = Field(default=0.0, ge=0)
+
+    @property
+    def queue_name(self) -> str:
+        return self.queue or self.name
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+def default_classes() -> dict[str, ClassSpec]:
+    """Presets for the four built-in classes, sized for the machine we run on."""
+    return {
+        "gpu": ClassSpec(
+            name="gpu",
+            description="accelerator: large models; CUDA offload when a GPU is present",
+            pool="prefork",
+            concurrency=1,
+            time_limit=900,
+            soft_time_limit=840,
+            device="cuda",
+            price_per_hour=0.25,  # A100 operating cost, DESIGN.md section 2
+        ),
+        "npu-lite": ClassSpec(
+            name="npu-lite",
+            description="small accelerator: small / quantised models, embeddings",
+            pool="prefork",
+            concurrency=1,
+            time_limit=600,
+            soft_time_limit=570,
+            price_per_hour=0.15,  # A40-class operating cost
+        ),
+        "cpu": ClassSpec(
+            name="cpu",
+            description="general-purpose compute: parsing, vector search, glue",
+            pool="prefork",
+            concurrency=_cores(),
+            time_limit=300,
+            soft_time_limit=280,
+            max_tasks_per_child=1000,
+            price_per_hour=0.05,
+        ),
+        "io": ClassSpec(
+            name="io",
+            description="I/O waits: HTTP tools, databases; many threads, little CPU",
+            pool="threads",
+            concurrency=16,
+            prefetch_multiplier=4,
+            time_limit=120,
+            soft_time_limit=110,
+            price_per_hour=0.01,
+        ),
+    }
+
+
+DEFAULT_OP_MODULES = ["workers.ops.general", "workers.ops.testing"]
+
+
+class FleetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str = ""
+    classes: dict[str, ClassSpec] = Field(default_factory=default_classes)
+    # Class that runs the small control tasks (advance / join); falls back to any live class.
+    control_class: str = "io"
+    policy: str = "preferred"
+    op_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_OP_MODULES))
+    flower_port: int = 5555
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    worker_ttl: float = Field(default=10.0, gt=0)
+    state_ttl: float = Field(default=1.0, ge=0)
+    run_ttl: int = Field(default=86400, gt=0)
+    visibility_timeout: int = Field(default=3600, gt=0)
+
+    @field_validator("classes")
+    @classmethod
+    def _names_match(cls, v: dict[str, ClassSpec]) -> dict[str, ClassSpec]:
+        for key, spec in v.items():
+            if spec.name != key:
+                raise ValueError(f"class '{key}' has name '{spec.name}'")
+        if not v:
+            raise ValueError("at least one hardware class is required")
+        return v
+
+    @property
+    def backend_url(self) -> str:
+        return self.result_backend or self.broker_url
+
+    def class_for_queue(self, queue: str) -> str | None:
+        for spec in self.classes.values():
+            if spec.queue_name == queue:
+                return spec.name
+        return None
+
+
+_ENV_SCALARS = {
+    "FLEET_BROKER_URL": "broker_url",
+    "FLEET_RESULT_BACKEND": "result_backend",
+    "FLEET_POLICY": "policy",
+    "FLEET_CONTROL_CLASS": "control_class",
+    "FLEET_FLOWER_PORT": "flower_port",
+}
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text) if path.suffix in {".yaml", ".yml"} else tomllib.loads(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _merge_classes(raw: dict[str, Any]) -> dict[str, Any]:
+    """File class tables override the built-in presets field by field."""
+    merged = {k: v.model_dump() for k, v in default_classes().items()}
+    for name, fields in raw.items():
+        if not isinstance(fields, dict):
+            raise ConfigError(f"classes.{name} must be a table of fields")
+        merged.setdefault(name, {"name": name})
+        merged[name].update(fields)
+        merged[name]["name"] = name
+    return merged
+
+
+def _env_overrides(data: dict[str, Any], env: dict[str, str]) -> None:
+    for var, key in _ENV_SCALARS.items():
+        if env.get(var):
+            data[key] = env[var]
+    if env.get("FLEET_OP_MODULES"):
+        data["op_modules"] = [m.strip() for m in env["FLEET_OP_MODULES"].split(",") if m.strip()]
+    classes = data["classes"]
+    by_env_name = {name.upper().replace("-", "_"): name for name in classes}
+    fields = sorted(ClassSpec.model_fields, key=len, reverse=True)
+    for var, value in env.items():
+        if not var.startswith("FLEET_CLASS_"):
+            continue
+        rest = var[len("FLEET_CLASS_") :]
+        for field in fields:
+            suffix = "_" + field.upper()
+            if rest.endswith(suffix) and rest[: -len(suffix)] in by_env_name:
+                classes[by_env_name[rest[: -len(suffix)]]][field] = value
+                break
+        else:
+            raise ConfigError(f"{var}: no class/field matches (classes: {', '.join(classes)})")
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> FleetConfig:
+    """Build the configuration from defaults, an optional file and the environment."""
+    env = dict(os.environ) if env is None else env
+    file = Path(path) if path else None
+    if file is None and env.get("FLEET_CONFIG"):
+        file = Path(env["FLEET_CONFIG"])
+    if file is None and Path("fleet.toml").is_file():
+        file = Path("fleet.toml")
+    data: dict[str, Any] = _read_file(file) if file else {}
+    data["classes"] = _merge_classes(data.get("classes") or {})
+    _env_overrides(data, env)
+    try:
+        cfg = FleetConfig.model_validate(data)
+    except ValidationError as exc:
+        where = f" in {file}" if file else ""
+        raise ConfigError(f"invalid fleet configuration{where}:\n{exc}") from exc
+    if cfg.control_class not in cfg.classes:
+        raise ConfigError(f"control_class '{cfg.control_class}' is not a configured class")
+    return cfg

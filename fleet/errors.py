@@ -1,0 +1,80 @@
+"""Exceptions that cross module boundaries. Every message names what is wrong and where."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FleetError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a workflow: where (file, line, node, field) and what."""
+
+    message: str
+    node: str | None = None
+    field: str | None = None
+    line: int | None = None
+    file: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.file:
+            where.append(f"{self.file}:{self.line}" if self.line else self.file)
+        elif self.line:
+            where.append(f"line {self.line}")
+        if self.node:
+            where.append(f"node '{self.node}'")
+        if self.field:
+            where.append(f"field '{self.field}'")
+        prefix = ": ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class WorkflowValidationError(FleetError):
+    """A workflow failed validation; nothing was enqueued."""
+
+    def __init__(self, problems: list[Problem], workflow: str | None = None) -> None:
+        self.problems = problems
+        self.workflow = workflow
+        head = f"workflow '{workflow}' is invalid" if workflow else "workflow is invalid"
+        body = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{head} ({len(problems)} problem(s)):\n{body}")
+
+
+class ConfigError(FleetError):
+    """The fleet configuration (file or environment) is invalid."""
+
+
+class UnknownOpError(FleetError):
+    """An op name is not in the registry."""
+
+
+class StepFailed(FleetError):
+    """An op raised while running one node of a workflow."""
+
+    def __init__(self, node: str, op: str, error: str) -> None:
+        self.node = node
+        self.op = op
+        self.error = error
+        super().__init__(f"node '{node}' (op {op}) failed: {error}")
+
+    def __reduce__(self) -> tuple[type[StepFailed], tuple[str, str, str]]:
+        return (StepFailed, (self.node, self.op, self.error))
+
+
+class WorkflowFailed(FleetError):
+    """A submitted workflow run ended in failure."""
+
+    def __init__(self, run_id: str, node: str | None, error: str) -> None:
+        self.run_id = run_id
+        self.node = node
+        self.error = error
+        where = f" at node '{node}'" if node else ""
+        super().__init__(f"run {run_id} failed{where}: {error}")
+
+
+class WorkflowTimeout(FleetError):
+    """A run did not finish within the time the caller was willing to wait."""

@@ -1,0 +1,1 @@
+"""Op modules. Each registers its ops on import; keep imports here cheap (no models)."""

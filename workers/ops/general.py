@@ -1,0 +1,103 @@
+"""General-purpose compute ops: templating, JSON field extraction, simple text and math."""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+from typing import Any
+
+from fleet.ops import op
+
+_WORD = re.compile(r"[A-Za-z0-9']+")
+_STOPWORDS = frozenset(
+    "a an and are as at be but by for from has have i if in is it its my of on or our so "
+    "that the their this to was we were what when where which who will with you your".split()
+)
+_CPU_FIRST = ("cpu", "io", "npu-lite", "gpu")
+
+
+@op("text.template", classes=_CPU_FIRST, outputs=("text",))
+def template(template: str, **values: Any) -> dict[str, str]:
+    """Fill ``${name}`` placeholders; a missing name is an error, not an empty string."""
+    try:
+        return {"text": string.Template(template).substitute(values)}
+    except KeyError as exc:
+        raise ValueError(f"template needs a value for {exc.args[0]!r}") from None
+
+
+@op("text.normalize", classes=_CPU_FIRST, outputs=("text",))
+def normalize(text: str, lower: bool = False) -> dict[str, str]:
+    """Trim and collapse white space (and optionally lower-case)."""
+    out = " ".join(text.split())
+    return {"text": out.lower() if lower else out}
+
+
+@op("text.upper", classes=_CPU_FIRST, outputs=("text",))
+def upper(text: str) -> dict[str, str]:
+    """Upper-case the text."""
+    return {"text": text.upper()}
+
+
+@op("text.stats", classes=_CPU_FIRST, outputs=("chars", "words", "lines"))
+def stats(text: str) -> dict[str, int]:
+    """Count characters, words and lines."""
+    return {"chars": len(text), "words": len(_WORD.findall(text)), "lines": len(text.splitlines())}
+
+
+@op("text.keywords", classes=_CPU_FIRST, outputs=("keywords",))
+def keywords(text: str, top: int = 5) -> dict[str, list[str]]:
+    """The most frequent non-stopwords, most frequent first (ties by first appearance)."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    counts = Counter(w for w in words if w not in _STOPWORDS and len(w) > 2)
+    return {"keywords": [w for w, _ in counts.most_common(top)]}
+
+
+@op("text.contains", classes=_CPU_FIRST, outputs=("matched", "found"))
+def contains(text: str, words: list[str]) -> dict[str, Any]:
+    """Which of ``words`` occur in ``text`` (case-insensitive, whole words)."""
+    present = {w.lower() for w in _WORD.findall(text)}
+    matched = [w for w in words if w.lower() in present]
+    return {"matched": matched, "found": bool(matched)}
+
+
+@op("text.join", classes=_CPU_FIRST, outputs=("text",))
+def join(parts: list[Any], sep: str = "\n") -> dict[str, str]:
+    """Join a list of values into one text."""
+    return {"text": sep.join(str(p) for p in parts)}
+
+
+@op("json.parse", classes=_CPU_FIRST, outputs=("value",))
+def parse(text: str) -> dict[str, Any]:
+    """Parse JSON text."""
+    try:
+        return {"value": json.loads(text)}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc.msg} at line {exc.lineno} col {exc.colno}") from None
+
+
+def _walk(value: Any, path: str) -> tuple[bool, Any]:
+    for part in [p for p in path.split(".") if p]:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return False, None
+    return True, value
+
+
+@op("json.extract", classes=_CPU_FIRST, outputs=("value", "found"))
+def extract(data: Any, path: str, default: Any = None) -> dict[str, Any]:
+    """Pick a field by dotted path (``order.items.0.sku``) from a JSON value or JSON text."""
+    if isinstance(data, str):
+        data = parse(data)["value"]
+    found, value = _walk(data, path)
+    return {"value": value if found else default, "found": found}
+
+
+@op("math.add", classes=_CPU_FIRST, outputs=("result",))
+def add(a: float, b: float) -> dict[str, float]:
+    """a + b."""
+    return {"result": a + b}
