@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet.model import INPUTS, Condition, LoopSpec, NodeSpec, Source, WorkflowSpec
+from fleet.model import INPUTS, Condition, CondOp, LoopSpec, NodeSpec, Source, WorkflowSpec
 
 
 class Ref:
@@ -35,8 +35,8 @@ class Ref:
     def __hash__(self) -> int:
         return hash((self.node, self.output))
 
-    def _cond(self, op: str, value: Any = None) -> Condition:
-        return Condition(ref=str(self), op=op, value=value)  # type: ignore[arg-type]
+    def _cond(self, op: CondOp, value: Any = None) -> Condition:
+        return Condition(ref=str(self), op=op, value=value)
 
     def __eq__(self, value: object) -> Condition:  # type: ignore[override]
         return self._cond("==", value)

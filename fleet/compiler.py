@@ -1,9 +1,11 @@
 """Compile a planned segment into Celery canvas.
 
-One level of steps is a task (one step) or a group (parallel steps); a group followed by a step
-is a chord (fan-in). Two groups in a row get a ``fleet.join`` between them so that chords never
-nest. Every segment ends with ``fleet.advance``, which plans and sends the next segment (the
-place where conditions and loops are decided at run time).
+One level of steps is a task (one step) or a group (parallel steps); a group followed by more
+work is a chord (fan-in). A segment holds at most one group: Celery turns ``chain(group, ...)``
+into ``chord(group, body=chain(...))``, so a second group would nest a chord inside a chord's
+body, and nested chords bloat every message (celery#5000, #5286). The levels after the first
+group's successor are left to the next ``fleet.advance``, which ends every segment anyway to
+decide conditions and loops at run time.
 
 No signature carries a queue: the router places every task when it is sent.
 """
@@ -19,7 +21,6 @@ from fleet.plan import Envelope, Frame, Plan, StepCall
 
 STEP = "fleet.step"
 ADVANCE = "fleet.advance"
-JOIN = "fleet.join"
 
 
 def _step_sig(app: Celery, call: StepCall, run: dict[str, Any]) -> Signature:
@@ -32,25 +33,21 @@ def _step_sig(app: Celery, call: StepCall, run: dict[str, Any]) -> Signature:
     return app.signature(STEP, kwargs={"call": call, "run": run}, **options)
 
 
-def build(
-    app: Celery, plan: Plan, run: dict[str, Any], spec: dict[str, Any]
-) -> Signature:
-    """The canvas for ``plan``'s levels followed by the advance task."""
+def segment_levels(levels: list[list[StepCall]]) -> list[list[StepCall]]:
+    """The levels one canvas runs: everything up to (not including) a second group."""
+    groups = [i for i, level in enumerate(levels) if len(level) > 1]
+    return levels[: groups[1]] if len(groups) > 1 else levels
+
+
+def build(app: Celery, plan: Plan, run: dict[str, Any], spec: dict[str, Any]) -> Signature:
+    """The canvas for ``plan``'s next levels followed by the advance task."""
     parts: list[Signature] = []
-    previous_was_group = False
-    for level in plan.levels:
+    for level in segment_levels(plan.levels):
         sigs = [_step_sig(app, call, run) for call in level]
-        if len(sigs) == 1:
-            parts.append(sigs[0])
-            previous_was_group = False
-            continue
-        if previous_was_group:
-            parts.append(app.signature(JOIN))
-        parts.append(group(sigs))
-        previous_was_group = True
+        parts.append(group(sigs) if len(sigs) > 1 else sigs[0])
     frames: list[Frame] = plan.frames
     parts.append(app.signature(ADVANCE, kwargs={"run": run, "spec": spec, "frames": frames}))
-    return chain(*parts) if len(parts) > 1 else parts[0]
+    return chain(*parts)
 
 
 def send(canvas: Signature, envelope: Envelope) -> Any:

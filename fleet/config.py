@@ -108,7 +108,7 @@ class FleetConfig(BaseModel):
     broker_url: str = "redis://127.0.0.1:6379/0"
     result_backend: str = ""
     classes: dict[str, ClassSpec] = Field(default_factory=default_classes)
-    # Class that runs the small control tasks (advance / join); falls back to any live class.
+    # Class that runs the small control task (fleet.advance); falls back to any live class.
     control_class: str = "io"
     policy: str = "preferred"
     op_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_OP_MODULES))

@@ -92,18 +92,23 @@ def spec_from_data(data: Any, source: str | None = None) -> WorkflowSpec:
     return spec
 
 
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_LineLoader)
+
+
 def load_workflow(path: str | Path) -> WorkflowSpec:
     """Read ``path`` (.yaml/.yml/.json) into a spec. Structural checks only; see validate."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise WorkflowValidationError([Problem(f"cannot read file: {exc}", file=str(path))]) from exc
+        raise WorkflowValidationError(
+            [Problem(f"cannot read file: {exc}", file=str(path))]
+        ) from exc
     try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+        # _LineLoader is a SafeLoader: no arbitrary Python objects from workflow files.
+        loads = json.loads if path.suffix == ".json" else _load_yaml
+        data = loads(text)
     except json.JSONDecodeError as exc:
         raise WorkflowValidationError(
             [Problem(f"invalid JSON: {exc.msg}", line=exc.lineno, file=str(path))]

@@ -144,7 +144,7 @@ class _ScopePlanner:
             if any(s == "pending" for s in deps.values()):
                 continue
             if node.when is not None:
-                target, output = parse_ref(node.when.ref)
+                target = parse_ref(node.when.ref)[0]
                 if target != INPUTS and deps.get(target) == "scheduled":
                     continue  # decided once that node has run
                 _, value = lookup(self.env, [_addr(node.when.ref, self.prefix)])
@@ -192,7 +192,9 @@ class _ScopePlanner:
     def outputs(self) -> dict[str, Any]:
         result = {}
         for name, source in self.wf.outputs.items():
-            _, result[name] = lookup(self.env, [_addr(r, self.prefix) for r in alternatives(source)])
+            _, result[name] = lookup(
+                self.env, [_addr(r, self.prefix) for r in alternatives(source)]
+            )
         return result
 
     def complete(self) -> bool:

@@ -20,7 +20,7 @@ from fleet.config import FleetConfig
 from fleet.state import CachedState, FleetState, StateReader
 
 STEP_TASK = "fleet.step"
-CONTROL_TASKS = frozenset({"fleet.advance", "fleet.join"})
+CONTROL_TASKS = frozenset({"fleet.advance"})
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,9 @@ def make_policy(name: str) -> RoutingPolicy:
     try:
         return POLICIES[name]()
     except KeyError:
-        raise ValueError(f"unknown routing policy '{name}' (known: {', '.join(POLICIES)})") from None
+        raise ValueError(
+            f"unknown routing policy '{name}' (known: {', '.join(POLICIES)})"
+        ) from None
 
 
 _last = threading.local()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -113,7 +113,7 @@ class RunStore:
         fields = {"workflow": workflow, "status": "running", "submitted_at": repr(time.time())}
         fields["meta"] = json.dumps(meta or {})
         pipe = self.redis.pipeline()
-        pipe.hset(key, mapping=fields)
+        pipe.hset(key, mapping=cast(Any, fields))
         pipe.expire(key, self.ttl)
         pipe.execute()
 
@@ -138,7 +138,7 @@ class RunStore:
         if not self.redis.hsetnx(key, "finished_at", repr(time.time())):
             return False
         pipe = self.redis.pipeline()
-        pipe.hset(key, mapping=fields)
+        pipe.hset(key, mapping=cast(Any, fields))
         pipe.rpush(self._key(run_id, "done"), "1")
         for k in (key, self._key(run_id, "done")):
             pipe.expire(k, self.ttl)
@@ -156,7 +156,7 @@ class RunStore:
         return str(value) if value is not None else None
 
     def info(self, run_id: str) -> RunInfo | None:
-        h = self.redis.hgetall(self._key(run_id))
+        h = cast(dict[str, str], self.redis.hgetall(self._key(run_id)))
         if not h:
             return None
         return RunInfo(

@@ -119,17 +119,20 @@ class CachedState:
         self.reader = reader
         self.ttl = ttl
         self._state: FleetState | None = None
+        self._read_at = 0.0
         self._lock = threading.Lock()
 
+    def _fresh(self) -> bool:
+        return self._state is not None and time.monotonic() - self._read_at < self.ttl
+
     def get(self) -> FleetState:
-        state = self._state
-        if state is not None and time.time() - state.fetched_at < self.ttl:
-            return state
-        with self._lock:
-            state = self._state
-            if state is None or time.time() - state.fetched_at >= self.ttl:
-                state = self._state = self.reader.read()
-            return state
+        if not self._fresh():
+            with self._lock:
+                if not self._fresh():
+                    self._state = self.reader.read()
+                    self._read_at = time.monotonic()
+        assert self._state is not None
+        return self._state
 
     def invalidate(self) -> None:
         self._state = None

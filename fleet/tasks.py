@@ -1,4 +1,4 @@
-"""The three Celery tasks a workflow runs as: ``fleet.step``, ``fleet.advance``, ``fleet.join``.
+"""The two Celery tasks a workflow runs as: ``fleet.step`` and ``fleet.advance``.
 
 Every task takes the run's envelope (or, after a group, the list of its branches' envelopes)
 as its first argument and returns the envelope with its own contribution added.
@@ -16,7 +16,7 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from fleet.app import app, fleet_config
-from fleet.compiler import build, send
+from fleet.compiler import build, segment_levels, send
 from fleet.errors import StepFailed
 from fleet.model import WorkflowSpec
 from fleet.ops import OpSpec, registry
@@ -94,7 +94,11 @@ class _Trace:
 
     def entry(self, status: str, error: str | None = None) -> TraceEntry:
         return TraceEntry(
-            **self.base, status=status, started_at=self.started_at, ended_at=time.time(), error=error
+            **self.base,
+            status=status,
+            started_at=self.started_at,
+            ended_at=time.time(),
+            error=error,
         )
 
 
@@ -126,12 +130,6 @@ def step(self: Task, incoming: Any, *, call: StepCall, run: dict[str, Any]) -> E
     return env
 
 
-@app.task(name="fleet.join")
-def join(incoming: Any) -> Envelope:
-    """Merge parallel branches (only between two groups; chords never nest)."""
-    return as_envelope(incoming)
-
-
 @app.task(name="fleet.advance", bind=True)
 def advance_task(
     self: Task, incoming: Any, *, run: dict[str, Any], spec: dict[str, Any], frames: list[Frame]
@@ -153,4 +151,4 @@ def advance_task(
         store.succeed(run["id"], plan.outputs)
         return {"finished": True}
     send(build(self.app, plan, run, spec), plan.envelope)
-    return {"next": [[c["path"] for c in level] for level in plan.levels]}
+    return {"next": [[c["path"] for c in level] for level in segment_levels(plan.levels)]}

@@ -187,7 +187,9 @@ class _Checker:
         outputs = node_outputs(names[target], self.registry)
         if outputs is not None and output not in outputs:
             have = ", ".join(outputs) or "none"
-            self.add(f"'{ref}': node '{target}' has no output '{output}' (has: {have})", node, field)
+            self.add(
+                f"'{ref}': node '{target}' has no output '{output}' (has: {have})", node, field
+            )
 
     def _cycles(self, wf: WorkflowSpec, names: dict[str, NodeSpec]) -> None:
         graph = dependency_graph(wf)

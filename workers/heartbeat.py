@@ -6,6 +6,7 @@ Classes come from the queues the worker consumes, so a worker started the plain 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -65,7 +66,5 @@ class Heartbeat(bootsteps.StartStopStep):
             self.tref.cancel()
             self.tref = None
         if self.client is not None:
-            try:
+            with contextlib.suppress(redis.RedisError):  # shutting down: the broker may be gone
                 forget(self.client, worker.hostname, self.classes)
-            except redis.RedisError:
-                pass

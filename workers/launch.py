@@ -58,7 +58,9 @@ def worker_env(cfg: FleetConfig, cls: str, base: dict[str, str] | None = None) -
     """
     env = dict(os.environ if base is None else base)
     env["FLEET_WORKER_CLASS"] = cls
-    compute_slots = sum(s.concurrency for s in cfg.classes.values() if s.pool in ("prefork", "solo"))
+    compute_slots = sum(
+        s.concurrency for s in cfg.classes.values() if s.pool in ("prefork", "solo")
+    )
     threads = max(1, (os.cpu_count() or 1) // max(1, compute_slots))
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "FLEET_THREADS"):
         env.setdefault(var, str(threads))

@@ -11,10 +11,11 @@ from typing import Any
 from fleet.ops import op
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
-_STOPWORDS = frozenset(
+_WORDS_TO_IGNORE = (
     "a an and are as at be but by for from has have i if in is it its my of on or our so "
-    "that the their this to was we were what when where which who will with you your".split()
+    "that the their this to was we were what when where which who will with you your"
 )
+_STOPWORDS = frozenset(_WORDS_TO_IGNORE.split())
 _CPU_FIRST = ("cpu", "io", "npu-lite", "gpu")
 
 
@@ -74,14 +75,20 @@ def parse(text: str) -> dict[str, Any]:
     try:
         return {"value": json.loads(text)}
     except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc.msg} at line {exc.lineno} col {exc.colno}") from None
+        raise ValueError(
+            f"not valid JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
+        ) from None
 
 
 def _walk(value: Any, path: str) -> tuple[bool, Any]:
     for part in [p for p in path.split(".") if p]:
         if isinstance(value, dict) and part in value:
             value = value[part]
-        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+        elif (
+            isinstance(value, list)
+            and part.lstrip("-").isdigit()
+            and -len(value) <= int(part) < len(value)
+        ):
             value = value[int(part)]
         else:
             return False, None

@@ -1,0 +1,322 @@
+"""The ``fleet`` command line: up, worker, submit, validate, status, ops, trace, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import redis
+from rich.console import Console
+
+from fleet.config import FleetConfig, load_config
+from fleet.errors import ConfigError, FleetError, WorkflowFailed, WorkflowValidationError
+
+console = Console()
+err = Console(stderr=True)
+DEMO_FILE = Path(__file__).resolve().parents[1] / "examples" / "triage.yaml"
+DEMO_INPUT = (
+    "Hello, I was charged twice for order 1042 and the blender arrived broken. "
+    "Please refund the second charge."
+)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def _config(ctx: click.Context) -> FleetConfig:
+    cfg: FleetConfig = ctx.obj["cfg"]
+    return cfg
+
+
+def _parse_inputs(pairs: tuple[str, ...], inputs_json: str | None) -> dict[str, Any]:
+    """``key=value`` pairs: JSON values when they parse, ``@path`` reads a file, else text."""
+    values: dict[str, Any] = json.loads(Path(inputs_json).read_text()) if inputs_json else {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{pair}' is not key=value", param_hint="--input")
+        if raw.startswith("@"):
+            values[key] = Path(raw[1:]).read_text()
+            continue
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="FLEET_CONFIG",
+    help="Config file (TOML or YAML). Default: ./fleet.toml if present.",
+)
+@click.option(
+    "--broker", envvar="FLEET_BROKER_URL", help="Broker URL (default redis://127.0.0.1:6379/0)."
+)
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, broker: str | None) -> None:
+    """Run agent workflows on a fleet of Celery workers grouped by hardware class.
+
+    Each workflow step goes to a class queue (gpu, npu-lite, cpu, io) chosen when the step
+    is sent, from the op's profile and the live workers. Start a local fleet with
+    `fleet up`, submit with `fleet submit FILE`, watch with `fleet status` or Flower.
+    """
+    # The Celery app reads its configuration from the environment when first imported.
+    if config_path:
+        os.environ["FLEET_CONFIG"] = str(Path(config_path).resolve())
+    if broker:
+        os.environ["FLEET_BROKER_URL"] = broker
+    try:
+        ctx.obj = {"cfg": load_config()}
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+
+
+@cli.command()
+@click.option("--classes", help="Comma-separated classes to start (default: all configured).")
+@click.option("--flower/--no-flower", default=True, show_default=True, help="Start Flower.")
+@click.option("--workdir", default=".fleet", show_default=True, help="Logs and Redis data.")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.pass_context
+def up(ctx: click.Context, classes: str | None, flower: bool, workdir: str, loglevel: str) -> None:
+    """Start a local fleet: Redis (if none is reachable), one worker per class, Flower.
+
+    Runs until Ctrl-C, then stops everything it started.
+    """
+    from fleet.local import LocalFleet
+
+    cfg = _config(ctx)
+    wanted = [c.strip() for c in classes.split(",")] if classes else []
+    try:
+        fleet = LocalFleet(cfg, wanted, flower, Path(workdir), loglevel, say=console.print)
+        with console.status("starting workers..."):
+            fleet.start()
+    except FleetError as exc:
+        _fail(str(exc))
+    console.print(f"[green]fleet is up[/]: {len(fleet.classes)} class(es). Ctrl-C stops it.")
+    console.print(f"submit with: fleet --broker {cfg.broker_url} submit FILE --input key=value")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while all(c.proc.poll() is None for c in fleet.children):
+            time.sleep(0.5)
+        dead = [c for c in fleet.children if c.proc.poll() is not None]
+        err.print(f"[red]{dead[0].name} exited[/] (code {dead[0].proc.returncode}); stopping")
+    except KeyboardInterrupt:
+        console.print("\nstopping the fleet...")
+    finally:
+        fleet.stop()
+    console.print("stopped.")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("cls", metavar="CLASS")
+@click.option("-c", "--concurrency", type=int, help="Override the preset's concurrency.")
+@click.option("-n", "--name", help="Worker node name (default CLASS-PID@HOST).")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the celery command instead of running it.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    cls: str,
+    concurrency: int | None,
+    name: str | None,
+    loglevel: str,
+    dry_run: bool,
+    celery_args: tuple[str, ...],
+) -> None:
+    """Start one worker for hardware class CLASS with its preset.
+
+    Extra arguments after `--` go to `celery worker` unchanged.
+    """
+    from workers.launch import worker_argv, worker_env
+
+    cfg = _config(ctx)
+    if cls not in cfg.classes:
+        _fail(f"unknown class '{cls}' (configured: {', '.join(cfg.classes)})", 2)
+    argv = worker_argv(
+        cfg.classes[cls],
+        concurrency=concurrency,
+        name=name,
+        loglevel=loglevel,
+        extra=list(celery_args),
+    )
+    if dry_run:
+        console.print(" ".join(argv), highlight=False)
+        return
+    os.execve(argv[0], argv, worker_env(cfg, cls))
+
+
+def _load_and_validate(file: str) -> Any:
+    from fleet.client import Fleet
+
+    client = Fleet()
+    try:
+        spec = client.validate(file)
+    except WorkflowValidationError as exc:
+        _fail(str(exc), 2)
+    return client, spec
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+def validate(file: str) -> None:
+    """Check a workflow file without sending anything."""
+    _, spec = _load_and_validate(file)
+    console.print(f"[green]ok[/]: workflow '{spec.name}' with {len(spec.nodes)} node(s)")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-i", "--input", "pairs", multiple=True, help="key=value (JSON, or @file for text).")
+@click.option("--inputs-json", type=click.Path(dir_okay=False), help="A JSON file of inputs.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait.")
+@click.option("--no-wait", is_flag=True, help="Print the run id and return at once.")
+@click.option("--priority", type=click.IntRange(0, 9), help="Message priority (0-9).")
+@click.option("--json", "as_json", is_flag=True, help="Print result and trace as JSON.")
+def submit(
+    file: str,
+    pairs: tuple[str, ...],
+    inputs_json: str | None,
+    timeout: float,
+    no_wait: bool,
+    priority: int | None,
+    as_json: bool,
+) -> None:
+    """Validate, enqueue and (by default) wait for a workflow; print its result and trace."""
+    client, spec = _load_and_validate(file)
+    inputs = _parse_inputs(pairs, inputs_json)
+    try:
+        handle = client.submit(spec, inputs, priority=priority)
+    except WorkflowValidationError as exc:
+        _fail(str(exc), 2)
+    except redis.RedisError as exc:
+        _fail(f"cannot reach the broker/backend at {client.cfg.broker_url}: {exc} (try `fleet up`)")
+    if no_wait:
+        console.print(handle.id)
+        return
+    _print_outcome(handle, timeout, as_json)
+
+
+def _print_outcome(handle: Any, timeout: float, as_json: bool) -> None:
+    from fleet.report import dumps, trace_json, trace_table
+
+    start = time.monotonic()
+    code, outputs, error = 0, None, None
+    try:
+        with console.status(f"run {handle.id} ..."):
+            outputs = handle.get(timeout=timeout)
+    except WorkflowFailed as exc:
+        code, error = 1, str(exc)
+    except FleetError as exc:
+        code, error = 1, str(exc)
+    elapsed = time.monotonic() - start
+    trace = handle.trace()
+    if as_json:
+        doc = {"run": handle.id, "status": handle.status(), "outputs": outputs, "error": error}
+        console.print_json(dumps({**doc, "elapsed_s": elapsed, "trace": trace_json(trace)}))
+    else:
+        console.print(trace_table(trace))
+        classes = sorted({e.cls for e in trace if e.cls})
+        console.print(
+            f"run {handle.id}: {handle.status()} in {elapsed:.2f} s on {', '.join(classes)}"
+        )
+        if error:
+            err.print(f"[bold red]failed:[/] {error}", highlight=False)
+        else:
+            console.print("[bold]result[/]")
+            console.print_json(dumps(outputs))
+    if code:
+        sys.exit(code)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+def trace(run_id: str, as_json: bool) -> None:
+    """Show the status and trace of a run."""
+    from fleet.client import Fleet
+
+    _print_outcome(Fleet().handle(run_id), 0.0, as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Workers per class and queue depths."""
+    from fleet.report import status_table
+    from fleet.state import StateReader
+
+    cfg = _config(ctx)
+    try:
+        state = StateReader(cfg).read()
+    except redis.RedisError as exc:
+        _fail(f"cannot reach {cfg.backend_url}: {exc}")
+    if as_json:
+        doc = {
+            c: {"depth": state.depth.get(c), "workers": [w.hostname for w in state.workers[c]]}
+            for c in cfg.classes
+        }
+        console.print_json(json.dumps(doc))
+        return
+    console.print(status_table(cfg, state))
+
+
+@cli.command()
+@click.pass_context
+def ops(ctx: click.Context) -> None:
+    """List the registered ops with their kind and hardware profile."""
+    from fleet.ops import registry
+    from fleet.report import ops_table
+
+    registry.load_modules(_config(ctx).op_modules)
+    console.print(ops_table(registry))
+
+
+@cli.command()
+@click.option(
+    "--file", "file", type=click.Path(dir_okay=False), default=str(DEMO_FILE), show_default=True
+)
+@click.option("--text", default=DEMO_INPUT, help="The ticket text to triage.")
+@click.option("--workdir", default=".fleet", show_default=True)
+@click.option("--flower/--no-flower", default=False, show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, file: str, text: str, workdir: str, flower: bool) -> None:
+    """The main job: start the local fleet, run a sample workflow, print result and trace."""
+    from fleet.local import LocalFleet
+
+    cfg = _config(ctx)
+    client, spec = _load_and_validate(file)
+    try:
+        fleet = LocalFleet(cfg, [], flower, Path(workdir), "WARNING", say=console.print)
+        with console.status("starting the local fleet..."):
+            fleet.start()
+    except FleetError as exc:
+        _fail(str(exc))
+    try:
+        console.print(f"running workflow '{spec.name}' from {file}")
+        handle = client.submit(spec, {"ticket": text})
+        _print_outcome(handle, 120.0, False)
+    finally:
+        with console.status("stopping the local fleet..."):
+            fleet.stop()
+
+
+def main() -> None:
+    cli(prog_name="fleet")
+
+
+if __name__ == "__main__":
+    main()

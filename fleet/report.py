@@ -1,0 +1,80 @@
+"""Human-readable tables: a run's trace, the fleet's status, the op registry."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.table import Table
+
+from fleet.config import FleetConfig
+from fleet.ops import Registry
+from fleet.runs import TraceEntry
+from fleet.state import FleetState
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def trace_table(trace: list[TraceEntry], t0: float | None = None) -> Table:
+    table = Table(title="trace", title_justify="left")
+    for col in ("node", "op", "class", "worker", "status", "wait ms", "run ms", "start +ms", "why"):
+        table.add_column(col, justify="right" if "ms" in col else "left")
+    base = t0 if t0 is not None else min((e.started_at for e in trace), default=0.0)
+    for e in trace:
+        table.add_row(
+            e.node,
+            e.op or "-",
+            e.cls or "-",
+            e.worker or "-",
+            e.status if not e.error else f"{e.status}: {e.error}",
+            _ms(e.wait_s),
+            _ms(e.run_s) if e.status != "skipped" else "-",
+            _ms(e.started_at - base) if e.status != "skipped" else "-",
+            str(e.route.get("reason", "")),
+        )
+    return table
+
+
+def trace_json(trace: list[TraceEntry]) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in trace]
+
+
+def status_table(cfg: FleetConfig, state: FleetState) -> Table:
+    table = Table(title="fleet", title_justify="left")
+    for col in ("class", "queue", "depth", "workers", "slots", "pool", "hosts"):
+        table.add_column(col, justify="right" if col in ("depth", "workers", "slots") else "left")
+    for name, spec in cfg.classes.items():
+        workers = state.workers.get(name, [])
+        table.add_row(
+            name,
+            spec.queue_name,
+            str(state.depth.get(name, "?")),
+            str(len(workers)),
+            str(state.slots(name)),
+            ",".join(sorted({w.pool for w in workers})) or spec.pool,
+            ", ".join(w.hostname for w in workers) or "-",
+        )
+    return table
+
+
+def ops_table(registry: Registry) -> Table:
+    table = Table(title="ops", title_justify="left")
+    for col in ("op", "kind", "prefers", "runs on", "outputs", "description"):
+        table.add_column(col)
+    for name in registry.names():
+        spec = registry.get(name)
+        table.add_row(
+            name,
+            spec.kind,
+            spec.prefers,
+            "any" if spec.classes == ("*",) else ",".join(spec.classes),
+            ",".join(spec.outputs),
+            spec.description,
+        )
+    return table
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet.config import load_config
+from fleet.errors import ConfigError
+
+
+def test_defaults_have_four_classes_with_suited_presets() -> None:
+    cfg = load_config(env={})
+    assert list(cfg.classes) == ["gpu", "npu-lite", "cpu", "io"]
+    assert cfg.classes["gpu"].concurrency == 1 and cfg.classes["gpu"].device == "cuda"
+    assert cfg.classes["io"].pool in ("threads", "gevent") and cfg.classes["io"].concurrency >= 8
+    assert cfg.classes["cpu"].pool == "prefork"
+    assert cfg.broker_url.startswith("redis://")
+    assert cfg.backend_url == cfg.broker_url
+
+
+def test_file_overrides_fields_and_adds_classes(tmp_path: Path) -> None:
+    f = tmp_path / "fleet.toml"
+    f.write_text(
+        'policy = "static"\n[classes.gpu]\nconcurrency = 3\n[classes.tpu]\npool = "solo"\n'
+    )
+    cfg = load_config(f, env={})
+    assert cfg.policy == "static"
+    assert cfg.classes["gpu"].concurrency == 3
+    assert cfg.classes["gpu"].device == "cuda"  # untouched fields keep the preset
+    assert cfg.classes["tpu"].pool == "solo" and cfg.classes["tpu"].queue_name == "tpu"
+
+
+def test_yaml_config_and_env_override(tmp_path: Path) -> None:
+    f = tmp_path / "fleet.yaml"
+    f.write_text("broker_url: redis://file:1/0\nclasses:\n  io:\n    concurrency: 4\n")
+    env = {
+        "FLEET_BROKER_URL": "redis://env:2/0",
+        "FLEET_CLASS_NPU_LITE_CONCURRENCY": "2",
+        "FLEET_CLASS_IO_POOL": "gevent",
+    }
+    cfg = load_config(f, env=env)
+    assert cfg.broker_url == "redis://env:2/0"
+    assert cfg.classes["npu-lite"].concurrency == 2
+    assert cfg.classes["io"].concurrency == 4 and cfg.classes["io"].pool == "gevent"
+
+
+def test_bad_values_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="concurrency"):
+        load_config(env={"FLEET_CLASS_GPU_CONCURRENCY": "0"})
+    with pytest.raises(ConfigError, match="FLEET_CLASS_FOO_POOL"):
+        load_config(env={"FLEET_CLASS_FOO_POOL": "threads"})
+    f = tmp_path / "bad.toml"
+    f.write_text("[classes.gpu]\npool = 'fork'\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
+        load_config(f, env={})
+    with pytest.raises(ConfigError, match="control_class"):
+        load_config(env={"FLEET_CONTROL_CLASS": "nope"})

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import pytest
+
+from fleet.config import FleetConfig
+from fleet.routing import (
+    FleetRouter,
+    PreferredPolicy,
+    RouteRequest,
+    StaticPolicy,
+    make_policy,
+    take_decision,
+)
+from fleet.state import CachedState, FleetState, StateReader, WorkerInfo
+
+
+def _state(*live: str) -> FleetState:
+    workers = {c: [WorkerInfo(f"{c}@h", (c,), 1, "prefork", 1, 0.0)] for c in live}
+    return FleetState(workers=workers, depth={}, fetched_at=0.0)
+
+
+REQ = RouteRequest("fleet.step", "text.upper", "compute", ("gpu", "cpu", "io"))
+
+
+def test_preferred_policy_uses_preferred_when_live(cfg: FleetConfig) -> None:
+    d = PreferredPolicy().choose(REQ, _state("gpu", "cpu"), cfg)
+    assert (d.cls, d.queue, d.policy) == ("gpu", "gpu", "preferred")
+
+
+def test_preferred_policy_falls_back_in_eligibility_order(cfg: FleetConfig) -> None:
+    d = PreferredPolicy().choose(REQ, _state("io", "cpu"), cfg)
+    assert d.cls == "cpu" and "no live worker for preferred 'gpu'" in d.reason
+
+
+def test_preferred_policy_never_leaves_eligible_classes(cfg: FleetConfig) -> None:
+    d = PreferredPolicy().choose(REQ, _state("npu-lite"), cfg)
+    assert d.cls == "gpu" and "waiting in queue" in d.reason
+
+
+def test_static_policy_ignores_liveness(cfg: FleetConfig) -> None:
+    assert StaticPolicy().choose(REQ, _state("cpu"), cfg).cls == "gpu"
+
+
+def test_unknown_policy_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown routing policy 'fastest'"):
+        make_policy("fastest")
+
+
+class _FixedReader(StateReader):
+    def __init__(self, cfg: FleetConfig, state: FleetState) -> None:
+        super().__init__(cfg)
+        self.state = state
+        self.reads = 0
+
+    def read(self) -> FleetState:
+        self.reads += 1
+        return self.state
+
+
+def _router(cfg: FleetConfig, *live: str) -> tuple[FleetRouter, _FixedReader]:
+    reader = _FixedReader(cfg, _state(*live))
+    return FleetRouter(cfg, CachedState(reader, ttl=60)), reader
+
+
+def test_router_routes_steps_and_records_decision(cfg: FleetConfig) -> None:
+    router, reader = _router(cfg, "cpu")
+    call = {"op": "text.upper", "kind": "compute", "classes": ["gpu", "cpu"]}
+    for _ in range(3):
+        assert router("fleet.step", (), {"call": call}, {}) == {"queue": "cpu"}
+    assert reader.reads == 1  # cached: one read for many decisions
+    decision = take_decision("fleet.step")
+    assert decision is not None and decision.cls == "cpu"
+    assert take_decision("fleet.step") is None  # consumed once
+
+
+def test_router_sends_control_tasks_to_control_class(cfg: FleetConfig) -> None:
+    router, _ = _router(cfg, "io", "cpu")
+    assert router("fleet.advance", (), {}, {}) == {"queue": "io"}
+    router, _ = _router(cfg, "cpu")
+    assert router("fleet.advance", (), {}, {}) == {"queue": "cpu"}
+
+
+def test_router_leaves_other_tasks_and_explicit_queues_alone(cfg: FleetConfig) -> None:
+    router, _ = _router(cfg, "cpu")
+    assert router("myapp.add", (), {}, {}) is None
+    call = {"op": "text.upper", "kind": "compute", "classes": ["gpu", "cpu"]}
+    assert router("fleet.step", (), {"call": call}, {"queue": "special"}) is None
+    assert router("fleet.step", (), {"call": call}, {"routing_key": "gpu"}) is None
