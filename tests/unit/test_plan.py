@@ -60,7 +60,7 @@ def test_fan_out_fan_in_levels(cfg: FleetConfig) -> None:
 
 def test_condition_on_input_is_decided_at_once(cfg: FleetConfig) -> None:
     wf = Workflow("cond", inputs=["t", "loud"])
-    up = wf.step("up", "text.upper", text=wf.input("t"), when=wf.input("loud") == True)  # noqa: E712
+    up = wf.step("up", "text.upper", text=wf.input("t"), when=wf.input("loud").truthy())
     wf.output("out", up["text"] | wf.input("t"))
     out, segments, skipped = run_inline(wf.spec(), {"t": "hi", "loud": False}, cfg)
     assert out == {"out": "hi"} and skipped == ["up"] and segments == []

@@ -1,0 +1,159 @@
+"""The `fleet` command as a user runs it: real subprocesses against the real fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from fleet.config import FleetConfig
+from fleet.local import LocalFleet
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+FLEET = [sys.executable, "-m", "fleet.cli"]
+
+
+def fleet(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FLEET, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        cwd=ROOT,
+    )
+
+
+def test_validate_names_node_and_line_and_exits_nonzero(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: bad\ninputs: [t]\nnodes:\n"
+        "  - name: a\n    op: text.upper\n    inputs: {text: inputs.t}\n"
+        "  - name: b\n    op: text.upper\n    inputs: {text: a.txt}\n"
+        "  - name: b\n    op: nope.op\n"
+    )
+    res = fleet("validate", str(bad))
+    assert res.returncode == 2
+    assert (
+        f"{bad}:7: node 'b': field 'inputs.text': 'a.txt': node 'a' has no output 'txt'"
+        in res.stderr
+    )
+    assert (
+        f"{bad}:10: node 'b': field 'name': duplicate node name (first defined on line 7)"
+        in res.stderr
+    )
+    assert "unknown op 'nope.op'" in res.stderr
+    assert fleet("validate", str(ROOT / "examples" / "triage.yaml")).returncode == 0
+
+
+def test_submit_malformed_file_enqueues_nothing(
+    tmp_path: Path, local_fleet: LocalFleet, broker: redis.Redis
+) -> None:
+    bad = tmp_path / "cycle.yaml"
+    bad.write_text(
+        "name: cyc\nnodes:\n"
+        "  - {name: a, op: text.upper, inputs: {text: b.text}}\n"
+        "  - {name: b, op: text.upper, inputs: {text: a.text}}\n"
+    )
+    runs_before = set(broker.keys("fleet:run:*"))
+    res = fleet("submit", str(bad))
+    assert res.returncode == 2 and "unbounded cycle" in res.stderr
+    assert set(broker.keys("fleet:run:*")) == runs_before
+
+
+def test_submit_prints_result_and_trace(local_fleet: LocalFleet) -> None:
+    res = fleet(
+        "submit",
+        "examples/triage.yaml",
+        "--input",
+        "ticket=My order is late, please cancel",
+        "--json",
+    )
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "succeeded"
+    assert doc["outputs"]["urgent"] is True and doc["outputs"]["decision"].startswith("ESCALATE")
+    ran = {e["node"]: e["class"] for e in doc["trace"] if e["status"] == "succeeded"}
+    assert ran["lookup"] == "io" and ran["stats"] == "npu-lite" and ran["escalate"] == "gpu"
+    assert ran["clean"] == "cpu"
+    table = fleet("submit", "examples/triage.yaml", "-i", "ticket=thanks, all good")
+    assert table.returncode == 0
+    assert "routine" in table.stdout and "succeeded" in table.stdout and "npu-lite" in table.stdout
+
+
+def test_submit_failing_workflow_exits_1_naming_node(
+    tmp_path: Path, local_fleet: LocalFleet
+) -> None:
+    wf = tmp_path / "fail.yaml"
+    wf.write_text("name: f\nnodes:\n  - {name: boom, op: test.fail, params: {message: nope}}\n")
+    res = fleet("submit", str(wf))
+    assert res.returncode == 1
+    assert "node 'boom'" in res.stderr and "nope" in res.stderr
+
+
+def test_status_lists_workers_per_class(local_fleet: LocalFleet) -> None:
+    res = fleet("status", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    for cls in ("gpu", "npu-lite", "cpu", "io"):
+        assert len(doc[cls]["workers"]) == 1 and doc[cls]["depth"] == 0
+    assert doc["tpu"]["workers"] == []
+
+
+def test_worker_dry_run_shows_preset() -> None:
+    res = fleet("worker", "io", "--dry-run")
+    assert res.returncode == 0
+    assert "-Q io -P threads -c 8" in res.stdout and "--prefetch-multiplier 4" in res.stdout
+    assert fleet("worker", "quantum").returncode == 2
+
+
+@pytest.mark.slow
+def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path, fleet_cfg: FleetConfig) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    proc = subprocess.Popen(
+        [*FLEET, "up", "--no-flower", "--classes", "cpu,io", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "FLEET_BROKER_URL": url, "COLUMNS": "200"},
+        cwd=ROOT,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "fleet is up" in line or not line:
+            break
+    out = "".join(lines)
+    assert "fleet is up" in out, out
+    assert "started redis-server" in out and "worker: cpu" in out and "worker: io" in out
+    status = fleet("status", "--json", env={"FLEET_BROKER_URL": url})
+    assert json.loads(status.stdout)["io"]["workers"]
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped." in rest
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+
+
+@pytest.mark.slow
+def test_demo_is_the_main_job(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    res = fleet("demo", "--workdir", str(tmp_path), env={"FLEET_BROKER_URL": url})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "succeeded" in res.stdout and "ESCALATE" in res.stdout
+    classes = res.stdout.split(" on ")[-1].split("\n")[0]
+    assert len([c for c in ("cpu", "gpu", "io", "npu-lite") if c in classes]) >= 3

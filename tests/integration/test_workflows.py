@@ -1,0 +1,172 @@
+"""Workflows on real workers: results, and from the trace, that every step ran on a worker of
+the class it was routed to."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fleet.builder import Ref, Workflow
+from fleet.client import Fleet
+from fleet.errors import WorkflowFailed, WorkflowValidationError
+from fleet.runs import TraceEntry
+
+pytestmark = pytest.mark.integration
+
+
+def _by_node(trace: list[TraceEntry]) -> dict[str, TraceEntry]:
+    return {e.node: e for e in trace if e.status == "succeeded"}
+
+
+def _assert_ran_where_routed(trace: list[TraceEntry]) -> None:
+    for e in trace:
+        if e.status != "succeeded":
+            continue
+        assert e.route, f"{e.node} has no routing decision"
+        assert e.cls == e.route["cls"], f"{e.node}: routed to {e.route['cls']}, ran on {e.cls}"
+        assert e.worker is not None and e.worker.startswith(f"{e.cls}@"), (e.node, e.worker)
+        assert e.queue == e.cls
+        assert e.wait_s is not None and e.wait_s >= 0 and e.run_s >= 0
+
+
+def test_sequence(client: Fleet) -> None:
+    wf = Workflow("seq", inputs=["t"])
+    a = wf.step("a", "text.normalize", text=wf.input("t"))
+    b = wf.step("b", "text.upper", text=a["text"], prefer="gpu")
+    c = wf.step("c", "test.sleep", seconds=0.01, value=b["text"])
+    wf.output("out", c["value"])
+    run = client.submit(wf, {"t": "  hello   fleet "})
+    assert run.get(timeout=30) == {"out": "HELLO FLEET"}
+    assert run.status() == "succeeded"
+    trace = run.trace()
+    steps = _by_node(trace)
+    assert [steps[n].cls for n in "abc"] == ["cpu", "gpu", "io"]
+    _assert_ran_where_routed(trace)
+    assert steps["a"].ended_at <= steps["b"].started_at <= steps["c"].started_at
+
+
+def test_parallel_join_runs_branches_concurrently(client: Fleet) -> None:
+    wf = Workflow("par", inputs=["t"])
+    a = wf.step("a", "test.sleep", seconds=0.6, value=wf.input("t"), classes=["io"])
+    b = wf.step("b", "test.sleep", seconds=0.6, value=wf.input("t"), classes=["cpu"])
+    c = wf.step("c", "test.sleep", seconds=0.6, value=wf.input("t"), classes=["npu-lite"])
+    j = wf.step(
+        "j", "text.template", template="${x}${y}${z}", x=a["value"], y=b["value"], z=c["value"]
+    )
+    wf.output("out", j["text"])
+    run = client.submit(wf, {"t": "x"})
+    assert run.get(timeout=30) == {"out": "xxx"}
+    steps = _by_node(run.trace())
+    assert {steps[n].cls for n in "abc"} == {"io", "cpu", "npu-lite"}
+    # the three sleeps overlapped: the join started well before 3 x 0.6 s after the first
+    first_start = min(steps[n].started_at for n in "abc")
+    assert steps["j"].started_at - first_start < 1.5
+    assert steps["j"].started_at >= max(steps[n].ended_at for n in "abc")
+    _assert_ran_where_routed(run.trace())
+
+
+def test_conditional_branch(client: Fleet) -> None:
+    wf = Workflow("cond", inputs=["t"])
+    u = wf.step("urgent", "text.contains", text=wf.input("t"), words=["refund"])
+    yes = wf.step("escalate", "text.upper", text=wf.input("t"), when=u["found"], prefer="gpu")
+    no = wf.step("routine", "text.normalize", text=wf.input("t"), when=u["found"].falsy())
+    wf.output("out", yes["text"] | no["text"])
+    run = client.submit(wf, {"t": "a refund  please"})
+    assert run.get(timeout=30) == {"out": "A REFUND  PLEASE"}
+    trace = run.trace()
+    assert {e.node: e.status for e in trace} == {
+        "urgent": "succeeded",
+        "routine": "skipped",
+        "escalate": "succeeded",
+    }
+    assert _by_node(trace)["escalate"].cls == "gpu"
+    run = client.submit(wf, {"t": "thanks  a lot"})
+    assert run.get(timeout=30) == {"out": "thanks a lot"}
+    assert "escalate" not in _by_node(run.trace())
+
+
+def test_bounded_loop(client: Fleet) -> None:
+    body = Workflow("tool-round", inputs=["n"])
+    add = body.step("call_tool", "math.add", a=body.input("n"), b=1)
+    wait = body.step("io_wait", "test.sleep", seconds=0.01, value=add["result"])
+    body.output("n", wait["value"])
+    wf = Workflow("loop", inputs=["start"])
+    lp = wf.loop("rounds", body, max_iterations=5, until=add["result"] >= 3, n=wf.input("start"))
+    wf.output("n", lp["n"])
+    wf.output("rounds", lp["iterations"])
+    run = client.submit(wf, {"start": 0})
+    assert run.get(timeout=30) == {"n": 3, "rounds": 3}
+    steps = _by_node(run.trace())
+    assert [k for k in steps if k.endswith("/call_tool")] == [
+        f"rounds#{i}/call_tool" for i in (1, 2, 3)
+    ]
+    assert all(steps[f"rounds#{i}/io_wait"].cls == "io" for i in (1, 2, 3))
+    # the bound holds even when the condition never does
+    run = client.submit(wf.spec().model_copy(update={"name": "loop2"}), {"start": -100})
+    assert run.get(timeout=30)["rounds"] == 5
+
+
+def test_failing_step_fails_its_workflow_and_not_its_neighbour(client: Fleet) -> None:
+    bad = Workflow("bad", inputs=["t"])
+    a = bad.step("prepare", "text.upper", text=bad.input("t"))
+    f = bad.step("explode", "test.fail", message="kaboom", value=a["text"])
+    bad.step("never", "text.upper", text=f["value"])
+    slow = Workflow("slow", inputs=["t"])
+    s = slow.step("wait", "test.sleep", seconds=0.5, value=slow.input("t"))
+    slow.output("out", s["value"])
+    good_run = client.submit(slow, {"t": "ok"})
+    bad_run = client.submit(bad, {"t": "x"})
+    with pytest.raises(WorkflowFailed) as info:
+        bad_run.get(timeout=30)
+    assert info.value.node == "explode"
+    assert "node 'explode' (op test.fail): InjectedFailure: kaboom" in str(info.value)
+    assert bad_run.status() == "failed"
+    assert "never" not in {e.node for e in bad_run.trace()}
+    assert good_run.get(timeout=30) == {"out": "ok"}
+
+
+def test_routing_falls_back_from_a_class_without_workers(client: Fleet) -> None:
+    wf = Workflow("fallback", inputs=["v"])
+    e = wf.step("echo", "test.echo", value=wf.input("v"), prefer="tpu")
+    wf.output("v", e["value"])
+    run = client.submit(wf, {"v": [1, 2]})
+    assert run.get(timeout=30) == {"v": [1, 2]}
+    (entry,) = run.trace()
+    assert entry.cls != "tpu" and entry.route["cls"] == entry.cls
+    assert "no live worker for preferred 'tpu'" in entry.route["reason"]
+
+
+def test_retries_then_fails_with_node_named(client: Fleet) -> None:
+    wf = Workflow("retry", inputs=[])
+    wf.step("flaky", "test.fail", message="still down", retries=2)
+    run = client.submit(wf)
+    with pytest.raises(WorkflowFailed, match="node 'flaky'"):
+        run.get(timeout=30)
+    statuses = [e.status for e in run.trace()]
+    assert statuses == ["retrying", "retrying", "failed"]
+    assert [e.attempt for e in run.trace()] == [0, 1, 2]
+
+
+def test_invalid_workflow_is_rejected_before_anything_is_sent(client: Fleet, broker) -> None:  # type: ignore[no-untyped-def]
+    before = {k for k in broker.keys("fleet:run:*")}
+    wf = Workflow("broken", inputs=["t"])
+    wf.step("a", "text.upper", text=Ref("ghost", "text"))
+    with pytest.raises(WorkflowValidationError, match="unknown node 'ghost'"):
+        client.submit(wf, {"t": "x"})
+    with pytest.raises(WorkflowValidationError, match="missing workflow input 't'"):
+        ok = Workflow("ok", inputs=["t"])
+        ok.step("a", "text.upper", text=ok.input("t"))
+        client.submit(ok, {})
+    assert {k for k in broker.keys("fleet:run:*")} == before
+
+
+def test_many_runs_in_parallel(client: Fleet) -> None:
+    wf = Workflow("many", inputs=["i"])
+    a = wf.step("a", "math.add", a=wf.input("i"), b=1)
+    b = wf.step("b", "test.sleep", seconds=0.05, value=a["result"])
+    wf.output("out", b["value"])
+    start = time.monotonic()
+    runs = [client.submit(wf, {"i": i}) for i in range(20)]
+    assert [r.get(timeout=60)["out"] for r in runs] == [i + 1 for i in range(20)]
+    assert time.monotonic() - start < 30
