@@ -59,7 +59,7 @@ def create_app(cfg: FleetConfig | None = None) -> Celery:
     configure(app, cfg)
     from workers.heartbeat import Heartbeat
 
-    app.steps["worker"].add(Heartbeat)
+    app.steps["consumer"].add(Heartbeat)
     return app
 
 

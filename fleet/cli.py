@@ -17,8 +17,9 @@ from rich.console import Console
 from fleet.config import FleetConfig, load_config
 from fleet.errors import ConfigError, FleetError, WorkflowFailed, WorkflowValidationError
 
-console = Console()
-err = Console(stderr=True)
+# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 DEMO_FILE = Path(__file__).resolve().parents[1] / "examples" / "triage.yaml"
 DEMO_INPUT = (
     "Hello, I was charged twice for order 1042 and the blender arrived broken. "

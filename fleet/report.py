@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from fleet.config import FleetConfig
@@ -18,7 +19,7 @@ def _ms(seconds: float | None) -> str:
 
 
 def trace_table(trace: list[TraceEntry], t0: float | None = None) -> Table:
-    table = Table(title="trace", title_justify="left")
+    table = Table(title="trace", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("node", "op", "class", "worker", "status", "wait ms", "run ms", "start +ms", "why"):
         table.add_column(col, justify="right" if "ms" in col else "left")
     base = t0 if t0 is not None else min((e.started_at for e in trace), default=0.0)
@@ -42,7 +43,7 @@ def trace_json(trace: list[TraceEntry]) -> list[dict[str, Any]]:
 
 
 def status_table(cfg: FleetConfig, state: FleetState) -> Table:
-    table = Table(title="fleet", title_justify="left")
+    table = Table(title="fleet", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("class", "queue", "depth", "workers", "slots", "pool", "hosts"):
         table.add_column(col, justify="right" if col in ("depth", "workers", "slots") else "left")
     for name, spec in cfg.classes.items():
@@ -60,7 +61,7 @@ def status_table(cfg: FleetConfig, state: FleetState) -> Table:
 
 
 def ops_table(registry: Registry) -> Table:
-    table = Table(title="ops", title_justify="left")
+    table = Table(title="ops", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("op", "kind", "prefers", "runs on", "outputs", "description"):
         table.add_column(col)
     for name in registry.names():

@@ -1,6 +1,8 @@
-"""Worker bootstep: announce this worker, its classes and its concurrency to the router.
+"""Consumer bootstep: announce this worker, its classes and its concurrency to the router.
 
-Classes come from the queues the worker consumes, so a worker started the plain Celery way
+It runs in the consumer blueprint after the task consumer, so a worker counts as live only
+once it is really taking tasks, and it is withdrawn while the consumer reconnects. Classes
+come from the queues the worker consumes, so a worker started the plain Celery way
 (``celery -A fleet.app worker -Q gpu``) is seen as a ``gpu`` worker too.
 """
 
@@ -20,17 +22,18 @@ log = logging.getLogger("fleet.worker")
 
 
 class Heartbeat(bootsteps.StartStopStep):
-    requires = {"celery.worker.components:Timer"}
+    requires = {"celery.worker.consumer.tasks:Tasks"}
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
+    def __init__(self, consumer: Any, **kwargs: Any) -> None:
+        super().__init__(consumer, **kwargs)
         self.tref: Any = None
         self.classes: list[str] = []
         self.client: redis.Redis | None = None
 
-    def start(self, worker: Any) -> None:
-        cfg = worker.app.fleet_config
-        queues = worker.app.amqp.queues
+    def start(self, consumer: Any) -> None:
+        worker = consumer.controller
+        cfg = consumer.app.fleet_config
+        queues = consumer.app.amqp.queues
         consumed = list((queues.consume_from or queues).keys())
         self.classes = [c for q in consumed if (c := cfg.class_for_queue(q)) is not None]
         if not self.classes:
@@ -43,7 +46,7 @@ class Heartbeat(bootsteps.StartStopStep):
             "pid": os.getpid(),
         }
         self._beat(worker.hostname, cfg.worker_ttl)
-        self.tref = worker.timer.call_repeatedly(
+        self.tref = consumer.timer.call_repeatedly(
             cfg.heartbeat_interval, self._beat, (worker.hostname, cfg.worker_ttl), priority=10
         )
         log.info(
@@ -61,10 +64,10 @@ class Heartbeat(bootsteps.StartStopStep):
         except redis.RedisError as exc:  # the broker may be briefly away; keep working
             log.warning("heartbeat failed: %s", exc)
 
-    def stop(self, worker: Any) -> None:
+    def stop(self, consumer: Any) -> None:
         if self.tref is not None:
             self.tref.cancel()
             self.tref = None
         if self.client is not None:
             with contextlib.suppress(redis.RedisError):  # shutting down: the broker may be gone
-                forget(self.client, worker.hostname, self.classes)
+                forget(self.client, consumer.hostname, self.classes)

@@ -39,6 +39,9 @@ def worker_argv(
         "-l",
         loglevel,
         "-E",  # task events, for Flower
+        # Heartbeats in Redis replace gossip; mingle only delays start-up by about a second.
+        "--without-mingle",
+        "--without-gossip",
     ]
     if spec.time_limit:
         argv += ["--time-limit", str(spec.time_limit)]
