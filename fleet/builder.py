@@ -153,16 +153,23 @@ class Workflow:
         self,
         name: str,
         op: str,
+        /,
         *,
         when: Condition | Ref | str | None = None,
         prefer: str | None = None,
         classes: list[str] | None = None,
         retries: int | None = None,
         timeout: float | None = None,
+        map: str | None = None,
+        args: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Step:
-        """Add an op node. References in ``kwargs`` are inputs; other values are params."""
-        inputs, params = self._split(kwargs)
+        """Add an op node. References in ``kwargs`` are inputs; other values are params.
+
+        The keywords above configure the node itself; an op argument with one of those names
+        (http.request's ``timeout``, say) goes in ``args={...}``, split the same way.
+        """
+        inputs, params = self._split({**(args or {}), **kwargs})
         return self._add(
             NodeSpec(
                 name=name,
@@ -174,6 +181,7 @@ class Workflow:
                 classes=classes,
                 retries=retries,
                 timeout=timeout,
+                map=map,
             )
         )
 
@@ -181,6 +189,7 @@ class Workflow:
         self,
         name: str,
         workflow: Workflow | WorkflowSpec,
+        /,
         *,
         when: Condition | Ref | str | None = None,
         max_iterations: int | None = None,

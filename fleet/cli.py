@@ -21,6 +21,7 @@ from fleet.errors import ConfigError, FleetError, WorkflowFailed, WorkflowValida
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 DEMO_FILE = Path(__file__).resolve().parents[1] / "examples" / "triage.yaml"
+QUESTION = "Hello. Where is my order 1042? It has not arrived yet."
 DEMO_INPUT = (
     "Hello, I was charged twice for order 1042 and the blender arrived broken. "
     "Please refund the second charge."
@@ -207,10 +208,11 @@ def submit(
     if no_wait:
         console.print(handle.id)
         return
-    _print_outcome(handle, timeout, as_json)
+    sys.exit(_print_outcome(handle, timeout, as_json))
 
 
-def _print_outcome(handle: Any, timeout: float, as_json: bool) -> None:
+def _print_outcome(handle: Any, timeout: float, as_json: bool) -> int:
+    """Wait for a run, print its trace and result (or error); the exit code to use."""
     from fleet.report import dumps, trace_json, trace_table
 
     start = time.monotonic()
@@ -238,8 +240,7 @@ def _print_outcome(handle: Any, timeout: float, as_json: bool) -> None:
         else:
             console.print("[bold]result[/]")
             console.print_json(dumps(outputs))
-    if code:
-        sys.exit(code)
+    return code
 
 
 @cli.command()
@@ -249,7 +250,7 @@ def trace(run_id: str, as_json: bool) -> None:
     """Show the status and trace of a run."""
     from fleet.client import Fleet
 
-    _print_outcome(Fleet().handle(run_id), 0.0, as_json)
+    sys.exit(_print_outcome(Fleet().handle(run_id), 0.0, as_json))
 
 
 @cli.command()
@@ -287,32 +288,48 @@ def ops(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option(
-    "--file", "file", type=click.Path(dir_okay=False), default=str(DEMO_FILE), show_default=True
-)
-@click.option("--text", default=DEMO_INPUT, help="The ticket text to triage.")
-@click.option("--workdir", default=".fleet", show_default=True)
+@click.option("--question", default=QUESTION, show_default=True, help="What the caller asks.")
+@click.option("--triage", is_flag=True, help="Run the model-free ticket-triage sample instead.")
+@click.option("--workdir", default=".fleet", show_default=True, help="Logs, audio, databases.")
 @click.option("--flower/--no-flower", default=False, show_default=True)
 @click.pass_context
-def demo(ctx: click.Context, file: str, text: str, workdir: str, flower: bool) -> None:
-    """The main job: start the local fleet, run a sample workflow, print result and trace."""
-    from fleet.local import LocalFleet
+def demo(ctx: click.Context, question: str, triage: bool, workdir: str, flower: bool) -> None:
+    """The main job: a local fleet answers a spoken question with real models.
+
+    Speech-to-text, embeddings, FAISS retrieval, an LLM that decides to call the order-status
+    API, the LLM's answer and text-to-speech -- each step on the class that suits it.
+    """
+    from fleet.demo import run_voice_demo
 
     cfg = _config(ctx)
-    client, spec = _load_and_validate(file)
+    path = Path(workdir).resolve()
+    (path / "logs").mkdir(parents=True, exist_ok=True)
     try:
-        fleet = LocalFleet(cfg, [], flower, Path(workdir), "WARNING", say=console.print)
-        with console.status("starting the local fleet..."):
-            fleet.start()
-    except FleetError as exc:
+        if triage:
+            _triage_demo(cfg, path, flower)
+        else:
+            run_voice_demo(cfg, path, question, flower, console.print, _show)
+    except (FleetError, WorkflowValidationError) as exc:
         _fail(str(exc))
+
+
+def _show(handle: Any, elapsed: float) -> None:
+    code = _print_outcome(handle, 600.0, False)
+    if code:
+        sys.exit(code)
+
+
+def _triage_demo(cfg: FleetConfig, workdir: Path, flower: bool) -> None:
+    from fleet.local import LocalFleet
+
+    client, spec = _load_and_validate(str(DEMO_FILE))
+    fleet = LocalFleet(cfg, [], flower, workdir, "WARNING", say=console.print)
+    with console.status("starting the local fleet..."):
+        fleet.start()
     try:
-        console.print(f"running workflow '{spec.name}' from {file}")
-        handle = client.submit(spec, {"ticket": text})
-        _print_outcome(handle, 120.0, False)
+        _show(client.submit(spec, {"ticket": DEMO_INPUT}), 0.0)
     finally:
-        with console.status("stopping the local fleet..."):
-            fleet.stop()
+        fleet.stop()
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Sources, later ones winning: built-in defaults, a TOML/YAML file (``FLEET_CONFIG
 ``./fleet.toml``), then environment variables::
 
     FLEET_BROKER_URL, FLEET_RESULT_BACKEND, FLEET_POLICY, FLEET_CONTROL_CLASS,
-    FLEET_OP_MODULES (comma separated), FLEET_FLOWER_PORT,
+    FLEET_OP_MODULES and FLEET_HTTP_ALLOW (comma separated), FLEET_FLOWER_PORT, FLEET_DATA_DIR,
     FLEET_CLASS_<NAME>_<FIELD>   e.g. FLEET_CLASS_NPU_LITE_CONCURRENCY=2
 
 A class that is not built in can be added by configuration alone (a ``[classes.NAME]`` table).
@@ -99,7 +99,15 @@ def default_classes() -> dict[str, ClassSpec]:
     }
 
 
-DEFAULT_OP_MODULES = ["workers.ops.general", "workers.ops.testing"]
+DEFAULT_OP_MODULES = [
+    "workers.ops.general",
+    "workers.ops.testing",
+    "workers.ops.llm",
+    "workers.ops.embed",
+    "workers.ops.memory",
+    "workers.ops.tools",
+    "workers.ops.speech",
+]
 
 
 class FleetConfig(BaseModel):
@@ -118,6 +126,10 @@ class FleetConfig(BaseModel):
     state_ttl: float = Field(default=1.0, ge=0)
     run_ttl: int = Field(default=86400, gt=0)
     visibility_timeout: int = Field(default=3600, gt=0)
+    # Where workers keep assembled models and vector indexes (shared by the workers of a host).
+    data_dir: str = "~/.cache/agent-fleet"
+    # Hosts the http.request op may call; anything else is refused before a connection.
+    http_allow: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"])
 
     @field_validator("classes")
     @classmethod
@@ -146,6 +158,7 @@ _ENV_SCALARS = {
     "FLEET_POLICY": "policy",
     "FLEET_CONTROL_CLASS": "control_class",
     "FLEET_FLOWER_PORT": "flower_port",
+    "FLEET_DATA_DIR": "data_dir",
 }
 
 
@@ -179,8 +192,9 @@ def _env_overrides(data: dict[str, Any], env: dict[str, str]) -> None:
     for var, key in _ENV_SCALARS.items():
         if env.get(var):
             data[key] = env[var]
-    if env.get("FLEET_OP_MODULES"):
-        data["op_modules"] = [m.strip() for m in env["FLEET_OP_MODULES"].split(",") if m.strip()]
+    for var, key in (("FLEET_OP_MODULES", "op_modules"), ("FLEET_HTTP_ALLOW", "http_allow")):
+        if env.get(var):
+            data[key] = [m.strip() for m in env[var].split(",") if m.strip()]
     classes = data["classes"]
     by_env_name = {name.upper().replace("-", "_"): name for name in classes}
     fields = sorted(ClassSpec.model_fields, key=len, reverse=True)

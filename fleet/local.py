@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,13 @@ from workers.launch import APP, worker_argv, worker_env
 
 Say = Callable[[str], None]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def broker_reachable(url: str, timeout: float = 1.0) -> bool:

@@ -8,6 +8,7 @@ skipped -- the join after a conditional branch. The same model comes from the Py
 
 from __future__ import annotations
 
+import json
 import operator
 import re
 from collections.abc import Callable, Iterator
@@ -70,11 +71,7 @@ class Condition(BaseModel):
         if not m:
             raise ValueError(f"cannot parse condition '{text}' (expected: node.output OP value)")
         ref, op, raw = m.groups()
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"condition '{text}': bad value {raw!r}: {exc}") from exc
-        return cls(ref=ref, op=op, value=value)
+        return cls(ref=ref, op=op, value=_literal(raw, text))
 
     def evaluate(self, actual: Any) -> bool:
         if self.op == "truthy":
@@ -90,6 +87,25 @@ class Condition(BaseModel):
         if self.op in ("truthy", "falsy"):
             return self.ref if self.op == "truthy" else f"not {self.ref}"
         return f"{self.ref} {self.op} {self.value!r}"
+
+
+def _literal(raw: str, text: str) -> Any:
+    """A condition's value: JSON (true, 3, "x", [1]), 'quoted', a YAML flow list, or a bare word.
+
+    Not plain YAML: YAML 1.1 would read the bare words yes / no / on / off as booleans.
+    """
+    try:
+        return json.loads(raw)
+    except ValueError:
+        pass
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    if raw[0] in "[{":
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"condition '{text}': bad value {raw!r}: {exc}") from exc
+    return raw
 
 
 def _coerce_condition(v: Any) -> Any:
@@ -122,6 +138,8 @@ class NodeSpec(BaseModel):
     timeout: float | None = Field(default=None, gt=0)
     workflow: WorkflowSpec | None = None
     loop: LoopSpec | None = None
+    # Name of a list input: run the op once per item, in parallel; outputs become lists.
+    map: str | None = None
     line: int | None = None
 
     _coerce = field_validator("when", mode="before")(_coerce_condition)

@@ -24,6 +24,8 @@ from fleet.model import INPUTS, NodeSpec, WorkflowSpec, alternatives, parse_ref
 from fleet.ops import Registry
 from fleet.validate import LOOP_OUTPUT, dependency_graph, eligible_classes
 
+MAP_MARK = "[*]"  # outputs[path + MAP_MARK] = {"count": n} once a mapped node is expanded
+
 
 class Envelope(TypedDict):
     outputs: dict[str, dict[str, Any]]
@@ -107,6 +109,7 @@ class _ScopePlanner:
         self.wf, self.prefix, self.env = wf, prefix, env
         self.skipped = {p for p in env["skipped"] if p.startswith(prefix)}
         self.scheduled: list[NodeSpec] = []
+        self.mapped: list[tuple[NodeSpec, int, Any]] = []  # (node, index, item)
         self.subflow: NodeSpec | None = None
 
     def _state(self, name: str) -> str:
@@ -133,7 +136,38 @@ class _ScopePlanner:
                 return True
         return False
 
-    def run(self) -> None:
+    def _collect_maps(self, registry: Registry) -> None:
+        """A mapped node whose items have all run becomes done, its outputs lists."""
+        outputs = self.env["outputs"]
+        for node in self.wf.nodes:
+            path = self.prefix + node.name
+            if node.map is None or path in outputs or path + MAP_MARK not in outputs:
+                continue
+            count = outputs[path + MAP_MARK]["count"]
+            items = [outputs.get(f"{path}[{i}]") for i in range(count)]
+            if all(item is not None for item in items) and node.op in registry:
+                names = registry.get(str(node.op)).outputs
+                outputs[path] = {o: [item[o] for item in items if item] for o in names}
+
+    def _expand(self, node: NodeSpec) -> None:
+        assert node.map is not None
+        path = self.prefix + node.name
+        if path + MAP_MARK in self.env["outputs"]:
+            return  # expanded in an earlier segment; collected once every item is done
+        source = node.inputs[node.map]
+        _, items = lookup(self.env, [_addr(r, self.prefix) for r in alternatives(source)])
+        if not isinstance(items, list):
+            raise FleetError(
+                f"node '{path}': map input '{node.map}' is {type(items).__name__}, not a list"
+            )
+        self.env["outputs"][path + MAP_MARK] = {"count": len(items)}
+        self.mapped.extend((node, i, item) for i, item in enumerate(items))
+        if not items:  # nothing to run: done at once, with empty lists
+            self._collect_maps(self.registry)
+
+    def run(self, registry: Registry) -> None:
+        self.registry = registry
+        self._collect_maps(registry)
         graph = dependency_graph(self.wf)
         order = {n.name: i for i, n in enumerate(self.wf.nodes)}
         for name in nx.lexicographical_topological_sort(graph, key=order.__getitem__):
@@ -154,8 +188,12 @@ class _ScopePlanner:
             if self._all_skipped(node):
                 self._skip(node)
                 continue
-            if node.workflow is not None:
-                if self.subflow is None and "scheduled" not in deps.values():
+            if node.workflow is not None or node.map is not None:
+                if "scheduled" in deps.values():
+                    continue  # needs its inputs' values, not just their promise
+                if node.map is not None:
+                    self._expand(node)  # an empty list is done at once: dependents may run
+                elif self.subflow is None:
                     self.subflow = node
                 continue
             self.scheduled.append(node)
@@ -169,7 +207,24 @@ class _ScopePlanner:
             if depth[node.name] == len(levels):
                 levels.append([])
             levels[depth[node.name]].append(self._call(node, cfg, registry))
+        # Mapped items depend only on finished nodes (nothing scheduled depends on them yet):
+        # they run in the first level, beside the other nodes that are ready now.
+        items = [self._item_call(n, i, item, cfg, registry) for n, i, item in self.mapped]
+        if items:
+            if not levels:
+                levels.append([])
+            levels[0][:0] = items
         return levels
+
+    def _item_call(
+        self, node: NodeSpec, index: int, item: Any, cfg: FleetConfig, registry: Registry
+    ) -> StepCall:
+        assert node.map is not None
+        call = self._call(node, cfg, registry)
+        call["path"] = f"{call['path']}[{index}]"
+        del call["inputs"][node.map]
+        call["params"] = {**call["params"], node.map: item}
+        return call
 
     def _call(self, node: NodeSpec, cfg: FleetConfig, registry: Registry) -> StepCall:
         assert node.op is not None
@@ -222,8 +277,8 @@ def advance(
     while True:
         wf, prefix = scope(spec, frames)
         planner = _ScopePlanner(wf, prefix, env)
-        planner.run()
-        if planner.scheduled:
+        planner.run(registry)
+        if planner.scheduled or planner.mapped:
             return Plan(env, frames, planner.levels(cfg, registry))
         if planner.subflow is not None:
             node = planner.subflow

@@ -114,6 +114,8 @@ class _Checker:
             self.add(f"sub-workflow '{body.name}' has no input '{name}'", node, f"inputs.{name}")
         if node.params:
             self.add("agent nodes take 'inputs', not 'params'", node, "params")
+        if node.map is not None:
+            self.add("'map' applies to op nodes, not agent nodes", node, "map")
         sub = _Checker(self.cfg, self.registry, self.file)
         sub.workflow(body)
         for p in sub.problems:
@@ -128,6 +130,8 @@ class _Checker:
         assert node.op is not None
         if node.loop is not None:
             self.add("'loop' needs a 'workflow' body to repeat", node, "loop")
+        if node.map is not None and node.map not in node.inputs:
+            self.add(f"map names '{node.map}', which is not one of its inputs", node, "map")
         try:
             op = self.registry.get(node.op)
         except UnknownOpError:

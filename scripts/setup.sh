@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh Debian machine with Python 3.11:
-# redis-server (Debian package) and a virtual environment .venv with the project and its
-# dev tools. Idempotent: a second run only re-installs when pyproject.toml changed.
+# Debian packages (redis-server, espeak-ng, a C/C++ toolchain for llama-cpp-python) and a
+# virtual environment .venv with the project and its dev tools. Idempotent: a second run
+# only re-installs when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ SUDO=""
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 "$PY" -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
@@ -23,8 +27,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
-  echo "setup: installing the project into .venv (pip install -e '.[dev]')"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+  # torch first and pinned, so that nothing resolves it to a CUDA build.
+  "${pip[@]}" torch==2.13.0
+  echo "setup: installing the project into .venv (llama-cpp-python compiles on first install: ~7 min)"
+  "${pip[@]}" -e ".[dev]"
   touch .venv/.installed
 fi
-echo "setup: ready ($(.venv/bin/python -c 'import celery; print("celery", celery.__version__)'), $(redis-server --version | cut -d' ' -f3))"
+echo "setup: ready ($(.venv/bin/python -c 'import celery, llama_cpp; print("celery", celery.__version__, "llama-cpp", llama_cpp.__version__)'), redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2))"

@@ -7,22 +7,17 @@ imported, so the test broker's address is fixed here, before any test module is 
 from __future__ import annotations
 
 import os
-import socket
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from fleet.config import FleetConfig, load_config
+from fleet.local import free_port
 from fleet.ops import registry
 
 TESTS = Path(__file__).parent
 TEST_CONFIG = TESTS / "fleet-test.toml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,6 +25,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["FLEET_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
     os.environ.pop("FLEET_RESULT_BACKEND", None)
     os.environ["FLEET_CONFIG"] = str(TEST_CONFIG)
+    # Models assembled and indexes written by this run stay in this run.
+    os.environ["FLEET_DATA_DIR"] = tempfile.mkdtemp(prefix="fleet-test-data-")
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +35,11 @@ def cfg() -> FleetConfig:
     config = load_config(env={})
     registry.load_modules(config.op_modules)
     return config
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A ~0.5 MB random-weight llama GGUF: the real llama.cpp path in milliseconds."""
+    from tests.support.tinyllm import write_tiny_gguf
+
+    return str(write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf"))

@@ -20,6 +20,9 @@ from fleet.model import Condition, WorkflowSpec
         ("a.b", "", False),
         ("not a.b", "", True),
         ("a.b == true", True, True),
+        ("a.b == yes", "yes", True),  # a bare word is a string (YAML would say True)
+        ("a.b == 'no'", "no", True),
+        ('a.b == "3"', 3, False),
     ],
 )
 def test_condition_parse_and_evaluate(text: str, actual: object, expected: bool) -> None:

@@ -58,3 +58,38 @@ def test_test_ops() -> None:
         testing.sleep(-1)
     with pytest.raises(testing.InjectedFailure, match="boom"):
         testing.fail("boom")
+
+
+def test_llm_prompt_and_choose() -> None:
+    from workers.ops.llm import build_prompt, choose
+
+    out = build_prompt(
+        "Where is order 7?",
+        instruction="Be brief.",
+        context=["doc one", "doc two"],
+        facts="Order 7 shipped.",
+        examples=[{"input": "hi", "output": "hello"}],
+        question_label="Customer",
+        answer_label="Agent",
+        answer_prefix="Sure,",
+    )
+    assert out["prompt"] == (
+        "Be brief.\n\nContext:\n- doc one\n- doc two\n\nFacts:\nOrder 7 shipped.\n\n"
+        "Customer: hi\nAgent: hello\n\nCustomer: Where is order 7?\nAgent: Sure,"
+    )
+    assert out["prefix"] == "Sure,"
+    assert choose(" Yes, it does", ["yes", "no"]) == {"choice": "yes", "matched": True}
+    assert choose(" maybe", ["yes", "no"], default="no") == {"choice": "no", "matched": False}
+
+
+def test_template_fields_and_regex() -> None:
+    out = general.template("${o.id} is ${o.state}", o={"id": 7, "state": "late"})
+    assert out == {"text": "7 is late"}
+    with pytest.raises(ValueError, match=r"'o\.nope'"):
+        general.template("${o.nope}", o={})
+    assert general.regex("order 1,042 please", r"(\d{1,3}(?:,\d{3})+)", 1, remove=",") == {
+        "match": "1042",
+        "found": True,
+    }
+    with pytest.raises(ValueError, match="bad pattern"):
+        general.regex("x", "(")

@@ -8,6 +8,7 @@ import pytest
 
 from fleet.builder import Ref, Workflow
 from fleet.config import FleetConfig
+from fleet.errors import FleetError
 from fleet.model import WorkflowSpec
 from fleet.ops import registry
 from fleet.plan import Frame, advance, lookup, merge_envelopes, new_envelope
@@ -131,3 +132,25 @@ def test_merge_envelopes_unions_branches() -> None:
     b["skipped"].append("r")
     merged = merge_envelopes([a, b])
     assert set(merged["outputs"]) == {"inputs", "p", "q"} and merged["skipped"] == ["r"]
+
+
+def test_map_runs_once_per_item_then_collects(cfg: FleetConfig) -> None:
+    wf = Workflow("map", inputs=["texts"])
+    ups = wf.step("ups", "text.upper", text=wf.input("texts"), map="text")
+    stats = wf.step("stats", "text.stats", text=ups["text"], map="text")
+    joined = wf.step("joined", "text.join", parts=ups["text"], sep="+")
+    wf.output("joined", joined["text"])
+    wf.output("words", stats["words"])
+    out, segments, _ = run_inline(wf.spec(), {"texts": ["a b", "c", "d e f"]}, cfg)
+    assert out == {"joined": "A B+C+D E F", "words": [2, 1, 3]}
+    assert segments[0] == [["ups[0]", "ups[1]", "ups[2]"]]
+    assert sorted(segments[1][0]) == ["joined", "stats[0]", "stats[1]", "stats[2]"]
+
+
+def test_map_over_empty_list_and_non_list(cfg: FleetConfig) -> None:
+    wf = Workflow("map", inputs=["texts"])
+    ups = wf.step("ups", "text.upper", text=wf.input("texts"), map="text")
+    wf.output("out", ups["text"])
+    assert run_inline(wf.spec(), {"texts": []}, cfg)[0] == {"out": []}
+    with pytest.raises(FleetError, match="map input 'text' is str, not a list"):
+        run_inline(wf.spec(), {"texts": "abc"}, cfg)

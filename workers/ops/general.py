@@ -19,13 +19,46 @@ _STOPWORDS = frozenset(_WORDS_TO_IGNORE.split())
 _CPU_FIRST = ("cpu", "io", "npu-lite", "gpu")
 
 
+class _DottedTemplate(string.Template):
+    # ${order.status} reads a field of a JSON value; no attribute access, no code.
+    idpattern = r"(?a:[_a-z][_a-z0-9]*(?:\.[_a-z0-9]+)*)"
+
+
+class _Fields(dict[str, Any]):
+    def __missing__(self, key: str) -> Any:
+        head, _, rest = key.partition(".")
+        if rest and head in self:
+            found, value = _walk(self[head], rest)
+            if found:
+                return value
+        raise KeyError(key)
+
+
 @op("text.template", classes=_CPU_FIRST, outputs=("text",))
 def template(template: str, **values: Any) -> dict[str, str]:
-    """Fill ``${name}`` placeholders; a missing name is an error, not an empty string."""
+    """Fill ``${name}`` / ``${name.field}`` placeholders; a missing one is an error."""
     try:
-        return {"text": string.Template(template).substitute(values)}
+        return {"text": _DottedTemplate(template).substitute(_Fields(values))}
     except KeyError as exc:
         raise ValueError(f"template needs a value for {exc.args[0]!r}") from None
+
+
+@op("text.regex", classes=_CPU_FIRST, outputs=("match", "found"))
+def regex(
+    text: str, pattern: str, group: int = 0, default: Any = None, remove: str = ""
+) -> dict[str, Any]:
+    """The first match of ``pattern`` in ``text`` (``group`` selects a capture group), with
+    the characters in ``remove`` taken out of it (e.g. "," from a spoken "1,042")."""
+    try:
+        m = re.search(pattern, text or "")
+    except re.error as exc:
+        raise ValueError(f"bad pattern {pattern!r}: {exc}") from None
+    if m is None:
+        return {"match": default, "found": False}
+    match = m.group(group)
+    for ch in remove:
+        match = match.replace(ch, "")
+    return {"match": match, "found": True}
 
 
 @op("text.normalize", classes=_CPU_FIRST, outputs=("text",))

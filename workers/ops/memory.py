@@ -1,0 +1,162 @@
+"""Vector memory on FAISS: build, add, top-k search, fetch by id; persisted on disk.
+
+An index lives in ``<data_dir>/indexes/<name>/`` as ``index.faiss`` plus ``docs.json``; every
+write replaces both atomically, and readers reload when the files change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from fleet.ops import op
+from workers.runtime import data_dir
+
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _dir(name: str) -> Path:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ValueError(f"index name {name!r} must be 1-64 letters, digits, '_' or '-'")
+    return data_dir("indexes") / name
+
+
+def _check_docs(documents: Any, vectors: Any) -> list[dict[str, Any]]:
+    if not isinstance(documents, list) or not documents:
+        raise ValueError("documents must be a non-empty list of {id, text} objects")
+    for i, d in enumerate(documents):
+        if not isinstance(d, dict) or not d.get("id") or not isinstance(d.get("text"), str):
+            raise ValueError(f"documents[{i}] needs an 'id' and a 'text'")
+    if not isinstance(vectors, list) or len(vectors) != len(documents):
+        raise ValueError(
+            f"got {len(vectors) if isinstance(vectors, list) else 0} vectors for "
+            f"{len(documents)} documents"
+        )
+    return documents
+
+
+@cache
+def _load(path: str, mtime_ns: int) -> tuple[Any, list[dict[str, Any]]]:
+    import faiss
+
+    index = faiss.read_index(str(Path(path) / "index.faiss"))
+    docs = json.loads((Path(path) / "docs.json").read_text())
+    return index, docs
+
+
+def load_index(name: str) -> tuple[Any, list[dict[str, Any]]]:
+    path = _dir(name)
+    marker = path / "docs.json"
+    if not marker.exists():
+        raise KeyError(f"no index named '{name}' (build it with memory.index first)")
+    return _load(str(path), marker.stat().st_mtime_ns)
+
+
+def _save(name: str, index: Any, docs: list[dict[str, Any]]) -> Path:
+    import faiss
+
+    path = _dir(name)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp_index, tmp_docs = path / f".index.{os.getpid()}", path / f".docs.{os.getpid()}"
+    faiss.write_index(index, str(tmp_index))
+    tmp_docs.write_text(json.dumps(docs))
+    os.replace(tmp_index, path / "index.faiss")
+    os.replace(tmp_docs, path / "docs.json")  # written last: readers key on it
+    return path
+
+
+@op("memory.index", kind="memory", classes=("cpu", "io"), outputs=("name", "count", "path"))
+def index_documents(
+    name: str, documents: list[dict[str, Any]], vectors: list[list[float]], mode: str = "replace"
+) -> dict[str, Any]:
+    """Build (``mode=replace``) or extend (``mode=add``) a cosine-similarity index."""
+    import faiss
+    import numpy as np
+
+    docs = _check_docs(documents, vectors)
+    matrix = np.asarray(vectors, dtype="float32")
+    if mode == "add":
+        index, existing = load_index(name)
+        index = faiss.clone_index(index)
+        known = {d["id"] for d in existing}
+        dupes = [d["id"] for d in docs if d["id"] in known]
+        if dupes:
+            raise ValueError(f"document id(s) already in '{name}': {dupes[:5]}")
+        docs = existing + docs
+    elif mode == "replace":
+        index = faiss.IndexFlatIP(matrix.shape[1])
+    else:
+        raise ValueError(f"mode must be 'replace' or 'add', not {mode!r}")
+    if matrix.shape[1] != index.d:
+        raise ValueError(f"vectors have dimension {matrix.shape[1]}, index '{name}' has {index.d}")
+    index.add(matrix)
+    path = _save(name, index, docs)
+    return {"name": name, "count": int(index.ntotal), "path": str(path)}
+
+
+@op("memory.search", kind="memory", classes=("cpu", "io"), outputs=("hits", "context", "ids"))
+def search(
+    name: str, vector: list[float], k: int = 3, min_score: float | None = None
+) -> dict[str, Any]:
+    """Top-k documents by cosine similarity to ``vector`` (a list of one vector is accepted)."""
+    import numpy as np
+
+    if isinstance(vector, list) and vector and isinstance(vector[0], list):
+        vector = vector[0]
+    index, docs = load_index(name)
+    query = np.asarray([vector], dtype="float32")
+    if query.shape[1] != index.d:
+        raise ValueError(f"query has dimension {query.shape[1]}, index '{name}' has {index.d}")
+    scores, ids = index.search(query, max(1, min(int(k), len(docs))))
+    hits = [
+        {**docs[i], "score": round(float(s), 4)}
+        for s, i in zip(scores[0], ids[0], strict=True)
+        if i >= 0 and (min_score is None or s >= min_score)
+    ]
+    return {
+        "hits": hits,
+        "context": "\n\n".join(h["text"] for h in hits),
+        "ids": [h["id"] for h in hits],
+    }
+
+
+@op("memory.get", kind="memory", classes=("cpu", "io"), outputs=("document",))
+def get_document(name: str, doc_id: str) -> dict[str, Any]:
+    """Fetch one stored document by id."""
+    _, docs = load_index(name)
+    for d in docs:
+        if d["id"] == doc_id:
+            return {"document": d}
+    raise KeyError(f"index '{name}' has no document with id {doc_id!r}")
+
+
+def _chunks(text: str, size: int) -> list[str]:
+    """Split on blank lines, packing paragraphs into chunks of about ``size`` characters."""
+    out: list[str] = []
+    for para in [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]:
+        if out and len(out[-1]) + len(para) + 2 <= size:
+            out[-1] += "\n\n" + para
+        else:
+            out.append(para)
+    return out
+
+
+@op("memory.load_docs", kind="memory", classes=("io", "cpu"), outputs=("documents", "texts"))
+def load_docs(path: str, chunk_chars: int = 800, pattern: str = "*.md") -> dict[str, Any]:
+    """Read a folder of text files into chunked documents ``{id, title, text}``."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"documents folder {root} does not exist")
+    docs = []
+    for file in sorted(root.glob(pattern)):
+        text = file.read_text()
+        title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.strip()), file.stem)
+        for i, chunk in enumerate(_chunks(text, chunk_chars)):
+            docs.append({"id": f"{file.stem}#{i}", "title": title, "text": chunk})
+    if not docs:
+        raise ValueError(f"no documents matching {pattern} in {root}")
+    return {"documents": docs, "texts": [d["text"] for d in docs]}
