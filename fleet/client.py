@@ -10,6 +10,7 @@ is sent: a bad workflow never reaches the broker.
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from fleet.loader import load_workflow
 from fleet.model import WorkflowSpec
 from fleet.ops import registry
 from fleet.plan import advance, new_envelope
+from fleet.policies import make_policy
 from fleet.runs import RunInfo, RunStore, TraceEntry
 from fleet.validate import check_inputs, validate
 
@@ -95,17 +97,31 @@ class Fleet:
         inputs: dict[str, Any] | None = None,
         *,
         priority: int | None = None,
+        sla_s: float | None = None,
+        policy: str | None = None,
     ) -> RunHandle:
-        """Validate, plan the first segment, and send it. Returns at once."""
+        """Validate, plan the first segment, and send it. Returns at once.
+
+        ``sla_s`` is the run's end-to-end latency target (the cost-sla policy budgets each
+        step from what is left of it); ``policy`` overrides the configured routing policy for
+        this run; ``priority`` (0-9) is the messages' priority.
+        """
         spec = self.validate(workflow)
         inputs = dict(inputs or {})
         check_inputs(spec, inputs)
+        if policy is not None:
+            make_policy(policy)  # an unknown name fails here, before anything is sent
+        if sla_s is not None and sla_s <= 0:
+            raise ValueError(f"sla_s must be positive, got {sla_s}")
         plan = advance(spec, [], new_envelope({**spec.defaults, **inputs}), self.cfg, registry)
         run_id = uuid.uuid4().hex
-        run: dict[str, Any] = {"id": run_id, "workflow": spec.name}
-        if priority is not None:
-            run["priority"] = priority
-        self.store.create(run_id, spec.name, {"priority": priority})
+        run: dict[str, Any] = {"id": run_id, "workflow": spec.name, "submitted_at": time.time()}
+        for key, value in (("priority", priority), ("sla_s", sla_s), ("policy", policy)):
+            if value is not None:
+                run[key] = value
+        self.store.create(
+            run_id, spec.name, {k: run.get(k) for k in ("priority", "sla_s", "policy")}
+        )
         self.store.add_skips(run_id, plan.envelope["skipped"])
         if plan.finished:
             self.store.succeed(run_id, plan.outputs)

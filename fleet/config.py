@@ -44,6 +44,9 @@ class ClassSpec(BaseModel):
     device: str = "cpu"
     # Hourly price of one worker slot of this class (cost model; see docs/routing.md).
     price_per_hour: float = Field(default=0.0, ge=0)
+    # Moving a step's inputs to this class: bandwidth and fixed latency (data movement cost).
+    network_mb_s: float = Field(default=1000.0, gt=0)
+    latency_s: float = Field(default=0.0, ge=0)
 
     @property
     def queue_name(self) -> str:
@@ -118,10 +121,20 @@ class FleetConfig(BaseModel):
     classes: dict[str, ClassSpec] = Field(default_factory=default_classes)
     # Class that runs the small control task (fleet.advance); falls back to any live class.
     control_class: str = "io"
+    # preferred | static | least-latency | cost-sla (docs/routing.md)
     policy: str = "preferred"
+    # When no eligible class has a live worker: fallback (another live class, else wait in the
+    # preferred queue), wait (only ever the preferred class), fail (fail the run at once).
+    no_worker: Literal["fallback", "wait", "fail"] = "fallback"
+    # cost-sla: the latency SLA of a run submitted without one (seconds).
+    default_sla_s: float = Field(default=30.0, gt=0)
+    # Service time assumed for an op with neither a profile nor online observations.
+    default_service_s: float = Field(default=0.5, gt=0)
+    # State older than this (the backend unreachable) makes policies fall back to static.
+    stale_after_s: float = Field(default=15.0, gt=0)
     op_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_OP_MODULES))
     flower_port: int = 5555
-    heartbeat_interval: float = Field(default=2.0, gt=0)
+    heartbeat_interval: float = Field(default=1.0, gt=0)
     worker_ttl: float = Field(default=10.0, gt=0)
     state_ttl: float = Field(default=1.0, ge=0)
     run_ttl: int = Field(default=86400, gt=0)
@@ -156,6 +169,7 @@ _ENV_SCALARS = {
     "FLEET_BROKER_URL": "broker_url",
     "FLEET_RESULT_BACKEND": "result_backend",
     "FLEET_POLICY": "policy",
+    "FLEET_NO_WORKER": "no_worker",
     "FLEET_CONTROL_CLASS": "control_class",
     "FLEET_FLOWER_PORT": "flower_port",
     "FLEET_DATA_DIR": "data_dir",

@@ -48,6 +48,7 @@ class StepCall(TypedDict):
     classes: list[str]  # eligible classes, preferred first
     retries: int
     timeout: float | None
+    remaining: int  # steps of this scope still to run, this one included (SLA budgeting)
 
 
 @dataclass
@@ -83,6 +84,19 @@ def lookup(env: Envelope, alts: list[list[str]]) -> tuple[bool, Any]:
         if outs is not None and output in outs:
             return True, outs[output]
     return False, None
+
+
+def resolve_args(call: StepCall, env: Envelope) -> dict[str, Any]:
+    """The keyword arguments a step's op is called with: its inputs' values, then params."""
+    kwargs: dict[str, Any] = {}
+    for name, alts in call["inputs"].items():
+        found, value = lookup(env, alts)
+        if not found:
+            sources = ", ".join(f"{p}.{o}" for p, o in alts) or "no source left"
+            raise ValueError(f"input '{name}' has no value ({sources})")
+        kwargs[name] = value
+    kwargs.update(call["params"])
+    return kwargs
 
 
 def scope(spec: WorkflowSpec, frames: list[Frame]) -> tuple[WorkflowSpec, str]:
@@ -214,6 +228,10 @@ class _ScopePlanner:
             if not levels:
                 levels.append([])
             levels[0][:0] = items
+        pending = sum(1 for n in self.wf.nodes if self._state(n.name) in ("pending", "scheduled"))
+        for depth_index, level in enumerate(levels):
+            for call in level:
+                call["remaining"] = max(1, pending - depth_index)
         return levels
 
     def _item_call(
@@ -242,6 +260,7 @@ class _ScopePlanner:
             "classes": eligible_classes(node, op, cfg),
             "retries": op.retries if node.retries is None else node.retries,
             "timeout": node.timeout,
+            "remaining": 1,
         }
 
     def outputs(self) -> dict[str, Any]:

@@ -6,101 +6,26 @@ moment. Signatures never carry a fixed queue (options on a chain reach only its 
 
 The decision travels with the message as the header ``fleet_route`` (stamped by a
 ``before_task_publish`` handler in :mod:`fleet.app`), so the step records in its trace which
-class was chosen and why.
+class was chosen, why, and the estimates behind it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+import time
+from typing import Any
 
 from fleet.config import FleetConfig
+from fleet.plan import Envelope, StepCall, merge_envelopes, resolve_args
+from fleet.policies import RouteDecision, RouteRequest, RoutingPolicy, StaticPolicy, make_policy
+from fleet.profiles import current_store, units_of
 from fleet.state import CachedState, FleetState, StateReader
 
 STEP_TASK = "fleet.step"
 CONTROL_TASKS = frozenset({"fleet.advance"})
-
-
-@dataclass(frozen=True)
-class RouteRequest:
-    task: str
-    op: str | None
-    kind: str | None
-    classes: tuple[str, ...]  # eligible classes, preferred first
-
-
-@dataclass(frozen=True)
-class RouteDecision:
-    cls: str
-    queue: str
-    policy: str
-    reason: str
-    estimates: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class RoutingPolicy(Protocol):
-    """Chooses one class among ``req.classes`` from the fleet's state."""
-
-    name: str
-
-    def choose(self, req: RouteRequest, state: FleetState, cfg: FleetConfig) -> RouteDecision: ...
-
-
-def _decide(cfg: FleetConfig, policy: str, cls: str, reason: str) -> RouteDecision:
-    return RouteDecision(cls=cls, queue=cfg.classes[cls].queue_name, policy=policy, reason=reason)
-
-
-class StaticPolicy:
-    """Always the preferred class, live workers or not (what hand-written task_routes do)."""
-
-    name = "static"
-
-    def choose(self, req: RouteRequest, state: FleetState, cfg: FleetConfig) -> RouteDecision:
-        return _decide(cfg, self.name, req.classes[0], "preferred class (static)")
-
-
-class PreferredPolicy:
-    """The preferred class if it has live workers, else the next eligible class that does.
-
-    With no live worker in any eligible class the step waits in the preferred queue: Celery
-    delivers it once a worker of that class starts (the decision says so in the trace).
-    """
-
-    name = "preferred"
-
-    def choose(self, req: RouteRequest, state: FleetState, cfg: FleetConfig) -> RouteDecision:
-        preferred = req.classes[0]
-        if state.live(preferred):
-            return _decide(cfg, self.name, preferred, "preferred class has live workers")
-        for cls in req.classes[1:]:
-            if state.live(cls):
-                return _decide(
-                    cfg, self.name, cls, f"fallback: no live worker for preferred '{preferred}'"
-                )
-        return _decide(
-            cfg, self.name, preferred, "no live worker in any eligible class; waiting in queue"
-        )
-
-
-POLICIES: dict[str, Callable[[], RoutingPolicy]] = {
-    "static": StaticPolicy,
-    "preferred": PreferredPolicy,
-}
-
-
-def make_policy(name: str) -> RoutingPolicy:
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        raise ValueError(
-            f"unknown routing policy '{name}' (known: {', '.join(POLICIES)})"
-        ) from None
-
+log = logging.getLogger("fleet.routing")
 
 _last = threading.local()
 
@@ -114,12 +39,50 @@ def take_decision(task_name: str) -> RouteDecision | None:
     return None
 
 
+def _envelope(args: Any) -> Envelope | None:
+    first = args[0] if isinstance(args, list | tuple) and args else None
+    if isinstance(first, list):
+        parts = [e for e in first if isinstance(e, dict) and "outputs" in e]
+        return merge_envelopes(parts)  # type: ignore[arg-type]
+    if isinstance(first, dict) and "outputs" in first:
+        env: Envelope = first  # type: ignore[assignment]
+        return env
+    return None
+
+
+def step_request(name: str, call: StepCall, run: dict[str, Any], args: Any) -> RouteRequest:
+    """What the policy needs to know about one step, from its message."""
+    units, size = 1.0, 0
+    env = _envelope(args)
+    if env is not None:
+        try:
+            values = resolve_args(call, env)
+            units = units_of(call["op"], values)
+            size = len(json.dumps(values, default=str))
+        except (ValueError, TypeError):
+            pass  # routing must not fail on odd inputs: the step reports them when it runs
+    sla_left = None
+    if run.get("sla_s") and run.get("submitted_at"):
+        sla_left = float(run["sla_s"]) - (time.time() - float(run["submitted_at"]))
+    return RouteRequest(
+        name,
+        call["op"],
+        call["kind"],
+        tuple(call["classes"]),
+        units=units,
+        input_bytes=size,
+        sla_left_s=sla_left,
+        remaining_steps=int(call.get("remaining", 1) or 1),
+    )
+
+
 class FleetRouter:
     """A Celery router (``task_routes`` entry) for the fleet's own tasks."""
 
     def __init__(self, cfg: FleetConfig, state: CachedState | None = None) -> None:
         self.cfg = cfg
         self.policy = make_policy(cfg.policy)
+        self._policies: dict[str, RoutingPolicy] = {cfg.policy: self.policy}
         self._state = state
 
     @property
@@ -128,15 +91,30 @@ class FleetRouter:
             self._state = CachedState(StateReader(self.cfg), self.cfg.state_ttl)
         return self._state
 
-    def request_for(self, name: str, kwargs: dict[str, Any]) -> RouteRequest | None:
-        if name == STEP_TASK:
-            call = kwargs.get("call") or {}
-            return RouteRequest(name, call.get("op"), call.get("kind"), tuple(call["classes"]))
+    def policy_for(self, name: str | None) -> RoutingPolicy:
+        if not name:
+            return self.policy
+        if name not in self._policies:
+            self._policies[name] = make_policy(name)
+        return self._policies[name]
+
+    def request_for(self, name: str, args: Any, kwargs: dict[str, Any]) -> RouteRequest | None:
+        if name == STEP_TASK and "call" in kwargs:
+            return step_request(name, kwargs["call"], kwargs.get("run") or {}, args)
         if name in CONTROL_TASKS:
             control = self.cfg.control_class
             others = tuple(c for c in self.cfg.classes if c != control)
             return RouteRequest(name, None, None, (control, *others))
         return None
+
+    def decide(self, req: RouteRequest, state: FleetState, policy: str | None) -> RouteDecision:
+        chosen = self.policy_for(policy) if req.task == STEP_TASK else self.policy_for("preferred")
+        age = time.time() - state.fetched_at
+        if state.stale and age > self.cfg.stale_after_s and chosen.name != "static":
+            d = StaticPolicy().choose(req, state, self.cfg, current_store())
+            why = f"fleet state is {age:.0f}s old (backend unreachable): preferred class"
+            return RouteDecision(d.cls, d.queue, chosen.name, why)
+        return chosen.choose(req, state, self.cfg, current_store())
 
     def __call__(
         self,
@@ -147,9 +125,19 @@ class FleetRouter:
         task: Any = None,
         **kw: Any,
     ) -> dict[str, Any] | None:
-        req = self.request_for(name, kwargs or {})
+        kwargs = kwargs or {}
+        req = self.request_for(name, args, kwargs)
         if req is None or options.get("queue") or options.get("routing_key"):
             return None  # not ours, or an explicit destination (queue=, a retry) wins
-        decision = self.policy.choose(req, self.state.get(), self.cfg)
+        run = kwargs.get("run") or {}
+        decision = self.decide(req, self.state.get(), run.get("policy"))
+        if decision.fail and run.get("id"):
+            self._fail_run(run["id"], kwargs.get("call", {}).get("path"), decision.fail)
         _last.decision = (name, decision)
         return {"queue": decision.queue}
+
+    def _fail_run(self, run_id: str, node: str | None, why: str) -> None:
+        from fleet.runs import RunStore
+
+        log.warning("run %s: %s", run_id, why)
+        RunStore(self.cfg.backend_url, self.cfg.run_ttl).fail(run_id, node, why)

@@ -9,14 +9,18 @@ lookup, not a broker round trip.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
 
 from fleet.config import FleetConfig
+from fleet.profiles import ONLINE_KEY
+
+log = logging.getLogger("fleet.state")
 
 WORKERS_KEY = "fleet:workers:{cls}"
 INFO_KEY = "fleet:worker-info"
@@ -33,19 +37,29 @@ class WorkerInfo:
     pool: str
     pid: int
     last_seen: float
+    busy: int = 0  # tasks executing or reserved (prefetched, not yet acknowledged)
 
 
 @dataclass(frozen=True)
 class FleetState:
     workers: dict[str, list[WorkerInfo]] = field(default_factory=dict)
-    depth: dict[str, int] = field(default_factory=dict)
+    depth: dict[str, int] = field(default_factory=dict)  # messages waiting in the queue
+    online: dict[str, float] = field(default_factory=dict)  # see fleet.profiles.OnlineStats
     fetched_at: float = 0.0
+    stale: bool = False  # the last refresh failed: this is older news
 
     def live(self, cls: str) -> bool:
         return bool(self.workers.get(cls))
 
     def slots(self, cls: str) -> int:
         return sum(w.concurrency for w in self.workers.get(cls, []))
+
+    def busy(self, cls: str) -> int:
+        return sum(w.busy for w in self.workers.get(cls, []))
+
+    def backlog(self, cls: str) -> int:
+        """Steps ahead of a new one on this class: queued, reserved and running."""
+        return self.depth.get(cls, 0) + self.busy(cls)
 
 
 def queue_keys(queue: str) -> list[str]:
@@ -70,8 +84,11 @@ class StateReader:
         for spec in classes:
             pipe.zrangebyscore(WORKERS_KEY.format(cls=spec.name), now - self.cfg.worker_ttl, "+inf")
         pipe.hgetall(INFO_KEY)
+        pipe.hgetall(ONLINE_KEY)
         broker = self._broker_pipe(classes)
         results = pipe.execute()
+        online = {k: float(v) for k, v in results[-1].items()}
+        results = results[:-1]
         info: dict[str, str] = results[-1]
         workers: dict[str, list[WorkerInfo]] = {}
         for spec, hosts in zip(classes, results[:-1], strict=True):
@@ -82,7 +99,7 @@ class StateReader:
             n = len(PRIORITY_STEPS) + 1
             for i, spec in enumerate(classes):
                 depth[spec.name] = int(sum(raw[i * n : (i + 1) * n]))
-        return FleetState(workers=workers, depth=depth, fetched_at=now)
+        return FleetState(workers=workers, depth=depth, online=online, fetched_at=now)
 
     def _broker_pipe(self, classes: list[Any]) -> Any:
         """LLEN of every class queue, when the broker is Redis (else depth stays unknown)."""
@@ -109,6 +126,7 @@ def _worker(hostname: str, raw: str | None) -> WorkerInfo:
         pool=str(data.get("pool", "")),
         pid=int(data.get("pid", 0)),
         last_seen=float(data.get("last_seen", 0.0)),
+        busy=int(data.get("busy", 0)),
     )
 
 
@@ -129,10 +147,19 @@ class CachedState:
         if not self._fresh():
             with self._lock:
                 if not self._fresh():
-                    self._state = self.reader.read()
-                    self._read_at = time.monotonic()
+                    self._refresh()
         assert self._state is not None
         return self._state
+
+    def _refresh(self) -> None:
+        try:
+            self._state = self.reader.read()
+        except redis.RedisError as exc:
+            # Keep routing on what we last knew (marked stale) rather than failing sends.
+            log.warning("fleet state refresh failed: %s", exc)
+            old = self._state or FleetState()
+            self._state = replace(old, stale=True)
+        self._read_at = time.monotonic()
 
     def invalidate(self) -> None:
         self._state = None

@@ -12,6 +12,7 @@ import time
 from functools import cache
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import Ignore
 
@@ -20,7 +21,8 @@ from fleet.compiler import build, segment_levels, send
 from fleet.errors import StepFailed
 from fleet.model import WorkflowSpec
 from fleet.ops import OpSpec, registry
-from fleet.plan import Envelope, Frame, StepCall, advance, lookup, merge_envelopes
+from fleet.plan import Envelope, Frame, StepCall, advance, merge_envelopes, resolve_args
+from fleet.profiles import OnlineStats, current_store, units_of
 from fleet.runs import RunStore, TraceEntry
 
 log = logging.getLogger("fleet.tasks")
@@ -59,18 +61,6 @@ def _outputs(op: OpSpec, result: Any) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise TypeError(f"op returned a value that is not JSON: {exc}") from None
     return result
-
-
-def _resolve(call: StepCall, env: Envelope) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    for name, alts in call["inputs"].items():
-        found, value = lookup(env, alts)
-        if not found:
-            sources = ", ".join(f"{p}.{o}" for p, o in alts) or "no source left"
-            raise ValueError(f"input '{name}' has no value ({sources})")
-        kwargs[name] = value
-    kwargs.update(call["params"])
-    return kwargs
 
 
 class _Trace:
@@ -113,7 +103,7 @@ def step(self: Task, incoming: Any, *, call: StepCall, run: dict[str, Any]) -> E
     registry.load_modules(fleet_config(self.app).op_modules)
     op = registry.get(call["op"])
     try:
-        outputs = _outputs(op, op.func(**_resolve(call, env)))
+        outputs = _outputs(op, op.func(**resolve_args(call, env)))
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         retryable = not op.retry_on or isinstance(exc, op.retry_on)
@@ -125,9 +115,25 @@ def step(self: Task, incoming: Any, *, call: StepCall, run: dict[str, Any]) -> E
         store.fail(run["id"], call["path"], f"node '{call['path']}' (op {op.name}): {error}")
         log.warning("run %s: node %s failed: %s", run["id"], call["path"], error)
         raise StepFailed(call["path"], op.name, error) from exc
-    store.add_trace(run["id"], trace.entry("succeeded"))
+    entry = trace.entry("succeeded")
+    store.add_trace(run["id"], entry)
+    _observe(self, call, env, entry)
     env["outputs"][call["path"]] = outputs
     return env
+
+
+def _observe(task: Task, call: StepCall, env: Envelope, entry: TraceEntry) -> None:
+    """Feed the run time into the shared moving averages the router estimates from."""
+    if entry.cls is None:
+        return
+    profile = current_store().get(call["op"], entry.cls)
+    predicted = None
+    if profile is not None:
+        predicted = profile.predict(units_of(call["op"], resolve_args(call, env)))
+    try:
+        OnlineStats(run_store(task).redis).observe(call["op"], entry.cls, entry.run_s, predicted)
+    except redis.RedisError as exc:  # statistics must never fail a step
+        log.warning("could not record online profile: %s", exc)
 
 
 @app.task(name="fleet.advance", bind=True)

@@ -59,8 +59,11 @@ class Heartbeat(bootsteps.StartStopStep):
     def _beat(self, hostname: str, ttl: float) -> None:
         if self.client is None:
             return
+        from celery.worker import state
+
+        busy = len(state.reserved_requests)  # received and not yet done (running ones too)
         try:
-            beat(self.client, hostname, self.classes, self.details, ttl)
+            beat(self.client, hostname, self.classes, {**self.details, "busy": busy}, ttl)
         except redis.RedisError as exc:  # the broker may be briefly away; keep working
             log.warning("heartbeat failed: %s", exc)
 

@@ -3,14 +3,9 @@ from __future__ import annotations
 import pytest
 
 from fleet.config import FleetConfig
-from fleet.routing import (
-    FleetRouter,
-    PreferredPolicy,
-    RouteRequest,
-    StaticPolicy,
-    make_policy,
-    take_decision,
-)
+from fleet.policies import PreferredPolicy, RouteRequest, StaticPolicy, make_policy
+from fleet.profiles import ProfileStore
+from fleet.routing import FleetRouter, take_decision
 from fleet.state import CachedState, FleetState, StateReader, WorkerInfo
 
 
@@ -19,26 +14,27 @@ def _state(*live: str) -> FleetState:
     return FleetState(workers=workers, depth={}, fetched_at=0.0)
 
 
+NO_PROFILES = ProfileStore()
 REQ = RouteRequest("fleet.step", "text.upper", "compute", ("gpu", "cpu", "io"))
 
 
 def test_preferred_policy_uses_preferred_when_live(cfg: FleetConfig) -> None:
-    d = PreferredPolicy().choose(REQ, _state("gpu", "cpu"), cfg)
+    d = PreferredPolicy().choose(REQ, _state("gpu", "cpu"), cfg, NO_PROFILES)
     assert (d.cls, d.queue, d.policy) == ("gpu", "gpu", "preferred")
 
 
 def test_preferred_policy_falls_back_in_eligibility_order(cfg: FleetConfig) -> None:
-    d = PreferredPolicy().choose(REQ, _state("io", "cpu"), cfg)
+    d = PreferredPolicy().choose(REQ, _state("io", "cpu"), cfg, NO_PROFILES)
     assert d.cls == "cpu" and "no live worker for preferred 'gpu'" in d.reason
 
 
 def test_preferred_policy_never_leaves_eligible_classes(cfg: FleetConfig) -> None:
-    d = PreferredPolicy().choose(REQ, _state("npu-lite"), cfg)
+    d = PreferredPolicy().choose(REQ, _state("npu-lite"), cfg, NO_PROFILES)
     assert d.cls == "gpu" and "waiting in queue" in d.reason
 
 
 def test_static_policy_ignores_liveness(cfg: FleetConfig) -> None:
-    assert StaticPolicy().choose(REQ, _state("cpu"), cfg).cls == "gpu"
+    assert StaticPolicy().choose(REQ, _state("cpu"), cfg, NO_PROFILES).cls == "gpu"
 
 
 def test_unknown_policy_is_a_clear_error() -> None:
@@ -64,7 +60,7 @@ def _router(cfg: FleetConfig, *live: str) -> tuple[FleetRouter, _FixedReader]:
 
 def test_router_routes_steps_and_records_decision(cfg: FleetConfig) -> None:
     router, reader = _router(cfg, "cpu")
-    call = {"op": "text.upper", "kind": "compute", "classes": ["gpu", "cpu"]}
+    call = {"op": "text.upper", "kind": "compute", "classes": ["gpu", "cpu"], "inputs": {}, "params": {}}
     for _ in range(3):
         assert router("fleet.step", (), {"call": call}, {}) == {"queue": "cpu"}
     assert reader.reads == 1  # cached: one read for many decisions
@@ -83,6 +79,6 @@ def test_router_sends_control_tasks_to_control_class(cfg: FleetConfig) -> None:
 def test_router_leaves_other_tasks_and_explicit_queues_alone(cfg: FleetConfig) -> None:
     router, _ = _router(cfg, "cpu")
     assert router("myapp.add", (), {}, {}) is None
-    call = {"op": "text.upper", "kind": "compute", "classes": ["gpu", "cpu"]}
+    call = {"op": "text.upper", "kind": "compute", "classes": ["gpu", "cpu"], "inputs": {}, "params": {}}
     assert router("fleet.step", (), {"call": call}, {"queue": "special"}) is None
     assert router("fleet.step", (), {"call": call}, {"routing_key": "gpu"}) is None
