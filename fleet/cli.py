@@ -332,6 +332,49 @@ def _triage_demo(cfg: FleetConfig, workdir: Path, flower: bool) -> None:
         fleet.stop()
 
 
+@cli.command()
+@click.option("--ops", help="Comma-separated ops (default: every op with sample inputs).")
+@click.option("--classes", help="Comma-separated classes (default: every class with live workers).")
+@click.option("--reps", default=3, show_default=True, help="Runs per input size.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Profile file (default: FLEET_PROFILES or the packaged one).",
+)
+@click.option(
+    "--merge/--replace", default=True, show_default=True, help="Keep profiles not re-measured."
+)
+def profile(ops: str | None, classes: str | None, reps: int, out: str | None, merge: bool) -> None:
+    """Measure ops on the live workers of each class and write the profile store."""
+    from rich.progress import Progress
+
+    from fleet.client import Fleet
+    from fleet.profiles import ProfileStore, profiles_path
+    from fleet.profiling import plan_measurements, profile_fleet, steps_needed
+
+    client = Fleet()
+    target = Path(out) if out else profiles_path()
+    try:
+        pairs = plan_measurements(client, _split(ops), _split(classes))
+    except (ValueError, redis.RedisError) as exc:
+        _fail(str(exc))
+    if not pairs:
+        _fail("nothing to measure: no live worker can run the selected ops (try `fleet up`)")
+    base = ProfileStore.load(target) if merge else ProfileStore()
+    with Progress(console=console) as bar:
+        task = bar.add_task(f"{len(pairs)} op/class pairs", total=steps_needed(pairs, reps))
+        store = profile_fleet(client, pairs, reps, lambda: bar.advance(task), base)
+    store.save(target)
+    from fleet.report import profiles_table
+
+    console.print(profiles_table(store, pairs))
+    console.print(f"wrote {target}")
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [x.strip() for x in value.split(",") if x.strip()] if value else None
+
+
 def main() -> None:
     cli(prog_name="fleet")
 

@@ -3,7 +3,8 @@
 Every policy sees the same estimate per eligible class (see :func:`estimate`)::
 
     completion = queue wait + service time + data movement
-    queue wait = max(0, backlog - slots + 1) * mean service time on the class / slots
+    queue wait = max(0, backlog - slots + 1) * mean service time on the class / slots, or the
+                 wait this process expects from the steps it sent itself, if longer
     service    = profile(op, class).predict(units) * online correction   (or the online
                  average, or default_service_s when the op was never seen on that class)
     movement   = input bytes / class bandwidth + class latency
@@ -111,6 +112,7 @@ def estimate(
     else:
         mean = state.online.get(f"*|{cls}|s", service)
         wait = max(0, state.backlog(cls) - slots + 1) * mean / slots
+        wait = max(wait, state.local_wait_s.get(cls, 0.0))
     move = req.input_bytes / (spec.network_mb_s * 1e6) + spec.latency_s
     cost = spec.price_per_hour / 3600.0 * service
     return Estimate(cls, slots > 0, wait, service, move, cost, source)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from fleet.config import FleetConfig
 from fleet.ops import Registry
+from fleet.profiles import ProfileStore
 from fleet.runs import TraceEntry
 from fleet.state import FleetState
 
@@ -79,3 +80,24 @@ def ops_table(registry: Registry) -> Table:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+def profiles_table(store: ProfileStore, pairs: list[tuple[str, str]] | None = None) -> Table:
+    table = Table(title="profiles", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("op", "class", "fixed ms", "per unit ms", "peak MB", "steps/s", "samples"):
+        table.add_column(col, justify="left" if col in ("op", "class") else "right")
+    keys = pairs if pairs is not None else sorted(store.profiles)
+    for op, cls in keys:
+        p = store.get(op, cls)
+        if p is None:
+            continue
+        table.add_row(
+            op,
+            cls,
+            f"{p.fixed_s * 1000:.2f}",
+            f"{p.per_unit_s * 1000:.3f}",
+            "-" if p.peak_mem_mb is None else f"{p.peak_mem_mb:.0f}",
+            "-" if p.throughput is None else f"{p.throughput:.1f}",
+            str(p.samples),
+        )
+    return table

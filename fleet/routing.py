@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from fleet.config import FleetConfig
@@ -84,6 +85,12 @@ class FleetRouter:
         self.policy = make_policy(cfg.policy)
         self._policies: dict[str, RoutingPolicy] = {cfg.policy: self.policy}
         self._state = state
+        # When each worker slot of a class frees up, by this process's own sends since the
+        # last state snapshot (later snapshots count them as queued or busy): without it, a
+        # burst sent within one snapshot would all pile onto the class that looked best.
+        self._free_at: dict[str, list[float]] = {}
+        self._snapshot: FleetState | None = None
+        self._lock = threading.Lock()
 
     @property
     def state(self) -> CachedState:
@@ -106,6 +113,27 @@ class FleetRouter:
             others = tuple(c for c in self.cfg.classes if c != control)
             return RouteRequest(name, None, None, (control, *others))
         return None
+
+    def current_state(self) -> FleetState:
+        state = self.state.get()
+        now = time.time()
+        with self._lock:
+            if state is not self._snapshot:
+                self._snapshot, self._free_at = state, {}
+            local = {c: max(0.0, min(times) - now) for c, times in self._free_at.items() if times}
+        return replace(state, local_wait_s=local) if local else state
+
+    def _account(self, decision: RouteDecision, state: FleetState) -> None:
+        """Book the chosen step on the slot of its class that frees up first."""
+        est = decision.estimates.get(decision.cls) or {}
+        service = est.get("service_s") or self.cfg.default_service_s
+        slots = max(1, state.slots(decision.cls))
+        now = time.time()
+        with self._lock:
+            times = self._free_at.setdefault(decision.cls, [])
+            times[:] = (times + [now] * slots)[:slots]
+            i = min(range(slots), key=times.__getitem__)
+            times[i] = max(now, times[i]) + float(service)
 
     def decide(self, req: RouteRequest, state: FleetState, policy: str | None) -> RouteDecision:
         chosen = self.policy_for(policy) if req.task == STEP_TASK else self.policy_for("preferred")
@@ -130,7 +158,10 @@ class FleetRouter:
         if req is None or options.get("queue") or options.get("routing_key"):
             return None  # not ours, or an explicit destination (queue=, a retry) wins
         run = kwargs.get("run") or {}
-        decision = self.decide(req, self.state.get(), run.get("policy"))
+        state = self.current_state()
+        decision = self.decide(req, state, run.get("policy"))
+        if req.task == STEP_TASK:
+            self._account(decision, state)
         if decision.fail and run.get("id"):
             self._fail_run(run["id"], kwargs.get("call", {}).get("path"), decision.fail)
         _last.decision = (name, decision)

@@ -36,6 +36,7 @@ class TraceEntry:
     attempt: int = 0
     route: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    rss_mb: float | None = None  # the worker process's peak memory so far
 
     @property
     def wait_s(self) -> float | None:
@@ -62,6 +63,7 @@ class TraceEntry:
             "attempt": self.attempt,
             "route": self.route,
             "error": self.error,
+            "rss_mb": self.rss_mb,
         }
 
     @classmethod
@@ -80,6 +82,7 @@ class TraceEntry:
             attempt=d.get("attempt", 0),
             route=d.get("route") or {},
             error=d.get("error"),
+            rss_mb=d.get("rss_mb"),
         )
 
 

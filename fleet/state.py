@@ -47,6 +47,9 @@ class FleetState:
     online: dict[str, float] = field(default_factory=dict)  # see fleet.profiles.OnlineStats
     fetched_at: float = 0.0
     stale: bool = False  # the last refresh failed: this is older news
+    # Wait this router process expects on each class from the steps it sent itself (filled
+    # in by FleetRouter): a burst inside one snapshot must not all pile onto one class.
+    local_wait_s: dict[str, float] = field(default_factory=dict)
 
     def live(self, cls: str) -> bool:
         return bool(self.workers.get(cls))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
 from functools import cache
 from typing import Any
@@ -83,12 +84,14 @@ class _Trace:
         self.started_at = time.time()
 
     def entry(self, status: str, error: str | None = None) -> TraceEntry:
+        rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         return TraceEntry(
             **self.base,
             status=status,
             started_at=self.started_at,
             ended_at=time.time(),
             error=error,
+            rss_mb=round(rss_kib / 1024.0, 1),
         )
 
 

@@ -20,10 +20,14 @@ LOOP_OUTPUT = "iterations"  # extra output of a loop node: how many times its bo
 
 
 def eligible_classes(node: NodeSpec, op: OpSpec, cfg: FleetConfig) -> list[str]:
-    """Classes that may run this op node, preferred first (node hints applied)."""
+    """Classes that may run this op node, preferred first.
+
+    A node's ``classes`` restricts the op's classes and, in its own order, says which it
+    prefers; ``prefer`` puts one class first.
+    """
     eligible = op.eligible(cfg.classes)
     if node.classes is not None:
-        eligible = [c for c in eligible if c in node.classes]
+        eligible = [c for c in node.classes if c in eligible]
     if node.prefer in eligible:
         eligible.remove(node.prefer)
         eligible.insert(0, node.prefer)

@@ -60,7 +60,13 @@ def _router(cfg: FleetConfig, *live: str) -> tuple[FleetRouter, _FixedReader]:
 
 def test_router_routes_steps_and_records_decision(cfg: FleetConfig) -> None:
     router, reader = _router(cfg, "cpu")
-    call = {"op": "text.upper", "kind": "compute", "classes": ["gpu", "cpu"], "inputs": {}, "params": {}}
+    call = {
+        "op": "text.upper",
+        "kind": "compute",
+        "classes": ["gpu", "cpu"],
+        "inputs": {},
+        "params": {},
+    }
     for _ in range(3):
         assert router("fleet.step", (), {"call": call}, {}) == {"queue": "cpu"}
     assert reader.reads == 1  # cached: one read for many decisions
@@ -79,6 +85,12 @@ def test_router_sends_control_tasks_to_control_class(cfg: FleetConfig) -> None:
 def test_router_leaves_other_tasks_and_explicit_queues_alone(cfg: FleetConfig) -> None:
     router, _ = _router(cfg, "cpu")
     assert router("myapp.add", (), {}, {}) is None
-    call = {"op": "text.upper", "kind": "compute", "classes": ["gpu", "cpu"], "inputs": {}, "params": {}}
+    call = {
+        "op": "text.upper",
+        "kind": "compute",
+        "classes": ["gpu", "cpu"],
+        "inputs": {},
+        "params": {},
+    }
     assert router("fleet.step", (), {"call": call}, {"queue": "special"}) is None
     assert router("fleet.step", (), {"call": call}, {"routing_key": "gpu"}) is None

@@ -1,0 +1,99 @@
+"""Flood one class: with least-latency routing, eligible steps spill to another class and the
+workflows finish sooner than when they all wait for the flooded class."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fleet.builder import Workflow
+from fleet.client import Fleet
+from fleet.state import StateReader
+
+pytestmark = pytest.mark.integration
+N, SECONDS = 12, 0.3
+
+
+def _settle(client: Fleet) -> None:
+    """Start each flood from an idle fleet, as the heartbeats see it."""
+    reader = StateReader(client.cfg)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = reader.read()
+        if all(state.backlog(c) == 0 for c in ("npu-lite", "cpu")):
+            return
+        time.sleep(0.1)
+
+
+def _flood(client: Fleet, policy: str) -> tuple[float, list[str], list[dict]]:  # type: ignore[type-arg]
+    _settle(client)
+    wf = Workflow(f"flood-{policy}", inputs=["i"])
+    # npu-lite (1 slot) is preferred; cpu (2 slots) can run it too
+    step = wf.step(
+        "work", "test.sleep", seconds=SECONDS, value=wf.input("i"), classes=["npu-lite", "cpu"]
+    )
+    wf.output("v", step["value"])
+    start = time.monotonic()
+    runs = [client.submit(wf, {"i": i}, policy=policy) for i in range(N)]
+    assert [r.get(timeout=60)["v"] for r in runs] == list(range(N))
+    elapsed = time.monotonic() - start
+    entries = [e for r in runs for e in r.trace() if e.status == "succeeded"]
+    return elapsed, [e.cls or "" for e in entries], [e.route for e in entries]
+
+
+def test_flooded_class_spills_to_another_eligible_class(client: Fleet) -> None:
+    static_s, static_cls, _ = _flood(client, "preferred")
+    spill_s, spill_cls, routes = _flood(client, "least-latency")
+    assert set(static_cls) == {"npu-lite"}  # everything waited for the one npu-lite slot
+    assert static_s >= N * SECONDS * 0.9
+    assert spill_cls.count("cpu") >= N // 3 and spill_cls.count("npu-lite") >= 2
+    assert spill_s < static_s * 0.75, (spill_s, static_s)
+    spilled = [r for r in routes if r["cls"] == "cpu"]
+    # the trace shows the estimates that justified moving: npu-lite's queue was the longer wait
+    assert all(
+        r["policy"] == "least-latency" and set(r["estimates"]) == {"npu-lite", "cpu"}
+        for r in spilled
+    )
+    assert any(r["estimates"]["npu-lite"]["wait_s"] > 0 for r in spilled)
+
+
+def test_cost_sla_keeps_cheap_class_until_the_sla_needs_more(client: Fleet) -> None:
+    wf = Workflow("sla", inputs=["i"])
+    step = wf.step(
+        "work", "test.sleep", seconds=0.1, value=wf.input("i"), classes=["npu-lite", "gpu"]
+    )
+    wf.output("v", step["value"])
+    # npu-lite is cheaper than gpu: with a loose SLA and no queue, it is chosen
+    run = client.submit(wf, {"i": 1}, policy="cost-sla", sla_s=30)
+    run.get(timeout=30)
+    (entry,) = run.trace()
+    assert entry.cls == "npu-lite" and "cheapest" in entry.route["reason"]
+    assert entry.route["estimates"]["budget_s"] > 1
+    # a burst under a tight SLA: once npu-lite's queue breaks the budget, steps go to gpu
+    runs = [client.submit(wf, {"i": i}, policy="cost-sla", sla_s=0.5) for i in range(6)]
+    for r in runs:
+        r.get(timeout=30)
+    used = [e.cls for r in runs for e in r.trace()]
+    assert "gpu" in used and "npu-lite" in used
+
+
+def test_no_worker_fail_fails_the_run_at_once(client: Fleet) -> None:
+    from fleet.config import load_config
+    from fleet.routing import FleetRouter
+
+    cfg = load_config().model_copy(update={"no_worker": "fail"})
+    client.store.create("r-nowhere", "nowhere")
+    call = {
+        "path": "only-tpu",
+        "op": "test.echo",
+        "kind": "compute",
+        "classes": ["tpu"],
+        "inputs": {},
+        "params": {"value": 1},
+    }
+    route = FleetRouter(cfg)("fleet.step", (), {"call": call, "run": {"id": "r-nowhere"}}, {})
+    assert route == {"queue": "tpu"}
+    info = client.store.info("r-nowhere")
+    assert info is not None and info.status == "failed" and info.error_node == "only-tpu"
+    assert "no live worker in any class that can run test.echo (tpu)" in (info.error or "")
