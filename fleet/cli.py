@@ -186,6 +186,10 @@ def validate(file: str) -> None:
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait.")
 @click.option("--no-wait", is_flag=True, help="Print the run id and return at once.")
 @click.option("--priority", type=click.IntRange(0, 9), help="Message priority (0-9).")
+@click.option("--sla", "sla_s", type=float, help="End-to-end latency target in seconds.")
+@click.option(
+    "--policy", help="Routing policy for this run (static, preferred, least-latency, cost-sla)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print result and trace as JSON.")
 def submit(
     file: str,
@@ -194,14 +198,16 @@ def submit(
     timeout: float,
     no_wait: bool,
     priority: int | None,
+    sla_s: float | None,
+    policy: str | None,
     as_json: bool,
 ) -> None:
     """Validate, enqueue and (by default) wait for a workflow; print its result and trace."""
     client, spec = _load_and_validate(file)
     inputs = _parse_inputs(pairs, inputs_json)
     try:
-        handle = client.submit(spec, inputs, priority=priority)
-    except WorkflowValidationError as exc:
+        handle = client.submit(spec, inputs, priority=priority, sla_s=sla_s, policy=policy)
+    except (WorkflowValidationError, ValueError) as exc:
         _fail(str(exc), 2)
     except redis.RedisError as exc:
         _fail(f"cannot reach the broker/backend at {client.cfg.broker_url}: {exc} (try `fleet up`)")

@@ -21,7 +21,18 @@ def _ms(seconds: float | None) -> str:
 
 def trace_table(trace: list[TraceEntry], t0: float | None = None) -> Table:
     table = Table(title="trace", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("node", "op", "class", "worker", "status", "wait ms", "run ms", "start +ms", "why"):
+    for col in (
+        "node",
+        "op",
+        "class",
+        "worker",
+        "status",
+        "wait ms",
+        "run ms",
+        "start +ms",
+        "est ms",
+        "why",
+    ):
         table.add_column(col, justify="right" if "ms" in col else "left")
     base = t0 if t0 is not None else min((e.started_at for e in trace), default=0.0)
     for e in trace:
@@ -34,9 +45,17 @@ def trace_table(trace: list[TraceEntry], t0: float | None = None) -> Table:
             _ms(e.wait_s),
             _ms(e.run_s) if e.status != "skipped" else "-",
             _ms(e.started_at - base) if e.status != "skipped" else "-",
+            _estimate(e),
             str(e.route.get("reason", "")),
         )
     return table
+
+
+def _estimate(e: TraceEntry) -> str:
+    """The expected completion the policy computed for the class it chose, if it did."""
+    est = (e.route.get("estimates") or {}).get(e.cls or "")
+    total = est.get("total_s") if isinstance(est, dict) else None
+    return "-" if total is None else _ms(float(total))
 
 
 def trace_json(trace: list[TraceEntry]) -> list[dict[str, Any]]:

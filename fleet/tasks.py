@@ -139,6 +139,12 @@ def _observe(task: Task, call: StepCall, env: Envelope, entry: TraceEntry) -> No
         log.warning("could not record online profile: %s", exc)
 
 
+@app.task(name="fleet.ping")
+def ping(value: Any = None) -> Any:
+    """A plain Celery task (no workflow, no run record): health checks and baselines."""
+    return value
+
+
 @app.task(name="fleet.advance", bind=True)
 def advance_task(
     self: Task, incoming: Any, *, run: dict[str, Any], spec: dict[str, Any], frames: list[Frame]

@@ -1,0 +1,152 @@
+"""Routing overhead, side by side in one run.
+
+1. The cost of one routing decision with cached fleet state, per policy (median over batches).
+2. Dispatch throughput for trivial work on a local fleet (Redis + cpu and io workers):
+   one-step fleet workflows (validate, plan, route, run, record) against plain Celery
+   sending a trivial task -- alone, and as a two-task chain, the shape of a one-step
+   workflow (step + advance) -- to a fixed queue. Rounds are interleaved.
+
+    python bench/routing_overhead.py [--tasks 300] [--rounds 3] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def decision_cost(policies: list[str], n: int = 20000, batches: int = 5) -> dict[str, float]:
+    """Microseconds per routing decision with the state cached (no Redis round trip)."""
+    from fleet.config import load_config
+    from fleet.plan import new_envelope
+    from fleet.routing import FleetRouter
+    from fleet.state import CachedState, FleetState, StateReader, WorkerInfo
+
+    cfg = load_config(env={})
+    workers = {c: [WorkerInfo(f"{c}@h", (c,), 2, "prefork", 1, 0.0, 1)] for c in cfg.classes}
+    state = FleetState(workers, {c: 3 for c in cfg.classes}, {}, time.time())
+
+    class Fixed(StateReader):
+        def read(self) -> FleetState:
+            return state
+
+    env = new_envelope({"prompt": "Where is my order 1042?"})
+    call = {
+        "path": "answer", "op": "llm.generate", "kind": "model",
+        "classes": ["gpu", "npu-lite", "cpu"], "inputs": {"prompt": [["inputs", "prompt"]]},
+        "params": {"max_tokens": 32}, "retries": 0, "timeout": None, "remaining": 2,
+    }
+    out = {}
+    for policy in policies:
+        router = FleetRouter(cfg, CachedState(Fixed(cfg), ttl=3600))
+        kwargs = {"call": call, "run": {"id": "bench", "policy": policy, "sla_s": 5.0,
+                                        "submitted_at": time.time()}}
+        per_batch = []
+        for _ in range(batches):
+            start = time.perf_counter()
+            for _ in range(n):
+                router("fleet.step", (env,), kwargs, {})
+            per_batch.append((time.perf_counter() - start) / n * 1e6)
+        out[policy] = round(statistics.median(per_batch), 2)
+    return out
+
+
+def fleet_round(client: Any, wf: Any, n: int) -> float:
+    start = time.perf_counter()
+    runs = [client.submit(wf, {"v": i}) for i in range(n)]
+    for r in runs:
+        r.get(timeout=120)
+    return n / (time.perf_counter() - start)
+
+
+def plain_round(app: Any, n: int, chained: bool) -> float:
+    from celery import chain
+
+    start = time.perf_counter()
+    if chained:
+        results = [
+            chain(app.signature("fleet.ping", args=(i,)), app.signature("fleet.ping"))
+            .apply_async(queue="cpu") for i in range(n)
+        ]
+    else:
+        results = [app.signature("fleet.ping", args=(i,)).apply_async(queue="cpu") for i in range(n)]
+    for r in results:
+        r.get(timeout=120)
+    return n / (time.perf_counter() - start)
+
+
+def dispatch(tasks: int, rounds: int, workdir: Path) -> dict[str, Any]:
+    from fleet.builder import Workflow
+    from fleet.config import load_config
+    from fleet.local import LocalFleet
+
+    cfg = load_config()
+    fleet = LocalFleet(cfg, ["cpu", "io"], flower=False, workdir=workdir, loglevel="WARNING",
+                       say=lambda s: None)
+    fleet.start()
+    try:
+        from fleet.client import Fleet
+
+        client = Fleet()
+        wf = Workflow("trivial", inputs=["v"])
+        step = wf.step("echo", "test.echo", value=wf.input("v"), classes=["cpu"])
+        wf.output("v", step["value"])
+        fleet_round(client, wf, 20)  # warm-up: imports, connections
+        plain_round(client.app, 20, False)
+        samples: dict[str, list[float]] = {"fleet": [], "plain": [], "plain_chain": []}
+        for _ in range(rounds):  # interleaved, so drift does not favour one
+            samples["fleet"].append(fleet_round(client, wf, tasks))
+            samples["plain"].append(plain_round(client.app, tasks, False))
+            samples["plain_chain"].append(plain_round(client.app, tasks, True))
+        med = {k: round(statistics.median(v), 1) for k, v in samples.items()}
+        return {
+            "per_second": med,
+            "samples": samples,
+            "fleet_vs_plain": round(med["fleet"] / med["plain"], 3),
+            "fleet_vs_plain_chain": round(med["fleet"] / med["plain_chain"], 3),
+        }
+    finally:
+        fleet.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    if "FLEET_BROKER_URL" not in os.environ:
+        from fleet.local import free_port
+
+        os.environ["FLEET_BROKER_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    policies = ["static", "preferred", "least-latency", "cost-sla"]
+    print("routing decision cost (cached state), microseconds:", flush=True)
+    cost = decision_cost(policies)
+    for p, us in cost.items():
+        print(f"  {p:<14} {us:8.2f} us")
+    print(f"dispatch: {args.rounds} interleaved rounds of {args.tasks} trivial tasks...", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = dispatch(args.tasks, args.rounds, args.out / "fleet-work")
+    per = result["per_second"]
+    print(f"  fleet one-step workflows   {per['fleet']:8.1f} /s")
+    print(f"  plain Celery task          {per['plain']:8.1f} /s")
+    print(f"  plain Celery 2-task chain  {per['plain_chain']:8.1f} /s")
+    print(f"  ratio fleet / plain task   {result['fleet_vs_plain']:.3f}")
+    print(f"  ratio fleet / plain chain  {result['fleet_vs_plain_chain']:.3f}")
+    doc = {"decision_us": cost, "dispatch": result, "tasks": args.tasks, "rounds": args.rounds,
+           "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (args.out / "routing_overhead.json").write_text(json.dumps(doc, indent=1))
+    print(f"wrote {args.out / 'routing_overhead.json'}")
+
+
+if __name__ == "__main__":
+    main()
