@@ -41,15 +41,23 @@ def decision_cost(policies: list[str], n: int = 20000, batches: int = 5) -> dict
 
     env = new_envelope({"prompt": "Where is my order 1042?"})
     call = {
-        "path": "answer", "op": "llm.generate", "kind": "model",
-        "classes": ["gpu", "npu-lite", "cpu"], "inputs": {"prompt": [["inputs", "prompt"]]},
-        "params": {"max_tokens": 32}, "retries": 0, "timeout": None, "remaining": 2,
+        "path": "answer",
+        "op": "llm.generate",
+        "kind": "model",
+        "classes": ["gpu", "npu-lite", "cpu"],
+        "inputs": {"prompt": [["inputs", "prompt"]]},
+        "params": {"max_tokens": 32},
+        "retries": 0,
+        "timeout": None,
+        "remaining": 2,
     }
     out = {}
     for policy in policies:
         router = FleetRouter(cfg, CachedState(Fixed(cfg), ttl=3600))
-        kwargs = {"call": call, "run": {"id": "bench", "policy": policy, "sla_s": 5.0,
-                                        "submitted_at": time.time()}}
+        kwargs = {
+            "call": call,
+            "run": {"id": "bench", "policy": policy, "sla_s": 5.0, "submitted_at": time.time()},
+        }
         per_batch = []
         for _ in range(batches):
             start = time.perf_counter()
@@ -74,11 +82,15 @@ def plain_round(app: Any, n: int, chained: bool) -> float:
     start = time.perf_counter()
     if chained:
         results = [
-            chain(app.signature("fleet.ping", args=(i,)), app.signature("fleet.ping"))
-            .apply_async(queue="cpu") for i in range(n)
+            chain(app.signature("fleet.ping", args=(i,)), app.signature("fleet.ping")).apply_async(
+                queue="cpu"
+            )
+            for i in range(n)
         ]
     else:
-        results = [app.signature("fleet.ping", args=(i,)).apply_async(queue="cpu") for i in range(n)]
+        results = [
+            app.signature("fleet.ping", args=(i,)).apply_async(queue="cpu") for i in range(n)
+        ]
     for r in results:
         r.get(timeout=120)
     return n / (time.perf_counter() - start)
@@ -90,8 +102,9 @@ def dispatch(tasks: int, rounds: int, workdir: Path) -> dict[str, Any]:
     from fleet.local import LocalFleet
 
     cfg = load_config()
-    fleet = LocalFleet(cfg, ["cpu", "io"], flower=False, workdir=workdir, loglevel="WARNING",
-                       say=lambda s: None)
+    fleet = LocalFleet(
+        cfg, ["cpu", "io"], flower=False, workdir=workdir, loglevel="WARNING", say=lambda s: None
+    )
     fleet.start()
     try:
         from fleet.client import Fleet
@@ -133,7 +146,9 @@ def main() -> None:
     cost = decision_cost(policies)
     for p, us in cost.items():
         print(f"  {p:<14} {us:8.2f} us")
-    print(f"dispatch: {args.rounds} interleaved rounds of {args.tasks} trivial tasks...", flush=True)
+    print(
+        f"dispatch: {args.rounds} interleaved rounds of {args.tasks} trivial tasks...", flush=True
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     result = dispatch(args.tasks, args.rounds, args.out / "fleet-work")
     per = result["per_second"]
@@ -142,8 +157,14 @@ def main() -> None:
     print(f"  plain Celery 2-task chain  {per['plain_chain']:8.1f} /s")
     print(f"  ratio fleet / plain task   {result['fleet_vs_plain']:.3f}")
     print(f"  ratio fleet / plain chain  {result['fleet_vs_plain_chain']:.3f}")
-    doc = {"decision_us": cost, "dispatch": result, "tasks": args.tasks, "rounds": args.rounds,
-           "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    doc = {
+        "decision_us": cost,
+        "dispatch": result,
+        "tasks": args.tasks,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     (args.out / "routing_overhead.json").write_text(json.dumps(doc, indent=1))
     print(f"wrote {args.out / 'routing_overhead.json'}")
 

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from celery import Celery
-from celery.signals import before_task_publish
+from celery.signals import before_task_publish, worker_process_init
 
 from fleet.backend import backend_setting
 from fleet.config import FleetConfig, load_config
@@ -61,6 +61,18 @@ def create_app(cfg: FleetConfig | None = None) -> Celery:
 
     app.steps["consumer"].add(Heartbeat)
     return app
+
+
+@worker_process_init.connect
+def _preload_models(**_: Any) -> None:
+    """Load the class's preset models in each pool process, after fork (CUDA is not
+    fork-safe) and before it takes a task; worker_proc_alive_timeout allows for this."""
+    cls = os.environ.get(WORKER_CLASS_ENV)
+    spec = app.fleet_config.classes.get(cls) if cls else None
+    if spec is not None and spec.preload:
+        from workers.models import preload
+
+        preload(spec.preload)
 
 
 @before_task_publish.connect

@@ -377,6 +377,108 @@ def profile(ops: str | None, classes: str | None, reps: int, out: str | None, me
     console.print(f"wrote {target}")
 
 
+@cli.command()
+@click.option("--quick", is_flag=True, help="A few-minute smoke run (CI): small mix, one round.")
+@click.option("--rate", type=float, help="Open loop: Poisson arrivals per second.")
+@click.option("--concurrency", type=int, help="Closed loop: workflows in flight.")
+@click.option("--count", type=int, help="Workflows per deployment and round.")
+@click.option(
+    "--duration", type=float, help="Seconds of arrivals per deployment and round (with --rate)."
+)
+@click.option(
+    "--rounds", type=int, help="Rounds; deployments are interleaved A B C D, D C B A, ..."
+)
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--deployments", help="Comma-separated: homogeneous, static, least-latency, cost-sla."
+)
+@click.option("--out", default="bench/results", show_default=True, type=click.Path(file_okay=False))
+def bench(
+    quick: bool,
+    rate: float | None,
+    concurrency: int | None,
+    count: int | None,
+    duration: float | None,
+    rounds: int | None,
+    seed: int,
+    deployments: str | None,
+    out: str,
+) -> None:
+    """Heterogeneous routing against homogeneous and static deployments, same workload.
+
+    Full mode (default): the voice agent, RAG and triage workflows arriving at 0.3/s for
+    60 s per deployment, two rounds. Writes bench.json, bench.csv and PNG plots to --out.
+    """
+    from rich.progress import Progress
+
+    from fleet.bench import Workload, run_bench
+    from fleet.bench import deployments as all_deployments
+    from fleet.benchreport import ratios
+
+    if quick:
+        workload = Workload(
+            rate=rate,
+            concurrency=None if rate else (concurrency or 2),
+            count=count or 8,
+            duration_s=duration,
+            seed=seed,
+        )
+    elif rate or concurrency:
+        workload = Workload(
+            rate=rate, concurrency=concurrency, count=count, duration_s=duration, seed=seed
+        )
+    else:
+        workload = Workload(rate=0.3, count=count, duration_s=duration or 60.0, seed=seed)
+    names = _split(deployments) or [d.name for d in all_deployments()]
+    n_rounds = rounds or (1 if quick else 2)
+    from fleet.bench import jobs
+
+    per = len(workload.plan(jobs(quick)))
+    with Progress(console=console) as bar:
+        task = bar.add_task("workflows", total=per * len(names) * n_rounds)
+        rows, paths, meta = run_bench(
+            workload,
+            quick,
+            n_rounds,
+            names,
+            Path(out),
+            bar.console.print,
+            lambda: bar.advance(task),
+        )
+    console.print(_bench_table(rows))
+    fleet_rows = [r for r in rows if r["deployment"] in ("least-latency", "cost-sla")]
+    if fleet_rows and len(rows) > 1:
+        best = min(fleet_rows, key=lambda r: r["p95_s"])["deployment"]
+        for other, ratio in ratios(rows, best).items():
+            console.print(f"{best} vs {other}: " + ", ".join(f"{k} x{v}" for k, v in ratio.items()))
+    console.print(f"{meta['seconds']} s; wrote " + ", ".join(str(p) for p in paths))
+
+
+def _bench_table(rows: list[dict[str, Any]]) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="benchmark", title_justify="left", box=box.SIMPLE_HEAD)
+    cols = [
+        "deployment",
+        "workflows",
+        "failed",
+        "throughput_per_s",
+        "p50_s",
+        "p95_s",
+        "p99_s",
+        "sla_attainment",
+        "cost_busy_per_1000",
+        "cost_provisioned_per_1000",
+        "routing_us_median",
+    ]
+    for c in cols:
+        table.add_column(c.replace("_per_1000", " /1k").replace("_", " "))
+    for r in rows:
+        table.add_row(*[str(r[c]) for c in cols])
+    return table
+
+
 def _split(value: str | None) -> list[str] | None:
     return [x.strip() for x in value.split(",") if x.strip()] if value else None
 

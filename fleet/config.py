@@ -42,6 +42,8 @@ class ClassSpec(BaseModel):
     max_tasks_per_child: int | None = Field(default=None, ge=1)
     # What the class's ops should bind to: "cuda" offloads when a GPU is present.
     device: str = "cpu"
+    # Models each worker process loads when it starts (llm, embed, stt), not on first use.
+    preload: list[str] = Field(default_factory=list)
     # Hourly price of one worker slot of this class (cost model; see docs/routing.md).
     price_per_hour: float = Field(default=0.0, ge=0)
     # Moving a step's inputs to this class: bandwidth and fixed latency (data movement cost).

@@ -55,6 +55,7 @@ class LocalFleet:
     workdir: Path = Path(".fleet")
     loglevel: str = "INFO"
     say: Say = print
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the children
     children: list[Child] = field(default_factory=list)
     redis_started: bool = False
 
@@ -87,7 +88,7 @@ class LocalFleet:
             raise
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env["FLEET_BROKER_URL"] = self.cfg.broker_url
         env["FLEET_RESULT_BACKEND"] = self.cfg.backend_url
         env.setdefault("PYTHONUNBUFFERED", "1")

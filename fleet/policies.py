@@ -82,6 +82,7 @@ class RouteDecision:
     reason: str
     estimates: dict[str, Any] = field(default_factory=dict)
     fail: str | None = None  # set when the run must fail instead (no_worker = fail)
+    decide_us: float | None = None  # how long the decision took (state lookup included)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

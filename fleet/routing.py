@@ -158,8 +158,10 @@ class FleetRouter:
         if req is None or options.get("queue") or options.get("routing_key"):
             return None  # not ours, or an explicit destination (queue=, a retry) wins
         run = kwargs.get("run") or {}
+        start = time.perf_counter()
         state = self.current_state()
         decision = self.decide(req, state, run.get("policy"))
+        decision = replace(decision, decide_us=round((time.perf_counter() - start) * 1e6, 1))
         if req.task == STEP_TASK:
             self._account(decision, state)
         if decision.fail and run.get("id"):

@@ -157,7 +157,7 @@ class _Checker:
 
     def _classes(self, node: NodeSpec, op: OpSpec) -> None:
         configured = list(self.cfg.classes)
-        for c in [*(node.classes or []), *([node.prefer] if node.prefer else [])]:
+        for c in node.classes or []:
             if c not in configured:
                 self.add(f"class '{c}' is not configured ({', '.join(configured)})", node)
         eligible = eligible_classes(node, op, self.cfg)
@@ -168,7 +168,8 @@ class _Checker:
                 f"configured: {', '.join(configured)})",
                 node,
             )
-        elif node.prefer and node.prefer not in eligible:
+        elif node.prefer in configured and node.prefer not in eligible:
+            # (a hint naming a class this deployment lacks is ignored: workflows travel)
             self.add(f"preferred class '{node.prefer}' cannot run op {op.name}", node, "prefer")
 
     def _ref(

@@ -81,9 +81,13 @@ def gguf_path(model: str) -> Path:
     return _atomic_build(data_dir("models") / "gemma-3-270m-q4_k_m.gguf", build)
 
 
-@cache
 def llm(model: str = DEFAULT_LLM, n_ctx: int = 2048) -> Any:
     """A llama.cpp model; on a CUDA class with a GPU present every layer is offloaded."""
+    return _llm(model, n_ctx)  # one cache key however the arguments were passed
+
+
+@cache
+def _llm(model: str, n_ctx: int) -> Any:
     from llama_cpp import Llama
 
     path = gguf_path(model)
@@ -101,8 +105,12 @@ def llm(model: str = DEFAULT_LLM, n_ctx: int = 2048) -> Any:
     )
 
 
-@cache
 def embedder(model: str = DEFAULT_EMBEDDER) -> Any:
+    return _embedder(model)
+
+
+@cache
+def _embedder(model: str) -> Any:
     if model != DEFAULT_EMBEDDER:
         raise ValueError(f"unknown embedding model '{model}' (known: {DEFAULT_EMBEDDER})")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -138,8 +146,12 @@ def whisper_dir() -> Path:
     return target
 
 
-@cache
 def stt(model: str = DEFAULT_STT) -> Any:
+    return _stt(model)
+
+
+@cache
+def _stt(model: str) -> Any:
     if model != DEFAULT_STT:
         raise ValueError(f"unknown speech-to-text model '{model}' (known: {DEFAULT_STT})")
     from faster_whisper import WhisperModel
@@ -150,3 +162,34 @@ def stt(model: str = DEFAULT_STT) -> Any:
         f"stt:{model}",
         lambda: WhisperModel(path, device=device, compute_type=compute, cpu_threads=threads()),
     )
+
+
+def _warm_llm() -> None:
+    # One short completion: the first inference of a process pays for page faults and
+    # buffer allocation, which would otherwise land on the first real request.
+    llm().create_completion("Hello", max_tokens=1)
+
+
+def _warm_embed() -> None:
+    embedder().encode(["hello"], show_progress_bar=False)
+
+
+def _warm_stt() -> None:
+    import numpy as np
+
+    list(stt().transcribe(np.zeros(16000, dtype=np.float32), language="en")[0])
+
+
+PRELOADERS: dict[str, Callable[[], Any]] = {
+    "llm": _warm_llm,
+    "embed": _warm_embed,
+    "stt": _warm_stt,
+}
+
+
+def preload(names: list[str]) -> None:
+    """Load and warm models before the first task (in each worker process as it starts)."""
+    for name in names:
+        if name not in PRELOADERS:
+            raise ValueError(f"unknown model to preload '{name}' (known: {', '.join(PRELOADERS)})")
+        PRELOADERS[name]()

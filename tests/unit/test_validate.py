@@ -89,9 +89,11 @@ def test_op_no_configured_class_can_run() -> None:
     only_gpu.classes = {"gpu": only_gpu.classes["gpu"]}
     wf = Workflow("w")
     wf.step("slow", "test.sleep", seconds=1, classes=["io"])
+    wf.step("hinted", "test.sleep", seconds=1, prefer="io")  # a hint for an absent class: ignored
     found = [str(p) for p in problems(wf.spec(), only_gpu, registry)]
-    assert any("class 'io' is not configured" in m for m in found)
+    assert any("node 'slow'" in m and "class 'io' is not configured" in m for m in found)
     assert any("no configured class can run op test.sleep" in m for m in found)
+    assert not any("hinted" in m for m in found)
 
 
 def test_prefer_must_be_eligible(cfg: FleetConfig) -> None:
