@@ -179,9 +179,13 @@ def config_for(dep: Deployment, broker: str, data_dir: str) -> FleetConfig:
 
 
 def _write_config(cfg: FleetConfig, path: Path) -> None:
+    """The deployment's configuration for its workers (classes it lacks are disabled)."""
     import json
 
-    path.write_text(json.dumps(cfg.model_dump(mode="json")))  # YAML is a JSON superset
+    data = cfg.model_dump(mode="json")
+    for name in default_classes():
+        data["classes"].setdefault(name, {"enabled": False})
+    path.write_text(json.dumps(data))  # YAML is a JSON superset
 
 
 def run_deployment(
@@ -212,8 +216,8 @@ def run_deployment(
     fleet.start(wait=120)
     try:
         client = Fleet(app=create_app(cfg), cfg=cfg)
-        for job in mix:  # warm-up: every model loads in every worker that will need it
-            client.submit(job.spec(), job.inputs(ctx), policy=dep.policy).get(timeout=600)
+        for job in mix:  # warm-up: the first run of each workflow (caches, connections)
+            client.submit(job.spec(), job.inputs(ctx), policy=dep.policy).get(timeout=300)
         return _drive(client, dep, rnd, workload, mix, ctx, tick)
     finally:
         fleet.stop()
@@ -253,7 +257,7 @@ def _drive(
         handles.append((job, handle))
         pending.append((job, handle))
     for job, handle in handles:
-        info = handle._store.wait(handle.id, 900)
+        info = handle._store.wait(handle.id, 300)  # a stuck run is reported, not waited on
         result.runs.append(_row(job, handle, info))
         tick()
     result.ended = max([r["finished_at"] or 0 for r in result.runs] + [time.time()])

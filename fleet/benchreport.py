@@ -68,6 +68,20 @@ def summarize(name: str, results: list[Result]) -> dict[str, Any]:
     }
 
 
+def bench_table(rows: list[dict[str, Any]]) -> Any:
+    """The summary as a terminal table (every column but utilisation)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="benchmark", title_justify="left", box=box.SIMPLE_HEAD)
+    cols = [c for c in COLUMNS if c != "utilisation"]
+    for c in cols:
+        table.add_column(c.replace("_per_1000", " /1k").replace("_", " "))
+    for r in rows:
+        table.add_row(*[str(r[c]) for c in cols])
+    return table
+
+
 def ratios(rows: list[dict[str, Any]], best: str) -> dict[str, dict[str, float | None]]:
     """Throughput, p95 and busy cost of ``best`` against every other deployment."""
     by = {r["deployment"]: r for r in rows}
@@ -120,6 +134,12 @@ def write(
     return paths
 
 
+def replot(bench_json: Path, out: Path) -> None:
+    """Draw the plots again from a saved bench.json."""
+    rows = json.loads(bench_json.read_text())["summary"]
+    _plots(rows, out / "latency_cdf.png", out / "cost_vs_p95.png")
+
+
 def _plots(rows: list[dict[str, Any]], cdf_path: Path, cost_path: Path) -> None:
     import matplotlib
 
@@ -127,10 +147,16 @@ def _plots(rows: list[dict[str, Any]], cdf_path: Path, cost_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
+    for i, r in enumerate(rows):
         lat = r["latencies"]
         if lat:
-            ax.step(lat, np.arange(1, len(lat) + 1) / len(lat), where="post", label=r["deployment"])
+            ax.step(
+                lat,
+                np.arange(1, len(lat) + 1) / len(lat),
+                where="post",
+                label=r["deployment"],
+                color=f"C{i}",
+            )
     ax.set_xlabel("end-to-end latency (s)")
     ax.set_ylabel("fraction of workflows")
     ax.set_title("Latency CDF per deployment")

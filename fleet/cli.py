@@ -108,7 +108,10 @@ def up(ctx: click.Context, classes: str | None, flower: bool, workdir: str, logl
         _fail(str(exc))
     console.print(f"[green]fleet is up[/]: {len(fleet.classes)} class(es). Ctrl-C stops it.")
     console.print(f"submit with: fleet --broker {cfg.broker_url} submit FILE --input key=value")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM both stop the fleet (a shell starts background jobs with SIGINT
+    # ignored, so the handler is installed rather than inherited).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while all(c.proc.poll() is None for c in fleet.children):
             time.sleep(0.5)
@@ -169,6 +172,14 @@ def _load_and_validate(file: str) -> Any:
     except WorkflowValidationError as exc:
         _fail(str(exc), 2)
     return client, spec
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of workflow files (for editors and CI checks)."""
+    from fleet.model import WorkflowSpec
+
+    console.print_json(json.dumps(WorkflowSpec.model_json_schema()))
 
 
 @cli.command()
@@ -413,7 +424,7 @@ def bench(
 
     from fleet.bench import Workload, run_bench
     from fleet.bench import deployments as all_deployments
-    from fleet.benchreport import ratios
+    from fleet.benchreport import bench_table, ratios
 
     if quick:
         workload = Workload(
@@ -445,38 +456,13 @@ def bench(
             bar.console.print,
             lambda: bar.advance(task),
         )
-    console.print(_bench_table(rows))
+    console.print(bench_table(rows))
     fleet_rows = [r for r in rows if r["deployment"] in ("least-latency", "cost-sla")]
     if fleet_rows and len(rows) > 1:
         best = min(fleet_rows, key=lambda r: r["p95_s"])["deployment"]
         for other, ratio in ratios(rows, best).items():
             console.print(f"{best} vs {other}: " + ", ".join(f"{k} x{v}" for k, v in ratio.items()))
     console.print(f"{meta['seconds']} s; wrote " + ", ".join(str(p) for p in paths))
-
-
-def _bench_table(rows: list[dict[str, Any]]) -> Any:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title="benchmark", title_justify="left", box=box.SIMPLE_HEAD)
-    cols = [
-        "deployment",
-        "workflows",
-        "failed",
-        "throughput_per_s",
-        "p50_s",
-        "p95_s",
-        "p99_s",
-        "sla_attainment",
-        "cost_busy_per_1000",
-        "cost_provisioned_per_1000",
-        "routing_us_median",
-    ]
-    for c in cols:
-        table.add_column(c.replace("_per_1000", " /1k").replace("_", " "))
-    for r in rows:
-        table.add_row(*[str(r[c]) for c in cols])
-    return table
 
 
 def _split(value: str | None) -> list[str] | None:

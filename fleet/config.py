@@ -193,11 +193,16 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def _merge_classes(raw: dict[str, Any]) -> dict[str, Any]:
-    """File class tables override the built-in presets field by field."""
+    """File class tables override the built-in presets field by field; a table with
+    ``enabled = false`` removes that class from the deployment."""
     merged = {k: v.model_dump() for k, v in default_classes().items()}
     for name, fields in raw.items():
         if not isinstance(fields, dict):
             raise ConfigError(f"classes.{name} must be a table of fields")
+        fields = dict(fields)
+        if fields.pop("enabled", True) is False:
+            merged.pop(name, None)
+            continue
         merged.setdefault(name, {"name": name})
         merged[name].update(fields)
         merged[name]["name"] = name

@@ -55,3 +55,12 @@ def test_bad_values_name_the_problem(tmp_path: Path) -> None:
         load_config(f, env={})
     with pytest.raises(ConfigError, match="control_class"):
         load_config(env={"FLEET_CONTROL_CLASS": "nope"})
+
+
+def test_a_class_can_be_disabled(tmp_path: Path) -> None:
+    f = tmp_path / "fleet.toml"
+    f.write_text(
+        'control_class = "cpu"\n[classes.gpu]\nenabled = false\n[classes.io]\nenabled = false\n'
+    )
+    cfg = load_config(f, env={})
+    assert list(cfg.classes) == ["npu-lite", "cpu"]
