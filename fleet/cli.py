@@ -285,7 +285,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
         _fail(f"cannot reach {cfg.backend_url}: {exc}")
     if as_json:
         doc = {
-            c: {"depth": state.depth.get(c), "workers": [w.hostname for w in state.workers[c]]}
+            c: {
+                "depth": state.depth.get(c),
+                "busy": state.busy(c),
+                "slots": state.slots(c),
+                "workers": [w.hostname for w in state.workers[c]],
+            }
             for c in cfg.classes
         }
         console.print_json(json.dumps(doc))

@@ -64,14 +64,16 @@ def trace_json(trace: list[TraceEntry]) -> list[dict[str, Any]]:
 
 def status_table(cfg: FleetConfig, state: FleetState) -> Table:
     table = Table(title="fleet", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("class", "queue", "depth", "workers", "slots", "pool", "hosts"):
-        table.add_column(col, justify="right" if col in ("depth", "workers", "slots") else "left")
+    for col in ("class", "queue", "depth", "busy", "workers", "slots", "pool", "hosts"):
+        numeric = col in ("depth", "busy", "workers", "slots")
+        table.add_column(col, justify="right" if numeric else "left")
     for name, spec in cfg.classes.items():
         workers = state.workers.get(name, [])
         table.add_row(
             name,
             spec.queue_name,
             str(state.depth.get(name, "?")),
+            str(state.busy(name)),
             str(len(workers)),
             str(state.slots(name)),
             ",".join(sorted({w.pool for w in workers})) or spec.pool,
