@@ -106,7 +106,8 @@ def step(self: Task, incoming: Any, *, call: StepCall, run: dict[str, Any]) -> E
     registry.load_modules(fleet_config(self.app).op_modules)
     op = registry.get(call["op"])
     try:
-        outputs = _outputs(op, op.func(**resolve_args(call, env)))
+        args = resolve_args(call, env)
+        outputs = _outputs(op, op.func(**args))
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         retryable = not op.retry_on or isinstance(exc, op.retry_on)
@@ -120,19 +121,19 @@ def step(self: Task, incoming: Any, *, call: StepCall, run: dict[str, Any]) -> E
         raise StepFailed(call["path"], op.name, error) from exc
     entry = trace.entry("succeeded")
     store.add_trace(run["id"], entry)
-    _observe(self, call, env, entry)
+    _observe(self, call, units_of(call["op"], args), entry)
     env["outputs"][call["path"]] = outputs
     return env
 
 
-def _observe(task: Task, call: StepCall, env: Envelope, entry: TraceEntry) -> None:
+def _observe(task: Task, call: StepCall, units: float, entry: TraceEntry) -> None:
     """Feed the run time into the shared moving averages the router estimates from."""
     if entry.cls is None:
         return
     profile = current_store().get(call["op"], entry.cls)
     predicted = None
     if profile is not None:
-        predicted = profile.predict(units_of(call["op"], resolve_args(call, env)))
+        predicted = profile.predict(units)
     try:
         OnlineStats(run_store(task).redis).observe(call["op"], entry.cls, entry.run_s, predicted)
     except redis.RedisError as exc:  # statistics must never fail a step
