@@ -167,3 +167,31 @@ def test_triage_demo(tmp_path: Path) -> None:
     res = fleet("demo", "--triage", "--workdir", str(tmp_path), env={"FLEET_BROKER_URL": url})
     assert res.returncode == 0, res.stdout + res.stderr
     assert "succeeded" in res.stdout and "ESCALATE" in res.stdout
+
+
+def test_profile_measures_live_classes(local_fleet: LocalFleet, tmp_path: Path) -> None:
+    out = tmp_path / "profiles.json"
+    res = fleet("profile", "--ops", "text.normalize,test.sleep", "--reps", "1", "--out", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = json.loads(out.read_text())["profiles"]
+    got = {(r["op"], r["cls"]) for r in rows}
+    # every class that can run each op and has a worker (tpu has none)
+    assert ("test.sleep", "io") in got and ("text.normalize", "cpu") in got
+    assert not any(cls == "tpu" for _, cls in got)
+    sleep_io = next(r for r in rows if r["op"] == "test.sleep" and r["cls"] == "io")
+    assert 0.8 < sleep_io["per_unit_s"] < 1.3  # seconds per second of sleep, fitted
+    assert "wrote" in res.stdout
+    bad = fleet("profile", "--ops", "llm.nothing")
+    assert bad.returncode == 1 and "no representative inputs for op 'llm.nothing'" in bad.stderr
+
+
+def test_trace_ops_and_schema_commands(local_fleet: LocalFleet) -> None:
+    res = fleet("submit", "examples/triage.yaml", "-i", "ticket=hello", "--no-wait")
+    run_id = res.stdout.strip()
+    assert res.returncode == 0 and len(run_id) == 32
+    traced = fleet("trace", run_id, "--json")
+    assert traced.returncode == 0 and json.loads(traced.stdout)["status"] == "succeeded"
+    listed = fleet("ops")
+    assert "llm.generate" in listed.stdout and "speech.stt" in listed.stdout
+    schema = json.loads(fleet("schema").stdout)
+    assert "nodes" in schema["$defs"]["WorkflowSpec"]["properties"]
