@@ -16,7 +16,8 @@ from fleet.policies import (
 )
 from fleet.profiles import OpProfile, ProfileStore
 from fleet.routing import FleetRouter
-from fleet.state import CachedState, FleetState, StateReader, WorkerInfo
+from fleet.state import CachedState, FleetState, WorkerInfo
+from tests.support.states import FixedReader
 
 CLASSES = ("npu-lite", "gpu", "cpu")
 
@@ -133,45 +134,25 @@ def test_no_live_worker_behaviour_is_configured(policy: object) -> None:
     assert d.fail and "no live worker in any class that can run llm.generate" in d.fail
 
 
-class _Reader(StateReader):
-    def __init__(self, cfg: FleetConfig, st: FleetState) -> None:
-        super().__init__(cfg)
-        self.st = st
-
-    def read(self) -> FleetState:
-        return self.st
+CALL = {"op": "llm.generate", "kind": "model", "classes": list(CLASSES), "inputs": {}, "params": {}}
 
 
 def test_stale_state_falls_back_to_the_preferred_class(cfg: FleetConfig) -> None:
     old = state({"npu-lite": 50}, None, "npu-lite", "gpu", stale=True, fetched_at=time.time() - 60)
     router = FleetRouter(
-        cfg.model_copy(update={"policy": "least-latency"}), CachedState(_Reader(cfg, old), 60)
+        cfg.model_copy(update={"policy": "least-latency"}), CachedState(FixedReader(cfg, old), 60)
     )
-    call = {
-        "op": "llm.generate",
-        "kind": "model",
-        "classes": list(CLASSES),
-        "inputs": {},
-        "params": {},
-    }
-    assert router("fleet.step", (), {"call": call, "run": {}}, {}) == {"queue": "npu-lite"}
+    assert router("fleet.step", (), {"call": CALL, "run": {}}, {}) == {"queue": "npu-lite"}
     fresh = state({"npu-lite": 50}, None, "npu-lite", "gpu")
     router = FleetRouter(
-        cfg.model_copy(update={"policy": "least-latency"}), CachedState(_Reader(cfg, fresh), 60)
+        cfg.model_copy(update={"policy": "least-latency"}), CachedState(FixedReader(cfg, fresh), 60)
     )
-    assert router("fleet.step", (), {"call": call, "run": {}}, {}) == {"queue": "gpu"}
+    assert router("fleet.step", (), {"call": CALL, "run": {}}, {}) == {"queue": "gpu"}
 
 
 def test_a_run_can_choose_its_policy(cfg: FleetConfig) -> None:
     fresh = state({"npu-lite": 50}, None, "npu-lite", "gpu")
-    router = FleetRouter(cfg, CachedState(_Reader(cfg, fresh), 60))  # default: preferred
-    call = {
-        "op": "llm.generate",
-        "kind": "model",
-        "classes": list(CLASSES),
-        "inputs": {},
-        "params": {},
-    }
-    assert router("fleet.step", (), {"call": call, "run": {}}, {}) == {"queue": "npu-lite"}
+    router = FleetRouter(cfg, CachedState(FixedReader(cfg, fresh), 60))  # default: preferred
+    assert router("fleet.step", (), {"call": CALL, "run": {}}, {}) == {"queue": "npu-lite"}
     run = {"policy": "least-latency"}
-    assert router("fleet.step", (), {"call": call, "run": run}, {}) == {"queue": "gpu"}
+    assert router("fleet.step", (), {"call": CALL, "run": run}, {}) == {"queue": "gpu"}

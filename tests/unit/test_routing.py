@@ -6,7 +6,8 @@ from fleet.config import FleetConfig
 from fleet.policies import PreferredPolicy, RouteRequest, StaticPolicy, make_policy
 from fleet.profiles import ProfileStore
 from fleet.routing import FleetRouter, take_decision
-from fleet.state import CachedState, FleetState, StateReader, WorkerInfo
+from fleet.state import CachedState, FleetState, WorkerInfo
+from tests.support.states import FixedReader
 
 
 def _state(*live: str) -> FleetState:
@@ -42,33 +43,24 @@ def test_unknown_policy_is_a_clear_error() -> None:
         make_policy("fastest")
 
 
-class _FixedReader(StateReader):
-    def __init__(self, cfg: FleetConfig, state: FleetState) -> None:
-        super().__init__(cfg)
-        self.state = state
-        self.reads = 0
-
-    def read(self) -> FleetState:
-        self.reads += 1
-        return self.state
+CALL = {
+    "op": "text.upper",
+    "kind": "compute",
+    "classes": ["gpu", "cpu"],
+    "inputs": {},
+    "params": {},
+}
 
 
-def _router(cfg: FleetConfig, *live: str) -> tuple[FleetRouter, _FixedReader]:
-    reader = _FixedReader(cfg, _state(*live))
+def _router(cfg: FleetConfig, *live: str) -> tuple[FleetRouter, FixedReader]:
+    reader = FixedReader(cfg, _state(*live))
     return FleetRouter(cfg, CachedState(reader, ttl=60)), reader
 
 
 def test_router_routes_steps_and_records_decision(cfg: FleetConfig) -> None:
     router, reader = _router(cfg, "cpu")
-    call = {
-        "op": "text.upper",
-        "kind": "compute",
-        "classes": ["gpu", "cpu"],
-        "inputs": {},
-        "params": {},
-    }
     for _ in range(3):
-        assert router("fleet.step", (), {"call": call}, {}) == {"queue": "cpu"}
+        assert router("fleet.step", (), {"call": CALL}, {}) == {"queue": "cpu"}
     assert reader.reads == 1  # cached: one read for many decisions
     decision = take_decision("fleet.step")
     assert decision is not None and decision.cls == "cpu"
@@ -85,12 +77,5 @@ def test_router_sends_control_tasks_to_control_class(cfg: FleetConfig) -> None:
 def test_router_leaves_other_tasks_and_explicit_queues_alone(cfg: FleetConfig) -> None:
     router, _ = _router(cfg, "cpu")
     assert router("myapp.add", (), {}, {}) is None
-    call = {
-        "op": "text.upper",
-        "kind": "compute",
-        "classes": ["gpu", "cpu"],
-        "inputs": {},
-        "params": {},
-    }
-    assert router("fleet.step", (), {"call": call}, {"queue": "special"}) is None
-    assert router("fleet.step", (), {"call": call}, {"routing_key": "gpu"}) is None
+    assert router("fleet.step", (), {"call": CALL}, {"queue": "special"}) is None
+    assert router("fleet.step", (), {"call": CALL}, {"routing_key": "gpu"}) is None
