@@ -238,6 +238,27 @@ def ops(ctx: click.Context) -> None:
     console.print(ops_table(registry))
 
 
+@cli.command()
+@click.option("--port", default=9808, show_default=True, help="HTTP port for /metrics.")
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.pass_context
+def metrics(ctx: click.Context, port: int, address: str) -> None:
+    """Serve Prometheus metrics per class: queue depth, busy steps, workers, slots."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from fleet.metrics import FleetCollector
+
+    REGISTRY.register(FleetCollector(config(ctx)))
+    start_http_server(port, addr=address)
+    console.print(f"metrics on http://{address}:{port}/metrics (Ctrl-C stops)")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopped.")
+
+
 cli.add_command(demo)
 cli.add_command(profile)
 cli.add_command(bench)

@@ -1,0 +1,34 @@
+"""Prometheus metrics per class, read from the live fleet."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from fleet.config import FleetConfig
+from fleet.local import LocalFleet
+from fleet.metrics import FleetCollector
+
+pytestmark = pytest.mark.integration
+
+
+def test_metrics_show_workers_slots_and_depth(
+    fleet_cfg: FleetConfig, local_fleet: LocalFleet
+) -> None:
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(fleet_cfg))
+    text = generate_latest(registry).decode()
+    assert 'fleet_workers{class="cpu"} 1.0' in text
+    assert 'fleet_slots{class="io"} 8.0' in text  # tests/fleet-test.toml: io concurrency 8
+    assert 'fleet_workers{class="tpu"} 0.0' in text
+    assert 'fleet_queue_depth{class="gpu"} 0.0' in text
+    assert "fleet_busy_steps" in text and "fleet_state_up 1.0" in text
+
+
+def test_metrics_answer_when_the_backend_is_down(fleet_cfg: FleetConfig) -> None:
+    from fleet.local import free_port
+
+    down = fleet_cfg.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(down))
+    assert "fleet_state_up 0.0" in generate_latest(registry).decode()
