@@ -164,9 +164,6 @@ class CachedState:
             self._state = replace(old, stale=True)
         self._read_at = time.monotonic()
 
-    def invalidate(self) -> None:
-        self._state = None
-
 
 def beat(
     client: redis.Redis, hostname: str, classes: list[str], details: dict[str, Any], ttl: float
