@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleet.cli import cli
+from fleet.cli.main import cli
 
 if __name__ == "__main__":
     cli(["bench", *sys.argv[1:]], prog_name="run_bench.py")

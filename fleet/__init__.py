@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet.builder import Ref, Step, Workflow
 from fleet.errors import (
     FleetError,
     StepFailed,
@@ -17,8 +16,9 @@ from fleet.errors import (
     WorkflowTimeout,
     WorkflowValidationError,
 )
-from fleet.loader import load_workflow
-from fleet.ops import op
+from fleet.registry import op, preloader
+from fleet.workflow.builder import Ref, Step, Workflow
+from fleet.workflow.loader import load_workflow
 
 __all__ = [
     "Fleet",
@@ -33,14 +33,20 @@ __all__ = [
     "WorkflowValidationError",
     "load_workflow",
     "op",
+    "preloader",
     "submit",
 ]
 
 
 def __getattr__(name: str) -> Any:
     # The client pulls in the Celery app (and its configuration): load it only when asked.
+    # `app` makes `celery -A fleet worker` find the fleet's Celery app.
     if name in ("Fleet", "RunHandle", "submit"):
-        from fleet import client
+        from fleet.runtime import client
 
         return getattr(client, name)
+    if name == "app":
+        from fleet.runtime.app import app
+
+        return app
     raise AttributeError(f"module 'fleet' has no attribute {name!r}")

@@ -104,24 +104,13 @@ def default_classes() -> dict[str, ClassSpec]:
     }
 
 
-DEFAULT_OP_MODULES = [
-    "workers.ops.general",
-    "workers.ops.testing",
-    "workers.ops.llm",
-    "workers.ops.embed",
-    "workers.ops.memory",
-    "workers.ops.tools",
-    "workers.ops.speech",
-]
-
-
 class FleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     broker_url: str = "redis://127.0.0.1:6379/0"
     result_backend: str = ""
     classes: dict[str, ClassSpec] = Field(default_factory=default_classes)
-    # Class that runs the small control task (fleet.advance); falls back to any live class.
+    # Class whose queue takes tasks sent without a route (fleet.ping, plain Celery tasks).
     control_class: str = "io"
     # preferred | static | least-latency | cost-sla (docs/routing.md)
     policy: str = "preferred"
@@ -134,7 +123,10 @@ class FleetConfig(BaseModel):
     default_service_s: float = Field(default=0.5, gt=0)
     # State older than this (the backend unreachable) makes policies fall back to static.
     stale_after_s: float = Field(default=15.0, gt=0)
-    op_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_OP_MODULES))
+    # Op modules to import besides the `agent_fleet.ops` entry points of installed packages
+    # (this project's own ops are entry points too); op_plugins = false turns those off.
+    op_modules: list[str] = Field(default_factory=list)
+    op_plugins: bool = True
     flower_port: int = 5555
     heartbeat_interval: float = Field(default=1.0, gt=0)
     worker_ttl: float = Field(default=10.0, gt=0)

@@ -1,6 +1,6 @@
 """Shared test set-up.
 
-The Celery app reads its configuration from the environment when ``fleet.app`` is first
+The Celery app reads its configuration from the environment when ``fleet.runtime.app`` is first
 imported, so the test broker's address is fixed here, before any test module is collected.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from fleet.config import FleetConfig, load_config
-from fleet.local import free_port
-from fleet.ops import registry
+from fleet.registry import registry
+from fleet.runtime.local import free_port
 
 TESTS = Path(__file__).parent
 TEST_CONFIG = TESTS / "fleet-test.toml"
@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def cfg() -> FleetConfig:
     """The built-in configuration (no file, no environment)."""
     config = load_config(env={})
-    registry.load_modules(config.op_modules)
+    registry.load(config.op_modules, config.op_plugins)
     return config
 
 

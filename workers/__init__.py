@@ -1,6 +1,5 @@
-"""Hardware-class workers and the ops they run.
-
-``workers.launch`` builds the Celery worker command for a class preset; ``workers.heartbeat``
-is the worker bootstep that announces a live worker and its class; ``workers.ops`` holds the
-op modules registered with :func:`fleet.ops.op`.
+"""The fleet's own ops, as a plug-in: ``workers.ops`` holds op modules registered with
+:func:`fleet.registry.op` and advertised through the ``agent_fleet.ops`` entry points;
+``workers.models`` loads models once per process and registers their preloaders. Nothing in
+``fleet`` imports this package.
 """

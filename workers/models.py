@@ -21,7 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from workers.runtime import data_dir, threads, wants_cuda
+from fleet.registry import preloader
+from fleet.runtime.sdk import data_dir, threads, wants_cuda
 
 log = logging.getLogger("fleet.models")
 T = TypeVar("T")
@@ -164,32 +165,20 @@ def _stt(model: str) -> Any:
     )
 
 
+@preloader("llm")
 def _warm_llm() -> None:
     # One short completion: the first inference of a process pays for page faults and
     # buffer allocation, which would otherwise land on the first real request.
     llm().create_completion("Hello", max_tokens=1)
 
 
+@preloader("embed")
 def _warm_embed() -> None:
     embedder().encode(["hello"], show_progress_bar=False)
 
 
+@preloader("stt")
 def _warm_stt() -> None:
     import numpy as np
 
     list(stt().transcribe(np.zeros(16000, dtype=np.float32), language="en")[0])
-
-
-PRELOADERS: dict[str, Callable[[], Any]] = {
-    "llm": _warm_llm,
-    "embed": _warm_embed,
-    "stt": _warm_stt,
-}
-
-
-def preload(names: list[str]) -> None:
-    """Load and warm models before the first task (in each worker process as it starts)."""
-    for name in names:
-        if name not in PRELOADERS:
-            raise ValueError(f"unknown model to preload '{name}' (known: {', '.join(PRELOADERS)})")
-        PRELOADERS[name]()

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from fleet.builder import Workflow
-from fleet.client import Fleet
 from fleet.errors import WorkflowFailed
-from fleet.runs import TraceEntry
-from workers.runtime import blobs
+from fleet.runtime.client import Fleet
+from fleet.runtime.runs import TraceEntry
+from fleet.runtime.sdk import blobs
+from fleet.workflow.builder import Workflow
 
 pytestmark = pytest.mark.integration
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "fleet" / "examples"
 
 
 def _ran(trace: list[TraceEntry]) -> dict[str, TraceEntry]:

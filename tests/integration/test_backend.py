@@ -7,27 +7,14 @@ import pytest
 import redis
 from celery import group
 
-from fleet.builder import Workflow
-from fleet.client import Fleet
-from fleet.plan import new_envelope
+from fleet.runtime.client import Fleet
+from fleet.workflow.builder import Workflow
 
 pytestmark = pytest.mark.integration
 
 
 def _echo(app, value: int):  # type: ignore[no-untyped-def]
-    call = {
-        "path": f"e{value}",
-        "op": "test.echo",
-        "kind": "compute",
-        "inputs": {},
-        "params": {"value": value},
-        "classes": ["cpu"],
-        "retries": 0,
-        "timeout": None,
-    }
-    return app.signature(
-        "fleet.step", args=(new_envelope({}),), kwargs={"call": call, "run": {"id": "direct"}}
-    )
+    return app.signature("fleet.ping", args=(value,), queue="cpu")
 
 
 def test_runs_leave_no_subscriptions_or_pending_results(client: Fleet, broker: redis.Redis) -> None:
@@ -46,7 +33,6 @@ def test_runs_leave_no_subscriptions_or_pending_results(client: Fleet, broker: r
 def test_celery_results_can_still_be_awaited(client: Fleet) -> None:
     app = client.app
     single = _echo(app, 7).apply_async()
-    assert single.get(timeout=20)["outputs"]["e7"] == {"value": 7}
+    assert single.get(timeout=20) == 7
     many = group(_echo(app, i) for i in range(3)).apply_async()
-    results = many.get(timeout=20)
-    assert [r["outputs"][f"e{i}"]["value"] for i, r in enumerate(results)] == [0, 1, 2]
+    assert many.get(timeout=20) == [0, 1, 2]

@@ -14,11 +14,11 @@ import pytest
 import redis
 
 from fleet.config import FleetConfig
-from fleet.local import LocalFleet, free_port
+from fleet.runtime.local import LocalFleet, free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-FLEET = [sys.executable, "-m", "fleet.cli"]
+FLEET = [sys.executable, "-m", "fleet.cli.main"]
 
 
 def fleet(
@@ -53,7 +53,7 @@ def test_validate_names_node_and_line_and_exits_nonzero(tmp_path: Path) -> None:
         in res.stderr
     )
     assert "unknown op 'nope.op'" in res.stderr
-    assert fleet("validate", str(ROOT / "examples" / "triage.yaml")).returncode == 0
+    assert fleet("validate", str(ROOT / "fleet" / "examples" / "triage.yaml")).returncode == 0
 
 
 def test_submit_malformed_file_enqueues_nothing(
@@ -74,7 +74,7 @@ def test_submit_malformed_file_enqueues_nothing(
 def test_submit_prints_result_and_trace(local_fleet: LocalFleet) -> None:
     res = fleet(
         "submit",
-        "examples/triage.yaml",
+        "fleet/examples/triage.yaml",
         "--input",
         "ticket=My order is late, please cancel",
         "--json",
@@ -86,7 +86,7 @@ def test_submit_prints_result_and_trace(local_fleet: LocalFleet) -> None:
     ran = {e["node"]: e["class"] for e in doc["trace"] if e["status"] == "succeeded"}
     assert ran["lookup"] == "io" and ran["stats"] == "npu-lite" and ran["escalate"] == "gpu"
     assert ran["clean"] == "cpu"
-    table = fleet("submit", "examples/triage.yaml", "-i", "ticket=thanks, all good")
+    table = fleet("submit", "fleet/examples/triage.yaml", "-i", "ticket=thanks, all good")
     assert table.returncode == 0
     assert "routine" in table.stdout and "succeeded" in table.stdout and "npu-lite" in table.stdout
 
@@ -186,7 +186,7 @@ def test_profile_measures_live_classes(local_fleet: LocalFleet, tmp_path: Path) 
 
 
 def test_trace_ops_and_schema_commands(local_fleet: LocalFleet) -> None:
-    res = fleet("submit", "examples/triage.yaml", "-i", "ticket=hello", "--no-wait")
+    res = fleet("submit", "fleet/examples/triage.yaml", "-i", "ticket=hello", "--no-wait")
     run_id = res.stdout.strip()
     assert res.returncode == 0 and len(run_id) == 32
     traced = fleet("trace", run_id, "--json")

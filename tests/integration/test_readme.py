@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.local import LocalFleet
+from fleet.runtime.local import LocalFleet
 
 pytestmark = pytest.mark.integration
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from fleet.builder import Workflow
-from fleet.client import Fleet
+from fleet.runtime.client import Fleet
+from fleet.workflow.builder import Workflow
 
 pytestmark = pytest.mark.integration
 

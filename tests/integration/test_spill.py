@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from fleet.builder import Workflow
-from fleet.client import Fleet
-from fleet.state import StateReader
+from fleet.routing.state import StateReader
+from fleet.runtime.client import Fleet
+from fleet.workflow.builder import Workflow
 
 pytestmark = pytest.mark.integration
 N, SECONDS = 12, 0.3
@@ -80,7 +80,7 @@ def test_cost_sla_keeps_cheap_class_until_the_sla_needs_more(client: Fleet) -> N
 
 def test_no_worker_fail_fails_the_run_at_once(client: Fleet) -> None:
     from fleet.config import load_config
-    from fleet.routing import FleetRouter
+    from fleet.routing.router import FleetRouter
 
     cfg = load_config().model_copy(update={"no_worker": "fail"})
     client.store.create("r-nowhere", "nowhere")
@@ -89,10 +89,10 @@ def test_no_worker_fail_fails_the_run_at_once(client: Fleet) -> None:
         "op": "test.echo",
         "kind": "compute",
         "classes": ["tpu"],
-        "inputs": {},
-        "params": {"value": 1},
+        "args": {"value": 1},
     }
-    route = FleetRouter(cfg)("fleet.step", (), {"call": call, "run": {"id": "r-nowhere"}}, {})
+    router = FleetRouter(cfg, on_fail=client.store.fail)
+    route = router("fleet.step", (), {"call": call, "run": {"id": "r-nowhere"}}, {})
     assert route == {"queue": "tpu"}
     info = client.store.info("r-nowhere")
     assert info is not None and info.status == "failed" and info.error_node == "only-tpu"

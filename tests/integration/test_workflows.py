@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from fleet.builder import Ref, Workflow
-from fleet.client import Fleet
 from fleet.errors import WorkflowFailed, WorkflowValidationError
-from fleet.runs import TraceEntry
+from fleet.runtime.client import Fleet
+from fleet.runtime.runs import TraceEntry
+from fleet.workflow.builder import Ref, Workflow
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +170,42 @@ def test_many_runs_in_parallel(client: Fleet) -> None:
     runs = [client.submit(wf, {"i": i}) for i in range(20)]
     assert [r.get(timeout=60)["out"] for r in runs] == [i + 1 for i in range(20)]
     assert time.monotonic() - start < 30
+
+
+def _napper(name: str, seconds: float) -> Workflow:
+    body = Workflow(name, inputs=["v"])
+    nap = body.step("nap", "test.sleep", seconds=seconds, value=body.input("v"), classes=["io"])
+    body.output("v", nap["value"])
+    return body
+
+
+def test_sub_agents_run_side_by_side(client: Fleet) -> None:
+    wf = Workflow("supervisor", inputs=["v"])
+    a = wf.agent("alpha", _napper("alpha", 2.0), v=wf.input("v"))
+    b = wf.agent("beta", _napper("beta", 2.0), v=wf.input("v"))
+    j = wf.step("join", "text.template", template="${x}${y}", x=a["v"], y=b["v"])
+    wf.output("out", j["text"])
+    start = time.monotonic()
+    assert client.submit(wf, {"v": "z"}).get(timeout=30) == {"out": "zz"}
+    assert time.monotonic() - start < 2.6  # one after the other would take 4 s
+
+
+def test_supervisor_joins_react_loops_of_different_lengths(client: Fleet) -> None:
+    body = Workflow("round", inputs=["n"])
+    add = body.step("add", "math.add", a=body.input("n"), b=1)
+    body.step("think", "test.sleep", seconds=0.05, value=add["result"], classes=["io"])
+    body.output("n", add["result"])
+    wf = Workflow("supervisor", inputs=["n"])
+    short = wf.loop("short", body, max_iterations=9, until=add["result"] >= 2, n=wf.input("n"))
+    long = wf.loop("long", body, max_iterations=9, until=add["result"] >= 5, n=wf.input("n"))
+    total = wf.step("total", "math.add", a=short["n"], b=long["n"])
+    wf.output("total", total["result"])
+    wf.output("rounds", short["iterations"])
+    wf.output("long_rounds", long["iterations"])
+    run = client.submit(wf, {"n": 0})
+    assert run.get(timeout=30) == {"total": 7, "rounds": 2, "long_rounds": 5}
+    steps = _by_node(run.trace())
+    assert {"short#2/add", "long#5/think"} <= set(steps) and "short#3/add" not in steps
+    # the loops overlapped: the long one's first round began before the short one ended
+    assert steps["long#1/add"].started_at < steps["short#2/think"].ended_at
+    assert steps["total"].started_at >= steps["long#5/think"].ended_at

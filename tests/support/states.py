@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fleet.config import FleetConfig
-from fleet.state import FleetState, StateReader
+from fleet.routing.state import FleetState, StateReader
 
 
 class FixedReader(StateReader):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet.ops import op
+from fleet.registry import op
 from workers.models import DEFAULT_EMBEDDER, LOADS, embedder, lock_for
+from workers.ops.general import SAMPLE_TEXT
 
 MAX_TEXTS = 10_000
 
@@ -27,6 +28,9 @@ def _texts(texts: Any) -> list[str]:
     kind="model",
     classes=("npu-lite", "gpu", "cpu"),
     outputs=("vectors", "dim", "count", "loads"),
+    units=lambda a: float(len(a["texts"])) if isinstance(a.get("texts"), list) else 1.0,
+    unit="text",
+    samples=[{"texts": [SAMPLE_TEXT] * 2}, {"texts": [SAMPLE_TEXT] * 16}],
 )
 def embed_texts(texts: Any, batch_size: int = 32, model: str = DEFAULT_EMBEDDER) -> dict[str, Any]:
     """Embed one text or a list of texts into unit-length vectors."""

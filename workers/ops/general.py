@@ -8,7 +8,7 @@ import string
 from collections import Counter
 from typing import Any
 
-from fleet.ops import op
+from fleet.registry import op
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
 _WORDS_TO_IGNORE = (
@@ -17,6 +17,12 @@ _WORDS_TO_IGNORE = (
 )
 _STOPWORDS = frozenset(_WORDS_TO_IGNORE.split())
 _CPU_FIRST = ("cpu", "io", "npu-lite", "gpu")
+
+# Representative text for profiling samples (fleet profile).
+SAMPLE_TEXT = (
+    "Orders placed before 2 pm on a working day leave our warehouse the same day. Standard "
+    "shipping takes 3 to 5 working days and costs 4.90; it is free for orders over 50. "
+)
 
 
 class _DottedTemplate(string.Template):
@@ -34,7 +40,12 @@ class _Fields(dict[str, Any]):
         raise KeyError(key)
 
 
-@op("text.template", classes=_CPU_FIRST, outputs=("text",))
+@op(
+    "text.template",
+    classes=_CPU_FIRST,
+    outputs=("text",),
+    samples=[{"template": "${a} ${b}", "a": 1, "b": "x"}],
+)
 def template(template: str, **values: Any) -> dict[str, str]:
     """Fill ``${name}`` / ``${name.field}`` placeholders; a missing one is an error."""
     try:
@@ -61,7 +72,12 @@ def regex(
     return {"match": match, "found": True}
 
 
-@op("text.normalize", classes=_CPU_FIRST, outputs=("text",))
+@op(
+    "text.normalize",
+    classes=_CPU_FIRST,
+    outputs=("text",),
+    samples=[{"text": SAMPLE_TEXT}, {"text": SAMPLE_TEXT * 40}],
+)
 def normalize(text: str, lower: bool = False) -> dict[str, str]:
     """Trim and collapse white space (and optionally lower-case)."""
     out = " ".join(text.split())
@@ -80,7 +96,12 @@ def stats(text: str) -> dict[str, int]:
     return {"chars": len(text), "words": len(_WORD.findall(text)), "lines": len(text.splitlines())}
 
 
-@op("text.keywords", classes=_CPU_FIRST, outputs=("keywords",))
+@op(
+    "text.keywords",
+    classes=_CPU_FIRST,
+    outputs=("keywords",),
+    samples=[{"text": SAMPLE_TEXT}, {"text": SAMPLE_TEXT * 40}],
+)
 def keywords(text: str, top: int = 5) -> dict[str, list[str]]:
     """The most frequent non-stopwords, most frequent first (ties by first appearance)."""
     words = [w.lower() for w in _WORD.findall(text)]

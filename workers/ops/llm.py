@@ -15,9 +15,14 @@ import time
 import zlib
 from typing import Any
 
-from fleet.ops import op
+from fleet.registry import op
+from fleet.runtime.sdk import blobs
 from workers.models import DEFAULT_LLM, LOADS, llm, lock_for
-from workers.runtime import blobs
+from workers.ops.general import SAMPLE_TEXT
+
+SAMPLE_PROMPT = (
+    f"Context:\n{SAMPLE_TEXT}\n\nQuestion: How long does standard shipping take?\nAnswer:"
+)
 
 MODEL_CLASSES = ("gpu", "npu-lite", "cpu")
 STATE_FORMAT = 1
@@ -107,6 +112,12 @@ def _complete(
     kind="model",
     classes=MODEL_CLASSES,
     outputs=("text", "tokens", "prompt_tokens", "finish_reason", "loads"),
+    units=lambda a: float(a.get("max_tokens", 64)),
+    unit="token",
+    samples=[
+        {"prompt": SAMPLE_PROMPT, "max_tokens": 4, "stop": []},
+        {"prompt": SAMPLE_PROMPT, "max_tokens": 24, "stop": []},
+    ],
 )
 def generate(
     prompt: str,
@@ -134,6 +145,9 @@ def generate(
     kind="model",
     classes=MODEL_CLASSES,
     outputs=("state", "prompt_tokens", "state_bytes", "seconds"),
+    units=lambda a: len(str(a.get("prompt", ""))) / 4.0,  # ~4 characters a token
+    unit="token",
+    samples=[{"prompt": SAMPLE_PROMPT}, {"prompt": SAMPLE_TEXT * 6 + SAMPLE_PROMPT}],
 )
 def prefill(prompt: str, model: str = DEFAULT_LLM, n_ctx: int = 2048) -> dict[str, Any]:
     """Evaluate the prompt and hand llama.cpp's state over by reference (for llm.decode)."""
@@ -195,6 +209,8 @@ def _restore(engine: Any, payload: bytes, model: str) -> str:
     kind="model",
     classes=MODEL_CLASSES,
     outputs=("text", "tokens", "prompt_tokens", "finish_reason", "loads"),
+    units=lambda a: float(a.get("max_tokens", 64)),
+    unit="token",
 )
 def decode(
     state: str,

@@ -13,8 +13,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fleet.ops import op
-from workers.runtime import data_dir
+from fleet.registry import op
+from fleet.runtime.sdk import data_dir
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

@@ -13,9 +13,10 @@ import wave
 from pathlib import Path
 from typing import Any
 
-from fleet.ops import op
+from fleet.registry import op
+from fleet.runtime.sdk import blobs
 from workers.models import DEFAULT_STT, LOADS, lock_for, stt
-from workers.runtime import blobs
+from workers.ops.general import SAMPLE_TEXT
 
 MAX_TTS_CHARS = 5000
 MAX_AUDIO_BYTES = 50 << 20
@@ -26,7 +27,15 @@ def _wav_seconds(data: bytes) -> float:
         return float(w.getnframes()) / float(w.getframerate())
 
 
-@op("speech.tts", kind="model", classes=("cpu", "npu-lite", "gpu"), outputs=("audio", "seconds"))
+@op(
+    "speech.tts",
+    kind="model",
+    classes=("cpu", "npu-lite", "gpu"),
+    outputs=("audio", "seconds"),
+    units=lambda a: float(len(str(a.get("text", "")))),
+    unit="char",
+    samples=[{"text": SAMPLE_TEXT[:80]}, {"text": SAMPLE_TEXT * 2}],
+)
 def tts(
     text: str, voice: str = "en-us", speed: int = 165, out: str | None = None
 ) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import socket
 import time
 from typing import Any
 
-from fleet.ops import op
+from fleet.registry import op
 
 
 @op("test.echo", outputs=("value",))
@@ -22,7 +22,15 @@ def whereami(tag: Any = None) -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-@op("test.sleep", kind="tool", classes=("io", "cpu", "npu-lite", "gpu"), outputs=("value", "slept"))
+@op(
+    "test.sleep",
+    kind="tool",
+    classes=("io", "cpu", "npu-lite", "gpu"),
+    outputs=("value", "slept"),
+    units=lambda a: float(a.get("seconds", 0.0)),
+    unit="second",
+    samples=[{"seconds": 0.02}, {"seconds": 0.1}],
+)
 def sleep(seconds: float, value: Any = None) -> dict[str, Any]:
     """Wait like an I/O call would, then pass ``value`` on."""
     if not 0 <= seconds <= 3600:

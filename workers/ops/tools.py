@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fleet.ops import op
-from workers.runtime import settings
+from fleet.registry import op
+from fleet.runtime.sdk import settings
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_BODY = 1 << 20  # 1 MiB: a tool answer, not a download

@@ -1,0 +1,93 @@
+"""Helpers shared by the CLI modules: consoles, errors, inputs, printing a run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+
+from fleet.config import FleetConfig
+from fleet.errors import FleetError, WorkflowFailed, WorkflowValidationError
+
+# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def config(ctx: click.Context) -> FleetConfig:
+    cfg: FleetConfig = ctx.obj["cfg"]
+    return cfg
+
+
+def parse_inputs(pairs: tuple[str, ...], inputs_json: str | None) -> dict[str, Any]:
+    """``key=value`` pairs: JSON values when they parse, ``@path`` reads a file, else text."""
+    values: dict[str, Any] = json.loads(Path(inputs_json).read_text()) if inputs_json else {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{pair}' is not key=value", param_hint="--input")
+        if raw.startswith("@"):
+            values[key] = Path(raw[1:]).read_text()
+            continue
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
+
+
+def load_and_validate(file: str) -> Any:
+    from fleet.runtime.client import Fleet
+
+    client = Fleet()
+    try:
+        spec = client.validate(file)
+    except WorkflowValidationError as exc:
+        fail(str(exc), 2)
+    return client, spec
+
+
+def print_outcome(handle: Any, timeout: float, as_json: bool) -> int:
+    """Wait for a run, print its trace and result (or error); the exit code to use."""
+    from fleet.cli.report import dumps, trace_json, trace_table
+
+    start = time.monotonic()
+    code, outputs, error = 0, None, None
+    try:
+        with console.status(f"run {handle.id} ..."):
+            outputs = handle.get(timeout=timeout)
+    except WorkflowFailed as exc:
+        code, error = 1, str(exc)
+    except FleetError as exc:
+        code, error = 1, str(exc)
+    elapsed = time.monotonic() - start
+    trace = handle.trace()
+    if as_json:
+        doc = {"run": handle.id, "status": handle.status(), "outputs": outputs, "error": error}
+        console.print_json(dumps({**doc, "elapsed_s": elapsed, "trace": trace_json(trace)}))
+    else:
+        console.print(trace_table(trace))
+        classes = sorted({e.cls for e in trace if e.cls})
+        console.print(
+            f"run {handle.id}: {handle.status()} in {elapsed:.2f} s on {', '.join(classes)}"
+        )
+        if error:
+            err.print(f"[bold red]failed:[/] {error}", highlight=False)
+        else:
+            console.print("[bold]result[/]")
+            console.print_json(dumps(outputs))
+    return code
+
+
+def split(value: str | None) -> list[str] | None:
+    return [x.strip() for x in value.split(",") if x.strip()] if value else None

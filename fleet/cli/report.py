@@ -1,0 +1,124 @@
+"""Human-readable tables: a run's trace, the fleet's status, the op registry."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from fleet.config import FleetConfig
+from fleet.registry import Registry
+from fleet.routing.profiles import ProfileStore
+from fleet.routing.state import FleetState
+from fleet.runtime.runs import TraceEntry
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def trace_table(trace: list[TraceEntry], t0: float | None = None) -> Table:
+    table = Table(title="trace", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in (
+        "node",
+        "op",
+        "class",
+        "worker",
+        "status",
+        "wait ms",
+        "run ms",
+        "start +ms",
+        "est ms",
+        "why",
+    ):
+        table.add_column(col, justify="right" if "ms" in col else "left")
+    base = t0 if t0 is not None else min((e.started_at for e in trace), default=0.0)
+    for e in trace:
+        table.add_row(
+            e.node,
+            e.op or "-",
+            e.cls or "-",
+            e.worker or "-",
+            e.status if not e.error else f"{e.status}: {e.error}",
+            _ms(e.wait_s),
+            _ms(e.run_s) if e.status != "skipped" else "-",
+            _ms(e.started_at - base) if e.status != "skipped" else "-",
+            _estimate(e),
+            str(e.route.get("reason", "")),
+        )
+    return table
+
+
+def _estimate(e: TraceEntry) -> str:
+    """The expected completion the policy computed for the class it chose, if it did."""
+    est = (e.route.get("estimates") or {}).get(e.cls or "")
+    total = est.get("total_s") if isinstance(est, dict) else None
+    return "-" if total is None else _ms(float(total))
+
+
+def trace_json(trace: list[TraceEntry]) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in trace]
+
+
+def status_table(cfg: FleetConfig, state: FleetState) -> Table:
+    table = Table(title="fleet", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("class", "queue", "depth", "busy", "workers", "slots", "pool", "hosts"):
+        numeric = col in ("depth", "busy", "workers", "slots")
+        table.add_column(col, justify="right" if numeric else "left")
+    for name, spec in cfg.classes.items():
+        workers = state.workers.get(name, [])
+        table.add_row(
+            name,
+            spec.queue_name,
+            str(state.depth.get(name, "?")),
+            str(state.busy(name)),
+            str(len(workers)),
+            str(state.slots(name)),
+            ",".join(sorted({w.pool for w in workers})) or spec.pool,
+            ", ".join(w.hostname for w in workers) or "-",
+        )
+    return table
+
+
+def ops_table(registry: Registry) -> Table:
+    table = Table(title="ops", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("op", "kind", "prefers", "runs on", "outputs", "description"):
+        table.add_column(col)
+    for name in registry.names():
+        spec = registry.get(name)
+        table.add_row(
+            name,
+            spec.kind,
+            spec.prefers,
+            "any" if spec.classes == ("*",) else ",".join(spec.classes),
+            ",".join(spec.outputs),
+            spec.description,
+        )
+    return table
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+def profiles_table(store: ProfileStore, pairs: list[tuple[str, str]] | None = None) -> Table:
+    table = Table(title="profiles", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("op", "class", "fixed ms", "per unit ms", "peak MB", "steps/s", "samples"):
+        table.add_column(col, justify="left" if col in ("op", "class") else "right")
+    keys = pairs if pairs is not None else sorted(store.profiles)
+    for op, cls in keys:
+        p = store.get(op, cls)
+        if p is None:
+            continue
+        table.add_row(
+            op,
+            cls,
+            f"{p.fixed_s * 1000:.2f}",
+            f"{p.per_unit_s * 1000:.3f}",
+            "-" if p.peak_mem_mb is None else f"{p.peak_mem_mb:.0f}",
+            "-" if p.throughput is None else f"{p.throughput:.1f}",
+            str(p.samples),
+        )
+    return table

@@ -1,0 +1,39 @@
+"""The fleet's protocol: Redis keys, Celery task names, environment variables, entry points.
+
+Everything a client, a worker on another host, or a monitoring tool must agree on is named here
+once (arq keeps its protocol in one constants module for the same reason).
+"""
+
+from __future__ import annotations
+
+# Celery task names.
+STEP_TASK = "fleet.step"  # runs one op node, then sends the steps it made ready
+PING_TASK = "fleet.ping"  # a plain task: health checks and the benchmark's baseline
+TASK_PREFIX = "fleet."
+
+# Message headers stamped at publish time.
+SENT_AT_HEADER = "fleet_sent_at"
+ROUTE_HEADER = "fleet_route"
+
+# Redis keys. Everything a run writes expires after the configured run_ttl.
+RUN_KEY = "fleet:run:{id}"  # hash: workflow, status, submitted_at, finished_at, outputs, error
+RUN_TRACE_KEY = "fleet:run:{id}:trace"  # list of JSON step records
+RUN_DONE_KEY = "fleet:run:{id}:done"  # list pushed once when the run ends (blocking waits)
+RUN_OUTPUTS_KEY = "fleet:run:{id}:out"  # hash: node path -> JSON outputs of that step
+RUN_CLAIMS_KEY = "fleet:run:{id}:claims"  # hash: node path -> id of the task that sent it
+SPEC_KEY = "fleet:spec:{digest}"  # a workflow spec (JSON), content-addressed
+WORKERS_KEY = "fleet:workers:{cls}"  # sorted set: live workers of a class by heartbeat time
+WORKER_INFO_KEY = "fleet:worker-info"  # hash: worker -> JSON (class, slots, busy, pid)
+ONLINE_PROFILE_KEY = "fleet:profile:online"  # hash: op|class -> moving averages
+BLOB_PREFIX = "fleet:blob:"  # bytes passed between steps by reference
+
+# Environment variables read by workers (the configuration's own are listed in fleet.config).
+WORKER_CLASS_ENV = "FLEET_WORKER_CLASS"  # the class a worker process serves
+THREADS_ENV = "FLEET_THREADS"  # native threads one op may use in this process
+PROFILES_ENV = "FLEET_PROFILES"  # a profile store file other than the packaged one
+CONFIG_ENV = "FLEET_CONFIG"
+
+# Entry-point groups: how op modules and tooling commands plug in without the core importing
+# them (see pyproject.toml).
+OPS_GROUP = "agent_fleet.ops"
+COMMANDS_GROUP = "agent_fleet.commands"

@@ -1,0 +1,94 @@
+"""Compile a validated workflow into the form the engine decides from on every step.
+
+A workflow is compiled once per process and cached by the digest of its JSON: the
+topological order of every scope (the workflow and each sub-workflow body), each node's
+dependencies among its siblings, the classes each op node may run on, and each node's
+*height* (the longest chain of steps from it to the end of its scope, for SLA budgets).
+The JSON itself is stored once per workflow in Redis under its digest, so a step's message
+carries a 32-character digest instead of the whole graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import networkx as nx
+
+from fleet.config import FleetConfig
+from fleet.registry import OpSpec, Registry
+from fleet.workflow.model import INPUTS, NodeSpec, WorkflowSpec, parse_ref
+from fleet.workflow.validate import dependency_graph, eligible_classes
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One workflow body, ready to be walked: nodes in dependency order and what they read."""
+
+    wf: WorkflowSpec
+    order: tuple[NodeSpec, ...]
+    deps: dict[str, frozenset[str]]
+    height: dict[str, int]
+    classes: dict[str, list[str]]  # op node -> eligible classes, preferred first
+    ops: dict[str, OpSpec]  # op node -> its op
+    children: dict[str, Scope] = field(default_factory=dict)  # sub-workflow node -> body
+
+
+@dataclass(frozen=True)
+class CompiledWorkflow:
+    spec: WorkflowSpec
+    root: Scope
+
+    @cached_property
+    def spec_json(self) -> str:
+        return spec_json(self.spec)
+
+    @cached_property
+    def digest(self) -> str:
+        return digest_of(self.spec_json)
+
+
+def spec_json(spec: WorkflowSpec) -> str:
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def digest_of(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _deps(node: NodeSpec, siblings: set[str]) -> frozenset[str]:
+    found = set()
+    for _, ref in node.refs():
+        target = parse_ref(ref)[0]
+        if target != INPUTS and target in siblings:
+            found.add(target)
+    return frozenset(found)
+
+
+def compile_scope(wf: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> Scope:
+    graph = dependency_graph(wf)
+    position = {n.name: i for i, n in enumerate(wf.nodes)}
+    names = list(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
+    order = tuple(wf.node(name) for name in names)
+    siblings = set(names)
+    deps = {node.name: _deps(node, siblings) for node in order}
+    height: dict[str, int] = {}
+    for name in reversed(names):
+        below = [height[s] for s in graph.successors(name)]
+        height[name] = 1 + max(below, default=0)
+    classes, ops, children = {}, {}, {}
+    for node in order:
+        if node.workflow is not None:
+            children[node.name] = compile_scope(node.workflow, cfg, registry)
+        elif node.op is not None:
+            op = registry.get(node.op)
+            ops[node.name] = op
+            classes[node.name] = eligible_classes(node, op, cfg)
+    return Scope(wf, order, deps, height, classes, ops, children)
+
+
+def compile_workflow(spec: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> CompiledWorkflow:
+    """Compile a workflow that :func:`fleet.workflow.validate.validate` accepted."""
+    return CompiledWorkflow(spec, compile_scope(spec, cfg, registry))

@@ -1,0 +1,230 @@
+"""The op registry: named Python functions with a kind and a hardware profile declaration.
+
+Ops are registered with the :func:`op` decorator in ordinary modules and looked up by name at
+validation time (client) and at run time (worker). The core never imports an op module by
+name: they are found through the ``agent_fleet.ops`` entry points (this project's own
+ops among them) and the ``op_modules`` setting. An op declares what only it
+knows: how to measure the size of a call (``units``), representative inputs for profiling
+(``samples``); a module that loads models registers a :func:`preloader` for them.
+
+Importing an op module must be cheap: heavy libraries and models load lazily, inside the op
+or a per-process cache, never at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Literal, TypeVar
+
+from fleet.constants import OPS_GROUP
+from fleet.errors import FleetError, UnknownOpError
+
+OpKind = Literal["model", "tool", "memory", "compute"]
+OP_KINDS: tuple[str, ...] = ("model", "tool", "memory", "compute")
+ANY_CLASS = "*"
+
+F = TypeVar("F", bound=Callable[..., Any])
+Units = Callable[[dict[str, Any]], float]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """What the fleet knows about one op before it runs."""
+
+    name: str
+    kind: OpKind
+    func: Callable[..., Any]
+    # Classes that can run it, in order of preference after `prefers`; ("*",) means any.
+    classes: tuple[str, ...]
+    prefers: str
+    outputs: tuple[str, ...]
+    retries: int = 0
+    # Exceptions worth a retry (e.g. timeouts); anything else fails the step at once.
+    retry_on: tuple[type[BaseException], ...] = ()
+    description: str = ""
+    params: tuple[str, ...] = field(default=())
+    required: tuple[str, ...] = field(default=())
+    accepts_any: bool = False
+    # The size of one call in the op's own unit (tokens, texts, seconds): profiles are
+    # ``fixed + per_unit * units``. None: every call is one unit.
+    units: Units | None = None
+    unit: str = "call"
+    # Representative keyword arguments, two sizes of work, for `fleet profile`.
+    samples: tuple[dict[str, Any], ...] = ()
+
+    def units_of(self, args: dict[str, Any]) -> float:
+        """The size of a call with ``args``; 1.0 when the op declares no units or they fail."""
+        if self.units is None:
+            return 1.0
+        try:
+            return max(0.0, float(self.units(args)))
+        except (TypeError, ValueError, KeyError):
+            return 1.0
+
+    def eligible(self, configured: Iterable[str]) -> list[str]:
+        """Configured classes that can run this op, preferred first."""
+        configured = list(configured)
+        allowed = configured if self.classes == (ANY_CLASS,) else list(self.classes)
+        ordered = [self.prefers, *[c for c in allowed if c != self.prefers]]
+        return [c for c in ordered if c in configured and (c in allowed)]
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._ops: dict[str, OpSpec] = {}
+        self._loaded: set[str] = set()
+        self._preloaders: dict[str, Callable[[], Any]] = {}
+        self._plugins_loaded = False
+
+    def add(self, spec: OpSpec) -> None:
+        existing = self._ops.get(spec.name)
+        if existing is not None and existing.func is not spec.func:
+            same = (existing.func.__module__, existing.func.__qualname__) == (
+                spec.func.__module__,
+                spec.func.__qualname__,
+            )
+            if not same:  # a module reloaded is fine; two ops with one name are not
+                raise FleetError(f"op '{spec.name}' is registered twice")
+        self._ops[spec.name] = spec
+
+    def get(self, name: str) -> OpSpec:
+        try:
+            return self._ops[name]
+        except KeyError:
+            raise UnknownOpError(f"unknown op '{name}'") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._ops
+
+    def names(self) -> list[str]:
+        return sorted(self._ops)
+
+    def units_of(self, name: str, args: dict[str, Any]) -> float:
+        spec = self._ops.get(name)
+        return 1.0 if spec is None else spec.units_of(args)
+
+    def add_preloader(self, name: str, load: Callable[[], Any]) -> None:
+        self._preloaders[name] = load
+
+    def preloaders(self) -> list[str]:
+        return sorted(self._preloaders)
+
+    def preload(self, names: Iterable[str]) -> None:
+        """Run the named preloaders (a class's ``preload`` list) in this process."""
+        for name in names:
+            if name not in self._preloaders:
+                known = ", ".join(self.preloaders()) or "none registered"
+                raise FleetError(f"no preloader named '{name}' (known: {known})")
+            self._preloaders[name]()
+
+    def load_plugins(self) -> None:
+        """Import every op module advertised in the ``agent_fleet.ops`` entry-point group."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for entry in entry_points(group=OPS_GROUP):
+            self.load_modules([entry.value.split(":")[0]])
+
+    def load(self, modules: Iterable[str], plugins: bool = True) -> None:
+        """The ops of a configuration: entry-point plug-ins (unless turned off), then
+        ``modules``."""
+        if plugins:
+            self.load_plugins()
+        self.load_modules(modules)
+
+    def load_modules(self, modules: Iterable[str]) -> None:
+        """Import op modules once each; their decorators fill the registry."""
+        for mod in modules:
+            if mod in self._loaded:
+                continue
+            try:
+                importlib.import_module(mod)
+            except ImportError as exc:
+                raise FleetError(f"cannot import op module '{mod}': {exc}") from exc
+            self._loaded.add(mod)
+
+
+registry = Registry()
+
+
+def _signature(func: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    params, required, accepts_any = [], [], False
+    for p in inspect.signature(func).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            accepts_any = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            params.append(p.name)
+            if p.default is p.empty:
+                required.append(p.name)
+    return tuple(params), tuple(required), accepts_any
+
+
+def op(
+    name: str,
+    *,
+    kind: OpKind = "compute",
+    classes: Iterable[str] = (ANY_CLASS,),
+    prefers: str | None = None,
+    outputs: Iterable[str] = ("result",),
+    retries: int = 0,
+    retry_on: Iterable[type[BaseException]] = (),
+    units: Units | None = None,
+    unit: str = "call",
+    samples: Iterable[dict[str, Any]] = (),
+    registry_: Registry | None = None,
+) -> Callable[[F], F]:
+    """Register ``func`` as op ``name``.
+
+    The function takes its inputs and params as keyword arguments and returns a dict with
+    one entry per declared output (or any value when it declares the single output
+    ``result``). ``classes`` lists where it can run; ``prefers`` is where it runs best.
+    ``units(args)`` measures one call's size in ``unit``s for the profiles; ``samples`` are
+    representative arguments (two sizes of work) that ``fleet profile`` runs.
+    """
+    if kind not in OP_KINDS:
+        raise FleetError(f"op '{name}': kind must be one of {', '.join(OP_KINDS)}, not '{kind}'")
+    class_tuple = tuple(classes)
+    if not class_tuple:
+        raise FleetError(f"op '{name}': classes must not be empty")
+    preferred = prefers or (class_tuple[0] if class_tuple != (ANY_CLASS,) else "cpu")
+    if class_tuple != (ANY_CLASS,) and preferred not in class_tuple:
+        raise FleetError(f"op '{name}': preferred class '{preferred}' is not in {class_tuple}")
+
+    def decorate(func: F) -> F:
+        params, required, accepts_any = _signature(func)
+        spec = OpSpec(
+            name=name,
+            kind=kind,
+            func=func,
+            classes=class_tuple,
+            prefers=preferred,
+            outputs=tuple(outputs),
+            retries=retries,
+            retry_on=tuple(retry_on),
+            description=(inspect.getdoc(func) or "").split("\n")[0],
+            params=params,
+            required=required,
+            accepts_any=accepts_any,
+            units=units,
+            unit=unit,
+            samples=tuple(samples),
+        )
+        (registry_ or registry).add(spec)
+        return func
+
+    return decorate
+
+
+def preloader(name: str, registry_: Registry | None = None) -> Callable[[F], F]:
+    """Register ``func`` as the loader a class's ``preload = ["NAME"]`` runs in each worker
+    process before its first task (after fork: CUDA is not fork-safe)."""
+
+    def decorate(func: F) -> F:
+        (registry_ or registry).add_preloader(name, func)
+        return func
+
+    return decorate

@@ -1,0 +1,297 @@
+"""Routing policies: which eligible class a step goes to, from its profile and the fleet.
+
+Every policy sees the same estimate per eligible class (see :func:`estimate`)::
+
+    completion = queue wait + service time + data movement
+    queue wait = max(0, backlog - slots + 1) * mean service time on the class / slots, or the
+                 wait this process expects from the steps it sent itself, if longer
+    service    = profile(op, class).predict(units) * online correction   (or the online
+                 average, or default_service_s when the op was never seen on that class)
+    movement   = input bytes / class bandwidth + class latency
+    cost       = class price per hour * service time
+
+- ``static``: the preferred class, always (what hand-written ``task_routes`` do);
+- ``preferred``: the preferred class if it has live workers, else the next that has;
+- ``least-latency``: the smallest expected completion;
+- ``cost-sla``: the cheapest class whose expected completion fits this step's share of the
+  run's remaining SLA; when none fits (the cheap class backed up), the fastest.
+
+A step is only ever routed to a class in its eligible list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Protocol
+
+from fleet.config import FleetConfig
+from fleet.routing.profiles import ProfileStore
+from fleet.routing.state import FleetState
+
+_ENCODER = json.JSONEncoder(default=str)  # one encoder: json.dumps(default=) builds one a call
+
+
+def _json_size(args: dict[str, Any]) -> int:
+    """About the size of ``args`` as JSON: strings and numbers counted directly (the common
+    case, and the cheap one), containers encoded."""
+    size = 2
+    for key, value in args.items():
+        size += len(key) + 4
+        if isinstance(value, str):
+            size += len(value) + 2
+        elif isinstance(value, bool | int | float) or value is None:
+            size += 8
+        else:  # routing must not fail on odd inputs: the step reports them itself
+            with contextlib.suppress(TypeError, ValueError):
+                size += len(_ENCODER.encode(value))
+    return size
+
+
+@dataclass(slots=True)  # one per step sent: slots keep its creation cheap
+class RouteRequest:
+    task: str
+    op: str | None
+    kind: str | None
+    classes: tuple[str, ...]  # eligible classes, preferred first
+    units: float = 1.0
+    input_bytes: int | None = None  # None: measured from ``args`` when a policy asks
+    sla_left_s: float | None = None  # what is left of the run's latency SLA
+    remaining_steps: int = 1  # steps still to run in the workflow, this one included
+    args: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def size(self) -> int:
+        """Bytes of input to move (JSON), measured once and only by policies that price it."""
+        if self.input_bytes is None:
+            self.input_bytes = _json_size(self.args) if self.args else 0  # measured once
+        return self.input_bytes
+
+
+def _finite(x: float) -> float | None:
+    return round(x, 4) if math.isfinite(x) else None
+
+
+@dataclass(slots=True)  # made three times a decision: a frozen dataclass's init costs more
+class Estimate:
+    cls: str
+    live: bool
+    wait_s: float
+    service_s: float
+    move_s: float
+    cost: float
+    source: str  # where service_s came from: profile, online, default
+    total_s: float = 0.0  # wait + service + movement (filled in by __post_init__)
+
+    def __post_init__(self) -> None:
+        self.total_s = self.wait_s + self.service_s + self.move_s
+
+    def brief(self) -> dict[str, Any]:
+        """JSON-safe figures for the trace (an infinite wait becomes null)."""
+        return {
+            "wait_s": _finite(self.wait_s),
+            "service_s": _finite(self.service_s),
+            "move_s": _finite(self.move_s),
+            "total_s": _finite(self.total_s),
+            "cost": round(self.cost, 8),
+            "source": self.source,
+            "live": self.live,
+        }
+
+
+@dataclass(slots=True)
+class RouteDecision:
+    cls: str
+    queue: str
+    policy: str
+    reason: str
+    # Estimate per class (plus cost-sla's "budget_s"); made JSON-safe only by to_dict(), when
+    # the decision is stamped on its message, so that choosing stays cheap.
+    estimates: dict[str, Any] = field(default_factory=dict)
+    fail: str | None = None  # set when the run must fail instead (no_worker = fail)
+    decide_us: float | None = None  # how long the decision took (state lookup included)
+
+    def to_dict(self) -> dict[str, Any]:
+        shown = {k: v.brief() if isinstance(v, Estimate) else v for k, v in self.estimates.items()}
+        return {
+            "cls": self.cls,
+            "queue": self.queue,
+            "policy": self.policy,
+            "reason": self.reason,
+            "estimates": shown,
+            "fail": self.fail,
+            "decide_us": self.decide_us,
+        }
+
+
+@cache
+def _keys(op: str, cls: str) -> tuple[str, str, str]:
+    """The online-statistics fields for (op, class): ratio, seconds, the class's mean."""
+    return f"{op}|{cls}|ratio", f"{op}|{cls}|s", f"*|{cls}|s"
+
+
+def service_time(
+    req: RouteRequest, cls: str, state: FleetState, store: ProfileStore, cfg: FleetConfig
+) -> tuple[float, str]:
+    op = req.op or ""
+    ratio_key, seconds_key, _ = _keys(op, cls)
+    profile = store.get(op, cls)
+    if profile is not None:
+        return profile.predict(req.units) * state.online.get(ratio_key, 1.0), "profile"
+    seen = state.online.get(seconds_key)
+    if seen is not None:
+        return seen, "online"
+    return cfg.default_service_s, "default"
+
+
+def estimate(
+    req: RouteRequest, cls: str, state: FleetState, store: ProfileStore, cfg: FleetConfig
+) -> Estimate:
+    spec = cfg.classes[cls]
+    service, source = service_time(req, cls, state, store, cfg)
+    slots = state.slots(cls)
+    if slots == 0:
+        wait = math.inf
+    else:
+        mean = state.online.get(_keys(req.op or "", cls)[2], service)
+        queued = state.backlog(cls) - slots + 1
+        wait = queued * mean / slots if queued > 0 else 0.0
+        free_at = state.local_free_at.get(cls)
+        if free_at is not None:
+            wait = max(wait, free_at - time.time())
+    size = req.size
+    move = (size / (spec.network_mb_s * 1e6) if size else 0.0) + spec.latency_s
+    cost = spec.price_per_hour / 3600.0 * service
+    return Estimate(cls, slots > 0, wait, service, move, cost, source)
+
+
+class RoutingPolicy(Protocol):
+    name: str
+
+    def choose(
+        self, req: RouteRequest, state: FleetState, cfg: FleetConfig, store: ProfileStore
+    ) -> RouteDecision: ...
+
+
+def decide(cfg: FleetConfig, policy: str, cls: str, reason: str, **extra: Any) -> RouteDecision:
+    return RouteDecision(cls, cfg.classes[cls].queue_name, policy, reason, **extra)
+
+
+def no_live_worker(req: RouteRequest, cfg: FleetConfig, policy: str) -> RouteDecision:
+    """What to do when no eligible class has a live worker (``no_worker`` setting)."""
+    preferred = req.classes[0]
+    if cfg.no_worker == "fail":
+        why = f"no live worker in any class that can run {req.op} ({', '.join(req.classes)})"
+        return decide(cfg, policy, preferred, why, fail=why)
+    return decide(cfg, policy, preferred, "no live worker in any eligible class; waiting in queue")
+
+
+class StaticPolicy:
+    name = "static"
+
+    def choose(
+        self, req: RouteRequest, state: FleetState, cfg: FleetConfig, store: ProfileStore
+    ) -> RouteDecision:
+        return decide(cfg, self.name, req.classes[0], "preferred class (static)")
+
+
+class PreferredPolicy:
+    name = "preferred"
+
+    def choose(
+        self, req: RouteRequest, state: FleetState, cfg: FleetConfig, store: ProfileStore
+    ) -> RouteDecision:
+        preferred = req.classes[0]
+        if state.live(preferred):
+            return decide(cfg, self.name, preferred, "preferred class has live workers")
+        if cfg.no_worker == "wait":
+            return decide(cfg, self.name, preferred, "preferred class has no live worker; waiting")
+        for cls in req.classes[1:]:
+            if state.live(cls):
+                why = f"fallback: no live worker for preferred '{preferred}'"
+                return decide(cfg, self.name, cls, why)
+        return no_live_worker(req, cfg, self.name)
+
+
+class _Estimating:
+    """Shared by the policies that compare classes by their estimates."""
+
+    name = ""
+
+    def candidates(
+        self, req: RouteRequest, state: FleetState, cfg: FleetConfig, store: ProfileStore
+    ) -> tuple[list[Estimate], dict[str, Any]]:
+        shown: dict[str, Any] = {}
+        live = []
+        for cls in req.classes:
+            est = shown[cls] = estimate(req, cls, state, store, cfg)
+            if est.live:
+                live.append(est)
+        if cfg.no_worker == "wait" and not shown[req.classes[0]].live:
+            return [], shown
+        return live, shown
+
+    def pick(
+        self, req: RouteRequest, live: list[Estimate], shown: dict[str, Any], cfg: FleetConfig
+    ) -> RouteDecision:
+        raise NotImplementedError
+
+    def choose(
+        self, req: RouteRequest, state: FleetState, cfg: FleetConfig, store: ProfileStore
+    ) -> RouteDecision:
+        live, shown = self.candidates(req, state, cfg, store)
+        if not live:
+            d = no_live_worker(req, cfg, self.name)
+            return RouteDecision(d.cls, d.queue, d.policy, d.reason, shown, d.fail)
+        return self.pick(req, live, shown, cfg)
+
+
+class LeastLatencyPolicy(_Estimating):
+    name = "least-latency"
+
+    def pick(
+        self, req: RouteRequest, live: list[Estimate], shown: dict[str, Any], cfg: FleetConfig
+    ) -> RouteDecision:
+        best = min(live, key=lambda e: e.total_s)  # ties: the earlier (more preferred) class
+        why = f"least expected completion {best.total_s:.3f}s ({best.source} service time)"
+        return decide(cfg, self.name, best.cls, why, estimates=shown)
+
+
+class CostSlaPolicy(_Estimating):
+    name = "cost-sla"
+
+    def pick(
+        self, req: RouteRequest, live: list[Estimate], shown: dict[str, Any], cfg: FleetConfig
+    ) -> RouteDecision:
+        left = req.sla_left_s if req.sla_left_s is not None else cfg.default_sla_s
+        budget = max(0.0, left) / max(1, req.remaining_steps)
+        shown = {**shown, "budget_s": round(budget, 4)}
+        for est in sorted(live, key=lambda e: e.cost):  # stable: ties keep preference order
+            if est.total_s <= budget:
+                why = f"cheapest class within the step budget {budget:.3f}s"
+                return decide(cfg, self.name, est.cls, why, estimates=shown)
+        fastest = min(live, key=lambda e: e.total_s)
+        why = f"spill: no class fits the step budget {budget:.3f}s; fastest instead"
+        return decide(cfg, self.name, fastest.cls, why, estimates=shown)
+
+
+POLICIES: dict[str, Callable[[], RoutingPolicy]] = {
+    "static": StaticPolicy,
+    "preferred": PreferredPolicy,
+    "least-latency": LeastLatencyPolicy,
+    "cost-sla": CostSlaPolicy,
+}
+
+
+def make_policy(name: str) -> RoutingPolicy:
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown routing policy '{name}' (known: {', '.join(POLICIES)})"
+        ) from None

@@ -1,0 +1,199 @@
+"""Live fleet state: which workers serve which class, and how deep each class's queue is.
+
+Workers announce themselves with a heartbeat (see ``fleet.runtime.heartbeat``) into Redis sorted
+sets, one per class, scored by the time of the last beat. Readers take everything in one
+pipelined round trip and cache it for ``state_ttl`` seconds, so a routing decision costs a dict
+lookup, not a broker round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import redis
+
+from fleet.config import FleetConfig
+from fleet.constants import ONLINE_PROFILE_KEY as ONLINE_KEY
+from fleet.constants import WORKER_INFO_KEY as INFO_KEY
+from fleet.constants import WORKERS_KEY
+
+log = logging.getLogger("fleet.routing.state")
+
+# kombu's Redis transport keeps priority levels in sub-lists "<queue>\x06\x16<p>".
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    hostname: str
+    classes: tuple[str, ...]
+    concurrency: int
+    pool: str
+    pid: int
+    last_seen: float
+    busy: int = 0  # tasks executing or reserved (prefetched, not yet acknowledged)
+
+
+@dataclass(frozen=True)
+class FleetState:
+    workers: dict[str, list[WorkerInfo]] = field(default_factory=dict)
+    depth: dict[str, int] = field(default_factory=dict)  # messages waiting in the queue
+    online: dict[str, float] = field(default_factory=dict)  # see fleet.profiles.OnlineStats
+    fetched_at: float = 0.0
+    stale: bool = False  # the last refresh failed: this is older news
+    # When this router process expects a slot of each class to free up, from the steps it
+    # sent itself since this snapshot (epoch seconds; kept up to date by FleetRouter): a
+    # burst inside one snapshot must not all pile onto one class.
+    local_free_at: dict[str, float] = field(default_factory=dict)
+    # Per-class sums, computed once per snapshot: every routing decision reads them.
+    _slots: dict[str, int] = field(init=False, repr=False, compare=False)
+    _busy: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        slots = {c: sum(w.concurrency for w in ws) for c, ws in self.workers.items()}
+        busy = {c: sum(w.busy for w in ws) for c, ws in self.workers.items()}
+        object.__setattr__(self, "_slots", slots)
+        object.__setattr__(self, "_busy", busy)
+
+    def live(self, cls: str) -> bool:
+        return bool(self.workers.get(cls))
+
+    def slots(self, cls: str) -> int:
+        return self._slots.get(cls, 0)
+
+    def busy(self, cls: str) -> int:
+        return self._busy.get(cls, 0)
+
+    def backlog(self, cls: str) -> int:
+        """Steps ahead of a new one on this class: queued, reserved and running."""
+        return self.depth.get(cls, 0) + self._busy.get(cls, 0)
+
+
+def queue_keys(queue: str) -> list[str]:
+    return [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)]
+
+
+class StateReader:
+    def __init__(self, cfg: FleetConfig, client: redis.Redis | None = None) -> None:
+        self.cfg = cfg
+        self._client = client
+        self._broker: redis.Redis | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(self.cfg.backend_url, decode_responses=True)
+        return self._client
+
+    def read(self) -> FleetState:
+        now = time.time()
+        classes = list(self.cfg.classes.values())
+        pipe = self.client.pipeline(transaction=False)
+        for spec in classes:
+            pipe.zrangebyscore(WORKERS_KEY.format(cls=spec.name), now - self.cfg.worker_ttl, "+inf")
+        pipe.hgetall(INFO_KEY)
+        pipe.hgetall(ONLINE_KEY)
+        broker = self._broker_pipe(classes)
+        results = pipe.execute()
+        online = {k: float(v) for k, v in results[-1].items()}
+        results = results[:-1]
+        info: dict[str, str] = results[-1]
+        workers: dict[str, list[WorkerInfo]] = {}
+        for spec, hosts in zip(classes, results[:-1], strict=True):
+            workers[spec.name] = [_worker(h, info.get(h)) for h in hosts]
+        depth = {}
+        if broker is not None:
+            raw = broker.execute()
+            n = len(PRIORITY_STEPS) + 1
+            for i, spec in enumerate(classes):
+                depth[spec.name] = int(sum(raw[i * n : (i + 1) * n]))
+        return FleetState(workers=workers, depth=depth, online=online, fetched_at=now)
+
+    def _broker_pipe(self, classes: list[Any]) -> Any:
+        """LLEN of every class queue, when the broker is Redis (else depth stays unknown)."""
+        if not self.cfg.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            return None
+        if self.cfg.broker_url == self.cfg.backend_url:
+            client = self.client
+        else:  # one client (and connection pool) per reader, not one per refresh
+            if self._broker is None:
+                self._broker = redis.Redis.from_url(self.cfg.broker_url)
+            client = self._broker
+        pipe = client.pipeline(transaction=False)
+        for spec in classes:
+            for key in queue_keys(spec.queue_name):
+                pipe.llen(key)
+        return pipe
+
+
+def _worker(hostname: str, raw: str | None) -> WorkerInfo:
+    data: dict[str, Any] = json.loads(raw) if raw else {}
+    return WorkerInfo(
+        hostname=hostname,
+        classes=tuple(data.get("classes", ())),
+        concurrency=int(data.get("concurrency", 1)),
+        pool=str(data.get("pool", "")),
+        pid=int(data.get("pid", 0)),
+        last_seen=float(data.get("last_seen", 0.0)),
+        busy=int(data.get("busy", 0)),
+    )
+
+
+class CachedState:
+    """A FleetState refreshed at most every ``ttl`` seconds; safe to share between threads."""
+
+    def __init__(self, reader: StateReader, ttl: float) -> None:
+        self.reader = reader
+        self.ttl = ttl
+        self._state: FleetState | None = None
+        self._read_at = 0.0
+        self._lock = threading.Lock()
+
+    def _fresh(self) -> bool:
+        return self._state is not None and time.monotonic() - self._read_at < self.ttl
+
+    def get(self) -> FleetState:
+        if not self._fresh():
+            with self._lock:
+                if not self._fresh():
+                    self._refresh()
+        assert self._state is not None
+        return self._state
+
+    def _refresh(self) -> None:
+        try:
+            self._state = self.reader.read()
+        except redis.RedisError as exc:
+            # Keep routing on what we last knew (marked stale) rather than failing sends.
+            log.warning("fleet state refresh failed: %s", exc)
+            old = self._state or FleetState()
+            self._state = replace(old, stale=True)
+        self._read_at = time.monotonic()
+
+
+def beat(
+    client: redis.Redis, hostname: str, classes: list[str], details: dict[str, Any], ttl: float
+) -> None:
+    """Announce a live worker for each of its classes (called by the worker's heartbeat)."""
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    for cls in classes:
+        key = WORKERS_KEY.format(cls=cls)
+        pipe.zadd(key, {hostname: now})
+        pipe.zremrangebyscore(key, "-inf", now - 6 * ttl)
+    pipe.hset(INFO_KEY, hostname, json.dumps({**details, "classes": classes, "last_seen": now}))
+    pipe.execute()
+
+
+def forget(client: redis.Redis, hostname: str, classes: list[str]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for cls in classes:
+        pipe.zrem(WORKERS_KEY.format(cls=cls), hostname)
+    pipe.hdel(INFO_KEY, hostname)
+    pipe.execute()

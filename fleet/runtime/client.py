@@ -1,0 +1,148 @@
+"""Submit workflows and follow their runs.
+
+    from fleet import Fleet
+    run = Fleet().submit("triage.yaml", {"ticket": "My blender arrived broken"})
+    print(run.get(timeout=30), run.trace())
+
+Validation, input checks and compilation all happen here, before anything is sent: a bad
+workflow never reaches the broker. The client then sends the run's first ready steps; from
+there on every step sends its own successors.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from fleet.config import FleetConfig
+from fleet.engine.compiler import compile_workflow
+from fleet.errors import WorkflowFailed, WorkflowTimeout
+from fleet.registry import registry
+from fleet.routing.policies import make_policy
+from fleet.runtime.dispatch import Dispatcher
+from fleet.runtime.runs import RunInfo, RunStore, TraceEntry
+from fleet.workflow.builder import Workflow
+from fleet.workflow.loader import load_workflow
+from fleet.workflow.model import INPUTS, WorkflowSpec
+from fleet.workflow.validate import check_inputs, validate
+
+WorkflowLike = Workflow | WorkflowSpec | str | Path
+
+
+def to_spec(workflow: WorkflowLike) -> WorkflowSpec:
+    if isinstance(workflow, Workflow):
+        return workflow.spec()
+    if isinstance(workflow, WorkflowSpec):
+        return workflow
+    return load_workflow(workflow)
+
+
+class RunHandle:
+    """A submitted run: wait for it, poll it, read its trace."""
+
+    def __init__(self, run_id: str, store: RunStore) -> None:
+        self.id = run_id
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.id} {self.status()}>"
+
+    def info(self) -> RunInfo | None:
+        return self._store.info(self.id)
+
+    def status(self) -> str:
+        """``running``, ``succeeded``, ``failed`` (or ``unknown`` once the record expired)."""
+        return self._store.status(self.id) or "unknown"
+
+    def trace(self) -> list[TraceEntry]:
+        """Every step so far in completion order: node, op, class, worker, wait and run time."""
+        return self._store.trace(self.id)
+
+    def get(self, timeout: float | None = 60.0) -> dict[str, Any]:
+        """Wait for the workflow's outputs; raise WorkflowFailed naming the failed node."""
+        info = self._store.wait(self.id, timeout)
+        if info is None:
+            raise WorkflowFailed(self.id, None, "no record of this run (expired or never sent)")
+        if info.status == "failed":
+            raise WorkflowFailed(self.id, info.error_node, info.error or "unknown error")
+        if info.status != "succeeded":
+            raise WorkflowTimeout(f"run {self.id} did not finish within {timeout} s")
+        return info.outputs or {}
+
+
+class Fleet:
+    """Client for one fleet (one broker, one configuration)."""
+
+    def __init__(self, app: Celery | None = None, cfg: FleetConfig | None = None) -> None:
+        if app is None:
+            from fleet.runtime.app import app as default_app
+
+            app = default_app
+        self.app = app
+        self.cfg: FleetConfig = cfg or app.fleet_config
+        self.store = RunStore(self.cfg.backend_url, self.cfg.run_ttl)
+        registry.load(self.cfg.op_modules, self.cfg.op_plugins)
+        self.dispatcher = Dispatcher(self.app, self.cfg, self.store, registry)
+
+    def validate(self, workflow: WorkflowLike) -> WorkflowSpec:
+        spec = to_spec(workflow)
+        validate(spec, self.cfg, registry)
+        return spec
+
+    def submit(
+        self,
+        workflow: WorkflowLike,
+        inputs: dict[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+        sla_s: float | None = None,
+        policy: str | None = None,
+    ) -> RunHandle:
+        """Validate, compile, and send the first ready steps. Returns at once.
+
+        ``sla_s`` is the run's end-to-end latency target (the cost-sla policy budgets each
+        step from what is left of it); ``policy`` overrides the configured routing policy for
+        this run; ``priority`` (0-9) is the messages' priority.
+        """
+        spec = self.validate(workflow)
+        inputs = dict(inputs or {})
+        check_inputs(spec, inputs)
+        if policy is not None:
+            make_policy(policy)  # an unknown name fails here, before anything is sent
+        if sla_s is not None and sla_s <= 0:
+            raise ValueError(f"sla_s must be positive, got {sla_s}")
+        compiled = compile_workflow(spec, self.cfg, registry)
+        self.dispatcher.register(compiled)
+        run_id = uuid.uuid4().hex
+        run: dict[str, Any] = {
+            "id": run_id,
+            "workflow": spec.name,
+            "spec": compiled.digest,
+            "submitted_at": time.time(),
+        }
+        for key, value in (("priority", priority), ("sla_s", sla_s), ("policy", policy)):
+            if value is not None:
+                run[key] = value
+        values = {**spec.defaults, **inputs}
+        meta = {k: run.get(k) for k in ("priority", "sla_s", "policy")}
+        self.store.create(run_id, spec.name, meta, inputs=values)
+        self.dispatcher.advance(run, {INPUTS: values}, owner=f"submit:{run_id}")
+        return RunHandle(run_id, self.store)
+
+    def run(
+        self, workflow: WorkflowLike, inputs: dict[str, Any] | None = None, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Submit and wait for the outputs."""
+        return self.submit(workflow, inputs).get(timeout=timeout)
+
+    def handle(self, run_id: str) -> RunHandle:
+        return RunHandle(run_id, self.store)
+
+
+def submit(workflow: WorkflowLike, inputs: dict[str, Any] | None = None) -> RunHandle:
+    """Submit with the default app and configuration (environment / fleet.toml)."""
+    return Fleet().submit(workflow, inputs)

@@ -1,0 +1,187 @@
+"""The embedded local fleet: a Redis server (when none is reachable), one worker per class,
+and Flower -- started as child processes and stopped together."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+
+from fleet.config import FleetConfig
+from fleet.errors import FleetError
+from fleet.routing.state import StateReader
+from fleet.runtime.launch import APP, worker_argv, worker_env
+
+Say = Callable[[str], None]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def broker_reachable(url: str, timeout: float = 1.0) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout).ping())
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class LocalFleet:
+    cfg: FleetConfig
+    classes: list[str] = field(default_factory=list)
+    flower: bool = True
+    workdir: Path = Path(".fleet")
+    loglevel: str = "INFO"
+    say: Say = print
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the children
+    children: list[Child] = field(default_factory=list)
+    redis_started: bool = False
+
+    def __post_init__(self) -> None:
+        self.classes = self.classes or list(self.cfg.classes)
+        unknown = [c for c in self.classes if c not in self.cfg.classes]
+        if unknown:
+            raise FleetError(f"unknown class(es) {unknown}; configured: {list(self.cfg.classes)}")
+        self.workdir = self.workdir.resolve()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def __enter__(self) -> LocalFleet:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, wait: float = 60.0) -> None:
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            self._ensure_redis()
+            for cls in self.classes:
+                self._start_worker(cls)
+            if self.flower:
+                self._start_flower()
+            self.wait_for_workers(wait)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        env["FLEET_BROKER_URL"] = self.cfg.broker_url
+        env["FLEET_RESULT_BACKEND"] = self.cfg.backend_url
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        log = self.workdir / "logs" / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def _ensure_redis(self) -> None:
+        url = self.cfg.broker_url
+        if broker_reachable(url):
+            self.say(f"broker: using the Redis server at {url}")
+            return
+        parsed = urlparse(url)
+        if parsed.scheme != "redis" or (parsed.hostname or "") not in LOCAL_HOSTS:
+            raise FleetError(f"broker {url} is unreachable (and not a local Redis URL to start)")
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FleetError(
+                "no broker is reachable and redis-server is not installed "
+                "(apt-get install -y redis-server, or set FLEET_BROKER_URL)"
+            )
+        port = str(parsed.port or 6379)
+        argv = [binary, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv += ["--dir", str(self.workdir)]
+        self._spawn("redis", argv, dict(os.environ))
+        self.redis_started = True
+        deadline = time.monotonic() + 10
+        while not broker_reachable(url, timeout=0.2):
+            if time.monotonic() > deadline:
+                raise FleetError(f"redis-server did not come up on port {port} (see logs)")
+            time.sleep(0.05)
+        self.say(f"broker: started redis-server on {url} (log {self.workdir / 'logs/redis.log'})")
+
+    def _start_worker(self, cls: str) -> None:
+        spec = self.cfg.classes[cls]
+        name = f"{cls}@localfleet-{os.getpid()}"
+        argv = worker_argv(spec, name=name, loglevel=self.loglevel)
+        env = {**self._env(), **worker_env(self.cfg, cls, self._env())}
+        child = self._spawn(f"worker-{cls}", argv, env)
+        self.say(
+            f"worker: {cls:<9} queue={spec.queue_name} pool={spec.pool} "
+            f"concurrency={spec.concurrency} pid={child.proc.pid} log={child.log}"
+        )
+
+    def _start_flower(self) -> None:
+        port = self.cfg.flower_port
+        argv = [sys.executable, "-m", "celery", "-A", APP, "flower", f"--port={port}"]
+        argv.append("--address=127.0.0.1")
+        env = {**self._env(), "FLOWER_UNAUTHENTICATED_API": "true"}
+        self._spawn("flower", argv, env)
+        self.say(f"flower: http://127.0.0.1:{port}  (API: /api/workers, metrics: /metrics)")
+
+    def wait_for_workers(self, timeout: float) -> None:
+        """Block until every class has a live worker (heartbeat seen)."""
+        reader = StateReader(self.cfg)
+        deadline = time.monotonic() + timeout
+        while True:
+            state = reader.read()
+            missing = [c for c in self.classes if not state.live(c)]
+            if not missing:
+                return
+            for child in self.children:
+                if child.proc.poll() is not None:
+                    raise FleetError(
+                        f"{child.name} exited with code {child.proc.returncode}; see {child.log}"
+                    )
+            if time.monotonic() > deadline:
+                raise FleetError(f"no live worker for {missing} after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Warm shutdown (SIGTERM) of workers and Flower, SIGKILL after ``grace`` s; Redis last."""
+        _terminate([c for c in self.children if c.name != "redis"], grace)
+        _terminate([c for c in self.children if c.name == "redis"], 5.0)
+        self.children.clear()
+
+
+def _terminate(children: list[Child], grace: float) -> None:
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait()

@@ -1,0 +1,1 @@
+"""Tooling on top of the fleet: the demo, the benchmark, profiling, and their commands."""

@@ -1,0 +1,182 @@
+"""The long-running CLI commands: demo (the main job), profile and bench."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+
+from fleet.cli.common import config, console, fail, load_and_validate, print_outcome, split
+from fleet.config import FleetConfig
+from fleet.errors import FleetError, WorkflowValidationError
+
+DEMO_FILE = Path(__file__).resolve().parents[1] / "examples" / "triage.yaml"
+QUESTION = "Hello. Where is my order 1042? It has not arrived yet."
+DEMO_INPUT = (
+    "Hello, I was charged twice for order 1042 and the blender arrived broken. "
+    "Please refund the second charge."
+)
+
+
+@click.command()
+@click.option("--question", default=QUESTION, show_default=True, help="What the caller asks.")
+@click.option("--triage", is_flag=True, help="Run the model-free ticket-triage sample instead.")
+@click.option("--workdir", default=".fleet", show_default=True, help="Logs, audio, databases.")
+@click.option("--flower/--no-flower", default=False, show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, question: str, triage: bool, workdir: str, flower: bool) -> None:
+    """The main job: a local fleet answers a spoken question with real models.
+
+    Speech-to-text, embeddings, FAISS retrieval, an LLM that decides to call the order-status
+    API, the LLM's answer and text-to-speech -- each step on the class that suits it.
+    """
+    from fleet.tooling.demo import run_voice_demo
+
+    cfg = config(ctx)
+    path = Path(workdir).resolve()
+    (path / "logs").mkdir(parents=True, exist_ok=True)
+    try:
+        if triage:
+            _triage_demo(cfg, path, flower)
+        else:
+            run_voice_demo(cfg, path, question, flower, console.print, _show)
+    except (FleetError, WorkflowValidationError) as exc:
+        fail(str(exc))
+
+
+def _show(handle: Any, elapsed: float) -> None:
+    code = print_outcome(handle, 600.0, False)
+    if code:
+        sys.exit(code)
+
+
+def _triage_demo(cfg: FleetConfig, workdir: Path, flower: bool) -> None:
+    from fleet.runtime.local import LocalFleet
+
+    client, spec = load_and_validate(str(DEMO_FILE))
+    fleet = LocalFleet(cfg, [], flower, workdir, "WARNING", say=console.print)
+    with console.status("starting the local fleet..."):
+        fleet.start()
+    try:
+        _show(client.submit(spec, {"ticket": DEMO_INPUT}), 0.0)
+    finally:
+        fleet.stop()
+
+
+@click.command()
+@click.option("--ops", help="Comma-separated ops (default: every op with sample inputs).")
+@click.option("--classes", help="Comma-separated classes (default: every class with live workers).")
+@click.option("--reps", default=3, show_default=True, help="Runs per input size.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Profile file (default: FLEET_PROFILES or the packaged one).",
+)
+@click.option(
+    "--merge/--replace", default=True, show_default=True, help="Keep profiles not re-measured."
+)
+def profile(ops: str | None, classes: str | None, reps: int, out: str | None, merge: bool) -> None:
+    """Measure ops on the live workers of each class and write the profile store."""
+    from rich.progress import Progress
+
+    from fleet.routing.profiles import ProfileStore, profiles_path
+    from fleet.runtime.client import Fleet
+    from fleet.tooling.profiling import plan_measurements, profile_fleet, steps_needed
+
+    client = Fleet()
+    target = Path(out) if out else profiles_path()
+    try:
+        pairs = plan_measurements(client, split(ops), split(classes))
+    except (ValueError, redis.RedisError) as exc:
+        fail(str(exc))
+    if not pairs:
+        fail("nothing to measure: no live worker can run the selected ops (try `fleet up`)")
+    base = ProfileStore.load(target) if merge else ProfileStore()
+    with Progress(console=console) as bar:
+        task = bar.add_task(f"{len(pairs)} op/class pairs", total=steps_needed(pairs, reps))
+        store = profile_fleet(client, pairs, reps, lambda: bar.advance(task), base)
+    store.save(target)
+    from fleet.cli.report import profiles_table
+
+    console.print(profiles_table(store, pairs))
+    console.print(f"wrote {target}")
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="A few-minute smoke run (CI): small mix, one round.")
+@click.option("--rate", type=float, help="Open loop: Poisson arrivals per second.")
+@click.option("--concurrency", type=int, help="Closed loop: workflows in flight.")
+@click.option("--count", type=int, help="Workflows per deployment and round.")
+@click.option(
+    "--duration", type=float, help="Seconds of arrivals per deployment and round (with --rate)."
+)
+@click.option(
+    "--rounds", type=int, help="Rounds; deployments are interleaved A B C D, D C B A, ..."
+)
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--deployments", help="Comma-separated: homogeneous, static, least-latency, cost-sla."
+)
+@click.option("--out", default="bench/results", show_default=True, type=click.Path(file_okay=False))
+def bench(
+    quick: bool,
+    rate: float | None,
+    concurrency: int | None,
+    count: int | None,
+    duration: float | None,
+    rounds: int | None,
+    seed: int,
+    deployments: str | None,
+    out: str,
+) -> None:
+    """Heterogeneous routing against homogeneous and static deployments, same workload.
+
+    Full mode (default): the voice agent, RAG and triage workflows arriving at 0.3/s for
+    60 s per deployment, two rounds. Writes bench.json, bench.csv and PNG plots to --out.
+    """
+    from rich.progress import Progress
+
+    from fleet.tooling.bench import Workload, run_bench
+    from fleet.tooling.bench import deployments as all_deployments
+    from fleet.tooling.benchreport import bench_table, ratios
+
+    if quick:
+        workload = Workload(
+            rate=rate,
+            concurrency=None if rate else (concurrency or 2),
+            count=count or 8,
+            duration_s=duration,
+            seed=seed,
+        )
+    elif rate or concurrency:
+        workload = Workload(
+            rate=rate, concurrency=concurrency, count=count, duration_s=duration, seed=seed
+        )
+    else:
+        workload = Workload(rate=0.3, count=count, duration_s=duration or 60.0, seed=seed)
+    names = split(deployments) or [d.name for d in all_deployments()]
+    n_rounds = rounds or (1 if quick else 2)
+    from fleet.tooling.bench import jobs
+
+    per = len(workload.plan(jobs(quick)))
+    with Progress(console=console) as bar:
+        task = bar.add_task("workflows", total=per * len(names) * n_rounds)
+        rows, paths, meta = run_bench(
+            workload,
+            quick,
+            n_rounds,
+            names,
+            Path(out),
+            bar.console.print,
+            lambda: bar.advance(task),
+        )
+    console.print(bench_table(rows))
+    fleet_rows = [r for r in rows if r["deployment"] in ("least-latency", "cost-sla")]
+    if fleet_rows and len(rows) > 1:
+        best = min(fleet_rows, key=lambda r: r["p95_s"])["deployment"]
+        for other, ratio in ratios(rows, best).items():
+            console.print(f"{best} vs {other}: " + ", ".join(f"{k} x{v}" for k, v in ratio.items()))
+    console.print(f"{meta['seconds']} s; wrote " + ", ".join(str(p) for p in paths))

@@ -1,0 +1,103 @@
+"""The main job: a voice support agent answering a spoken question on a local fleet.
+
+Starts the local fleet and the example order-status API, builds the knowledge-base index,
+speaks the question to a WAV file, runs ``fleet/examples/voice_agent.yaml``, and prints the answer,
+the trace (the class of every step) and the timings.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fleet.config import FleetConfig
+from fleet.errors import FleetError
+from fleet.runtime.local import LocalFleet, free_port
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def speak_to_file(text: str, path: Path) -> Path:
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        raise FleetError("espeak-ng is not installed (apt-get install espeak-ng)")
+    subprocess.run([binary, "-w", str(path), text], check=True, capture_output=True, timeout=60)
+    return path
+
+
+class OrderAPI:
+    """The example order-status API (fleet/examples/shop_api.py) as a child process."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, str(EXAMPLES / "shop_api.py"), "--port", str(self.port)]
+        argv += ["--db", str(workdir / "shop.sqlite")]
+        self.log = (workdir / "logs" / "shop-api.log").open("ab")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise FleetError("the example order API did not start (see logs/shop-api.log)")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()
+
+
+def run_voice_demo(
+    cfg: FleetConfig,
+    workdir: Path,
+    question: str,
+    flower: bool,
+    say: Callable[[str], None],
+    show: Callable[[Any, float], None],
+) -> None:
+    """Everything the main job does, in order; ``show(handle, seconds)`` prints a run."""
+    from fleet.runtime.client import Fleet
+
+    client = Fleet()
+    for name in ("kb_build.yaml", "voice_agent.yaml"):
+        client.validate(EXAMPLES / name)  # before starting anything
+    fleet = LocalFleet(cfg, [], flower, workdir, "WARNING", say=say)
+    fleet.start()
+    api = None
+    try:
+        api = OrderAPI(workdir)
+        say(f"order API: {api.url} (SQLite {workdir / 'shop.sqlite'})")
+        say("building the knowledge-base index (embeddings on npu-lite, FAISS on cpu)...")
+        start = time.monotonic()
+        kb = client.submit(EXAMPLES / "kb_build.yaml", {"docs": str(EXAMPLES / "kb")})
+        show(kb, time.monotonic() - start)
+        audio = speak_to_file(question, workdir / "question.wav")
+        say(f"question ({audio}): {question!r}")
+        start = time.monotonic()
+        run = client.submit(EXAMPLES / "voice_agent.yaml", {"audio": str(audio), "api": api.url})
+        show(run, time.monotonic() - start)
+        info = run.info()
+        if info is not None and info.outputs and info.outputs.get("audio"):
+            from fleet.runtime.sdk import blobs
+
+            answer = workdir / "answer.wav"
+            answer.write_bytes(blobs().get(info.outputs["audio"]))
+            say(f"spoken answer: {answer}")
+    finally:
+        if api is not None:
+            api.stop()
+        fleet.stop()

@@ -1,0 +1,122 @@
+"""Load a workflow from a YAML or JSON file, keeping line numbers for error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from fleet.errors import Problem, WorkflowValidationError
+from fleet.workflow.model import WorkflowSpec
+
+
+class _LineDict(dict[str, Any]):
+    line: int | None = None
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader whose mappings remember the (1-based) line they start on."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _LineDict:
+    loader.flatten_mapping(node)
+    result = _LineDict()
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in result:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}'", key_node.start_mark
+            )
+        result[key] = loader.construct_object(value_node, deep=True)
+    result.line = node.start_mark.line + 1
+    return result
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _annotate_lines(data: Any) -> None:
+    """Copy each node mapping's line into its ``line`` field (nested workflows too)."""
+    if not isinstance(data, dict):
+        return
+    for node in data.get("nodes") or []:
+        if isinstance(node, _LineDict) and "line" not in node:
+            node["line"] = node.line
+        if isinstance(node, dict):
+            _annotate_lines(node.get("workflow"))
+
+
+def _locate(data: Any, loc: tuple[int | str, ...]) -> tuple[str | None, int | None, str]:
+    """Walk a pydantic error location to the innermost node: (node name, line, field path)."""
+    node_name, line, rest = None, getattr(data, "line", None), list(loc)
+    cur, i = data, 0
+    while i < len(loc):
+        key = loc[i]
+        if key == "nodes" and i + 1 < len(loc) and isinstance(cur, dict):
+            idx = loc[i + 1]
+            nodes = cur.get("nodes")
+            if isinstance(nodes, list) and isinstance(idx, int) and idx < len(nodes):
+                cur = nodes[idx]
+                if isinstance(cur, dict):
+                    node_name = str(cur.get("name", f"#{idx}"))
+                    line = getattr(cur, "line", None) or line
+                rest = list(loc[i + 2 :])
+                i += 2
+                continue
+        cur = cur.get(key) if isinstance(cur, dict) else None
+        i += 1
+    return node_name, line, ".".join(str(p) for p in rest)
+
+
+def spec_from_data(data: Any, source: str | None = None) -> WorkflowSpec:
+    """Validate raw mapping data into a spec, turning schema errors into named problems."""
+    if not isinstance(data, dict):
+        raise WorkflowValidationError([Problem("top level must be a mapping", file=source)])
+    _annotate_lines(data)
+    try:
+        spec = WorkflowSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            node, line, field = _locate(data, tuple(err["loc"]))
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            problems.append(Problem(msg, node=node, field=field or None, line=line, file=source))
+        raise WorkflowValidationError(problems, workflow=str(data.get("name", source))) from None
+    if source:
+        spec.source = source
+    return spec
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_LineLoader)
+
+
+def load_workflow(path: str | Path) -> WorkflowSpec:
+    """Read ``path`` (.yaml/.yml/.json) into a spec. Structural checks only; see validate."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise WorkflowValidationError(
+            [Problem(f"cannot read file: {exc}", file=str(path))]
+        ) from exc
+    try:
+        # _LineLoader is a SafeLoader: no arbitrary Python objects from workflow files.
+        loads = json.loads if path.suffix == ".json" else _load_yaml
+        data = loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkflowValidationError(
+            [Problem(f"invalid JSON: {exc.msg}", line=exc.lineno, file=str(path))]
+        ) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise WorkflowValidationError(
+            [Problem(f"invalid YAML: {exc}", line=line, file=str(path))]
+        ) from exc
+    return spec_from_data(data, source=str(path))

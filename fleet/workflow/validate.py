@@ -1,0 +1,259 @@
+"""Semantic validation of a workflow before anything is sent to the broker.
+
+Every problem names the node (and file line when the workflow came from a file). All problems
+are collected, not just the first, so a user fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import networkx as nx
+
+from fleet.config import FleetConfig
+from fleet.errors import Problem, UnknownOpError, WorkflowValidationError
+from fleet.registry import OpSpec, Registry
+from fleet.workflow.model import INPUTS, NAME_RE, NodeSpec, WorkflowSpec, alternatives, parse_ref
+
+LOOP_OUTPUT = "iterations"  # extra output of a loop node: how many times its body ran
+
+
+def eligible_classes(node: NodeSpec, op: OpSpec, cfg: FleetConfig) -> list[str]:
+    """Classes that may run this op node, preferred first.
+
+    A node's ``classes`` restricts the op's classes and, in its own order, says which it
+    prefers; ``prefer`` puts one class first.
+    """
+    eligible = op.eligible(cfg.classes)
+    if node.classes is not None:
+        eligible = [c for c in node.classes if c in eligible]
+    if node.prefer in eligible:
+        eligible.remove(node.prefer)
+        eligible.insert(0, node.prefer)
+    return eligible
+
+
+def node_outputs(node: NodeSpec, registry: Registry) -> tuple[str, ...] | None:
+    """Output names a node produces, or None when unknown (unknown op)."""
+    if node.workflow is not None:
+        extra = (LOOP_OUTPUT,) if node.loop is not None else ()
+        return (*node.workflow.outputs.keys(), *extra)
+    if node.op and node.op in registry:
+        return registry.get(node.op).outputs
+    return None
+
+
+class _Checker:
+    def __init__(self, cfg: FleetConfig, registry: Registry, file: str | None) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.file = file
+        self.problems: list[Problem] = []
+
+    def add(self, msg: str, node: NodeSpec | None = None, field: str | None = None) -> None:
+        self.problems.append(
+            Problem(
+                msg,
+                node=node.name if node else None,
+                field=field,
+                line=node.line if node else None,
+                file=self.file,
+            )
+        )
+
+    def workflow(self, wf: WorkflowSpec) -> None:
+        names = self._names(wf)
+        for node in wf.nodes:
+            self._node(node, wf, names)
+        for out, source in wf.outputs.items():
+            for ref in alternatives(source):
+                self._ref(ref, wf, names, None, f"outputs.{out}")
+        self._cycles(wf, names)
+
+    def _names(self, wf: WorkflowSpec) -> dict[str, NodeSpec]:
+        names: dict[str, NodeSpec] = {}
+        for node in wf.nodes:
+            if not NAME_RE.match(node.name):
+                self.add("invalid name: use letters, digits, '_' and '-'", node, "name")
+            elif node.name == INPUTS:
+                self.add(f"'{INPUTS}' is reserved for the workflow's inputs", node, "name")
+            elif node.name in names:
+                other = names[node.name].line
+                where = f" (first defined on line {other})" if other else ""
+                self.add(f"duplicate node name{where}", node, "name")
+            else:
+                names[node.name] = node
+        for inp in wf.inputs:
+            if not NAME_RE.match(inp):
+                self.add(f"workflow input '{inp}' has an invalid name")
+        return names
+
+    def _node(self, node: NodeSpec, wf: WorkflowSpec, names: dict[str, NodeSpec]) -> None:
+        for field, ref in node.refs():
+            self._ref(ref, wf, names, node, field)
+        try:
+            json.dumps(node.params)
+        except (TypeError, ValueError) as exc:
+            self.add(f"params must be JSON values: {exc}", node, "params")
+        if node.workflow is not None:
+            self._subflow(node)
+        elif node.op is None:
+            self.add("a node needs an 'op' (or a 'workflow' for an agent node)", node)
+        else:
+            self._op_node(node)
+
+    def _subflow(self, node: NodeSpec) -> None:
+        assert node.workflow is not None
+        if node.op is not None:
+            self.add("a node has either 'op' or 'workflow', not both", node)
+        if node.kind not in (None, "agent"):
+            self.add(f"kind must be 'agent' for a node with a workflow, not '{node.kind}'", node)
+        body = node.workflow
+        required = set(body.inputs) - set(body.defaults)
+        missing = required - set(node.inputs)
+        for name in sorted(missing):
+            self.add(f"sub-workflow input '{name}' is not provided", node, "inputs")
+        for name in sorted(set(node.inputs) - set(body.inputs)):
+            self.add(f"sub-workflow '{body.name}' has no input '{name}'", node, f"inputs.{name}")
+        if node.params:
+            self.add("agent nodes take 'inputs', not 'params'", node, "params")
+        if node.map is not None:
+            self.add("'map' applies to op nodes, not agent nodes", node, "map")
+        sub = _Checker(self.cfg, self.registry, self.file)
+        sub.workflow(body)
+        for p in sub.problems:
+            inner = f"{node.name}/{p.node}" if p.node else node.name
+            self.problems.append(Problem(p.message, inner, p.field, p.line, p.file))
+        if node.loop is not None and node.loop.until is not None:
+            ref = node.loop.until.ref
+            body_names = {n.name: n for n in body.nodes}
+            self._ref(ref, body, body_names, node, "loop.until", scope="loop body")
+
+    def _op_node(self, node: NodeSpec) -> None:
+        assert node.op is not None
+        if node.loop is not None:
+            self.add("'loop' needs a 'workflow' body to repeat", node, "loop")
+        if node.map is not None and node.map not in node.inputs:
+            self.add(f"map names '{node.map}', which is not one of its inputs", node, "map")
+        try:
+            op = self.registry.get(node.op)
+        except UnknownOpError:
+            self.add(f"unknown op '{node.op}'", node, "op")
+            return
+        if node.kind is not None and node.kind != op.kind:
+            self.add(f"kind '{node.kind}' does not match op {op.name} (kind {op.kind})", node)
+        given = set(node.inputs) | set(node.params)
+        for both in sorted(set(node.inputs) & set(node.params)):
+            self.add(f"'{both}' is given both as an input and as a param", node)
+        for name in op.required:
+            if name not in given:
+                self.add(f"op {op.name} needs '{name}' (as an input or a param)", node, "inputs")
+        if not op.accepts_any:
+            for name in sorted(given - set(op.params)):
+                known = ", ".join(op.params) or "none"
+                self.add(f"op {op.name} takes no '{name}' (it takes: {known})", node, name)
+        self._classes(node, op)
+
+    def _classes(self, node: NodeSpec, op: OpSpec) -> None:
+        configured = list(self.cfg.classes)
+        for c in node.classes or []:
+            if c not in configured:
+                self.add(f"class '{c}' is not configured ({', '.join(configured)})", node)
+        eligible = eligible_classes(node, op, self.cfg)
+        if not eligible:
+            can = "any class" if op.classes == ("*",) else ", ".join(op.classes)
+            self.add(
+                f"no configured class can run op {op.name} (it runs on: {can}; "
+                f"configured: {', '.join(configured)})",
+                node,
+            )
+        elif node.prefer in configured and node.prefer not in eligible:
+            # (a hint naming a class this deployment lacks is ignored: workflows travel)
+            self.add(f"preferred class '{node.prefer}' cannot run op {op.name}", node, "prefer")
+
+    def _ref(
+        self,
+        ref: str,
+        wf: WorkflowSpec,
+        names: dict[str, NodeSpec],
+        node: NodeSpec | None,
+        field: str,
+        scope: str = "workflow",
+    ) -> None:
+        try:
+            target, output = parse_ref(ref)
+        except ValueError as exc:
+            self.add(str(exc), node, field)
+            return
+        if target == INPUTS:
+            if output not in wf.inputs:
+                self.add(f"'{ref}': the {scope} has no input '{output}'", node, field)
+            return
+        if target not in names:
+            self.add(f"'{ref}' refers to unknown node '{target}'", node, field)
+            return
+        outputs = node_outputs(names[target], self.registry)
+        if outputs is not None and output not in outputs:
+            have = ", ".join(outputs) or "none"
+            self.add(
+                f"'{ref}': node '{target}' has no output '{output}' (has: {have})", node, field
+            )
+
+    def _cycles(self, wf: WorkflowSpec, names: dict[str, NodeSpec]) -> None:
+        graph = dependency_graph(wf)
+        try:
+            cycle = nx.find_cycle(graph)
+        except nx.NetworkXNoCycle:
+            return
+        path = " -> ".join([str(a) for a, _ in cycle] + [str(cycle[0][0])])
+        first = names.get(str(cycle[0][0]))
+        self.add(
+            f"unbounded cycle {path}: edges must not loop back; repeat steps with a node "
+            "that has a 'workflow' body and 'loop: {max_iterations: N}'",
+            first,
+        )
+
+
+def dependency_graph(wf: WorkflowSpec) -> nx.DiGraph:
+    """Edges dep -> node for every reference between nodes of one workflow scope."""
+    graph = nx.DiGraph()
+    known = set(wf.node_names())
+    graph.add_nodes_from(known)
+    for node in wf.nodes:
+        for _, ref in node.refs():
+            try:
+                target, _ = parse_ref(ref)
+            except ValueError:
+                continue
+            if target in known:
+                graph.add_edge(target, node.name)
+    return graph
+
+
+def problems(spec: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> list[Problem]:
+    checker = _Checker(cfg, registry, spec.source)
+    checker.workflow(spec)
+    return checker.problems
+
+
+def validate(spec: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> None:
+    """Raise :class:`WorkflowValidationError` listing every problem, or return quietly."""
+    found = problems(spec, cfg, registry)
+    if found:
+        raise WorkflowValidationError(found, workflow=spec.name)
+
+
+def check_inputs(spec: WorkflowSpec, given: Iterable[str]) -> None:
+    given = set(given)
+    found = [
+        Problem(f"missing workflow input '{name}'", file=spec.source)
+        for name in spec.inputs
+        if name not in given and name not in spec.defaults
+    ]
+    found += [
+        Problem(f"unknown workflow input '{name}' (inputs: {', '.join(spec.inputs) or 'none'})")
+        for name in sorted(given - set(spec.inputs))
+    ]
+    if found:
+        raise WorkflowValidationError(found, workflow=spec.name)

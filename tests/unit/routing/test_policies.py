@@ -1,0 +1,158 @@
+"""Each policy on constructed fleet states: ties, missing profiles, backlog, no workers, SLA."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fleet.config import FleetConfig, load_config
+from fleet.routing.policies import (
+    CostSlaPolicy,
+    LeastLatencyPolicy,
+    PreferredPolicy,
+    RouteRequest,
+    estimate,
+)
+from fleet.routing.profiles import OpProfile, ProfileStore
+from fleet.routing.router import FleetRouter
+from fleet.routing.state import CachedState, FleetState, WorkerInfo
+from tests.support.states import FixedReader
+
+CLASSES = ("npu-lite", "gpu", "cpu")
+
+
+def state(
+    depth: dict[str, int] | None = None,
+    busy: dict[str, int] | None = None,
+    *live: str,
+    online: dict[str, float] | None = None,
+    slots: int = 1,
+    stale: bool = False,
+    fetched_at: float | None = None,
+) -> FleetState:
+    busy = busy or {}
+    workers = {
+        c: [WorkerInfo(f"{c}@h", (c,), slots, "prefork", 1, 0.0, busy.get(c, 0))] for c in live
+    }
+    return FleetState(workers, depth or {}, online or {}, fetched_at or time.time(), stale)
+
+
+def store(**service: float) -> ProfileStore:
+    s = ProfileStore()
+    for cls, seconds in service.items():
+        s.put(
+            OpProfile("llm.generate", cls.replace("_", "-"), fixed_s=0.0, per_unit_s=seconds / 10)
+        )
+    return s
+
+
+def req(units: float = 10, **kw: object) -> RouteRequest:
+    return RouteRequest("fleet.step", "llm.generate", "model", CLASSES, units=units, **kw)  # type: ignore[arg-type]
+
+
+def test_estimate_combines_wait_service_and_movement(cfg: FleetConfig) -> None:
+    st = state({"gpu": 3}, {"gpu": 1}, "gpu", online={"*|gpu|s": 0.5}, slots=2)
+    est = estimate(req(input_bytes=5_000_000), "gpu", st, store(gpu=0.2), cfg)
+    # backlog 4 (3 queued + 1 running) on 2 slots: (4 - 2 + 1) * 0.5 s / 2 = 0.75 s
+    assert est.wait_s == pytest.approx(0.75)
+    assert est.service_s == pytest.approx(0.2) and est.source == "profile"
+    assert est.move_s == pytest.approx(0.005)  # 5 MB at 1000 MB/s
+    assert est.cost == pytest.approx(0.25 / 3600 * 0.2)
+
+
+def test_online_ratio_corrects_the_profile(cfg: FleetConfig) -> None:
+    st = state(None, None, "gpu", online={"llm.generate|gpu|ratio": 2.0})
+    assert estimate(req(), "gpu", st, store(gpu=0.2), cfg).service_s == pytest.approx(0.4)
+
+
+def test_missing_profile_uses_online_then_default(cfg: FleetConfig) -> None:
+    st = state(None, None, "cpu", online={"llm.generate|cpu|s": 1.7})
+    est = estimate(req(), "cpu", st, ProfileStore(), cfg)
+    assert (est.service_s, est.source) == (1.7, "online")
+    est = estimate(req(), "cpu", state(None, None, "cpu"), ProfileStore(), cfg)
+    assert (est.service_s, est.source) == (cfg.default_service_s, "default")
+
+
+def test_least_latency_picks_fastest_and_breaks_ties_by_preference(cfg: FleetConfig) -> None:
+    live = ("npu-lite", "gpu", "cpu")
+    d = LeastLatencyPolicy().choose(
+        req(), state(None, None, *live), cfg, store(npu_lite=0.5, gpu=0.1, cpu=2.0)
+    )
+    assert d.cls == "gpu" and set(d.estimates) == set(live)
+    d = LeastLatencyPolicy().choose(
+        req(), state(None, None, *live), cfg, store(npu_lite=0.3, gpu=0.3, cpu=0.3)
+    )
+    assert d.cls == "npu-lite"  # a tie goes to the more preferred class
+
+
+def test_least_latency_spills_when_the_fast_class_backs_up(cfg: FleetConfig) -> None:
+    profiles = store(npu_lite=0.5, gpu=0.1, cpu=2.0)
+    backed_up = state({"gpu": 20}, {"gpu": 1}, "npu-lite", "gpu", "cpu")
+    d = LeastLatencyPolicy().choose(req(), backed_up, cfg, profiles)
+    assert d.cls == "npu-lite"
+    assert d.estimates["gpu"].wait_s > d.estimates["npu-lite"].total_s
+
+
+def test_cost_sla_takes_the_cheapest_class_that_fits(cfg: FleetConfig) -> None:
+    # cost = price per hour x busy time: cpu 0.05 x 0.4 s < gpu 0.25 x 0.1 s < npu 0.15 x 0.5 s
+    profiles = store(npu_lite=0.5, gpu=0.1, cpu=0.4)
+    live = state(None, None, "npu-lite", "gpu", "cpu")
+    d = CostSlaPolicy().choose(req(sla_left_s=10.0), live, cfg, profiles)
+    assert d.cls == "cpu" and "cheapest" in d.reason
+    # 0.3 s: cpu's 0.4 s does not fit, the next cheapest (gpu) does
+    assert CostSlaPolicy().choose(req(sla_left_s=0.3), live, cfg, profiles).cls == "gpu"
+    # 0.1 s over 2 remaining steps: nothing fits 0.05 s, so the fastest (spill)
+    d = CostSlaPolicy().choose(req(sla_left_s=0.1, remaining_steps=2), live, cfg, profiles)
+    assert d.cls == "gpu" and d.reason.startswith("spill") and d.estimates["budget_s"] == 0.05
+
+
+def test_cost_sla_spills_from_a_backed_up_cheap_class(cfg: FleetConfig) -> None:
+    profiles = store(npu_lite=0.5, gpu=0.1, cpu=0.4)
+    quiet = state(None, None, "npu-lite", "gpu", "cpu")
+    assert CostSlaPolicy().choose(req(sla_left_s=2.0), quiet, cfg, profiles).cls == "cpu"
+    flooded = state({"cpu": 30}, {"cpu": 1}, "npu-lite", "gpu", "cpu", online={"*|cpu|s": 0.5})
+    d = CostSlaPolicy().choose(req(sla_left_s=2.0), flooded, cfg, profiles)
+    assert d.cls == "gpu" and d.estimates["cpu"].wait_s == pytest.approx(15.5)
+
+
+@pytest.mark.parametrize("policy", [PreferredPolicy(), LeastLatencyPolicy(), CostSlaPolicy()])
+def test_no_live_worker_behaviour_is_configured(policy: object) -> None:
+    base = load_config(env={})
+    profiles = store(gpu=0.1)
+    only_cpu = state(None, None, "cpu")
+    nobody = state()
+    fallback = base.model_copy(update={"no_worker": "fallback"})
+    assert policy.choose(req(), only_cpu, fallback, profiles).cls == "cpu"  # type: ignore[attr-defined]
+    d = policy.choose(req(), nobody, fallback, profiles)  # type: ignore[attr-defined]
+    assert d.cls == "npu-lite" and "waiting" in d.reason and d.fail is None
+    wait = base.model_copy(update={"no_worker": "wait"})
+    d = policy.choose(req(), only_cpu, wait, profiles)  # type: ignore[attr-defined]
+    assert d.cls == "npu-lite" and d.fail is None
+    fail = base.model_copy(update={"no_worker": "fail"})
+    d = policy.choose(req(), nobody, fail, profiles)  # type: ignore[attr-defined]
+    assert d.fail and "no live worker in any class that can run llm.generate" in d.fail
+
+
+CALL = {"op": "llm.generate", "kind": "model", "classes": list(CLASSES), "args": {}}
+
+
+def test_stale_state_falls_back_to_the_preferred_class(cfg: FleetConfig) -> None:
+    old = state({"npu-lite": 50}, None, "npu-lite", "gpu", stale=True, fetched_at=time.time() - 60)
+    router = FleetRouter(
+        cfg.model_copy(update={"policy": "least-latency"}), CachedState(FixedReader(cfg, old), 60)
+    )
+    assert router("fleet.step", (), {"call": CALL, "run": {}}, {}) == {"queue": "npu-lite"}
+    fresh = state({"npu-lite": 50}, None, "npu-lite", "gpu")
+    router = FleetRouter(
+        cfg.model_copy(update={"policy": "least-latency"}), CachedState(FixedReader(cfg, fresh), 60)
+    )
+    assert router("fleet.step", (), {"call": CALL, "run": {}}, {}) == {"queue": "gpu"}
+
+
+def test_a_run_can_choose_its_policy(cfg: FleetConfig) -> None:
+    fresh = state({"npu-lite": 50}, None, "npu-lite", "gpu")
+    router = FleetRouter(cfg, CachedState(FixedReader(cfg, fresh), 60))  # default: preferred
+    assert router("fleet.step", (), {"call": CALL, "run": {}}, {}) == {"queue": "npu-lite"}
+    run = {"policy": "least-latency"}
+    assert router("fleet.step", (), {"call": CALL, "run": run}, {}) == {"queue": "gpu"}

@@ -1,0 +1,163 @@
+"""The worker-side task code, run in-process with a stub broker.
+
+Steps run eagerly (``Task.apply``) in this process instead of being published; everything
+else is real: the run store is a real Redis server (started here, on its own port), the
+task records outputs and trace, decides, claims and "sends" its successors.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from fleet.config import FleetConfig
+from fleet.engine.plan import StepCall
+from fleet.errors import WorkflowFailed
+from fleet.registry import registry
+from fleet.runtime import tasks
+from fleet.runtime.app import app
+from fleet.runtime.client import Fleet
+from fleet.runtime.dispatch import Dispatcher
+from fleet.runtime.local import broker_reachable, free_port
+from fleet.runtime.runs import RunStore
+from fleet.workflow.builder import Workflow
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run `bash scripts/setup.sh`")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(
+        [*argv, "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not broker_reachable(url, timeout=0.2):
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+class StubBroker(Dispatcher):
+    """A dispatcher whose sends land in a list; :meth:`drain` runs them like a worker."""
+
+    def __init__(self, cfg: FleetConfig, store: RunStore) -> None:
+        super().__init__(app, cfg, store, registry)
+        self.sent: list[tuple[str, StepCall, dict[str, Any]]] = []
+
+    def send(self, call: StepCall, run: dict[str, Any]) -> None:
+        self.sent.append((uuid.uuid4().hex, call, run))
+
+    def drain(self) -> list[str]:
+        ran = []
+        while self.sent:
+            task_id, call, run = self.sent.pop(0)
+            ran.append(call["path"])
+            tasks.step.apply(kwargs={"call": call, "run": run}, task_id=task_id)
+        return ran
+
+
+@pytest.fixture()
+def stub(
+    redis_url: str, cfg: FleetConfig, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Fleet, StubBroker]:
+    cfg = cfg.model_copy(update={"broker_url": redis_url})
+    stub = StubBroker(cfg, RunStore(redis_url, 600))
+    monkeypatch.setattr(tasks, "dispatcher", lambda _app: stub)
+    client = Fleet(app, cfg)
+    client.store, client.dispatcher = stub.store, stub
+    return client, stub
+
+
+def test_each_step_sends_its_successor(stub: tuple[Fleet, StubBroker]) -> None:
+    client, broker = stub
+    wf = Workflow("seq", inputs=["t"])
+    a = wf.step("a", "text.normalize", text=wf.input("t"))
+    b = wf.step("b", "text.upper", text=a["text"])
+    c = wf.step("c", "text.stats", text=a["text"])
+    d = wf.step("d", "text.template", template="${x}/${y}", x=b["text"], y=c["words"])
+    wf.output("out", d["text"])
+    run = client.submit(wf, {"t": "  one   two "})
+    assert [call["path"] for _, call, _ in broker.sent] == ["a"]
+    assert broker.drain() == ["a", "b", "c", "d"]  # d sent once, by whichever finished last
+    assert run.get(timeout=1) == {"out": "ONE TWO/2"}
+    assert [e.node for e in run.trace()] == ["a", "b", "c", "d"]
+    claims = client.store.redis.hgetall(f"fleet:run:{run.id}:claims")
+    assert sorted(claims) == ["a", "b", "c", "d"]
+
+
+def test_a_redelivered_step_resends_only_what_it_claimed(stub: tuple[Fleet, StubBroker]) -> None:
+    client, broker = stub
+    wf = Workflow("two", inputs=["t"])
+    a = wf.step("a", "text.upper", text=wf.input("t"))
+    wf.step("b", "text.stats", text=a["text"])
+    run = client.submit(wf, {"t": "x"})
+    task_id, call, run_info = broker.sent.pop()
+    tasks.step.apply(kwargs={"call": call, "run": run_info}, task_id=task_id)
+    assert [c["path"] for _, c, _ in broker.sent] == ["b"]
+    # The same message again (its worker died before the ack): b is re-sent -- at least once.
+    tasks.step.apply(kwargs={"call": call, "run": run_info}, task_id=task_id)
+    assert [c["path"] for _, c, _ in broker.sent] == ["b", "b"]
+    # Another task reaching the same state does not send b: it lost the claim.
+    tasks.step.apply(kwargs={"call": call, "run": run_info}, task_id="someone-else")
+    assert len(broker.sent) == 2
+    broker.drain()
+    assert run.status() == "succeeded"
+
+
+def test_a_failing_step_fails_its_run_and_stops_its_branch(stub: tuple[Fleet, StubBroker]) -> None:
+    client, broker = stub
+    wf = Workflow("bad", inputs=["t"])
+    boom = wf.step("boom", "test.fail", message=wf.input("t"), retries=0)
+    wf.step("after", "text.upper", text=boom["value"])
+    run = client.submit(wf, {"t": "no good"})
+    assert broker.drain() == ["boom"]
+    with pytest.raises(WorkflowFailed, match="boom"):
+        run.get(timeout=1)
+    assert [(e.node, e.status) for e in run.trace()] == [("boom", "failed")]
+
+
+def test_skipped_nodes_are_traced_once(stub: tuple[Fleet, StubBroker]) -> None:
+    client, broker = stub
+    wf = Workflow("cond", inputs=["t"])
+    found = wf.step("found", "text.contains", text=wf.input("t"), words=["refund"])
+    yes = wf.step("yes", "text.upper", text=wf.input("t"), when=found["found"])
+    other = wf.step("other", "text.stats", text=wf.input("t"))
+    wf.output("out", yes["text"] | other["chars"])
+    run = client.submit(wf, {"t": "thanks"})
+    broker.drain()
+    assert run.get(timeout=1) == {"out": 6}
+    assert sorted((e.node, e.status) for e in run.trace()) == [
+        ("found", "succeeded"),
+        ("other", "succeeded"),
+        ("yes", "skipped"),
+    ]
+
+
+def test_run_store_keys_all_expire(stub: tuple[Fleet, StubBroker], redis_url: str) -> None:
+    client, broker = stub
+    wf = Workflow("one", inputs=["t"])
+    wf.output("out", wf.step("u", "text.upper", text=wf.input("t"))["text"])
+    run = client.submit(wf, {"t": "x"})
+    waiter = threading.Thread(target=run.get, kwargs={"timeout": 10})
+    waiter.start()  # blocked in BLPOP when the run ends: it re-arms the wake-up list
+    time.sleep(0.3)
+    broker.drain()
+    waiter.join(10)
+    assert run.status() == "succeeded"
+    r = redis.Redis.from_url(redis_url)
+    keys = [k.decode() for k in r.keys(f"fleet:run:{run.id}*")]
+    assert len(keys) >= 4 and all(r.ttl(k) > 0 for k in keys)
