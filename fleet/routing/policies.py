@@ -27,7 +27,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, Protocol
 
 from fleet.config import FleetConfig
@@ -117,7 +116,10 @@ class RouteDecision:
     decide_us: float | None = None  # how long the decision took (state lookup included)
 
     def to_dict(self) -> dict[str, Any]:
-        shown = {k: v.brief() if isinstance(v, Estimate) else v for k, v in self.estimates.items()}
+        shown = {
+            k: v.brief() if isinstance(v, Estimate) else round(v, 4) if isinstance(v, float) else v
+            for k, v in self.estimates.items()
+        }
         return {
             "cls": self.cls,
             "queue": self.queue,
@@ -129,45 +131,91 @@ class RouteDecision:
         }
 
 
-@cache
-def _keys(op: str, cls: str) -> tuple[str, str, str]:
-    """The online-statistics fields for (op, class): ratio, seconds, the class's mean."""
-    return f"{op}|{cls}|ratio", f"{op}|{cls}|s", f"*|{cls}|s"
+@dataclass(slots=True, frozen=True)
+class _Model:
+    """What one snapshot of the fleet says about (op, class): ``service = fixed + per_unit *
+    units``, where that came from, and the queue-wait inputs. Built once per snapshot and
+    profile file, since every decision for the op reads it."""
+
+    fixed: float
+    per_unit: float
+    source: str
+    slots: int
+    backlog: int
+    mean_s: float | None  # the class's moving-average step time, if observed
+    move_latency_s: float
+    bytes_per_s: float
+    price_per_s: float
+
+
+def _models(state: FleetState, store: ProfileStore) -> dict[Any, Any]:
+    """The snapshot's model cache, emptied when the profile file changed."""
+    cache = state.models
+    if cache.get(None) is not store:
+        cache.clear()
+        cache[None] = store
+    return cache
+
+
+def _model(op: str, cls: str, state: FleetState, store: ProfileStore, cfg: FleetConfig) -> _Model:
+    cache = _models(state, store)
+    found: _Model | None = cache.get((op, cls))
+    if found is not None:
+        return found
+    online = state.online
+    profile = store.get(op, cls)
+    if profile is not None:
+        ratio = online.get(f"{op}|{cls}|ratio", 1.0)
+        fixed, per_unit, source = profile.fixed_s * ratio, profile.per_unit_s * ratio, "profile"
+    elif (seen := online.get(f"{op}|{cls}|s")) is not None:
+        fixed, per_unit, source = seen, 0.0, "online"
+    else:
+        fixed, per_unit, source = cfg.default_service_s, 0.0, "default"
+    spec = cfg.classes[cls]
+    model = _Model(
+        fixed,
+        per_unit,
+        source,
+        state.slots(cls),
+        state.backlog(cls),
+        online.get(f"*|{cls}|s"),
+        spec.latency_s,
+        spec.network_mb_s * 1e6,
+        spec.price_per_hour / 3600.0,
+    )
+    cache[(op, cls)] = model
+    return model
 
 
 def service_time(
     req: RouteRequest, cls: str, state: FleetState, store: ProfileStore, cfg: FleetConfig
 ) -> tuple[float, str]:
-    op = req.op or ""
-    ratio_key, seconds_key, _ = _keys(op, cls)
-    profile = store.get(op, cls)
-    if profile is not None:
-        return profile.predict(req.units) * state.online.get(ratio_key, 1.0), "profile"
-    seen = state.online.get(seconds_key)
-    if seen is not None:
-        return seen, "online"
-    return cfg.default_service_s, "default"
+    m = _model(req.op or "", cls, state, store, cfg)
+    return max(0.0, m.fixed + m.per_unit * req.units), m.source
 
 
 def estimate(
     req: RouteRequest, cls: str, state: FleetState, store: ProfileStore, cfg: FleetConfig
 ) -> Estimate:
-    spec = cfg.classes[cls]
-    service, source = service_time(req, cls, state, store, cfg)
-    slots = state.slots(cls)
-    if slots == 0:
+    return _estimate(req, cls, _model(req.op or "", cls, state, store, cfg), state, time.time())
+
+
+def _estimate(req: RouteRequest, cls: str, m: _Model, state: FleetState, now: float) -> Estimate:
+    service = m.fixed + m.per_unit * req.units
+    if service < 0.0:
+        service = 0.0
+    if m.slots == 0:
         wait = math.inf
     else:
-        mean = state.online.get(_keys(req.op or "", cls)[2], service)
-        queued = state.backlog(cls) - slots + 1
-        wait = queued * mean / slots if queued > 0 else 0.0
+        queued = m.backlog - m.slots + 1
+        mean = service if m.mean_s is None else m.mean_s
+        wait = queued * mean / m.slots if queued > 0 else 0.0
         free_at = state.local_free_at.get(cls)
         if free_at is not None:
-            wait = max(wait, free_at - time.time())
+            wait = max(wait, free_at - now)
     size = req.size
-    move = (size / (spec.network_mb_s * 1e6) if size else 0.0) + spec.latency_s
-    cost = spec.price_per_hour / 3600.0 * service
-    return Estimate(cls, slots > 0, wait, service, move, cost, source)
+    move = (size / m.bytes_per_s if size else 0.0) + m.move_latency_s
+    return Estimate(cls, m.slots > 0, wait, service, move, m.price_per_s * service, m.source)
 
 
 class RoutingPolicy(Protocol):
@@ -228,8 +276,10 @@ class _Estimating:
     ) -> tuple[list[Estimate], dict[str, Any]]:
         shown: dict[str, Any] = {}
         live = []
+        now, op, models = time.time(), req.op or "", _models(state, store)
         for cls in req.classes:
-            est = shown[cls] = estimate(req, cls, state, store, cfg)
+            m = models.get((op, cls)) or _model(op, cls, state, store, cfg)
+            est = shown[cls] = _estimate(req, cls, m, state, now)
             if est.live:
                 live.append(est)
         if cfg.no_worker == "wait" and not shown[req.classes[0]].live:
@@ -262,6 +312,10 @@ class LeastLatencyPolicy(_Estimating):
         return decide(cfg, self.name, best.cls, why, estimates=shown)
 
 
+def _cost(est: Estimate) -> float:
+    return est.cost
+
+
 class CostSlaPolicy(_Estimating):
     name = "cost-sla"
 
@@ -270,11 +324,12 @@ class CostSlaPolicy(_Estimating):
     ) -> RouteDecision:
         left = req.sla_left_s if req.sla_left_s is not None else cfg.default_sla_s
         budget = max(0.0, left) / max(1, req.remaining_steps)
-        shown = {**shown, "budget_s": round(budget, 4)}
-        for est in sorted(live, key=lambda e: e.cost):  # stable: ties keep preference order
-            if est.total_s <= budget:
-                why = f"cheapest class within the step budget {budget:.3f}s"
-                return decide(cfg, self.name, est.cls, why, estimates=shown)
+        shown["budget_s"] = budget  # shown is this decision's own dict
+        fits = [e for e in live if e.total_s <= budget]
+        if fits:
+            cheapest = min(fits, key=_cost)  # ties: the earlier (more preferred) class
+            why = f"cheapest class within the step budget {budget:.3f}s"
+            return decide(cfg, self.name, cheapest.cls, why, estimates=shown)
         fastest = min(live, key=lambda e: e.total_s)
         why = f"spill: no class fits the step budget {budget:.3f}s; fastest instead"
         return decide(cfg, self.name, fastest.cls, why, estimates=shown)

@@ -51,6 +51,8 @@ class FleetState:
     # sent itself since this snapshot (epoch seconds; kept up to date by FleetRouter): a
     # burst inside one snapshot must not all pile onto one class.
     local_free_at: dict[str, float] = field(default_factory=dict)
+    # What routing policies derive from this snapshot, per (op, class): see policies._model.
+    models: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
     # Per-class sums, computed once per snapshot: every routing decision reads them.
     _slots: dict[str, int] = field(init=False, repr=False, compare=False)
     _busy: dict[str, int] = field(init=False, repr=False, compare=False)

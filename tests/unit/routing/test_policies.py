@@ -156,3 +156,11 @@ def test_a_run_can_choose_its_policy(cfg: FleetConfig) -> None:
     assert router("fleet.step", (), {"call": CALL, "run": {}}, {}) == {"queue": "npu-lite"}
     run = {"policy": "least-latency"}
     assert router("fleet.step", (), {"call": CALL, "run": run}, {}) == {"queue": "gpu"}
+
+
+def test_a_new_profile_file_is_seen_within_one_snapshot(cfg: FleetConfig) -> None:
+    st = state(None, None, "gpu")
+    assert estimate(req(), "gpu", st, store(gpu=0.2), cfg).service_s == pytest.approx(0.2)
+    # the snapshot caches per-(op, class) figures; another profile store must not reuse them
+    assert estimate(req(), "gpu", st, store(gpu=0.9), cfg).service_s == pytest.approx(0.9)
+    assert estimate(req(units=20), "gpu", st, store(gpu=0.9), cfg).service_s == pytest.approx(1.8)
