@@ -82,3 +82,15 @@ def test_op_names_do_not_appear_in_the_core() -> None:
         text = path.read_text()
         hits += [f"{_module(path)}: {n}" for n in names if n in text]
     assert not hits
+
+
+def test_workers_use_only_the_op_sdk_and_the_registry() -> None:
+    allowed = {"fleet.registry", "fleet.runtime.sdk"}
+    bad = []
+    for path in sorted((FLEET.parent / "workers").rglob("*.py")):
+        for name in _imports(path):
+            if name.startswith("fleet") and not any(
+                name == a or name.startswith(a + ".") for a in allowed
+            ):
+                bad.append(f"{path.name}: {name}")
+    assert not bad

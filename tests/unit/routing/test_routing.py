@@ -71,3 +71,17 @@ def test_router_leaves_other_tasks_and_explicit_queues_alone(cfg: FleetConfig) -
     assert router("myapp.add", (), {}, {}) is None
     assert router("fleet.step", (), {"call": CALL}, {"queue": "special"}) is None
     assert router("fleet.step", (), {"call": CALL}, {"routing_key": "gpu"}) is None
+
+
+def test_state_reader_keeps_one_broker_client(cfg: FleetConfig) -> None:
+    from fleet.routing.state import StateReader
+
+    split = cfg.model_copy(
+        update={"broker_url": "redis://127.0.0.1:1/0", "result_backend": "redis://127.0.0.1:2/0"}
+    )
+    reader = StateReader(split)
+    classes = list(split.classes.values())
+    first = reader._broker_pipe(classes)
+    second = reader._broker_pipe(classes)  # building a pipeline connects to nothing yet
+    assert first is not None and second is not None
+    assert first.connection_pool is second.connection_pool  # not a new client per refresh
