@@ -4,7 +4,8 @@ Sources, later ones winning: built-in defaults, a TOML/YAML file (``FLEET_CONFIG
 ``./fleet.toml``), then environment variables::
 
     FLEET_BROKER_URL, FLEET_RESULT_BACKEND, FLEET_POLICY, FLEET_CONTROL_CLASS,
-    FLEET_OP_MODULES and FLEET_HTTP_ALLOW (comma separated), FLEET_FLOWER_PORT, FLEET_DATA_DIR,
+    FLEET_OP_MODULES, FLEET_HTTP_ALLOW and FLEET_FILE_ROOTS (comma separated), FLEET_FLOWER_PORT,
+    FLEET_METRICS_PORT, FLEET_DATA_DIR,
     FLEET_CLASS_<NAME>_<FIELD>   e.g. FLEET_CLASS_NPU_LITE_CONCURRENCY=2
 
 A class that is not built in can be added by configuration alone (a ``[classes.NAME]`` table).
@@ -16,6 +17,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -128,15 +130,25 @@ class FleetConfig(BaseModel):
     op_modules: list[str] = Field(default_factory=list)
     op_plugins: bool = True
     flower_port: int = 5555
+    # Flower's basic auth, "user:password"; empty: `fleet up` makes one and prints it once.
+    flower_auth: str = ""
+    metrics_port: int = 9808  # `fleet metrics`; like Flower's, denied to http.request
     heartbeat_interval: float = Field(default=1.0, gt=0)
     worker_ttl: float = Field(default=10.0, gt=0)
     state_ttl: float = Field(default=1.0, ge=0)
     run_ttl: int = Field(default=86400, gt=0)
     visibility_timeout: int = Field(default=3600, gt=0)
+    # A step whose worker process dies this many times fails its run (not redelivered again).
+    max_worker_losses: int = Field(default=2, ge=1)
     # Where workers keep assembled models and vector indexes (shared by the workers of a host).
     data_dir: str = "~/.cache/agent-fleet"
-    # Hosts the http.request op may call; anything else is refused before a connection.
+    # Where http.request may go: entries "host", "host:port" or "scheme://host[:port][/path]"
+    # (a bare host means http/https on their default ports). The broker, the result backend,
+    # Flower and the metrics port are refused whatever this says.
     http_allow: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"])
+    # Folders that ops taking a file path may read or write, besides data_dir and the
+    # packaged examples; /proc, /sys and /dev never.
+    file_roots: list[str] = Field(default_factory=list)
 
     @field_validator("classes")
     @classmethod
@@ -166,8 +178,23 @@ _ENV_SCALARS = {
     "FLEET_NO_WORKER": "no_worker",
     "FLEET_CONTROL_CLASS": "control_class",
     "FLEET_FLOWER_PORT": "flower_port",
+    "FLEET_FLOWER_AUTH": "flower_auth",
+    "FLEET_METRICS_PORT": "metrics_port",
     "FLEET_DATA_DIR": "data_dir",
 }
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``****``: for anything printed or logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -205,7 +232,12 @@ def _env_overrides(data: dict[str, Any], env: dict[str, str]) -> None:
     for var, key in _ENV_SCALARS.items():
         if env.get(var):
             data[key] = env[var]
-    for var, key in (("FLEET_OP_MODULES", "op_modules"), ("FLEET_HTTP_ALLOW", "http_allow")):
+    lists = (
+        ("FLEET_OP_MODULES", "op_modules"),
+        ("FLEET_HTTP_ALLOW", "http_allow"),
+        ("FLEET_FILE_ROOTS", "file_roots"),
+    )
+    for var, key in lists:
         if env.get(var):
             data[key] = [m.strip() for m in env[var].split(",") if m.strip()]
     classes = data["classes"]

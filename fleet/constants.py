@@ -21,10 +21,13 @@ RUN_TRACE_KEY = "fleet:run:{id}:trace"  # list of JSON step records
 RUN_DONE_KEY = "fleet:run:{id}:done"  # list pushed once when the run ends (blocking waits)
 RUN_OUTPUTS_KEY = "fleet:run:{id}:out"  # hash: node path -> JSON outputs of that step
 RUN_CLAIMS_KEY = "fleet:run:{id}:claims"  # hash: node path -> id of the task that sent it
+RUN_LOSSES_KEY = "fleet:run:{id}:losses"  # hash: node path -> deaths of the worker running it
+RUN_MAP_KEY = "fleet:run:{id}:map:{node}"  # set: finished items of a mapped node
 SPEC_KEY = "fleet:spec:{digest}"  # a workflow spec (JSON), content-addressed
 WORKERS_KEY = "fleet:workers:{cls}"  # sorted set: live workers of a class by heartbeat time
 WORKER_INFO_KEY = "fleet:worker-info"  # hash: worker -> JSON (class, slots, busy, pid)
 ONLINE_PROFILE_KEY = "fleet:profile:online"  # hash: op|class -> moving averages
+SWEEP_LOCK_KEY = "fleet:sweeper"  # one worker at a time restores stranded messages
 BLOB_PREFIX = "fleet:blob:"  # bytes passed between steps by reference
 
 # Environment variables read by workers (the configuration's own are listed in fleet.config).

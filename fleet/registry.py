@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -79,6 +80,7 @@ class Registry:
         self._loaded: set[str] = set()
         self._preloaders: dict[str, Callable[[], Any]] = {}
         self._plugins_loaded = False
+        self._lock = threading.RLock()
 
     def add(self, spec: OpSpec) -> None:
         existing = self._ops.get(spec.name)
@@ -123,29 +125,31 @@ class Registry:
 
     def load_plugins(self) -> None:
         """Import every op module advertised in the ``agent_fleet.ops`` entry-point group."""
-        if self._plugins_loaded:
-            return
-        self._plugins_loaded = True
-        for entry in entry_points(group=OPS_GROUP):
-            self.load_modules([entry.value.split(":")[0]])
+        with self._lock:
+            if self._plugins_loaded:
+                return
+            for entry in entry_points(group=OPS_GROUP):
+                self.load_modules([entry.value.split(":")[0]])
+            self._plugins_loaded = True  # only once every module is in
 
     def load(self, modules: Iterable[str], plugins: bool = True) -> None:
         """The ops of a configuration: entry-point plug-ins (unless turned off), then
-        ``modules``."""
+        ``modules``. Thread-safe: the io class's threads may all start at once."""
         if plugins:
             self.load_plugins()
         self.load_modules(modules)
 
     def load_modules(self, modules: Iterable[str]) -> None:
         """Import op modules once each; their decorators fill the registry."""
-        for mod in modules:
-            if mod in self._loaded:
-                continue
-            try:
-                importlib.import_module(mod)
-            except ImportError as exc:
-                raise FleetError(f"cannot import op module '{mod}': {exc}") from exc
-            self._loaded.add(mod)
+        with self._lock:
+            for mod in modules:
+                if mod in self._loaded:
+                    continue
+                try:
+                    importlib.import_module(mod)
+                except ImportError as exc:
+                    raise FleetError(f"cannot import op module '{mod}': {exc}") from exc
+                self._loaded.add(mod)
 
 
 registry = Registry()

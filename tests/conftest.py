@@ -27,6 +27,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["FLEET_CONFIG"] = str(TEST_CONFIG)
     # Models assembled and indexes written by this run stay in this run.
     os.environ["FLEET_DATA_DIR"] = tempfile.mkdtemp(prefix="fleet-test-data-")
+    # Test servers listen on random local ports; the fleet's own services stay refused.
+    os.environ["FLEET_HTTP_ALLOW"] = "127.0.0.1:*,localhost:*"
 
 
 @pytest.fixture(scope="session")

@@ -29,15 +29,28 @@ def config(ctx: click.Context) -> FleetConfig:
     return cfg
 
 
+def _text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path} as UTF-8 text: {exc}") from None
+
+
 def parse_inputs(pairs: tuple[str, ...], inputs_json: str | None) -> dict[str, Any]:
     """``key=value`` pairs: JSON values when they parse, ``@path`` reads a file, else text."""
-    values: dict[str, Any] = json.loads(Path(inputs_json).read_text()) if inputs_json else {}
+    values: dict[str, Any] = {}
+    if inputs_json:
+        try:
+            values = json.loads(_text(inputs_json))
+        except json.JSONDecodeError as exc:
+            why = f"{inputs_json}: not JSON ({exc})"
+            raise click.BadParameter(why, param_hint="--inputs-json") from None
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"'{pair}' is not key=value", param_hint="--input")
         if raw.startswith("@"):
-            values[key] = Path(raw[1:]).read_text()
+            values[key] = _text(raw[1:])
             continue
         try:
             values[key] = json.loads(raw)

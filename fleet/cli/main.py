@@ -23,7 +23,7 @@ from fleet.cli.common import (
     parse_inputs,
     print_outcome,
 )
-from fleet.config import load_config
+from fleet.config import load_config, redact
 from fleet.constants import COMMANDS_GROUP
 from fleet.errors import ConfigError, FleetError, WorkflowValidationError
 
@@ -39,8 +39,15 @@ from fleet.errors import ConfigError, FleetError, WorkflowValidationError
 @click.option(
     "--broker", envvar="FLEET_BROKER_URL", help="Broker URL (default redis://127.0.0.1:6379/0)."
 )
+@click.option(
+    "--backend",
+    envvar="FLEET_RESULT_BACKEND",
+    help="Result backend / run store URL (default: the broker).",
+)
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, broker: str | None) -> None:
+def cli(
+    ctx: click.Context, config_path: str | None, broker: str | None, backend: str | None
+) -> None:
     """Run agent workflows on a fleet of Celery workers grouped by hardware class.
 
     Each workflow step goes to a class queue (gpu, npu-lite, cpu, io) chosen when the step
@@ -52,6 +59,8 @@ def cli(ctx: click.Context, config_path: str | None, broker: str | None) -> None
         os.environ["FLEET_CONFIG"] = str(Path(config_path).resolve())
     if broker:
         os.environ["FLEET_BROKER_URL"] = broker
+    if backend:
+        os.environ["FLEET_RESULT_BACKEND"] = backend
     try:
         ctx.obj = {"cfg": load_config()}
     except ConfigError as exc:
@@ -80,7 +89,9 @@ def up(ctx: click.Context, classes: str | None, flower: bool, workdir: str, logl
     except FleetError as exc:
         fail(str(exc))
     console.print(f"[green]fleet is up[/]: {len(fleet.classes)} class(es). Ctrl-C stops it.")
-    console.print(f"submit with: fleet --broker {cfg.broker_url} submit FILE --input key=value")
+    backend = f" --backend {redact(cfg.backend_url)}" if cfg.result_backend else ""
+    broker = redact(cfg.broker_url)
+    console.print(f"submit with: fleet --broker {broker}{backend} submit FILE --input key=value")
     # Ctrl-C and SIGTERM both stop the fleet (a shell starts background jobs with SIGINT
     # ignored, so the handler is installed rather than inherited).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -183,7 +194,8 @@ def submit(
     except (WorkflowValidationError, ValueError) as exc:
         fail(str(exc), 2)
     except redis.RedisError as exc:
-        fail(f"cannot reach the broker/backend at {client.cfg.broker_url}: {exc} (try `fleet up`)")
+        where = redact(client.cfg.broker_url)
+        fail(f"cannot reach the broker/backend at {where}: {exc} (try `fleet up`)")
     if no_wait:
         console.print(handle.id)
         return
@@ -241,16 +253,18 @@ def ops(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--port", default=9808, show_default=True, help="HTTP port for /metrics.")
+@click.option("--port", type=int, help="HTTP port for /metrics (default: metrics_port, 9808).")
 @click.option("--address", default="127.0.0.1", show_default=True)
 @click.pass_context
-def metrics(ctx: click.Context, port: int, address: str) -> None:
+def metrics(ctx: click.Context, port: int | None, address: str) -> None:
     """Serve Prometheus metrics per class: queue depth, busy steps, workers, slots."""
     from prometheus_client import REGISTRY, start_http_server
 
     from fleet.runtime.metrics import FleetCollector
 
-    REGISTRY.register(FleetCollector(config(ctx)))
+    cfg = config(ctx)
+    port = port or cfg.metrics_port
+    REGISTRY.register(FleetCollector(cfg))
     start_http_server(port, addr=address)
     console.print(f"metrics on http://{address}:{port}/metrics (Ctrl-C stops)")
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -37,6 +37,7 @@ class StepCall(TypedDict):
     retries: int
     timeout: float | None
     remaining: int  # steps on the longest chain from this one to the end (SLA budgeting)
+    group: list[Any] | None  # an item of a map: [the mapped node's path, number of items]
 
 
 class PlanError(FleetError):
@@ -126,6 +127,7 @@ class _Walker:
                 results.append(self.state[item_path])
             else:
                 call = _call(sc, node, item_path, {**args, node.map: item}, remaining)
+                call["group"] = [path, len(items)]
                 self.decision.ready.append(call)
         if len(results) < len(items):
             return _PENDING
@@ -199,6 +201,7 @@ def _call(sc: Scope, node: NodeSpec, path: str, args: dict[str, Any], remaining:
         "retries": op.retries if node.retries is None else node.retries,
         "timeout": node.timeout,
         "remaining": max(1, remaining),
+        "group": None,
     }
 
 

@@ -19,6 +19,7 @@ from fleet.constants import ROUTE_HEADER, SENT_AT_HEADER, TASK_PREFIX, WORKER_CL
 from fleet.registry import registry
 from fleet.routing.router import FleetRouter, take_decision
 from fleet.runtime.backend import backend_setting
+from fleet.runtime.compat import patch_kombu_redis_restore
 from fleet.runtime.heartbeat import Heartbeat
 from fleet.runtime.runs import RunStore
 
@@ -59,6 +60,14 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
         # Model loading in worker_process_init may take longer than the 4 s default.
         worker_proc_alive_timeout=120,
         broker_connection_retry_on_startup=True,
+        # Sending a step through a broker restart: keep trying for about 15 s, not 0.6 s.
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 12,
+            "interval_start": 0.1,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
@@ -69,6 +78,7 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
 
 
 def create_app(cfg: FleetConfig | None = None) -> Celery:
+    patch_kombu_redis_restore()  # workers must survive a broker restart (see compat.py)
     cfg = cfg or load_config()
     app = Celery("fleet", include=["fleet.runtime.tasks"])
     configure(app, cfg)

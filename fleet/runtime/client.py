@@ -11,16 +11,19 @@ there on every step sends its own successors.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
-from fleet.config import FleetConfig
+from fleet.config import FleetConfig, redact
 from fleet.engine.compiler import compile_workflow
-from fleet.errors import WorkflowFailed, WorkflowTimeout
+from fleet.errors import FleetError, WorkflowFailed, WorkflowTimeout
 from fleet.registry import registry
 from fleet.routing.policies import make_policy
 from fleet.runtime.dispatch import Dispatcher
@@ -31,6 +34,8 @@ from fleet.workflow.model import INPUTS, WorkflowSpec
 from fleet.workflow.validate import check_inputs, validate
 
 WorkflowLike = Workflow | WorkflowSpec | str | Path
+SUBMIT_RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0)  # a broker restart takes a moment
+log = logging.getLogger("fleet.client")
 
 
 def to_spec(workflow: WorkflowLike) -> WorkflowSpec:
@@ -116,7 +121,6 @@ class Fleet:
         if sla_s is not None and sla_s <= 0:
             raise ValueError(f"sla_s must be positive, got {sla_s}")
         compiled = compile_workflow(spec, self.cfg, registry)
-        self.dispatcher.register(compiled)
         run_id = uuid.uuid4().hex
         run: dict[str, Any] = {
             "id": run_id,
@@ -129,8 +133,21 @@ class Fleet:
                 run[key] = value
         values = {**spec.defaults, **inputs}
         meta = {k: run.get(k) for k in ("priority", "sla_s", "policy")}
-        self.store.create(run_id, spec.name, meta, inputs=values)
-        self.dispatcher.advance(run, {INPUTS: values}, owner=f"submit:{run_id}")
+        for attempt, pause in enumerate((*SUBMIT_RETRY_PAUSES, None), start=1):
+            try:  # idempotent: the same run id, and the claims let each step be sent once
+                self.dispatcher.register(compiled, force=attempt > 1)
+                self.store.create(run_id, spec.name, meta, inputs=values)
+                self.dispatcher.advance(run, {INPUTS: values}, owner=f"submit:{run_id}")
+                break
+            except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+                if pause is None:
+                    where = redact(self.cfg.broker_url)
+                    raise FleetError(
+                        f"could not submit run {run_id} after {attempt} attempts "
+                        f"(broker/backend {where}): {exc}"
+                    ) from exc
+                log.warning("submit %s: %s; retrying in %.1f s", run_id, exc, pause)
+                time.sleep(pause)
         return RunHandle(run_id, self.store)
 
     def run(

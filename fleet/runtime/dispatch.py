@@ -11,6 +11,8 @@ lets exactly one task send each ready step.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -33,19 +35,24 @@ class Dispatcher:
     def __init__(self, app: Celery, cfg: FleetConfig, store: RunStore, registry: Registry) -> None:
         self.app, self.cfg, self.store, self.registry = app, cfg, store, registry
         self._compiled: OrderedDict[str, CompiledWorkflow] = OrderedDict()
+        self._put_at: dict[str, float] = {}  # when this process last stored each spec
 
-    def register(self, workflow: CompiledWorkflow) -> None:
-        """Remember a compiled workflow and store its spec for the workers (once per digest
-        and process: its lifetime in Redis is refreshed when this process first sees it)."""
-        if workflow.digest not in self._compiled:
+    def register(self, workflow: CompiledWorkflow, force: bool = False) -> None:
+        """Remember a compiled workflow and store its spec for the workers: once per digest
+        and half its lifetime, or again with ``force`` (a restarted broker may have lost it)."""
+        now = time.monotonic()
+        stale = now - self._put_at.get(workflow.digest, -math.inf) > self.store.ttl / 2
+        if force or stale:
             self.store.put_spec(workflow.digest, workflow.spec_json)
+            self._put_at[workflow.digest] = now
         self._remember(workflow.digest, workflow)
 
     def _remember(self, digest: str, workflow: CompiledWorkflow) -> None:
         self._compiled[digest] = workflow
         self._compiled.move_to_end(digest)
         while len(self._compiled) > CACHE_SIZE:
-            self._compiled.popitem(last=False)
+            old, _ = self._compiled.popitem(last=False)
+            self._put_at.pop(old, None)
 
     def workflow(self, digest: str) -> CompiledWorkflow:
         cached = self._compiled.get(digest)

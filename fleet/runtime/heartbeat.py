@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from typing import Any
 
 import redis
 from celery import bootsteps
 
 from fleet.routing.state import beat, forget
+from fleet.runtime.sweeper import sweep
 
 log = logging.getLogger("fleet.worker")
 
@@ -29,6 +31,9 @@ class Heartbeat(bootsteps.StartStopStep):
         self.tref: Any = None
         self.classes: list[str] = []
         self.client: redis.Redis | None = None
+        self.app: Any = None
+        self.grace_s = 0.0
+        self.next_sweep = 0.0
 
     def start(self, consumer: Any) -> None:
         worker = consumer.controller
@@ -45,6 +50,11 @@ class Heartbeat(bootsteps.StartStopStep):
             "pool": getattr(worker.pool_cls, "__module__", str(worker.pool_cls)).split(".")[-1],
             "pid": os.getpid(),
         }
+        self.app = consumer.app
+        # A message a live worker took is in its next heartbeat; older ones nobody announced
+        # are stranded (its worker died, or forgot them in a broker restart).
+        self.grace_s = cfg.worker_ttl + 2 * cfg.heartbeat_interval
+        self.next_sweep = time.monotonic() + self.grace_s
         self._beat(worker.hostname, cfg.worker_ttl)
         self.tref = consumer.timer.call_repeatedly(
             cfg.heartbeat_interval, self._beat, (worker.hostname, cfg.worker_ttl), priority=10
@@ -61,11 +71,18 @@ class Heartbeat(bootsteps.StartStopStep):
             return
         from celery.worker import state
 
-        busy = len(state.reserved_requests)  # received and not yet done (running ones too)
+        # Received and not yet done (running ones too): the sweeper leaves these alone.
+        held = [r.id for r in list(state.reserved_requests)]
+        details = {**self.details, "busy": len(held), "held": held}
         try:
-            beat(self.client, hostname, self.classes, {**self.details, "busy": busy}, ttl)
-        except redis.RedisError as exc:  # the broker may be briefly away; keep working
+            beat(self.client, hostname, self.classes, details, ttl)
+            if time.monotonic() >= self.next_sweep:
+                self.next_sweep = time.monotonic() + self.grace_s
+                sweep(self.app, self.client, ttl, self.grace_s)
+        except (redis.RedisError, OSError) as exc:  # the broker may be briefly away
             log.warning("heartbeat failed: %s", exc)
+        except Exception as exc:  # the sweep must never take the worker down
+            log.exception("sweeper failed: %s", exc)
 
     def stop(self, consumer: Any) -> None:
         if self.tref is not None:

@@ -4,6 +4,7 @@ and Flower -- started as child processes and stopped together."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from fleet.config import FleetConfig
+from fleet.config import FleetConfig, redact
 from fleet.errors import FleetError
 from fleet.routing.state import StateReader
 from fleet.runtime.launch import APP, worker_argv, worker_env
@@ -58,6 +59,7 @@ class LocalFleet:
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the children
     children: list[Child] = field(default_factory=list)
     redis_started: bool = False
+    flower_auth: str = ""  # "user:password" Flower asks for, once started
 
     def __post_init__(self) -> None:
         self.classes = self.classes or list(self.cfg.classes)
@@ -107,11 +109,13 @@ class LocalFleet:
     def _ensure_redis(self) -> None:
         url = self.cfg.broker_url
         if broker_reachable(url):
-            self.say(f"broker: using the Redis server at {url}")
+            self.say(f"broker: using the Redis server at {redact(url)}")
             return
         parsed = urlparse(url)
         if parsed.scheme != "redis" or (parsed.hostname or "") not in LOCAL_HOSTS:
-            raise FleetError(f"broker {url} is unreachable (and not a local Redis URL to start)")
+            raise FleetError(
+                f"broker {redact(url)} is unreachable (and not a local Redis URL to start)"
+            )
         binary = shutil.which("redis-server")
         if binary is None:
             raise FleetError(
@@ -119,8 +123,11 @@ class LocalFleet:
                 "(apt-get install -y redis-server, or set FLEET_BROKER_URL)"
             )
         port = str(parsed.port or 6379)
-        argv = [binary, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(self.workdir)]
+        # Persistent by default: a restarted broker keeps queued steps and run records.
+        argv = [binary, "--port", port, "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.workdir)]
+        if parsed.password:  # the URL carries one: the server must ask for it
+            argv += ["--requirepass", parsed.password]
         self._spawn("redis", argv, dict(os.environ))
         self.redis_started = True
         deadline = time.monotonic() + 10
@@ -128,7 +135,8 @@ class LocalFleet:
             if time.monotonic() > deadline:
                 raise FleetError(f"redis-server did not come up on port {port} (see logs)")
             time.sleep(0.05)
-        self.say(f"broker: started redis-server on {url} (log {self.workdir / 'logs/redis.log'})")
+        log = self.workdir / "logs" / "redis.log"
+        self.say(f"broker: started redis-server on {redact(url)} (appendonly; log {log})")
 
     def _start_worker(self, cls: str) -> None:
         spec = self.cfg.classes[cls]
@@ -145,9 +153,14 @@ class LocalFleet:
         port = self.cfg.flower_port
         argv = [sys.executable, "-m", "celery", "-A", APP, "flower", f"--port={port}"]
         argv.append("--address=127.0.0.1")
-        env = {**self._env(), "FLOWER_UNAUTHENTICATED_API": "true"}
+        made = not self.cfg.flower_auth
+        self.flower_auth = self.cfg.flower_auth or f"fleet:{secrets.token_urlsafe(12)}"
+        # Through the environment, not argv: the password stays out of `ps`.
+        env = {**self._env(), "FLOWER_BASIC_AUTH": self.flower_auth}
         self._spawn("flower", argv, env)
-        self.say(f"flower: http://127.0.0.1:{port}  (API: /api/workers, metrics: /metrics)")
+        user = self.flower_auth.split(":", 1)[0]
+        shown = self.flower_auth if made else f"{user}:**** (flower_auth)"
+        self.say(f"flower: http://127.0.0.1:{port}  basic auth {shown}  (API: /api/workers)")
 
     def wait_for_workers(self, timeout: float) -> None:
         """Block until every class has a live worker (heartbeat seen)."""

@@ -17,11 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from fleet.constants import (
     RUN_CLAIMS_KEY,
     RUN_DONE_KEY,
     RUN_KEY,
+    RUN_LOSSES_KEY,
+    RUN_MAP_KEY,
     RUN_OUTPUTS_KEY,
     RUN_TRACE_KEY,
     SPEC_KEY,
@@ -141,7 +145,15 @@ class RunInfo:
 
 class RunStore:
     def __init__(self, url: str, ttl: int = 86400) -> None:
-        self.redis = redis.Redis.from_url(url, decode_responses=True)
+        # A broker restart is a few seconds without Redis: wait it out (about 13 s in all)
+        # instead of failing the step or the submission whose bookkeeping hit it.
+        retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=10)
+        self.redis = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            retry=retry,
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
         self.ttl = ttl
 
     @staticmethod
@@ -152,6 +164,7 @@ class RunStore:
             "done": RUN_DONE_KEY,
             "out": RUN_OUTPUTS_KEY,
             "claims": RUN_CLAIMS_KEY,
+            "losses": RUN_LOSSES_KEY,
         }[part]
         return key.format(id=run_id)
 
@@ -213,10 +226,17 @@ class RunStore:
         outputs: dict[str, Any],
         entry: TraceEntry,
         extra: Any = None,
-    ) -> tuple[str | None, dict[str, dict[str, Any]]]:
+        group: list[Any] | None = None,
+    ) -> tuple[str | None, dict[str, dict[str, Any]] | None]:
         """Write a finished step's outputs and trace and read back the run's status and the
         outputs of every step so far -- one round trip. ``extra(pipe)`` may queue more
-        commands (online statistics) into the same pipeline."""
+        commands (online statistics) into the same pipeline.
+
+        ``group`` = [map node path, item count] for an item of a ``map:``: the item joins the
+        node's set of finished items instead, and the state is read (a second round trip) only
+        by the item that completes the set -- no other item can make anything ready, and
+        reading every item's outputs after each item would be quadratic in the map's width.
+        The state is None when it was not read."""
         out_key = self._key(run_id, "out")
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(out_key, path, json.dumps(outputs))
@@ -224,9 +244,18 @@ class RunStore:
         self._trace(pipe, run_id, [entry])
         if extra is not None:
             extra(pipe)
+        if group is not None:
+            done_key = RUN_MAP_KEY.format(id=run_id, node=group[0])
+            pipe.sadd(done_key, path)  # a set: a redelivered item counts once
+            pipe.expire(done_key, self.ttl)
+            pipe.scard(done_key)
         pipe.hget(self._key(run_id), "status")
-        pipe.hgetall(out_key)
+        if group is None:
+            pipe.hgetall(out_key)
         results = pipe.execute()
+        if group is not None:
+            status, finished = results[-1], int(results[-2])
+            return status, self.state(run_id) if finished >= int(group[1]) else None
         status, raw = results[-2], results[-1]
         return status, {k: json.loads(v) for k, v in raw.items()}
 
@@ -234,6 +263,14 @@ class RunStore:
         """The outputs of every step of the run so far (and its inputs)."""
         raw = self.redis.hgetall(self._key(run_id, "out"))
         return {k: json.loads(v) for k, v in cast(dict[str, str], raw).items()}
+
+    def count_loss(self, run_id: str, path: str) -> int:
+        """Count one more death of the worker process running ``path``; the new count."""
+        key = self._key(run_id, "losses")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(key, path, 1)
+        pipe.expire(key, self.ttl)
+        return int(pipe.execute()[0])
 
     def claim(self, run_id: str, owner: str, paths: list[str]) -> list[str]:
         """The paths among ``paths`` that ``owner`` may send (each path is sent by one task)."""

@@ -11,7 +11,9 @@ from pathlib import Path
 import redis
 
 from fleet.config import FleetConfig, load_config
-from fleet.constants import BLOB_PREFIX, THREADS_ENV, WORKER_CLASS_ENV
+from fleet.constants import BLOB_PREFIX as BLOB_PREFIX  # re-exported for op modules
+from fleet.constants import THREADS_ENV, WORKER_CLASS_ENV
+from fleet.runtime.devices import cuda_available
 
 
 @cache
@@ -32,21 +34,42 @@ def threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@cache
-def cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:
-        return False
-
-
 def wants_cuda() -> bool:
     """True when this worker's class binds to CUDA and a GPU is present."""
     cls = worker_class()
     spec = settings().classes.get(cls) if cls else None
     return spec is not None and spec.device == "cuda" and cuda_available()
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # packaged, read-only samples
+NEVER = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def file_roots() -> list[Path]:
+    """Folders ops may read files from: data_dir, the packaged examples, ``file_roots``."""
+    extra = [Path(os.path.expanduser(r)) for r in settings().file_roots]
+    return [p.resolve() for p in (data_dir(), EXAMPLES, *extra)]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def safe_path(path: str | Path, what: str = "file") -> Path:
+    """``path`` resolved (symlinks followed, ``..`` gone), if it lies under a file root.
+
+    Ops that read or write files the caller names go through this: a workflow must not make
+    a worker read /etc/shadow, its own /proc/self/environ, or write over its files.
+    """
+    real = Path(os.path.expanduser(str(path))).resolve()
+    roots = file_roots()
+    if any(_inside(real, never) for never in NEVER) or not any(_inside(real, r) for r in roots):
+        shown = ", ".join(str(r) for r in roots)
+        raise PermissionError(
+            f"{what} {str(path)!r} is outside the folders ops may use ({shown}); "
+            "add a folder with file_roots / FLEET_FILE_ROOTS in the fleet config"
+        )
+    return real
 
 
 def data_dir(*parts: str) -> Path:

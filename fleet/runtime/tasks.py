@@ -8,16 +8,19 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import threading
 import time
 from functools import cache
 from typing import Any, NoReturn
 
+from billiard.einfo import ExceptionInfo
 from celery import Celery, Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, WorkerLostError
+from celery.worker.request import Request
 
 from fleet.constants import PING_TASK, ROUTE_HEADER, SENT_AT_HEADER, STEP_TASK
 from fleet.engine.plan import StepCall
-from fleet.errors import StepFailed
+from fleet.errors import StepFailed, UnknownOpError
 from fleet.registry import OpSpec, registry
 from fleet.routing.profiles import OnlineStats, current_store
 from fleet.runtime.app import app, fleet_config
@@ -28,12 +31,23 @@ log = logging.getLogger("fleet.tasks")
 RECHECK_AFTER_S = 0.05  # a step that waited longer re-reads its run's status before running
 
 
-@cache
+_DISPATCHERS: dict[int, Dispatcher] = {}
+_DISPATCHERS_LOCK = threading.Lock()
+
+
 def dispatcher(celery_app: Celery) -> Dispatcher:
-    """One dispatcher (run store, compiled-workflow cache) per app and process."""
-    cfg = fleet_config(celery_app)
-    registry.load(cfg.op_modules, cfg.op_plugins)
-    return Dispatcher(celery_app, cfg, RunStore(cfg.backend_url, cfg.run_ttl), registry)
+    """One dispatcher (run store, compiled-workflow cache) per app and process, made once
+    even when a thread pool's threads all take their first step at the same moment."""
+    found = _DISPATCHERS.get(id(celery_app))
+    if found is not None:
+        return found
+    with _DISPATCHERS_LOCK:
+        if id(celery_app) not in _DISPATCHERS:
+            cfg = fleet_config(celery_app)
+            registry.load(cfg.op_modules, cfg.op_plugins)
+            store = RunStore(cfg.backend_url, cfg.run_ttl)
+            _DISPATCHERS[id(celery_app)] = Dispatcher(celery_app, cfg, store, registry)
+        return _DISPATCHERS[id(celery_app)]
 
 
 def run_store(task: Task) -> RunStore:
@@ -62,11 +76,12 @@ class _Trace:
     def __init__(self, task: Task, call: StepCall) -> None:
         req = task.request
         self.queue = (req.delivery_info or {}).get("routing_key")
+        self.cls = fleet_config(task.app).class_for_queue(self.queue or "")
         self.base = {
             "node": call["path"],
             "op": call["op"],
             "kind": call["kind"],
-            "cls": fleet_config(task.app).class_for_queue(self.queue or ""),
+            "cls": self.cls,
             "queue": self.queue,
             "worker": req.hostname,
             "sent_at": getattr(req, SENT_AT_HEADER, None),
@@ -87,7 +102,53 @@ class _Trace:
         )
 
 
-@app.task(name=STEP_TASK, bind=True, ignore_result=True)
+class StepRequest(Request):
+    """A step's request in the worker's main process, where a dead pool child is noticed.
+
+    acks_late + reject_on_worker_lost requeue a step whose process died -- forever, for a step
+    that kills its worker every time. Each loss is counted with the run (atomically, so any
+    host's worker counts the same step); at ``max_worker_losses`` the run fails naming the node
+    and how its worker died, the message is acknowledged, and the worker serves other runs.
+    """
+
+    def on_failure(
+        self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
+        cancelled = self._already_cancelled or self._already_revoked  # killed on purpose
+        lost = isinstance(exc, WorkerLostError) or (isinstance(exc, SystemExit) and not cancelled)
+        if lost and self._gave_up(str(exc) or type(exc).__name__):
+            self.acknowledge()
+            return
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def _gave_up(self, how: str) -> bool:
+        call, run = self.kwargs.get("call") or {}, self.kwargs.get("run") or {}
+        if not call.get("path") or not run.get("id"):
+            return False
+        cfg = fleet_config(self.task.app)
+        store = _loss_store(cfg.backend_url, cfg.run_ttl)
+        losses = store.count_loss(run["id"], call["path"])
+        log.warning(
+            "run %s: node %s lost its worker (%d): %s", run["id"], call["path"], losses, how
+        )
+        if losses < cfg.max_worker_losses:
+            return False
+        why = (
+            f"node '{call['path']}' (op {call.get('op')}): its worker died {losses} times "
+            f"running it ({how}); not delivered again"
+        )
+        store.fail(run["id"], call["path"], why)
+        return True
+
+
+@cache
+def _loss_store(url: str, ttl: int) -> RunStore:
+    return RunStore(url, ttl)
+
+
+@app.task(name=STEP_TASK, bind=True, ignore_result=True, Request=StepRequest)
 def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     """Run one op node, record its outputs and trace, then send the steps it made ready."""
     engine = dispatcher(self.app)
@@ -95,19 +156,69 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     if _waited(self) and store.status(run["id"]) == "failed":
         raise Ignore()  # another branch failed the run: do no more work for it
     trace = _Trace(self, call)
-    op = registry.get(call["op"])
     try:
-        outputs = _outputs(op, op.func(**call["args"]))
+        op = registry.get(call["op"])
+    except UnknownOpError as exc:  # this worker lacks the op's plug-in: say so, end the run
+        why = f"node '{call['path']}': op {call['op']} is not installed on {self.request.hostname}"
+        store.add_trace(run["id"], trace.entry("failed", str(exc)))
+        store.fail(run["id"], call["path"], why)
+        raise StepFailed(call["path"], call["op"], why) from exc
+    try:
+        outputs = _outputs(op, _run_op(op, call["args"], _deadline(self, call, trace.cls)))
     except Exception as exc:
         _failed(self, store, op, call, run, trace, exc)
     entry = trace.entry("succeeded")
     units = op.units_of(call["args"])
     status, state = store.record_step(
-        run["id"], call["path"], outputs, entry, lambda pipe: _observe(pipe, call, units, entry)
+        run["id"],
+        call["path"],
+        outputs,
+        entry,
+        lambda pipe: _observe(pipe, call, units, entry),
+        call.get("group"),
     )
-    if status == "running":
+    if status == "running" and state is not None:
         engine.advance(run, state, owner=self.request.id or call["path"])
     return {"node": call["path"]}
+
+
+class StepDeadline(TimeoutError):
+    """A step ran past its deadline in a pool that Celery's time limits do not reach."""
+
+
+def _deadline(task: Task, call: StepCall, cls: str | None) -> float | None:
+    """The step's deadline: the node's ``timeout``, else its class's (soft) time limit."""
+    timeout = call.get("timeout")
+    if timeout:
+        return float(timeout)
+    spec = fleet_config(task.app).classes.get(cls or "")
+    limit = spec.soft_time_limit or spec.time_limit if spec is not None else None
+    return float(limit) if limit else None
+
+
+def _run_op(op: OpSpec, args: dict[str, Any], deadline: float | None) -> Any:
+    """Call the op. In a thread or gevent pool (Celery's time limits work only in prefork),
+    the deadline is kept here: the op runs in a helper thread, and the step fails when the
+    deadline passes -- the pool's thread is free again, the op's thread is abandoned to
+    finish on its own."""
+    if deadline is None or threading.current_thread() is threading.main_thread():
+        return op.func(**args)  # prefork and solo: Celery's soft/hard time limits apply
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = op.func(**args)
+        except BaseException as exc:  # handed to the step's thread
+            box["error"] = exc
+
+    helper = threading.Thread(target=run, name=f"op {op.name}", daemon=True)
+    helper.start()
+    helper.join(deadline)
+    if helper.is_alive():
+        raise StepDeadline(f"no result within its deadline of {deadline:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def _waited(task: Task) -> bool:

@@ -211,7 +211,7 @@ def run_deployment(
         workdir / dep.name,
         "WARNING",
         say=lambda s: None,
-        env={"FLEET_CONFIG": str(cfg_file)},
+        env=worker_env(cfg_file, ctx, workdir),
     )
     fleet.start(wait=120)
     try:
@@ -288,6 +288,15 @@ def _row(job: Job, handle: Any, info: Any) -> dict[str, Any]:
     }
 
 
+def worker_env(cfg_file: Path, ctx: dict[str, str], workdir: Path) -> dict[str, str]:
+    """The workers' configuration: the deployment's file, plus the example order API as the
+    one HTTP endpoint tools may call and the work folder (question audio) as a file root."""
+    env = {"FLEET_CONFIG": str(cfg_file), "FLEET_FILE_ROOTS": str(workdir)}
+    if ctx.get("api"):
+        env["FLEET_HTTP_ALLOW"] = ctx["api"].removeprefix("http://")
+    return env
+
+
 def prepare(workdir: Path, quick: bool) -> dict[str, str]:
     """Inputs every deployment shares: broker address, data dir, question audio."""
     from fleet.runtime.local import free_port
@@ -313,7 +322,7 @@ def build_index(ctx: dict[str, str], workdir: Path) -> None:
     cfg = config_for(deployments()[0], ctx["broker"], ctx["data_dir"])
     cfg_file = workdir / "fleet-index.yaml"
     _write_config(cfg, cfg_file)
-    env = {"FLEET_CONFIG": str(cfg_file)}
+    env = worker_env(cfg_file, ctx, workdir)
     with LocalFleet(cfg, [], False, workdir / "index", "WARNING", say=lambda s: None, env=env):
         client = Fleet(app=create_app(cfg), cfg=cfg)
         docs = {"docs": str(EXAMPLES / "kb"), "index": ctx["index"]}

@@ -75,12 +75,13 @@ def run_voice_demo(
     client = Fleet()
     for name in ("kb_build.yaml", "voice_agent.yaml"):
         client.validate(EXAMPLES / name)  # before starting anything
-    fleet = LocalFleet(cfg, [], flower, workdir, "WARNING", say=say)
-    fleet.start()
-    api = None
+    api = OrderAPI(workdir)
+    say(f"order API: {api.url} (SQLite {workdir / 'shop.sqlite'})")
+    # The workers may call this API and read the question's audio in the work folder.
+    env = {"FLEET_HTTP_ALLOW": f"127.0.0.1:{api.port}", "FLEET_FILE_ROOTS": str(workdir)}
+    fleet = LocalFleet(cfg, [], flower, workdir, "WARNING", say=say, env=env)
     try:
-        api = OrderAPI(workdir)
-        say(f"order API: {api.url} (SQLite {workdir / 'shop.sqlite'})")
+        fleet.start()
         say("building the knowledge-base index (embeddings on npu-lite, FAISS on cpu)...")
         start = time.monotonic()
         kb = client.submit(EXAMPLES / "kb_build.yaml", {"docs": str(EXAMPLES / "kb")})
@@ -98,6 +99,5 @@ def run_voice_demo(
             answer.write_bytes(blobs().get(info.outputs["audio"]))
             say(f"spoken answer: {answer}")
     finally:
-        if api is not None:
-            api.stop()
+        api.stop()
         fleet.stop()

@@ -92,16 +92,63 @@ def spec_from_data(data: Any, source: str | None = None) -> WorkflowSpec:
     return spec
 
 
+MAX_FILE_BYTES = 1 << 20  # a workflow, not a data file
+MAX_VALUES = 100_000  # values in the document with every alias expanded
+MAX_DEPTH = 64  # nesting of mappings and lists
+
+
 def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_LineLoader)
+
+
+def _shape(data: Any) -> tuple[int, int]:
+    """(values, depth) of ``data`` as if every YAML alias were expanded -- computed without
+    expanding them (shared objects are measured once), so an alias bomb is measured, not
+    built. Raises RecursionError past MAX_DEPTH."""
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def walk(obj: Any, level: int) -> tuple[int, int]:
+        if level > MAX_DEPTH:
+            raise RecursionError
+        if not isinstance(obj, dict | list):
+            return 1, 0
+        known = sizes.get(id(obj))
+        if known is not None:
+            return known
+        children = list(obj.values()) if isinstance(obj, dict) else obj
+        count, depth = 1, 0
+        for child in children:
+            c, d = walk(child, level + 1)
+            count, depth = min(count + c, MAX_VALUES + 1), max(depth, d + 1)
+        sizes[id(obj)] = (count, depth)
+        return count, depth
+
+    return walk(data, 0)
+
+
+def _check_shape(data: Any, source: str) -> None:
+    try:
+        values, _ = _shape(data)
+    except RecursionError:
+        raise WorkflowValidationError(
+            [Problem(f"nested deeper than {MAX_DEPTH} levels", file=source)]
+        ) from None
+    if values > MAX_VALUES:
+        raise WorkflowValidationError(
+            [Problem(f"more than {MAX_VALUES} values once aliases are expanded", file=source)]
+        )
 
 
 def load_workflow(path: str | Path) -> WorkflowSpec:
     """Read ``path`` (.yaml/.yml/.json) into a spec. Structural checks only; see validate."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise WorkflowValidationError(
+                [Problem(f"file is larger than {MAX_FILE_BYTES} bytes", file=str(path))]
+            )
         text = path.read_text()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise WorkflowValidationError(
             [Problem(f"cannot read file: {exc}", file=str(path))]
         ) from exc
@@ -119,4 +166,9 @@ def load_workflow(path: str | Path) -> WorkflowSpec:
         raise WorkflowValidationError(
             [Problem(f"invalid YAML: {exc}", line=line, file=str(path))]
         ) from exc
+    except RecursionError:
+        raise WorkflowValidationError(
+            [Problem(f"nested deeper than {MAX_DEPTH} levels", file=str(path))]
+        ) from None
+    _check_shape(data, str(path))
     return spec_from_data(data, source=str(path))

@@ -16,7 +16,7 @@ import pytest
 from fleet.errors import WorkflowFailed
 from fleet.runtime.client import Fleet
 from fleet.runtime.runs import TraceEntry
-from fleet.runtime.sdk import blobs
+from fleet.runtime.sdk import blobs, data_dir
 from fleet.workflow.builder import Workflow
 
 pytestmark = pytest.mark.integration
@@ -172,7 +172,7 @@ def test_batch_summarisation_fans_out_and_in(client: Fleet) -> None:
 def test_voice_agent_end_to_end(
     client: Fleet, knowledge_base: dict[str, Any], order_api: str, tmp_path: Path
 ) -> None:
-    question = tmp_path / "q.wav"
+    question = data_dir("voice-test") / "q.wav"  # ops write only under the file roots
     speak = Workflow("speak-question", inputs=["text"])
     said = speak.step("tts", "speech.tts", text=speak.input("text"), out=str(question))
     speak.output("seconds", said["seconds"])

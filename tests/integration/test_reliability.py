@@ -6,10 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
+from fleet.config import FleetConfig
+from fleet.errors import WorkflowFailed
+from fleet.runtime.app import create_app
 from fleet.runtime.client import Fleet
+from fleet.runtime.local import LocalFleet, free_port
 from fleet.workflow.builder import Workflow
 
 pytestmark = pytest.mark.integration
@@ -38,3 +43,54 @@ def test_killed_worker_process_does_not_lose_the_step(client: Fleet) -> None:
     assert run.get(timeout=60) == {"out": "STILL HERE"}
     steps = [e for e in run.trace() if e.node == "slow" and e.status == "succeeded"]
     assert len(steps) == 1  # it ran to completion once, after redelivery
+
+
+def test_a_poison_step_fails_its_run_and_the_fleet_goes_on(client: Fleet) -> None:
+    poison = Workflow("poison", inputs=["v"])
+    boom = poison.step("boom", "test.crash", value=poison.input("v"), classes=["cpu"])
+    poison.output("out", boom["value"])
+    healthy = Workflow("healthy", inputs=["t"])
+    healthy.output("out", healthy.step("up", "text.upper", text=healthy.input("t"))["text"])
+
+    start = time.monotonic()
+    bad = client.submit(poison, {"v": 1})
+    good = client.submit(healthy, {"t": "fine"})
+    assert good.get(timeout=60) == {"out": "FINE"}
+    with pytest.raises(WorkflowFailed) as failed:
+        bad.get(timeout=60)
+    assert time.monotonic() - start < 60
+    assert failed.value.node == "boom"
+    assert "its worker died 2 times" in str(failed.value) and "SIGSEGV" in str(failed.value)
+    # not delivered again: the cpu class still serves new work, and nothing of it is queued
+    again = client.submit(healthy, {"t": "after"})
+    assert again.get(timeout=30) == {"out": "AFTER"}
+    time.sleep(1.0)
+    assert client.store.redis.llen("cpu") == 0
+
+
+@pytest.mark.slow
+def test_a_killed_worker_main_process_strands_nothing(
+    fleet_cfg: FleetConfig, tmp_path: Path
+) -> None:
+    """kill -9 of the io worker's main process, with 40 runs in flight (io prefetches many):
+    a new io worker starts, and the sweeper gives back what the dead one held -- in seconds,
+    not after visibility_timeout (an hour)."""
+    cfg = fleet_cfg.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    wf = Workflow("io-heavy", inputs=["t"])
+    nap = wf.step("nap", "test.sleep", seconds=1.0, value=wf.input("t"), classes=["io"])
+    wf.output("out", wf.step("up", "text.upper", text=nap["value"], classes=["cpu"])["text"])
+    with LocalFleet(
+        cfg, ["cpu", "io"], flower=False, workdir=tmp_path, say=lambda s: None
+    ) as fleet:
+        client = Fleet(app=create_app(cfg), cfg=cfg)
+        runs = [client.submit(wf, {"t": f"r{i}"}) for i in range(40)]
+        time.sleep(0.5)
+        (io,) = [c for c in fleet.children if c.name == "worker-io"]
+        os.kill(io.proc.pid, signal.SIGKILL)
+        io.proc.wait(10)
+        fleet.children.remove(io)
+        start = time.monotonic()
+        fleet._start_worker("io")
+        done = [r.get(timeout=90) == {"out": f"R{i}"} for i, r in enumerate(runs)]
+        assert all(done), f"{done.count(False)} of 40 lost"
+        assert time.monotonic() - start < 60

@@ -209,3 +209,18 @@ def test_supervisor_joins_react_loops_of_different_lengths(client: Fleet) -> Non
     # the loops overlapped: the long one's first round began before the short one ended
     assert steps["long#1/add"].started_at < steps["short#2/think"].ended_at
     assert steps["total"].started_at >= steps["long#5/think"].ended_at
+
+
+def test_a_deadline_holds_on_the_thread_pool(client: Fleet) -> None:
+    wf = Workflow("slow-io", inputs=["v"])
+    nap = wf.step("nap", "test.sleep", seconds=6, value=wf.input("v"), classes=["io"], timeout=1)
+    wf.output("out", nap["value"])
+    start = time.monotonic()
+    run = client.submit(wf, {"v": "x"})
+    quick = Workflow("quick", inputs=["t"])
+    up = quick.step("up", "text.upper", text=quick.input("t"), classes=["io"])
+    quick.output("out", up["text"])
+    assert client.submit(quick, {"t": "y"}).get(timeout=10) == {"out": "Y"}
+    with pytest.raises(WorkflowFailed, match="deadline of 1 s") as failed:
+        run.get(timeout=30)
+    assert failed.value.node == "nap" and time.monotonic() - start < 4

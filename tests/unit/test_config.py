@@ -64,3 +64,11 @@ def test_a_class_can_be_disabled(tmp_path: Path) -> None:
     )
     cfg = load_config(f, env={})
     assert list(cfg.classes) == ["npu-lite", "cpu"]
+
+
+def test_redact_hides_passwords_only() -> None:
+    from fleet.config import redact
+
+    assert redact("redis://:pw@10.0.0.5:6380/0") == "redis://:****@10.0.0.5:6380/0"
+    assert redact("amqp://fleet:pw@rabbit/vhost") == "amqp://fleet:****@rabbit/vhost"
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.registry import op
-from fleet.runtime.sdk import data_dir
+from fleet.runtime.sdk import data_dir, safe_path
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -148,11 +148,16 @@ def _chunks(text: str, size: int) -> list[str]:
 @op("memory.load_docs", kind="memory", classes=("io", "cpu"), outputs=("documents", "texts"))
 def load_docs(path: str, chunk_chars: int = 800, pattern: str = "*.md") -> dict[str, Any]:
     """Read a folder of text files into chunked documents ``{id, title, text}``."""
-    root = Path(path).expanduser()
+    root = safe_path(path, "documents folder")
     if not root.is_dir():
         raise FileNotFoundError(f"documents folder {root} does not exist")
+    if "/" in pattern or "\\" in pattern or ".." in pattern:
+        raise ValueError(f"pattern {pattern!r} must name files in the folder, not a path")
     docs = []
-    for file in sorted(root.glob(pattern)):
+    for found in sorted(root.glob(pattern)):
+        file = safe_path(found, "document")  # a symlink in the folder may point anywhere
+        if not file.is_file():
+            continue
         text = file.read_text()
         title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.strip()), file.stem)
         for i, chunk in enumerate(_chunks(text, chunk_chars)):

@@ -10,11 +10,10 @@ import shutil
 import subprocess
 import tempfile
 import wave
-from pathlib import Path
 from typing import Any
 
 from fleet.registry import op
-from fleet.runtime.sdk import blobs
+from fleet.runtime.sdk import BLOB_PREFIX, blobs, safe_path
 from workers.models import DEFAULT_STT, LOADS, lock_for, stt
 from workers.ops.general import SAMPLE_TEXT
 
@@ -56,7 +55,7 @@ def tts(
     if done.returncode != 0 or not done.stdout:
         raise RuntimeError(f"espeak-ng failed: {done.stderr.decode(errors='replace').strip()}")
     if out:
-        Path(out).expanduser().write_bytes(done.stdout)
+        safe_path(out, "output file").write_bytes(done.stdout)
     return {
         "audio": blobs().put(done.stdout, "wav"),
         "seconds": round(_wav_seconds(done.stdout), 2),
@@ -66,7 +65,7 @@ def tts(
 @op("audio.load", kind="tool", classes=("io", "cpu"), outputs=("audio", "bytes"))
 def load_audio(path: str) -> dict[str, Any]:
     """Read an audio file into a blob reference for the speech ops."""
-    file = Path(path).expanduser()
+    file = safe_path(path, "audio file")
     if not file.is_file():
         raise FileNotFoundError(f"audio file {file} does not exist")
     data = file.read_bytes()
@@ -83,7 +82,13 @@ def load_audio(path: str) -> dict[str, Any]:
 )
 def transcribe(audio: str, language: str | None = "en", model: str = DEFAULT_STT) -> dict[str, Any]:
     """Transcribe audio given as a blob reference or a file path."""
-    data = blobs().get(audio) if audio.startswith("fleet:blob:") else Path(audio).read_bytes()
+    if audio.startswith(BLOB_PREFIX):
+        data = blobs().get(audio)
+    else:
+        file = safe_path(audio, "audio file")
+        if file.stat().st_size > MAX_AUDIO_BYTES:
+            raise ValueError(f"audio file is {file.stat().st_size} bytes (limit {MAX_AUDIO_BYTES})")
+        data = file.read_bytes()
     whisper = stt(model)
     with tempfile.NamedTemporaryFile(suffix=".audio") as f:
         f.write(data)

@@ -48,3 +48,16 @@ class InjectedFailure(RuntimeError):
 def fail(message: str = "injected failure", value: Any = None) -> dict[str, Any]:
     """Always raise (to test error handling)."""
     raise InjectedFailure(message)
+
+
+@op("test.crash", outputs=("value",))
+def crash(signal: str = "SIGSEGV", value: Any = None) -> dict[str, Any]:
+    """Kill this worker process with ``signal`` (to test how the fleet survives a poison step)."""
+    import signal as signals
+
+    number = getattr(signals, signal, None)
+    if not isinstance(number, int):
+        raise ValueError(f"unknown signal {signal!r}")
+    os.kill(os.getpid(), number)
+    time.sleep(5)  # the signal is delivered; never returns normally
+    return {"value": value}

@@ -32,6 +32,7 @@ def _call(timeout: float | None) -> StepCall:
         "retries": 0,
         "timeout": timeout,
         "remaining": 1,
+        "group": None,
     }
 
 

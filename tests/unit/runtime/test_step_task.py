@@ -161,3 +161,23 @@ def test_run_store_keys_all_expire(stub: tuple[Fleet, StubBroker], redis_url: st
     r = redis.Redis.from_url(redis_url)
     keys = [k.decode() for k in r.keys(f"fleet:run:{run.id}*")]
     assert len(keys) >= 4 and all(r.ttl(k) > 0 for k in keys)
+
+
+def test_map_items_read_the_run_state_only_when_the_last_one_ends(
+    stub: tuple[Fleet, StubBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, broker = stub
+    wf = Workflow("wide", inputs=["texts"])
+    ups = wf.step("ups", "text.upper", text=wf.input("texts"), map="text")
+    joined = wf.step("joined", "text.join", parts=ups["text"], sep="+")
+    wf.output("out", joined["text"])
+    reads: list[str] = []
+    state = RunStore.state
+    monkeypatch.setattr(
+        RunStore, "state", lambda self, run_id: reads.append(run_id) or state(self, run_id)
+    )
+    run = client.submit(wf, {"texts": [f"t{i}" for i in range(20)]})
+    assert len(broker.sent) == 20 and all(c["group"] == ["ups", 20] for _, c, _ in broker.sent)
+    assert broker.drain()[-1] == "joined"
+    assert run.get(timeout=1) == {"out": "+".join(f"T{i}" for i in range(20))}
+    assert len(reads) == 1  # by the item that completed the set, not by each of the 20

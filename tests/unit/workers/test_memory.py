@@ -53,5 +53,7 @@ def test_load_docs_chunks_the_knowledge_base() -> None:
     assert "returns#0" in ids and len(ids) > 4
     assert all(len(d["text"]) <= 400 or "\n\n" not in d["text"] for d in out["documents"])
     assert out["texts"] == [d["text"] for d in out["documents"]]
+    with pytest.raises(PermissionError):
+        load_docs("/no/such/folder")  # outside the file roots: not even looked at
     with pytest.raises(FileNotFoundError):
-        load_docs("/no/such/folder")
+        load_docs(str(EXAMPLES / "no-such-folder"))

@@ -66,3 +66,38 @@ def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(WorkflowValidationError, match="cannot read file"):
         load_workflow(tmp_path / "nope.yaml")
+
+
+def _bomb(levels: int) -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        refs = ", ".join([f"*a{i - 1}"] * 9)
+        lines.append(f"a{i}: &a{i} [{refs}]")
+    return "name: bomb\nparams:\n" + "\n".join("  " + line for line in lines) + "\nnodes: []\n"
+
+
+def test_an_alias_bomb_is_measured_not_built(tmp_path: Path) -> None:
+    import resource
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_bomb(9))  # ~700 bytes; 9**9 = 387 million values once expanded
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(WorkflowValidationError, match="values once aliases are expanded"):
+        load_workflow(path)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 50
+
+
+def test_deep_nesting_and_big_files_are_clear_errors(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"name": "deep", "defaults": {"x": ' + "[" * 5000 + "]" * 5000 + "}}")
+    with pytest.raises(WorkflowValidationError, match="nested deeper than 64 levels"):
+        load_workflow(deep)
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\ndescription: " + "x" * (2 << 20) + "\n")
+    with pytest.raises(WorkflowValidationError, match="larger than"):
+        load_workflow(big)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(WorkflowValidationError, match="cannot read file"):
+        load_workflow(binary)
