@@ -46,6 +46,9 @@ class ClassSpec(BaseModel):
     device: str = "cpu"
     # Models each worker process loads when it starts (llm, embed, stt), not on first use.
     preload: list[str] = Field(default_factory=list)
+    # Native runtimes this class's processes may load; None: any. On a CUDA host two GPU
+    # runtimes in one process can crash it (torch + llama.cpp do): a GPU class lists its own.
+    runtimes: list[str] | None = None
     # Hourly price of one worker slot of this class (cost model; see docs/routing.md).
     price_per_hour: float = Field(default=0.0, ge=0)
     # Moving a step's inputs to this class: bandwidth and fixed latency (data movement cost).
@@ -72,6 +75,8 @@ def default_classes() -> dict[str, ClassSpec]:
             time_limit=900,
             soft_time_limit=840,
             device="cuda",
+            # LLMs and Whisper; embeddings (torch) run on npu-lite, in processes of their own.
+            runtimes=["llama.cpp", "ctranslate2"],
             price_per_hour=0.25,  # A100 operating cost, DESIGN.md section 2
         ),
         "npu-lite": ClassSpec(

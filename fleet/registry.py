@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal, TypeVar
@@ -54,6 +54,9 @@ class OpSpec:
     # ``fixed + per_unit * units``. None: every call is one unit.
     units: Units | None = None
     unit: str = "call"
+    # The native runtime the op's models run on (llama.cpp, torch, ...), None for plain Python:
+    # a class that lists its runtimes runs only ops of those (one GPU runtime per process).
+    runtime: str | None = None
     # Representative keyword arguments, two sizes of work, for `fleet profile`.
     samples: tuple[dict[str, Any], ...] = ()
 
@@ -66,12 +69,33 @@ class OpSpec:
         except (TypeError, ValueError, KeyError):
             return 1.0
 
-    def eligible(self, configured: Iterable[str]) -> list[str]:
-        """Configured classes that can run this op, preferred first."""
+    def eligible(self, configured: Iterable[str] | Mapping[str, Any]) -> list[str]:
+        """Configured classes that can run this op, preferred first (a class whose
+        ``runtimes`` leave out this op's runtime cannot)."""
+        if isinstance(configured, Mapping):
+            configured = [
+                name
+                for name, spec in configured.items()
+                if self.runtime is None
+                or getattr(spec, "runtimes", None) is None
+                or self.runtime in spec.runtimes
+            ]
         configured = list(configured)
         allowed = configured if self.classes == (ANY_CLASS,) else list(self.classes)
         ordered = [self.prefers, *[c for c in allowed if c != self.prefers]]
         return [c for c in ordered if c in configured and (c in allowed)]
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """A native runtime that op modules load models with, as ``fleet doctor`` checks it."""
+
+    name: str
+    # Called in a process of its own: {"version": str, "gpu": bool, "devices": int}; raises
+    # ImportError when the runtime is not installed. Must not initialise a GPU.
+    probe: Callable[[], dict[str, Any]]
+    gpu_fix: str = ""  # how to get a build that can use the GPU
+    gpu_exclusive: bool = True  # must not share a CUDA process with another such runtime
 
 
 class Registry:
@@ -79,6 +103,8 @@ class Registry:
         self._ops: dict[str, OpSpec] = {}
         self._loaded: set[str] = set()
         self._preloaders: dict[str, Callable[[], Any]] = {}
+        self._preload_runtime: dict[str, str | None] = {}
+        self._runtimes: dict[str, RuntimeSpec] = {}
         self._plugins_loaded = False
         self._lock = threading.RLock()
 
@@ -109,8 +135,30 @@ class Registry:
         spec = self._ops.get(name)
         return 1.0 if spec is None else spec.units_of(args)
 
-    def add_preloader(self, name: str, load: Callable[[], Any]) -> None:
+    def add_preloader(self, name: str, load: Callable[[], Any], runtime: str | None = None) -> None:
         self._preloaders[name] = load
+        self._preload_runtime[name] = runtime
+
+    def add_runtime(self, spec: RuntimeSpec) -> None:
+        self._runtimes[spec.name] = spec
+
+    def runtime(self, name: str) -> RuntimeSpec:
+        try:
+            return self._runtimes[name]
+        except KeyError:
+            raise FleetError(f"no runtime named '{name}' is registered") from None
+
+    def runtimes(self) -> list[str]:
+        return sorted(self._runtimes)
+
+    def class_runtimes(self, cls: str, cfg: Any) -> set[str]:
+        """Native runtimes the processes of class ``cls`` may load: those of its preloaded
+        models and of the ops it is eligible for."""
+        found = {r for p in cfg.classes[cls].preload if (r := self._preload_runtime.get(p))}
+        for spec in self._ops.values():
+            if spec.runtime and cls in spec.eligible(cfg.classes):
+                found.add(spec.runtime)
+        return {r for r in found if r in self._runtimes}
 
     def preloaders(self) -> list[str]:
         return sorted(self._preloaders)
@@ -176,6 +224,7 @@ def op(
     outputs: Iterable[str] = ("result",),
     retries: int = 0,
     retry_on: Iterable[type[BaseException]] = (),
+    runtime: str | None = None,
     units: Units | None = None,
     unit: str = "call",
     samples: Iterable[dict[str, Any]] = (),
@@ -215,6 +264,7 @@ def op(
             accepts_any=accepts_any,
             units=units,
             unit=unit,
+            runtime=runtime,
             samples=tuple(samples),
         )
         (registry_ or registry).add(spec)
@@ -223,12 +273,15 @@ def op(
     return decorate
 
 
-def preloader(name: str, registry_: Registry | None = None) -> Callable[[F], F]:
+def preloader(
+    name: str, runtime: str | None = None, registry_: Registry | None = None
+) -> Callable[[F], F]:
     """Register ``func`` as the loader a class's ``preload = ["NAME"]`` runs in each worker
-    process before its first task (after fork: CUDA is not fork-safe)."""
+    process before its first task (after fork: CUDA is not fork-safe); ``runtime`` names the
+    native runtime its model runs on."""
 
     def decorate(func: F) -> F:
-        (registry_ or registry).add_preloader(name, func)
+        (registry_ or registry).add_preloader(name, func, runtime)
         return func
 
     return decorate

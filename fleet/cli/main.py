@@ -113,6 +113,12 @@ def up(ctx: click.Context, classes: str | None, flower: bool, workdir: str, logl
 @click.option("-c", "--concurrency", type=int, help="Override the preset's concurrency.")
 @click.option("-n", "--name", help="Worker node name (default CLASS-PID@HOST).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option(
+    "--device",
+    "gpu",
+    type=click.IntRange(0),
+    help="The GPU this worker uses (sets CUDA_VISIBLE_DEVICES): one worker per GPU.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the celery command instead of running it.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -122,18 +128,26 @@ def worker(
     concurrency: int | None,
     name: str | None,
     loglevel: str,
+    gpu: int | None,
     dry_run: bool,
     celery_args: tuple[str, ...],
 ) -> None:
     """Start one worker for hardware class CLASS with its preset.
 
-    Extra arguments after `--` go to `celery worker` unchanged.
+    Extra arguments after `--` go to `celery worker` unchanged. `--dry-run` prints the
+    command, the device its processes bind to and the runtimes they may load.
     """
+    from fleet.registry import registry
+    from fleet.runtime.devices import detect_gpus
     from fleet.runtime.launch import worker_argv, worker_env
 
     cfg = config(ctx)
     if cls not in cfg.classes:
         fail(f"unknown class '{cls}' (configured: {', '.join(cfg.classes)})", 2)
+    if gpu is not None:
+        # Before any CUDA library loads in the worker: it sees this GPU only, as cuda:0.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        name = name or f"{cls}-gpu{gpu}-{os.getpid()}@%h"
     argv = worker_argv(
         cfg.classes[cls],
         concurrency=concurrency,
@@ -142,9 +156,45 @@ def worker(
         extra=list(celery_args),
     )
     if dry_run:
+        spec = cfg.classes[cls]
+        registry.load(cfg.op_modules, cfg.op_plugins)
+        gpus = detect_gpus()
+        if spec.device != "cuda":
+            device = "cpu (the class binds to the CPU)"
+        elif gpus.gpus:
+            device = f"cuda:0 = {gpus.gpus[0].name} (GPU {gpus.gpus[0].index})"
+        else:
+            device = f"cpu ({gpus.note})"
+        runtimes = ", ".join(sorted(registry.class_runtimes(cls, cfg))) or "none (plain Python)"
         console.print(" ".join(argv), highlight=False)
+        console.print(f"device: {device}\nruntimes: {runtimes}", highlight=False)
         return
     os.execve(argv[0], argv, worker_env(cfg, cls))
+
+
+@cli.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check this host for every class: device, runtimes, GPU builds, models, problems.
+
+    Each runtime (llama.cpp, CTranslate2, torch) is asked about the GPU in a process of its
+    own. Exits 1 when something is wrong, with the fix.
+    """
+    from fleet.cli.report import doctor_table
+    from fleet.registry import registry
+    from fleet.runtime.doctor import diagnose
+
+    cfg = config(ctx)
+    registry.load(cfg.op_modules, cfg.op_plugins)
+    with console.status("asking each runtime about the GPU..."):
+        report = diagnose(cfg, registry)
+    if as_json:
+        console.print_json(json.dumps(report.to_dict()))
+    else:
+        console.print(doctor_table(report))
+    wrong = report.problems + [p for c in report.classes for p in c.problems]
+    sys.exit(1 if wrong else 0)
 
 
 @cli.command()

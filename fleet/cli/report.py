@@ -12,6 +12,7 @@ from fleet.config import FleetConfig
 from fleet.registry import Registry
 from fleet.routing.profiles import ProfileStore
 from fleet.routing.state import FleetState
+from fleet.runtime.doctor import DoctorReport
 from fleet.runtime.runs import TraceEntry
 
 
@@ -121,4 +122,33 @@ def profiles_table(store: ProfileStore, pairs: list[tuple[str, str]] | None = No
             "-" if p.throughput is None else f"{p.throughput:.1f}",
             str(p.samples),
         )
+    return table
+
+
+def doctor_table(report: DoctorReport) -> Table:
+    """``fleet doctor``: one row per class, then what is wrong (with fixes) and notes."""
+    table = Table(title=f"fleet doctor: {report.host}", title_justify="left")
+    for col in ("class", "pool x slots", "device", "binds to", "runtimes", "preload"):
+        table.add_column(col)
+    for c in report.classes:
+        table.add_row(
+            c.name,
+            f"{c.pool} x {c.concurrency}",
+            c.device,
+            c.binds_to,
+            ", ".join(c.runtimes) or "-",
+            ", ".join(c.preload) or "-",
+        )
+    for rt in report.runtimes.values():
+        gpu = "GPU build" if rt.gpu else "CPU build" if rt.gpu is False else "?"
+        table.add_section()
+        table.add_row(f"runtime {rt.name}", rt.version or "-", gpu, "", rt.error or "", "")
+    lines = [f"[red]problem[/] {p}" for p in report.problems]
+    for c in report.classes:
+        lines += [f"[red]problem[/] {c.name}: {p}" for p in c.problems]
+        lines += [f"note {c.name}: {n}" for n in c.notes]
+    lines += [f"note {n}" for n in report.notes]
+    if lines:
+        table.caption = "\n".join(lines)
+        table.caption_justify = "left"
     return table

@@ -75,7 +75,12 @@ class ProfileStore:
 
 
 def profiles_path() -> Path:
-    return Path(os.environ.get(PROFILES_ENV) or PACKAGED).expanduser()
+    """FLEET_PROFILES: a file, or the name of a packaged set (``h100`` is
+    fleet/data/profiles-h100.json); default the packaged profiles of this machine."""
+    chosen = os.environ.get(PROFILES_ENV) or ""
+    if chosen and "/" not in chosen and not chosen.endswith(".json"):
+        return PACKAGED.with_name(f"profiles-{chosen}.json")
+    return Path(chosen or PACKAGED).expanduser()
 
 
 @cache

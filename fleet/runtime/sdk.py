@@ -34,6 +34,23 @@ def threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_CLAIMED: list[str] = []  # native GPU runtimes this process has loaded models with
+
+
+def claim_runtime(name: str) -> None:
+    """Say that this process is about to load a model with runtime ``name``. On a CUDA-bound
+    process, a second GPU runtime is refused with a clear error instead of a crash (torch and
+    a CUDA llama.cpp in one process kill it)."""
+    if name in _CLAIMED:
+        return
+    if wants_cuda() and _CLAIMED:
+        raise RuntimeError(
+            f"this {worker_class()} worker process already runs {_CLAIMED[0]} on the GPU; "
+            f"{name} must run in another class (set classes.{worker_class()}.runtimes)"
+        )
+    _CLAIMED.append(name)
+
+
 def wants_cuda() -> bool:
     """True when this worker's class binds to CUDA and a GPU is present."""
     cls = worker_class()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fleet.registry import op
-from workers.models import DEFAULT_EMBEDDER, LOADS, embedder, lock_for
+from workers.models import DEFAULT_EMBEDDER, LOADS, TORCH, embedder, lock_for
 from workers.ops.general import SAMPLE_TEXT
 
 MAX_TEXTS = 10_000
@@ -28,6 +28,7 @@ def _texts(texts: Any) -> list[str]:
     kind="model",
     classes=("npu-lite", "gpu", "cpu"),
     outputs=("vectors", "dim", "count", "loads"),
+    runtime=TORCH,
     units=lambda a: float(len(a["texts"])) if isinstance(a.get("texts"), list) else 1.0,
     unit="text",
     samples=[{"texts": [SAMPLE_TEXT] * 2}, {"texts": [SAMPLE_TEXT] * 16}],

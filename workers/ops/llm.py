@@ -17,7 +17,7 @@ from typing import Any
 
 from fleet.registry import op
 from fleet.runtime.sdk import blobs
-from workers.models import DEFAULT_LLM, LOADS, llm, lock_for
+from workers.models import DEFAULT_LLM, LLAMA_CPP, LOADS, llm, lock_for
 from workers.ops.general import SAMPLE_TEXT
 
 SAMPLE_PROMPT = (
@@ -111,6 +111,7 @@ def _complete(
     "llm.generate",
     kind="model",
     classes=MODEL_CLASSES,
+    runtime=LLAMA_CPP,
     outputs=("text", "tokens", "prompt_tokens", "finish_reason", "loads"),
     units=lambda a: float(a.get("max_tokens", 64)),
     unit="token",
@@ -144,6 +145,7 @@ def generate(
     "llm.prefill",
     kind="model",
     classes=MODEL_CLASSES,
+    runtime=LLAMA_CPP,
     outputs=("state", "prompt_tokens", "state_bytes", "seconds"),
     units=lambda a: len(str(a.get("prompt", ""))) / 4.0,  # ~4 characters a token
     unit="token",
@@ -208,6 +210,7 @@ def _restore(engine: Any, payload: bytes, model: str) -> str:
     "llm.decode",
     kind="model",
     classes=MODEL_CLASSES,
+    runtime=LLAMA_CPP,
     outputs=("text", "tokens", "prompt_tokens", "finish_reason", "loads"),
     units=lambda a: float(a.get("max_tokens", 64)),
     unit="token",

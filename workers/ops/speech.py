@@ -14,7 +14,7 @@ from typing import Any
 
 from fleet.registry import op
 from fleet.runtime.sdk import BLOB_PREFIX, blobs, safe_path
-from workers.models import DEFAULT_STT, LOADS, lock_for, stt
+from workers.models import CTRANSLATE2, DEFAULT_STT, LOADS, lock_for, stt
 from workers.ops.general import SAMPLE_TEXT
 
 MAX_TTS_CHARS = 5000
@@ -79,6 +79,7 @@ def load_audio(path: str) -> dict[str, Any]:
     kind="model",
     classes=("gpu", "npu-lite", "cpu"),
     outputs=("text", "language", "seconds", "loads"),
+    runtime=CTRANSLATE2,
 )
 def transcribe(audio: str, language: str | None = "en", model: str = DEFAULT_STT) -> dict[str, Any]:
     """Transcribe audio given as a blob reference or a file path."""
