@@ -17,7 +17,6 @@ import redis
 from fleet.cli.common import (
     config,
     console,
-    err,
     fail,
     load_and_validate,
     parse_inputs,
@@ -76,7 +75,8 @@ def cli(
 def up(ctx: click.Context, classes: str | None, flower: bool, workdir: str, loglevel: str) -> None:
     """Start a local fleet: Redis (if none is reachable), one worker per class, Flower.
 
-    Runs until Ctrl-C, then stops everything it started.
+    Runs until Ctrl-C, then stops everything it started. A worker, Flower or the Redis it
+    started that dies is restarted with backoff; the others keep running.
     """
     from fleet.runtime.local import LocalFleet
 
@@ -97,10 +97,9 @@ def up(ctx: click.Context, classes: str | None, flower: bool, workdir: str, logl
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        while all(c.proc.poll() is None for c in fleet.children):
+        while True:  # a process that dies is restarted (with backoff); the rest go on
+            fleet.supervise()
             time.sleep(0.5)
-        dead = [c for c in fleet.children if c.proc.poll() is not None]
-        err.print(f"[red]{dead[0].name} exited[/] (code {dead[0].proc.returncode}); stopping")
     except KeyboardInterrupt:
         console.print("\nstopping the fleet...")
     finally:

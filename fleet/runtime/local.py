@@ -46,6 +46,8 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    restarts: int = 0  # how often this child was restarted by supervise()
+    restart_at: float = 0.0  # not before this (monotonic): the backoff
 
 
 @dataclass
@@ -161,6 +163,31 @@ class LocalFleet:
         user = self.flower_auth.split(":", 1)[0]
         shown = self.flower_auth if made else f"{user}:**** (flower_auth)"
         self.say(f"flower: http://127.0.0.1:{port}  basic auth {shown}  (API: /api/workers)")
+
+    def supervise(self, now: float | None = None) -> list[str]:
+        """Restart children that died -- Redis first (with its append-only data), then
+        workers and Flower -- each after a backoff that doubles while it keeps dying (1 s to
+        60 s). Nothing else is stopped. Returns the names restarted."""
+        now = time.monotonic() if now is None else now
+        restarted = []
+        for child in sorted(self.children, key=lambda c: c.name != "redis"):
+            if child.proc.poll() is None:
+                continue
+            if now < child.restart_at:
+                continue
+            self.children.remove(child)
+            self.say(f"{child.name} exited (code {child.proc.returncode}); restarting it")
+            if child.name == "redis":
+                self._ensure_redis()
+            elif child.name == "flower":
+                self._start_flower()
+            else:
+                self._start_worker(child.name.removeprefix("worker-"))
+            fresh = self.children[-1]
+            fresh.restarts = child.restarts + 1
+            fresh.restart_at = now + min(60.0, 2.0 ** (fresh.restarts - 1))
+            restarted.append(child.name)
+        return restarted
 
     def wait_for_workers(self, timeout: float) -> None:
         """Block until every class has a live worker (heartbeat seen)."""

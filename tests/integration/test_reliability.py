@@ -94,3 +94,30 @@ def test_a_killed_worker_main_process_strands_nothing(
         done = [r.get(timeout=90) == {"out": f"R{i}"} for i, r in enumerate(runs)]
         assert all(done), f"{done.count(False)} of 40 lost"
         assert time.monotonic() - start < 60
+
+
+@pytest.mark.slow
+def test_up_restarts_what_dies_and_keeps_the_rest(fleet_cfg: FleetConfig, tmp_path: Path) -> None:
+    cfg = fleet_cfg.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    wf = Workflow("supervised", inputs=["t"])
+    nap = wf.step("nap", "test.sleep", seconds=0.01, value=wf.input("t"), classes=["io"])
+    wf.output("out", wf.step("up", "text.upper", text=nap["value"], classes=["cpu"])["text"])
+    local = LocalFleet(cfg, ["cpu", "io"], flower=False, workdir=tmp_path, say=lambda s: None)
+    with local as fleet:
+        client = Fleet(app=create_app(cfg), cfg=cfg)
+        cpu_pid = next(c.proc.pid for c in fleet.children if c.name == "worker-cpu")
+        for name in ("worker-io", "redis"):
+            (child,) = [c for c in fleet.children if c.name == name]
+            child.proc.kill()
+            child.proc.wait(10)
+            assert fleet.supervise() == [name]
+            fleet.wait_for_workers(60)
+            assert client.submit(wf, {"t": name}).get(timeout=60) == {"out": name.upper()}
+        # the others were left alone, and a child that keeps dying waits its backoff
+        assert next(c.proc.pid for c in fleet.children if c.name == "worker-cpu") == cpu_pid
+        for expected in (["worker-io"], []):  # dies again at once: it waits its backoff
+            (io,) = [c for c in fleet.children if c.name == "worker-io"]
+            io.proc.kill()
+            io.proc.wait(10)
+            assert fleet.supervise() == expected
+        assert fleet.supervise(now=time.monotonic() + 120) == ["worker-io"]
