@@ -49,6 +49,9 @@ class ClassSpec(BaseModel):
     # Native runtimes this class's processes may load; None: any. On a CUDA host two GPU
     # runtimes in one process can crash it (torch + llama.cpp do): a GPU class lists its own.
     runtimes: list[str] | None = None
+    # Native threads per process (llama.cpp, BLAS, torch); None: from what the class runs
+    # on this host (fleet.runtime.launch.native_threads).
+    threads: int | None = Field(default=None, ge=1)
     # Hourly price of one worker slot of this class (cost model; see docs/routing.md).
     price_per_hour: float = Field(default=0.0, ge=0)
     # Moving a step's inputs to this class: bandwidth and fixed latency (data movement cost).

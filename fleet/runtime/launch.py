@@ -7,6 +7,7 @@ import sys
 
 from fleet.config import ClassSpec, FleetConfig
 from fleet.constants import THREADS_ENV, WORKER_CLASS_ENV
+from fleet.runtime.devices import cuda_available
 
 APP = "fleet.runtime.app:app"
 
@@ -53,19 +54,30 @@ def worker_argv(
     return argv + list(extra or [])
 
 
-def worker_env(cfg: FleetConfig, cls: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a class's worker: its class, and thread caps that share the cores.
+def native_threads(spec: ClassSpec, cores: int, on_gpu: bool) -> int:
+    """Native threads (llama.cpp, BLAS, torch) one process of a class may use, per host.
 
-    Native libraries (BLAS, llama.cpp, torch) default to one thread per core *per process*;
-    several workers on one machine would oversubscribe it. Each prefork child gets
-    cores / (total slots of the compute classes), at least one.
+    What the class's processes run decides, not how many classes are configured: a thread
+    pool waits on I/O (1); a class on a GPU only feeds it (2); a CPU class shares the host's
+    cores between its own slots, which are busy together -- other classes are idle much of
+    the time, and an LLM decoding on the CPU needs the cores (``threads`` in the class's
+    config overrides this).
     """
+    if spec.threads is not None:
+        return spec.threads
+    if spec.pool in ("threads", "gevent"):
+        return 1
+    if on_gpu and spec.device == "cuda":
+        return min(2, cores)
+    return max(1, cores // spec.concurrency)
+
+
+def worker_env(cfg: FleetConfig, cls: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a class's worker: its class, and its native thread count
+    (:func:`native_threads`) for every library that reads one."""
     env = dict(os.environ if base is None else base)
     env[WORKER_CLASS_ENV] = cls
-    compute_slots = sum(
-        s.concurrency for s in cfg.classes.values() if s.pool in ("prefork", "solo")
-    )
-    threads = max(1, (os.cpu_count() or 1) // max(1, compute_slots))
+    threads = native_threads(cfg.classes[cls], os.cpu_count() or 1, cuda_available())
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", THREADS_ENV):
         env.setdefault(var, str(threads))
     return env

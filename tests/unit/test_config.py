@@ -72,3 +72,21 @@ def test_redact_hides_passwords_only() -> None:
     assert redact("redis://:pw@10.0.0.5:6380/0") == "redis://:****@10.0.0.5:6380/0"
     assert redact("amqp://fleet:pw@rabbit/vhost") == "amqp://fleet:****@rabbit/vhost"
     assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_native_threads_follow_what_the_class_runs() -> None:
+    from fleet.config import load_config
+    from fleet.runtime.launch import native_threads
+
+    cfg = load_config(env={})
+    classes = cfg.classes
+    # a 64-core host: the gpu class on the CPU gets the cores (was: 64 / all compute slots)
+    assert native_threads(classes["gpu"], 64, on_gpu=False) == 64
+    assert native_threads(classes["gpu"], 64, on_gpu=True) == 2  # it only feeds the GPU
+    assert native_threads(classes["io"], 64, on_gpu=False) == 1  # waits on I/O
+    cpu = classes["cpu"].model_copy(update={"concurrency": 8})
+    assert native_threads(cpu, 64, on_gpu=False) == 8  # its own slots share the cores
+    pinned = classes["gpu"].model_copy(update={"threads": 3})
+    assert native_threads(pinned, 64, on_gpu=False) == 3
+    env = load_config(env={"FLEET_CLASS_GPU_THREADS": "5"})
+    assert env.classes["gpu"].threads == 5
