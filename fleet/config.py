@@ -146,6 +146,9 @@ class FleetConfig(BaseModel):
     state_ttl: float = Field(default=1.0, ge=0)
     run_ttl: int = Field(default=86400, gt=0)
     visibility_timeout: int = Field(default=3600, gt=0)
+    # Sizes a run may reach (messages carry values; large data goes by reference as blobs).
+    max_map_items: int = Field(default=10_000, ge=1)  # items one map: node fans out to
+    max_value_bytes: int = Field(default=4 << 20, ge=1024)  # a run's inputs, a step's outputs
     # A step whose worker process dies this many times fails its run (not redelivered again).
     max_worker_losses: int = Field(default=2, ge=1)
     # Where workers keep assembled models and vector indexes (shared by the workers of a host).

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fleet.registry import RuntimeSpec, preloader, registry
-from fleet.runtime.sdk import claim_runtime, data_dir, threads, wants_cuda
+from fleet.runtime.sdk import (
+    claim_runtime,
+    data_dir,
+    ensure_gpu_memory,
+    threads,
+    wants_cuda,
+)
 
 log = logging.getLogger("fleet.models")
 T = TypeVar("T")
@@ -144,6 +150,8 @@ def _llm(model: str, n_ctx: int) -> Any:
 
     path = gguf_path(model)
     gpu_layers = -1 if wants_cuda() else 0
+    # weights, plus the KV cache and compute buffers (about a quarter more for small models)
+    ensure_gpu_memory(path.stat().st_size / 2**20 * 1.25 + 64, f"LLM {path.name}")
     return _loaded(
         f"llm:{model}",
         lambda: Llama(

@@ -40,6 +40,7 @@ class Scope:
 class CompiledWorkflow:
     spec: WorkflowSpec
     root: Scope
+    max_map_items: int = 10_000
 
     @cached_property
     def spec_json(self) -> str:
@@ -91,4 +92,4 @@ def compile_scope(wf: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> Sco
 
 def compile_workflow(spec: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> CompiledWorkflow:
     """Compile a workflow that :func:`fleet.workflow.validate.validate` accepted."""
-    return CompiledWorkflow(spec, compile_scope(spec, cfg, registry))
+    return CompiledWorkflow(spec, compile_scope(spec, cfg, registry), cfg.max_map_items)

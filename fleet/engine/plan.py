@@ -66,8 +66,9 @@ _DONE, _SKIPPED, _PENDING = "done", "skipped", "pending"
 
 
 class _Walker:
-    def __init__(self, state: Outputs) -> None:
+    def __init__(self, state: Outputs, max_map_items: int) -> None:
         self.state = state
+        self.max_map_items = max_map_items
         self.decision = Decision()
 
     def scope(self, sc: Scope, prefix: str, inputs: Mapping[str, Any], after: int) -> _Result:
@@ -120,6 +121,12 @@ class _Walker:
         items = args.pop(node.map)
         if not isinstance(items, list):
             raise PlanError(path, f"map input '{node.map}' is {type(items).__name__}, not a list")
+        if len(items) > self.max_map_items:
+            raise PlanError(
+                path,
+                f"map input '{node.map}' has {len(items)} items (limit {self.max_map_items}, "
+                "max_map_items in the fleet config)",
+            )
         results = []
         for i, item in enumerate(items):
             item_path = f"{path}[{i}]"
@@ -208,7 +215,7 @@ def _call(sc: Scope, node: NodeSpec, path: str, args: dict[str, Any], remaining:
 def decide(workflow: CompiledWorkflow, state: Outputs) -> Decision:
     """The steps ready to run now, the nodes ruled out, and -- once every node has run or
     been ruled out -- the workflow's outputs. Steps already in ``state`` are never ready."""
-    walker = _Walker(state)
+    walker = _Walker(state, workflow.max_map_items)
     root = workflow.root
     result = walker.scope(root, "", state.get(INPUTS, {}), 0)
     decision = walker.decision

@@ -11,6 +11,7 @@ there on every step sends its own successors.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -44,6 +45,17 @@ def to_spec(workflow: WorkflowLike) -> WorkflowSpec:
     if isinstance(workflow, WorkflowSpec):
         return workflow
     return load_workflow(workflow)
+
+
+def _check_size(inputs: dict[str, Any], limit: int) -> None:
+    """Refuse inputs too large to travel in messages, naming the largest, before sending."""
+    sizes = {name: len(json.dumps(value, default=str)) for name, value in inputs.items()}
+    if sum(sizes.values()) > limit:
+        big = max(sizes, key=sizes.__getitem__)
+        raise ValueError(
+            f"workflow inputs are {sum(sizes.values())} bytes (limit {limit}, max_value_bytes); "
+            f"the largest is '{big}' ({sizes[big]} bytes): pass large data by reference"
+        )
 
 
 class RunHandle:
@@ -132,6 +144,7 @@ class Fleet:
             if value is not None:
                 run[key] = value
         values = {**spec.defaults, **inputs}
+        _check_size(values, self.cfg.max_value_bytes)
         meta = {k: run.get(k) for k in ("priority", "sla_s", "policy")}
         for attempt, pause in enumerate((*SUBMIT_RETRY_PAUSES, None), start=1):
             try:  # idempotent: the same run id, and the claims let each step be sent once

@@ -13,7 +13,7 @@ import redis
 from fleet.config import FleetConfig, load_config
 from fleet.constants import BLOB_PREFIX as BLOB_PREFIX  # re-exported for op modules
 from fleet.constants import THREADS_ENV, WORKER_CLASS_ENV
-from fleet.runtime.devices import cuda_available
+from fleet.runtime.devices import cuda_available, detect_gpus
 
 
 @cache
@@ -49,6 +49,23 @@ def claim_runtime(name: str) -> None:
             f"{name} must run in another class (set classes.{worker_class()}.runtimes)"
         )
     _CLAIMED.append(name)
+
+
+def ensure_gpu_memory(need_mb: float, what: str) -> None:
+    """Before loading ``what`` onto this process's GPU: a clear error when it cannot fit
+    (free memory from the driver), instead of an out-of-memory crash halfway through."""
+    if not wants_cuda():
+        return
+    report = detect_gpus()
+    if not report.gpus:
+        return
+    gpu = report.gpus[0]
+    if gpu.free_mb < need_mb:
+        raise MemoryError(
+            f"{what} needs about {need_mb:.0f} MB of GPU memory; GPU {gpu.index} ({gpu.name}) "
+            f"has {gpu.free_mb} MB free of {gpu.total_mb} MB: give this worker another GPU "
+            "(fleet worker CLASS --device N) or a smaller model"
+        )
 
 
 def wants_cuda() -> bool:

@@ -54,7 +54,7 @@ def run_store(task: Task) -> RunStore:
     return dispatcher(task.app).store
 
 
-def _outputs(op: OpSpec, result: Any) -> dict[str, Any]:
+def _outputs(op: OpSpec, result: Any, limit: int = 4 << 20) -> dict[str, Any]:
     """Check an op's return value against its declared outputs and JSON-ability."""
     if op.outputs == ("result",) and not (isinstance(result, dict) and "result" in result):
         result = {"result": result}
@@ -64,9 +64,14 @@ def _outputs(op: OpSpec, result: Any) -> dict[str, Any]:
     if missing:
         raise TypeError(f"op did not return output(s) {', '.join(missing)}")
     try:
-        json.dumps(result)
+        size = len(json.dumps(result))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"op returned a value that is not JSON: {exc}") from None
+    if size > limit:
+        raise ValueError(
+            f"op returned {size} bytes of outputs (limit {limit}, max_value_bytes): "
+            "pass large data by reference (the blob store)"
+        )
     return result
 
 
@@ -164,7 +169,8 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         store.fail(run["id"], call["path"], why)
         raise StepFailed(call["path"], call["op"], why) from exc
     try:
-        outputs = _outputs(op, _run_op(op, call["args"], _deadline(self, call, trace.cls)))
+        result = _run_op(op, call["args"], _deadline(self, call, trace.cls))
+        outputs = _outputs(op, result, engine.cfg.max_value_bytes)
     except Exception as exc:
         _failed(self, store, op, call, run, trace, exc)
     entry = trace.entry("succeeded")

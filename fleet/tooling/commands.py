@@ -180,3 +180,51 @@ def bench(
         for other, ratio in ratios(rows, best).items():
             console.print(f"{best} vs {other}: " + ", ".join(f"{k} x{v}" for k, v in ratio.items()))
     console.print(f"{meta['seconds']} s; wrote " + ", ".join(str(p) for p in paths))
+
+
+@click.command("gpu-check")
+@click.option("--skip-build", is_flag=True, help="Keep the installed llama-cpp-python build.")
+@click.option("--model", default="gemma3-270m", show_default=True, help="LLM (or a .gguf).")
+@click.option("--tokens", default=32, show_default=True, help="Greedy tokens to generate.")
+@click.option("--profile/--no-profile", default=True, show_default=True, help="Run fleet profile.")
+@click.option("--out", default=".fleet/gpu-check", show_default=True, help="Report and logs.")
+@click.pass_context
+def gpu_check(
+    ctx: click.Context, skip_build: bool, model: str, tokens: int, profile: bool, out: str
+) -> None:
+    """The GPU path end to end: CUDA build, P/D both ways, tokens/s per class.
+
+    Builds llama-cpp-python with CUDA for this GPU (unless already a GPU build), starts
+    gpu, cpu and io workers on a Redis of its own, runs prefill on gpu -> decode on cpu and
+    back, checks the text equals a single-class llm.generate, and measures tokens/s per
+    class. Runs on a CPU host too (everything on the CPU). Exits 1 when a check fails.
+    """
+    from fleet.tooling.gpucheck import run_check, write
+
+    workdir = Path(out).resolve()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    profile_out = workdir / "profiles-gpu-check.json" if profile else None
+    try:
+        report = run_check(
+            config(ctx),
+            workdir,
+            console.print,
+            skip_build=skip_build,
+            model=model,
+            tokens=tokens,
+            profile_out=profile_out,
+        )
+    except (FleetError, WorkflowValidationError) as exc:
+        fail(str(exc))
+    write(report, workdir / "gpu-check.json")
+    console.print(
+        f"GPUs: {', '.join(report.gpus) or 'none'}; llama.cpp GPU build: "
+        f"{report.llama_gpu_build}; build: {report.built}"
+    )
+    for direction, same in report.pd.items():
+        console.print(f"P/D {direction}: {'same text' if same else '[red]DIFFERENT text[/]'}")
+    for cls, rates in report.tokens_per_s.items():
+        shown = ", ".join(f"{k.removesuffix('_tok_s')} {v} tok/s" for k, v in rates.items())
+        console.print(f"{cls:<4} {shown}")
+    console.print(f"report: {workdir / 'gpu-check.json'} ({report.seconds} s)")
+    sys.exit(0 if report.ok else 1)

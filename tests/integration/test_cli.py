@@ -195,3 +195,26 @@ def test_trace_ops_and_schema_commands(local_fleet: LocalFleet) -> None:
     assert "llm.generate" in listed.stdout and "speech.stt" in listed.stdout
     schema = json.loads(fleet("schema").stdout)
     assert "nodes" in schema["$defs"]["WorkflowSpec"]["properties"]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_a_cpu_host(tmp_path: Path, tiny_gguf: str) -> None:
+    out = tmp_path / "check"
+    res = fleet(
+        "gpu-check",
+        "--skip-build",
+        "--no-profile",
+        "--model",
+        tiny_gguf,
+        "--tokens",
+        "8",
+        "--out",
+        str(out),
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads((out / "gpu-check.json").read_text())
+    assert report["ok"] and report["pd"] == {"gpu->cpu": True, "cpu->gpu": True}
+    assert report["gpus"] == [] and report["llama_gpu_build"] is False
+    assert set(report["tokens_per_s"]) == {"gpu", "cpu"}
+    assert "P/D gpu->cpu: same text" in res.stdout

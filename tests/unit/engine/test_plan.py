@@ -229,3 +229,13 @@ def test_remaining_counts_the_longest_chain_to_the_end(cfg: FleetConfig) -> None
     compiled = compile_workflow(wf.spec(), cfg, registry)
     ready = {c["path"]: c["remaining"] for c in decide(compiled, {INPUTS: {"t": "x"}}).ready}
     assert ready == {"a": 3, "side": 1}
+
+
+def test_a_map_wider_than_the_limit_fails_naming_the_node(cfg: FleetConfig) -> None:
+    wf = Workflow("wide", inputs=["texts"])
+    wf.output("out", wf.step("ups", "text.upper", text=wf.input("texts"), map="text")["text"])
+    narrow = cfg.model_copy(update={"max_map_items": 3})
+    compiled = compile_workflow(wf.spec(), narrow, registry)
+    assert len(decide(compiled, {INPUTS: {"texts": ["a", "b", "c"]}}).ready) == 3
+    with pytest.raises(PlanError, match=r"node 'ups': map input 'text' has 4 items \(limit 3"):
+        decide(compiled, {INPUTS: {"texts": ["a", "b", "c", "d"]}})

@@ -70,3 +70,16 @@ def test_doctor_reports_every_class_on_a_cpu_machine(cfg: FleetConfig) -> None:
     assert gpu["binds_to"] == "cpu" and "no GPU" in gpu["notes"][0]
     assert report["runtimes"]["llama.cpp"]["gpu"] is False  # this machine's CPU build
     assert any("every class runs on the CPU" in n for n in report["notes"])
+
+
+def test_a_model_that_does_not_fit_the_gpu_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fleet.runtime.devices import Gpu, GpuReport
+
+    monkeypatch.setattr(sdk, "wants_cuda", lambda: True)
+    gpu = Gpu(1, "NVIDIA A40", total_mb=46000, free_mb=300)
+    monkeypatch.setattr(sdk, "detect_gpus", lambda: GpuReport("580.1", [gpu]))
+    with pytest.raises(MemoryError, match=r"needs about 400 MB .* has 300 MB free"):
+        sdk.ensure_gpu_memory(400, "LLM big.gguf")
+    sdk.ensure_gpu_memory(200, "LLM small.gguf")  # fits

@@ -181,3 +181,19 @@ def test_map_items_read_the_run_state_only_when_the_last_one_ends(
     assert broker.drain()[-1] == "joined"
     assert run.get(timeout=1) == {"out": "+".join(f"T{i}" for i in range(20))}
     assert len(reads) == 1  # by the item that completed the set, not by each of the 20
+
+
+def test_values_too_large_for_messages_are_refused(stub: tuple[Fleet, StubBroker]) -> None:
+    client, broker = stub
+    client.cfg = client.cfg.model_copy(update={"max_value_bytes": 10_000})
+    wf = Workflow("big", inputs=["t"])
+    wf.output("out", wf.step("u", "text.upper", text=wf.input("t"))["text"])
+    with pytest.raises(ValueError, match=r"the largest is 't' \(20002 bytes\)"):
+        client.submit(wf, {"t": "x" * 20_000})
+    assert broker.sent == []  # nothing was sent
+
+    from fleet.registry import registry as ops
+    from fleet.runtime.tasks import _outputs
+
+    with pytest.raises(ValueError, match="pass large data by reference"):
+        _outputs(ops.get("text.upper"), {"text": "x" * 20_000}, limit=10_000)
