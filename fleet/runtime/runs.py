@@ -33,14 +33,16 @@ from fleet.constants import (
 from fleet.workflow.model import INPUTS
 
 TERMINAL = ("succeeded", "failed")
+STATE_AFTER_END_S = 600  # how long a finished run's step outputs and claims are kept
 
 # End a run once: the first writer sets finished_at and its fields and wakes the waiters.
 _END = """
 if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('RPUSH', KEYS[2], '1')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
+for i = 3, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return 1
 """
 
@@ -282,8 +284,11 @@ class RunStore:
     def _end(self, run_id: str, fields: dict[str, str]) -> bool:
         """Record a terminal state once; the first writer wins (a late branch cannot undo it)."""
         flat = [x for kv in fields.items() for x in kv]
-        keys = (self._key(run_id), self._key(run_id, "done"))
-        won = self.redis.eval(_END, 2, *keys, self.ttl, repr(time.time()), *flat)
+        keys = [self._key(run_id, part) for part in ("", "done", "out", "claims", "losses")]
+        # The run's working state (every step's outputs, claims) is not what the client reads
+        # once the run ended: it goes after STATE_AFTER_END_S, the record and trace stay.
+        short = min(self.ttl, STATE_AFTER_END_S)
+        won = self.redis.eval(_END, len(keys), *keys, self.ttl, repr(time.time()), short, *flat)
         return bool(won)
 
     def succeed(self, run_id: str, outputs: dict[str, Any]) -> bool:

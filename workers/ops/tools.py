@@ -268,15 +268,27 @@ def _sqlite_path(url: str) -> Path:
 
 
 def _deny_writes(action: int, *_: Any) -> int:
-    allowed = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION}
+    allowed = {
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_FUNCTION,
+        sqlite3.SQLITE_RECURSIVE,  # a recursive WITH reads only
+    }
     return sqlite3.SQLITE_OK if action in allowed else sqlite3.SQLITE_DENY
 
 
-def _query_sqlite(url: str, sql: str, params: Any, max_rows: int) -> list[dict[str, Any]]:
+def _query_sqlite(
+    url: str, sql: str, params: Any, max_rows: int, timeout: float
+) -> list[dict[str, Any]]:
     uri = f"file:{_sqlite_path(url)}?mode=ro"
+    deadline = time.monotonic() + timeout
     with sqlite3.connect(uri, uri=True, timeout=5) as conn:
         conn.row_factory = sqlite3.Row
         conn.set_authorizer(_deny_writes)  # read-only even through a crafted statement
+        # A statement that runs past the deadline (randomblob(9e8), a cross join) is
+        # interrupted inside SQLite, not just abandoned by the step.
+        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_BODY * 16)  # no 900 MB randomblob
         rows = conn.execute(sql, params or ()).fetchmany(max_rows)
         return [dict(r) for r in rows]
 
@@ -295,7 +307,9 @@ def _query_postgres(url: str, sql: str, params: Any, max_rows: int) -> list[dict
 
 
 @op("db.query", kind="tool", classes=("io", "cpu"), outputs=("rows", "count"))
-def db_query(sql: str, url: str, params: Any = None, max_rows: int = 100) -> dict[str, Any]:
+def db_query(
+    sql: str, url: str, params: Any = None, max_rows: int = 100, timeout: float = 10.0
+) -> dict[str, Any]:
     """A parameterized read-only query: SQLite (a path or sqlite:///path) or postgresql://."""
     if not _READ_ONLY.match(sql) or ";" in sql.strip().rstrip(";"):
         raise PermissionError("db.query runs one read-only SELECT/WITH statement")
@@ -305,7 +319,7 @@ def db_query(sql: str, url: str, params: Any = None, max_rows: int = 100) -> dic
         rows = _query_postgres(url, sql, params, max_rows)
     else:
         try:
-            rows = _query_sqlite(url, sql, params, max_rows)
+            rows = _query_sqlite(url, sql, params, max_rows, timeout)
         except sqlite3.DatabaseError as exc:
             raise ToolError(f"query failed: {exc}") from None
     return {"rows": rows, "count": len(rows)}

@@ -202,3 +202,15 @@ def test_db_errors_name_the_problem(db: Path, tmp_path: Path) -> None:
         db_query("SELECT 1", str(tmp_path / "elsewhere.sqlite"))
     with pytest.raises(ToolError, match="no such table"):
         db_query("SELECT * FROM customers", str(db))
+
+
+def test_a_runaway_query_meets_its_deadline(db: Path) -> None:
+    start = time.monotonic()
+    forever = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    )
+    with pytest.raises(ToolError, match="interrupted"):
+        db_query(forever, str(db), timeout=0.5)
+    assert time.monotonic() - start < 5
+    with pytest.raises(ToolError, match="too big"):
+        db_query("SELECT length(randomblob(900000000)) AS n", str(db))
