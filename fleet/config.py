@@ -145,6 +145,8 @@ class FleetConfig(BaseModel):
     worker_ttl: float = Field(default=10.0, gt=0)
     state_ttl: float = Field(default=1.0, ge=0)
     run_ttl: int = Field(default=86400, gt=0)
+    # How long an artifact version (an index) is kept after it was written: 30 days.
+    artifact_ttl: int = Field(default=30 * 86400, gt=0)
     visibility_timeout: int = Field(default=3600, gt=0)
     # Sizes a run may reach (messages carry values; large data goes by reference as blobs).
     max_map_items: int = Field(default=10_000, ge=1)  # items one map: node fans out to

@@ -29,6 +29,7 @@ WORKER_INFO_KEY = "fleet:worker-info"  # hash: worker -> JSON (class, slots, bus
 ONLINE_PROFILE_KEY = "fleet:profile:online"  # hash: op|class -> moving averages
 SWEEP_LOCK_KEY = "fleet:sweeper"  # one worker at a time restores stranded messages
 BLOB_PREFIX = "fleet:blob:"  # bytes passed between steps by reference
+ARTIFACT_PREFIX = "fleet:artifact:"  # versioned named file sets (indexes): <kind>:<name>:...
 
 # Environment variables read by workers (the configuration's own are listed in fleet.config).
 WORKER_CLASS_ENV = "FLEET_WORKER_CLASS"  # the class a worker process serves

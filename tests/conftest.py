@@ -7,7 +7,11 @@ imported, so the test broker's address is fixed here, before any test module is 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +49,30 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> str:
     from tests.support.tinyllm import write_tiny_gguf
 
     return str(write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf"))
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis server at the configured broker URL (started here unless one answers):
+    the run store and the artifact store that unit tests of worker-side code use. The
+    integration fleet finds it running and uses it."""
+    from fleet.runtime.local import broker_reachable
+
+    url = os.environ["FLEET_BROKER_URL"]
+    if broker_reachable(url):
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run `bash scripts/setup.sh`")
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    folder = str(tmp_path_factory.mktemp("redis"))
+    argv = [binary, "--port", port, "--save", "", "--appendonly", "no", "--dir", folder]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not broker_reachable(url, timeout=0.2):
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(10)

@@ -74,13 +74,23 @@ class ProfileStore:
         return store
 
 
+def user_profiles() -> Path:
+    """Where `fleet profile` writes by default: the data folder, never the package."""
+    base = os.environ.get("FLEET_DATA_DIR") or "~/.cache/agent-fleet"
+    return Path(base).expanduser() / "profiles.json"
+
+
 def profiles_path() -> Path:
     """FLEET_PROFILES: a file, or the name of a packaged set (``h100`` is
-    fleet/data/profiles-h100.json); default the packaged profiles of this machine."""
+    fleet/data/profiles-h100.json); else what `fleet profile` measured on this host (in the
+    data folder), else the packaged profiles of the development machine."""
     chosen = os.environ.get(PROFILES_ENV) or ""
     if chosen and "/" not in chosen and not chosen.endswith(".json"):
         return PACKAGED.with_name(f"profiles-{chosen}.json")
-    return Path(chosen or PACKAGED).expanduser()
+    if chosen:
+        return Path(chosen).expanduser()
+    mine = user_profiles()
+    return mine if mine.is_file() else PACKAGED
 
 
 @cache

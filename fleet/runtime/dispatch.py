@@ -96,4 +96,6 @@ class Dispatcher:
             options["time_limit"] = call["timeout"] + 5
         if run.get("priority") is not None:
             options["priority"] = run["priority"]
+        # What Flower and `celery inspect` show instead of a wall of fleet.step.
+        options["shadow"] = f"{run.get('workflow', '?')}:{call['path']} [{call['op']}]"
         self.app.send_task(STEP_TASK, kwargs={"call": call, "run": run}, **options)

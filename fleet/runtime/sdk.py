@@ -13,6 +13,7 @@ import redis
 from fleet.config import FleetConfig, load_config
 from fleet.constants import BLOB_PREFIX as BLOB_PREFIX  # re-exported for op modules
 from fleet.constants import THREADS_ENV, WORKER_CLASS_ENV
+from fleet.runtime.artifacts import ArtifactStore as ArtifactStore  # re-exported for ops
 from fleet.runtime.devices import cuda_available, detect_gpus
 
 
@@ -141,3 +142,9 @@ class BlobStore:
 def blobs() -> BlobStore:
     cfg = settings()
     return BlobStore(_redis(cfg.backend_url), cfg.run_ttl)
+
+
+def artifacts() -> ArtifactStore:
+    """Named, versioned file sets shared by every host (see :mod:`fleet.runtime.artifacts`)."""
+    cfg = settings()
+    return ArtifactStore(_redis(cfg.backend_url), data_dir("artifacts"), cfg.artifact_ttl)

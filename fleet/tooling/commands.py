@@ -73,7 +73,7 @@ def _triage_demo(cfg: FleetConfig, workdir: Path, flower: bool) -> None:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
-    help="Profile file (default: FLEET_PROFILES or the packaged one).",
+    help="Profile file (default: FLEET_PROFILES, else profiles.json in the data folder).",
 )
 @click.option(
     "--merge/--replace", default=True, show_default=True, help="Keep profiles not re-measured."
@@ -82,19 +82,23 @@ def profile(ops: str | None, classes: str | None, reps: int, out: str | None, me
     """Measure ops on the live workers of each class and write the profile store."""
     from rich.progress import Progress
 
-    from fleet.routing.profiles import ProfileStore, profiles_path
+    from fleet.routing.profiles import PACKAGED, ProfileStore, profiles_path, user_profiles
     from fleet.runtime.client import Fleet
     from fleet.tooling.profiling import plan_measurements, profile_fleet, steps_needed
 
     client = Fleet()
     target = Path(out) if out else profiles_path()
+    if not out and target.resolve() == PACKAGED.resolve():
+        target = user_profiles()  # never write into the installed package
     try:
         pairs = plan_measurements(client, split(ops), split(classes))
     except (ValueError, redis.RedisError) as exc:
         fail(str(exc))
     if not pairs:
         fail("nothing to measure: no live worker can run the selected ops (try `fleet up`)")
-    base = ProfileStore.load(target) if merge else ProfileStore()
+    base = ProfileStore()
+    if merge:  # keep what is in force (the packaged profiles, at first) for pairs not measured
+        base = ProfileStore.load(target if target.is_file() else profiles_path())
     with Progress(console=console) as bar:
         task = bar.add_task(f"{len(pairs)} op/class pairs", total=steps_needed(pairs, reps))
         store = profile_fleet(client, pairs, reps, lambda: bar.advance(task), base)

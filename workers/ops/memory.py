@@ -1,28 +1,24 @@
-"""Vector memory on FAISS: build, add, top-k search, fetch by id; persisted on disk.
+"""Vector memory on FAISS: build, add, top-k search, fetch by id -- on any host.
 
-An index lives in ``<data_dir>/indexes/<name>/`` as ``index.faiss`` plus ``docs.json``; every
-write replaces both atomically, and readers reload when the files change.
+An index is an artifact (``fleet.runtime.artifacts``): ``index.faiss`` plus ``docs.json``,
+stored in the fleet's Redis under a content-addressed version, ``latest`` naming the newest.
+``memory.index`` returns the version it wrote; ``memory.search`` / ``memory.get`` read the
+version they are given (so a workflow reads the index it built) or the latest, fetched once
+per host into its cache. No step depends on another host's disk.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from fleet.registry import op
-from fleet.runtime.sdk import data_dir, safe_path
+from fleet.runtime.sdk import artifacts, safe_path
 
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def _dir(name: str) -> Path:
-    if not isinstance(name, str) or not NAME.match(name):
-        raise ValueError(f"index name {name!r} must be 1-64 letters, digits, '_' or '-'")
-    return data_dir("indexes") / name
+KIND = "index"
 
 
 def _check_docs(documents: Any, vectors: Any) -> list[dict[str, Any]]:
@@ -40,36 +36,34 @@ def _check_docs(documents: Any, vectors: Any) -> list[dict[str, Any]]:
 
 
 @cache
-def _load(path: str, mtime_ns: int) -> tuple[Any, list[dict[str, Any]]]:
-    import faiss
+def _load(folder: str) -> tuple[Any, list[dict[str, Any]]]:
+    import faiss  # a version's folder never changes: cached by its path
 
-    index = faiss.read_index(str(Path(path) / "index.faiss"))
-    docs = json.loads((Path(path) / "docs.json").read_text())
+    index = faiss.read_index(str(Path(folder) / "index.faiss"))
+    docs = json.loads((Path(folder) / "docs.json").read_text())
     return index, docs
 
 
-def load_index(name: str) -> tuple[Any, list[dict[str, Any]]]:
-    path = _dir(name)
-    marker = path / "docs.json"
-    if not marker.exists():
-        raise KeyError(f"no index named '{name}' (build it with memory.index first)")
-    return _load(str(path), marker.stat().st_mtime_ns)
+def load_index(name: str, version: str | None = None) -> tuple[str, Any, list[dict[str, Any]]]:
+    """(version, index, documents) of index ``name``: ``version``, or the latest."""
+    try:
+        found, folder = artifacts().fetch(KIND, name, version)
+    except KeyError:
+        raise KeyError(f"no index named '{name}' (build it with memory.index first)") from None
+    index, docs = _load(str(folder))
+    return found, index, docs
 
 
-def _save(name: str, index: Any, docs: list[dict[str, Any]]) -> Path:
+def _save(name: str, index: Any, docs: list[dict[str, Any]]) -> str:
     import faiss
 
-    path = _dir(name)
-    path.mkdir(parents=True, exist_ok=True)
-    tmp_index, tmp_docs = path / f".index.{os.getpid()}", path / f".docs.{os.getpid()}"
-    faiss.write_index(index, str(tmp_index))
-    tmp_docs.write_text(json.dumps(docs))
-    os.replace(tmp_index, path / "index.faiss")
-    os.replace(tmp_docs, path / "docs.json")  # written last: readers key on it
-    return path
+    data = faiss.serialize_index(index).tobytes()
+    return artifacts().put(
+        KIND, name, {"index.faiss": data, "docs.json": json.dumps(docs).encode()}
+    )
 
 
-@op("memory.index", kind="memory", classes=("cpu", "io"), outputs=("name", "count", "path"))
+@op("memory.index", kind="memory", classes=("cpu", "io"), outputs=("name", "count", "version"))
 def index_documents(
     name: str, documents: list[dict[str, Any]], vectors: list[list[float]], mode: str = "replace"
 ) -> dict[str, Any]:
@@ -80,7 +74,7 @@ def index_documents(
     docs = _check_docs(documents, vectors)
     matrix = np.asarray(vectors, dtype="float32")
     if mode == "add":
-        index, existing = load_index(name)
+        _, index, existing = load_index(name)
         index = faiss.clone_index(index)
         known = {d["id"] for d in existing}
         dupes = [d["id"] for d in docs if d["id"] in known]
@@ -94,20 +88,24 @@ def index_documents(
     if matrix.shape[1] != index.d:
         raise ValueError(f"vectors have dimension {matrix.shape[1]}, index '{name}' has {index.d}")
     index.add(matrix)
-    path = _save(name, index, docs)
-    return {"name": name, "count": int(index.ntotal), "path": str(path)}
+    return {"name": name, "count": int(index.ntotal), "version": _save(name, index, docs)}
 
 
 @op("memory.search", kind="memory", classes=("cpu", "io"), outputs=("hits", "context", "ids"))
 def search(
-    name: str, vector: list[float], k: int = 3, min_score: float | None = None
+    name: str,
+    vector: list[float],
+    k: int = 3,
+    min_score: float | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
-    """Top-k documents by cosine similarity to ``vector`` (a list of one vector is accepted)."""
+    """Top-k documents by cosine similarity to ``vector`` (a list of one vector is accepted),
+    in index ``version`` (default: the latest)."""
     import numpy as np
 
     if isinstance(vector, list) and vector and isinstance(vector[0], list):
         vector = vector[0]
-    index, docs = load_index(name)
+    _, index, docs = load_index(name, version)
     query = np.asarray([vector], dtype="float32")
     if query.shape[1] != index.d:
         raise ValueError(f"query has dimension {query.shape[1]}, index '{name}' has {index.d}")
@@ -125,9 +123,9 @@ def search(
 
 
 @op("memory.get", kind="memory", classes=("cpu", "io"), outputs=("document",))
-def get_document(name: str, doc_id: str) -> dict[str, Any]:
+def get_document(name: str, doc_id: str, version: str | None = None) -> dict[str, Any]:
     """Fetch one stored document by id."""
-    _, docs = load_index(name)
+    _, _, docs = load_index(name, version)
     for d in docs:
         if d["id"] == doc_id:
             return {"document": d}

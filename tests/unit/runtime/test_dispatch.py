@@ -41,9 +41,11 @@ def test_priority_and_deadline_travel_with_every_step(cfg: FleetConfig) -> None:
     store = RunStore("redis://127.0.0.1:1/0")  # never reached: send() talks to the broker only
     dispatcher = Dispatcher(app, cfg, store, registry)  # type: ignore[arg-type]
     dispatcher.send(_call(3.0), {"id": "r", "priority": 7})
-    dispatcher.send(_call(None), {"id": "r"})
+    dispatcher.send(_call(None), {"id": "r", "workflow": "triage"})
     (name, first), (_, second) = app.sent
     assert name == "fleet.step"
     assert first["priority"] == 7 and first["soft_time_limit"] == 3.0
     assert first["time_limit"] == 8.0 and first["kwargs"]["call"]["path"] == "a"
+    assert first["shadow"] == "?:a [text.upper]"  # Flower shows workflow:node [op]
     assert "priority" not in second and "soft_time_limit" not in second
+    assert second["shadow"] == "triage:a [text.upper]"

@@ -7,12 +7,9 @@ task records outputs and trace, decides, claims and "sends" its successors.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,29 +23,8 @@ from fleet.runtime import tasks
 from fleet.runtime.app import app
 from fleet.runtime.client import Fleet
 from fleet.runtime.dispatch import Dispatcher
-from fleet.runtime.local import broker_reachable, free_port
 from fleet.runtime.runs import RunStore
 from fleet.workflow.builder import Workflow
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: run `bash scripts/setup.sh`")
-    port = free_port()
-    argv = [binary, "--port", str(port), "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(
-        [*argv, "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while not broker_reachable(url, timeout=0.2):
-        assert time.monotonic() < deadline, "redis-server did not start"
-        time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(10)
 
 
 class StubBroker(Dispatcher):

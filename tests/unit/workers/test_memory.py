@@ -9,6 +9,8 @@ import pytest
 
 from workers.ops.memory import get_document, index_documents, load_docs, search
 
+pytestmark = pytest.mark.usefixtures("redis_url")  # indexes live in the artifact store
+
 EXAMPLES = Path(__file__).resolve().parents[3] / "fleet" / "examples"
 
 
@@ -21,7 +23,7 @@ def test_build_search_get_add() -> None:
     docs = [{"id": f"d{i}", "text": f"text {i}"} for i in range(5)]
     vecs = _unit(5)
     out = index_documents("t-mem", docs, vecs)
-    assert out["count"] == 5 and Path(out["path"], "index.faiss").is_file()
+    assert out["count"] == 5 and len(out["version"]) == 16
     hits = search("t-mem", vecs[3], k=2)
     assert hits["ids"][0] == "d3" and hits["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert len(hits["ids"]) == 2 and "text 3" in hits["context"]
@@ -43,7 +45,7 @@ def test_bad_input_names_the_problem() -> None:
         index_documents("t-bad", [{"id": "a", "text": "x"}], _unit(2))
     with pytest.raises(ValueError, match="already in 't-bad'"):
         index_documents("t-bad", [{"id": "a", "text": "x"}], _unit(1), mode="add")
-    with pytest.raises(ValueError, match="index name"):
+    with pytest.raises(ValueError, match=r"name '\.\./etc'"):
         search("../etc", _unit(1)[0])
 
 
@@ -57,3 +59,27 @@ def test_load_docs_chunks_the_knowledge_base() -> None:
         load_docs("/no/such/folder")  # outside the file roots: not even looked at
     with pytest.raises(FileNotFoundError):
         load_docs(str(EXAMPLES / "no-such-folder"))
+
+
+def test_an_index_is_read_on_another_host_and_by_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet.runtime import sdk
+    from workers.ops import memory
+
+    docs = [{"id": f"d{i}", "text": f"text {i}"} for i in range(3)]
+    first = index_documents("t-hosts", docs, _unit(3))["version"]
+    second = index_documents(
+        "t-hosts", [{"id": "d9", "text": "new"}], _unit(1, seed=9), mode="add"
+    )["version"]
+    assert first != second
+    # "host B": the same fleet (Redis), its own empty disk
+    store = sdk.artifacts()
+    other = sdk.ArtifactStore(store.client, tmp_path / "host-b", store.ttl)
+    monkeypatch.setattr(memory, "artifacts", lambda: other)
+    assert search("t-hosts", _unit(1, seed=9)[0], k=1)["ids"] == ["d9"]  # the latest
+    old = search("t-hosts", _unit(1, seed=9)[0], k=5, version=first)["ids"]
+    assert "d9" not in old and len(old) == 3  # the version a workflow built, not a newer one
+    cached = tmp_path / "host-b" / "index" / "t-hosts"
+    assert sorted(p.name for p in cached.iterdir() if p.is_dir()) == sorted([first, second])
+    assert (cached / "LATEST").read_text() == second  # a version fetched by name stays put
