@@ -4,9 +4,12 @@ threads, data directory, and the blob store for data passed by reference."""
 from __future__ import annotations
 
 import os
+import threading
 import uuid
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any, TypeVar
 
 import redis
 
@@ -148,3 +151,29 @@ def artifacts() -> ArtifactStore:
     """Named, versioned file sets shared by every host (see :mod:`fleet.runtime.artifacts`)."""
     cfg = settings()
     return ArtifactStore(_redis(cfg.backend_url), data_dir("artifacts"), cfg.artifact_ttl)
+
+
+T = TypeVar("T")
+
+
+def run_within(seconds: float, work: Callable[[], T], late: Callable[[], BaseException]) -> T:
+    """``work()`` with a hard deadline, where nothing can be interrupted (a thread pool, a
+    socket that drips a byte at a time): it runs in a daemon thread; past ``seconds`` the
+    caller raises ``late()`` and goes on, and the thread is abandoned to end on its own."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    helper = threading.Thread(target=run, name="fleet-deadline", daemon=True)
+    helper.start()
+    helper.join(seconds)
+    if helper.is_alive():
+        raise late()
+    if "error" in box:
+        raise box["error"]
+    result: T = box["result"]
+    return result

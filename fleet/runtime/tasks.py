@@ -26,6 +26,7 @@ from fleet.routing.profiles import OnlineStats, current_store
 from fleet.runtime.app import app, fleet_config
 from fleet.runtime.dispatch import Dispatcher
 from fleet.runtime.runs import RunStore, TraceEntry
+from fleet.runtime.sdk import run_within
 
 log = logging.getLogger("fleet.tasks")
 RECHECK_AFTER_S = 0.05  # a step that waited longer re-reads its run's status before running
@@ -209,22 +210,11 @@ def _run_op(op: OpSpec, args: dict[str, Any], deadline: float | None) -> Any:
     finish on its own."""
     if deadline is None or threading.current_thread() is threading.main_thread():
         return op.func(**args)  # prefork and solo: Celery's soft/hard time limits apply
-    box: dict[str, Any] = {}
 
-    def run() -> None:
-        try:
-            box["result"] = op.func(**args)
-        except BaseException as exc:  # handed to the step's thread
-            box["error"] = exc
+    def late() -> StepDeadline:
+        return StepDeadline(f"no result within its deadline of {deadline:g} s")
 
-    helper = threading.Thread(target=run, name=f"op {op.name}", daemon=True)
-    helper.start()
-    helper.join(deadline)
-    if helper.is_alive():
-        raise StepDeadline(f"no result within its deadline of {deadline:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    return run_within(deadline, lambda: op.func(**args), late)
 
 
 def _waited(task: Task) -> bool:

@@ -8,16 +8,14 @@ import json
 import re
 import socket
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
 from fleet.registry import op
-from fleet.runtime.sdk import safe_path, settings
+from fleet.runtime.sdk import run_within, safe_path, settings
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_BODY = 1 << 20  # 1 MiB: a tool answer, not a download
@@ -182,29 +180,6 @@ class DeadlineExceeded(TimeoutError):
     """An attempt ran past its whole deadline (a slow-drip server, a hung connect)."""
 
 
-def _within(deadline_s: float, work: Callable[[], Reply]) -> Reply:
-    """Run ``work()`` with a hard deadline: httpx's timeouts are per read, so a server that
-    drips a byte at a time would hold a thread forever. The attempt runs in a daemon thread
-    that is abandoned (its socket closes when the server gives up) if it is late."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["reply"] = work()
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="http.request", daemon=True)
-    thread.start()
-    thread.join(deadline_s)
-    if thread.is_alive():
-        raise DeadlineExceeded(f"no complete answer within {deadline_s:g} s")
-    if "error" in box:
-        raise box["error"]
-    reply: Reply = box["reply"]
-    return reply
-
-
 @op(
     "http.request",
     kind="tool",
@@ -235,8 +210,12 @@ def http_request(
     last = ""
     for attempt in range(1, retries + 2):
         try:
-            reply = _within(
-                timeout, lambda: _exchange(url, method, params, json_body, headers, timeout)
+            # httpx's timeouts are per read: a server that drips a byte at a time would hold
+            # the thread forever, so the whole attempt has a deadline.
+            reply = run_within(
+                timeout,
+                lambda: _exchange(url, method, params, json_body, headers, timeout),
+                lambda: DeadlineExceeded(f"no complete answer within {timeout:g} s"),
             )
         except (httpx.TransportError, DeadlineExceeded) as exc:  # timeouts, refused, drips
             last = f"{type(exc).__name__}: {exc or 'no answer'}"
