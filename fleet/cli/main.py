@@ -254,11 +254,19 @@ def submit(
 @cli.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True)
-def trace(run_id: str, as_json: bool) -> None:
+@click.pass_context
+def trace(ctx: click.Context, run_id: str, as_json: bool) -> None:
     """Show the status and trace of a run."""
     from fleet.runtime.client import Fleet
+    from fleet.runtime.local import broker_reachable
 
-    sys.exit(print_outcome(Fleet().handle(run_id), 0.0, as_json))
+    cfg = config(ctx)
+    if not broker_reachable(cfg.backend_url):  # say so at once, not after retries
+        fail(f"cannot reach the run store at {redact(cfg.backend_url)} (is the fleet up?)")
+    handle = Fleet().handle(run_id)
+    if handle.info() is None:
+        fail(f"no run {run_id}: unknown, or its record expired (run_ttl {cfg.run_ttl} s)")
+    sys.exit(print_outcome(handle, 0.0, as_json))
 
 
 @cli.command()

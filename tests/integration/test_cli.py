@@ -195,6 +195,15 @@ def test_trace_ops_and_schema_commands(local_fleet: LocalFleet) -> None:
     assert "llm.generate" in listed.stdout and "speech.stt" in listed.stdout
     schema = json.loads(fleet("schema").stdout)
     assert "nodes" in schema["$defs"]["WorkflowSpec"]["properties"]
+    unknown = fleet("trace", "f" * 32)
+    assert unknown.returncode == 1 and "no run ffff" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+
+def test_trace_with_the_broker_down_is_a_clear_error() -> None:
+    down = fleet("trace", "abc", env={"FLEET_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert down.returncode == 1 and "cannot reach the run store" in down.stderr
+    assert "Traceback" not in down.stderr
 
 
 @pytest.mark.slow
