@@ -5,6 +5,31 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 
+# Servers that only the tests start (each on free ports, in a temporary folder): RabbitMQ
+# (the AMQP broker tests), PostgreSQL (db.query), Prometheus (scraping `fleet metrics`).
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+missing=()
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "test: installing Debian packages for the test servers: ${missing[*]}"
+  $SUDO apt-get update -qq || exit 1
+  # policy-rc.d 101: install the servers without starting their system services.
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  rc=$?
+  [ "$made_policy" -eq 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
+  [ "$rc" -eq 0 ] || exit 1
+fi
+export FLEET_TEST_REQUIRE_SERVICES=1  # a missing server fails the run instead of skipping
+
 .venv/bin/ruff check fleet workers tests || exit 1
 .venv/bin/ruff format --check fleet workers tests || exit 1
 .venv/bin/mypy fleet workers || exit 1

@@ -14,9 +14,9 @@ from rich.console import Console
 from fleet.config import FleetConfig
 from fleet.errors import FleetError, WorkflowFailed, WorkflowValidationError
 
-# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# Width from the terminal, or from COLUMNS when piped (rich's default is 80 columns).
+console = Console()
+err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -70,7 +70,7 @@ def load_and_validate(file: str) -> Any:
     return client, spec
 
 
-def print_outcome(handle: Any, timeout: float, as_json: bool) -> int:
+def print_outcome(handle: Any, timeout: float, as_json: bool, why: bool = False) -> int:
     """Wait for a run, print its trace and result (or error); the exit code to use."""
     from fleet.cli.report import dumps, trace_json, trace_table
 
@@ -89,7 +89,7 @@ def print_outcome(handle: Any, timeout: float, as_json: bool) -> int:
         doc = {"run": handle.id, "status": handle.status(), "outputs": outputs, "error": error}
         console.print_json(dumps({**doc, "elapsed_s": elapsed, "trace": trace_json(trace)}))
     else:
-        console.print(trace_table(trace))
+        console.print(trace_table(trace, why=why))
         classes = sorted({e.cls for e in trace if e.cls})
         console.print(
             f"run {handle.id}: {handle.status()} in {elapsed:.2f} s on {', '.join(classes)}"

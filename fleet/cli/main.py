@@ -224,6 +224,7 @@ def validate(file: str) -> None:
     "--policy", help="Routing policy for this run (static, preferred, least-latency, cost-sla)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print result and trace as JSON.")
+@click.option("--why", is_flag=True, help="Say under the trace why each step went where it did.")
 def submit(
     file: str,
     pairs: tuple[str, ...],
@@ -234,6 +235,7 @@ def submit(
     sla_s: float | None,
     policy: str | None,
     as_json: bool,
+    why: bool,
 ) -> None:
     """Validate, enqueue and (by default) wait for a workflow; print its result and trace."""
     client, spec = load_and_validate(file)
@@ -248,14 +250,15 @@ def submit(
     if no_wait:
         console.print(handle.id)
         return
-    sys.exit(print_outcome(handle, timeout, as_json))
+    sys.exit(print_outcome(handle, timeout, as_json, why))
 
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print status, result and trace as JSON.")
+@click.option("--why", is_flag=True, help="Say under the trace why each step went where it did.")
 @click.pass_context
-def trace(ctx: click.Context, run_id: str, as_json: bool) -> None:
+def trace(ctx: click.Context, run_id: str, as_json: bool, why: bool) -> None:
     """Show the status and trace of a run."""
     from fleet.runtime.client import Fleet
     from fleet.runtime.local import broker_reachable
@@ -266,7 +269,7 @@ def trace(ctx: click.Context, run_id: str, as_json: bool) -> None:
     handle = Fleet().handle(run_id)
     if handle.info() is None:
         fail(f"no run {run_id}: unknown, or its record expired (run_ttl {cfg.run_ttl} s)")
-    sys.exit(print_outcome(handle, 0.0, as_json))
+    sys.exit(print_outcome(handle, 0.0, as_json, why))
 
 
 @cli.command()

@@ -6,7 +6,9 @@ import json
 from typing import Any
 
 from rich import box
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from fleet.config import FleetConfig
 from fleet.registry import Registry
@@ -20,35 +22,48 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
-def trace_table(trace: list[TraceEntry], t0: float | None = None) -> Table:
-    table = Table(title="trace", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in (
-        "node",
-        "op",
-        "class",
-        "worker",
-        "status",
-        "wait ms",
-        "run ms",
-        "start +ms",
-        "est ms",
-        "why",
-    ):
-        table.add_column(col, justify="right" if "ms" in col else "left")
+def trace_table(trace: list[TraceEntry], t0: float | None = None, why: bool = False) -> Table:
+    """One row per step. Node names and statuses are never cut; errors and (with ``why``) the
+    routing reasons go under the table, so that the rows fit a 100-column terminal."""
+    table = Table(
+        title="trace (ms)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    nodes = max((len(e.node) for e in trace), default=4)
+    table.add_column("node", no_wrap=True, min_width=nodes)
+    table.add_column("op", no_wrap=True, min_width=max(2, *(len(e.op or "") for e in trace)))
+    table.add_column("class", no_wrap=True, min_width=max(5, *(len(e.cls or "") for e in trace)))
+    table.add_column("host", overflow="ellipsis", max_width=16)  # the one that gives way
+    table.add_column("status", no_wrap=True, min_width=10)
+    for col in ("wait", "run", "start") + (("est",) if why else ()):
+        table.add_column(col, justify="right", no_wrap=True, min_width=6)
     base = t0 if t0 is not None else min((e.started_at for e in trace), default=0.0)
+    errors: list[str] = []
+    reasons: list[str] = []
     for e in trace:
+        mark = ""
+        if e.error:
+            errors.append(f"[{len(errors) + 1}] {e.node}: {e.error}")
+            mark = f" [{len(errors)}]"
         table.add_row(
-            e.node,
+            escape(e.node),
             e.op or "-",
             e.cls or "-",
-            e.worker or "-",
-            e.status if not e.error else f"{e.status}: {e.error}",
+            escape((e.worker or "-").rpartition("@")[2]),
+            e.status + mark,
             _ms(e.wait_s),
             _ms(e.run_s) if e.status != "skipped" else "-",
             _ms(e.started_at - base) if e.status != "skipped" else "-",
-            _estimate(e),
-            str(e.route.get("reason", "")),
+            *((_estimate(e),) if why else ()),
         )
+        if why and e.route.get("reason"):
+            reasons.append(f"why {e.node} -> {e.cls or '-'}: {e.route['reason']}")
+    if errors or reasons:
+        table.caption = Text("\n".join(errors + reasons))
+        table.caption_justify = "left"
     return table
 
 

@@ -21,12 +21,9 @@ from fleet.config import FleetConfig
 from fleet.constants import ONLINE_PROFILE_KEY as ONLINE_KEY
 from fleet.constants import WORKER_INFO_KEY as INFO_KEY
 from fleet.constants import WORKERS_KEY
+from fleet.routing.depth import DepthReader, depth_reader
 
 log = logging.getLogger("fleet.routing.state")
-
-# kombu's Redis transport keeps priority levels in sub-lists "<queue>\x06\x16<p>".
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (3, 6, 9)
 
 
 @dataclass(frozen=True)
@@ -77,15 +74,12 @@ class FleetState:
         return self.depth.get(cls, 0) + self._busy.get(cls, 0)
 
 
-def queue_keys(queue: str) -> list[str]:
-    return [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)]
-
-
 class StateReader:
     def __init__(self, cfg: FleetConfig, client: redis.Redis | None = None) -> None:
         self.cfg = cfg
         self._client = client
-        self._broker: redis.Redis | None = None
+        self._depth: DepthReader | None = None
+        self._depth_made = False
 
     @property
     def client(self) -> redis.Redis:
@@ -101,7 +95,6 @@ class StateReader:
             pipe.zrangebyscore(WORKERS_KEY.format(cls=spec.name), now - self.cfg.worker_ttl, "+inf")
         pipe.hgetall(INFO_KEY)
         pipe.hgetall(ONLINE_KEY)
-        broker = self._broker_pipe(classes)
         results = pipe.execute()
         online = {k: float(v) for k, v in results[-1].items()}
         results = results[:-1]
@@ -109,29 +102,20 @@ class StateReader:
         workers: dict[str, list[WorkerInfo]] = {}
         for spec, hosts in zip(classes, results[:-1], strict=True):
             workers[spec.name] = [_worker(h, info.get(h)) for h in hosts]
-        depth = {}
-        if broker is not None:
-            raw = broker.execute()
-            n = len(PRIORITY_STEPS) + 1
-            for i, spec in enumerate(classes):
-                depth[spec.name] = int(sum(raw[i * n : (i + 1) * n]))
+        reader = self.depth_reader()
+        queues = [spec.queue_name for spec in classes]
+        depth: dict[str, int] = {}
+        if reader is not None:
+            by_queue = reader.read(queues)
+            depth = {s.name: by_queue[s.queue_name] for s in classes if s.queue_name in by_queue}
         return FleetState(workers=workers, depth=depth, online=online, fetched_at=now)
 
-    def _broker_pipe(self, classes: list[Any]) -> Any:
-        """LLEN of every class queue, when the broker is Redis (else depth stays unknown)."""
-        if not self.cfg.broker_url.startswith(("redis://", "rediss://", "unix://")):
-            return None
-        if self.cfg.broker_url == self.cfg.backend_url:
-            client = self.client
-        else:  # one client (and connection pool) per reader, not one per refresh
-            if self._broker is None:
-                self._broker = redis.Redis.from_url(self.cfg.broker_url)
-            client = self._broker
-        pipe = client.pipeline(transaction=False)
-        for spec in classes:
-            for key in queue_keys(spec.queue_name):
-                pipe.llen(key)
-        return pipe
+    def depth_reader(self) -> DepthReader | None:
+        """Made once per reader: one broker connection, not one per refresh."""
+        if not self._depth_made:
+            self._depth = depth_reader(self.cfg.broker_url, self.client, self.cfg.backend_url)
+            self._depth_made = True
+        return self._depth
 
 
 def _worker(hostname: str, raw: str | None) -> WorkerInfo:

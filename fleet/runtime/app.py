@@ -17,6 +17,7 @@ from celery.signals import before_task_publish, worker_process_init
 from fleet.config import FleetConfig, load_config
 from fleet.constants import ROUTE_HEADER, SENT_AT_HEADER, TASK_PREFIX, WORKER_CLASS_ENV
 from fleet.registry import registry
+from fleet.routing.depth import AMQP_SCHEMES
 from fleet.routing.router import FleetRouter, take_decision
 from fleet.runtime.backend import backend_setting
 from fleet.runtime.compat import patch_kombu_redis_restore
@@ -71,6 +72,9 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
+    if cfg.broker_url.startswith(AMQP_SCHEMES):
+        # RabbitMQ honours message priorities only on queues declared with x-max-priority.
+        app.conf.task_queue_max_priority = 9
     preset = os.environ.get(WORKER_CLASS_ENV)
     if preset and preset in cfg.classes:
         app.conf.task_acks_late = cfg.classes[preset].acks_late

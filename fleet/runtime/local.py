@@ -20,6 +20,7 @@ import redis
 
 from fleet.config import FleetConfig, redact
 from fleet.errors import FleetError
+from fleet.routing.depth import AMQP_SCHEMES
 from fleet.routing.state import StateReader
 from fleet.runtime.launch import APP, worker_argv, worker_env
 
@@ -35,6 +36,16 @@ def free_port() -> int:
 
 
 def broker_reachable(url: str, timeout: float = 1.0) -> bool:
+    """A Redis server answers PING at ``url``, or an AMQP broker accepts a connection."""
+    if url.startswith(AMQP_SCHEMES):
+        from kombu import Connection
+
+        try:
+            with Connection(url, connect_timeout=timeout) as conn:
+                conn.connect()
+            return True
+        except Exception:  # noqa: BLE001 - socket, auth and protocol errors alike
+            return False
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout).ping())
     except (redis.RedisError, OSError, ValueError):
@@ -81,7 +92,7 @@ class LocalFleet:
     def start(self, wait: float = 60.0) -> None:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         try:
-            self._ensure_redis()
+            self._ensure_broker()
             for cls in self.classes:
                 self._start_worker(cls)
             if self.flower:
@@ -108,8 +119,18 @@ class LocalFleet:
         self.children.append(child)
         return child
 
-    def _ensure_redis(self) -> None:
+    def _ensure_broker(self) -> None:
+        """A RabbitMQ broker must be running already; a local Redis (the broker, or the run
+        store beside RabbitMQ) is started when none answers."""
         url = self.cfg.broker_url
+        if url.startswith(AMQP_SCHEMES):
+            if not broker_reachable(url, timeout=3.0):
+                raise FleetError(f"broker {redact(url)} is unreachable (is RabbitMQ running?)")
+            self.say(f"broker: using RabbitMQ at {redact(url)}")
+            url = self.cfg.backend_url
+        self._ensure_redis(url)
+
+    def _ensure_redis(self, url: str) -> None:
         if broker_reachable(url):
             self.say(f"broker: using the Redis server at {redact(url)}")
             return
@@ -178,7 +199,7 @@ class LocalFleet:
             self.children.remove(child)
             self.say(f"{child.name} exited (code {child.proc.returncode}); restarting it")
             if child.name == "redis":
-                self._ensure_redis()
+                self._ensure_broker()
             elif child.name == "flower":
                 self._start_flower()
             else:

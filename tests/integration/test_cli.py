@@ -89,6 +89,13 @@ def test_submit_prints_result_and_trace(local_fleet: LocalFleet) -> None:
     table = fleet("submit", "fleet/examples/triage.yaml", "-i", "ticket=thanks, all good")
     assert table.returncode == 0
     assert "routine" in table.stdout and "succeeded" in table.stdout and "npu-lite" in table.stdout
+    narrow = fleet(
+        "submit", "fleet/examples/triage.yaml", "-i", "ticket=hi", "--why", env={"COLUMNS": "100"}
+    )
+    assert narrow.returncode == 0, narrow.stderr
+    lines = narrow.stdout.split("\nrun ")[0].splitlines()  # the trace; the result JSON follows
+    assert lines[0].startswith("trace") and max(len(line) for line in lines) <= 100, narrow.stdout
+    assert any(line.startswith("why clean -> cpu:") for line in lines), narrow.stdout
 
 
 def test_submit_failing_workflow_exits_1_naming_node(

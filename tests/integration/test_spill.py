@@ -58,6 +58,29 @@ def test_flooded_class_spills_to_another_eligible_class(client: Fleet) -> None:
     assert any(r["estimates"]["npu-lite"]["wait_s"] > 0 for r in spilled)
 
 
+def test_a_queue_filled_by_another_client_is_read_from_the_broker(client: Fleet) -> None:
+    """A router that sent nothing itself still sees the backlog: depth comes from the broker."""
+    from fleet.runtime.app import create_app
+
+    _settle(client)
+    wf = Workflow("backlog", inputs=["i"])
+    step = wf.step(
+        "work", "test.sleep", seconds=0.3, value=wf.input("i"), classes=["npu-lite", "cpu"]
+    )
+    wf.output("v", step["value"])
+    flood = [client.submit(wf, {"i": i}, policy="preferred") for i in range(8)]
+    other = Fleet(app=create_app(client.cfg), cfg=client.cfg)  # its own router and state cache
+    time.sleep(client.cfg.state_ttl * 3)
+    probe = other.submit(wf, {"i": 99}, policy="least-latency")
+    assert probe.get(timeout=60)["v"] == 99
+    for run in flood:
+        run.get(timeout=60)
+    (entry,) = probe.trace()
+    assert entry.cls == "cpu", entry.route
+    # about six queued 0.3 s steps ahead on the single npu-lite slot: known only from the broker
+    assert entry.route["estimates"]["npu-lite"]["wait_s"] >= 1.0, entry.route
+
+
 def test_cost_sla_keeps_cheap_class_until_the_sla_needs_more(client: Fleet) -> None:
     wf = Workflow("sla", inputs=["i"])
     step = wf.step(

@@ -74,14 +74,24 @@ def test_router_leaves_other_tasks_and_explicit_queues_alone(cfg: FleetConfig) -
 
 
 def test_state_reader_keeps_one_broker_client(cfg: FleetConfig) -> None:
+    from fleet.routing.depth import AmqpDepth, RedisDepth
     from fleet.routing.state import StateReader
 
     split = cfg.model_copy(
         update={"broker_url": "redis://127.0.0.1:1/0", "result_backend": "redis://127.0.0.1:2/0"}
     )
     reader = StateReader(split)
-    classes = list(split.classes.values())
-    first = reader._broker_pipe(classes)
-    second = reader._broker_pipe(classes)  # building a pipeline connects to nothing yet
-    assert first is not None and second is not None
-    assert first.connection_pool is second.connection_pool  # not a new client per refresh
+    first, second = reader.depth_reader(), reader.depth_reader()  # connects to nothing yet
+    assert isinstance(first, RedisDepth) and first is second  # not a new client per refresh
+    assert first.client.connection_pool.connection_kwargs["port"] == 1  # the broker's
+    rabbit = StateReader(split.model_copy(update={"broker_url": "amqp://u:p@127.0.0.1:1//"}))
+    assert isinstance(rabbit.depth_reader(), AmqpDepth)
+    other = StateReader(split.model_copy(update={"broker_url": "sqs://"}))
+    assert other.depth_reader() is None  # shown as '?', routing uses busy counts
+
+
+def test_amqp_depth_unreachable_is_unknown_not_an_error() -> None:
+    from fleet.routing.depth import AmqpDepth
+
+    reader = AmqpDepth("amqp://guest:secret@127.0.0.1:1//", timeout=0.5)
+    assert reader.read(["gpu", "cpu"]) == {}

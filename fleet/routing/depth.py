@@ -1,0 +1,106 @@
+"""How many messages wait in each class's queue, read from the broker itself.
+
+Redis: ``LLEN`` of the queue and of kombu's priority sub-lists, one pipelined round trip.
+RabbitMQ: a passive ``queue.declare`` per queue, whose reply carries the ready-message count
+(messages delivered to a worker but not yet acknowledged are not in it; the workers' heartbeats
+count those as busy). Both are read at most once per state refresh (``state_ttl``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import redis
+
+from fleet.config import redact
+
+log = logging.getLogger("fleet.routing.depth")
+
+# kombu's Redis transport keeps priority levels in sub-lists "<queue>\x06\x16<p>".
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class DepthReader(Protocol):
+    def read(self, queues: list[str]) -> dict[str, int]:
+        """Messages waiting per queue name; a queue it cannot read is left out (unknown)."""
+        ...
+
+
+def queue_keys(queue: str) -> list[str]:
+    return [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)]
+
+
+class RedisDepth:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def read(self, queues: list[str]) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for queue in queues:
+            for key in queue_keys(queue):
+                pipe.llen(key)
+        raw = pipe.execute()
+        n = len(PRIORITY_STEPS) + 1
+        return {q: int(sum(raw[i * n : (i + 1) * n])) for i, q in enumerate(queues)}
+
+
+class AmqpDepth:
+    """One AMQP connection per reader, opened on first use and reopened after an error."""
+
+    def __init__(self, url: str, timeout: float = 2.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._conn: Any = None
+        self._channel: Any = None
+
+    def _open(self) -> Any:
+        from kombu import Connection
+
+        if self._conn is None:
+            self._conn = Connection(self.url, connect_timeout=self.timeout)
+        if self._channel is None:
+            self._channel = self._conn.channel()
+        return self._channel
+
+    def close(self) -> None:
+        conn, self._conn, self._channel = self._conn, None, None
+        if conn is not None:
+            try:
+                conn.release()
+            except Exception:  # noqa: BLE001 - already broken; nothing to keep
+                pass
+
+    def read(self, queues: list[str]) -> dict[str, int]:
+        from amqp.exceptions import NotFound
+
+        depth: dict[str, int] = {}
+        try:
+            for queue in queues:
+                try:
+                    ok = self._open().queue_declare(queue=queue, passive=True)
+                except NotFound:  # not declared yet: nothing was ever sent or consumed
+                    self._channel = None  # the server closed the channel with the error
+                    depth[queue] = 0
+                    continue
+                depth[queue] = int(ok.message_count)
+        except Exception as exc:  # noqa: BLE001 - connection errors vary by transport
+            log.warning("cannot read queue depth from %s: %s", redact(self.url), exc)
+            self.close()
+        return depth
+
+
+def depth_reader(
+    broker_url: str, backend: redis.Redis | None, backend_url: str
+) -> DepthReader | None:
+    """The reader for this broker, or None where depth cannot be read (it shows as '?')."""
+    if broker_url.startswith(REDIS_SCHEMES):
+        if broker_url == backend_url and backend is not None:
+            return RedisDepth(backend)
+        return RedisDepth(redis.Redis.from_url(broker_url))
+    if broker_url.startswith(AMQP_SCHEMES):
+        return AmqpDepth(broker_url)
+    return None

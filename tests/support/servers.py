@@ -1,0 +1,113 @@
+"""Real servers for the tests (RabbitMQ, PostgreSQL, Prometheus), from Debian's packages.
+
+Each starts on free ports in its own temporary folder and stops with the test session.
+`scripts/test.sh` installs the packages and sets FLEET_TEST_REQUIRE_SERVICES=1, so that in CI
+a missing server fails the run; elsewhere a missing package skips the tests that need it,
+saying which package to install.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fleet.runtime.local import free_port
+
+
+def need(binary: str, package: str) -> str:
+    """The binary's path; fail (CI) or skip (elsewhere) with the package to install."""
+    path = shutil.which(binary) or (binary if os.access(binary, os.X_OK) else None)
+    if path is None:
+        why = f"{binary} is not installed (apt-get install -y {package})"
+        if os.environ.get("FLEET_TEST_REQUIRE_SERVICES"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return path
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    port: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def start(
+    name: str,
+    argv: list[str],
+    folder: Path,
+    port: int,
+    env: dict[str, str] | None = None,
+    ready: Callable[[], bool] | None = None,
+    timeout: float = 60.0,
+    user: str | None = None,
+) -> Server:
+    """Start ``argv`` in its own session and wait until ``ready`` (default: the port answers)."""
+    log = folder / f"{name}.log"
+    if user is not None and os.geteuid() == 0:
+        argv = ["runuser", "-u", user, "--", *argv]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=folder,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(name, proc, log, port)
+    check = ready or (lambda: port_open(port))
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            tail = log.read_text(errors="replace")[-2000:]
+            pytest.fail(f"{name} did not start (exit {proc.poll()}):\n{tail}")
+        time.sleep(0.2)
+    return server
+
+
+def start_rabbitmq(folder: Path) -> Server:
+    binary = need("/usr/lib/rabbitmq/bin/rabbitmq-server", "rabbitmq-server")
+    port, dist, epmd = free_port(), free_port(), free_port()
+    node = f"fleet{port}@localhost"
+    env = {
+        "HOME": str(folder),  # the Erlang cookie
+        "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(folder / "log"),
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(dist),
+        "ERL_EPMD_PORT": str(epmd),
+        "RABBITMQ_NODENAME": node,
+        "RABBITMQ_PID_FILE": str(folder / "rabbitmq.pid"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
+    }
+    # The last thing it does is open the AMQP port: the broker is up when it answers.
+    return start("rabbitmq", [binary], folder, port, env, timeout=90)
