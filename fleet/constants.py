@@ -27,6 +27,12 @@ SPEC_KEY = "fleet:spec:{digest}"  # a workflow spec (JSON), content-addressed
 WORKERS_KEY = "fleet:workers:{cls}"  # sorted set: live workers of a class by heartbeat time
 WORKER_INFO_KEY = "fleet:worker-info"  # hash: worker -> JSON (class, slots, busy, pid)
 ONLINE_PROFILE_KEY = "fleet:profile:online"  # hash: op|class -> moving averages
+# hash of cumulative per-workflow counters, written once per run as it ends (see runs._END):
+# "runs|<status>|<wf>", "le|<bucket s>|<wf>", "sum||<wf>", "count||<wf>", "sla||<wf>",
+# "sla_miss||<wf>", "cost||<wf>"
+WORKFLOW_METRICS_KEY = "fleet:metrics:workflows"
+# run-time buckets (s) of the per-workflow latency histogram: agent runs take 0.1 s to minutes
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 SWEEP_LOCK_KEY = "fleet:sweeper"  # one worker at a time restores stranded messages
 BLOB_PREFIX = "fleet:blob:"  # bytes passed between steps by reference
 ARTIFACT_PREFIX = "fleet:artifact:"  # versioned named file sets (indexes): <kind>:<name>:...

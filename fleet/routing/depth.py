@@ -8,6 +8,7 @@ count those as busy). Both are read at most once per state refresh (``state_ttl`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Protocol
 
@@ -48,6 +49,14 @@ class RedisDepth:
         return {q: int(sum(raw[i * n : (i + 1) * n])) for i, q in enumerate(queues)}
 
 
+def amqp_connection(url: str, timeout: float) -> Any:
+    """A kombu connection (not yet connected) to an AMQP broker."""
+    from kombu.connection import Connection
+
+    connect: Any = Connection  # kombu is untyped
+    return connect(url, connect_timeout=timeout)
+
+
 class AmqpDepth:
     """One AMQP connection per reader, opened on first use and reopened after an error."""
 
@@ -58,10 +67,8 @@ class AmqpDepth:
         self._channel: Any = None
 
     def _open(self) -> Any:
-        from kombu import Connection
-
         if self._conn is None:
-            self._conn = Connection(self.url, connect_timeout=self.timeout)
+            self._conn = amqp_connection(self.url, self.timeout)
         if self._channel is None:
             self._channel = self._conn.channel()
         return self._channel
@@ -69,13 +76,11 @@ class AmqpDepth:
     def close(self) -> None:
         conn, self._conn, self._channel = self._conn, None, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken: nothing to keep
                 conn.release()
-            except Exception:  # noqa: BLE001 - already broken; nothing to keep
-                pass
 
     def read(self, queues: list[str]) -> dict[str, int]:
-        from amqp.exceptions import NotFound
+        from amqp.exceptions import NotFound  # type: ignore[import-untyped]
 
         depth: dict[str, int] = {}
         try:
@@ -87,7 +92,7 @@ class AmqpDepth:
                     depth[queue] = 0
                     continue
                 depth[queue] = int(ok.message_count)
-        except Exception as exc:  # noqa: BLE001 - connection errors vary by transport
+        except Exception as exc:
             log.warning("cannot read queue depth from %s: %s", redact(self.url), exc)
             self.close()
         return depth

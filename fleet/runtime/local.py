@@ -20,7 +20,7 @@ import redis
 
 from fleet.config import FleetConfig, redact
 from fleet.errors import FleetError
-from fleet.routing.depth import AMQP_SCHEMES
+from fleet.routing.depth import AMQP_SCHEMES, amqp_connection
 from fleet.routing.state import StateReader
 from fleet.runtime.launch import APP, worker_argv, worker_env
 
@@ -38,13 +38,11 @@ def free_port() -> int:
 def broker_reachable(url: str, timeout: float = 1.0) -> bool:
     """A Redis server answers PING at ``url``, or an AMQP broker accepts a connection."""
     if url.startswith(AMQP_SCHEMES):
-        from kombu import Connection
-
         try:
-            with Connection(url, connect_timeout=timeout) as conn:
+            with amqp_connection(url, timeout) as conn:
                 conn.connect()
             return True
-        except Exception:  # noqa: BLE001 - socket, auth and protocol errors alike
+        except Exception:
             return False
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout).ping())

@@ -3,20 +3,35 @@
     fleet metrics --port 9808      # then scrape http://HOST:9808/metrics
 
 Gauges, labelled by class: ``fleet_queue_depth`` (messages waiting), ``fleet_busy_steps``
-(reserved or running on workers), ``fleet_workers``, ``fleet_slots``, and
-``fleet_step_seconds`` (moving average of step run time, from the routers' online stats).
+(reserved or running on workers), ``fleet_workers``, ``fleet_slots``, ``fleet_cost_per_hour``
+(price x live workers) and ``fleet_step_seconds`` (moving average of step run time, from the
+routers' online stats).
+
+Per workflow, counted once as each run ends (in Redis, so every host's runs add up and the
+counters survive a restart of this exporter): ``fleet_workflow_runs_total{status}``, the
+``fleet_workflow_seconds`` histogram (submission to end), ``fleet_workflow_sla_runs_total`` and
+``fleet_workflow_sla_misses_total`` (runs with an SLA, and those that ended late or failed),
+and ``fleet_workflow_cost_dollars_total`` (run time x class price, summed over the steps).
+The dashboard in docs/grafana/fleet.json plots them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import redis
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from fleet.config import FleetConfig
-from fleet.routing.state import StateReader
+from fleet.constants import LATENCY_BUCKETS, WORKFLOW_METRICS_KEY
+from fleet.routing.state import FleetState, StateReader
 
 
 class FleetCollector(Collector):
@@ -26,16 +41,21 @@ class FleetCollector(Collector):
         self.cfg = cfg
         self.reader = StateReader(cfg)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("fleet_state_up", "1 if the fleet state could be read")
         try:
             state = self.reader.read()
+            counters = cast(dict[str, str], self.reader.client.hgetall(WORKFLOW_METRICS_KEY))
         except redis.RedisError:  # the scrape still answers: the backend is down
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
         yield up
+        yield from self._classes(state)
+        yield from workflow_families(counters)
+
+    def _classes(self, state: FleetState) -> Iterator[Metric]:
         families = {
             "depth": GaugeMetricFamily(
                 "fleet_queue_depth", "Messages waiting in the class queue", labels=["class"]
@@ -49,15 +69,55 @@ class FleetCollector(Collector):
             "slots": GaugeMetricFamily(
                 "fleet_slots", "Worker slots (concurrency) of the class", labels=["class"]
             ),
+            "cost": GaugeMetricFamily(
+                "fleet_cost_per_hour", "Price per hour of the live workers", labels=["class"]
+            ),
             "seconds": GaugeMetricFamily(
                 "fleet_step_seconds", "Moving average of step run time", labels=["class"]
             ),
         }
-        for cls in self.cfg.classes:
+        for cls, spec in self.cfg.classes.items():
+            workers = len(state.workers.get(cls, []))
             families["depth"].add_metric([cls], state.depth.get(cls, 0))
             families["busy"].add_metric([cls], state.busy(cls))
-            families["workers"].add_metric([cls], len(state.workers.get(cls, [])))
+            families["workers"].add_metric([cls], workers)
             families["slots"].add_metric([cls], state.slots(cls))
+            families["cost"].add_metric([cls], workers * spec.price_per_hour)
             if f"*|{cls}|s" in state.online:
                 families["seconds"].add_metric([cls], state.online[f"*|{cls}|s"])
         yield from families.values()
+
+
+def workflow_families(counters: dict[str, str]) -> Iterator[Metric]:
+    """Prometheus families from the per-workflow counters that runs write as they end."""
+    runs = CounterMetricFamily(
+        "fleet_workflow_runs", "Workflow runs ended, by status", labels=["workflow", "status"]
+    )
+    sla = CounterMetricFamily(
+        "fleet_workflow_sla_runs", "Runs submitted with an SLA", labels=["workflow"]
+    )
+    miss = CounterMetricFamily(
+        "fleet_workflow_sla_misses",
+        "Runs with an SLA that ended late or failed",
+        labels=["workflow"],
+    )
+    cost = CounterMetricFamily(
+        "fleet_workflow_cost_dollars", "Step run time x class price, summed", labels=["workflow"]
+    )
+    per_wf: dict[str, dict[str, float]] = {}
+    for field, value in counters.items():
+        kind, arg, wf = field.split("|", 2)
+        if kind == "runs":
+            runs.add_metric([wf, arg], float(value))
+        elif kind in ("sla", "sla_miss", "cost"):
+            {"sla": sla, "sla_miss": miss, "cost": cost}[kind].add_metric([wf], float(value))
+        else:  # le, sum, count: the histogram
+            per_wf.setdefault(wf, {})[f"{kind}|{arg}"] = float(value)
+    seconds = HistogramMetricFamily(
+        "fleet_workflow_seconds", "Run time from submission to end", labels=["workflow"]
+    )
+    for wf, h in sorted(per_wf.items()):
+        buckets = [(repr(b), h.get(f"le|{b!r}", 0.0)) for b in LATENCY_BUCKETS]
+        buckets.append(("+Inf", h.get("count|", 0.0)))
+        seconds.add_metric([wf], buckets, sum_value=h.get("sum|", 0.0))
+    yield from (runs, seconds, sla, miss, cost)

@@ -21,6 +21,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from fleet.constants import (
+    LATENCY_BUCKETS,
     RUN_CLAIMS_KEY,
     RUN_DONE_KEY,
     RUN_KEY,
@@ -29,22 +30,43 @@ from fleet.constants import (
     RUN_OUTPUTS_KEY,
     RUN_TRACE_KEY,
     SPEC_KEY,
+    WORKFLOW_METRICS_KEY,
 )
 from fleet.workflow.model import INPUTS
 
 TERMINAL = ("succeeded", "failed")
 STATE_AFTER_END_S = 600  # how long a finished run's step outputs and claims are kept
 
-# End a run once: the first writer sets finished_at and its fields and wakes the waiters.
+# End a run once: the first writer sets finished_at and its fields, wakes the waiters and
+# adds the run to its workflow's counters (KEYS[3], read by `fleet metrics`) -- exactly once.
 _END = """
 if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('RPUSH', KEYS[2], '1')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-for i = 3, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+for i = 4, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+local run = redis.call('HMGET', KEYS[1], 'workflow', 'status', 'submitted_at', 'meta', 'cost')
+local wf, status = run[1] or '?', run[2] or '?'
+local secs = tonumber(ARGV[2]) - (tonumber(run[3]) or tonumber(ARGV[2]))
+local m = KEYS[3]
+redis.call('HINCRBY', m, 'runs|' .. status .. '|' .. wf, 1)
+redis.call('HINCRBY', m, 'count||' .. wf, 1)
+redis.call('HINCRBYFLOAT', m, 'sum||' .. wf, secs)
+for bound in string.gmatch(ARGV[4], '[^,]+') do
+  if secs <= tonumber(bound) then redis.call('HINCRBY', m, 'le|' .. bound .. '|' .. wf, 1) end
+end
+local ok, meta = pcall(cjson.decode, run[4] or '{}')
+if ok and type(meta) == 'table' and type(meta['sla_s']) == 'number' then
+  redis.call('HINCRBY', m, 'sla||' .. wf, 1)
+  if secs > meta['sla_s'] or status ~= 'succeeded' then
+    redis.call('HINCRBY', m, 'sla_miss||' .. wf, 1)
+  end
+end
+if tonumber(run[5]) then redis.call('HINCRBYFLOAT', m, 'cost||' .. wf, run[5]) end
 return 1
 """
+_BUCKETS = ",".join(repr(b) for b in LATENCY_BUCKETS)
 
 # Claim each path for ARGV[1] unless another task holds it; the same task (a redelivered
 # message keeps its id) gets its claims back, so a step that died after claiming re-sends.
@@ -284,11 +306,13 @@ class RunStore:
     def _end(self, run_id: str, fields: dict[str, str]) -> bool:
         """Record a terminal state once; the first writer wins (a late branch cannot undo it)."""
         flat = [x for kv in fields.items() for x in kv]
-        keys = [self._key(run_id, part) for part in ("", "done", "out", "claims", "losses")]
+        keys = [self._key(run_id), self._key(run_id, "done"), WORKFLOW_METRICS_KEY]
+        keys += [self._key(run_id, part) for part in ("out", "claims", "losses")]
         # The run's working state (every step's outputs, claims) is not what the client reads
         # once the run ended: it goes after STATE_AFTER_END_S, the record and trace stay.
         short = min(self.ttl, STATE_AFTER_END_S)
-        won = self.redis.eval(_END, len(keys), *keys, self.ttl, repr(time.time()), short, *flat)
+        now = repr(time.time())
+        won = self.redis.eval(_END, len(keys), *keys, self.ttl, now, short, _BUCKETS, *flat)
         return bool(won)
 
     def succeed(self, run_id: str, outputs: dict[str, Any]) -> bool:

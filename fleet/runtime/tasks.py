@@ -18,7 +18,8 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, WorkerLostError
 from celery.worker.request import Request
 
-from fleet.constants import PING_TASK, ROUTE_HEADER, SENT_AT_HEADER, STEP_TASK
+from fleet.config import FleetConfig
+from fleet.constants import PING_TASK, ROUTE_HEADER, RUN_KEY, SENT_AT_HEADER, STEP_TASK
 from fleet.engine.plan import StepCall
 from fleet.errors import StepFailed, UnknownOpError
 from fleet.registry import OpSpec, registry
@@ -181,7 +182,7 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         call["path"],
         outputs,
         entry,
-        lambda pipe: _observe(pipe, call, units, entry),
+        lambda pipe: _observe(pipe, call, units, entry, engine.cfg, run["id"]),
         call.get("group"),
     )
     if status == "running" and state is not None:
@@ -247,10 +248,18 @@ def _failed(
     raise StepFailed(call["path"], op.name, error) from exc
 
 
-def _observe(pipe: Any, call: StepCall, units: float, entry: TraceEntry) -> None:
-    """Feed the run time into the shared moving averages the router estimates from."""
+def _observe(
+    pipe: Any, call: StepCall, units: float, entry: TraceEntry, cfg: FleetConfig, run_id: str
+) -> None:
+    """Feed the run time into the shared moving averages the router estimates from, and add
+    the step's cost (run time x its class's price) to the run's."""
     if entry.cls is None:
         return
+    spec = cfg.classes.get(entry.cls)
+    if spec is not None and spec.price_per_hour:
+        pipe.hincrbyfloat(
+            RUN_KEY.format(id=run_id), "cost", entry.run_s * spec.price_per_hour / 3600
+        )
     profile = current_store().get(call["op"], entry.cls)
     predicted = profile.predict(units) if profile is not None else None
     OnlineStats.queue(pipe, call["op"], entry.cls, entry.run_s, predicted)

@@ -8,6 +8,7 @@ saying which package to install.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -53,10 +54,8 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def start(
@@ -111,3 +110,24 @@ def start_rabbitmq(folder: Path) -> Server:
     }
     # The last thing it does is open the AMQP port: the broker is up when it answers.
     return start("rabbitmq", [binary], folder, port, env, timeout=90)
+
+
+def start_prometheus(folder: Path, targets: list[str], interval: str = "1s") -> Server:
+    """Prometheus scraping ``targets`` (host:port) every ``interval``; query it at .url."""
+    binary = need("prometheus", "prometheus")
+    port = free_port()
+    config = folder / "prometheus.yml"
+    config.write_text(
+        f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
+        f"scrape_configs:\n  - job_name: fleet\n    static_configs:\n"
+        f"      - targets: [{', '.join(repr(t) for t in targets)}]\n"
+    )
+    argv = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={folder / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    server = start("prometheus", argv, folder, port, timeout=60)
+    server.extra["url"] = f"http://127.0.0.1:{port}"
+    return server
