@@ -4,7 +4,8 @@ Sources, later ones winning: built-in defaults, a TOML/YAML file (``FLEET_CONFIG
 ``./fleet.toml``), then environment variables::
 
     FLEET_BROKER_URL, FLEET_RESULT_BACKEND, FLEET_POLICY, FLEET_CONTROL_CLASS,
-    FLEET_OP_MODULES, FLEET_HTTP_ALLOW and FLEET_FILE_ROOTS (comma separated), FLEET_FLOWER_PORT,
+    FLEET_OP_MODULES, FLEET_HTTP_ALLOW, FLEET_FILE_ROOTS and FLEET_DB_ALLOW (comma separated),
+    FLEET_FLOWER_PORT,
     FLEET_METRICS_PORT, FLEET_DATA_DIR,
     FLEET_CLASS_<NAME>_<FIELD>   e.g. FLEET_CLASS_NPU_LITE_CONCURRENCY=2
 
@@ -162,6 +163,9 @@ class FleetConfig(BaseModel):
     # Folders that ops taking a file path may read or write, besides data_dir and the
     # packaged examples; /proc, /sys and /dev never.
     file_roots: list[str] = Field(default_factory=list)
+    # PostgreSQL servers db.query may connect to: "host:port" entries (none by default; SQLite
+    # databases come through the artifact store and need no entry).
+    db_allow: list[str] = Field(default_factory=list)
 
     @field_validator("classes")
     @classmethod
@@ -249,6 +253,7 @@ def _env_overrides(data: dict[str, Any], env: dict[str, str]) -> None:
         ("FLEET_OP_MODULES", "op_modules"),
         ("FLEET_HTTP_ALLOW", "http_allow"),
         ("FLEET_FILE_ROOTS", "file_roots"),
+        ("FLEET_DB_ALLOW", "db_allow"),
     )
     for var, key in lists:
         if env.get(var):

@@ -33,6 +33,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["FLEET_DATA_DIR"] = tempfile.mkdtemp(prefix="fleet-test-data-")
     # Test servers listen on random local ports; the fleet's own services stay refused.
     os.environ["FLEET_HTTP_ALLOW"] = "127.0.0.1:*,localhost:*"
+    # The test PostgreSQL server's port, fixed now so the fleet's workers may reach it.
+    pg_port = free_port()
+    os.environ["FLEET_TEST_PG_PORT"] = str(pg_port)
+    os.environ["FLEET_DB_ALLOW"] = f"127.0.0.1:{pg_port}"
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,24 @@ def parse_inputs(pairs: tuple[str, ...], inputs_json: str | None) -> dict[str, A
     return values
 
 
+def key_path(item: str, option: str) -> tuple[str, str]:
+    key, sep, path = item.partition("=")
+    if not sep or not key or not path:
+        raise click.BadParameter(f"'{item}' is not KEY=PATH", param_hint=option)
+    return key, path
+
+
+def save_outputs(client: Any, handle: Any, to_save: dict[str, str]) -> None:
+    """Download the named outputs (blob references) of a finished run to local files."""
+    outputs = (handle.info().outputs or {}) if handle.info() else {}
+    for name, path in to_save.items():
+        ref = outputs.get(name)
+        if not isinstance(ref, str):
+            fail(f"--save {name}: the run has no output '{name}' holding a blob reference")
+        client.download(ref, path)
+        err.print(f"saved {name} to {path}", highlight=False)
+
+
 def load_and_validate(file: str) -> Any:
     from fleet.runtime.client import Fleet
 

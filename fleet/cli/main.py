@@ -18,9 +18,11 @@ from fleet.cli.common import (
     config,
     console,
     fail,
+    key_path,
     load_and_validate,
     parse_inputs,
     print_outcome,
+    save_outputs,
 )
 from fleet.config import load_config, redact
 from fleet.constants import COMMANDS_GROUP
@@ -216,6 +218,20 @@ def validate(file: str) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-i", "--input", "pairs", multiple=True, help="key=value (JSON, or @file for text).")
 @click.option("--inputs-json", type=click.Path(dir_okay=False), help="A JSON file of inputs.")
+@click.option(
+    "--upload",
+    "uploads",
+    multiple=True,
+    metavar="KEY=PATH",
+    help="Send a local file (or folder) into the fleet; the input gets its reference.",
+)
+@click.option(
+    "--save",
+    "saves",
+    multiple=True,
+    metavar="OUTPUT=PATH",
+    help="Write an output that is a blob reference (audio...) to a local file.",
+)
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait.")
 @click.option("--no-wait", is_flag=True, help="Print the run id and return at once.")
 @click.option("--priority", type=click.IntRange(0, 9), help="Message priority (0-9).")
@@ -229,6 +245,8 @@ def submit(
     file: str,
     pairs: tuple[str, ...],
     inputs_json: str | None,
+    uploads: tuple[str, ...],
+    saves: tuple[str, ...],
     timeout: float,
     no_wait: bool,
     priority: int | None,
@@ -240,9 +258,12 @@ def submit(
     """Validate, enqueue and (by default) wait for a workflow; print its result and trace."""
     client, spec = load_and_validate(file)
     inputs = parse_inputs(pairs, inputs_json)
+    to_save = dict(key_path(item, "--save") for item in saves)
     try:
+        for key, path in (key_path(item, "--upload") for item in uploads):
+            inputs[key] = client.upload(path)
         handle = client.submit(spec, inputs, priority=priority, sla_s=sla_s, policy=policy)
-    except (WorkflowValidationError, ValueError) as exc:
+    except (WorkflowValidationError, ValueError, FileNotFoundError) as exc:
         fail(str(exc), 2)
     except redis.RedisError as exc:
         where = redact(client.cfg.broker_url)
@@ -250,7 +271,10 @@ def submit(
     if no_wait:
         console.print(handle.id)
         return
-    sys.exit(print_outcome(handle, timeout, as_json, why))
+    code = print_outcome(handle, timeout, as_json, why)
+    if code == 0 and to_save:
+        save_outputs(client, handle, to_save)
+    sys.exit(code)
 
 
 @cli.command()

@@ -68,18 +68,21 @@ def make_handler(db: Path) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(port: int, db: Path) -> ThreadingHTTPServer:
-    return ThreadingHTTPServer(("127.0.0.1", port), make_handler(db))
+def serve(port: int, db: Path, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    return ThreadingHTTPServer((host, port), make_handler(db))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: workers elsewhere)"
+    )
     parser.add_argument("--db", type=Path, default=Path(".fleet/shop.sqlite"))
     args = parser.parse_args()
     create_db(args.db)
-    server = serve(args.port, args.db)
-    print(f"order API on http://127.0.0.1:{args.port} (db {args.db})", flush=True)
+    server = serve(args.port, args.db, args.host)
+    print(f"order API on http://{args.host}:{args.port} (db {args.db})", flush=True)
     server.serve_forever()
 
 

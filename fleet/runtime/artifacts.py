@@ -14,11 +14,12 @@ import hashlib
 import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 import redis
 
-from fleet.constants import ARTIFACT_PREFIX
+from fleet.constants import ARTIFACT_PREFIX, BLOB_PREFIX
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FILE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -111,3 +112,24 @@ class ArtifactStore:
             for k, v in raw.items()
         }
         return version, self._cache(kind, name, version, files, latest=newest)
+
+
+class BlobStore:
+    """Bytes passed between steps by reference (audio, llama.cpp state), never inline."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self.client = client
+        self.ttl = ttl
+
+    def put(self, data: bytes, kind: str = "bin") -> str:
+        ref = f"{BLOB_PREFIX}{kind}:{uuid.uuid4().hex}"
+        self.client.set(ref, data, ex=self.ttl)
+        return ref
+
+    def get(self, ref: str) -> bytes:
+        if not isinstance(ref, str) or not ref.startswith(BLOB_PREFIX):
+            raise ValueError(f"{ref!r} is not a blob reference ({BLOB_PREFIX}...)")
+        data = self.client.get(ref)
+        if data is None:
+            raise KeyError(f"blob {ref} is unknown or expired")
+        return bytes(data)  # type: ignore[arg-type]

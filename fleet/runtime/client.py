@@ -27,8 +27,10 @@ from fleet.engine.compiler import compile_workflow
 from fleet.errors import FleetError, WorkflowFailed, WorkflowTimeout
 from fleet.registry import registry
 from fleet.routing.policies import make_policy
+from fleet.runtime.artifacts import ArtifactStore, BlobStore
 from fleet.runtime.dispatch import Dispatcher
 from fleet.runtime.runs import RunInfo, RunStore, TraceEntry
+from fleet.runtime.uploads import put_sqlite, upload
 from fleet.workflow.builder import Workflow
 from fleet.workflow.loader import load_workflow
 from fleet.workflow.model import INPUTS, WorkflowSpec
@@ -168,6 +170,27 @@ class Fleet:
     ) -> dict[str, Any]:
         """Submit and wait for the outputs."""
         return self.submit(workflow, inputs).get(timeout=timeout)
+
+    def upload(self, source: bytes | str | Path, kind: str | None = None) -> str:
+        """Send a local file (or bytes, or a folder as a tar) into the fleet; pass the returned
+        reference as a workflow input. It expires with the run records (``run_ttl``)."""
+        return upload(self._blobs(), source, kind)
+
+    def download(self, ref: str, to: str | Path | None = None) -> bytes:
+        """The bytes behind a blob reference (a run's output); written to ``to`` if given."""
+        data = self._blobs().get(ref)
+        if to is not None:
+            Path(to).expanduser().write_bytes(data)
+        return data
+
+    def put_sqlite(self, name: str, path: str | Path) -> str:
+        """Publish a SQLite database for ``db.query``; returns its ``artifact://`` URL."""
+        cache = Path(self.cfg.data_dir).expanduser() / "artifacts"
+        store = ArtifactStore(self.store.redis, cache, self.cfg.artifact_ttl)
+        return put_sqlite(store, name, path)
+
+    def _blobs(self) -> BlobStore:
+        return BlobStore(redis.Redis.from_url(self.cfg.backend_url), self.cfg.run_ttl)
 
     def handle(self, run_id: str) -> RunHandle:
         return RunHandle(run_id, self.store)

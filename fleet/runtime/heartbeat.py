@@ -17,6 +17,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
+from fleet.constants import THREADS_ENV
 from fleet.routing.state import beat, forget
 from fleet.runtime.sweeper import sweep
 
@@ -49,6 +50,8 @@ class Heartbeat(bootsteps.StartStopStep):
             "concurrency": worker.concurrency,
             "pool": getattr(worker.pool_cls, "__module__", str(worker.pool_cls)).split(".")[-1],
             "pid": os.getpid(),
+            # native threads per process, as `fleet worker` set them for this host
+            "threads": int(os.environ.get(THREADS_ENV) or 0) or None,
         }
         self.app = consumer.app
         # A message a live worker took is in its next heartbeat; older ones nobody announced

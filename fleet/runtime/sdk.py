@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -17,7 +16,10 @@ from fleet.config import FleetConfig, load_config
 from fleet.constants import BLOB_PREFIX as BLOB_PREFIX  # re-exported for op modules
 from fleet.constants import THREADS_ENV, WORKER_CLASS_ENV
 from fleet.runtime.artifacts import ArtifactStore as ArtifactStore  # re-exported for ops
+from fleet.runtime.artifacts import BlobStore as BlobStore
 from fleet.runtime.devices import cuda_available, detect_gpus
+from fleet.runtime.uploads import SQLITE_FILE as SQLITE_FILE  # what db.query's artifact:// opens
+from fleet.runtime.uploads import SQLITE_KIND as SQLITE_KIND
 
 
 @cache
@@ -119,27 +121,6 @@ def data_dir(*parts: str) -> Path:
 @cache
 def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
-
-
-class BlobStore:
-    """Bytes passed between steps by reference (audio, llama.cpp state), never inline."""
-
-    def __init__(self, client: redis.Redis, ttl: int) -> None:
-        self.client = client
-        self.ttl = ttl
-
-    def put(self, data: bytes, kind: str = "bin") -> str:
-        ref = f"{BLOB_PREFIX}{kind}:{uuid.uuid4().hex}"
-        self.client.set(ref, data, ex=self.ttl)
-        return ref
-
-    def get(self, ref: str) -> bytes:
-        if not isinstance(ref, str) or not ref.startswith(BLOB_PREFIX):
-            raise ValueError(f"{ref!r} is not a blob reference ({BLOB_PREFIX}...)")
-        data = self.client.get(ref)
-        if data is None:
-            raise KeyError(f"blob {ref} is unknown or expired")
-        return bytes(data)  # type: ignore[arg-type]
 
 
 def blobs() -> BlobStore:

@@ -290,8 +290,8 @@ def _row(job: Job, handle: Any, info: Any) -> dict[str, Any]:
 
 def worker_env(cfg_file: Path, ctx: dict[str, str], workdir: Path) -> dict[str, str]:
     """The workers' configuration: the deployment's file, plus the example order API as the
-    one HTTP endpoint tools may call and the work folder (question audio) as a file root."""
-    env = {"FLEET_CONFIG": str(cfg_file), "FLEET_FILE_ROOTS": str(workdir)}
+    one HTTP endpoint tools may call."""
+    env = {"FLEET_CONFIG": str(cfg_file)}
     if ctx.get("api"):
         env["FLEET_HTTP_ALLOW"] = ctx["api"].removeprefix("http://")
     return env
@@ -325,8 +325,10 @@ def build_index(ctx: dict[str, str], workdir: Path) -> None:
     env = worker_env(cfg_file, ctx, workdir)
     with LocalFleet(cfg, [], False, workdir / "index", "WARNING", say=lambda s: None, env=env):
         client = Fleet(app=create_app(cfg), cfg=cfg)
-        docs = {"docs": str(EXAMPLES / "kb"), "index": ctx["index"]}
+        docs = {"docs": client.upload(EXAMPLES / "kb"), "index": ctx["index"]}
         client.submit(EXAMPLES / "kb_build.yaml", docs).get(timeout=600)
+        if ctx["audio"]:  # the question goes in by reference, as a remote client's would
+            ctx["audio"] = client.upload(ctx["audio"])
 
 
 def order_rounds(names: list[str], rounds: int) -> list[tuple[int, str]]:

@@ -77,26 +77,26 @@ def run_voice_demo(
         client.validate(EXAMPLES / name)  # before starting anything
     api = OrderAPI(workdir)
     say(f"order API: {api.url} (SQLite {workdir / 'shop.sqlite'})")
-    # The workers may call this API and read the question's audio in the work folder.
-    env = {"FLEET_HTTP_ALLOW": f"127.0.0.1:{api.port}", "FLEET_FILE_ROOTS": str(workdir)}
+    # The workers may call this API; they read nothing from this machine's disk: the
+    # documents and the question go in by reference, the spoken answer comes back by one.
+    env = {"FLEET_HTTP_ALLOW": f"127.0.0.1:{api.port}"}
     fleet = LocalFleet(cfg, [], flower, workdir, "WARNING", say=say, env=env)
     try:
         fleet.start()
         say("building the knowledge-base index (embeddings on npu-lite, FAISS on cpu)...")
         start = time.monotonic()
-        kb = client.submit(EXAMPLES / "kb_build.yaml", {"docs": str(EXAMPLES / "kb")})
+        kb = client.submit(EXAMPLES / "kb_build.yaml", {"docs": client.upload(EXAMPLES / "kb")})
         show(kb, time.monotonic() - start)
         audio = speak_to_file(question, workdir / "question.wav")
         say(f"question ({audio}): {question!r}")
         start = time.monotonic()
-        run = client.submit(EXAMPLES / "voice_agent.yaml", {"audio": str(audio), "api": api.url})
+        inputs = {"audio": client.upload(audio), "api": api.url}
+        run = client.submit(EXAMPLES / "voice_agent.yaml", inputs)
         show(run, time.monotonic() - start)
         info = run.info()
         if info is not None and info.outputs and info.outputs.get("audio"):
-            from fleet.runtime.sdk import blobs
-
             answer = workdir / "answer.wav"
-            answer.write_bytes(blobs().get(info.outputs["audio"]))
+            client.download(info.outputs["audio"], answer)
             say(f"spoken answer: {answer}")
     finally:
         api.stop()

@@ -16,7 +16,8 @@ import pytest
 from fleet.errors import WorkflowFailed
 from fleet.runtime.client import Fleet
 from fleet.runtime.runs import TraceEntry
-from fleet.runtime.sdk import blobs, data_dir
+from fleet.runtime.sdk import blobs
+from fleet.tooling.demo import speak_to_file
 from fleet.workflow.builder import Workflow
 
 pytestmark = pytest.mark.integration
@@ -120,8 +121,9 @@ def test_memory_unknown_document_id(client: Fleet) -> None:
 
 @pytest.fixture(scope="module")
 def knowledge_base(local_fleet: Any) -> dict[str, Any]:
-    out = Fleet().submit(
-        EXAMPLES / "kb_build.yaml", {"docs": str(EXAMPLES / "kb"), "index": "kb-test"}
+    client = Fleet()  # the documents go in as one uploaded folder (a tar blob)
+    out = client.submit(
+        EXAMPLES / "kb_build.yaml", {"docs": client.upload(EXAMPLES / "kb"), "index": "kb-test"}
     )
     return out.get(timeout=300)
 
@@ -172,19 +174,13 @@ def test_batch_summarisation_fans_out_and_in(client: Fleet) -> None:
 def test_voice_agent_end_to_end(
     client: Fleet, knowledge_base: dict[str, Any], order_api: str, tmp_path: Path
 ) -> None:
-    question = data_dir("voice-test") / "q.wav"  # ops write only under the file roots
-    speak = Workflow("speak-question", inputs=["text"])
-    said = speak.step("tts", "speech.tts", text=speak.input("text"), out=str(question))
-    speak.output("seconds", said["seconds"])
-    assert (
-        client.submit(
-            speak, {"text": "Hello. Where is my order 1042? It has not arrived yet."}
-        ).get(timeout=60)["seconds"]
-        > 1
+    # spoken on the client and sent by reference: no worker reads the client's disk
+    question = speak_to_file(
+        "Hello. Where is my order 1042? It has not arrived yet.", tmp_path / "q.wav"
     )
     run = client.submit(
         EXAMPLES / "voice_agent.yaml",
-        {"audio": str(question), "api": order_api, "index": "kb-test"},
+        {"audio": client.upload(question), "api": order_api, "index": "kb-test"},
     )
     out = run.get(timeout=300)
     assert "1042" in out["question"].replace(",", "")  # real speech-to-text
@@ -196,4 +192,7 @@ def test_voice_agent_end_to_end(
     steps = _ran(run.trace())
     assert steps["transcribe"].cls == "gpu" and steps["answer"].cls == "gpu"
     assert steps["embed_question"].cls == "npu-lite" and steps["retrieve"].cls == "cpu"
-    assert steps["tools#1/lookup"].cls == "io" and steps["load_audio"].cls == "io"
+    assert steps["tools#1/lookup"].cls == "io"
+    answer = tmp_path / "answer.wav"
+    client.download(out["audio"], answer)
+    assert answer.read_bytes().startswith(b"RIFF")

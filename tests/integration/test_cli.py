@@ -234,3 +234,27 @@ def test_gpu_check_runs_on_a_cpu_host(tmp_path: Path, tiny_gguf: str) -> None:
     assert report["gpus"] == [] and report["llama_gpu_build"] is False
     assert set(report["tokens_per_s"]) == {"gpu", "cpu"}
     assert "P/D gpu->cpu: same text" in res.stdout
+
+
+def test_submit_uploads_a_folder_and_saves_an_audio_output(
+    tmp_path: Path, local_fleet: LocalFleet
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Returns\n\nReturns are free within 30 days.")
+    (docs / "b.md").write_text("# Warranty\n\nTwo years on every blender.")
+    (docs / "skip.txt").write_text("not markdown")
+    wf = tmp_path / "read-aloud.yaml"
+    wf.write_text(
+        "name: read-aloud\ninputs: [docs]\nnodes:\n"
+        "  - {name: load, op: memory.load_docs, inputs: {path: inputs.docs}}\n"
+        "  - {name: speak, op: speech.tts, params: {text: two documents read}}\n"
+        "outputs: {count: load.texts, audio: speak.audio}\n"
+    )
+    out = tmp_path / "out.wav"
+    res = fleet("submit", str(wf), "--upload", f"docs={docs}", "--save", f"audio={out}", "--json")
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads(res.stdout)["outputs"]["count"]) == 2  # the two .md files
+    assert out.read_bytes().startswith(b"RIFF") and f"saved audio to {out}" in res.stderr
+    missing = fleet("submit", str(wf), "--upload", f"docs={tmp_path / 'nope'}")
+    assert missing.returncode == 2 and "no such file or folder" in missing.stderr

@@ -80,9 +80,7 @@ def test_prometheus_scrapes_depth_and_workflow_latency(client: Fleet, prometheus
         prometheus, f"histogram_quantile(0.95, sum by (le) (fleet_workflow_seconds_bucket{labels}))"
     )
     assert 0.2 <= float(p95[0]["value"][1]) <= 5.0, p95  # each run sleeps 0.2 s
-    (ok,) = query(
-        prometheus, 'fleet_workflow_runs_total{workflow="prom-check",status="succeeded"}'
-    )
+    (ok,) = query(prometheus, 'fleet_workflow_runs_total{workflow="prom-check",status="succeeded"}')
     assert ok["value"][1] == "4"
     (sla,) = query(prometheus, f"fleet_workflow_sla_runs_total{labels}")
     (miss,) = query(prometheus, f"fleet_workflow_sla_misses_total{labels}")

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,4 +131,53 @@ def start_prometheus(folder: Path, targets: list[str], interval: str = "1s") -> 
     ]
     server = start("prometheus", argv, folder, port, timeout=60)
     server.extra["url"] = f"http://127.0.0.1:{port}"
+    return server
+
+
+def start_postgres(folder: Path, port: int | None = None) -> Server:
+    """A PostgreSQL cluster of its own (initdb), on a free port and a private socket folder.
+    As root, it runs as the ``postgres`` user (PostgreSQL refuses to run as root). The
+    superuser ``postgres`` logs in without a password over 127.0.0.1 (trust, this test only)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    initdb = need(str(found[-1]) if found else "initdb", "postgresql")
+    bindir = Path(initdb).parent
+    user = "postgres" if os.geteuid() == 0 else None
+    if user is not None:  # pytest's folders are root's alone (0700): one postgres can enter
+        folder = Path(tempfile.mkdtemp(prefix="fleet-test-pg-"))
+        shutil.chown(folder, user)
+    data, sockets = folder / "data", folder / "sockets"
+    sockets.mkdir()
+    if user is not None:
+        shutil.chown(sockets, user)
+    argv = [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+    if user is not None:
+        argv = ["runuser", "-u", user, "--", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        pytest.fail(f"initdb failed: {done.stderr or done.stdout}")
+    port = port or free_port()
+    argv = [
+        str(bindir / "postgres"),
+        "-D",
+        str(data),
+        "-p",
+        str(port),
+        "-k",
+        str(sockets),
+        "-c",
+        "listen_addresses=127.0.0.1",
+    ]
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def ready() -> bool:  # the port opens before the server accepts logins
+        import psycopg
+
+        try:
+            psycopg.connect(url, connect_timeout=1).close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    server = start("postgres", argv, folder, port, ready=ready, timeout=60, user=user)
+    server.extra["url"] = url
     return server

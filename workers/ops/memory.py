@@ -9,14 +9,17 @@ per host into its cache. No step depends on another host's disk.
 
 from __future__ import annotations
 
+import fnmatch
+import io
 import json
 import re
+import tarfile
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from fleet.registry import op
-from fleet.runtime.sdk import artifacts, safe_path
+from fleet.runtime.sdk import BLOB_PREFIX, artifacts, blobs, safe_path
 
 KIND = "index"
 
@@ -145,21 +148,41 @@ def _chunks(text: str, size: int) -> list[str]:
 
 @op("memory.load_docs", kind="memory", classes=("io", "cpu"), outputs=("documents", "texts"))
 def load_docs(path: str, chunk_chars: int = 800, pattern: str = "*.md") -> dict[str, Any]:
-    """Read a folder of text files into chunked documents ``{id, title, text}``."""
+    """Chunk text files into documents ``{id, title, text}``. ``path`` is a folder the client
+    uploaded (``Fleet.upload(folder)``: a ``tar`` blob reference), or a folder on the worker
+    under the file roots."""
+    if "/" in pattern or "\\" in pattern or ".." in pattern:
+        raise ValueError(f"pattern {pattern!r} must name files in the folder, not a path")
+    files = _uploaded(path, pattern) if path.startswith(BLOB_PREFIX) else _on_disk(path, pattern)
+    docs = []
+    for stem, text in files:
+        title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.strip()), stem)
+        for i, chunk in enumerate(_chunks(text, chunk_chars)):
+            docs.append({"id": f"{stem}#{i}", "title": title, "text": chunk})
+    if not docs:
+        raise ValueError(f"no documents matching {pattern} in {path}")
+    return {"documents": docs, "texts": [d["text"] for d in docs]}
+
+
+def _uploaded(ref: str, pattern: str) -> list[tuple[str, str]]:
+    with tarfile.open(fileobj=io.BytesIO(blobs().get(ref)), mode="r:") as tar:
+        members = sorted(tar.getmembers(), key=lambda m: m.name)
+        found = []
+        for m in members:  # regular files by their base name only: nothing is extracted
+            if m.isfile() and "/" not in m.name and fnmatch.fnmatchcase(m.name, pattern):
+                data = tar.extractfile(m)
+                if data is not None:
+                    found.append((Path(m.name).stem, data.read().decode("utf-8", "replace")))
+        return found
+
+
+def _on_disk(path: str, pattern: str) -> list[tuple[str, str]]:
     root = safe_path(path, "documents folder")
     if not root.is_dir():
         raise FileNotFoundError(f"documents folder {root} does not exist")
-    if "/" in pattern or "\\" in pattern or ".." in pattern:
-        raise ValueError(f"pattern {pattern!r} must name files in the folder, not a path")
-    docs = []
-    for found in sorted(root.glob(pattern)):
-        file = safe_path(found, "document")  # a symlink in the folder may point anywhere
-        if not file.is_file():
-            continue
-        text = file.read_text()
-        title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.strip()), file.stem)
-        for i, chunk in enumerate(_chunks(text, chunk_chars)):
-            docs.append({"id": f"{file.stem}#{i}", "title": title, "text": chunk})
-    if not docs:
-        raise ValueError(f"no documents matching {pattern} in {root}")
-    return {"documents": docs, "texts": [d["text"] for d in docs]}
+    found = []
+    for file in sorted(root.glob(pattern)):
+        file = safe_path(file, "document")  # a symlink in the folder may point anywhere
+        if file.is_file():
+            found.append((file.stem, file.read_text()))
+    return found

@@ -1,21 +1,18 @@
 """Tool calls for the io class: HTTP (allowlist of scheme, host, port and path; the fleet's own
 services refused; redirects checked hop by hop; a whole-attempt deadline and a streamed byte
-cap; retries) and read-only SQL on a database under the file roots or PostgreSQL."""
+cap; retries). Read-only SQL is in :mod:`workers.ops.db`."""
 
 from __future__ import annotations
 
 import json
-import re
 import socket
-import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
 from fleet.registry import op
-from fleet.runtime.sdk import run_within, safe_path, settings
+from fleet.runtime.sdk import run_within, settings
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_BODY = 1 << 20  # 1 MiB: a tool answer, not a download
@@ -233,72 +230,3 @@ def http_request(
         if attempt <= retries:
             time.sleep(backoff * 2 ** (attempt - 1))
     raise ToolError(f"{method} {url} failed after {retries + 1} attempt(s): {last}")
-
-
-_READ_ONLY = re.compile(r"^\s*(select|with)\b", re.I)
-
-
-def _sqlite_path(url: str) -> Path:
-    raw = url.removeprefix("sqlite:///") if url.startswith("sqlite:") else url
-    path = safe_path(raw, "database")
-    if not path.is_file():
-        raise FileNotFoundError(f"database {path} does not exist")
-    return path
-
-
-def _deny_writes(action: int, *_: Any) -> int:
-    allowed = {
-        sqlite3.SQLITE_SELECT,
-        sqlite3.SQLITE_READ,
-        sqlite3.SQLITE_FUNCTION,
-        sqlite3.SQLITE_RECURSIVE,  # a recursive WITH reads only
-    }
-    return sqlite3.SQLITE_OK if action in allowed else sqlite3.SQLITE_DENY
-
-
-def _query_sqlite(
-    url: str, sql: str, params: Any, max_rows: int, timeout: float
-) -> list[dict[str, Any]]:
-    uri = f"file:{_sqlite_path(url)}?mode=ro"
-    deadline = time.monotonic() + timeout
-    with sqlite3.connect(uri, uri=True, timeout=5) as conn:
-        conn.row_factory = sqlite3.Row
-        conn.set_authorizer(_deny_writes)  # read-only even through a crafted statement
-        # A statement that runs past the deadline (randomblob(9e8), a cross join) is
-        # interrupted inside SQLite, not just abandoned by the step.
-        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_BODY * 16)  # no 900 MB randomblob
-        rows = conn.execute(sql, params or ()).fetchmany(max_rows)
-        return [dict(r) for r in rows]
-
-
-def _query_postgres(url: str, sql: str, params: Any, max_rows: int) -> list[dict[str, Any]]:
-    try:
-        import psycopg
-        from psycopg.rows import dict_row
-    except ImportError as exc:
-        raise ToolError("PostgreSQL URLs need the 'psycopg' package on the worker") from exc
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        conn.read_only = True
-        with conn.cursor() as cur:
-            cur.execute(sql, params or None)
-            return list(cur.fetchmany(max_rows))
-
-
-@op("db.query", kind="tool", classes=("io", "cpu"), outputs=("rows", "count"))
-def db_query(
-    sql: str, url: str, params: Any = None, max_rows: int = 100, timeout: float = 10.0
-) -> dict[str, Any]:
-    """A parameterized read-only query: SQLite (a path or sqlite:///path) or postgresql://."""
-    if not _READ_ONLY.match(sql) or ";" in sql.strip().rstrip(";"):
-        raise PermissionError("db.query runs one read-only SELECT/WITH statement")
-    if params is not None and not isinstance(params, list | dict):
-        raise ValueError("params must be a list (for ?) or a mapping (for :name)")
-    if url.startswith(("postgres://", "postgresql://")):
-        rows = _query_postgres(url, sql, params, max_rows)
-    else:
-        try:
-            rows = _query_sqlite(url, sql, params, max_rows, timeout)
-        except sqlite3.DatabaseError as exc:
-            raise ToolError(f"query failed: {exc}") from None
-    return {"rows": rows, "count": len(rows)}

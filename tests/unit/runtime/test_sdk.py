@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from fleet.runtime.sdk import EXAMPLES, data_dir, safe_path
+from workers.ops.db import db_query
 from workers.ops.memory import load_docs
 from workers.ops.speech import load_audio, tts
-from workers.ops.tools import db_query
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "/proc/self/environ", "/etc/shadow", "/"])

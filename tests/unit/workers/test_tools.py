@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-from fleet.runtime.sdk import data_dir, settings
-from workers.ops.tools import Rule, Target, ToolError, db_query, http_request
+from fleet.runtime.sdk import settings
+from workers.ops.tools import Rule, Target, ToolError, http_request
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -167,50 +165,3 @@ def test_a_slow_drip_server_meets_the_whole_deadline(server: str) -> None:
 def test_bodies_are_capped_while_streaming(server: str) -> None:
     with pytest.raises(ToolError, match="body over"):
         http_request(f"{server}/big", expect_json=False)
-
-
-@pytest.fixture()
-def db() -> Path:
-    path = data_dir("test-db") / f"shop-{time.monotonic_ns()}.sqlite"
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE orders (id INTEGER, status TEXT)")
-        conn.executemany("INSERT INTO orders VALUES (?, ?)", [(1, "shipped"), (2, "late")])
-    return path
-
-
-def test_db_parameterized_read(db: Path) -> None:
-    out = db_query("SELECT status FROM orders WHERE id = ?", str(db), [2])
-    assert out == {"rows": [{"status": "late"}], "count": 1}
-    out = db_query("SELECT id FROM orders WHERE status = :s", f"sqlite:///{db}", {"s": "shipped"})
-    assert out["rows"] == [{"id": 1}]
-
-
-def test_db_is_read_only(db: Path) -> None:
-    with pytest.raises(PermissionError, match="read-only"):
-        db_query("DELETE FROM orders", str(db))
-    with pytest.raises(PermissionError, match="one read-only"):
-        db_query("SELECT 1; DROP TABLE orders", str(db))
-    with pytest.raises(ToolError, match=r"not authorized|readonly"):
-        db_query("WITH x AS (SELECT 1) INSERT INTO orders SELECT 3, 'x'", str(db))
-    assert db_query("SELECT count(*) AS n FROM orders", str(db))["rows"] == [{"n": 2}]
-
-
-def test_db_errors_name_the_problem(db: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        db_query("SELECT 1", str(db.parent / "missing.sqlite"))
-    with pytest.raises(PermissionError, match="outside the folders ops may use"):
-        db_query("SELECT 1", str(tmp_path / "elsewhere.sqlite"))
-    with pytest.raises(ToolError, match="no such table"):
-        db_query("SELECT * FROM customers", str(db))
-
-
-def test_a_runaway_query_meets_its_deadline(db: Path) -> None:
-    start = time.monotonic()
-    forever = (
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
-    )
-    with pytest.raises(ToolError, match="interrupted"):
-        db_query(forever, str(db), timeout=0.5)
-    assert time.monotonic() - start < 5
-    with pytest.raises(ToolError, match="too big"):
-        db_query("SELECT length(randomblob(900000000)) AS n", str(db))

@@ -1,0 +1,87 @@
+"""db.query against a real PostgreSQL server, through a role that may only SELECT: from the
+op directly (read-only session, statement timeout, grants) and as a step on the fleet."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from fleet.runtime.client import Fleet
+from fleet.workflow.builder import Workflow
+from tests.support.servers import start_postgres
+from workers.ops.db import QueryError, db_query
+
+pytestmark = pytest.mark.integration
+
+SETUP = """
+CREATE DATABASE shop;
+"""
+SCHEMA = """
+CREATE TABLE orders (id integer PRIMARY KEY, status text NOT NULL, item text NOT NULL);
+INSERT INTO orders VALUES (1042, 'shipped', 'blender'), (1043, 'processing', 'kettle');
+CREATE TABLE payroll (name text, salary integer);
+CREATE ROLE fleet_reader LOGIN;
+GRANT CONNECT ON DATABASE shop TO fleet_reader;
+GRANT USAGE ON SCHEMA public TO fleet_reader;
+GRANT SELECT ON orders TO fleet_reader;
+"""
+
+
+@pytest.fixture(scope="module")
+def reader_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = int(os.environ["FLEET_TEST_PG_PORT"])  # FLEET_DB_ALLOW names it (tests/conftest.py)
+    server = start_postgres(tmp_path_factory.mktemp("postgres"), port)
+    admin = server.extra["url"]
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE shop")
+    with psycopg.connect(admin.rsplit("/", 1)[0] + "/shop", autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    yield f"postgresql://fleet_reader@127.0.0.1:{port}/shop"
+    server.stop()
+
+
+def test_reads_through_a_select_only_role(reader_url: str) -> None:
+    out = db_query("SELECT status, item FROM orders WHERE id = %s", reader_url, [1042])
+    assert out == {"rows": [{"status": "shipped", "item": "blender"}], "count": 1}
+    named = db_query("SELECT id FROM orders WHERE status = %(s)s", reader_url, {"s": "processing"})
+    assert named["rows"] == [{"id": 1043}]
+
+
+def test_writes_other_tables_and_runaways_are_refused(reader_url: str) -> None:
+    with pytest.raises(PermissionError, match="read-only"):
+        db_query("UPDATE orders SET status = 'lost'", reader_url)
+    # passes the statement check, refused by the read-only session
+    with pytest.raises(QueryError, match="read-only transaction"):
+        db_query(
+            "WITH gone AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM gone", reader_url
+        )
+    with pytest.raises(QueryError, match="permission denied"):  # the role's grants
+        db_query("SELECT * FROM payroll", reader_url)
+    with pytest.raises(QueryError, match="statement timeout"):
+        db_query("SELECT pg_sleep(5)", reader_url, timeout=0.5)
+    assert db_query("SELECT count(*) AS n FROM orders", reader_url)["rows"] == [{"n": 2}]
+
+
+def test_a_server_not_in_db_allow_is_refused(reader_url: str) -> None:
+    other = reader_url.replace("127.0.0.1", "localhost")
+    with pytest.raises(PermissionError, match="not in db_allow"):
+        db_query("SELECT 1", other)
+
+
+def test_a_workflow_step_queries_postgres_on_the_io_class(reader_url: str, client: Fleet) -> None:
+    wf = Workflow("pg-lookup", inputs=["params", "db"])
+    q = wf.step(
+        "lookup",
+        "db.query",
+        sql="SELECT status FROM orders WHERE id = %s",
+        url=wf.input("db"),
+        params=wf.input("params"),
+    )
+    wf.output("rows", q["rows"])
+    run = client.submit(wf, {"params": [1043], "db": reader_url})
+    assert run.get(timeout=30)["rows"] == [{"status": "processing"}]
+    (entry,) = run.trace()
+    assert entry.cls == "io"
