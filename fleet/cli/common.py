@@ -40,11 +40,12 @@ def parse_inputs(pairs: tuple[str, ...], inputs_json: str | None) -> dict[str, A
     """``key=value`` pairs: JSON values when they parse, ``@path`` reads a file, else text."""
     values: dict[str, Any] = {}
     if inputs_json:
+        from fleet.workflow.loader import load_inputs
+
         try:
-            values = json.loads(_text(inputs_json))
-        except json.JSONDecodeError as exc:
-            why = f"{inputs_json}: not JSON ({exc})"
-            raise click.BadParameter(why, param_hint="--inputs-json") from None
+            values, _ = load_inputs(inputs_json)
+        except WorkflowValidationError as exc:
+            fail(str(exc), 2)
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
@@ -75,6 +76,18 @@ def save_outputs(client: Any, handle: Any, to_save: dict[str, str]) -> None:
             fail(f"--save {name}: the run has no output '{name}' holding a blob reference")
         client.download(ref, path)
         err.print(f"saved {name} to {path}", highlight=False)
+
+
+def check_run_inputs(spec: Any, inputs: dict[str, Any], inputs_json: str | None) -> None:
+    """Missing or unknown inputs, named with the file and line they come from (exit 2)."""
+    from fleet.workflow.loader import load_inputs
+    from fleet.workflow.validate import check_inputs
+
+    lines = load_inputs(inputs_json)[1] if inputs_json else {}
+    try:
+        check_inputs(spec, inputs, inputs_json, lines)
+    except WorkflowValidationError as exc:
+        fail(str(exc), 2)
 
 
 def load_and_validate(file: str) -> Any:

@@ -15,6 +15,7 @@ import click
 import redis
 
 from fleet.cli.common import (
+    check_run_inputs,
     config,
     console,
     fail,
@@ -258,9 +259,11 @@ def submit(
     """Validate, enqueue and (by default) wait for a workflow; print its result and trace."""
     client, spec = load_and_validate(file)
     inputs = parse_inputs(pairs, inputs_json)
+    to_upload = dict(key_path(item, "--upload") for item in uploads)
     to_save = dict(key_path(item, "--save") for item in saves)
+    check_run_inputs(spec, {**inputs, **to_upload}, inputs_json)
     try:
-        for key, path in (key_path(item, "--upload") for item in uploads):
+        for key, path in to_upload.items():
             inputs[key] = client.upload(path)
         handle = client.submit(spec, inputs, priority=priority, sla_s=sla_s, policy=policy)
     except (WorkflowValidationError, ValueError, FileNotFoundError) as exc:

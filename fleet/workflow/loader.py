@@ -15,6 +15,7 @@ from fleet.workflow.model import WorkflowSpec
 
 class _LineDict(dict[str, Any]):
     line: int | None = None
+    key_lines: dict[Any, int]
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -24,6 +25,7 @@ class _LineLoader(yaml.SafeLoader):
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _LineDict:
     loader.flatten_mapping(node)
     result = _LineDict()
+    result.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if key in result:
@@ -31,6 +33,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Line
                 None, None, f"duplicate key '{key}'", key_node.start_mark
             )
         result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
     result.line = node.start_mark.line + 1
     return result
 
@@ -89,7 +92,27 @@ def spec_from_data(data: Any, source: str | None = None) -> WorkflowSpec:
         raise WorkflowValidationError(problems, workflow=str(data.get("name", source))) from None
     if source:
         spec.source = source
+    if isinstance(data, _LineDict):
+        spec.inputs_line = data.key_lines.get("inputs", data.line)
     return spec
+
+
+def load_inputs(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """A run's inputs from a JSON (or YAML) file: (values, the line of each top-level key)."""
+    try:
+        data = _load_yaml(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = Problem(f"cannot read inputs: {exc}", file=str(path))
+        raise WorkflowValidationError([problem]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = Problem(f"inputs are not valid JSON/YAML: {exc}", line=line, file=str(path))
+        raise WorkflowValidationError([problem]) from None
+    if not isinstance(data, dict):
+        raise WorkflowValidationError([Problem("inputs must be a mapping", file=str(path))])
+    lines = dict(data.key_lines) if isinstance(data, _LineDict) else {}
+    return dict(data), lines
 
 
 MAX_FILE_BYTES = 1 << 20  # a workflow, not a data file

@@ -168,6 +168,8 @@ class WorkflowSpec(BaseModel):
     nodes: list[NodeSpec] = Field(default_factory=list)
     outputs: dict[str, Source] = Field(default_factory=dict)
     source: str | None = None
+    # where `inputs:` is written in the source file, for errors about a run's inputs
+    inputs_line: int | None = Field(default=None, exclude=True)
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:

@@ -244,15 +244,28 @@ def validate(spec: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> None:
         raise WorkflowValidationError(found, workflow=spec.name)
 
 
-def check_inputs(spec: WorkflowSpec, given: Iterable[str]) -> None:
+def check_inputs(
+    spec: WorkflowSpec,
+    given: Iterable[str],
+    inputs_file: str | None = None,
+    lines: dict[str, int] | None = None,
+) -> None:
+    """Every declared input given (or defaulted), none unknown. A missing one points at the
+    workflow's ``inputs:`` line; an unknown one at its line in ``inputs_file`` if it came
+    from one."""
     given = set(given)
     found = [
-        Problem(f"missing workflow input '{name}'", file=spec.source)
+        Problem(f"missing workflow input '{name}'", file=spec.source, line=spec.inputs_line)
         for name in spec.inputs
         if name not in given and name not in spec.defaults
     ]
+    known = ", ".join(spec.inputs) or "none"
     found += [
-        Problem(f"unknown workflow input '{name}' (inputs: {', '.join(spec.inputs) or 'none'})")
+        Problem(
+            f"unknown workflow input '{name}' (inputs: {known})",
+            file=inputs_file if (lines or {}).get(name) else None,
+            line=(lines or {}).get(name),
+        )
         for name in sorted(given - set(spec.inputs))
     ]
     if found:

@@ -101,3 +101,30 @@ def test_deep_nesting_and_big_files_are_clear_errors(tmp_path: Path) -> None:
     binary.write_bytes(b"name: \xff\xfe\n")
     with pytest.raises(WorkflowValidationError, match="cannot read file"):
         load_workflow(binary)
+
+
+def test_input_errors_name_file_and_line(tmp_path: Path) -> None:
+    from fleet.workflow.loader import load_inputs
+    from fleet.workflow.validate import check_inputs
+
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(
+        "name: needs\n"
+        "description: two inputs\n"
+        "inputs: [ticket, lang]\n"
+        "nodes:\n  - {name: a, op: text.upper, inputs: {text: inputs.ticket}}\n"
+    )
+    spec = load_workflow(wf)
+    given = tmp_path / "inputs.json"
+    given.write_text('{\n  "ticket": "hi",\n  "langu": "en"\n}\n')
+    values, lines = load_inputs(given)
+    assert values == {"ticket": "hi", "langu": "en"} and lines == {"ticket": 2, "langu": 3}
+    with pytest.raises(WorkflowValidationError) as info:
+        check_inputs(spec, values, str(given), lines)
+    text = str(info.value)
+    assert f"{wf}:3: missing workflow input 'lang'" in text  # the workflow's inputs: line
+    assert f"{given}:3: unknown workflow input 'langu'" in text  # the key in the inputs file
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n  "ticket": "hi",\n  "lang" "en"\n}\n')
+    with pytest.raises(WorkflowValidationError, match=rf"{bad}:3"):
+        load_inputs(bad)
