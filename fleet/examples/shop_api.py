@@ -21,6 +21,10 @@ ORDERS = [
     (1043, "processing", "kettle", None, None, 0),
     (1044, "delivered", "toaster", "ParcelPost", "2026-11-20", 1),
     (1045, "shipped", "coffee machine", "QuickShip", "2026-11-29", 1),
+    (1046, "cancelled", "toaster", None, None, 0),
+    (1047, "processing", "blender", None, None, 0),
+    (1048, "delivered", "kettle", "QuickShip", "2026-11-18", 1),
+    (2051, "cancelled", "coffee machine", None, None, 0),
 ]
 
 
@@ -59,7 +63,12 @@ def make_handler(db: Path) -> type[BaseHTTPRequestHandler]:
                     "SELECT * FROM orders WHERE order_id = ?", (int(m[1]),)
                 ).fetchone()
             if row is None:
-                return self._send(404, {"error": f"order {m[1]} not found"})
+                body = {
+                    "order_id": int(m[1]),
+                    "status": "unknown",
+                    "error": f"order {m[1]} not found",
+                }
+                return self._send(404, body)
             return self._send(200, dict(row))
 
         def log_message(self, format: str, *args: object) -> None:  # quiet by default

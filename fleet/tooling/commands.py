@@ -9,11 +9,21 @@ from typing import Any
 import click
 import redis
 
-from fleet.cli.common import config, console, fail, load_and_validate, print_outcome, split
+from fleet.cli.common import (
+    config,
+    console,
+    err,
+    fail,
+    load_and_validate,
+    print_outcome,
+    split,
+)
+from fleet.cli.report import dumps
 from fleet.config import FleetConfig
 from fleet.errors import FleetError, WorkflowValidationError
 
-DEMO_FILE = Path(__file__).resolve().parents[1] / "examples" / "triage.yaml"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+DEMO_FILE = EXAMPLES / "triage.yaml"
 QUESTION = "Hello. Where is my order 1042? It has not arrived yet."
 DEMO_INPUT = (
     "Hello, I was charged twice for order 1042 and the blender arrived broken. "
@@ -232,3 +242,53 @@ def gpu_check(
         console.print(f"{cls:<4} {shown}")
     console.print(f"report: {workdir / 'gpu-check.json'} ({report.seconds} s)")
     sys.exit(0 if report.ok else 1)
+
+
+@click.command("eval")
+@click.option("--quick", is_flag=True, help="The fixed ~10-question subset (for CI).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary and every verdict as JSON."
+)
+@click.option(
+    "--workflow",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The agent to evaluate (default: fleet/examples/voice_agent.yaml).",
+)
+@click.option("--workdir", default=".fleet/eval", show_default=True, help="Logs and audio.")
+@click.pass_context
+def evaluate(
+    ctx: click.Context, quick: bool, as_json: bool, workflow: str | None, workdir: str
+) -> None:
+    """Measure the voice agent's answers: speech-to-text word error rate, tool decisions,
+    order-id extraction, retrieval hit@2, answer correctness, tool rounds and latency.
+
+    Each question of fleet/examples/eval/questions.yaml is spoken with espeak-ng (its voice
+    and speed), sent to a local fleet with real models, and scored against its ground truth.
+    """
+    from rich.progress import Progress
+
+    from fleet.tooling.evaluation import run_eval
+    from fleet.tooling.scoring import load_questions, summary
+
+    cfg = config(ctx)
+    questions = load_questions(quick=quick)
+    agent = Path(workflow) if workflow else EXAMPLES / "voice_agent.yaml"
+    path = Path(workdir).resolve()
+    (path / "logs").mkdir(parents=True, exist_ok=True)
+    out = err if as_json else console
+    with Progress(console=out) as bar:
+        task = bar.add_task(f"{len(questions)} questions", total=len(questions))
+        try:
+            verdicts, extra = run_eval(
+                cfg, path, questions, agent, lambda s: None, lambda: bar.advance(task)
+            )
+        except (FleetError, WorkflowValidationError) as exc:
+            fail(str(exc))
+    result = {**summary(verdicts), **extra}
+    if as_json:
+        console.print_json(dumps({**result, "verdicts": [v.to_dict() for v in verdicts]}))
+        return
+    from fleet.tooling.evaluation import eval_tables
+
+    for table in eval_tables(verdicts, result):
+        console.print(table)

@@ -24,11 +24,12 @@ from fleet.runtime.local import LocalFleet, free_port
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def speak_to_file(text: str, path: Path) -> Path:
+def speak_to_file(text: str, path: Path, voice: str = "en-us", speed: int = 165) -> Path:
     binary = shutil.which("espeak-ng")
     if binary is None:
         raise FleetError("espeak-ng is not installed (apt-get install espeak-ng)")
-    subprocess.run([binary, "-w", str(path), text], check=True, capture_output=True, timeout=60)
+    argv = [binary, "-v", voice, "-s", str(speed), "-w", str(path), text]
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
     return path
 
 

@@ -160,9 +160,10 @@ def test_kb_rag_and_voice_agent_across_hosts(
     )
     said = voice.get(timeout=300)
     assert "1042" in said["question"].replace(",", "")
-    assert "Order 1042 is shipped (item: blender" in said["facts"]  # edge called the client's API
+    assert said["facts"] == "Your order 1042 (blender) is shipped."  # edge called the client's API
     classes = _check_hosts(voice)
     assert classes["transcribe"] == "gpu" and classes["tools#1/lookup"] == "io"
+    assert classes["tools#1/call"] == "gpu" and classes["quote"] == "cpu"
     answer = tmp_path / "answer.wav"
     client.download(said["audio"], answer)
     assert answer.read_bytes().startswith(b"RIFF")

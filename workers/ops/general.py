@@ -46,10 +46,12 @@ class _Fields(dict[str, Any]):
     outputs=("text",),
     samples=[{"template": "${a} ${b}", "a": 1, "b": "x"}],
 )
-def template(template: str, **values: Any) -> dict[str, str]:
-    """Fill ``${name}`` / ``${name.field}`` placeholders; a missing one is an error."""
+def template(template: str, strip: bool = False, **values: Any) -> dict[str, str]:
+    """Fill ``${name}`` / ``${name.field}`` placeholders; a missing one is an error.
+    ``strip`` removes the spaces an empty value leaves at either end."""
     try:
-        return {"text": _DottedTemplate(template).substitute(_Fields(values))}
+        text = _DottedTemplate(template).substitute(_Fields(values))
+        return {"text": text.strip() if strip else text}
     except KeyError as exc:
         raise ValueError(f"template needs a value for {exc.args[0]!r}") from None
 
@@ -115,6 +117,44 @@ def contains(text: str, words: list[str]) -> dict[str, Any]:
     present = {w.lower() for w in _WORD.findall(text)}
     matched = [w for w in words if w.lower() in present]
     return {"matched": matched, "found": bool(matched)}
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"])")
+
+
+@op("text.sentences", classes=_CPU_FIRST, outputs=("sentences", "count"))
+def sentences(
+    text: Any, max_sentences: int = 40, min_chars: int = 12, questions: bool = False
+) -> dict[str, Any]:
+    """Split a text (or a list of texts) into sentences, without Markdown headings (and
+    without questions unless ``questions``): e.g. the candidates an ``llm.generate`` with
+    ``choices`` picks from, so that an answer quotes the retrieved documents instead of
+    paraphrasing them."""
+    texts = text if isinstance(text, list) else [text]
+    found: list[str] = []
+    for t in texts:
+        for line in str(t or "").splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            found.append(line.strip())
+    joined = " ".join(x for x in found if x)
+    out: list[str] = []
+    for s in _SENTENCE_END.split(joined):
+        s = s.strip().lstrip("- ").strip()
+        if len(s) >= min_chars and s not in out and (questions or not s.endswith("?")):
+            out.append(s)
+    out = out[:max_sentences]
+    return {"sentences": out, "count": len(out)}
+
+
+@op("text.numbers", classes=_CPU_FIRST, outputs=("text",))
+def numbers(text: str, language: str = "en") -> dict[str, str]:
+    """Spelled-out numbers as digits ("order one thousand forty-three" -> "order 1043"):
+    speech-to-text writes numbers in words when prompted to, which it hears more reliably
+    than digits; tools and extraction want digits."""
+    from text_to_num import alpha2digit
+
+    return {"text": alpha2digit(str(text or ""), language)}
 
 
 @op("text.join", classes=_CPU_FIRST, outputs=("text",))

@@ -13,6 +13,7 @@ import json
 import re
 import time
 import zlib
+from functools import lru_cache
 from typing import Any
 
 from fleet.registry import op
@@ -82,6 +83,47 @@ def _tokens(model: Any, prompt: Any, max_tokens: int) -> list[int]:
     return tokens
 
 
+MAX_CHOICES = 200
+MAX_GRAMMAR_CHARS = 64_000
+
+
+def gbnf_choices(choices: list[str]) -> str:
+    """A GBNF grammar whose only sentences are ``choices`` (a constrained decode)."""
+    if not isinstance(choices, list) or not choices or len(choices) > MAX_CHOICES:
+        raise ValueError(f"choices must be a list of 1..{MAX_CHOICES} strings")
+    alts = []
+    for c in choices:
+        if not isinstance(c, str) or not c.strip():
+            raise ValueError("every choice must be a non-empty string")
+        escaped = c.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        alts.append(f'"{escaped}"')
+    # An optional leading space: after "Answer:" the model's own next token is " yes", and
+    # forcing "yes" without it would judge the choices by unnatural tokens.
+    return 'root ::= " "? (' + " | ".join(alts) + ")"
+
+
+@lru_cache(maxsize=64)
+def _grammar(text: str) -> Any:
+    """One grammar object per grammar text and process."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    if len(text) > MAX_GRAMMAR_CHARS:
+        raise ValueError(f"grammar is {len(text)} characters (limit {MAX_GRAMMAR_CHARS})")
+    return LlamaGrammar.from_string(text, verbose=False)
+
+
+def _constraint(
+    model: Any, grammar: str | None, choices: list[str] | None, max_tokens: int
+) -> tuple[Any, int]:
+    """(the llama.cpp grammar or None, max_tokens enough for the longest choice)."""
+    if grammar and choices:
+        raise ValueError("give grammar or choices, not both")
+    if choices:
+        longest = max(len(model.tokenize(c.encode(), add_bos=False)) for c in choices)
+        return _grammar(gbnf_choices(choices)), max(max_tokens, longest + 1)
+    return (_grammar(grammar), max_tokens) if grammar else (None, max_tokens)
+
+
 def _complete(
     model: Any,
     prompt: str,
@@ -90,13 +132,17 @@ def _complete(
     stop: list[str] | None,
     seed: int,
     prefix: str = "",
+    grammar: str | None = None,
+    choices: list[str] | None = None,
 ) -> dict[str, Any]:
+    constraint, max_tokens = _constraint(model, grammar, choices, max_tokens)
     out = model.create_completion(
         prompt,
         max_tokens=max_tokens,
         temperature=temperature,
-        stop=stop or [],
+        stop=[] if constraint is not None else (stop or []),
         seed=seed,
+        grammar=constraint,
     )
     choice = out["choices"][0]
     return {
@@ -129,15 +175,21 @@ def generate(
     model: str = DEFAULT_LLM,
     n_ctx: int = 2048,
     prefix: str = "",
+    grammar: str | None = None,
+    choices: list[str] | None = None,
 ) -> dict[str, Any]:
     """Complete ``prompt`` (the returned text is stripped, and starts with ``prefix``).
 
-    Temperature 0 is greedy; ``seed`` fixes sampling otherwise.
+    Temperature 0 is greedy; ``seed`` fixes sampling otherwise. ``grammar`` (GBNF) or
+    ``choices`` (the text must be exactly one of them) constrain the decode, e.g.
+    ``choices: [yes, no]`` for a decision, a JSON grammar for tool arguments.
     """
     engine = llm(model, n_ctx)
     with lock_for(f"llm:{model}"):
         _tokens(engine, prompt, max_tokens)
-        result = _complete(engine, prompt, max_tokens, temperature, stop, seed, prefix)
+        result = _complete(
+            engine, prompt, max_tokens, temperature, stop, seed, prefix, grammar, choices
+        )
     return {**result, "loads": LOADS[f"llm:{model}"]}
 
 
@@ -224,13 +276,18 @@ def decode(
     model: str = DEFAULT_LLM,
     n_ctx: int = 2048,
     prefix: str = "",
+    grammar: str | None = None,
+    choices: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Restore a prefilled state (from llm.prefill) and generate the completion."""
+    """Restore a prefilled state (from llm.prefill) and generate the completion (``grammar``
+    and ``choices`` as for llm.generate)."""
     payload = blobs().get(state)
     engine = llm(model, n_ctx)
     with lock_for(f"llm:{model}"):
         prompt = _restore(engine, payload, model)
-        result = _complete(engine, prompt, max_tokens, temperature, stop, seed, prefix)
+        result = _complete(
+            engine, prompt, max_tokens, temperature, stop, seed, prefix, grammar, choices
+        )
     return {**result, "loads": LOADS[f"llm:{model}"]}
 
 

@@ -125,6 +125,32 @@ def search(
     }
 
 
+@op("memory.rank", kind="memory", classes=("cpu", "io"), outputs=("items", "scores", "text"))
+def rank(vector: Any, vectors: Any, items: list[Any], k: int = 2) -> dict[str, Any]:
+    """The ``k`` items whose vectors are most similar (cosine) to ``vector``, best first --
+    e.g. the sentences of the retrieved documents that answer a question, to quote them.
+    ``text`` joins them (in document order, so that they read as written)."""
+    import numpy as np
+
+    query = np.asarray(vector[0] if vector and isinstance(vector[0], list) else vector, "f4")
+    matrix = np.asarray(vectors, dtype="f4")
+    if matrix.ndim != 2 or len(matrix) != len(items) or matrix.shape[1] != query.shape[-1]:
+        raise ValueError(
+            f"need one vector per item of the query's size: {len(items)} items, "
+            f"vectors {matrix.shape}, query {query.shape}"
+        )
+    if not 1 <= k <= 100:
+        raise ValueError(f"k must be within 1..100, got {k}")
+    norms = np.linalg.norm(matrix, axis=1) * (np.linalg.norm(query) or 1.0)
+    scores = matrix @ query / np.where(norms == 0, 1.0, norms)
+    best = [int(i) for i in np.argsort(-scores)[:k]]
+    return {
+        "items": [items[i] for i in best],
+        "scores": [round(float(scores[i]), 4) for i in best],
+        "text": " ".join(str(items[i]) for i in sorted(best)),
+    }
+
+
 @op("memory.get", kind="memory", classes=("cpu", "io"), outputs=("document",))
 def get_document(name: str, doc_id: str, version: str | None = None) -> dict[str, Any]:
     """Fetch one stored document by id."""

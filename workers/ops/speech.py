@@ -81,8 +81,17 @@ def load_audio(path: str) -> dict[str, Any]:
     outputs=("text", "language", "seconds", "loads"),
     runtime=CTRANSLATE2,
 )
-def transcribe(audio: str, language: str | None = "en", model: str = DEFAULT_STT) -> dict[str, Any]:
-    """Transcribe audio given as a blob reference or a file path."""
+def transcribe(
+    audio: str,
+    language: str | None = "en",
+    model: str = DEFAULT_STT,
+    initial_prompt: str | None = None,
+    hotwords: str | None = None,
+) -> dict[str, Any]:
+    """Transcribe audio given as a blob reference (or a file path under the file roots).
+
+    ``initial_prompt`` (text in the domain's words and style) and ``hotwords`` bias Whisper
+    toward a domain's vocabulary, e.g. "order 1042" instead of "Mordor 1,042"."""
     if audio.startswith(BLOB_PREFIX):
         data = blobs().get(audio)
     else:
@@ -96,7 +105,13 @@ def transcribe(audio: str, language: str | None = "en", model: str = DEFAULT_STT
         f.flush()
         try:
             with lock_for(f"stt:{model}"):
-                segments, info = whisper.transcribe(f.name, beam_size=1, language=language)
+                segments, info = whisper.transcribe(
+                    f.name,
+                    beam_size=1,
+                    language=language,
+                    initial_prompt=initial_prompt or None,
+                    hotwords=hotwords or None,
+                )
                 text = " ".join(s.text.strip() for s in segments).strip()
         except Exception as exc:  # PyAV/ffmpeg raise many types for a bad file
             raise ValueError(f"cannot decode audio ({len(data)} bytes): {exc}") from None

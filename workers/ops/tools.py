@@ -144,6 +144,16 @@ class Reply:
             ) from None
 
 
+def _json_or_none(reply: Reply) -> Any:
+    """The JSON body; an accepted error status may come with a body that is not JSON."""
+    if reply.status < 400:
+        return reply.json()
+    try:
+        return json.loads(reply.body)
+    except ValueError:
+        return None
+
+
 def _exchange(
     url: str, method: str, params: Any, json_body: Any, headers: Any, timeout: float
 ) -> Reply:
@@ -193,8 +203,12 @@ def http_request(
     retries: int = 2,
     backoff: float = 0.2,
     expect_json: bool = True,
+    accept: list[int] | None = None,
 ) -> dict[str, Any]:
     """Call an allowed HTTP API; retry timeouts and 429/5xx with backoff.
+
+    A 4xx/5xx answer fails the step unless ``accept`` lists it (e.g. ``[404]``: "no such
+    order" is an answer the workflow handles, not an error); the ``status`` output tells.
 
     ``timeout`` is the whole deadline of one attempt (connect, redirects, body), not per read.
     """
@@ -218,11 +232,11 @@ def http_request(
             last = f"{type(exc).__name__}: {exc or 'no answer'}"
         else:
             if reply.status not in RETRY_STATUS:
-                if reply.status >= 400:
+                if reply.status >= 400 and reply.status not in (accept or ()):
                     raise ToolError(f"{reply.method} {reply.url} answered {reply.status}")
                 return {
                     "status": reply.status,
-                    "json": reply.json() if expect_json else None,
+                    "json": _json_or_none(reply) if expect_json else None,
                     "text": reply.body.decode(errors="replace"),
                     "attempts": attempt,
                 }

@@ -93,3 +93,39 @@ def test_template_fields_and_regex() -> None:
     }
     with pytest.raises(ValueError, match="bad pattern"):
         general.regex("x", "(")
+
+
+def test_sentences_are_the_candidates_an_answer_may_quote() -> None:
+    from workers.ops.general import sentences, template
+
+    text = [
+        "# Returns\n\nYou can return any item within 30 days. Refunds take 5 working days.",
+        "How do I reach support? By e-mail at support@example.shop or by phone.",
+    ]
+    out = sentences(text)
+    assert out["sentences"] == [
+        "You can return any item within 30 days.",
+        "Refunds take 5 working days.",
+        "By e-mail at support@example.shop or by phone.",
+    ]
+    assert "How do I reach support?" in sentences(text, questions=True)["sentences"]
+    assert template("${a} ${b}", strip=True, a="", b="x") == {"text": "x"}
+
+
+def test_constrained_decode_returns_one_of_the_choices(tiny_gguf: str) -> None:
+    import pytest
+
+    from workers.ops.llm import gbnf_choices, generate
+
+    choices = ['He said "yes".', "Returns are free within 30 days.", "no"]
+    for prompt in ("Customer: hi\nAgent:", "Question: refunds?\nAnswer:"):
+        out = generate(prompt, model=tiny_gguf, n_ctx=256, choices=choices, max_tokens=1)
+        assert out["text"] in choices  # a random-weight model, constrained
+    grammar = 'root ::= "{\\"id\\": " [0-9] [0-9]? "}"'
+    out = generate("x", model=tiny_gguf, n_ctx=256, grammar=grammar, max_tokens=24)
+    assert out["text"].startswith('{"id": ') and out["text"].endswith("}")
+    assert gbnf_choices(['a "b"\n']) == 'root ::= "a \\"b\\"\\n"'
+    with pytest.raises(ValueError, match="grammar or choices, not both"):
+        generate("x", model=tiny_gguf, n_ctx=256, grammar=grammar, choices=["a"])
+    with pytest.raises(ValueError, match="non-empty string"):
+        generate("x", model=tiny_gguf, n_ctx=256, choices=["a", ""])

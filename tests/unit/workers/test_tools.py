@@ -85,6 +85,13 @@ def test_http_ok(server: str) -> None:
     assert out["status"] == 200 and out["json"] == {"status": "shipped"} and out["attempts"] == 1
 
 
+def test_http_accepted_error_status_is_an_answer(server: str) -> None:
+    with pytest.raises(ToolError, match="answered 404"):
+        http_request(f"{server}/no-such-order", retries=0)
+    out = http_request(f"{server}/no-such-order", retries=0, accept=[404])
+    assert out["status"] == 404 and out["attempts"] == 1  # a "no such order" reply, kept
+
+
 def test_http_retries_5xx_with_backoff(server: str) -> None:
     out = http_request(f"{server}/flaky", retries=2, backoff=0.01)
     assert out["json"] == {"n": 3} and out["attempts"] == 3
