@@ -152,7 +152,7 @@ def numbers(text: str, language: str = "en") -> dict[str, str]:
     """Spelled-out numbers as digits ("order one thousand forty-three" -> "order 1043"):
     speech-to-text writes numbers in words when prompted to, which it hears more reliably
     than digits; tools and extraction want digits."""
-    from text_to_num import alpha2digit
+    from text_to_num import alpha2digit  # type: ignore[import-untyped]
 
     return {"text": alpha2digit(str(text or ""), language)}
 
