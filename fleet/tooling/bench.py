@@ -9,6 +9,8 @@ run records and traces: see :mod:`fleet.tooling.benchreport`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fleet.config import ClassSpec, FleetConfig, default_classes, load_config
+from fleet.constants import BLOB_PREFIX
 from fleet.runtime.local import LocalFleet
 from fleet.workflow.loader import load_workflow
 from fleet.workflow.model import WorkflowSpec
@@ -285,6 +288,44 @@ def _row(job: Job, handle: Any, info: Any) -> dict[str, Any]:
         "busy_s": busy,
         "steps": sum(1 for e in trace if e.status == "succeeded"),
         "decide_us": decide,
+        "answer": answer_digest(info.outputs if info else None),
+    }
+
+
+def answer_digest(outputs: dict[str, Any] | None) -> str | None:
+    """A fingerprint of a run's outputs, blob references left out (their ids are random):
+    the same inputs under greedy decoding must give the same one on every deployment."""
+    if outputs is None:
+        return None
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(BLOB_PREFIX):
+            return "<blob>"
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    text = json.dumps(strip(outputs), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def answer_agreement(results: list[Result]) -> dict[str, dict[str, Any]]:
+    """Per workflow: how many different answers the deployments gave to the same inputs
+    (routing must not change answers: 1 each)."""
+    seen: dict[str, dict[str, set[str]]] = {}
+    for res in results:
+        for run in res.runs:
+            if run.get("answer"):
+                seen.setdefault(run["job"], {}).setdefault(run["answer"], set()).add(res.deployment)
+    return {
+        job: {
+            "distinct": len(answers),
+            "agree": len(answers) == 1,
+            "by_answer": {a: sorted(deps) for a, deps in answers.items()},
+        }
+        for job, answers in seen.items()
     }
 
 
@@ -382,5 +423,6 @@ def run_bench(
         "cpus": os.cpu_count(),
         "seconds": round(time.time() - began, 1),
         "quick": quick,
+        "answers": answer_agreement(results),
     }
     return rows, write(out, rows, meta, results), meta

@@ -193,6 +193,12 @@ def bench(
         best = min(fleet_rows, key=lambda r: r["p95_s"])["deployment"]
         for other, ratio in ratios(rows, best).items():
             console.print(f"{best} vs {other}: " + ", ".join(f"{k} x{v}" for k, v in ratio.items()))
+    agree = meta["answers"]
+    same = all(a["agree"] for a in agree.values())
+    console.print(
+        ("answers agree across deployments: " if same else "[red]answers differ[/]: ")
+        + ", ".join(f"{job} {a['distinct']} distinct" for job, a in sorted(agree.items()))
+    )
     console.print(f"{meta['seconds']} s; wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -33,3 +33,8 @@ def test_quick_benchmark_writes_its_outputs(tmp_path: Path) -> None:
     assert all(r["workflows"] == 8 for r in rows.values())
     assert (tmp_path / "latency_cdf.png").read_bytes()[:4] == b"\x89PNG"
     assert "cost-sla vs homogeneous" in res.stdout or "least-latency vs homogeneous" in res.stdout
+    # routing must not change answers: the same inputs, greedy decoding, every deployment
+    answers = doc["meta"]["answers"]
+    assert set(answers) == {"triage", "rag"}
+    assert all(a["agree"] and a["distinct"] == 1 for a in answers.values()), answers
+    assert "answers agree across deployments" in res.stdout

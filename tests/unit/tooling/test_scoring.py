@@ -80,3 +80,17 @@ def test_kb_answers_need_the_expected_fact_and_retrieval_is_scored() -> None:
     figures = summary([v, miss])
     assert figures["answer_accuracy"] == 0.5 and figures["tool_decision_accuracy"] == 0.5
     assert figures["retrieval_hit"] == 0.5 and figures["questions"] == 2
+
+
+def test_answer_fingerprints_ignore_blob_ids_and_count_disagreements() -> None:
+    from fleet.tooling.bench import Result, answer_agreement, answer_digest
+
+    a = answer_digest({"answer": "Order 1042 is shipped.", "audio": "fleet:blob:wav:1"})
+    b = answer_digest({"answer": "Order 1042 is shipped.", "audio": "fleet:blob:wav:2"})
+    c = answer_digest({"answer": "Order 1042 is processing.", "audio": "fleet:blob:wav:3"})
+    assert a == b != c and answer_digest(None) is None
+    one = Result("homogeneous", 0, runs=[{"job": "voice", "answer": a}])
+    two = Result("cost-sla", 0, runs=[{"job": "voice", "answer": c}])
+    assert answer_agreement([one, one])["voice"]["agree"]
+    split = answer_agreement([one, two])["voice"]
+    assert split["distinct"] == 2 and split["by_answer"][c] == ["cost-sla"]

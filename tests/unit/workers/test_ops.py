@@ -124,8 +124,16 @@ def test_constrained_decode_returns_one_of_the_choices(tiny_gguf: str) -> None:
     grammar = 'root ::= "{\\"id\\": " [0-9] [0-9]? "}"'
     out = generate("x", model=tiny_gguf, n_ctx=256, grammar=grammar, max_tokens=24)
     assert out["text"].startswith('{"id": ') and out["text"].endswith("}")
-    assert gbnf_choices(['a "b"\n']) == 'root ::= "a \\"b\\"\\n"'
+    assert gbnf_choices(['a "b"\n']) == 'root ::= " "? ("a \\"b\\"\\n")'
     with pytest.raises(ValueError, match="grammar or choices, not both"):
         generate("x", model=tiny_gguf, n_ctx=256, grammar=grammar, choices=["a"])
     with pytest.raises(ValueError, match="non-empty string"):
         generate("x", model=tiny_gguf, n_ctx=256, choices=["a", ""])
+
+
+def test_spoken_numbers_become_digits() -> None:
+    from workers.ops.general import numbers
+
+    assert numbers("status of order one thousand forty-three?")["text"] == "status of order 1043?"
+    assert numbers("order two thousand fifty-one")["text"] == "order 2051"
+    assert numbers("where is my order 1,042")["text"] == "where is my order 1,042"
