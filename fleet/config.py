@@ -58,6 +58,12 @@ class ClassSpec(BaseModel):
     # Moving a step's inputs to this class: bandwidth and fixed latency (data movement cost).
     network_mb_s: float = Field(default=1000.0, gt=0)
     latency_s: float = Field(default=0.0, ge=0)
+    # Data classifications this class may hold (a workflow or node marked e.g.
+    # `sensitivity: confidential` runs only on classes that list it).
+    trusted_for: list[str] = Field(default_factory=list)
+    # Classes whose ops this one runs too (a planned "a100" class serves "gpu"): op
+    # declarations name the built-in classes, deployments add their own devices.
+    serves: list[str] = Field(default_factory=list)
 
     @property
     def queue_name(self) -> str:
@@ -166,6 +172,9 @@ class FleetConfig(BaseModel):
     # PostgreSQL servers db.query may connect to: "host:port" entries (none by default; SQLite
     # databases come through the artifact store and need no entry).
     db_allow: list[str] = Field(default_factory=list)
+    # A placement for the static policy (`fleet plan --out` writes it): "workflow:node" (node
+    # path without loop/map indexes) or an op name -> class.
+    routes: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("classes")
     @classmethod

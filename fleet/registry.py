@@ -71,8 +71,11 @@ class OpSpec:
 
     def eligible(self, configured: Iterable[str] | Mapping[str, Any]) -> list[str]:
         """Configured classes that can run this op, preferred first (a class whose
-        ``runtimes`` leave out this op's runtime cannot)."""
+        ``runtimes`` leave out this op's runtime cannot). A class that ``serves`` another
+        (a planned ``a100`` serving ``gpu``) can run that class's ops, right after it."""
+        serves: dict[str, list[str]] = {}
         if isinstance(configured, Mapping):
+            serves = {n: list(getattr(s, "serves", None) or []) for n, s in configured.items()}
             configured = [
                 name
                 for name, spec in configured.items()
@@ -83,7 +86,12 @@ class OpSpec:
         configured = list(configured)
         allowed = configured if self.classes == (ANY_CLASS,) else list(self.classes)
         ordered = [self.prefers, *[c for c in allowed if c != self.prefers]]
-        return [c for c in ordered if c in configured and (c in allowed)]
+        out = []
+        for c in ordered:
+            if c in configured and c in allowed:
+                out.append(c)
+            out += [s for s in configured if c in serves.get(s, ()) and s not in out]
+        return out
 
 
 @dataclass(frozen=True)

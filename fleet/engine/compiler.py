@@ -68,7 +68,9 @@ def _deps(node: NodeSpec, siblings: set[str]) -> frozenset[str]:
     return frozenset(found)
 
 
-def compile_scope(wf: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> Scope:
+def compile_scope(
+    wf: WorkflowSpec, cfg: FleetConfig, registry: Registry, sensitivity: str | None = None
+) -> Scope:
     graph = dependency_graph(wf)
     position = {n.name: i for i, n in enumerate(wf.nodes)}
     names = list(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
@@ -82,11 +84,13 @@ def compile_scope(wf: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> Sco
     classes, ops, children = {}, {}, {}
     for node in order:
         if node.workflow is not None:
-            children[node.name] = compile_scope(node.workflow, cfg, registry)
+            inner = node.sensitivity or wf.sensitivity or sensitivity
+            children[node.name] = compile_scope(node.workflow, cfg, registry, inner)
         elif node.op is not None:
             op = registry.get(node.op)
             ops[node.name] = op
-            classes[node.name] = eligible_classes(node, op, cfg)
+            level = node.sensitivity or wf.sensitivity or sensitivity
+            classes[node.name] = eligible_classes(node, op, cfg, level)
     return Scope(wf, order, deps, height, classes, ops, children)
 
 

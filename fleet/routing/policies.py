@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class RouteRequest:
     input_bytes: int | None = None  # None: measured from ``args`` when a policy asks
     sla_left_s: float | None = None  # what is left of the run's latency SLA
     remaining_steps: int = 1  # steps still to run in the workflow, this one included
+    workflow: str | None = None
+    path: str | None = None  # the node's path in the run (tools#2/call, summaries[3])
     args: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -239,12 +242,27 @@ def no_live_worker(req: RouteRequest, cfg: FleetConfig, policy: str) -> RouteDec
     return decide(cfg, policy, preferred, "no live worker in any eligible class; waiting in queue")
 
 
+_INDEXES = re.compile(r"#\d+|\[\d+\]")
+
+
+def route_key(req: RouteRequest) -> str:
+    """``workflow:node`` as a plan names it: the node path without loop or map indexes."""
+    return f"{req.workflow}:{_INDEXES.sub('', req.path or '')}"
+
+
 class StaticPolicy:
+    """The preferred class -- or, where ``routes`` (a plan's placement) names one for this
+    node or op, that class, if it is eligible (a constraint is never crossed)."""
+
     name = "static"
 
     def choose(
         self, req: RouteRequest, state: FleetState, cfg: FleetConfig, store: ProfileStore
     ) -> RouteDecision:
+        if cfg.routes:
+            planned = cfg.routes.get(route_key(req)) or cfg.routes.get(req.op or "")
+            if planned in req.classes:
+                return decide(cfg, self.name, planned, "planned placement (routes)")
         return decide(cfg, self.name, req.classes[0], "preferred class (static)")
 
 

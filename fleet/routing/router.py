@@ -62,6 +62,8 @@ def step_request(name: str, call: StepCall, run: dict[str, Any]) -> RouteRequest
         args=args,
         sla_left_s=sla_left,
         remaining_steps=int(call.get("remaining", 1) or 1),
+        workflow=run.get("workflow"),
+        path=call.get("path"),
     )
 
 

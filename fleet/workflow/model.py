@@ -141,6 +141,8 @@ class NodeSpec(BaseModel):
     loop: LoopSpec | None = None
     # Name of a list input: run the op once per item, in parallel; outputs become lists.
     map: str | None = None
+    # Data classification of this node's work (see WorkflowSpec.sensitivity).
+    sensitivity: str | None = None
     line: int | None = None
 
     _coerce = field_validator("when", mode="before")(_coerce_condition)
@@ -168,6 +170,9 @@ class WorkflowSpec(BaseModel):
     nodes: list[NodeSpec] = Field(default_factory=list)
     outputs: dict[str, Source] = Field(default_factory=dict)
     source: str | None = None
+    # Data classification (e.g. "confidential"): every node runs only on classes trusted
+    # for it (ClassSpec.trusted_for); inherited by sub-workflows.
+    sensitivity: str | None = None
     # where `inputs:` is written in the source file, for errors about a run's inputs
     inputs_line: int | None = Field(default=None, exclude=True)
 

@@ -19,13 +19,19 @@ from fleet.workflow.model import INPUTS, NAME_RE, NodeSpec, WorkflowSpec, altern
 LOOP_OUTPUT = "iterations"  # extra output of a loop node: how many times its body ran
 
 
-def eligible_classes(node: NodeSpec, op: OpSpec, cfg: FleetConfig) -> list[str]:
+def eligible_classes(
+    node: NodeSpec, op: OpSpec, cfg: FleetConfig, sensitivity: str | None = None
+) -> list[str]:
     """Classes that may run this op node, preferred first.
 
     A node's ``classes`` restricts the op's classes and, in its own order, says which it
-    prefers; ``prefer`` puts one class first.
+    prefers; ``prefer`` puts one class first. A ``sensitivity`` (the node's, else its
+    workflow's) leaves only the classes trusted for it: routing chooses among these alone,
+    so no fallback can cross the constraint.
     """
     eligible = op.eligible(cfg.classes)
+    if sensitivity is not None:
+        eligible = [c for c in eligible if sensitivity in cfg.classes[c].trusted_for]
     if node.classes is not None:
         eligible = [c for c in node.classes if c in eligible]
     if node.prefer in eligible:
@@ -45,10 +51,17 @@ def node_outputs(node: NodeSpec, registry: Registry) -> tuple[str, ...] | None:
 
 
 class _Checker:
-    def __init__(self, cfg: FleetConfig, registry: Registry, file: str | None) -> None:
+    def __init__(
+        self,
+        cfg: FleetConfig,
+        registry: Registry,
+        file: str | None,
+        sensitivity: str | None = None,
+    ) -> None:
         self.cfg = cfg
         self.registry = registry
         self.file = file
+        self.sensitivity = sensitivity  # inherited from the enclosing workflows
         self.problems: list[Problem] = []
 
     def add(self, msg: str, node: NodeSpec | None = None, field: str | None = None) -> None:
@@ -63,6 +76,7 @@ class _Checker:
         )
 
     def workflow(self, wf: WorkflowSpec) -> None:
+        self.sensitivity = wf.sensitivity or self.sensitivity
         names = self._names(wf)
         for node in wf.nodes:
             self._node(node, wf, names)
@@ -120,7 +134,7 @@ class _Checker:
             self.add("agent nodes take 'inputs', not 'params'", node, "params")
         if node.map is not None:
             self.add("'map' applies to op nodes, not agent nodes", node, "map")
-        sub = _Checker(self.cfg, self.registry, self.file)
+        sub = _Checker(self.cfg, self.registry, self.file, node.sensitivity or self.sensitivity)
         sub.workflow(body)
         for p in sub.problems:
             inner = f"{node.name}/{p.node}" if p.node else node.name
@@ -160,8 +174,17 @@ class _Checker:
         for c in node.classes or []:
             if c not in configured:
                 self.add(f"class '{c}' is not configured ({', '.join(configured)})", node)
-        eligible = eligible_classes(node, op, self.cfg)
-        if not eligible:
+        level = node.sensitivity or self.sensitivity
+        eligible = eligible_classes(node, op, self.cfg, level)
+        if not eligible and level is not None and eligible_classes(node, op, self.cfg):
+            trusted = [c for c, s in self.cfg.classes.items() if level in s.trusted_for]
+            self.add(
+                f"sensitivity '{level}': no class trusted for it can run op {op.name} "
+                f"(trusted: {', '.join(trusted) or 'none'}; set trusted_for on a class)",
+                node,
+                "sensitivity",
+            )
+        elif not eligible:
             can = "any class" if op.classes == ("*",) else ", ".join(op.classes)
             self.add(
                 f"no configured class can run op {op.name} (it runs on: {can}; "

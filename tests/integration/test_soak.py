@@ -18,7 +18,15 @@ from fleet.workflow.builder import Workflow
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RUNS = 2000
 # Keys that live as long as the fleet, bounded by its size (workers, classes, queues, ops).
-PERMANENT = ("fleet:workers:", "fleet:worker-info", "fleet:profile:online", "_kombu.binding")
+# Kept on purpose: live-worker registries, online profiles, kombu's bindings, and the
+# cumulative per-workflow counters of `fleet metrics` (a few dozen fields per workflow name).
+PERMANENT = (
+    "fleet:workers:",
+    "fleet:worker-info",
+    "fleet:profile:online",
+    "_kombu.binding",
+    "fleet:metrics:workflows",
+)
 
 
 def test_two_thousand_workflows_leave_flat_memory_and_expiring_keys(
@@ -51,6 +59,7 @@ def test_two_thousand_workflows_leave_flat_memory_and_expiring_keys(
             and not k.startswith(PERMANENT)
         ]
         assert forever == [], forever[:10]
+        assert r.hlen("fleet:metrics:workflows") <= 30  # one workflow: bounded, not per run
         print(
             f"{RUNS} workflows in {elapsed:.1f} s ({RUNS / elapsed:.0f}/s); worker peak RSS {rss}"
         )

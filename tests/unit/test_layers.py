@@ -1,7 +1,7 @@
 """The import graph: layers point one way and the core never imports its workers.
 
-tooling -> cli -> runtime -> routing -> engine -> workflow -> base (config, errors, constants,
-registry). Every import counts, including those inside functions.
+tooling -> cli -> runtime -> planning -> routing -> engine -> workflow -> base (config, errors,
+constants, registry). Every import counts, including those inside functions.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 FLEET = Path(__file__).resolve().parents[2] / "fleet"
-LAYERS = ["base", "workflow", "engine", "routing", "runtime", "cli", "tooling"]
+LAYERS = ["base", "workflow", "engine", "routing", "planning", "runtime", "cli", "tooling"]
 BASE = {"fleet.config", "fleet.errors", "fleet.constants", "fleet.registry"}
 FACADE = {"fleet"}  # the package's __init__: public names, loaded lazily from any layer
 

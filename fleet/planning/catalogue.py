@@ -1,0 +1,162 @@
+"""Device classes, their price per hour (total cost of ownership) and their latency per op.
+
+See fleet/data/catalogue.toml for the format and where every figure comes from.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import ConfigError
+from fleet.routing.profiles import ProfileStore
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+CATALOGUE = DATA / "catalogue.toml"
+PROFILE_SETS = {"default": DATA / "profiles.json", "h100": DATA / "profiles-h100.json"}
+HOURS_PER_YEAR = 8760.0
+GPU_TFLOPS = 20.0  # above this, a device is a GPU-class accelerator for the op rules
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    fixed_s: float
+    per_unit_s: float
+    source: str  # "measured: ...", "derived: ..." or "assumed: ..."
+
+    def time(self, units: float) -> float:
+        return self.fixed_s + self.per_unit_s * units
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    capex: float
+    power_w: float
+    memory_gb: float
+    bandwidth_gbs: float
+    tflops: float
+    network_gbs: float
+    slots: int
+    lifetime_years: float
+    interest: float
+    electricity_per_kwh: float
+    utilisation: float
+    measured: dict[str, Any] = field(default_factory=dict)
+    like: str | None = None
+    # data classifications this device may hold (e.g. "confidential"): placement constraint
+    trusted_for: list[str] = field(default_factory=list)
+    # only these ops (or op families: "text" for text.*) run here, e.g. an I/O thread pool
+    only: list[str] = field(default_factory=list)
+    # the live fleet's classes whose ops this device runs (its class `serves` them)
+    serves: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return "gpu" if self.tflops >= GPU_TFLOPS else "cpu"
+
+    @property
+    def price_per_hour(self) -> float:
+        """Amortised purchase (an annuity at ``interest``) plus power at rated TDP."""
+        r, n = self.interest, self.lifetime_years
+        yearly = self.capex * r / (1 - (1 + r) ** -n) if r > 0 else self.capex / n
+        return yearly / (HOURS_PER_YEAR * self.utilisation) + self.power_w / 1000 * (
+            self.electricity_per_kwh
+        )
+
+
+@dataclass(frozen=True)
+class Split:
+    """An op planned as two parts on possibly different classes (e.g. prefill, decode)."""
+
+    parts: tuple[str, str]
+    handover_bytes_per_unit: float
+    default_units: float
+    units_param: str
+    default_param_units: float
+
+
+@dataclass
+class Catalogue:
+    devices: dict[str, Device]
+    ops: dict[str, dict[str, dict[str, Any]]]
+    splits: dict[str, Split] = field(default_factory=dict)
+    compute_bound: frozenset[str] = frozenset()
+    _sets: dict[str, ProfileStore] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, path: Path = CATALOGUE) -> Catalogue:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the catalogue: {exc}") from None
+        defaults = doc.get("defaults", {})
+        devices = {}
+        for name, raw in doc.get("devices", {}).items():
+            merged = {**defaults, **raw}
+            try:
+                devices[name] = Device(name=name, **merged)
+            except TypeError as exc:
+                raise ConfigError(f"{path}: device '{name}': {exc}") from None
+        for d in devices.values():
+            if d.like is not None and d.like not in devices:
+                raise ConfigError(f"{path}: device '{d.name}': like = '{d.like}' is not a device")
+        try:
+            splits = {
+                op: Split(
+                    tuple(raw["parts"]),
+                    float(raw["handover_bytes_per_unit"]),
+                    float(raw["default_units"]),
+                    str(raw["units_param"]),
+                    float(raw["default_param_units"]),
+                )
+                for op, raw in doc.get("split", {}).items()
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: [split]: {exc}") from None
+        bound = frozenset(doc.get("scaling", {}).get("compute_bound", ()))
+        return cls(devices, doc.get("ops", {}), splits, bound)
+
+    def _set(self, name: str) -> ProfileStore:
+        if name not in self._sets:
+            self._sets[name] = ProfileStore.load(PROFILE_SETS[name])
+        return self._sets[name]
+
+    def _measured(self, d: Device, op: str) -> LatencyModel | None:
+        m = d.measured
+        if not m or op not in m.get("ops", ()):
+            return None
+        p = self._set(m["set"]).get(op, m["cls"])
+        if p is None:
+            return None
+        where = f"{PROFILE_SETS[m['set']].name} class {m['cls']}"
+        return LatencyModel(p.fixed_s, p.per_unit_s, f"measured: {where}")
+
+    def latency(self, device: str, op: str) -> LatencyModel | None:
+        """How long ``op`` takes on ``device``; None where it cannot run (no figure)."""
+        d = self.devices[device]
+        if d.only and op not in d.only and op.split(".")[0] not in d.only:
+            return None
+        found = self._measured(d, op)
+        if found is not None:
+            return found
+        if d.like is not None:
+            ref = self.devices[d.like]
+            base = self._measured(ref, op)
+            if base is not None:
+                if op in self.compute_bound:
+                    ratio, rule = ref.tflops / d.tflops, "FP16 TFLOPS"
+                else:  # memory-bound
+                    ratio, rule = ref.bandwidth_gbs / d.bandwidth_gbs, "memory bandwidth"
+                why = f"derived: {ref.name} ({base.source}) scaled by {rule}, x{ratio:.2f}"
+                return LatencyModel(base.fixed_s * ratio, base.per_unit_s * ratio, why)
+        rules = self.ops.get(op) or self.ops.get(op.split(".")[0]) or {}
+        if op.startswith("json."):
+            rules = rules or self.ops.get("text", {})
+        for key in (device, d.kind, "any"):
+            if key in rules:
+                r = rules[key]
+                return LatencyModel(float(r["fixed_s"]), float(r["per_unit_s"]), str(r["source"]))
+        return None

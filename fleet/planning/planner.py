@@ -1,0 +1,313 @@
+"""`fleet plan`: how many workers of each device class, and which class runs each step of each
+workflow, at the lowest cost per hour that meets every workflow's p95 SLA.
+
+The brief's optimisation (DESIGN.md section 2), solved as a mixed-integer program by HiGHS
+(``scipy.optimize.milp``):
+
+- x[f,s,j] in {0,1}: step s of workflow f runs on class j (only where the catalogue has a
+  latency for the op on j, and the workflow's data may go there); sum_j x[f,s,j] = 1;
+- n[j] >= 0 integer: workers of class j;
+- capacity: sum_{f,s} rate_f t[s,j] x[f,s,j] <= ceiling_j slots_j n[j];
+- data movement m[f,e] >= (bytes_e / network_j) (x[f,a,j] - x[f,b,j]) for each edge a->b:
+  paid only where producer and consumer run on different classes (the KV handover of a
+  prefill -> decode split, most of all);
+- latency: for every source-to-sink path of f, sum of service + movement - slack_f <=
+  budget_f; minimise sum_j price_j n[j] + lambda sum_f slack_f (lambda large: the SLA is hard,
+  and a positive slack says by how much it cannot be met).
+
+The plan is then checked with M/M/c queueing estimates (:mod:`fleet.planning.queueing`);
+where a workflow's predicted p95 misses its SLA, the service budget is tightened and the
+program solved again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp  # type: ignore[import-untyped]
+
+from fleet.errors import ConfigError
+from fleet.planning.catalogue import Catalogue
+from fleet.planning.queueing import erlang_c
+from fleet.planning.workload import Flow
+
+SLACK_PENALTY = 1e4  # $/h per second of SLA missed: the SLA is hard unless it cannot be met
+HOP_S = 0.0005  # one network hop between classes
+MAX_ROUNDS = 8
+
+
+@dataclass
+class Plan:
+    workers: dict[str, int]
+    placement: dict[str, dict[str, str]]  # flow -> step path -> device
+    cost_per_hour: float
+    utilisation: dict[str, float]
+    predicted: dict[str, dict[str, float]]  # flow -> p50_s, p95_s, sla_s
+    budgets: dict[str, dict[str, float]]  # flow -> step -> latency budget (s)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Index:
+    """Column numbers of the program's variables."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.cols: dict[tuple[Any, ...], int] = {}
+
+    def add(self, key: tuple[Any, ...]) -> int:
+        self.cols[key] = self.n
+        self.n += 1
+        return self.n - 1
+
+
+def eligible(cat: Catalogue, flow: Flow, op: str) -> list[str]:
+    out = []
+    for name, dev in cat.devices.items():
+        if cat.latency(name, op) is None:
+            continue
+        if flow.sensitivity and flow.sensitivity not in dev.trusted_for:
+            continue
+        out.append(name)
+    return out
+
+
+Row = tuple[dict[int, float], float, float]
+
+
+class _Program:
+    """The mixed-integer program's variables, objective and rows, built from the workload."""
+
+    def __init__(
+        self, flows: list[Flow], cat: Catalogue, ceiling: dict[str, float], scale: dict[str, float]
+    ) -> None:
+        self.flows, self.cat, self.ceiling, self.scale = flows, cat, ceiling, scale
+        self.idx = _Index()
+        self.times: dict[tuple[str, str, str], float] = {}
+        self.rows: list[Row] = []
+        self._variables()
+
+    def _variables(self) -> None:
+        for f in self.flows:
+            for s in f.steps():
+                options = eligible(self.cat, f, s.op)
+                if not options:
+                    why = "no device has a latency figure for it"
+                    if f.sensitivity:
+                        why += f" among those trusted for '{f.sensitivity}'"
+                    raise ConfigError(f"workflow '{f.name}', step '{s.path}' ({s.op}): {why}")
+                for j in options:
+                    model = self.cat.latency(j, s.op)
+                    assert model is not None
+                    self.times[(f.name, s.path, j)] = model.time(s.units)
+                    self.idx.add(("x", f.name, s.path, j))
+        for j in self.cat.devices:
+            self.idx.add(("n", j))
+        for f in self.flows:
+            for a, b in f.graph.edges:
+                self.idx.add(("m", f.name, a, b))
+            self.idx.add(("slack", f.name))
+
+    def col(self, *key: Any) -> int | None:
+        return self.idx.cols.get(key)
+
+    def objective(self) -> Any:
+        cost = np.zeros(self.idx.n)
+        for j, d in self.cat.devices.items():
+            cost[self.idx.cols[("n", j)]] = d.price_per_hour
+        rates = {f.name: f.rate for f in self.flows}
+        for f in self.flows:
+            cost[self.idx.cols[("slack", f.name)]] = SLACK_PENALTY
+        for (fn, path, j), t in self.times.items():  # a tie-breaker: the cheaper busy time
+            busy = rates[fn] * t * self.cat.devices[j].price_per_hour
+            cost[self.idx.cols[("x", fn, path, j)]] += 1e-4 * busy + 1e-9
+        return cost
+
+    def assignment(self) -> None:
+        seen: dict[tuple[str, str], dict[int, float]] = {}
+        for k, c in self.idx.cols.items():
+            if k[0] == "x":
+                seen.setdefault((k[1], k[2]), {})[c] = 1.0
+        self.rows += [(cols, 1.0, 1.0) for cols in seen.values()]
+
+    def capacity(self) -> None:
+        rates = {f.name: f.rate for f in self.flows}
+        for j, d in self.cat.devices.items():
+            row: dict[int, float] = {self.idx.cols[("n", j)]: -self.ceiling[j] * d.slots}
+            for (fn, path, jj), t in self.times.items():
+                if jj == j:
+                    row[self.idx.cols[("x", fn, path, j)]] = rates[fn] * t
+            self.rows.append((row, -np.inf, 0.0))
+
+    def movement(self) -> None:
+        for f in self.flows:
+            for a, b, data in f.graph.edges(data=True):
+                m = self.idx.cols[("m", f.name, a, b)]
+                for j, d in self.cat.devices.items():
+                    move = data.get("bytes", 0) / (d.network_gbs * 1e9) + HOP_S
+                    row = {m: -1.0}
+                    if (ca := self.col("x", f.name, a, j)) is not None:
+                        row[ca] = move
+                    if (cb := self.col("x", f.name, b, j)) is not None:
+                        row[cb] = -move
+                    if len(row) > 1:
+                        self.rows.append((row, -np.inf, 0.0))
+
+    def latency(self) -> None:
+        by_step: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for (fn, path, j), t in self.times.items():
+            by_step.setdefault((fn, path), []).append((self.idx.cols[("x", fn, path, j)], t))
+        for f in self.flows:
+            budget = f.sla_s * self.scale[f.name]
+            for route in f.paths():
+                row = {self.idx.cols[("slack", f.name)]: -1.0}
+                for name in route:
+                    row.update(dict(by_step[(f.name, name)]))
+                for a, b in itertools.pairwise(route):
+                    row[self.idx.cols[("m", f.name, a, b)]] = 1.0
+                self.rows.append((row, -np.inf, budget))
+
+    def solve(self) -> Any:
+        self.assignment()
+        self.capacity()
+        self.movement()
+        self.latency()
+        matrix = np.zeros((len(self.rows), self.idx.n))
+        lower, upper = np.empty(len(self.rows)), np.empty(len(self.rows))
+        for r, (cols, lo, hi) in enumerate(self.rows):
+            for c, v in cols.items():
+                matrix[r, c] = v
+            lower[r], upper[r] = lo, hi
+        keys = list(self.idx.cols)
+        integrality = np.array([1 if k[0] in ("x", "n") else 0 for k in keys])
+        hi_b = np.array([1.0 if k[0] == "x" else np.inf for k in keys])
+        return milp(
+            self.objective(),
+            constraints=[LinearConstraint(matrix, lower, upper)],
+            integrality=integrality,
+            bounds=Bounds(np.zeros(self.idx.n), hi_b),
+            options={"time_limit": 60},
+        )
+
+
+def _solve_once(
+    flows: list[Flow], cat: Catalogue, ceiling: dict[str, float], scale: dict[str, float]
+) -> tuple[dict[str, int], dict[str, dict[str, str]], dict[str, float]]:
+    program = _Program(flows, cat, ceiling, scale)
+    idx = program.idx
+    res = program.solve()
+    if res.x is None:
+        raise ConfigError(f"the planning program has no solution: {res.message}")
+    x = res.x
+    workers = {j: round(x[idx.cols[("n", j)]]) for j in cat.devices}
+    placement: dict[str, dict[str, str]] = {f.name: {} for f in flows}
+    for k, c in idx.cols.items():
+        if k[0] == "x" and x[c] > 0.5:
+            placement[k[1]][k[2]] = k[3]
+    slack = {f.name: float(x[idx.cols[("slack", f.name)]]) for f in flows}
+    return workers, placement, slack
+
+
+def plan(flows: list[Flow], cat: Catalogue, ceiling: float = 0.7) -> Plan:
+    """The cheapest fleet and placement whose predicted p95 meets every SLA."""
+    ceilings = {j: ceiling for j in cat.devices}
+    scale = {f.name: 1.0 for f in flows}
+    notes: list[str] = []
+    for _ in range(MAX_ROUNDS):
+        workers, placement, slack = _solve_once(flows, cat, ceilings, scale)
+        missed = {f: s for f, s in slack.items() if s > 1e-6}
+        if missed:
+            text = "; ".join(f"'{f}' by {s:.3f} s of service time" for f, s in missed.items())
+            raise ConfigError(f"the SLA cannot be met even on the fastest classes: {text}")
+        result = predict(flows, cat, workers, placement)
+        late = [f for f in flows if result.predicted[f.name]["p95_s"] > f.sla_s]
+        if not late:
+            result.notes = notes
+            return result
+        for f in late:  # leave more of the SLA to queueing: a tighter service budget
+            scale[f.name] *= 0.8
+        for j, u in result.utilisation.items():
+            ceilings[j] = min(ceilings[j], max(0.3, u * 0.85)) if u > 0.5 else ceilings[j]
+        notes.append(
+            "queueing check: "
+            + ", ".join(f"{f.name} p95 {result.predicted[f.name]['p95_s']:.2f} s" for f in late)
+            + " over the SLA; tightened and solved again"
+        )
+    raise ConfigError(f"no plan met the SLAs after {MAX_ROUNDS} rounds: " + "; ".join(notes))
+
+
+def predict(
+    flows: list[Flow], cat: Catalogue, workers: dict[str, int], placement: dict[str, dict[str, str]]
+) -> Plan:
+    """Cost, utilisation and M/M/c-predicted p50/p95 of a given fleet and placement."""
+    load: dict[str, list[tuple[float, float]]] = {j: [] for j in cat.devices}  # (rate, time)
+    step_time: dict[tuple[str, str], float] = {}
+    for f in flows:
+        for s in f.steps():
+            j = placement[f.name][s.path]
+            model = cat.latency(j, s.op)
+            assert model is not None
+            t = model.time(s.units)
+            step_time[(f.name, s.path)] = t
+            load[j].append((f.rate, t))
+    waits, util = {}, {}
+    for j, items in load.items():
+        rate = sum(r for r, _ in items)
+        mean = sum(r * t for r, t in items) / rate if rate else 0.0
+        w = erlang_c(rate, mean, workers.get(j, 0) * cat.devices[j].slots)
+        waits[j], util[j] = w, (w.utilisation if rate else 0.0)
+    predicted, budgets = {}, {}
+    for f in flows:
+        best50 = best95 = 0.0
+        for path in f.paths():
+            p50 = p95 = 0.0
+            for a in path:
+                j = placement[f.name][a]
+                p50 += step_time[(f.name, a)] + waits[j].mean_s
+                p95 += step_time[(f.name, a)] + waits[j].p95_s
+            for a, b in itertools.pairwise(path):
+                ja, jb = placement[f.name][a], placement[f.name][b]
+                if ja != jb:
+                    move = f.graph.edges[a, b].get("bytes", 0) / (cat.devices[ja].network_gbs * 1e9)
+                    p50, p95 = p50 + move + HOP_S, p95 + move + HOP_S
+            best50, best95 = max(best50, p50), max(best95, p95, p50)
+        predicted[f.name] = {"p50_s": best50, "p95_s": best95, "sla_s": f.sla_s}
+        total = sum(step_time[(f.name, s.path)] for s in f.steps()) or 1.0
+        budgets[f.name] = {
+            s.path: round(f.sla_s * step_time[(f.name, s.path)] / total, 4) for s in f.steps()
+        }
+    cost = sum(cat.devices[j].price_per_hour * n for j, n in workers.items())
+    return Plan(workers, placement, cost, util, predicted, budgets)
+
+
+def homogeneous(
+    flows: list[Flow], cat: Catalogue, device: str, host: str = "cpu-16", ceiling: float = 0.7
+) -> Plan:
+    """The baseline: every step ``device`` can run goes to it, the rest (retrieval, text-to-
+    speech) to its ``host`` CPUs; as few of each as the load and the SLA allow."""
+    placement: dict[str, dict[str, str]] = {}
+    busy = {device: 0.0, host: 0.0}
+    for f in flows:
+        placement[f.name] = {}
+        for s in f.steps():
+            j = device if cat.latency(device, s.op) is not None else host
+            model = cat.latency(j, s.op)
+            if model is None:
+                raise ConfigError(f"neither {device} nor {host} can run {s.op} ('{f.name}')")
+            placement[f.name][s.path] = j
+            busy[j] += f.rate * model.time(s.units)
+    workers = {
+        j: max(1, math.ceil(b / (ceiling * cat.devices[j].slots))) if b else 0
+        for j, b in busy.items()
+    }
+    for _ in range(1000):
+        result = predict(flows, cat, workers, placement)
+        late = [f for f in flows if result.predicted[f.name]["p95_s"] > f.sla_s]
+        if not late:
+            return result
+        worst = max(result.utilisation, key=lambda j: result.utilisation[j])
+        workers[worst] += 1
+    raise ConfigError(f"{device} (with {host}) cannot meet the SLAs")

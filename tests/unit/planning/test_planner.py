@@ -1,0 +1,119 @@
+"""The planner: the cheapest fleet and placement meeting each SLA, from a real MILP solver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import ConfigError
+from fleet.planning.catalogue import Catalogue
+from fleet.planning.planner import homogeneous, plan, predict
+from fleet.planning.workload import Flow, load_workload
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "fleet" / "examples" / "plans" / "voice-20.yaml"
+
+TWO = """
+[defaults]
+lifetime_years = 4
+interest = 0.08
+electricity_per_kwh = 0.40
+utilisation = 1.0
+[devices.fast]
+capex = 20000
+power_w = 700
+memory_gb = 80
+bandwidth_gbs = 3000
+tflops = 900
+network_gbs = {net}
+slots = 1
+trusted_for = ["confidential"]
+[devices.cheap]
+capex = 1000
+power_w = 100
+memory_gb = 32
+bandwidth_gbs = 50
+tflops = 1
+network_gbs = {net}
+slots = 1
+[ops."llm.prefill"]
+fast = {{ fixed_s = 0.0, per_unit_s = 0.00005, source = "assumed: test" }}
+cheap = {{ fixed_s = 0.0, per_unit_s = 0.004, source = "assumed: test" }}
+[ops."llm.decode"]
+fast = {{ fixed_s = 0.0, per_unit_s = 0.002, source = "assumed: test" }}
+cheap = {{ fixed_s = 0.0, per_unit_s = 0.01, source = "assumed: test" }}
+[ops."llm.prompt"]
+any = {{ fixed_s = 0.0001, per_unit_s = 0.0, source = "assumed: test" }}
+[split."llm.generate"]
+parts = ["llm.prefill", "llm.decode"]
+handover_bytes_per_unit = 18500
+default_units = 400
+units_param = "max_tokens"
+default_param_units = 64
+"""
+
+LLM = """name: ask
+inputs: [q]
+nodes:
+  - {name: prompt, op: llm.prompt, inputs: {question: inputs.q}}
+  - {name: answer, op: llm.generate, inputs: {prompt: prompt.prompt}, params: {max_tokens: 20}}
+outputs: {a: answer.text}
+"""
+
+
+def _setup(
+    tmp_path: Path, net: float, rate: float, sla: float, extra: str = ""
+) -> tuple[Catalogue, list[Flow]]:
+    (tmp_path / "cat.toml").write_text(TWO.format(net=net))
+    (tmp_path / "ask.yaml").write_text(LLM)
+    (tmp_path / "load.yaml").write_text(
+        f"workflows:\n  - {{file: ask.yaml, rate: {rate}, sla_p95_s: {sla}{extra}, "
+        "tokens: {answer: {prompt: 1000}}}\n"
+    )
+    cat = Catalogue.load(tmp_path / "cat.toml")
+    return cat, load_workload(tmp_path / "load.yaml", cat.splits)
+
+
+def test_the_example_plan_meets_its_slas_for_less_than_a_top_end_fleet() -> None:
+    cat = Catalogue.load()
+    flows = load_workload(EXAMPLE, cat.splits)
+    result = plan(flows, cat)
+    for f in flows:
+        assert result.predicted[f.name]["p95_s"] <= f.sla_s
+    assert all(u <= 0.7 + 1e-6 for u in result.utilisation.values())
+    h100 = homogeneous(flows, cat, "h100")
+    assert result.cost_per_hour < h100.cost_per_hour
+    again = predict(flows, cat, result.workers, result.placement)  # the same figures
+    assert again.cost_per_hour == pytest.approx(result.cost_per_hour)
+
+
+def test_prefill_and_decode_split_only_when_the_kv_handover_is_cheap(tmp_path: Path) -> None:
+    # 1000 prompt tokens: prefill takes 4 s on `cheap` (too slow), 0.05 s on `fast`; decode
+    # takes 0.2 s on `cheap`, fine for the SLA. At 10/s, decoding on `fast` too would need a
+    # second $1.1/h `fast` worker; three `cheap` ones cost $0.2/h
+    cat, flows = _setup(tmp_path, net=50.0, rate=10.0, sla=1.5)
+    split = plan(flows, cat).placement["ask"]
+    assert split["answer:prefill"] == "fast" and split["answer:decode"] == "cheap"
+    # the KV state (18.5 MB) over a 10 MB/s link takes ~2 s: now the split breaks the SLA
+    (tmp_path / "slow").mkdir()
+    cat, flows = _setup(tmp_path / "slow", net=0.01, rate=10.0, sla=1.5)
+    together = plan(flows, cat).placement["ask"]
+    assert together["answer:prefill"] == together["answer:decode"] == "fast"
+
+
+def test_an_sla_no_class_can_meet_says_by_how_much(tmp_path: Path) -> None:
+    cat, flows = _setup(tmp_path, net=50.0, rate=1.0, sla=0.01)
+    with pytest.raises(ConfigError, match=r"SLA cannot be met.*'ask' by 0\.0[0-9]+ s"):
+        plan(flows, cat)
+
+
+def test_confidential_work_stays_on_trusted_classes(tmp_path: Path) -> None:
+    cat, flows = _setup(tmp_path, net=50.0, rate=2.0, sla=1.5, extra=", sensitivity: confidential")
+    placed = plan(flows, cat).placement["ask"]
+    assert set(placed.values()) == {"fast"}  # `cheap` is not trusted, whatever it saves
+    (tmp_path / "none").mkdir()
+    cat, flows = _setup(
+        tmp_path / "none", net=50.0, rate=2.0, sla=1.5, extra=", sensitivity: secret"
+    )
+    with pytest.raises(ConfigError, match=r"step 'prompt' \(llm\.prompt\).*trusted for 'secret'"):
+        plan(flows, cat)

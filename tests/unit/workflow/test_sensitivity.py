@@ -1,0 +1,78 @@
+"""Placement constraints: work marked with a sensitivity runs only on classes trusted for it --
+validation refuses a workflow that could not, and routing has no other class to fall back to."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet.config import FleetConfig
+from fleet.engine.compiler import compile_workflow
+from fleet.errors import WorkflowValidationError
+from fleet.registry import registry
+from fleet.routing.policies import RouteRequest, make_policy
+from fleet.routing.profiles import ProfileStore
+from fleet.routing.state import FleetState, WorkerInfo
+from fleet.workflow.loader import spec_from_data
+from fleet.workflow.validate import validate
+
+
+@pytest.fixture()
+def trusted(cfg: FleetConfig) -> FleetConfig:
+    classes = {
+        name: spec.model_copy(update={"trusted_for": ["confidential"] if name == "gpu" else []})
+        for name, spec in cfg.classes.items()
+    }
+    return cfg.model_copy(update={"classes": classes})
+
+
+def _spec(sensitivity: str | None, op: str = "text.upper") -> dict:  # type: ignore[type-arg]
+    inner = {
+        "name": "inner",
+        "inputs": ["t"],
+        "nodes": [{"name": "shout", "op": op, "inputs": {"text": "inputs.t"}}],
+        "outputs": {"t": "shout.text"},
+    }
+    data = {
+        "name": "medical",
+        "inputs": ["t"],
+        "nodes": [
+            {"name": "clean", "op": "text.normalize", "inputs": {"text": "inputs.t"}},
+            {"name": "agent", "workflow": inner, "inputs": {"t": "clean.text"}},
+        ],
+        "outputs": {"t": "agent.t"},
+    }
+    if sensitivity:
+        data["sensitivity"] = sensitivity
+    return data
+
+
+def test_marked_work_may_run_only_on_trusted_classes(trusted: FleetConfig) -> None:
+    spec = spec_from_data(_spec("confidential"))
+    validate(spec, trusted, registry)
+    compiled = compile_workflow(spec, trusted, registry)
+    assert compiled.root.classes["clean"] == ["gpu"]
+    assert compiled.root.children["agent"].classes["shout"] == ["gpu"]  # inherited
+    open_spec = spec_from_data(_spec(None))
+    assert len(compile_workflow(open_spec, trusted, registry).root.classes["clean"]) > 1
+
+
+def test_validation_names_the_node_and_the_constraint(trusted: FleetConfig) -> None:
+    with pytest.raises(WorkflowValidationError) as info:
+        validate(spec_from_data(_spec("secret")), trusted, registry)
+    text = str(info.value)
+    assert "node 'clean'" in text and "sensitivity 'secret'" in text and "trusted: none" in text
+    assert "agent/shout" in text
+
+
+def test_routing_never_falls_back_across_the_constraint(trusted: FleetConfig) -> None:
+    spec = spec_from_data(_spec("confidential"))
+    classes = compile_workflow(spec, trusted, registry).root.classes["clean"]
+    # the trusted class has no live worker; an untrusted one is idle
+    cpu = WorkerInfo("cpu@h", ("cpu",), 2, "prefork", 1, 0.0)
+    state = FleetState(workers={"cpu": [cpu], "gpu": []}, depth={"cpu": 0, "gpu": 0})
+    failing = trusted.model_copy(update={"no_worker": "fail"})
+    for name in ("static", "preferred", "least-latency", "cost-sla"):
+        req = RouteRequest("fleet.step", "text.normalize", "compute", tuple(classes))
+        decision = make_policy(name).choose(req, state, failing, ProfileStore())
+        assert decision.cls == "gpu", name  # never cpu: it is not a candidate at all
+        assert decision.fail or name == "static", name  # the live-aware ones fail the run
