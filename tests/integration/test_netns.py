@@ -54,7 +54,12 @@ def hosts(
     if refused:
         pytest.skip(f"no test hosts on this machine: {refused}")
     logs = tmp_path_factory.mktemp("netns-logs")
-    net = Network()
+    # every host hides all of pytest's temporary folders (the client's files among them)
+    hidden = tmp_path_factory.getbasetemp().parent
+    for needed in (Path(sys.prefix), EXAMPLES):  # what the hosts run must stay visible
+        if needed.resolve().is_relative_to(hidden.resolve()):
+            pytest.skip(f"{needed} is inside {hidden}, which the test hosts hide")
+    net = Network(hidden)
     try:
         broker = net.add_host("broker")
         url = f"redis://{broker.address}:6379/0"
@@ -67,7 +72,7 @@ def hosts(
             "--appendonly",
             "no",
             "--dir",
-            "/tmp",
+            str(hidden),
         ]
         broker.start(redis_argv, dict(os.environ), logs / "redis.log")
         deadline = time.monotonic() + 15

@@ -1,10 +1,12 @@
 """Hosts on one machine for the tests: Linux network namespaces joined by a bridge.
 
 Each host is a network namespace with its own address (a veth on the bridge), and every
-process started on it also gets its own hostname (UTS namespace) and a private, empty /tmp
-(a tmpfs in its own mount namespace): its HOME and data dir live there, where no other host
-and not the client can see them -- no shared filesystem for what the fleet writes. The test
-process itself is the client, on the bridge's address.
+process started on it also gets its own hostname (UTS namespace) and a private, empty tmpfs
+over the folder that holds the tests' temporary files (pytest's base folder, in its own mount
+namespace): its HOME and data dir live there, where no other host sees them, and the
+client's files there are hidden from it -- no shared filesystem for what the fleet writes.
+(Not /tmp as a whole: the checkout and its .venv may live there.) The test process itself is
+the client, on the bridge's address.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# what each host's processes run first: its name, a private /tmp, a HOME and data dir there
+# what each host's processes run first: its name, a private tmpfs over the hidden folder,
+# a HOME and data dir there
 _HOST_SHELL = (
-    'hostname "$FLEET_TEST_HOST" && mount -t tmpfs -o size=8g tmpfs /tmp && '
+    'hostname "$FLEET_TEST_HOST" && mount -t tmpfs -o size=8g tmpfs "$FLEET_TEST_HIDDEN" && '
     'mkdir -p "$HOME" "$FLEET_DATA_DIR" && exec "$@"'
 )
 
@@ -49,16 +52,21 @@ class Host:
     name: str
     ns: str
     address: str
+    hidden: Path  # covered by this host's own tmpfs
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start(self, argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-        """Run ``argv`` on this host: its network, hostname and private /tmp."""
-        env = {
+    def _env(self, env: dict[str, str]) -> dict[str, str]:
+        return {
             **env,
             "FLEET_TEST_HOST": self.name,
-            "HOME": "/tmp/home",
-            "FLEET_DATA_DIR": "/tmp/data",
+            "FLEET_TEST_HIDDEN": str(self.hidden),
+            "HOME": str(self.hidden / "home"),
+            "FLEET_DATA_DIR": str(self.hidden / "data"),
         }
+
+    def start(self, argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        """Run ``argv`` on this host: its network, hostname and private files."""
+        env = self._env(env)
         full = ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--uts"]
         full += ["--propagation", "private", "sh", "-c", _HOST_SHELL, "host", *argv]
         with log.open("ab") as out:
@@ -70,8 +78,7 @@ class Host:
 
     def run(self, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run a short command on this host and return its result."""
-        env = {**os.environ, "FLEET_TEST_HOST": self.name}
-        env.update(HOME="/tmp/home", FLEET_DATA_DIR="/tmp/data")
+        env = self._env(dict(os.environ))
         full = ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--uts"]
         full += ["--propagation", "private", "sh", "-c", _HOST_SHELL, "host", *argv]
         return subprocess.run(full, env=env, capture_output=True, text=True, timeout=timeout)
@@ -79,8 +86,10 @@ class Host:
 
 @dataclass
 class Network:
-    """A bridge on 10.<a>.<b>.0/24: the client at .254, hosts from .1 up."""
+    """A bridge on 10.<a>.<b>.0/24: the client at .254, hosts from .1 up. ``hidden``: the
+    folder each host covers with its own tmpfs (it must not hold the code the hosts run)."""
 
+    hidden: Path
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:5])
     hosts: dict[str, Host] = field(default_factory=dict)
 
@@ -104,7 +113,7 @@ class Network:
         _ip("-n", ns, "addr", "add", f"{address}/24", "dev", inside)
         _ip("-n", ns, "link", "set", inside, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
-        host = Host(name, ns, address)
+        host = Host(name, ns, address, self.hidden)
         self.hosts[name] = host
         return host
 
