@@ -175,6 +175,9 @@ class FleetConfig(BaseModel):
     # A placement for the static policy (`fleet plan --out` writes it): "workflow:node" (node
     # path without loop/map indexes) or an op name -> class.
     routes: dict[str, str] = Field(default_factory=dict)
+    # Per-node latency budgets (s) from a plan, "workflow:node" -> seconds: the cost-sla
+    # policy uses them instead of an even split of what is left of the run's SLA.
+    budgets: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("classes")
     @classmethod

@@ -342,11 +342,15 @@ class CostSlaPolicy(_Estimating):
     ) -> RouteDecision:
         left = req.sla_left_s if req.sla_left_s is not None else cfg.default_sla_s
         budget = max(0.0, left) / max(1, req.remaining_steps)
+        planned = cfg.budgets.get(route_key(req)) if cfg.budgets else None
+        if planned is not None:  # the plan's share of the SLA for this node
+            budget = min(planned, max(0.0, left))
         shown["budget_s"] = budget  # shown is this decision's own dict
         fits = [e for e in live if e.total_s <= budget]
         if fits:
             cheapest = min(fits, key=_cost)  # ties: the earlier (more preferred) class
-            why = f"cheapest class within the step budget {budget:.3f}s"
+            kind = "planned" if planned is not None else "step"
+            why = f"cheapest class within the {kind} budget {budget:.3f}s"
             return decide(cfg, self.name, cheapest.cls, why, estimates=shown)
         fastest = min(live, key=lambda e: e.total_s)
         why = f"spill: no class fits the step budget {budget:.3f}s; fastest instead"

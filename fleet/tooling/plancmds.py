@@ -53,7 +53,14 @@ def plan_toml(plan: Any, cat: Any) -> str:
             f'description = "planned: {n} worker(s), utilisation {plan.utilisation[j]:.2f}"',
             "",
         ]
-    lines.append("[routes]")
+    budgets: dict[str, float] = {}
+    for flow, steps in plan.budgets.items():
+        for path, seconds in steps.items():  # an LLM call's two halves: one node's budget
+            key = f"{flow}:{path.split(':')[0]}"
+            budgets[key] = budgets.get(key, 0.0) + seconds
+    lines.append("[budgets]")
+    lines += [f"{json.dumps(k)} = {v:.4f}" for k, v in budgets.items()]
+    lines += ["", "[routes]"]
     for flow, steps in plan.placement.items():
         for path, j in steps.items():
             node = path.split(":")[0]  # an LLM call's prefill half names the node
