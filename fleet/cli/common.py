@@ -36,14 +36,18 @@ def _text(path: str) -> str:
         raise click.BadParameter(f"cannot read {path} as UTF-8 text: {exc}") from None
 
 
-def parse_inputs(pairs: tuple[str, ...], inputs_json: str | None) -> dict[str, Any]:
-    """``key=value`` pairs: JSON values when they parse, ``@path`` reads a file, else text."""
+def parse_inputs(
+    pairs: tuple[str, ...], inputs_json: str | None
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """``key=value`` pairs: JSON values when they parse, ``@path`` reads a file, else text.
+    Also the line of each key in the ``--inputs-json`` file, for errors."""
     values: dict[str, Any] = {}
+    lines: dict[str, int] = {}
     if inputs_json:
         from fleet.workflow.loader import load_inputs
 
         try:
-            values, _ = load_inputs(inputs_json)
+            values, lines = load_inputs(inputs_json)
         except WorkflowValidationError as exc:
             fail(str(exc), 2)
     for pair in pairs:
@@ -57,7 +61,7 @@ def parse_inputs(pairs: tuple[str, ...], inputs_json: str | None) -> dict[str, A
             values[key] = json.loads(raw)
         except json.JSONDecodeError:
             values[key] = raw
-    return values
+    return values, lines
 
 
 def key_path(item: str, option: str) -> tuple[str, str]:
@@ -78,12 +82,12 @@ def save_outputs(client: Any, handle: Any, to_save: dict[str, str]) -> None:
         err.print(f"saved {name} to {path}", highlight=False)
 
 
-def check_run_inputs(spec: Any, inputs: dict[str, Any], inputs_json: str | None) -> None:
+def check_run_inputs(
+    spec: Any, inputs: dict[str, Any], inputs_json: str | None, lines: dict[str, int]
+) -> None:
     """Missing or unknown inputs, named with the file and line they come from (exit 2)."""
-    from fleet.workflow.loader import load_inputs
     from fleet.workflow.validate import check_inputs
 
-    lines = load_inputs(inputs_json)[1] if inputs_json else {}
     try:
         check_inputs(spec, inputs, inputs_json, lines)
     except WorkflowValidationError as exc:

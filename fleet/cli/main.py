@@ -258,10 +258,10 @@ def submit(
 ) -> None:
     """Validate, enqueue and (by default) wait for a workflow; print its result and trace."""
     client, spec = load_and_validate(file)
-    inputs = parse_inputs(pairs, inputs_json)
+    inputs, lines = parse_inputs(pairs, inputs_json)
     to_upload = dict(key_path(item, "--upload") for item in uploads)
     to_save = dict(key_path(item, "--save") for item in saves)
-    check_run_inputs(spec, {**inputs, **to_upload}, inputs_json)
+    check_run_inputs(spec, {**inputs, **to_upload}, inputs_json, lines)
     try:
         for key, path in to_upload.items():
             inputs[key] = client.upload(path)

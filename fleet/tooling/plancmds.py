@@ -61,12 +61,11 @@ def plan_toml(plan: Any, cat: Any) -> str:
     lines.append("[budgets]")
     lines += [f"{json.dumps(k)} = {v:.4f}" for k, v in budgets.items()]
     lines += ["", "[routes]"]
+    routes: dict[str, str] = {}
     for flow, steps in plan.placement.items():
-        for path, j in steps.items():
-            node = path.split(":")[0]  # an LLM call's prefill half names the node
-            if path.endswith(":decode"):
-                continue
-            lines.append(f"{json.dumps(f'{flow}:{node}')} = {json.dumps(j)}")
+        for path, j in steps.items():  # in graph order: a split step's first part names it
+            routes.setdefault(f"{flow}:{path.split(':')[0]}", j)
+    lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in routes.items()]
     return "\n".join(lines) + "\n"
 
 

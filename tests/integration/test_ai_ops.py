@@ -17,8 +17,8 @@ from fleet.errors import WorkflowFailed
 from fleet.runtime.client import Fleet
 from fleet.runtime.runs import TraceEntry
 from fleet.runtime.sdk import blobs
-from fleet.tooling.demo import speak_to_file
 from fleet.workflow.builder import Workflow
+from tests.support.voice import ask_voice_agent
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "fleet" / "examples"
@@ -174,14 +174,7 @@ def test_batch_summarisation_fans_out_and_in(client: Fleet) -> None:
 def test_voice_agent_end_to_end(
     client: Fleet, knowledge_base: dict[str, Any], order_api: str, tmp_path: Path
 ) -> None:
-    # spoken on the client and sent by reference: no worker reads the client's disk
-    question = speak_to_file(
-        "Hello. Where is my order 1042? It has not arrived yet.", tmp_path / "q.wav"
-    )
-    run = client.submit(
-        EXAMPLES / "voice_agent.yaml",
-        {"audio": client.upload(question), "api": order_api, "index": "kb-test"},
-    )
+    run = ask_voice_agent(client, order_api, "kb-test", tmp_path)
     out = run.get(timeout=300)
     assert "1042" in out["question"].replace(",", "")  # real speech-to-text
     assert out["facts"] == "Your order 1042 (blender) is shipped."  # a real tool call

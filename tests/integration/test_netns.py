@@ -25,8 +25,8 @@ from fleet.runtime.app import create_app
 from fleet.runtime.client import Fleet
 from fleet.runtime.launch import native_threads
 from fleet.runtime.local import broker_reachable
-from fleet.tooling.demo import speak_to_file
 from tests.support.netns import Network, namespaces_refused
+from tests.support.voice import ask_voice_agent
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -156,13 +156,7 @@ def test_kb_rag_and_voice_agent_across_hosts(
     classes = _check_hosts(rag)
     assert classes["answer"] == "gpu" and classes["retrieve"] == "cpu"
 
-    question = speak_to_file(
-        "Hello. Where is my order 1042? It has not arrived yet.", tmp_path / "q.wav"
-    )
-    voice = client.submit(
-        EXAMPLES / "voice_agent.yaml",
-        {"audio": client.upload(question), "api": api_url, "index": "net-kb"},
-    )
+    voice = ask_voice_agent(client, api_url, "net-kb", tmp_path)
     said = voice.get(timeout=300)
     assert "1042" in said["question"].replace(",", "")
     assert said["facts"] == "Your order 1042 (blender) is shipped."  # edge called the client's API
