@@ -52,6 +52,8 @@ class Device:
     only: list[str] = field(default_factory=list)
     # the live fleet's classes whose ops this device runs (its class `serves` them)
     serves: list[str] = field(default_factory=list)
+    # the operator's utilisation ceiling for this class (planning); None: the plan's default
+    ceiling: float | None = None
 
     @property
     def kind(self) -> str:

@@ -3,12 +3,16 @@ graph of planning steps with their units and the bytes on each edge.
 
 An op the catalogue splits (``[split]``: an LLM call as prefill then decode) becomes two steps
 joined by an edge that carries the handed-over state (the KV cache): the planner may put them
-on different classes when that is cheaper. A loop's body is planned
-once (its expected iteration count is 1 for the agents here: the second round calls nothing).
+on different classes when that is cheaper. Conditional parts follow the workload's ``shape``:
+a ``when:`` node runs with a chance, a loop's iterations past the first are unrolled, each with
+the chance that keeps the stated mean, and a map node is widened to its stated items. The
+planner loads each step by its chance; the simulator draws them per run.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ import yaml
 from fleet.errors import ConfigError
 from fleet.planning.catalogue import Split
 from fleet.workflow.loader import load_workflow
-from fleet.workflow.model import WorkflowSpec, alternatives
+from fleet.workflow.model import NodeSpec, WorkflowSpec, alternatives
 
 EDGE_BYTES = 2_000  # a step's JSON outputs
 
@@ -29,6 +33,44 @@ class Step:
     path: str  # node path, with ":prefill" / ":decode" for the two halves of an LLM call
     op: str
     units: float
+    # what must hold for the step to run: conditions ("when:PATH") and loop iterations past
+    # the first ("loop:PATH#K"), each drawn once per run with its chance (Flow.chances)
+    guards: tuple[str, ...] = ()
+    chance: float = 1.0  # the probability that it runs (guards independent)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a workflow's conditional parts go, on average (the workload's ``shape:``): the
+    chance that a node runs (a ``when:`` condition, or a node skipped with what it reads),
+    a loop's mean iterations, a map's items. A chance's key is the node's path, or with a
+    loop iteration past the first (``tools#2/call``) for that iteration only."""
+
+    chance: dict[str, float] = field(default_factory=dict)
+    loops: dict[str, float] = field(default_factory=dict)
+    maps: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> Shape:
+        raw = raw or {}
+        unknown = set(raw) - {"chance", "loops", "maps"}
+        if unknown:
+            raise ConfigError(f"{where}: shape: unknown key(s) {', '.join(sorted(unknown))}")
+        try:
+            shape = cls(
+                {str(k): float(v) for k, v in (raw.get("chance") or {}).items()},
+                {str(k): float(v) for k, v in (raw.get("loops") or {}).items()},
+                {str(k): int(v) for k, v in (raw.get("maps") or {}).items()},
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{where}: shape: {exc}") from None
+        for k, p in shape.chance.items():
+            if not 0 <= p <= 1:
+                raise ConfigError(f"{where}: shape.chance['{k}'] = {p}: a chance is 0 to 1")
+        for k, n in {**shape.loops, **shape.maps}.items():
+            if n < 0:
+                raise ConfigError(f"{where}: shape: '{k}' = {n} must not be negative")
+        return shape
 
 
 @dataclass
@@ -40,6 +82,7 @@ class Flow:
     sla_s: float
     graph: nx.DiGraph = field(repr=False)
     sensitivity: str | None = None
+    chances: dict[str, float] = field(default_factory=dict)  # guard -> its chance
 
     def steps(self) -> list[Step]:
         return [self.graph.nodes[n]["step"] for n in nx.topological_sort(self.graph)]
@@ -57,6 +100,11 @@ class Flow:
         return found
 
 
+def plain(path: str) -> str:
+    """A step's path without loop iterations and map items: the shape's and the plan's key."""
+    return re.sub(r"#\d+|\[\d+\]", "", path)
+
+
 def _refs(sources: dict[str, Any]) -> set[str]:
     out = set()
     for source in sources.values():
@@ -67,62 +115,113 @@ def _refs(sources: dict[str, Any]) -> set[str]:
     return out
 
 
-def _add(
-    g: nx.DiGraph,
-    spec: WorkflowSpec,
-    prefix: str,
-    entry: set[str],
-    tokens: dict[str, Any],
-    splits: dict[str, Split],
-) -> dict[str, set[str]]:
-    """Add ``spec``'s nodes to ``g``; returns node name -> the graph nodes that end it."""
-    ends: dict[str, set[str]] = {}
-    for node in spec.nodes:
-        path = f"{prefix}{node.name}"
-        deps = (
-            set().union(*(ends.get(r, set()) for r in _refs(node.inputs))) if node.inputs else set()
-        )
-        if node.when is not None and node.when.ref.split(".")[0] in ends:
-            deps |= ends[node.when.ref.split(".")[0]]
-        uses_inputs = any(
-            str(a).startswith("inputs.") for s in node.inputs.values() for a in alternatives(s)
-        )
-        if not deps and (uses_inputs or not node.inputs):
-            deps = set(entry)
-        if node.workflow is not None:
-            inner = _add(g, node.workflow, f"{path}/", deps, tokens, splits)
-            ends[node.name] = set().union(*inner.values()) if inner else deps
-            continue
-        op = node.op or ""
-        split = splits.get(op)
-        if split is not None:
-            one, two = split.parts
-            units = float(tokens.get(path, {}).get("prompt", split.default_units))
-            later = float(node.params.get(split.units_param, split.default_param_units))
-            first, last = f"{path}:{one.split('.')[-1]}", f"{path}:{two.split('.')[-1]}"
-            g.add_node(first, step=Step(first, one, units))
-            g.add_node(last, step=Step(last, two, later))
-            g.add_edge(first, last, bytes=split.handover_bytes_per_unit * units)
-        else:
-            g.add_node(path, step=Step(path, op, float(tokens.get(path, {}).get("units", 1))))
-            first = last = path
-        for d in deps:
-            g.add_edge(d, first, bytes=EDGE_BYTES)
-        ends[node.name] = {last}
-    return ends
+@dataclass
+class _Builder:
+    """Flattens a workflow into the planning graph: sub-workflows inlined, loops unrolled
+    (as many iterations as can run), maps widened, LLM calls split where the catalogue says."""
+
+    g: nx.DiGraph
+    tokens: dict[str, Any]
+    splits: dict[str, Split]
+    shape: Shape
+    chances: dict[str, float] = field(default_factory=dict)
+
+    def guard(self, name: str, chance: float) -> tuple[str, ...]:
+        if chance >= 1:
+            return ()
+        self.chances[name] = chance
+        return (name,)
+
+    def scope(
+        self, spec: WorkflowSpec, prefix: str, entry: set[str], guards: tuple[str, ...]
+    ) -> dict[str, set[str]]:
+        """Add ``spec``'s nodes; returns node name -> the graph nodes that end it."""
+        ends: dict[str, set[str]] = {}
+        for node in spec.nodes:
+            path = f"{prefix}{node.name}"
+            deps = set().union(*(ends.get(r, set()) for r in _refs(node.inputs)))
+            if node.when is not None and node.when.ref.split(".")[0] in ends:
+                deps |= ends[node.when.ref.split(".")[0]]
+            uses_inputs = any(
+                str(a).startswith("inputs.") for s in node.inputs.values() for a in alternatives(s)
+            )
+            if not deps and (uses_inputs or not node.inputs):
+                deps = set(entry)
+            mine = guards
+            chance = self.shape.chance.get(path, self.shape.chance.get(plain(path), 1.0))
+            if node.when is not None or chance < 1:
+                mine += self.guard(f"when:{path}", chance)
+            if node.workflow is not None:
+                ends[node.name] = self.loop(node, path, deps, mine)
+            else:
+                ends[node.name] = self.op(node, path, deps, mine)
+        return ends
+
+    def loop(self, node: NodeSpec, path: str, deps: set[str], guards: tuple[str, ...]) -> set[str]:
+        assert node.workflow is not None
+        mean = self.shape.loops.get(plain(path), 1.0) if node.loop else 1.0
+        most = node.loop.max_iterations if node.loop else 1
+        entry = set(deps)
+        for k in range(min(most, max(1, math.ceil(mean)))):
+            mine = guards
+            if k:  # iteration k+1 runs with the chance that keeps the mean
+                mine += self.guard(f"loop:{path}#{k + 1}", min(1.0, max(0.0, mean - k)))
+            inner = self.scope(node.workflow, f"{path}#{k + 1}/" if k else f"{path}/", entry, mine)
+            entry = set().union(*inner.values()) if inner else entry
+        return entry  # the last iteration's ends: the earlier ones come before them
+
+    def op(self, node: NodeSpec, path: str, deps: set[str], guards: tuple[str, ...]) -> set[str]:
+        width = self.shape.maps.get(plain(path), 1) if node.map else 1
+        names = [path] if width == 1 else [f"{path}[{i}]" for i in range(width)]
+        out = set()
+        for name in names:
+            first, last = self.add(node, name, guards)
+            for d in deps:
+                self.g.add_edge(d, first, bytes=EDGE_BYTES)
+            out.add(last)
+        return out
+
+    def add(self, node: NodeSpec, path: str, guards: tuple[str, ...]) -> tuple[str, str]:
+        op, key = node.op or "", plain(path)
+        chance = math.prod(self.chances[g] for g in guards)
+        split = self.splits.get(op)
+        if split is None:
+            units = float(self.tokens.get(key, {}).get("units", 1))
+            self.g.add_node(path, step=Step(path, op, units, guards, chance))
+            return path, path
+        one, two = split.parts
+        units = float(self.tokens.get(key, {}).get("prompt", split.default_units))
+        later = float(node.params.get(split.units_param, split.default_param_units))
+        first, last = f"{path}:{one.split('.')[-1]}", f"{path}:{two.split('.')[-1]}"
+        self.g.add_node(first, step=Step(first, one, units, guards, chance))
+        self.g.add_node(last, step=Step(last, two, later, guards, chance))
+        self.g.add_edge(first, last, bytes=split.handover_bytes_per_unit * units)
+        return first, last
 
 
 def flatten(
-    spec: WorkflowSpec, splits: dict[str, Split], tokens: dict[str, Any] | None = None
-) -> nx.DiGraph:
-    g: nx.DiGraph = nx.DiGraph()
-    _add(g, spec, "", set(), tokens or {}, splits)
-    return g
+    spec: WorkflowSpec,
+    splits: dict[str, Split],
+    tokens: dict[str, Any] | None = None,
+    shape: Shape | None = None,
+) -> tuple[nx.DiGraph, dict[str, float]]:
+    """The planning graph of ``spec`` and the chances of its guards. A node that never runs
+    (chance 0) is left out; the steps after it keep their order."""
+    b = _Builder(nx.DiGraph(), tokens or {}, splits, shape or Shape())
+    b.scope(spec, "", set(), ())
+    for n in [n for n, d in b.g.nodes(data=True) if d["step"].chance <= 0]:
+        b.g.add_edges_from(
+            (p, s, {"bytes": EDGE_BYTES}) for p in b.g.predecessors(n) for s in b.g.successors(n)
+        )
+        b.g.remove_node(n)
+    return b.g, {k: v for k, v in b.chances.items() if v > 0}
 
 
 def load_workload(path: Path, splits: dict[str, Split] | None = None) -> list[Flow]:
-    """A workload file: ``workflows: [{file, rate, sla_p95_s, [sensitivity], [tokens]}]``;
-    ``file`` is a path, relative to the workload file, or a packaged example's name."""
+    """A workload file: ``workflows: [{file, rate, sla_p95_s, [sensitivity], [tokens],
+    [shape]}]``; ``file`` is a path, relative to the workload file, or a packaged example's
+    name; ``shape: {chance: {node: chance}, loops: {node: mean iterations}, maps: {node: items}}``
+    (node paths as in ``tokens``, loop iterations and map items left out)."""
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -141,8 +240,10 @@ def load_workload(path: Path, splits: dict[str, Split] | None = None) -> list[Fl
         rate, sla = float(w["rate"]), float(w["sla_p95_s"])
         if rate <= 0 or sla <= 0:
             raise ConfigError(f"{where}: rate and sla_p95_s must be positive")
-        graph = flatten(spec, splits or {}, w.get("tokens"))
-        flows.append(Flow(spec.name, rate, sla, graph, w.get("sensitivity") or spec.sensitivity))
+        shape = Shape.parse(w.get("shape"), where)
+        graph, chances = flatten(spec, splits or {}, w.get("tokens"), shape)
+        sensitivity = w.get("sensitivity") or spec.sensitivity
+        flows.append(Flow(spec.name, rate, sla, graph, sensitivity, chances))
     if not flows:
         raise ConfigError(f"{path}: no workflows")
     return flows

@@ -102,6 +102,9 @@ class TraceEntry:
     route: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     rss_mb: float | None = None  # the worker process's peak memory so far
+    # CPU seconds the step used, native threads included (prefork: the whole process): its
+    # CPU demand is cpu_s / run_s, the cores it keeps busy (the simulator's host model)
+    cpu_s: float | None = None
 
     @property
     def wait_s(self) -> float | None:
@@ -129,6 +132,7 @@ class TraceEntry:
             "route": self.route,
             "error": self.error,
             "rss_mb": self.rss_mb,
+            "cpu_s": self.cpu_s,
         }
 
     @classmethod
@@ -148,6 +152,7 @@ class TraceEntry:
             route=d.get("route") or {},
             error=d.get("error"),
             rss_mb=d.get("rss_mb"),
+            cpu_s=d.get("cpu_s"),
         )
 
 

@@ -96,6 +96,7 @@ class _Trace:
             "route": getattr(req, ROUTE_HEADER, None) or {},
         }
         self.started_at = time.time()
+        self.cpu_at = _cpu_clock()
 
     def entry(self, status: str, error: str | None = None) -> TraceEntry:
         rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -106,7 +107,17 @@ class _Trace:
             ended_at=time.time(),
             error=error,
             rss_mb=round(rss_kib / 1024.0, 1),
+            cpu_s=round(_cpu_clock() - self.cpu_at, 6),
         )
+
+
+def _cpu_clock() -> float:
+    """The step's CPU clock: in a prefork child (the main thread) the whole process's, so the
+    op's native threads count; in a thread pool only this thread's (the others are other
+    steps')."""
+    if threading.current_thread() is threading.main_thread():
+        return time.process_time()
+    return time.thread_time()
 
 
 class StepRequest(Request):

@@ -13,7 +13,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,11 +220,45 @@ def run_deployment(
     fleet.start(wait=120)
     try:
         client = Fleet(app=create_app(cfg), cfg=cfg)
-        for job in mix:  # warm-up: the first run of each workflow (caches, connections)
-            client.submit(job.spec(), job.inputs(ctx), policy=dep.policy).get(timeout=300)
+        if ctx.get("audio_file"):  # by reference, as a remote client's; each fleet has its
+            ctx["audio"] = client.upload(ctx["audio_file"])  # own Redis: upload it again
+        warm_up(client, cfg, dep, mix, ctx)
         return _drive(client, dep, rnd, workload, mix, ctx, tick)
     finally:
         fleet.stop()
+
+
+def warm_up(
+    client: Any, cfg: FleetConfig, dep: Deployment, mix: list[Job], ctx: dict[str, str]
+) -> None:
+    """Every process of every class runs each workflow once before the measurement: a
+    process's first run pays for caches (llama.cpp reuses the prompt prefix it evaluated
+    last; connections) that the measured runs would otherwise pay at random, depending on
+    which process a policy happens to pick."""
+    from fleet.registry import registry
+
+    registry.load_plugins()
+    for job in mix:
+        client.submit(job.spec(), job.inputs(ctx), policy=dep.policy).get(timeout=300)
+        for name, spec in dep.classes.items():
+            if spec.pool != "prefork":
+                continue
+            pinned = job.spec()
+            _prefer(pinned, name, cfg, registry)
+            runs = [
+                client.submit(pinned, job.inputs(ctx), policy="static")
+                for _ in range(spec.concurrency)
+            ]
+            for run in runs:  # at once: each of the class's processes takes one
+                run.get(timeout=300)
+
+
+def _prefer(spec: WorkflowSpec, cls: str, cfg: FleetConfig, registry: Any) -> None:
+    for node in spec.nodes:
+        if node.workflow is not None:
+            _prefer(node.workflow, cls, cfg, registry)
+        elif node.op and cls in registry.get(node.op).eligible(cfg.classes):
+            node.prefer = cls
 
 
 def _drive(
@@ -289,6 +324,12 @@ def _row(job: Job, handle: Any, info: Any) -> dict[str, Any]:
         "steps": sum(1 for e in trace if e.status == "succeeded"),
         "decide_us": decide,
         "answer": answer_digest(info.outputs if info else None),
+        # each step that ran: node, op, class, started, ended, CPU seconds (calibration)
+        "trace": [
+            [e.node, e.op, e.cls, e.started_at, e.ended_at, e.cpu_s]
+            for e in trace
+            if e.status == "succeeded"
+        ],
     }
 
 
@@ -349,9 +390,11 @@ def prepare(workdir: Path, quick: bool) -> dict[str, str]:
         "index": "bench-kb",
         "api": "",
         "audio": "",
+        "audio_file": "",
     }
     if not quick:
-        ctx["audio"] = str(speak_to_file("Hello. Where is my order 1042?", workdir / "q.wav"))
+        question = speak_to_file("Hello. Where is my order 1042?", workdir / "q.wav")
+        ctx["audio_file"] = str(question)
     return ctx
 
 
@@ -368,8 +411,6 @@ def build_index(ctx: dict[str, str], workdir: Path) -> None:
         client = Fleet(app=create_app(cfg), cfg=cfg)
         docs = {"docs": client.upload(EXAMPLES / "kb"), "index": ctx["index"]}
         client.submit(EXAMPLES / "kb_build.yaml", docs).get(timeout=600)
-        if ctx["audio"]:  # the question goes in by reference, as a remote client's would
-            ctx["audio"] = client.upload(ctx["audio"])
 
 
 def order_rounds(names: list[str], rounds: int) -> list[tuple[int, str]]:
@@ -379,6 +420,26 @@ def order_rounds(names: list[str], rounds: int) -> list[tuple[int, str]]:
         seq = names if r % 2 == 0 else list(reversed(names))
         out += [(r, n) for n in seq]
     return out
+
+
+@contextmanager
+def session(
+    out: Path, quick: bool, say: Callable[[str], None]
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    """What every deployment shares: inputs, the example order API, the index (built once)."""
+    from fleet.tooling.demo import OrderAPI
+
+    workdir = out / "work"
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    ctx = prepare(workdir, quick)
+    api = OrderAPI(workdir)
+    ctx["api"] = api.url
+    try:
+        say("building the knowledge-base index once (every deployment reads it)")
+        build_index(ctx, workdir)
+        yield workdir, ctx
+    finally:
+        api.stop()
 
 
 def run_bench(
@@ -392,25 +453,15 @@ def run_bench(
 ) -> tuple[list[dict[str, Any]], list[Path], dict[str, Any]]:
     """The whole benchmark: shared inputs, every deployment per round, then the report."""
     from fleet.tooling.benchreport import summarize, write
-    from fleet.tooling.demo import OrderAPI
 
-    workdir = out / "work"
-    (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    ctx = prepare(workdir, quick)
     mix = jobs(quick)
     deps = {d.name: d for d in deployments() if d.name in names}
-    api = OrderAPI(workdir)
-    ctx["api"] = api.url
     results: list[Result] = []
     began = time.time()
-    try:
-        say("building the knowledge-base index once (every deployment reads it)")
-        build_index(ctx, workdir)
+    with session(out, quick, say) as (workdir, ctx):
         for rnd, name in order_rounds(list(deps), rounds):
             say(f"round {rnd + 1}/{rounds}: {name} ({deps[name].description})")
             results.append(run_deployment(deps[name], rnd, workload, mix, ctx, workdir, tick))
-    finally:
-        api.stop()
     rows = [summarize(n, [r for r in results if r.deployment == n]) for n in deps]
     meta = {
         "workload": {

@@ -160,6 +160,9 @@ def plan_command(
     help="plan, static, preferred, least-latency or cost-sla (default: plan and the last two).",
 )
 @click.option("--duration", default=120.0, show_default=True, help="Simulated seconds.")
+@click.option(
+    "--steps", type=int, help="Simulate about this many steps per policy (instead of --duration)."
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cv", default=0.2, show_default=True, help="Service-time variation.")
 @click.option("--json", "as_json", is_flag=True)
@@ -168,16 +171,24 @@ def simulate_command(
     catalogue: str | None,
     policies: tuple[str, ...],
     duration: float,
+    steps: int | None,
     seed: int,
     cv: float,
     as_json: bool,
 ) -> None:
     """Simulate the planned fleet serving the workload, routed by the live fleet's own
-    policy objects; report p50/p95 per workflow and simulated steps per wall-clock second."""
+    policy objects; report p50/p95 per workflow and simulated steps per wall-clock second.
+
+    Conditions, loops and maps follow each workflow's `shape:` in the workload file (chance
+    of a node, mean iterations, map items), drawn per run.
+    """
     from fleet.planning.planner import plan
     from fleet.planning.simulate import simulate
 
     cat, flows = _load(workload, catalogue)
+    if steps:  # the expected steps per simulated second, arrivals times steps per run
+        per_s = sum(f.rate * sum(s.chance for s in f.steps()) for f in flows)
+        duration = steps / per_s
     try:
         fleet = plan(flows, cat)
         runs = [
@@ -225,3 +236,115 @@ def simulate_command(
             )
     console.print(table)
     console.print(f"{steps:,} steps simulated at {steps / wall:,.0f} steps/s wall-clock")
+
+
+P50_BOUND, P95_BOUND = 0.15, 0.25  # the simulator's agreement with the live fleet
+
+
+@click.command("calibrate")
+@click.option("--quick", is_flag=True, help="Triage and RAG only, 30 s: a few minutes.")
+@click.option("--rate", default=1.0, show_default=True, help="Arrivals per second.")
+@click.option("--duration", type=float, help="Seconds of arrivals [60; quick: 30].")
+@click.option("--profile-runs", type=int, help="Isolated runs per profiled deployment [24].")
+@click.option("--deployments", help="Comma-separated (default: all four).")
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--out",
+    default="bench/results/calibration",
+    show_default=True,
+    type=click.Path(file_okay=False),
+)
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Compare again from a saved calibration.json (no live runs).",
+)
+@click.option("--json", "as_json", is_flag=True)
+def calibrate_command(
+    quick: bool,
+    rate: float,
+    duration: float | None,
+    profile_runs: int | None,
+    deployments: str | None,
+    seed: int,
+    out: str,
+    source: str | None,
+    as_json: bool,
+) -> None:
+    """The simulator against the live fleet on this machine: profile each workflow alone,
+    run `fleet bench`'s workload on each deployment, then simulate the same arrivals on a
+    model of each deployment (this machine's cores shared by every class) and compare p50
+    and p95. Writes calibration.json to --out; exits 1 where p50 is off by more than 15 %
+    or p95 by more than 25 %.
+    """
+    from rich.progress import Progress
+
+    from fleet.tooling.bench import Workload
+    from fleet.tooling.bench import deployments as all_deployments
+    from fleet.tooling.calibration import compare, measure
+
+    if source:
+        doc = json.loads(Path(source).read_text())
+    else:
+        names = [n for n in (deployments or "").split(",") if n] or [
+            d.name for d in all_deployments()
+        ]
+        workload = Workload(rate=rate, duration_s=duration or (30.0 if quick else 60.0), seed=seed)
+        with Progress(console=console) as bar:
+            task = bar.add_task("workflows", total=None)
+            doc = measure(
+                workload,
+                quick,
+                names,
+                profile_runs or 24,
+                Path(out),
+                bar.console.print,
+                lambda: bar.advance(task),
+            )
+    rows = compare(doc)
+    within = all(
+        abs(r.error("p50_s")) <= P50_BOUND and abs(r.error("p95_s")) <= P95_BOUND for r in rows
+    )
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "within_bounds": within,
+                    "rows": [
+                        {
+                            "deployment": r.deployment,
+                            "measured": r.measured,
+                            "simulated": r.simulated,
+                            "p50_error": r.error("p50_s"),
+                            "p95_error": r.error("p95_s"),
+                            "per_workflow": r.per_job,
+                        }
+                        for r in rows
+                    ],
+                }
+            )
+        )
+    else:
+        console.print(_calibration_table(rows))
+    raise SystemExit(0 if within else 1)
+
+
+def _calibration_table(rows: list[Any]) -> Table:
+    table = Table(title="simulated vs measured", title_justify="left", box=box.SIMPLE_HEAD)
+    cols = ("deployment", "runs", "p50 live", "p50 sim", "err", "p95 live", "p95 sim", "err")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "deployment" else "right")
+    for r in rows:
+        e50, e95 = r.error("p50_s"), r.error("p95_s")
+        table.add_row(
+            r.deployment,
+            str(int(r.measured["runs"])),
+            f"{r.measured['p50_s']:.3f}",
+            f"{r.simulated['p50_s']:.3f}",
+            ("" if abs(e50) <= P50_BOUND else "[red]") + f"{e50:+.0%}",
+            f"{r.measured['p95_s']:.3f}",
+            f"{r.simulated['p95_s']:.3f}",
+            ("" if abs(e95) <= P95_BOUND else "[red]") + f"{e95:+.0%}",
+        )
+    return table

@@ -8,7 +8,7 @@ import pytest
 
 from fleet.errors import ConfigError
 from fleet.planning.catalogue import Catalogue
-from fleet.planning.planner import homogeneous, plan, predict
+from fleet.planning.planner import homogeneous, plan, predict, sized
 from fleet.planning.workload import Flow, load_workload
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "fleet" / "examples" / "plans" / "voice-20.yaml"
@@ -117,3 +117,28 @@ def test_confidential_work_stays_on_trusted_classes(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"step 'prompt' \(llm\.prompt\).*trusted for 'secret'"):
         plan(flows, cat)
+
+
+def test_a_class_ceiling_set_by_the_operator_buys_more_workers(tmp_path: Path) -> None:
+    # 20/s x 0.05 s of prefill on `fast` (decode goes to `cheap`) = 1 busy slot: 2 workers
+    # under the default ceiling of 0.7, 3 under the operator's 0.4 for that class
+    cat, flows = _setup(tmp_path, net=50.0, rate=20.0, sla=5.0)
+    assert plan(flows, cat).placement["ask"]["answer:prefill"] == "fast"
+    assert plan(flows, cat).workers["fast"] == 2
+    (tmp_path / "cat.toml").write_text(
+        TWO.format(net=50.0).replace("trusted_for", "ceiling = 0.4\ntrusted_for")
+    )
+    capped = Catalogue.load(tmp_path / "cat.toml")
+    assert capped.devices["fast"].ceiling == 0.4
+    result = plan(flows, capped)
+    assert result.workers["fast"] == 3 and result.utilisation["fast"] <= 0.4
+
+
+def test_a_fixed_placement_that_can_never_meet_the_sla_says_so_at_once(tmp_path: Path) -> None:
+    # on `cheap` alone the LLM call takes 4.2 s of service: no number of workers brings it
+    # under a 1 s SLA, and sizing stops instead of adding workers for ever
+    cat, flows = _setup(tmp_path, net=50.0, rate=1.0, sla=1.0)
+    with pytest.raises(ConfigError, match=r"cannot meet the SLA of 'ask': .* 3\.\d+ s over"):
+        sized(flows, cat, lambda op: "cheap")
+    ok = sized(flows, cat, lambda op: "fast")
+    assert ok.workers == {"fast": 1} and ok.predicted["ask"]["p95_s"] <= 1.0

@@ -1,0 +1,97 @@
+"""What the simulator knows of a fleet: its classes (servers, price, network, host), how long
+each step takes on each class, the cores a step keeps busy, and the live fleet's routing
+inputs (a ``FleetConfig`` and a ``ProfileStore``) for the policy objects.
+
+Two sources build one: a hardware catalogue and a plan (:func:`catalogue_model`), and this
+machine's measurements of a live fleet (``fleet.tooling.calibration``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fleet.config import ClassSpec, FleetConfig
+from fleet.planning.catalogue import Catalogue
+from fleet.planning.planner import eligible
+from fleet.planning.workload import Flow, Step
+from fleet.routing.profiles import OpProfile, ProfileStore
+
+COMPUTE_DEMAND = 0.3  # a step keeping fewer cores busy than this is waiting, not computing
+
+
+@dataclass(frozen=True)
+class SimClass:
+    name: str
+    servers: int  # workers x slots
+    price_per_hour: float  # per worker
+    workers: int
+    network_bytes_s: float
+    host: str | None = None  # classes on one host share its cores (SimModel.hosts)
+
+
+@dataclass
+class SimModel:
+    classes: dict[str, SimClass]
+    # mean seconds of a step on a class (alone on its host); None: the class cannot run it
+    service: Callable[[Flow, Step, str], float | None]
+    options: Callable[[Flow, Step], list[str]]  # the classes a step may use, preferred first
+    cfg: FleetConfig
+    profiles: ProfileStore
+    hosts: dict[str, float] = field(default_factory=dict)  # host -> cores
+    # cores a step keeps busy on a class (CPU seconds / run seconds); 0: not modelled
+    demand: Callable[[Flow, Step, str], float] = lambda f, s, j: 0.0
+    # the coefficient of variation of a step's service time on a class
+    spread: Callable[[Flow, Step, str], float] = lambda f, s, j: 0.2
+    hop_s: float = 0.0  # the engine's per-step dispatch time (broker round trip)
+    tail_s: float = 0.0  # from a run's last step to its end (the run record's bookkeeping)
+    handover_s: float = 0.0005  # a network hop between classes, on top of bytes / bandwidth
+
+
+def fleet_config(classes: dict[str, SimClass], policy: str = "least-latency") -> FleetConfig:
+    """The configuration the live fleet would have: one class per device, its price."""
+    specs = {
+        j: ClassSpec(
+            name=j,
+            concurrency=max(1, c.servers // max(1, c.workers)),
+            price_per_hour=c.price_per_hour,
+            network_mb_s=c.network_bytes_s / 1e6,
+        )
+        for j, c in classes.items()
+    }
+    return FleetConfig(classes=specs, control_class=next(iter(specs)), policy=policy)
+
+
+def catalogue_model(
+    flows: list[Flow], cat: Catalogue, workers: dict[str, int], cv: float = 0.2
+) -> SimModel:
+    """A planned fleet of catalogue devices, each its own host (no shared cores)."""
+    classes = {
+        j: SimClass(
+            j, n * cat.devices[j].slots, cat.devices[j].price_per_hour, n, d.network_gbs * 1e9
+        )
+        for j, n in workers.items()
+        if n and (d := cat.devices[j])
+    }
+    if not classes:
+        raise ValueError("no workers: the fleet to simulate is empty")
+    store = ProfileStore(source="catalogue")
+    for f in flows:
+        for s in f.steps():
+            for j in cat.devices:
+                m = cat.latency(j, s.op)
+                if m is not None:
+                    store.put(OpProfile(s.op, j, m.fixed_s, m.per_unit_s, samples=1))
+
+    def service(f: Flow, s: Step, j: str) -> float | None:
+        m = cat.latency(j, s.op)
+        return None if m is None else m.time(s.units)
+
+    return SimModel(
+        classes,
+        service,
+        lambda f, s: eligible(cat, f, s.op),
+        fleet_config(classes),
+        store,
+        spread=lambda f, s, j: cv,
+    )
