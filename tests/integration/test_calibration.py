@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 P50, P95 = 0.15, 0.40
 
 
+@pytest.mark.timeout(1500)  # six fleets started, profiled or measured in turn: ~6 minutes
 def test_the_simulator_predicts_the_live_fleets_latency(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("FLEET_BROKER_URL", "FLEET_CONFIG")}
     cmd = [sys.executable, "-m", "fleet.cli.main", "calibrate", "--quick", "--duration", "30"]
