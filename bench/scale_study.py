@@ -125,6 +125,17 @@ def sla_sweep(flows: list[Flow], cat: Catalogue, slas: list[float]) -> list[dict
     return rows
 
 
+def _lines(
+    ax: Any, series: dict[str, list[tuple[float, float]]], x: str, y: str, title: str
+) -> None:
+    for name, pts in series.items():
+        ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.legend()
+
+
 def plots(doc: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
@@ -133,41 +144,38 @@ def plots(doc: dict[str, Any], out: Path) -> list[Path]:
 
     names = ("plan", "static", "all-H100")
     paths = [out / "scale_cost.png", out / "sla_sweep.png", out / "scale_utilisation.png"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for n in names:
-        pts = [(p[n]["total_workers"], p[n]["cost_per_1000"]) for p in doc["scales"].values()]
-        ax.plot(*zip(*pts, strict=True), marker="o", label=n)
-    ax.set_xscale("log")
-    ax.set_xlabel("workers in the fleet")
-    ax.set_ylabel("$ per 1,000 workflows at the SLA's throughput")
-    ax.set_title("Cost per workflow against fleet size")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=110)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for n in names:
-        pts = [(r["voice_sla_s"], r[n]) for r in doc["sweep"] if r[n] is not None]
-        ax.plot(*zip(*pts, strict=True), marker="o", label=n)
-    ax.set_yscale("log")
-    ax.set_xlabel("voice agent p95 SLA (s); RAG's scales with it")
-    ax.set_ylabel("fleet cost, $/h (design load x1)")
-    ax.set_title("What the SLA costs")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=110)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    axes = [plt.subplots(figsize=(6.4, 4.2)) for _ in paths]
+    scale = {
+        n: [(p[n]["total_workers"], p[n]["cost_per_1000"]) for p in doc["scales"].values()]
+        for n in names
+    }
+    _lines(
+        axes[0][1],
+        scale,
+        "workers in the fleet",
+        "$ per 1,000 workflows at the SLA's throughput",
+        "Cost per workflow against fleet size",
+    )
+    axes[0][1].set_xscale("log")
+    sweep = {n: [(r["voice_sla_s"], r[n]) for r in doc["sweep"] if r[n] is not None] for n in names}
+    _lines(
+        axes[1][1],
+        sweep,
+        "voice agent p95 SLA (s); RAG's scales with it",
+        "fleet cost, $/h (the ~1,000-worker load)",
+        "What the SLA costs",
+    )
+    axes[1][1].set_yscale("log")
+    ax = axes[2][1]
     biggest = list(doc["scales"].values())[-1]
-    labels, values = [], []
-    for n in names:
-        for j, u in biggest[n]["utilisation"].items():
-            labels.append(f"{n}\n{j}")
-            values.append(u)
-    ax.bar(range(len(values)), values)
-    ax.set_xticks(range(len(values)), labels, fontsize=7)
+    bars = [(f"{n}\n{j}", u) for n in names for j, u in biggest[n]["utilisation"].items()]
+    ax.bar(range(len(bars)), [u for _, u in bars])
+    ax.set_xticks(range(len(bars)), [label for label, _ in bars], fontsize=7)
     ax.set_ylabel("simulated utilisation")
     ax.set_title("Utilisation per class, largest fleet, design load")
-    fig.tight_layout()
-    fig.savefig(paths[2], dpi=110)
+    for (fig, _), path in zip(axes, paths, strict=True):
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
     plt.close("all")
     return paths
 
