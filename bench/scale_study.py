@@ -77,8 +77,7 @@ def capacity(flows: list[Flow], cat: Catalogue, fleet: Plan) -> float:
 
 def study_point(flows: list[Flow], cat: Catalogue, steps: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    per_run = sum(f.rate * sum(s.chance for s in f.steps()) for f in flows)
-    duration = max(5.0, steps / per_run)
+    duration = max(5.0, steps / sum(f.steps_per_s() for f in flows))
     for name, fleet in fleets(flows, cat).items():
         assert fleet is not None, f"{name}: no fleet meets the SLAs"
         k = capacity(flows, cat, fleet)

@@ -162,6 +162,7 @@ class _Sim:
         self.events: list[tuple[float, int, int, int, int]] = []
         self.seq = 0
         self.steps = 0
+        self.finished: list[tuple[int, float, float]] = []  # (flow, arrived, ended)
         self.snapshot: FleetState | None = None
         self.snap_at = -1.0
         self.snapshot_s = snapshot_s
@@ -310,7 +311,6 @@ class _Sim:
     def run(self, arrivals: list[tuple[float, int]]) -> float:
         for t, k in arrivals:
             self.push(t, ARRIVE, k, 0)
-        self.finished: list[tuple[int, float, float]] = []
         now = 0.0
         while self.events:
             now, _, kind, a, b = heapq.heappop(self.events)

@@ -87,6 +87,10 @@ class Flow:
     def steps(self) -> list[Step]:
         return [self.graph.nodes[n]["step"] for n in nx.topological_sort(self.graph)]
 
+    def steps_per_s(self) -> float:
+        """Steps this workflow adds per second on average: its rate x the steps a run has."""
+        return self.rate * sum(s.chance for s in self.steps())
+
     def paths(self) -> list[list[str]]:
         """Every path from a source to a sink (the latency constraints' candidates)."""
         sources = [n for n in self.graph if self.graph.in_degree(n) == 0]

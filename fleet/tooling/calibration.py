@@ -24,6 +24,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,11 @@ def key(path: str) -> str:
     return re.sub(r"\[\d+\]", "", re.sub(r"#1(?=/)", "", path))
 
 
+def _scope(path: str) -> str:
+    """The sub-workflow (iteration) a node path sits in: ``tools#2/call`` -> ``tools#2/``."""
+    return path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+
+
 def class_threads(dep: Deployment, cpus: int) -> dict[str, int]:
     return {c: native_threads(spec, cpus, False) for c, spec in dep.classes.items()}
 
@@ -72,7 +78,7 @@ class NodeTimes:
     ops: dict[str, str] = field(default_factory=dict)  # node key -> its op
 
     def chance(self, path: str) -> float:
-        scope = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+        scope = _scope(path)
         seen = self.scopes.get(scope, 0) if scope else self.runs
         return self.ran.get(path, 0) / seen if seen else 0.0
 
@@ -123,8 +129,8 @@ def _add_run(nt: NodeTimes, trace: list[list[Any]], threads: dict[str, int]) -> 
         k = key(node)
         nodes.add(k)
         nt.ops[k] = op
-        if "/" in k:
-            scopes.add(k.rsplit("/", 1)[0] + "/")
+        if _scope(k):
+            scopes.add(_scope(k))
         for m in re.finditer(r"#(\d+)/", node):
             loop = plain(node[: m.start()])
             loops[loop] = max(loops.get(loop, 0), int(m.group(1)))
@@ -167,8 +173,12 @@ def model_for(dep: Deployment, prof: Profile, cfg: FleetConfig, cpus: int) -> Si
         for c, s in dep.classes.items()
     }
 
+    @cache  # service, demand and spread each ask, per step and class
+    def at(flow: str, path: str, j: str) -> tuple[float, float, float] | None:
+        return prof.times[flow].time(path, threads[j])
+
     def measured(f: Flow, s: Step, j: str) -> tuple[float, float, float] | None:
-        return prof.times[f.name].time(s.path, threads[j])
+        return at(f.name, s.path, j)
 
     def pick(index: int, default: float) -> Callable[[Flow, Step, str], float]:
         def get(f: Flow, s: Step, j: str) -> float:

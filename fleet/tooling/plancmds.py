@@ -11,7 +11,7 @@ import click
 from rich import box
 from rich.table import Table
 
-from fleet.cli.common import console, fail
+from fleet.cli.common import console, fail, split
 from fleet.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plans" / "voice-20.yaml"
@@ -187,8 +187,7 @@ def simulate_command(
 
     cat, flows = _load(workload, catalogue)
     if steps:  # the expected steps per simulated second, arrivals times steps per run
-        per_s = sum(f.rate * sum(s.chance for s in f.steps()) for f in flows)
-        duration = steps / per_s
+        duration = steps / sum(f.steps_per_s() for f in flows)
     try:
         fleet = plan(flows, cat)
         runs = [
@@ -287,9 +286,7 @@ def calibrate_command(
     if source:
         doc = json.loads(Path(source).read_text())
     else:
-        names = [n for n in (deployments or "").split(",") if n] or [
-            d.name for d in all_deployments()
-        ]
+        names = split(deployments) or [d.name for d in all_deployments()]
         workload = Workload(rate=rate, duration_s=duration or (30.0 if quick else 60.0), seed=seed)
         with Progress(console=console) as bar:
             task = bar.add_task("workflows", total=None)
