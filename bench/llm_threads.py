@@ -16,13 +16,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 CONTEXT = (
     "Orders placed before 2 pm on a working day leave our warehouse the same day. Standard "
     "shipping takes 3 to 5 working days and costs 4.90; it is free for orders over 50. "
@@ -55,10 +53,10 @@ def bare_tokens_per_s(path: str, runs: int) -> list[float]:
 
 
 def fleet_tokens_per_s(threads: int | None, runs: int, workdir: Path) -> list[float]:
+    from fleet.client.client import Fleet
     from fleet.config import load_config
-    from fleet.runtime.app import create_app
-    from fleet.runtime.client import Fleet
-    from fleet.runtime.local import LocalFleet, free_port
+    from fleet.deploy.local import LocalFleet, free_port
+    from fleet.worker.app import create_app
     from fleet.workflow.builder import Workflow
 
     cfg = load_config()
@@ -87,7 +85,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
-    from workers.models import gguf_path
+    from fleet.ops.models import gguf_path
 
     path = str(gguf_path("gemma3-270m"))
     args.out.mkdir(parents=True, exist_ok=True)

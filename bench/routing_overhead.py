@@ -17,21 +17,19 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def decision_cost(policies: list[str], n: int = 20000, batches: int = 5) -> dict[str, float]:
     """Microseconds per routing decision with the state cached (no Redis round trip)."""
     from fleet.config import load_config
-    from fleet.registry import registry
     from fleet.routing.router import FleetRouter
     from fleet.routing.state import CachedState, FleetState, StateReader, WorkerInfo
+    from fleet.sdk.registry import registry
 
     cfg = load_config(env={})
     workers = {c: [WorkerInfo(f"{c}@h", (c,), 2, "prefork", 1, 0.0, 1)] for c in cfg.classes}
@@ -136,7 +134,7 @@ def _sequence(steps: int) -> Any:
 
 def dispatch(tasks: int, rounds: int, hops: int, workdir: Path) -> dict[str, Any]:
     from fleet.config import load_config
-    from fleet.runtime.local import LocalFleet
+    from fleet.deploy.local import LocalFleet
     from fleet.workflow.builder import Workflow
 
     cfg = load_config()
@@ -145,7 +143,7 @@ def dispatch(tasks: int, rounds: int, hops: int, workdir: Path) -> dict[str, Any
     )
     fleet.start()
     try:
-        from fleet.runtime.client import Fleet
+        from fleet.client.client import Fleet
 
         client = Fleet()
         wf = Workflow("trivial", inputs=["v"])
@@ -187,7 +185,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     if "FLEET_BROKER_URL" not in os.environ:
-        from fleet.runtime.local import free_port
+        from fleet.deploy.local import free_port
 
         os.environ["FLEET_BROKER_URL"] = f"redis://127.0.0.1:{free_port()}/0"
     policies = ["static", "preferred", "least-latency", "cost-sla"]

@@ -20,26 +20,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from fleet.errors import ConfigError
 from fleet.planning.catalogue import Catalogue
 from fleet.planning.planner import Plan, homogeneous, plan, predict, sized
 from fleet.planning.simulate import simulate
-from fleet.planning.workload import Flow, load_workload
+from fleet.planning.workload import WorkflowLoad, load_workload
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "fleet" / "examples" / "plans" / "voice-20.yaml"
 STATIC = {"speech.stt": "a100", "embed": "a100", "llm": "a100", "http": "io-32", "db": "io-32"}
 
 
-def scaled(flows: list[Flow], k: float) -> list[Flow]:
+def scaled(flows: list[WorkflowLoad], k: float) -> list[WorkflowLoad]:
     return [replace(f, rate=f.rate * k) for f in flows]
 
 
@@ -47,7 +44,7 @@ def static_route(op: str) -> str:
     return STATIC.get(op) or STATIC.get(op.split(".")[0], "cpu-16")
 
 
-def fleets(flows: list[Flow], cat: Catalogue) -> dict[str, Plan | None]:
+def fleets(flows: list[WorkflowLoad], cat: Catalogue) -> dict[str, Plan | None]:
     """The three fleets; None where one cannot meet the SLAs at any size."""
     out: dict[str, Plan | None] = {}
     makers: dict[str, Callable[[], Plan]] = {
@@ -63,7 +60,7 @@ def fleets(flows: list[Flow], cat: Catalogue) -> dict[str, Plan | None]:
     return out
 
 
-def capacity(flows: list[Flow], cat: Catalogue, fleet: Plan) -> float:
+def capacity(flows: list[WorkflowLoad], cat: Catalogue, fleet: Plan) -> float:
     """The largest multiple of the load this fleet serves within every SLA (M/M/c)."""
     lo, hi = 0.0, 4.0
     for _ in range(20):
@@ -75,7 +72,7 @@ def capacity(flows: list[Flow], cat: Catalogue, fleet: Plan) -> float:
     return lo
 
 
-def study_point(flows: list[Flow], cat: Catalogue, steps: float) -> dict[str, Any]:
+def study_point(flows: list[WorkflowLoad], cat: Catalogue, steps: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     duration = max(5.0, steps / sum(f.steps_per_s() for f in flows))
     for name, fleet in fleets(flows, cat).items():
@@ -108,7 +105,7 @@ def study_point(flows: list[Flow], cat: Catalogue, steps: float) -> dict[str, An
     return out
 
 
-def sla_sweep(flows: list[Flow], cat: Catalogue, slas: list[float]) -> list[dict[str, Any]]:
+def sla_sweep(flows: list[WorkflowLoad], cat: Catalogue, slas: list[float]) -> list[dict[str, Any]]:
     """The planner's answer as the voice agent's SLA moves (RAG's keeps its ratio)."""
     base = flows[0].sla_s
     rows = []

@@ -7,7 +7,8 @@ policy picks when the step is sent.
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from fleet.errors import (
     FleetError,
@@ -16,9 +17,29 @@ from fleet.errors import (
     WorkflowTimeout,
     WorkflowValidationError,
 )
-from fleet.registry import op, preloader
-from fleet.workflow.builder import Ref, Step, Workflow
-from fleet.workflow.loader import load_workflow
+
+if TYPE_CHECKING:
+    from fleet.client.client import Fleet, RunHandle, submit
+    from fleet.sdk.registry import op, preloader
+    from fleet.worker.app import app as app
+    from fleet.workflow.builder import Ref, Step, Workflow
+    from fleet.workflow.loader import load_workflow
+
+# Each public name is loaded on first use, so that `import fleet` (and `fleet --help`) stays
+# cheap: the client pulls in the Celery app and its configuration, the builder pydantic.
+# `app` is how `celery -A fleet worker` finds the fleet's Celery app.
+_LAZY = {
+    "Fleet": "fleet.client.client",
+    "RunHandle": "fleet.client.client",
+    "submit": "fleet.client.client",
+    "op": "fleet.sdk.registry",
+    "preloader": "fleet.sdk.registry",
+    "Ref": "fleet.workflow.builder",
+    "Step": "fleet.workflow.builder",
+    "Workflow": "fleet.workflow.builder",
+    "load_workflow": "fleet.workflow.loader",
+    "app": "fleet.worker.app",
+}
 
 __all__ = [
     "Fleet",
@@ -39,14 +60,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The client pulls in the Celery app (and its configuration): load it only when asked.
-    # `app` makes `celery -A fleet worker` find the fleet's Celery app.
-    if name in ("Fleet", "RunHandle", "submit"):
-        from fleet.runtime import client
-
-        return getattr(client, name)
-    if name == "app":
-        from fleet.runtime.app import app
-
-        return app
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'fleet' has no attribute {name!r}")

@@ -51,7 +51,7 @@ class ClassSpec(BaseModel):
     # runtimes in one process can crash it (torch + llama.cpp do): a GPU class lists its own.
     runtimes: list[str] | None = None
     # Native threads per process (llama.cpp, BLAS, torch); None: from what the class runs
-    # on this host (fleet.runtime.launch.native_threads).
+    # on this host (fleet.deploy.launch.native_threads).
     threads: int | None = Field(default=None, ge=1)
     # Hourly price of one worker slot of this class (cost model; see docs/routing.md).
     price_per_hour: float = Field(default=0.0, ge=0)
@@ -87,7 +87,7 @@ def default_classes() -> dict[str, ClassSpec]:
             device="cuda",
             # LLMs and Whisper; embeddings (torch) run on npu-lite, in processes of their own.
             runtimes=["llama.cpp", "ctranslate2"],
-            price_per_hour=0.25,  # A100 operating cost, DESIGN.md section 2
+            price_per_hour=0.25,  # A100 operating cost (docs/hardware.md)
         ),
         "npu-lite": ClassSpec(
             name="npu-lite",

@@ -20,6 +20,7 @@ RUN_KEY = "fleet:run:{id}"  # hash: workflow, status, submitted_at, finished_at,
 RUN_TRACE_KEY = "fleet:run:{id}:trace"  # list of JSON step records
 RUN_DONE_KEY = "fleet:run:{id}:done"  # list pushed once when the run ends (blocking waits)
 RUN_OUTPUTS_KEY = "fleet:run:{id}:out"  # hash: node path -> JSON outputs of that step
+INPUTS = "inputs"  # reserved node name: a workflow's own inputs (also their field in the hash)
 RUN_CLAIMS_KEY = "fleet:run:{id}:claims"  # hash: node path -> id of the task that sent it
 RUN_LOSSES_KEY = "fleet:run:{id}:losses"  # hash: node path -> deaths of the worker running it
 RUN_MAP_KEY = "fleet:run:{id}:map:{node}"  # set: finished items of a mapped node
@@ -43,7 +44,7 @@ THREADS_ENV = "FLEET_THREADS"  # native threads one op may use in this process
 PROFILES_ENV = "FLEET_PROFILES"  # a profile store file other than the packaged one
 CONFIG_ENV = "FLEET_CONFIG"
 
-# Entry-point groups: how op modules and tooling commands plug in without the core importing
-# them (see pyproject.toml).
+# Entry-point groups: how op modules and third-party CLI commands plug in without the core
+# importing them (see pyproject.toml).
 OPS_GROUP = "agent_fleet.ops"
 COMMANDS_GROUP = "agent_fleet.commands"

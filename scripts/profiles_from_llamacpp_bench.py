@@ -1,4 +1,4 @@
-"""Turn a llama.cpp GPU-vs-CPU measurement (../shared/device/llamacpp_gpu_vs_cpu.py's JSON)
+"""Turn a llama.cpp GPU-vs-CPU measurement (a JSON like docs/benchmarks/h100-llamacpp-gemma270m.json)
 into a fleet profile set, with its provenance in the file.
 
     python scripts/profiles_from_llamacpp_bench.py docs/benchmarks/h100-llamacpp-gemma270m.json \

@@ -1,6 +1,6 @@
 """Shared test set-up.
 
-The Celery app reads its configuration from the environment when ``fleet.runtime.app`` is first
+The Celery app reads its configuration from the environment when ``fleet.worker.app`` is first
 imported, so the test broker's address is fixed here, before any test module is collected.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from fleet.config import FleetConfig, load_config
-from fleet.registry import registry
-from fleet.runtime.local import free_port
+from fleet.deploy.local import free_port
+from fleet.sdk.registry import registry
 
 TESTS = Path(__file__).parent
 TEST_CONFIG = TESTS / "fleet-test.toml"
@@ -60,7 +60,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis server at the configured broker URL (started here unless one answers):
     the run store and the artifact store that unit tests of worker-side code use. The
     integration fleet finds it running and uses it."""
-    from fleet.runtime.local import broker_reachable
+    from fleet.deploy.local import broker_reachable
 
     url = os.environ["FLEET_BROKER_URL"]
     if broker_reachable(url):

@@ -1,2 +1,2 @@
-"""The ``fleet`` command line. Commands of the tooling layer (demo, bench, profile) plug in
-through the ``agent_fleet.commands`` entry-point group."""
+"""The `fleet` command line: one module per family of commands (run, host, plan, measure),
+registered in :mod:`fleet.cli.main`; every table in :mod:`fleet.cli.tables`."""

@@ -6,13 +6,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
 
 from fleet.config import FleetConfig
-from fleet.errors import FleetError, WorkflowFailed, WorkflowValidationError
+from fleet.errors import FleetError, WorkflowValidationError
+
+if TYPE_CHECKING:
+    from fleet.client.client import Fleet, RunHandle
+    from fleet.workflow.model import WorkflowSpec
 
 # Width from the terminal, or from COLUMNS when piped (rich's default is 80 columns).
 console = Console()
@@ -71,9 +75,10 @@ def key_path(item: str, option: str) -> tuple[str, str]:
     return key, path
 
 
-def save_outputs(client: Any, handle: Any, to_save: dict[str, str]) -> None:
+def save_outputs(client: Fleet, handle: RunHandle, to_save: dict[str, str]) -> None:
     """Download the named outputs (blob references) of a finished run to local files."""
-    outputs = (handle.info().outputs or {}) if handle.info() else {}
+    info = handle.info()
+    outputs = (info.outputs or {}) if info else {}
     for name, path in to_save.items():
         ref = outputs.get(name)
         if not isinstance(ref, str):
@@ -83,7 +88,7 @@ def save_outputs(client: Any, handle: Any, to_save: dict[str, str]) -> None:
 
 
 def check_run_inputs(
-    spec: Any, inputs: dict[str, Any], inputs_json: str | None, lines: dict[str, int]
+    spec: WorkflowSpec, inputs: dict[str, Any], inputs_json: str | None, lines: dict[str, int]
 ) -> None:
     """Missing or unknown inputs, named with the file and line they come from (exit 2)."""
     from fleet.workflow.validate import check_inputs
@@ -94,8 +99,8 @@ def check_run_inputs(
         fail(str(exc), 2)
 
 
-def load_and_validate(file: str) -> Any:
-    from fleet.runtime.client import Fleet
+def load_and_validate(file: str) -> tuple[Fleet, WorkflowSpec]:
+    from fleet.client.client import Fleet
 
     client = Fleet()
     try:
@@ -105,18 +110,16 @@ def load_and_validate(file: str) -> Any:
     return client, spec
 
 
-def print_outcome(handle: Any, timeout: float, as_json: bool, why: bool = False) -> int:
+def print_outcome(handle: RunHandle, timeout: float, as_json: bool, why: bool = False) -> int:
     """Wait for a run, print its trace and result (or error); the exit code to use."""
-    from fleet.cli.report import dumps, trace_json, trace_table
+    from fleet.cli.tables import trace_json, trace_table
 
     start = time.monotonic()
     code, outputs, error = 0, None, None
     try:
         with console.status(f"run {handle.id} ..."):
             outputs = handle.get(timeout=timeout)
-    except WorkflowFailed as exc:
-        code, error = 1, str(exc)
-    except FleetError as exc:
+    except FleetError as exc:  # WorkflowFailed and WorkflowTimeout among them
         code, error = 1, str(exc)
     elapsed = time.monotonic() - start
     trace = handle.trace()
@@ -135,6 +138,11 @@ def print_outcome(handle: Any, timeout: float, as_json: bool, why: bool = False)
             console.print("[bold]result[/]")
             console.print_json(dumps(outputs))
     return code
+
+
+def dumps(value: Any) -> str:
+    """JSON for people: indented, keys sorted, anything else as its string."""
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
 def split(value: str | None) -> list[str] | None:

@@ -18,8 +18,9 @@ from functools import cached_property
 import networkx as nx
 
 from fleet.config import FleetConfig
-from fleet.registry import OpSpec, Registry
-from fleet.workflow.model import INPUTS, NodeSpec, WorkflowSpec, parse_ref
+from fleet.constants import INPUTS
+from fleet.sdk.registry import OpSpec, Registry
+from fleet.workflow.model import NodeSpec, WorkflowSpec, parse_ref
 from fleet.workflow.validate import dependency_graph, eligible_classes
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import ConfigError
+from fleet.paths import DATA
 from fleet.routing.profiles import ProfileStore
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 CATALOGUE = DATA / "catalogue.toml"
 PROFILE_SETS = {"default": DATA / "profiles.json", "h100": DATA / "profiles-h100.json"}
 HOURS_PER_YEAR = 8760.0

@@ -1,7 +1,7 @@
 """`fleet plan`: how many workers of each device class, and which class runs each step of each
 workflow, at the lowest cost per hour that meets every workflow's p95 SLA.
 
-The brief's optimisation (DESIGN.md section 2), solved as a mixed-integer program by HiGHS
+The placement problem (docs/hardware.md), solved as a mixed-integer program by HiGHS
 (``scipy.optimize.milp``):
 
 - x[f,s,j] in {0,1}: step s of workflow f runs on class j (only where the catalogue has a
@@ -34,7 +34,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp  # type: ignore[import
 from fleet.errors import ConfigError
 from fleet.planning.catalogue import Catalogue
 from fleet.planning.queueing import erlang_c
-from fleet.planning.workload import Flow
+from fleet.planning.workload import WorkflowLoad
 
 SLACK_PENALTY = 1e4  # $/h per second of SLA missed: the SLA is hard unless it cannot be met
 HOP_S = 0.0005  # one network hop between classes
@@ -65,7 +65,7 @@ class _Index:
         return self.n - 1
 
 
-def eligible(cat: Catalogue, flow: Flow, op: str) -> list[str]:
+def eligible(cat: Catalogue, flow: WorkflowLoad, op: str) -> list[str]:
     out = []
     for name, dev in cat.devices.items():
         if cat.latency(name, op) is None:
@@ -83,7 +83,11 @@ class _Program:
     """The mixed-integer program's variables, objective and rows, built from the workload."""
 
     def __init__(
-        self, flows: list[Flow], cat: Catalogue, ceiling: dict[str, float], scale: dict[str, float]
+        self,
+        flows: list[WorkflowLoad],
+        cat: Catalogue,
+        ceiling: dict[str, float],
+        scale: dict[str, float],
     ) -> None:
         self.flows, self.cat, self.ceiling, self.scale = flows, cat, ceiling, scale
         self.idx = _Index()
@@ -197,7 +201,7 @@ class _Program:
 
 
 def _solve_once(
-    flows: list[Flow], cat: Catalogue, ceiling: dict[str, float], scale: dict[str, float]
+    flows: list[WorkflowLoad], cat: Catalogue, ceiling: dict[str, float], scale: dict[str, float]
 ) -> tuple[dict[str, int], dict[str, dict[str, str]], dict[str, float]]:
     program = _Program(flows, cat, ceiling, scale)
     idx = program.idx
@@ -214,7 +218,7 @@ def _solve_once(
     return workers, placement, slack
 
 
-def plan(flows: list[Flow], cat: Catalogue, ceiling: float = 0.7) -> Plan:
+def plan(flows: list[WorkflowLoad], cat: Catalogue, ceiling: float = 0.7) -> Plan:
     """The cheapest fleet and placement whose predicted p95 meets every SLA."""
     ceilings = {j: d.ceiling or ceiling for j, d in cat.devices.items()}
     scale = {f.name: 1.0 for f in flows}
@@ -243,7 +247,10 @@ def plan(flows: list[Flow], cat: Catalogue, ceiling: float = 0.7) -> Plan:
 
 
 def predict(
-    flows: list[Flow], cat: Catalogue, workers: dict[str, int], placement: dict[str, dict[str, str]]
+    flows: list[WorkflowLoad],
+    cat: Catalogue,
+    workers: dict[str, int],
+    placement: dict[str, dict[str, str]],
 ) -> Plan:
     """Cost, utilisation and M/M/c-predicted p50/p95 of a given fleet and placement."""
     load: dict[str, list[tuple[float, float]]] = {j: [] for j in cat.devices}  # (rate, time)
@@ -287,7 +294,11 @@ def predict(
 
 
 def homogeneous(
-    flows: list[Flow], cat: Catalogue, device: str, host: str = "cpu-16", ceiling: float = 0.7
+    flows: list[WorkflowLoad],
+    cat: Catalogue,
+    device: str,
+    host: str = "cpu-16",
+    ceiling: float = 0.7,
 ) -> Plan:
     """The baseline: every step ``device`` can run goes to it, the rest (retrieval, text-to-
     speech) to its ``host`` CPUs; as few of each as the load and the SLA allow."""
@@ -295,7 +306,7 @@ def homogeneous(
 
 
 def sized(
-    flows: list[Flow], cat: Catalogue, choose: Callable[[str], str], ceiling: float = 0.7
+    flows: list[WorkflowLoad], cat: Catalogue, choose: Callable[[str], str], ceiling: float = 0.7
 ) -> Plan:
     """A fixed placement (``choose``: op -> device, hand-written routes) with as few workers
     of each device as the load and the SLAs allow, by the same queueing estimates."""

@@ -3,7 +3,7 @@ each step takes on each class, the cores a step keeps busy, and the live fleet's
 inputs (a ``FleetConfig`` and a ``ProfileStore``) for the policy objects.
 
 Two sources build one: a hardware catalogue and a plan (:func:`catalogue_model`), and this
-machine's measurements of a live fleet (``fleet.tooling.calibration``).
+machine's measurements of a live fleet (``fleet.calibration.calibrate``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from fleet.config import ClassSpec, FleetConfig
 from fleet.planning.catalogue import Catalogue
 from fleet.planning.planner import eligible
-from fleet.planning.workload import Flow, Step
+from fleet.planning.workload import StepLoad, WorkflowLoad
 from fleet.routing.profiles import OpProfile, ProfileStore
 
 COMPUTE_DEMAND = 0.3  # a step keeping fewer cores busy than this is waiting, not computing
@@ -34,21 +34,23 @@ class SimClass:
 class SimModel:
     classes: dict[str, SimClass]
     # mean seconds of a step on a class (alone on its host); None: the class cannot run it
-    service: Callable[[Flow, Step, str], float | None]
-    options: Callable[[Flow, Step], list[str]]  # the classes a step may use, preferred first
+    service: Callable[[WorkflowLoad, StepLoad, str], float | None]
+    options: Callable[
+        [WorkflowLoad, StepLoad], list[str]
+    ]  # the classes a step may use, preferred first
     cfg: FleetConfig
     profiles: ProfileStore
     hosts: dict[str, float] = field(default_factory=dict)  # host -> cores
     # cores a step keeps busy on a class (CPU seconds / run seconds); 0: not modelled
-    demand: Callable[[Flow, Step, str], float] = lambda f, s, j: 0.0
+    demand: Callable[[WorkflowLoad, StepLoad, str], float] = lambda f, s, j: 0.0
     # the coefficient of variation of a step's service time on a class
-    spread: Callable[[Flow, Step, str], float] = lambda f, s, j: 0.2
+    spread: Callable[[WorkflowLoad, StepLoad, str], float] = lambda f, s, j: 0.2
     hop_s: float = 0.0  # the engine's per-step dispatch time (broker round trip)
     tail_s: float = 0.0  # from a run's last step to its end (the run record's bookkeeping)
     handover_s: float = 0.0005  # a network hop between classes, on top of bytes / bandwidth
 
 
-def fleet_config(classes: dict[str, SimClass], policy: str = "least-latency") -> FleetConfig:
+def simulated_config(classes: dict[str, SimClass], policy: str = "least-latency") -> FleetConfig:
     """The configuration the live fleet would have: one class per device, its price."""
     specs = {
         j: ClassSpec(
@@ -63,7 +65,7 @@ def fleet_config(classes: dict[str, SimClass], policy: str = "least-latency") ->
 
 
 def catalogue_model(
-    flows: list[Flow], cat: Catalogue, workers: dict[str, int], cv: float = 0.2
+    flows: list[WorkflowLoad], cat: Catalogue, workers: dict[str, int], cv: float = 0.2
 ) -> SimModel:
     """A planned fleet of catalogue devices, each its own host (no shared cores)."""
     classes = {
@@ -83,7 +85,7 @@ def catalogue_model(
                 if m is not None:
                     store.put(OpProfile(s.op, j, m.fixed_s, m.per_unit_s, samples=1))
 
-    def service(f: Flow, s: Step, j: str) -> float | None:
+    def service(f: WorkflowLoad, s: StepLoad, j: str) -> float | None:
         m = cat.latency(j, s.op)
         return None if m is None else m.time(s.units)
 
@@ -91,7 +93,7 @@ def catalogue_model(
         classes,
         service,
         lambda f, s: eligible(cat, f, s.op),
-        fleet_config(classes),
+        simulated_config(classes),
         store,
         spread=lambda f, s, j: cv,
     )

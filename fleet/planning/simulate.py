@@ -27,7 +27,7 @@ from typing import Any
 
 from fleet.planning.catalogue import Catalogue
 from fleet.planning.simmodel import COMPUTE_DEMAND, SimModel, catalogue_model
-from fleet.planning.workload import Flow
+from fleet.planning.workload import WorkflowLoad
 from fleet.routing.policies import RouteRequest, make_policy
 from fleet.routing.state import FleetState, WorkerInfo
 
@@ -58,7 +58,7 @@ class SimResult:
 class _Shape:
     """A flow's graph, precomputed for the event loop."""
 
-    flow: Flow
+    flow: WorkflowLoad
     names: list[str]
     ops: list[str]
     units: list[float]
@@ -72,7 +72,7 @@ class _Shape:
     demand: list[dict[str, float]]  # step -> class -> cores it keeps busy
 
 
-def _shape(flow: Flow, model: SimModel) -> _Shape:
+def _shape(flow: WorkflowLoad, model: SimModel) -> _Shape:
     steps = flow.steps()
     pos = {s.path: i for i, s in enumerate(steps)}
     g = flow.graph
@@ -137,7 +137,7 @@ class _Sim:
 
     def __init__(
         self,
-        flows: list[Flow],
+        flows: list[WorkflowLoad],
         model: SimModel,
         placement: dict[str, dict[str, str]] | None,
         policy: str,
@@ -325,7 +325,9 @@ class _Sim:
         return now
 
 
-def poisson(flows: list[Flow], duration_s: float, rng: random.Random) -> list[tuple[float, int]]:
+def poisson(
+    flows: list[WorkflowLoad], duration_s: float, rng: random.Random
+) -> list[tuple[float, int]]:
     """(time, flow index) of Poisson arrivals at each flow's rate."""
     out = []
     for k, f in enumerate(flows):
@@ -337,7 +339,7 @@ def poisson(flows: list[Flow], duration_s: float, rng: random.Random) -> list[tu
 
 
 def simulate_model(
-    flows: list[Flow],
+    flows: list[WorkflowLoad],
     model: SimModel,
     placement: dict[str, dict[str, str]] | None = None,
     policy: str = "plan",
@@ -369,7 +371,7 @@ def simulate_model(
 
 
 def simulate(
-    flows: list[Flow],
+    flows: list[WorkflowLoad],
     cat: Catalogue,
     workers: dict[str, int],
     placement: dict[str, dict[str, str]] | None = None,

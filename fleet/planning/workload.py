@@ -21,6 +21,7 @@ import networkx as nx
 import yaml
 
 from fleet.errors import ConfigError
+from fleet.paths import EXAMPLES
 from fleet.planning.catalogue import Split
 from fleet.workflow.loader import load_workflow
 from fleet.workflow.model import NodeSpec, WorkflowSpec, alternatives
@@ -29,12 +30,12 @@ EDGE_BYTES = 2_000  # a step's JSON outputs
 
 
 @dataclass(frozen=True)
-class Step:
+class StepLoad:
     path: str  # node path, with ":prefill" / ":decode" for the two halves of an LLM call
     op: str
     units: float
     # what must hold for the step to run: conditions ("when:PATH") and loop iterations past
-    # the first ("loop:PATH#K"), each drawn once per run with its chance (Flow.chances)
+    # the first ("loop:PATH#K"), each drawn once per run with its chance (WorkflowLoad.chances)
     guards: tuple[str, ...] = ()
     chance: float = 1.0  # the probability that it runs (guards independent)
 
@@ -74,7 +75,7 @@ class Shape:
 
 
 @dataclass
-class Flow:
+class WorkflowLoad:
     """One workflow of the workload: its planning graph, rate (per s) and p95 SLA (s)."""
 
     name: str
@@ -84,7 +85,7 @@ class Flow:
     sensitivity: str | None = None
     chances: dict[str, float] = field(default_factory=dict)  # guard -> its chance
 
-    def steps(self) -> list[Step]:
+    def steps(self) -> list[StepLoad]:
         return [self.graph.nodes[n]["step"] for n in nx.topological_sort(self.graph)]
 
     def steps_per_s(self) -> float:
@@ -191,14 +192,14 @@ class _Builder:
         split = self.splits.get(op)
         if split is None:
             units = float(self.tokens.get(key, {}).get("units", 1))
-            self.g.add_node(path, step=Step(path, op, units, guards, chance))
+            self.g.add_node(path, step=StepLoad(path, op, units, guards, chance))
             return path, path
         one, two = split.parts
         units = float(self.tokens.get(key, {}).get("prompt", split.default_units))
         later = float(node.params.get(split.units_param, split.default_param_units))
         first, last = f"{path}:{one.split('.')[-1]}", f"{path}:{two.split('.')[-1]}"
-        self.g.add_node(first, step=Step(first, one, units, guards, chance))
-        self.g.add_node(last, step=Step(last, two, later, guards, chance))
+        self.g.add_node(first, step=StepLoad(first, one, units, guards, chance))
+        self.g.add_node(last, step=StepLoad(last, two, later, guards, chance))
         self.g.add_edge(first, last, bytes=split.handover_bytes_per_unit * units)
         return first, last
 
@@ -221,7 +222,7 @@ def flatten(
     return b.g, {k: v for k, v in b.chances.items() if v > 0}
 
 
-def load_workload(path: Path, splits: dict[str, Split] | None = None) -> list[Flow]:
+def load_workload(path: Path, splits: dict[str, Split] | None = None) -> list[WorkflowLoad]:
     """A workload file: ``workflows: [{file, rate, sla_p95_s, [sensitivity], [tokens],
     [shape]}]``; ``file`` is a path, relative to the workload file, or a packaged example's
     name; ``shape: {chance: {node: chance}, loops: {node: mean iterations}, maps: {node: items}}``
@@ -231,7 +232,7 @@ def load_workload(path: Path, splits: dict[str, Split] | None = None) -> list[Fl
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the workload: {exc}") from None
     flows = []
-    examples = Path(__file__).resolve().parents[1] / "examples"
+    examples = EXAMPLES
     for i, w in enumerate((doc or {}).get("workflows") or []):
         where = f"{path}: workflows[{i}]"
         missing = [k for k in ("file", "rate", "sla_p95_s") if k not in w]
@@ -247,7 +248,7 @@ def load_workload(path: Path, splits: dict[str, Split] | None = None) -> list[Fl
         shape = Shape.parse(w.get("shape"), where)
         graph, chances = flatten(spec, splits or {}, w.get("tokens"), shape)
         sensitivity = w.get("sensitivity") or spec.sensitivity
-        flows.append(Flow(spec.name, rate, sla, graph, sensitivity, chances))
+        flows.append(WorkflowLoad(spec.name, rate, sla, graph, sensitivity, chances))
     if not flows:
         raise ConfigError(f"{path}: no workflows")
     return flows

@@ -229,7 +229,8 @@ class RoutingPolicy(Protocol):
     ) -> RouteDecision: ...
 
 
-def decide(cfg: FleetConfig, policy: str, cls: str, reason: str, **extra: Any) -> RouteDecision:
+def routed(cfg: FleetConfig, policy: str, cls: str, reason: str, **extra: Any) -> RouteDecision:
+    """The record of a route a policy chose: the class, its queue, the policy and why."""
     return RouteDecision(cls, cfg.classes[cls].queue_name, policy, reason, **extra)
 
 
@@ -238,8 +239,8 @@ def no_live_worker(req: RouteRequest, cfg: FleetConfig, policy: str) -> RouteDec
     preferred = req.classes[0]
     if cfg.no_worker == "fail":
         why = f"no live worker in any class that can run {req.op} ({', '.join(req.classes)})"
-        return decide(cfg, policy, preferred, why, fail=why)
-    return decide(cfg, policy, preferred, "no live worker in any eligible class; waiting in queue")
+        return routed(cfg, policy, preferred, why, fail=why)
+    return routed(cfg, policy, preferred, "no live worker in any eligible class; waiting in queue")
 
 
 _INDEXES = re.compile(r"#\d+|\[\d+\]")
@@ -262,8 +263,8 @@ class StaticPolicy:
         if cfg.routes:
             planned = cfg.routes.get(route_key(req)) or cfg.routes.get(req.op or "")
             if planned in req.classes:
-                return decide(cfg, self.name, planned, "planned placement (routes)")
-        return decide(cfg, self.name, req.classes[0], "preferred class (static)")
+                return routed(cfg, self.name, planned, "planned placement (routes)")
+        return routed(cfg, self.name, req.classes[0], "preferred class (static)")
 
 
 class PreferredPolicy:
@@ -274,13 +275,13 @@ class PreferredPolicy:
     ) -> RouteDecision:
         preferred = req.classes[0]
         if state.live(preferred):
-            return decide(cfg, self.name, preferred, "preferred class has live workers")
+            return routed(cfg, self.name, preferred, "preferred class has live workers")
         if cfg.no_worker == "wait":
-            return decide(cfg, self.name, preferred, "preferred class has no live worker; waiting")
+            return routed(cfg, self.name, preferred, "preferred class has no live worker; waiting")
         for cls in req.classes[1:]:
             if state.live(cls):
                 why = f"fallback: no live worker for preferred '{preferred}'"
-                return decide(cfg, self.name, cls, why)
+                return routed(cfg, self.name, cls, why)
         return no_live_worker(req, cfg, self.name)
 
 
@@ -327,7 +328,7 @@ class LeastLatencyPolicy(_Estimating):
     ) -> RouteDecision:
         best = min(live, key=lambda e: e.total_s)  # ties: the earlier (more preferred) class
         why = f"least expected completion {best.total_s:.3f}s ({best.source} service time)"
-        return decide(cfg, self.name, best.cls, why, estimates=shown)
+        return routed(cfg, self.name, best.cls, why, estimates=shown)
 
 
 def _cost(est: Estimate) -> float:
@@ -351,10 +352,10 @@ class CostSlaPolicy(_Estimating):
             cheapest = min(fits, key=_cost)  # ties: the earlier (more preferred) class
             kind = "planned" if planned is not None else "step"
             why = f"cheapest class within the {kind} budget {budget:.3f}s"
-            return decide(cfg, self.name, cheapest.cls, why, estimates=shown)
+            return routed(cfg, self.name, cheapest.cls, why, estimates=shown)
         fastest = min(live, key=lambda e: e.total_s)
         why = f"spill: no class fits the step budget {budget:.3f}s; fastest instead"
-        return decide(cfg, self.name, fastest.cls, why, estimates=shown)
+        return routed(cfg, self.name, fastest.cls, why, estimates=shown)
 
 
 POLICIES: dict[str, Callable[[], RoutingPolicy]] = {

@@ -21,8 +21,9 @@ import redis
 
 from fleet.constants import ONLINE_PROFILE_KEY as ONLINE_KEY
 from fleet.constants import PROFILES_ENV
+from fleet.paths import DATA
 
-PACKAGED = Path(__file__).parents[1] / "data" / "profiles.json"
+PACKAGED = DATA / "profiles.json"
 ALPHA = 0.2  # weight of the newest observation in the moving averages
 
 

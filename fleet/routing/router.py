@@ -5,7 +5,7 @@ worker, when the previous step finishes -- so each step is placed from the fleet
 moment. Signatures never carry a fixed queue (options on a chain reach only its first task).
 
 The decision travels with the message as the header ``fleet_route`` (stamped by a
-``before_task_publish`` handler in :mod:`fleet.runtime.app`), so the step records in its trace which
+``before_task_publish`` handler in :mod:`fleet.worker.app`), so the step records in its trace which
 class was chosen, why, and the estimates behind it.
 """
 
@@ -19,8 +19,7 @@ from typing import Any
 
 from fleet.config import FleetConfig
 from fleet.constants import STEP_TASK
-from fleet.engine.plan import StepCall
-from fleet.registry import registry
+from fleet.engine.readiness import StepCall
 from fleet.routing.policies import (
     Estimate,
     RouteDecision,
@@ -31,6 +30,7 @@ from fleet.routing.policies import (
 )
 from fleet.routing.profiles import current_store
 from fleet.routing.state import CachedState, FleetState, StateReader
+from fleet.sdk.registry import registry
 
 log = logging.getLogger("fleet.routing.router")
 
@@ -133,7 +133,7 @@ class FleetRouter:
             times[i] = (now if now > first else first) + float(service)
             state.local_free_at[decision.cls] = min(times)
 
-    def decide(self, req: RouteRequest, state: FleetState, policy: str | None) -> RouteDecision:
+    def choose(self, req: RouteRequest, state: FleetState, policy: str | None) -> RouteDecision:
         chosen = self.policy_for(policy) if req.task == STEP_TASK else self.policy_for("preferred")
         age = time.time() - state.fetched_at
         if state.stale and age > self.cfg.stale_after_s and chosen.name != "static":
@@ -158,7 +158,7 @@ class FleetRouter:
         run = kwargs.get("run") or {}
         start = time.perf_counter()
         state = self.current_state()
-        decision = self.decide(req, state, run.get("policy"))
+        decision = self.choose(req, state, run.get("policy"))
         decision.decide_us = round((time.perf_counter() - start) * 1e6, 1)
         if req.task == STEP_TASK:
             self._account(decision, state)

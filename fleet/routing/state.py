@@ -1,6 +1,6 @@
 """Live fleet state: which workers serve which class, and how deep each class's queue is.
 
-Workers announce themselves with a heartbeat (see ``fleet.runtime.heartbeat``) into Redis sorted
+Workers announce themselves with a heartbeat (see ``fleet.worker.heartbeat``) into Redis sorted
 sets, one per class, scored by the time of the last beat. Readers take everything in one
 pipelined round trip and cache it for ``state_ttl`` seconds, so a routing decision costs a dict
 lookup, not a broker round trip.

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet.workflow.model import INPUTS, Condition, CondOp, LoopSpec, NodeSpec, Source, WorkflowSpec
+from fleet.constants import INPUTS
+from fleet.workflow.model import Condition, CondOp, LoopSpec, NodeSpec, Source, WorkflowSpec
 
 
 class Ref:
@@ -194,14 +195,17 @@ class Workflow:
         when: Condition | Ref | str | None = None,
         max_iterations: int | None = None,
         until: Condition | Ref | str | None = None,
-        **inputs: Ref | Alternatives,
+        **inputs: Any,
     ) -> Step:
         """Add a nested workflow; with ``max_iterations`` it repeats until ``until`` holds.
 
         Each repetition feeds the body's outputs back into its inputs of the same name.
-        ``until`` refers to nodes inside the body.
+        ``until`` refers to nodes inside the body. An input given as a reference is an edge;
+        any other value (``n=0``) is a constant: the nested body's default for that input.
         """
-        body = workflow.spec() if isinstance(workflow, Workflow) else workflow
+        body = workflow.spec() if isinstance(workflow, Workflow) else workflow.model_copy(deep=True)
+        refs, constants = self._split(inputs)
+        body.defaults.update(constants)
         loop = None
         if max_iterations is not None:
             loop = LoopSpec(max_iterations=max_iterations, until=_condition(until))
@@ -213,7 +217,7 @@ class Workflow:
                 kind="agent",
                 workflow=body,
                 loop=loop,
-                inputs={k: _source(v) for k, v in inputs.items()},
+                inputs=refs,
                 when=_condition(when),
             )
         )

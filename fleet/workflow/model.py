@@ -18,7 +18,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-INPUTS = "inputs"  # reserved node name: the workflow's (or loop body's) own inputs
 NODE_KINDS: tuple[str, ...] = ("model", "tool", "memory", "compute", "agent")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 REF_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\.([A-Za-z_][A-Za-z0-9_-]*)$")

@@ -12,9 +12,10 @@ from collections.abc import Iterable
 import networkx as nx
 
 from fleet.config import FleetConfig
+from fleet.constants import INPUTS
 from fleet.errors import Problem, UnknownOpError, WorkflowValidationError
-from fleet.registry import OpSpec, Registry
-from fleet.workflow.model import INPUTS, NAME_RE, NodeSpec, WorkflowSpec, alternatives, parse_ref
+from fleet.sdk.registry import OpSpec, Registry
+from fleet.workflow.model import NAME_RE, NodeSpec, WorkflowSpec, alternatives, parse_ref
 
 LOOP_OUTPUT = "iterations"  # extra output of a loop node: how many times its body ran
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from fleet.config import FleetConfig, load_config
-from fleet.runtime.local import LocalFleet
+from fleet.deploy.local import LocalFleet
 
 SERVED = ["gpu", "npu-lite", "cpu", "io"]
 
@@ -48,7 +48,7 @@ def local_fleet(
 
 @pytest.fixture()
 def client(local_fleet: LocalFleet):  # type: ignore[no-untyped-def]
-    from fleet.runtime.client import Fleet
+    from fleet.client.client import Fleet
 
     return Fleet()
 

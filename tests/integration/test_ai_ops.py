@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from fleet.client.client import Fleet
 from fleet.errors import WorkflowFailed
-from fleet.runtime.client import Fleet
-from fleet.runtime.runs import TraceEntry
-from fleet.runtime.sdk import blobs
+from fleet.sdk.process import blobs
+from fleet.store.runs import TraceEntry
 from fleet.workflow.builder import Workflow
 from tests.support.voice import ask_voice_agent
 

@@ -7,7 +7,7 @@ import pytest
 import redis
 from celery import group
 
-from fleet.runtime.client import Fleet
+from fleet.client.client import Fleet
 from fleet.workflow.builder import Workflow
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quick_benchmark_writes_its_outputs(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("FLEET_BROKER_URL", "FLEET_CONFIG")}
     res = subprocess.run(
-        [sys.executable, "bench/run_bench.py", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "fleet.cli.main", "bench", "--quick", "--out", str(tmp_path)],
         cwd=ROOT,
         env={**env, "COLUMNS": "200"},
         capture_output=True,

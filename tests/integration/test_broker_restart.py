@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from fleet.client.client import Fleet
 from fleet.config import FleetConfig
-from fleet.runtime.app import create_app
-from fleet.runtime.client import Fleet
-from fleet.runtime.local import LocalFleet, free_port
+from fleet.deploy.local import LocalFleet, free_port
+from fleet.worker.app import create_app
 from fleet.workflow.builder import Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from fleet.config import FleetConfig
-from fleet.runtime.local import LocalFleet, free_port
+from fleet.deploy.local import LocalFleet, free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,7 +178,7 @@ def test_triage_demo(tmp_path: Path) -> None:
 
 def test_profile_measures_live_classes(local_fleet: LocalFleet, tmp_path: Path) -> None:
     out = tmp_path / "profiles.json"
-    res = fleet("profile", "--ops", "text.normalize,test.sleep", "--reps", "1", "--out", str(out))
+    res = fleet("profile", "--ops", "text.normalize,test.sleep", "--reps", "1", "--save", str(out))
     assert res.returncode == 0, res.stdout + res.stderr
     rows = json.loads(out.read_text())["profiles"]
     got = {(r["op"], r["cls"]) for r in rows}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.runtime.local import free_port
+from fleet.deploy.local import free_port
 from tests.integration.test_cli import fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from fleet.config import FleetConfig
-from fleet.runtime.local import LocalFleet, free_port
+from fleet.deploy.local import LocalFleet, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -6,8 +6,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from fleet.config import FleetConfig
-from fleet.runtime.local import LocalFleet
-from fleet.runtime.metrics import FleetCollector
+from fleet.deploy.local import LocalFleet
+from fleet.deploy.metrics import FleetCollector
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def test_metrics_show_workers_slots_and_depth(
 
 
 def test_metrics_answer_when_the_backend_is_down(fleet_cfg: FleetConfig) -> None:
-    from fleet.runtime.local import free_port
+    from fleet.deploy.local import free_port
 
     down = fleet_cfg.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
     registry = CollectorRegistry()

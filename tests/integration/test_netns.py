@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
+from fleet.client.client import Fleet
 from fleet.config import FleetConfig
+from fleet.deploy.launch import native_threads
+from fleet.deploy.local import broker_reachable
 from fleet.routing.state import StateReader
-from fleet.runtime.app import create_app
-from fleet.runtime.client import Fleet
-from fleet.runtime.launch import native_threads
-from fleet.runtime.local import broker_reachable
+from fleet.worker.app import create_app
 from tests.support.netns import Network, namespaces_refused
 from tests.support.voice import ask_voice_agent
 

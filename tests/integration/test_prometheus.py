@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from fleet.runtime.client import Fleet
-from fleet.runtime.local import LocalFleet, free_port
+from fleet.client.client import Fleet
+from fleet.deploy.local import LocalFleet, free_port
 from fleet.workflow.builder import Workflow
 from tests.support.servers import Server, port_open, start_prometheus
 

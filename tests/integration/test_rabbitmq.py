@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from fleet.client.client import Fleet
 from fleet.config import FleetConfig, load_config
+from fleet.deploy.local import LocalFleet
 from fleet.routing.state import StateReader
-from fleet.runtime.app import create_app
-from fleet.runtime.client import Fleet
-from fleet.runtime.local import LocalFleet
+from fleet.worker.app import create_app
 from tests.integration.conftest import SERVED
 from tests.integration.test_spill import (
     test_a_queue_filled_by_another_client_is_read_from_the_broker,

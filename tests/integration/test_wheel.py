@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.runtime.local import free_port
+from fleet.deploy.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

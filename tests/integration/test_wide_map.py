@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from fleet.runtime.client import Fleet
+from fleet.client.client import Fleet
 from fleet.workflow.builder import Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

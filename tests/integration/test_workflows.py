@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from fleet.client.client import Fleet
 from fleet.errors import WorkflowFailed, WorkflowValidationError
-from fleet.runtime.client import Fleet
-from fleet.runtime.runs import TraceEntry
+from fleet.store.runs import TraceEntry
 from fleet.workflow.builder import Ref, Workflow
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.runtime.local import free_port
+from fleet.deploy.local import free_port
 
 
 def need(binary: str, package: str) -> str:

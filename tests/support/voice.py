@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fleet.tooling.demo import EXAMPLES, speak_to_file
+from fleet.examples.demo import EXAMPLES, speak_to_file
 
 QUESTION = "Hello. Where is my order 1042? It has not arrived yet."
 

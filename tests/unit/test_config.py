@@ -76,7 +76,7 @@ def test_redact_hides_passwords_only() -> None:
 
 def test_native_threads_follow_what_the_class_runs() -> None:
     from fleet.config import load_config
-    from fleet.runtime.launch import native_threads
+    from fleet.deploy.launch import native_threads
 
     cfg = load_config(env={})
     classes = cfg.classes

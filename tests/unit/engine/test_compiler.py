@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fleet.config import FleetConfig
 from fleet.engine.compiler import compile_workflow
-from fleet.registry import registry
+from fleet.sdk.registry import registry
 from fleet.workflow.builder import Workflow
 
 

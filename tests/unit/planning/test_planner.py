@@ -9,7 +9,7 @@ import pytest
 from fleet.errors import ConfigError
 from fleet.planning.catalogue import Catalogue
 from fleet.planning.planner import homogeneous, plan, predict, sized
-from fleet.planning.workload import Flow, load_workload
+from fleet.planning.workload import WorkflowLoad, load_workload
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "fleet" / "examples" / "plans" / "voice-20.yaml"
 
@@ -63,7 +63,7 @@ outputs: {a: answer.text}
 
 def _setup(
     tmp_path: Path, net: float, rate: float, sla: float, extra: str = ""
-) -> tuple[Catalogue, list[Flow]]:
+) -> tuple[Catalogue, list[WorkflowLoad]]:
     (tmp_path / "cat.toml").write_text(TWO.format(net=net))
     (tmp_path / "ask.yaml").write_text(LLM)
     (tmp_path / "load.yaml").write_text(

@@ -11,7 +11,7 @@ from fleet.config import ClassSpec, FleetConfig
 from fleet.errors import ConfigError
 from fleet.planning.simmodel import SimClass, SimModel
 from fleet.planning.simulate import simulate_model
-from fleet.planning.workload import Flow, Shape, Step, flatten, load_workload
+from fleet.planning.workload import Shape, StepLoad, WorkflowLoad, flatten, load_workload
 from fleet.routing.profiles import ProfileStore
 from fleet.workflow.loader import load_workflow
 
@@ -100,15 +100,15 @@ def _model(service: float, demand: float, servers: int = 2, cores: float | None 
     )
 
 
-def _one_step(chance: float = 1.0) -> Flow:
+def _one_step(chance: float = 1.0) -> WorkflowLoad:
     import networkx as nx
 
     g = nx.DiGraph()
     guards = ("when:s",) if chance < 1 else ()
-    g.add_node("s", step=Step("s", "text.upper", 1.0, guards, chance))
-    g.add_node("t", step=Step("t", "text.upper", 1.0))
+    g.add_node("s", step=StepLoad("s", "text.upper", 1.0, guards, chance))
+    g.add_node("t", step=StepLoad("t", "text.upper", 1.0))
     g.add_edge("s", "t", bytes=0)
-    return Flow("f", 1.0, 10.0, g, None, {"when:s": chance} if chance < 1 else {})
+    return WorkflowLoad("f", 1.0, 10.0, g, None, {"when:s": chance} if chance < 1 else {})
 
 
 @pytest.mark.parametrize(("demand", "expected"), [(2.0, 4.0), (1.0, 2.0), (0.1, 2.0)])

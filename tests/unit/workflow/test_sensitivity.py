@@ -8,10 +8,10 @@ import pytest
 from fleet.config import FleetConfig
 from fleet.engine.compiler import compile_workflow
 from fleet.errors import WorkflowValidationError
-from fleet.registry import registry
 from fleet.routing.policies import RouteRequest, make_policy
 from fleet.routing.profiles import ProfileStore
 from fleet.routing.state import FleetState, WorkerInfo
+from fleet.sdk.registry import registry
 from fleet.workflow.loader import spec_from_data
 from fleet.workflow.validate import validate
 

@@ -7,7 +7,7 @@ import pytest
 
 from fleet.config import FleetConfig, load_config
 from fleet.errors import WorkflowValidationError
-from fleet.registry import registry
+from fleet.sdk.registry import registry
 from fleet.workflow.builder import Ref, Workflow
 from fleet.workflow.loader import load_workflow
 from fleet.workflow.model import WorkflowSpec

@@ -1,0 +1,2 @@
+"""The benchmark: arrivals, deployments and the harness that runs them on real local fleets
+(:mod:`fleet.bench.harness`); its results flow one way into :mod:`fleet.bench.report`."""

@@ -1,0 +1,202 @@
+"""Submit workflows and follow their runs.
+
+    from fleet import Fleet
+    run = Fleet().submit("triage.yaml", {"ticket": "My blender arrived broken"})
+    print(run.get(timeout=30), run.trace())
+
+Validation, input checks and compilation all happen here, before anything is sent: a bad
+workflow never reaches the broker. The client then sends the run's first ready steps; from
+there on every step sends its own successors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from fleet.client.uploads import put_sqlite, upload
+from fleet.config import FleetConfig, redact
+from fleet.constants import INPUTS
+from fleet.engine.compiler import compile_workflow
+from fleet.engine.dispatch import Dispatcher
+from fleet.errors import FleetError, WorkflowFailed, WorkflowTimeout
+from fleet.routing.policies import make_policy
+from fleet.sdk.registry import registry
+from fleet.store.artifacts import ArtifactStore, BlobStore
+from fleet.store.runs import RunInfo, RunStore, TraceEntry
+from fleet.workflow.builder import Workflow
+from fleet.workflow.loader import load_workflow
+from fleet.workflow.model import WorkflowSpec
+from fleet.workflow.validate import check_inputs, validate
+
+WorkflowLike = Workflow | WorkflowSpec | str | Path
+SUBMIT_RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0)  # a broker restart takes a moment
+log = logging.getLogger("fleet.client")
+
+
+def to_spec(workflow: WorkflowLike) -> WorkflowSpec:
+    if isinstance(workflow, Workflow):
+        return workflow.spec()
+    if isinstance(workflow, WorkflowSpec):
+        return workflow
+    return load_workflow(workflow)
+
+
+def _check_size(inputs: dict[str, Any], limit: int) -> None:
+    """Refuse inputs too large to travel in messages, naming the largest, before sending."""
+    sizes = {name: len(json.dumps(value, default=str)) for name, value in inputs.items()}
+    if sum(sizes.values()) > limit:
+        big = max(sizes, key=sizes.__getitem__)
+        raise ValueError(
+            f"workflow inputs are {sum(sizes.values())} bytes (limit {limit}, max_value_bytes); "
+            f"the largest is '{big}' ({sizes[big]} bytes): pass large data by reference"
+        )
+
+
+class RunHandle:
+    """A submitted run: wait for it, poll it, read its trace."""
+
+    def __init__(self, run_id: str, store: RunStore) -> None:
+        self.id = run_id
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.id} {self.status()}>"
+
+    def info(self) -> RunInfo | None:
+        return self._store.info(self.id)
+
+    def status(self) -> str:
+        """``running``, ``succeeded``, ``failed`` (or ``unknown`` once the record expired)."""
+        return self._store.status(self.id) or "unknown"
+
+    def trace(self) -> list[TraceEntry]:
+        """Every step so far in completion order: node, op, class, worker, wait and run time."""
+        return self._store.trace(self.id)
+
+    def get(self, timeout: float | None = 60.0) -> dict[str, Any]:
+        """Wait for the workflow's outputs; raise WorkflowFailed naming the failed node."""
+        info = self._store.wait(self.id, timeout)
+        if info is None:
+            raise WorkflowFailed(self.id, None, "no record of this run (expired or never sent)")
+        if info.status == "failed":
+            raise WorkflowFailed(self.id, info.error_node, info.error or "unknown error")
+        if info.status != "succeeded":
+            raise WorkflowTimeout(f"run {self.id} did not finish within {timeout} s")
+        return info.outputs or {}
+
+
+class Fleet:
+    """Client for one fleet (one broker, one configuration)."""
+
+    def __init__(self, app: Celery | None = None, cfg: FleetConfig | None = None) -> None:
+        if app is None:
+            from fleet.worker.app import app as default_app
+
+            app = default_app
+        self.app = app
+        self.cfg: FleetConfig = cfg or app.fleet_config
+        self.store = RunStore(self.cfg.backend_url, self.cfg.run_ttl)
+        registry.load(self.cfg.op_modules, self.cfg.op_plugins)
+        self.dispatcher = Dispatcher(self.app, self.cfg, self.store, registry)
+
+    def validate(self, workflow: WorkflowLike) -> WorkflowSpec:
+        spec = to_spec(workflow)
+        validate(spec, self.cfg, registry)
+        return spec
+
+    def submit(
+        self,
+        workflow: WorkflowLike,
+        inputs: dict[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+        sla_s: float | None = None,
+        policy: str | None = None,
+    ) -> RunHandle:
+        """Validate, compile, and send the first ready steps. Returns at once.
+
+        ``sla_s`` is the run's end-to-end latency target (the cost-sla policy budgets each
+        step from what is left of it); ``policy`` overrides the configured routing policy for
+        this run; ``priority`` (0-9) is the messages' priority.
+        """
+        spec = self.validate(workflow)
+        inputs = dict(inputs or {})
+        check_inputs(spec, inputs)
+        if policy is not None:
+            make_policy(policy)  # an unknown name fails here, before anything is sent
+        if sla_s is not None and sla_s <= 0:
+            raise ValueError(f"sla_s must be positive, got {sla_s}")
+        compiled = compile_workflow(spec, self.cfg, registry)
+        run_id = uuid.uuid4().hex
+        run: dict[str, Any] = {
+            "id": run_id,
+            "workflow": spec.name,
+            "spec": compiled.digest,
+            "submitted_at": time.time(),
+        }
+        for key, value in (("priority", priority), ("sla_s", sla_s), ("policy", policy)):
+            if value is not None:
+                run[key] = value
+        values = {**spec.defaults, **inputs}
+        _check_size(values, self.cfg.max_value_bytes)
+        meta = {k: run.get(k) for k in ("priority", "sla_s", "policy")}
+        for attempt, pause in enumerate((*SUBMIT_RETRY_PAUSES, None), start=1):
+            try:  # idempotent: the same run id, and the claims let each step be sent once
+                self.dispatcher.register(compiled, force=attempt > 1)
+                self.store.create(run_id, spec.name, meta, inputs=values)
+                self.dispatcher.advance(run, {INPUTS: values}, owner=f"submit:{run_id}")
+                break
+            except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+                if pause is None:
+                    where = redact(self.cfg.broker_url)
+                    raise FleetError(
+                        f"could not submit run {run_id} after {attempt} attempts "
+                        f"(broker/backend {where}): {exc}"
+                    ) from exc
+                log.warning("submit %s: %s; retrying in %.1f s", run_id, exc, pause)
+                time.sleep(pause)
+        return RunHandle(run_id, self.store)
+
+    def run(
+        self, workflow: WorkflowLike, inputs: dict[str, Any] | None = None, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Submit and wait for the outputs."""
+        return self.submit(workflow, inputs).get(timeout=timeout)
+
+    def upload(self, source: bytes | str | Path, kind: str | None = None) -> str:
+        """Send a local file (or bytes, or a folder as a tar) into the fleet; pass the returned
+        reference as a workflow input. It expires with the run records (``run_ttl``)."""
+        return upload(self._blobs(), source, kind)
+
+    def download(self, ref: str, to: str | Path | None = None) -> bytes:
+        """The bytes behind a blob reference (a run's output); written to ``to`` if given."""
+        data = self._blobs().get(ref)
+        if to is not None:
+            Path(to).expanduser().write_bytes(data)
+        return data
+
+    def put_sqlite(self, name: str, path: str | Path) -> str:
+        """Publish a SQLite database for ``db.query``; returns its ``artifact://`` URL."""
+        cache = Path(self.cfg.data_dir).expanduser() / "artifacts"
+        store = ArtifactStore(self.store.redis, cache, self.cfg.artifact_ttl)
+        return put_sqlite(store, name, path)
+
+    def _blobs(self) -> BlobStore:
+        return BlobStore(redis.Redis.from_url(self.cfg.backend_url), self.cfg.run_ttl)
+
+    def handle(self, run_id: str) -> RunHandle:
+        return RunHandle(run_id, self.store)
+
+
+def submit(workflow: WorkflowLike, inputs: dict[str, Any] | None = None) -> RunHandle:
+    """Submit with the default app and configuration (environment / fleet.toml)."""
+    return Fleet().submit(workflow, inputs)

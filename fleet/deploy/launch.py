@@ -1,0 +1,83 @@
+"""Turn a hardware-class preset into the Celery worker command that serves it."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from fleet.config import ClassSpec, FleetConfig
+from fleet.constants import THREADS_ENV, WORKER_CLASS_ENV
+from fleet.sdk.devices import cuda_available
+
+APP = "fleet.worker.app:app"
+
+
+def worker_argv(
+    spec: ClassSpec,
+    *,
+    concurrency: int | None = None,
+    name: str | None = None,
+    loglevel: str = "INFO",
+    extra: list[str] | None = None,
+) -> list[str]:
+    """``celery worker`` arguments for one class (run as ``python -m celery ...``)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        APP,
+        "worker",
+        "-Q",
+        spec.queue_name,
+        "-P",
+        spec.pool,
+        "-c",
+        str(concurrency or spec.concurrency),
+        "-n",
+        name or f"{spec.name}-{os.getpid()}@%h",
+        "--prefetch-multiplier",
+        str(spec.prefetch_multiplier),
+        "-l",
+        loglevel,
+        "-E",  # task events, for Flower
+        # Heartbeats in Redis replace gossip; mingle only delays start-up by about a second.
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    if spec.time_limit:
+        argv += ["--time-limit", str(spec.time_limit)]
+    if spec.soft_time_limit:
+        argv += ["--soft-time-limit", str(spec.soft_time_limit)]
+    if spec.max_tasks_per_child and spec.pool == "prefork":
+        argv += ["--max-tasks-per-child", str(spec.max_tasks_per_child)]
+    return argv + list(extra or [])
+
+
+def native_threads(spec: ClassSpec, cores: int, on_gpu: bool) -> int:
+    """Native threads (llama.cpp, BLAS, torch) one process of a class may use, per host.
+
+    What the class's processes run decides, not how many classes are configured: a thread
+    pool waits on I/O (1); a class on a GPU only feeds it (2); a CPU class shares the host's
+    cores between its own slots, which are busy together -- other classes are idle much of
+    the time, and an LLM decoding on the CPU needs the cores (``threads`` in the class's
+    config overrides this).
+    """
+    if spec.threads is not None:
+        return spec.threads
+    if spec.pool in ("threads", "gevent"):
+        return 1
+    if on_gpu and spec.device == "cuda":
+        return min(2, cores)
+    return max(1, cores // spec.concurrency)
+
+
+def worker_env(cfg: FleetConfig, cls: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a class's worker: its class, and its native thread count
+    (:func:`native_threads`) for every library that reads one."""
+    env = dict(os.environ if base is None else base)
+    env[WORKER_CLASS_ENV] = cls
+    threads = native_threads(cfg.classes[cls], os.cpu_count() or 1, cuda_available())
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", THREADS_ENV):
+        env.setdefault(var, str(threads))
+    return env

@@ -1,0 +1,246 @@
+"""The embedded local fleet: a Redis server (when none is reachable), one worker per class,
+and Flower -- started as child processes and stopped together."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+
+from fleet.config import FleetConfig, redact
+from fleet.deploy.launch import APP, worker_argv, worker_env
+from fleet.errors import FleetError
+from fleet.routing.depth import AMQP_SCHEMES, amqp_connection
+from fleet.routing.state import StateReader
+
+Say = Callable[[str], None]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def broker_reachable(url: str, timeout: float = 1.0) -> bool:
+    """A Redis server answers PING at ``url``, or an AMQP broker accepts a connection."""
+    if url.startswith(AMQP_SCHEMES):
+        try:
+            with amqp_connection(url, timeout) as conn:
+                conn.connect()
+            return True
+        except Exception:
+            return False
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout).ping())
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    restarts: int = 0  # how often this child was restarted by supervise()
+    restart_at: float = 0.0  # not before this (monotonic): the backoff
+
+
+@dataclass
+class LocalFleet:
+    cfg: FleetConfig
+    classes: list[str] = field(default_factory=list)
+    flower: bool = True
+    workdir: Path = Path(".fleet")
+    loglevel: str = "INFO"
+    say: Say = print
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the children
+    children: list[Child] = field(default_factory=list)
+    redis_started: bool = False
+    flower_auth: str = ""  # "user:password" Flower asks for, once started
+
+    def __post_init__(self) -> None:
+        self.classes = self.classes or list(self.cfg.classes)
+        unknown = [c for c in self.classes if c not in self.cfg.classes]
+        if unknown:
+            raise FleetError(f"unknown class(es) {unknown}; configured: {list(self.cfg.classes)}")
+        self.workdir = self.workdir.resolve()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def __enter__(self) -> LocalFleet:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, wait: float = 60.0) -> None:
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            self._ensure_broker()
+            for cls in self.classes:
+                self._start_worker(cls)
+            if self.flower:
+                self._start_flower()
+            self.wait_for_workers(wait)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        env["FLEET_BROKER_URL"] = self.cfg.broker_url
+        env["FLEET_RESULT_BACKEND"] = self.cfg.backend_url
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        log = self.workdir / "logs" / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def _ensure_broker(self) -> None:
+        """A RabbitMQ broker must be running already; a local Redis (the broker, or the run
+        store beside RabbitMQ) is started when none answers."""
+        url = self.cfg.broker_url
+        if url.startswith(AMQP_SCHEMES):
+            if not broker_reachable(url, timeout=3.0):
+                raise FleetError(f"broker {redact(url)} is unreachable (is RabbitMQ running?)")
+            self.say(f"broker: using RabbitMQ at {redact(url)}")
+            url = self.cfg.backend_url
+        self._ensure_redis(url)
+
+    def _ensure_redis(self, url: str) -> None:
+        if broker_reachable(url):
+            self.say(f"broker: using the Redis server at {redact(url)}")
+            return
+        parsed = urlparse(url)
+        if parsed.scheme != "redis" or (parsed.hostname or "") not in LOCAL_HOSTS:
+            raise FleetError(
+                f"broker {redact(url)} is unreachable (and not a local Redis URL to start)"
+            )
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FleetError(
+                "no broker is reachable and redis-server is not installed "
+                "(apt-get install -y redis-server, or set FLEET_BROKER_URL)"
+            )
+        port = str(parsed.port or 6379)
+        # Persistent by default: a restarted broker keeps queued steps and run records.
+        argv = [binary, "--port", port, "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.workdir)]
+        if parsed.password:  # the URL carries one: the server must ask for it
+            argv += ["--requirepass", parsed.password]
+        self._spawn("redis", argv, dict(os.environ))
+        self.redis_started = True
+        deadline = time.monotonic() + 10
+        while not broker_reachable(url, timeout=0.2):
+            if time.monotonic() > deadline:
+                raise FleetError(f"redis-server did not come up on port {port} (see logs)")
+            time.sleep(0.05)
+        log = self.workdir / "logs" / "redis.log"
+        self.say(f"broker: started redis-server on {redact(url)} (appendonly; log {log})")
+
+    def _start_worker(self, cls: str) -> None:
+        spec = self.cfg.classes[cls]
+        name = f"{cls}@localfleet-{os.getpid()}"
+        argv = worker_argv(spec, name=name, loglevel=self.loglevel)
+        env = {**self._env(), **worker_env(self.cfg, cls, self._env())}
+        child = self._spawn(f"worker-{cls}", argv, env)
+        self.say(
+            f"worker: {cls:<9} queue={spec.queue_name} pool={spec.pool} "
+            f"concurrency={spec.concurrency} pid={child.proc.pid} log={child.log}"
+        )
+
+    def _start_flower(self) -> None:
+        port = self.cfg.flower_port
+        argv = [sys.executable, "-m", "celery", "-A", APP, "flower", f"--port={port}"]
+        argv.append("--address=127.0.0.1")
+        made = not self.cfg.flower_auth
+        self.flower_auth = self.cfg.flower_auth or f"fleet:{secrets.token_urlsafe(12)}"
+        # Through the environment, not argv: the password stays out of `ps`.
+        env = {**self._env(), "FLOWER_BASIC_AUTH": self.flower_auth}
+        self._spawn("flower", argv, env)
+        user = self.flower_auth.split(":", 1)[0]
+        shown = self.flower_auth if made else f"{user}:**** (flower_auth)"
+        self.say(f"flower: http://127.0.0.1:{port}  basic auth {shown}  (API: /api/workers)")
+
+    def supervise(self, now: float | None = None) -> list[str]:
+        """Restart children that died -- Redis first (with its append-only data), then
+        workers and Flower -- each after a backoff that doubles while it keeps dying (1 s to
+        60 s). Nothing else is stopped. Returns the names restarted."""
+        now = time.monotonic() if now is None else now
+        restarted = []
+        for child in sorted(self.children, key=lambda c: c.name != "redis"):
+            if child.proc.poll() is None:
+                continue
+            if now < child.restart_at:
+                continue
+            self.children.remove(child)
+            self.say(f"{child.name} exited (code {child.proc.returncode}); restarting it")
+            if child.name == "redis":
+                self._ensure_broker()
+            elif child.name == "flower":
+                self._start_flower()
+            else:
+                self._start_worker(child.name.removeprefix("worker-"))
+            fresh = self.children[-1]
+            fresh.restarts = child.restarts + 1
+            fresh.restart_at = now + min(60.0, 2.0 ** (fresh.restarts - 1))
+            restarted.append(child.name)
+        return restarted
+
+    def wait_for_workers(self, timeout: float) -> None:
+        """Block until every class has a live worker (heartbeat seen)."""
+        reader = StateReader(self.cfg)
+        deadline = time.monotonic() + timeout
+        while True:
+            state = reader.read()
+            missing = [c for c in self.classes if not state.live(c)]
+            if not missing:
+                return
+            for child in self.children:
+                if child.proc.poll() is not None:
+                    raise FleetError(
+                        f"{child.name} exited with code {child.proc.returncode}; see {child.log}"
+                    )
+            if time.monotonic() > deadline:
+                raise FleetError(f"no live worker for {missing} after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Warm shutdown (SIGTERM) of workers and Flower, SIGKILL after ``grace`` s; Redis last."""
+        _terminate([c for c in self.children if c.name != "redis"], grace)
+        _terminate([c for c in self.children if c.name == "redis"], 5.0)
+        self.children.clear()
+
+
+def _terminate(children: list[Child], grace: float) -> None:
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait()

@@ -1,0 +1,101 @@
+"""Move a run forward: decide what is ready, claim it, send it, or finish the run.
+
+The same code runs in the client (the first steps of a submitted run) and in every step task
+once its outputs are recorded -- a step sends its own successors, so a sequence of steps
+costs one broker hop per step and no control task. When parallel branches join, each
+finishing branch makes the decision from the state it read back after writing its own
+outputs; the last one sees every input of the join, and the claim (one Redis hash per run)
+lets exactly one task send each ready step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from typing import Any
+
+from celery import Celery
+
+from fleet.config import FleetConfig
+from fleet.constants import STEP_TASK
+from fleet.engine.compiler import CompiledWorkflow, compile_workflow
+from fleet.engine.readiness import Decision, Outputs, ReadinessError, StepCall, decide
+from fleet.errors import FleetError
+from fleet.sdk.registry import Registry
+from fleet.store.runs import RunStore
+from fleet.workflow.model import WorkflowSpec
+
+log = logging.getLogger("fleet.dispatch")
+CACHE_SIZE = 256  # compiled workflows kept per process
+
+
+class Dispatcher:
+    def __init__(self, app: Celery, cfg: FleetConfig, store: RunStore, registry: Registry) -> None:
+        self.app, self.cfg, self.store, self.registry = app, cfg, store, registry
+        self._compiled: OrderedDict[str, CompiledWorkflow] = OrderedDict()
+        self._put_at: dict[str, float] = {}  # when this process last stored each spec
+
+    def register(self, workflow: CompiledWorkflow, force: bool = False) -> None:
+        """Remember a compiled workflow and store its spec for the workers: once per digest
+        and half its lifetime, or again with ``force`` (a restarted broker may have lost it)."""
+        now = time.monotonic()
+        stale = now - self._put_at.get(workflow.digest, -math.inf) > self.store.ttl / 2
+        if force or stale:
+            self.store.put_spec(workflow.digest, workflow.spec_json)
+            self._put_at[workflow.digest] = now
+        self._remember(workflow.digest, workflow)
+
+    def _remember(self, digest: str, workflow: CompiledWorkflow) -> None:
+        self._compiled[digest] = workflow
+        self._compiled.move_to_end(digest)
+        while len(self._compiled) > CACHE_SIZE:
+            old, _ = self._compiled.popitem(last=False)
+            self._put_at.pop(old, None)
+
+    def workflow(self, digest: str) -> CompiledWorkflow:
+        cached = self._compiled.get(digest)
+        if cached is not None:
+            self._compiled.move_to_end(digest)
+            return cached
+        text = self.store.get_spec(digest)
+        if text is None:
+            raise FleetError(f"workflow {digest} is unknown here (its spec expired?)")
+        compiled = compile_workflow(WorkflowSpec.model_validate_json(text), self.cfg, self.registry)
+        self._remember(digest, compiled)
+        return compiled
+
+    def advance(self, run: dict[str, Any], state: Outputs, owner: str) -> Decision | None:
+        """Send the steps that ``state`` makes ready (those ``owner`` wins), trace the nodes it
+        rules out, and record the outputs once the workflow is complete."""
+        try:
+            decision = decide(self.workflow(run["spec"]), state)
+        except ReadinessError as exc:
+            log.warning("run %s: %s", run["id"], exc)
+            self.store.fail(run["id"], exc.path, str(exc))
+            return None
+        except FleetError as exc:
+            self.store.fail(run["id"], None, f"planning failed: {exc}")
+            return None
+        ready = {call["path"]: call for call in decision.ready}
+        won = self.store.claim(run["id"], owner, [*ready, *decision.skipped])
+        self.store.add_skips(run["id"], [p for p in won if p not in ready])
+        for path in won:
+            if path in ready:
+                self.send(ready[path], run)
+        if decision.finished:
+            self.store.succeed(run["id"], decision.outputs)
+        return decision
+
+    def send(self, call: StepCall, run: dict[str, Any]) -> None:
+        """Publish one step; the router picks its queue now, from the live fleet."""
+        options: dict[str, Any] = {}
+        if call["timeout"]:
+            options["soft_time_limit"] = call["timeout"]
+            options["time_limit"] = call["timeout"] + 5
+        if run.get("priority") is not None:
+            options["priority"] = run["priority"]
+        # What Flower and `celery inspect` show instead of a wall of fleet.step.
+        options["shadow"] = f"{run.get('workflow', '?')}:{call['path']} [{call['op']}]"
+        self.app.send_task(STEP_TASK, kwargs={"call": call, "run": run}, **options)

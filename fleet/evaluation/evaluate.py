@@ -1,0 +1,72 @@
+"""``fleet eval``: the voice agent (and the RAG example) on the evaluation set, on a local
+fleet with real models, scored per stage (see :mod:`fleet.evaluation.scoring`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fleet.client.client import Fleet
+from fleet.config import FleetConfig
+from fleet.deploy.local import LocalFleet
+from fleet.errors import FleetError
+from fleet.evaluation.scoring import Question, Verdict, has_expected, score
+from fleet.examples.demo import OrderAPI, speak_to_file
+from fleet.paths import EXAMPLES
+
+INDEX = "eval-kb"
+
+
+def run_eval(
+    cfg: FleetConfig,
+    workdir: Path,
+    questions: list[Question],
+    workflow: Path,
+    say: Callable[[str], None],
+    advance: Callable[[], None],
+) -> tuple[list[Verdict], dict[str, float | None]]:
+    """Every question through ``workflow``; the knowledge-base ones also through rag.yaml
+    as text. Returns the verdicts and the RAG example's answer accuracy."""
+
+    client = Fleet()
+    client.validate(workflow)
+    api = OrderAPI(workdir)
+    env = {"FLEET_HTTP_ALLOW": f"127.0.0.1:{api.port}"}
+    fleet = LocalFleet(cfg, [], False, workdir, "WARNING", say=say, env=env)
+    try:
+        fleet.start()
+        docs = client.upload(EXAMPLES / "kb")
+        client.submit(EXAMPLES / "kb_build.yaml", {"docs": docs, "index": INDEX}).get(600)
+        verdicts = [_ask(client, q, workflow, api.url, workdir, advance) for q in questions]
+        rag = [_rag(client, q) for q in questions if q.kind == "kb"]
+    finally:
+        api.stop()
+        fleet.stop()
+    return verdicts, {"rag_answer_accuracy": round(sum(rag) / len(rag), 3) if rag else None}
+
+
+def _ask(
+    client: Any, q: Question, workflow: Path, api: str, workdir: Path, advance: Callable[[], None]
+) -> Verdict:
+    wav = speak_to_file(q.text, workdir / f"{q.id}.wav", q.voice, q.speed)
+    start = time.monotonic()
+    run = client.submit(workflow, {"audio": client.upload(wav), "api": api, "index": INDEX})
+    try:
+        outputs = run.get(timeout=300)
+    except FleetError as exc:
+        verdict = Verdict(q.id, q.kind, error=str(exc), seconds=time.monotonic() - start)
+    else:
+        verdict = score(q, outputs, client.store.state(run.id), time.monotonic() - start)
+    advance()
+    return verdict
+
+
+def _rag(client: Any, q: Question) -> bool:
+    run = client.submit(EXAMPLES / "rag.yaml", {"question": q.text, "index": INDEX})
+    try:
+        answer = str(run.get(timeout=300).get("answer") or "")
+    except FleetError:
+        return False
+    return has_expected(answer, q.expect)

@@ -1,0 +1,130 @@
+"""``db.query``: one parameterized, read-only SQL statement, on a database any host can reach.
+
+The database is named by URL, never by a path on the client's disk:
+
+- ``artifact://NAME`` (or ``artifact://NAME@VERSION``): a SQLite file published to the
+  artifact store (``Fleet.put_sqlite`` / ``fleet artifact put-sqlite``); each host fetches a
+  version once into its cache and opens it read-only.
+- ``postgresql://USER@HOST:PORT/DB``: PostgreSQL through psycopg, in a read-only transaction
+  with a statement timeout; HOST:PORT must be listed in ``db_allow`` (FLEET_DB_ALLOW), and
+  the user should be a role with SELECT rights only (docs/tools.md shows one).
+- ``sqlite:///PATH`` or a plain path: a file on the worker under the file roots (a
+  single-host set-up).
+
+Read-only three ways: only SELECT/WITH statements pass, a single statement, and the database
+itself refuses writes (SQLite's authorizer and ``mode=ro``; PostgreSQL's read-only session).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlparse
+
+from fleet.sdk import SQLITE_FILE, SQLITE_KIND, artifacts, op, safe_path, settings
+
+MAX_CELL_BYTES = 16 << 20  # no 900 MB randomblob()
+
+_READ_ONLY = re.compile(r"^\s*(select|with)\b", re.I)
+
+
+class QueryError(RuntimeError):
+    """The query failed in the database (bad SQL, a timeout, a refused write)."""
+
+
+@op("db.query", kind="tool", classes=("io", "cpu"), outputs=("rows", "count"))
+def db_query(
+    sql: str, url: str, params: Any = None, max_rows: int = 100, timeout: float = 10.0
+) -> dict[str, Any]:
+    """A parameterized read-only query (``?``/``:name`` for SQLite, ``%s``/``%(name)s`` for
+    PostgreSQL) on ``artifact://NAME[@VERSION]``, ``postgresql://...`` or ``sqlite:///PATH``."""
+    if not _READ_ONLY.match(sql) or ";" in sql.strip().rstrip(";"):
+        raise PermissionError("db.query runs one read-only SELECT/WITH statement")
+    if params is not None and not isinstance(params, list | dict):
+        raise ValueError("params must be a list (positional) or a mapping (named)")
+    if url.startswith(("postgres://", "postgresql://")):
+        rows = _query_postgres(url, sql, params, max_rows, timeout)
+    else:
+        try:
+            rows = _query_sqlite(_sqlite_file(url), sql, params, max_rows, timeout)
+        except sqlite3.DatabaseError as exc:
+            raise QueryError(f"query failed: {exc}") from None
+    return {"rows": rows, "count": len(rows)}
+
+
+def _sqlite_file(url: str) -> Path:
+    if url.startswith("artifact://"):
+        name, _, version = url.removeprefix("artifact://").partition("@")
+        _, folder = artifacts().fetch(SQLITE_KIND, name, version or None)
+        return folder / SQLITE_FILE
+    raw = url.removeprefix("sqlite:///") if url.startswith("sqlite:") else url
+    path = safe_path(raw, "database")
+    if not path.is_file():
+        raise FileNotFoundError(f"database {path} does not exist")
+    return path
+
+
+def _deny_writes(action: int, *_: Any) -> int:
+    allowed = {
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_FUNCTION,
+        sqlite3.SQLITE_RECURSIVE,  # a recursive WITH reads only
+    }
+    return sqlite3.SQLITE_OK if action in allowed else sqlite3.SQLITE_DENY
+
+
+def _query_sqlite(
+    path: Path, sql: str, params: Any, max_rows: int, timeout: float
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+        conn.row_factory = sqlite3.Row
+        conn.set_authorizer(_deny_writes)  # read-only even through a crafted statement
+        # A statement that runs past the deadline (randomblob(9e8), a cross join) is
+        # interrupted inside SQLite, not just abandoned by the step.
+        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_CELL_BYTES)
+        rows = conn.execute(sql, params or ()).fetchmany(max_rows)
+        return [dict(r) for r in rows]
+
+
+def check_db_url(url: str) -> tuple[str, int]:
+    """(host, port) of a PostgreSQL URL that ``db_allow`` lists; else PermissionError."""
+    parsed = urlparse(url)
+    try:
+        host, port = (parsed.hostname or "").lower(), parsed.port or 5432
+    except ValueError:
+        raise ValueError(f"database url {parsed.hostname}: bad port") from None
+    allowed = {entry.strip().lower() for entry in settings().db_allow}
+    if f"{host}:{port}" not in allowed:
+        raise PermissionError(
+            f"database server {host}:{port} is not in db_allow (FLEET_DB_ALLOW=host:port)"
+        )
+    return host, port
+
+
+def _query_postgres(
+    url: str, sql: str, params: Any, max_rows: int, timeout: float
+) -> list[dict[str, Any]]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    check_db_url(url)
+    ms = max(1, int(timeout * 1000))
+    try:
+        with psycopg.connect(
+            url,
+            row_factory=dict_row,
+            connect_timeout=max(1, int(timeout)),
+            options=f"-c statement_timeout={ms} -c default_transaction_read_only=on",
+        ) as conn:
+            conn.read_only = True
+            with conn.cursor() as cur:
+                cur.execute(cast(Any, sql), params or None)
+                return list(cur.fetchmany(max_rows))
+    except psycopg.Error as exc:
+        raise QueryError(f"query failed: {str(exc).strip()}") from None

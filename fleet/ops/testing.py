@@ -1,0 +1,63 @@
+"""Ops for tests and demos: echo, sleep (an I/O wait), fail."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from fleet.sdk import op
+
+
+@op("test.echo", outputs=("value",))
+def echo(value: Any) -> dict[str, Any]:
+    """Return the value unchanged."""
+    return {"value": value}
+
+
+@op("test.whereami", outputs=("host", "pid"))
+def whereami(tag: Any = None) -> dict[str, Any]:
+    """Report the host and process that ran the step."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+@op(
+    "test.sleep",
+    kind="tool",
+    classes=("io", "cpu", "npu-lite", "gpu"),
+    outputs=("value", "slept"),
+    units=lambda a: float(a.get("seconds", 0.0)),
+    unit="second",
+    samples=[{"seconds": 0.02}, {"seconds": 0.1}],
+)
+def sleep(seconds: float, value: Any = None) -> dict[str, Any]:
+    """Wait like an I/O call would, then pass ``value`` on."""
+    if not 0 <= seconds <= 3600:
+        raise ValueError(f"seconds must be within 0..3600, got {seconds}")
+    start = time.perf_counter()
+    time.sleep(seconds)
+    return {"value": value, "slept": round(time.perf_counter() - start, 4)}
+
+
+class InjectedFailure(RuntimeError):
+    """Raised on purpose by test.fail."""
+
+
+@op("test.fail", outputs=("value",))
+def fail(message: str = "injected failure", value: Any = None) -> dict[str, Any]:
+    """Always raise (to test error handling)."""
+    raise InjectedFailure(message)
+
+
+@op("test.crash", outputs=("value",))
+def crash(signal: str = "SIGSEGV", value: Any = None) -> dict[str, Any]:
+    """Kill this worker process with ``signal`` (to test how the fleet survives a poison step)."""
+    import signal as signals
+
+    number = getattr(signals, signal, None)
+    if not isinstance(number, int):
+        raise ValueError(f"unknown signal {signal!r}")
+    os.kill(os.getpid(), number)
+    time.sleep(5)  # the signal is delivered; never returns normally
+    return {"value": value}

@@ -1,0 +1,50 @@
+"""A plan as the fleet configuration that runs it: one class per device class the plan uses,
+its latency budgets per node (cost-sla follows them) and its placement as the static policy's
+routes."""
+
+from __future__ import annotations
+
+import json
+
+from fleet.planning.catalogue import Catalogue
+from fleet.planning.planner import Plan
+
+
+def plan_toml(plan: Plan, cat: Catalogue) -> str:
+    """A fleet configuration `fleet up` / `fleet worker` accept: one class per device the plan
+    uses, and the plan's placement as the static policy's routing table."""
+    lines = [
+        "# Written by `fleet plan`: one class per device class the plan uses; start",
+        "# `workers` of each (`fleet worker CLASS` per worker). The [routes] table is the",
+        "# placement: workflow:node -> class, which the static policy follows.",
+        'policy = "static"',
+        f"control_class = {json.dumps(next(j for j, n in plan.workers.items() if n))}",
+        "",
+    ]
+    for j, n in plan.workers.items():
+        if not n:
+            continue
+        d = cat.devices[j]
+        lines += [
+            f"[classes.{json.dumps(j)}]",
+            f"concurrency = {d.slots}",
+            f"price_per_hour = {d.price_per_hour:.4f}",
+            f"network_mb_s = {d.network_gbs * 1000:.0f}",
+            f"serves = {json.dumps(d.serves)}",
+            f'description = "planned: {n} worker(s), utilisation {plan.utilisation[j]:.2f}"',
+            "",
+        ]
+    budgets: dict[str, float] = {}
+    for flow, budget in plan.budgets.items():
+        for path, seconds in budget.items():  # an LLM call's two halves: one node's budget
+            key = f"{flow}:{path.split(':')[0]}"
+            budgets[key] = budgets.get(key, 0.0) + seconds
+    lines.append("[budgets]")
+    lines += [f"{json.dumps(k)} = {v:.4f}" for k, v in budgets.items()]
+    lines += ["", "[routes]"]
+    routes: dict[str, str] = {}
+    for flow, placed in plan.placement.items():
+        for path, j in placed.items():  # in graph order: a split step's first part names it
+            routes.setdefault(f"{flow}:{path.split(':')[0]}", j)
+    lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in routes.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,104 @@
+"""The op SDK: everything an op author imports, in one place.
+
+```python
+from fleet.sdk import op, preloader, settings, blobs, safe_path
+```
+
+- :func:`op` and :func:`preloader` register ops and model loaders (:mod:`fleet.sdk.registry`,
+  which also finds op modules through the ``agent_fleet.ops`` entry points);
+- :mod:`fleet.sdk.process` says what the process an op runs in offers: the configuration,
+  its class, device and threads, the data folder, file roots, the blob and artifact stores,
+  deadlines that hold on thread pools, and the one-GPU-runtime-per-process rule;
+- :mod:`fleet.sdk.devices` finds GPUs through the driver, without loading a framework.
+
+Nothing here imports the engine, the router or Celery: an op module stays cheap to import.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from fleet.sdk.registry import OpSpec, Registry, RuntimeSpec, op, preloader
+
+if TYPE_CHECKING:
+    from fleet.constants import BLOB_PREFIX
+    from fleet.sdk.devices import GpuReport, cuda_available, detect_gpus
+    from fleet.sdk.process import (
+        artifacts,
+        blobs,
+        claim_runtime,
+        data_dir,
+        ensure_gpu_memory,
+        file_roots,
+        run_within,
+        safe_path,
+        settings,
+        threads,
+        wants_cuda,
+        worker_class,
+    )
+    from fleet.store.artifacts import SQLITE_FILE, SQLITE_KIND, ArtifactStore, BlobStore
+
+# Loaded on first use: registering ops (`fleet.sdk.registry`) must not import redis.
+_LAZY = {
+    "BLOB_PREFIX": "fleet.constants",
+    "GpuReport": "fleet.sdk.devices",
+    "cuda_available": "fleet.sdk.devices",
+    "detect_gpus": "fleet.sdk.devices",
+    **dict.fromkeys(
+        [
+            "artifacts",
+            "blobs",
+            "claim_runtime",
+            "data_dir",
+            "ensure_gpu_memory",
+            "file_roots",
+            "run_within",
+            "safe_path",
+            "settings",
+            "threads",
+            "wants_cuda",
+            "worker_class",
+        ],
+        "fleet.sdk.process",
+    ),
+    **dict.fromkeys(
+        ["SQLITE_FILE", "SQLITE_KIND", "ArtifactStore", "BlobStore"], "fleet.store.artifacts"
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fleet.sdk' has no attribute {name!r}")
+
+
+__all__ = [
+    "BLOB_PREFIX",
+    "SQLITE_FILE",
+    "SQLITE_KIND",
+    "ArtifactStore",
+    "BlobStore",
+    "GpuReport",
+    "OpSpec",
+    "Registry",
+    "RuntimeSpec",
+    "artifacts",
+    "blobs",
+    "claim_runtime",
+    "cuda_available",
+    "data_dir",
+    "detect_gpus",
+    "ensure_gpu_memory",
+    "file_roots",
+    "op",
+    "preloader",
+    "run_within",
+    "safe_path",
+    "settings",
+    "threads",
+    "wants_cuda",
+    "worker_class",
+]

@@ -1,0 +1,156 @@
+"""What an op needs to know about the process it runs in: configuration, class, device,
+threads, data directory, and the blob store for data passed by reference."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+from fleet.config import FleetConfig, load_config
+from fleet.constants import THREADS_ENV, WORKER_CLASS_ENV
+from fleet.paths import EXAMPLES
+from fleet.sdk.devices import cuda_available, detect_gpus
+from fleet.store.artifacts import ArtifactStore, BlobStore
+
+
+@cache
+def settings() -> FleetConfig:
+    return load_config()
+
+
+def worker_class() -> str | None:
+    """The hardware class this worker process serves (set by ``fleet worker``)."""
+    return os.environ.get(WORKER_CLASS_ENV)
+
+
+def threads() -> int:
+    """Threads one op may use: set per worker so that workers share the cores."""
+    try:
+        return max(1, int(os.environ.get(THREADS_ENV, "")))
+    except ValueError:
+        return max(1, os.cpu_count() or 1)
+
+
+_CLAIMED: list[str] = []  # native GPU runtimes this process has loaded models with
+
+
+def claim_runtime(name: str) -> None:
+    """Say that this process is about to load a model with runtime ``name``. On a CUDA-bound
+    process, a second GPU runtime is refused with a clear error instead of a crash (torch and
+    a CUDA llama.cpp in one process kill it)."""
+    if name in _CLAIMED:
+        return
+    if wants_cuda() and _CLAIMED:
+        raise RuntimeError(
+            f"this {worker_class()} worker process already runs {_CLAIMED[0]} on the GPU; "
+            f"{name} must run in another class (set classes.{worker_class()}.runtimes)"
+        )
+    _CLAIMED.append(name)
+
+
+def ensure_gpu_memory(need_mb: float, what: str) -> None:
+    """Before loading ``what`` onto this process's GPU: a clear error when it cannot fit
+    (free memory from the driver), instead of an out-of-memory crash halfway through."""
+    if not wants_cuda():
+        return
+    report = detect_gpus()
+    if not report.gpus:
+        return
+    gpu = report.gpus[0]
+    if gpu.free_mb < need_mb:
+        raise MemoryError(
+            f"{what} needs about {need_mb:.0f} MB of GPU memory; GPU {gpu.index} ({gpu.name}) "
+            f"has {gpu.free_mb} MB free of {gpu.total_mb} MB: give this worker another GPU "
+            "(fleet worker CLASS --device N) or a smaller model"
+        )
+
+
+def wants_cuda() -> bool:
+    """True when this worker's class binds to CUDA and a GPU is present."""
+    cls = worker_class()
+    spec = settings().classes.get(cls) if cls else None
+    return spec is not None and spec.device == "cuda" and cuda_available()
+
+
+NEVER = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def file_roots() -> list[Path]:
+    """Folders ops may read files from: data_dir, the packaged examples, ``file_roots``."""
+    extra = [Path(os.path.expanduser(r)) for r in settings().file_roots]
+    return [p.resolve() for p in (data_dir(), EXAMPLES, *extra)]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def safe_path(path: str | Path, what: str = "file") -> Path:
+    """``path`` resolved (symlinks followed, ``..`` gone), if it lies under a file root.
+
+    Ops that read or write files the caller names go through this: a workflow must not make
+    a worker read /etc/shadow, its own /proc/self/environ, or write over its files.
+    """
+    real = Path(os.path.expanduser(str(path))).resolve()
+    roots = file_roots()
+    if any(_inside(real, never) for never in NEVER) or not any(_inside(real, r) for r in roots):
+        shown = ", ".join(str(r) for r in roots)
+        raise PermissionError(
+            f"{what} {str(path)!r} is outside the folders ops may use ({shown}); "
+            "add a folder with file_roots / FLEET_FILE_ROOTS in the fleet config"
+        )
+    return real
+
+
+def data_dir(*parts: str) -> Path:
+    path = Path(os.path.expanduser(settings().data_dir), *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@cache
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+def blobs() -> BlobStore:
+    cfg = settings()
+    return BlobStore(_redis(cfg.backend_url), cfg.run_ttl)
+
+
+def artifacts() -> ArtifactStore:
+    """Named, versioned file sets shared by every host (see :mod:`fleet.store.artifacts`)."""
+    cfg = settings()
+    return ArtifactStore(_redis(cfg.backend_url), data_dir("artifacts"), cfg.artifact_ttl)
+
+
+T = TypeVar("T")
+
+
+def run_within(seconds: float, work: Callable[[], T], late: Callable[[], BaseException]) -> T:
+    """``work()`` with a hard deadline, where nothing can be interrupted (a thread pool, a
+    socket that drips a byte at a time): it runs in a daemon thread; past ``seconds`` the
+    caller raises ``late()`` and goes on, and the thread is abandoned to end on its own."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    helper = threading.Thread(target=run, name="fleet-deadline", daemon=True)
+    helper.start()
+    helper.join(seconds)
+    if helper.is_alive():
+        raise late()
+    if "error" in box:
+        raise box["error"]
+    result: T = box["result"]
+    return result

@@ -1,0 +1,368 @@
+"""The run record in Redis: status, result, error and the per-step trace of each workflow run.
+
+The client reads it (``RunHandle.get/status/trace``); steps write it as they finish. It is
+independent of Celery's per-task results, so it survives the canvas being extended at run time.
+
+It also holds what the engine decides from: the outputs of every finished step (one hash per
+run), the claims that make sure each ready step is sent once, and the workflow specs by digest.
+Keys are listed in :mod:`fleet.constants`; everything expires after ``run_ttl``. A finished
+step writes its outputs and trace and reads the run's state back in one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from fleet.constants import (
+    INPUTS,
+    LATENCY_BUCKETS,
+    RUN_CLAIMS_KEY,
+    RUN_DONE_KEY,
+    RUN_KEY,
+    RUN_LOSSES_KEY,
+    RUN_MAP_KEY,
+    RUN_OUTPUTS_KEY,
+    RUN_TRACE_KEY,
+    SPEC_KEY,
+    WORKFLOW_METRICS_KEY,
+)
+
+TERMINAL = ("succeeded", "failed")
+STATE_AFTER_END_S = 600  # how long a finished run's step outputs and claims are kept
+
+# End a run once: the first writer sets finished_at and its fields, wakes the waiters and
+# adds the run to its workflow's counters (KEYS[3], read by `fleet metrics`) -- exactly once.
+_END = """
+if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+for i = 4, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+local run = redis.call('HMGET', KEYS[1], 'workflow', 'status', 'submitted_at', 'meta', 'cost')
+local wf, status = run[1] or '?', run[2] or '?'
+local secs = tonumber(ARGV[2]) - (tonumber(run[3]) or tonumber(ARGV[2]))
+local m = KEYS[3]
+redis.call('HINCRBY', m, 'runs|' .. status .. '|' .. wf, 1)
+redis.call('HINCRBY', m, 'count||' .. wf, 1)
+redis.call('HINCRBYFLOAT', m, 'sum||' .. wf, secs)
+for bound in string.gmatch(ARGV[4], '[^,]+') do
+  if secs <= tonumber(bound) then redis.call('HINCRBY', m, 'le|' .. bound .. '|' .. wf, 1) end
+end
+local ok, meta = pcall(cjson.decode, run[4] or '{}')
+if ok and type(meta) == 'table' and type(meta['sla_s']) == 'number' then
+  redis.call('HINCRBY', m, 'sla||' .. wf, 1)
+  if secs > meta['sla_s'] or status ~= 'succeeded' then
+    redis.call('HINCRBY', m, 'sla_miss||' .. wf, 1)
+  end
+end
+if tonumber(run[5]) then redis.call('HINCRBYFLOAT', m, 'cost||' .. wf, run[5]) end
+return 1
+"""
+_BUCKETS = ",".join(repr(b) for b in LATENCY_BUCKETS)
+
+# Claim each path for ARGV[1] unless another task holds it; the same task (a redelivered
+# message keeps its id) gets its claims back, so a step that died after claiming re-sends.
+_CLAIM = """
+local won = {}
+for i = 3, #ARGV do
+  local path = ARGV[i]
+  if redis.call('HSETNX', KEYS[1], path, ARGV[1]) == 1
+     or redis.call('HGET', KEYS[1], path) == ARGV[1] then
+    won[#won + 1] = path
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return won
+"""
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One step of a run: where it went, why, and how long it waited and ran."""
+
+    node: str
+    op: str
+    kind: str
+    cls: str | None
+    queue: str | None
+    worker: str | None
+    status: str
+    sent_at: float | None
+    started_at: float
+    ended_at: float
+    attempt: int = 0
+    route: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    rss_mb: float | None = None  # the worker process's peak memory so far
+    # CPU seconds the step used, native threads included (prefork: the whole process): its
+    # CPU demand is cpu_s / run_s, the cores it keeps busy (the simulator's host model)
+    cpu_s: float | None = None
+
+    @property
+    def wait_s(self) -> float | None:
+        return None if self.sent_at is None else max(0.0, self.started_at - self.sent_at)
+
+    @property
+    def run_s(self) -> float:
+        return self.ended_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "op": self.op,
+            "kind": self.kind,
+            "class": self.cls,
+            "queue": self.queue,
+            "worker": self.worker,
+            "status": self.status,
+            "sent_at": self.sent_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "wait_s": self.wait_s,
+            "run_s": self.run_s,
+            "attempt": self.attempt,
+            "route": self.route,
+            "error": self.error,
+            "rss_mb": self.rss_mb,
+            "cpu_s": self.cpu_s,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TraceEntry:
+        return cls(
+            node=d["node"],
+            op=d["op"],
+            kind=d["kind"],
+            cls=d.get("class"),
+            queue=d.get("queue"),
+            worker=d.get("worker"),
+            status=d["status"],
+            sent_at=d.get("sent_at"),
+            started_at=d["started_at"],
+            ended_at=d["ended_at"],
+            attempt=d.get("attempt", 0),
+            route=d.get("route") or {},
+            error=d.get("error"),
+            rss_mb=d.get("rss_mb"),
+            cpu_s=d.get("cpu_s"),
+        )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: str
+    workflow: str
+    status: str
+    submitted_at: float | None
+    finished_at: float | None
+    outputs: dict[str, Any] | None
+    error: str | None
+    error_node: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+
+class RunStore:
+    def __init__(self, url: str, ttl: int = 86400) -> None:
+        # A broker restart is a few seconds without Redis: wait it out (about 13 s in all)
+        # instead of failing the step or the submission whose bookkeeping hit it.
+        retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=10)
+        self.redis = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            retry=retry,
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+        self.ttl = ttl
+
+    @staticmethod
+    def _key(run_id: str, part: str = "") -> str:
+        key = {
+            "": RUN_KEY,
+            "trace": RUN_TRACE_KEY,
+            "done": RUN_DONE_KEY,
+            "out": RUN_OUTPUTS_KEY,
+            "claims": RUN_CLAIMS_KEY,
+            "losses": RUN_LOSSES_KEY,
+        }[part]
+        return key.format(id=run_id)
+
+    def put_spec(self, digest: str, text: str) -> None:
+        """Store a workflow spec by digest (refreshing its lifetime: runs of it may follow)."""
+        self.redis.set(SPEC_KEY.format(digest=digest), text, ex=self.ttl)
+
+    def get_spec(self, digest: str) -> str | None:
+        value = self.redis.get(SPEC_KEY.format(digest=digest))
+        return None if value is None else str(value)
+
+    def create(
+        self,
+        run_id: str,
+        workflow: str,
+        meta: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
+    ) -> None:
+        key = self._key(run_id)
+        fields = {"workflow": workflow, "status": "running", "submitted_at": repr(time.time())}
+        fields["meta"] = json.dumps(meta or {})
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=cast(Any, fields))
+        pipe.expire(key, self.ttl)
+        if inputs is not None:
+            pipe.hset(self._key(run_id, "out"), INPUTS, json.dumps(inputs))
+            pipe.expire(self._key(run_id, "out"), self.ttl)
+        pipe.execute()
+
+    def add_trace(self, run_id: str, entry: TraceEntry) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        self._trace(pipe, run_id, [entry])
+        pipe.execute()
+
+    def _trace(self, pipe: Any, run_id: str, entries: list[TraceEntry]) -> None:
+        key = self._key(run_id, "trace")
+        pipe.rpush(key, *[json.dumps(e.to_dict()) for e in entries])
+        pipe.expire(key, self.ttl)
+
+    def add_skips(self, run_id: str, paths: list[str]) -> None:
+        """Trace the nodes a condition (or a skipped dependency) ruled out."""
+        if not paths:
+            return
+        now = time.time()
+        entries = [
+            TraceEntry(path, "", "", None, None, None, "skipped", None, now, now) for path in paths
+        ]
+        self.add_trace_entries(run_id, entries)
+
+    def add_trace_entries(self, run_id: str, entries: list[TraceEntry]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        self._trace(pipe, run_id, entries)
+        pipe.execute()
+
+    def record_step(
+        self,
+        run_id: str,
+        path: str,
+        outputs: dict[str, Any],
+        entry: TraceEntry,
+        extra: Any = None,
+        group: list[Any] | None = None,
+    ) -> tuple[str | None, dict[str, dict[str, Any]] | None]:
+        """Write a finished step's outputs and trace and read back the run's status and the
+        outputs of every step so far -- one round trip. ``extra(pipe)`` may queue more
+        commands (online statistics) into the same pipeline.
+
+        ``group`` = [map node path, item count] for an item of a ``map:``: the item joins the
+        node's set of finished items instead, and the state is read (a second round trip) only
+        by the item that completes the set -- no other item can make anything ready, and
+        reading every item's outputs after each item would be quadratic in the map's width.
+        The state is None when it was not read."""
+        out_key = self._key(run_id, "out")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(out_key, path, json.dumps(outputs))
+        pipe.expire(out_key, self.ttl)
+        self._trace(pipe, run_id, [entry])
+        if extra is not None:
+            extra(pipe)
+        if group is not None:
+            done_key = RUN_MAP_KEY.format(id=run_id, node=group[0])
+            pipe.sadd(done_key, path)  # a set: a redelivered item counts once
+            pipe.expire(done_key, self.ttl)
+            pipe.scard(done_key)
+        pipe.hget(self._key(run_id), "status")
+        if group is None:
+            pipe.hgetall(out_key)
+        results = pipe.execute()
+        if group is not None:
+            status, finished = results[-1], int(results[-2])
+            return status, self.state(run_id) if finished >= int(group[1]) else None
+        status, raw = results[-2], results[-1]
+        return status, {k: json.loads(v) for k, v in raw.items()}
+
+    def state(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """The outputs of every step of the run so far (and its inputs)."""
+        raw = self.redis.hgetall(self._key(run_id, "out"))
+        return {k: json.loads(v) for k, v in cast(dict[str, str], raw).items()}
+
+    def count_loss(self, run_id: str, path: str) -> int:
+        """Count one more death of the worker process running ``path``; the new count."""
+        key = self._key(run_id, "losses")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(key, path, 1)
+        pipe.expire(key, self.ttl)
+        return int(pipe.execute()[0])
+
+    def claim(self, run_id: str, owner: str, paths: list[str]) -> list[str]:
+        """The paths among ``paths`` that ``owner`` may send (each path is sent by one task)."""
+        if not paths:
+            return []
+        won = self.redis.eval(_CLAIM, 1, self._key(run_id, "claims"), owner, self.ttl, *paths)
+        return [str(p) for p in cast(list[Any], won)]
+
+    def _end(self, run_id: str, fields: dict[str, str]) -> bool:
+        """Record a terminal state once; the first writer wins (a late branch cannot undo it)."""
+        flat = [x for kv in fields.items() for x in kv]
+        keys = [self._key(run_id), self._key(run_id, "done"), WORKFLOW_METRICS_KEY]
+        keys += [self._key(run_id, part) for part in ("out", "claims", "losses")]
+        # The run's working state (every step's outputs, claims) is not what the client reads
+        # once the run ended: it goes after STATE_AFTER_END_S, the record and trace stay.
+        short = min(self.ttl, STATE_AFTER_END_S)
+        now = repr(time.time())
+        won = self.redis.eval(_END, len(keys), *keys, self.ttl, now, short, _BUCKETS, *flat)
+        return bool(won)
+
+    def succeed(self, run_id: str, outputs: dict[str, Any]) -> bool:
+        return self._end(run_id, {"status": "succeeded", "outputs": json.dumps(outputs)})
+
+    def fail(self, run_id: str, node: str | None, error: str) -> bool:
+        return self._end(run_id, {"status": "failed", "error": error, "error_node": node or ""})
+
+    def status(self, run_id: str) -> str | None:
+        value = self.redis.hget(self._key(run_id), "status")
+        return str(value) if value is not None else None
+
+    def info(self, run_id: str) -> RunInfo | None:
+        h = cast(dict[str, str], self.redis.hgetall(self._key(run_id)))
+        if not h:
+            return None
+        return RunInfo(
+            id=run_id,
+            workflow=h.get("workflow", ""),
+            status=h.get("status", "unknown"),
+            submitted_at=float(h["submitted_at"]) if h.get("submitted_at") else None,
+            finished_at=float(h["finished_at"]) if h.get("finished_at") else None,
+            outputs=json.loads(h["outputs"]) if h.get("outputs") else None,
+            error=h.get("error") or None,
+            error_node=h.get("error_node") or None,
+        )
+
+    def trace(self, run_id: str) -> list[TraceEntry]:
+        raw = self.redis.lrange(self._key(run_id, "trace"), 0, -1)
+        return [TraceEntry.from_dict(json.loads(r)) for r in raw]
+
+    def wait(self, run_id: str, timeout: float | None) -> RunInfo | None:
+        """Block until the run ends or ``timeout`` passes; returns the latest info."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = self.info(run_id)
+            if info is None or info.done:
+                return info
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return info
+            # BLPOP wakes us at once; re-push (with its lifetime) so that other waiters wake.
+            done = self._key(run_id, "done")
+            if self.redis.blpop([done], timeout=min(left, 1.0)):
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.rpush(done, "1")
+                pipe.expire(done, self.ttl)
+                pipe.execute()

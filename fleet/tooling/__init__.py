@@ -1,1 +1,0 @@
-"""Tooling on top of the fleet: the demo, the benchmark, profiling, and their commands."""

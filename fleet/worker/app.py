@@ -1,0 +1,123 @@
+"""The Celery application: safe defaults, the fleet router, header stamping, worker presets.
+
+``celery -A fleet worker -Q gpu`` (or ``-A fleet.worker.app``) works as with any Celery app;
+``fleet worker gpu`` adds the class preset (pool, concurrency, prefetch, time limits).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery.signals import before_task_publish, worker_process_init
+
+from fleet.config import FleetConfig, load_config
+from fleet.constants import ROUTE_HEADER, SENT_AT_HEADER, TASK_PREFIX, WORKER_CLASS_ENV
+from fleet.routing.depth import AMQP_SCHEMES
+from fleet.routing.router import FleetRouter, take_decision
+from fleet.sdk.registry import registry
+from fleet.store.runs import RunStore
+from fleet.worker.backend import backend_setting
+from fleet.worker.compat import patch_kombu_redis_restore
+from fleet.worker.heartbeat import Heartbeat
+
+
+def _run_failer(cfg: FleetConfig) -> Callable[[str, str | None, str], None]:
+    """How the router fails a run (a policy found no class to run a step on)."""
+    stores: list[RunStore] = []
+
+    def fail(run_id: str, node: str | None, why: str) -> None:
+        if not stores:
+            stores.append(RunStore(cfg.backend_url, cfg.run_ttl))
+        stores[0].fail(run_id, node, why)
+
+    return fail
+
+
+def configure(app: Celery, cfg: FleetConfig) -> None:
+    """Apply ``cfg`` to ``app`` (broker, serializers, reliability, routing)."""
+    app.conf.update(
+        broker_url=cfg.broker_url,
+        result_backend=backend_setting(cfg.backend_url),
+        # JSON only: nothing that crosses the broker may execute code when read.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Long steps: acknowledge after the work, requeue if the process dies, one at a time.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": cfg.visibility_timeout},
+        result_expires=cfg.run_ttl,
+        task_routes=(FleetRouter(cfg, on_fail=_run_failer(cfg)),),
+        task_default_queue=cfg.classes[cfg.control_class].queue_name,
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        # Model loading in worker_process_init may take longer than the 4 s default.
+        worker_proc_alive_timeout=120,
+        broker_connection_retry_on_startup=True,
+        # Sending a step through a broker restart: keep trying for about 15 s, not 0.6 s.
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 12,
+            "interval_start": 0.1,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+    if cfg.broker_url.startswith(AMQP_SCHEMES):
+        # RabbitMQ honours message priorities only on queues declared with x-max-priority.
+        app.conf.task_queue_max_priority = 9
+    preset = os.environ.get(WORKER_CLASS_ENV)
+    if preset and preset in cfg.classes:
+        app.conf.task_acks_late = cfg.classes[preset].acks_late
+    app.fleet_config = cfg
+
+
+def create_app(cfg: FleetConfig | None = None) -> Celery:
+    patch_kombu_redis_restore()  # workers must survive a broker restart (see compat.py)
+    cfg = cfg or load_config()
+    app = Celery("fleet", include=["fleet.worker.tasks"])
+    configure(app, cfg)
+    app.steps["consumer"].add(Heartbeat)
+    return app
+
+
+@worker_process_init.connect
+def _preload_models(**_: Any) -> None:
+    """Load the class's preset models in each pool process, after fork (CUDA is not
+    fork-safe) and before it takes a task; worker_proc_alive_timeout allows for this."""
+    cls = os.environ.get(WORKER_CLASS_ENV)
+    cfg = fleet_config(app)
+    spec = cfg.classes.get(cls) if cls else None
+    if spec is not None and spec.preload:
+        registry.load(cfg.op_modules, cfg.op_plugins)  # op modules register the preloaders
+        registry.preload(spec.preload)
+
+
+@before_task_publish.connect
+def _stamp_headers(
+    sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any
+) -> None:
+    """Stamp send time and the routing decision on every fleet message."""
+    if headers is None or not str(headers.get("task", "")).startswith(TASK_PREFIX):
+        return
+    headers[SENT_AT_HEADER] = time.time()
+    decision = take_decision(str(headers["task"]))
+    if decision is not None:
+        headers[ROUTE_HEADER] = decision.to_dict()
+
+
+app = create_app()
+
+
+def fleet_config(celery_app: Celery | None = None) -> FleetConfig:
+    cfg: FleetConfig = getattr(celery_app or app, "fleet_config")  # noqa: B009
+    return cfg

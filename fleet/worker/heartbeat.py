@@ -1,0 +1,96 @@
+"""Consumer bootstep: announce this worker, its classes and its concurrency to the router.
+
+It runs in the consumer blueprint after the task consumer, so a worker counts as live only
+once it is really taking tasks, and it is withdrawn while the consumer reconnects. Classes
+come from the queues the worker consumes, so a worker started the plain Celery way
+(``celery -A fleet.worker.app worker -Q gpu``) is seen as a ``gpu`` worker too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+import redis
+from celery import bootsteps
+
+from fleet.constants import THREADS_ENV
+from fleet.routing.state import beat, forget
+from fleet.worker.sweeper import sweep
+
+log = logging.getLogger("fleet.worker")
+
+
+class Heartbeat(bootsteps.StartStopStep):
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, consumer: Any, **kwargs: Any) -> None:
+        super().__init__(consumer, **kwargs)
+        self.tref: Any = None
+        self.classes: list[str] = []
+        self.client: redis.Redis | None = None
+        self.app: Any = None
+        self.grace_s = 0.0
+        self.next_sweep = 0.0
+
+    def start(self, consumer: Any) -> None:
+        worker = consumer.controller
+        cfg = consumer.app.fleet_config
+        queues = consumer.app.amqp.queues
+        consumed = list((queues.consume_from or queues).keys())
+        self.classes = [c for q in consumed if (c := cfg.class_for_queue(q)) is not None]
+        if not self.classes:
+            log.warning("worker %s consumes no fleet class queue (%s)", worker.hostname, consumed)
+            return
+        self.client = redis.Redis.from_url(cfg.backend_url, decode_responses=True)
+        self.details = {
+            "concurrency": worker.concurrency,
+            "pool": getattr(worker.pool_cls, "__module__", str(worker.pool_cls)).split(".")[-1],
+            "pid": os.getpid(),
+            # native threads per process, as `fleet worker` set them for this host
+            "threads": int(os.environ.get(THREADS_ENV) or 0) or None,
+        }
+        self.app = consumer.app
+        # A message a live worker took is in its next heartbeat; older ones nobody announced
+        # are stranded (its worker died, or forgot them in a broker restart).
+        self.grace_s = cfg.worker_ttl + 2 * cfg.heartbeat_interval
+        self.next_sweep = time.monotonic() + self.grace_s
+        self._beat(worker.hostname, cfg.worker_ttl)
+        self.tref = consumer.timer.call_repeatedly(
+            cfg.heartbeat_interval, self._beat, (worker.hostname, cfg.worker_ttl), priority=10
+        )
+        log.info(
+            "fleet worker %s serves class(es) %s with concurrency %s",
+            worker.hostname,
+            ",".join(self.classes),
+            worker.concurrency,
+        )
+
+    def _beat(self, hostname: str, ttl: float) -> None:
+        if self.client is None:
+            return
+        from celery.worker import state
+
+        # Received and not yet done (running ones too): the sweeper leaves these alone.
+        held = [r.id for r in list(state.reserved_requests)]
+        details = {**self.details, "busy": len(held), "held": held}
+        try:
+            beat(self.client, hostname, self.classes, details, ttl)
+            if time.monotonic() >= self.next_sweep:
+                self.next_sweep = time.monotonic() + self.grace_s
+                sweep(self.app, self.client, ttl, self.grace_s)
+        except (redis.RedisError, OSError) as exc:  # the broker may be briefly away
+            log.warning("heartbeat failed: %s", exc)
+        except Exception as exc:  # the sweep must never take the worker down
+            log.exception("sweeper failed: %s", exc)
+
+    def stop(self, consumer: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+        if self.client is not None:
+            with contextlib.suppress(redis.RedisError):  # shutting down: the broker may be gone
+                forget(self.client, consumer.hostname, self.classes)

@@ -1,0 +1,282 @@
+"""The fleet's Celery task: ``fleet.step`` runs one op node, records it, and sends what it
+made ready (see :mod:`fleet.engine.dispatch`). ``fleet.ping`` is a plain task for health
+checks and baselines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import threading
+import time
+from functools import cache
+from typing import Any, NoReturn
+
+from billiard.einfo import ExceptionInfo
+from celery import Celery, Task
+from celery.exceptions import Ignore, WorkerLostError
+from celery.worker.request import Request
+
+from fleet.config import FleetConfig
+from fleet.constants import PING_TASK, ROUTE_HEADER, RUN_KEY, SENT_AT_HEADER, STEP_TASK
+from fleet.engine.dispatch import Dispatcher
+from fleet.engine.readiness import StepCall
+from fleet.errors import StepFailed, UnknownOpError
+from fleet.routing.profiles import OnlineStats, current_store
+from fleet.sdk.process import run_within
+from fleet.sdk.registry import OpSpec, registry
+from fleet.store.runs import RunStore, TraceEntry
+from fleet.worker.app import app, fleet_config
+
+log = logging.getLogger("fleet.tasks")
+RECHECK_AFTER_S = 0.05  # a step that waited longer re-reads its run's status before running
+
+
+_DISPATCHERS: dict[int, Dispatcher] = {}
+_DISPATCHERS_LOCK = threading.Lock()
+
+
+def dispatcher(celery_app: Celery) -> Dispatcher:
+    """One dispatcher (run store, compiled-workflow cache) per app and process, made once
+    even when a thread pool's threads all take their first step at the same moment."""
+    found = _DISPATCHERS.get(id(celery_app))
+    if found is not None:
+        return found
+    with _DISPATCHERS_LOCK:
+        if id(celery_app) not in _DISPATCHERS:
+            cfg = fleet_config(celery_app)
+            registry.load(cfg.op_modules, cfg.op_plugins)
+            store = RunStore(cfg.backend_url, cfg.run_ttl)
+            _DISPATCHERS[id(celery_app)] = Dispatcher(celery_app, cfg, store, registry)
+        return _DISPATCHERS[id(celery_app)]
+
+
+def run_store(task: Task) -> RunStore:
+    return dispatcher(task.app).store
+
+
+def _outputs(op: OpSpec, result: Any, limit: int = 4 << 20) -> dict[str, Any]:
+    """Check an op's return value against its declared outputs and JSON-ability."""
+    if op.outputs == ("result",) and not (isinstance(result, dict) and "result" in result):
+        result = {"result": result}
+    if not isinstance(result, dict):
+        raise TypeError(f"op returned {type(result).__name__}, expected a dict of outputs")
+    missing = [name for name in op.outputs if name not in result]
+    if missing:
+        raise TypeError(f"op did not return output(s) {', '.join(missing)}")
+    try:
+        size = len(json.dumps(result))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"op returned a value that is not JSON: {exc}") from None
+    if size > limit:
+        raise ValueError(
+            f"op returned {size} bytes of outputs (limit {limit}, max_value_bytes): "
+            "pass large data by reference (the blob store)"
+        )
+    return result
+
+
+class _Trace:
+    """Builds the step's trace record from the message it arrived in."""
+
+    def __init__(self, task: Task, call: StepCall) -> None:
+        req = task.request
+        self.queue = (req.delivery_info or {}).get("routing_key")
+        self.cls = fleet_config(task.app).class_for_queue(self.queue or "")
+        self.base = {
+            "node": call["path"],
+            "op": call["op"],
+            "kind": call["kind"],
+            "cls": self.cls,
+            "queue": self.queue,
+            "worker": req.hostname,
+            "sent_at": getattr(req, SENT_AT_HEADER, None),
+            "attempt": req.retries or 0,
+            "route": getattr(req, ROUTE_HEADER, None) or {},
+        }
+        self.started_at = time.time()
+        self.cpu_at = _cpu_clock()
+
+    def entry(self, status: str, error: str | None = None) -> TraceEntry:
+        rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        return TraceEntry(
+            **self.base,
+            status=status,
+            started_at=self.started_at,
+            ended_at=time.time(),
+            error=error,
+            rss_mb=round(rss_kib / 1024.0, 1),
+            cpu_s=round(_cpu_clock() - self.cpu_at, 6),
+        )
+
+
+def _cpu_clock() -> float:
+    """The step's CPU clock: in a prefork child (the main thread) the whole process's, so the
+    op's native threads count; in a thread pool only this thread's (the others are other
+    steps')."""
+    if threading.current_thread() is threading.main_thread():
+        return time.process_time()
+    return time.thread_time()
+
+
+class StepRequest(Request):
+    """A step's request in the worker's main process, where a dead pool child is noticed.
+
+    acks_late + reject_on_worker_lost requeue a step whose process died -- forever, for a step
+    that kills its worker every time. Each loss is counted with the run (atomically, so any
+    host's worker counts the same step); at ``max_worker_losses`` the run fails naming the node
+    and how its worker died, the message is acknowledged, and the worker serves other runs.
+    """
+
+    def on_failure(
+        self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
+        cancelled = self._already_cancelled or self._already_revoked  # killed on purpose
+        lost = isinstance(exc, WorkerLostError) or (isinstance(exc, SystemExit) and not cancelled)
+        if lost and self._gave_up(str(exc) or type(exc).__name__):
+            self.acknowledge()
+            return
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def _gave_up(self, how: str) -> bool:
+        call, run = self.kwargs.get("call") or {}, self.kwargs.get("run") or {}
+        if not call.get("path") or not run.get("id"):
+            return False
+        cfg = fleet_config(self.task.app)
+        store = _loss_store(cfg.backend_url, cfg.run_ttl)
+        losses = store.count_loss(run["id"], call["path"])
+        log.warning(
+            "run %s: node %s lost its worker (%d): %s", run["id"], call["path"], losses, how
+        )
+        if losses < cfg.max_worker_losses:
+            return False
+        why = (
+            f"node '{call['path']}' (op {call.get('op')}): its worker died {losses} times "
+            f"running it ({how}); not delivered again"
+        )
+        store.fail(run["id"], call["path"], why)
+        return True
+
+
+@cache
+def _loss_store(url: str, ttl: int) -> RunStore:
+    return RunStore(url, ttl)
+
+
+@app.task(name=STEP_TASK, bind=True, ignore_result=True, Request=StepRequest)
+def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
+    """Run one op node, record its outputs and trace, then send the steps it made ready."""
+    engine = dispatcher(self.app)
+    store = engine.store
+    if _waited(self) and store.status(run["id"]) == "failed":
+        raise Ignore()  # another branch failed the run: do no more work for it
+    trace = _Trace(self, call)
+    try:
+        op = registry.get(call["op"])
+    except UnknownOpError as exc:  # this worker lacks the op's plug-in: say so, end the run
+        why = f"node '{call['path']}': op {call['op']} is not installed on {self.request.hostname}"
+        store.add_trace(run["id"], trace.entry("failed", str(exc)))
+        store.fail(run["id"], call["path"], why)
+        raise StepFailed(call["path"], call["op"], why) from exc
+    try:
+        result = _run_op(op, call["args"], _deadline(self, call, trace.cls))
+        outputs = _outputs(op, result, engine.cfg.max_value_bytes)
+    except Exception as exc:
+        _failed(self, store, op, call, run, trace, exc)
+    entry = trace.entry("succeeded")
+    units = op.units_of(call["args"])
+    status, state = store.record_step(
+        run["id"],
+        call["path"],
+        outputs,
+        entry,
+        lambda pipe: _observe(pipe, call, units, entry, engine.cfg, run["id"]),
+        call.get("group"),
+    )
+    if status == "running" and state is not None:
+        engine.advance(run, state, owner=self.request.id or call["path"])
+    return {"node": call["path"]}
+
+
+class StepDeadline(TimeoutError):
+    """A step ran past its deadline in a pool that Celery's time limits do not reach."""
+
+
+def _deadline(task: Task, call: StepCall, cls: str | None) -> float | None:
+    """The step's deadline: the node's ``timeout``, else its class's (soft) time limit."""
+    timeout = call.get("timeout")
+    if timeout:
+        return float(timeout)
+    spec = fleet_config(task.app).classes.get(cls or "")
+    limit = spec.soft_time_limit or spec.time_limit if spec is not None else None
+    return float(limit) if limit else None
+
+
+def _run_op(op: OpSpec, args: dict[str, Any], deadline: float | None) -> Any:
+    """Call the op. In a thread or gevent pool (Celery's time limits work only in prefork),
+    the deadline is kept here: the op runs in a helper thread, and the step fails when the
+    deadline passes -- the pool's thread is free again, the op's thread is abandoned to
+    finish on its own."""
+    if deadline is None or threading.current_thread() is threading.main_thread():
+        return op.func(**args)  # prefork and solo: Celery's soft/hard time limits apply
+
+    def late() -> StepDeadline:
+        return StepDeadline(f"no result within its deadline of {deadline:g} s")
+
+    return run_within(deadline, lambda: op.func(**args), late)
+
+
+def _waited(task: Task) -> bool:
+    """Whether the message sat in its queue long enough for the run to have failed since it
+    was sent. The sender read the run's status just before sending, so a step that starts at
+    once (the common case in a chain) skips the round trip; one that waited checks first."""
+    sent_at = getattr(task.request, SENT_AT_HEADER, None)
+    return sent_at is None or time.time() - float(sent_at) > RECHECK_AFTER_S
+
+
+def _failed(
+    task: Task,
+    store: RunStore,
+    op: OpSpec,
+    call: StepCall,
+    run: dict[str, Any],
+    trace: _Trace,
+    exc: Exception,
+) -> NoReturn:
+    """Retry the step when it may, else fail its run naming the node (always raises)."""
+    error = f"{type(exc).__name__}: {exc}"
+    retryable = not op.retry_on or isinstance(exc, op.retry_on)
+    if task.request.retries < call["retries"] and retryable:
+        store.add_trace(run["id"], trace.entry("retrying", error))
+        countdown = min(2.0**task.request.retries * 0.5, 30.0)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=call["retries"]) from exc
+    store.add_trace(run["id"], trace.entry("failed", error))
+    store.fail(run["id"], call["path"], f"node '{call['path']}' (op {op.name}): {error}")
+    log.warning("run %s: node %s failed: %s", run["id"], call["path"], error)
+    raise StepFailed(call["path"], op.name, error) from exc
+
+
+def _observe(
+    pipe: Any, call: StepCall, units: float, entry: TraceEntry, cfg: FleetConfig, run_id: str
+) -> None:
+    """Feed the run time into the shared moving averages the router estimates from, and add
+    the step's cost (run time x its class's price) to the run's."""
+    if entry.cls is None:
+        return
+    spec = cfg.classes.get(entry.cls)
+    if spec is not None and spec.price_per_hour:
+        pipe.hincrbyfloat(
+            RUN_KEY.format(id=run_id), "cost", entry.run_s * spec.price_per_hour / 3600
+        )
+    profile = current_store().get(call["op"], entry.cls)
+    predicted = profile.predict(units) if profile is not None else None
+    OnlineStats.queue(pipe, call["op"], entry.cls, entry.run_s, predicted)
+
+
+@app.task(name=PING_TASK)
+def ping(value: Any = None) -> Any:
+    """A plain Celery task (no workflow, no run record): health checks and baselines."""
+    return value

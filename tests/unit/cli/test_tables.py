@@ -1,0 +1,58 @@
+"""The trace table fits a 100-column terminal without cutting node names or statuses."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from fleet.cli.tables import trace_table
+from fleet.store.runs import TraceEntry
+
+LONG_REASON = "least-latency: cpu 41.2 ms (queue 3, busy 2/2) beats gpu 55.0 ms, npu-lite 61.3 ms"
+
+
+def _entry(node: str, op: str, cls: str, status: str, error: str | None = None) -> TraceEntry:
+    return TraceEntry(
+        node=node,
+        op=op,
+        kind="step",
+        cls=cls,
+        queue=f"fleet.{cls}",
+        worker=f"{cls}-0@worker-host-with-a-long-name.example.internal",
+        status=status,
+        sent_at=100.0,
+        started_at=100.01,
+        ended_at=101.234,
+        route={"reason": LONG_REASON, "estimates": {cls: {"total_s": 0.0412}}},
+        error=error,
+    )
+
+
+TRACE = [
+    _entry("transcribe", "speech.stt", "npu-lite", "succeeded"),
+    _entry("lookup_order_status_from_api", "http.request", "io", "succeeded"),
+    _entry("answer.iter[3].decide_tool", "llm.generate", "gpu", "failed", "boom " * 40),
+    _entry("speak", "speech.tts", "cpu", "skipped"),
+]
+
+
+def _render(why: bool, width: int = 100) -> list[str]:
+    console = Console(width=width, record=True, force_terminal=False, color_system=None)
+    console.print(trace_table(TRACE, why=why))
+    return console.export_text().splitlines()
+
+
+def test_rows_fit_100_columns_and_keep_node_names_and_statuses_whole() -> None:
+    lines = _render(why=False)
+    assert max(len(line) for line in lines) <= 100
+    text = "\n".join(lines)
+    for e in TRACE:
+        assert any(e.node in line and e.op in line and e.status in line for line in lines), e.node
+    assert "[1]" in text and "answer.iter[3].decide_tool: boom" in text  # error under the table
+    assert LONG_REASON not in text  # the routing reason only with --why
+
+
+def test_why_puts_each_routing_reason_under_the_table() -> None:
+    lines = _render(why=True)
+    assert max(len(line) for line in lines) <= 100
+    text = " ".join(line.strip() for line in lines)
+    assert "why transcribe -> npu-lite: least-latency" in text

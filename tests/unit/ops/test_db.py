@@ -1,0 +1,90 @@
+"""db.query on SQLite: a file under the file roots, and a database published to the artifact
+store that a host without the file reads (PostgreSQL: tests/integration/test_postgres.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet.client.uploads import put_sqlite
+from fleet.ops import db as db_ops
+from fleet.ops.db import QueryError, check_db_url, db_query
+from fleet.sdk import process as sdk
+from fleet.sdk.process import data_dir
+from fleet.store.artifacts import ArtifactStore
+
+
+@pytest.fixture()
+def db() -> Path:
+    path = data_dir("test-db") / f"shop-{time.monotonic_ns()}.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER, status TEXT)")
+        conn.executemany("INSERT INTO orders VALUES (?, ?)", [(1, "shipped"), (2, "late")])
+    return path
+
+
+def test_db_parameterized_read(db: Path) -> None:
+    out = db_query("SELECT status FROM orders WHERE id = ?", str(db), [2])
+    assert out == {"rows": [{"status": "late"}], "count": 1}
+    out = db_query("SELECT id FROM orders WHERE status = :s", f"sqlite:///{db}", {"s": "shipped"})
+    assert out["rows"] == [{"id": 1}]
+
+
+def test_db_is_read_only(db: Path) -> None:
+    with pytest.raises(PermissionError, match="read-only"):
+        db_query("DELETE FROM orders", str(db))
+    with pytest.raises(PermissionError, match="one read-only"):
+        db_query("SELECT 1; DROP TABLE orders", str(db))
+    with pytest.raises(QueryError, match=r"not authorized|readonly"):
+        db_query("WITH x AS (SELECT 1) INSERT INTO orders SELECT 3, 'x'", str(db))
+    assert db_query("SELECT count(*) AS n FROM orders", str(db))["rows"] == [{"n": 2}]
+
+
+def test_db_errors_name_the_problem(db: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        db_query("SELECT 1", str(db.parent / "missing.sqlite"))
+    with pytest.raises(PermissionError, match="outside the folders ops may use"):
+        db_query("SELECT 1", str(tmp_path / "elsewhere.sqlite"))
+    with pytest.raises(QueryError, match="no such table"):
+        db_query("SELECT * FROM customers", str(db))
+
+
+def test_a_runaway_query_meets_its_deadline(db: Path) -> None:
+    start = time.monotonic()
+    forever = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    )
+    with pytest.raises(QueryError, match="interrupted"):
+        db_query(forever, str(db), timeout=0.5)
+    assert time.monotonic() - start < 5
+    with pytest.raises(QueryError, match="too big"):
+        db_query("SELECT length(randomblob(900000000)) AS n", str(db))
+
+
+def test_a_published_database_is_read_on_a_host_without_the_file(
+    db: Path, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = put_sqlite(sdk.artifacts(), "shop-test", db)
+    assert url.startswith("artifact://shop-test@")
+    # another host: the same store, an empty cache of its own
+    other = ArtifactStore(sdk.artifacts().client, tmp_path / "other-host", 3600)
+    monkeypatch.setattr(db_ops, "artifacts", lambda: other)
+    out = db_query("SELECT status FROM orders WHERE id = ?", url, [1])
+    assert out["rows"] == [{"status": "shipped"}]
+    assert list((tmp_path / "other-host" / "sqlite" / "shop-test").iterdir())  # fetched once
+    latest = db_query("SELECT count(*) AS n FROM orders", "artifact://shop-test")
+    assert latest["rows"] == [{"n": 2}]
+    with pytest.raises(QueryError, match=r"not authorized|readonly"):
+        db_query("WITH x AS (SELECT 1) INSERT INTO orders SELECT 3, 'x'", url)
+    with pytest.raises(KeyError, match="no sqlite named 'nowhere'"):
+        db_query("SELECT 1", "artifact://nowhere")
+    with pytest.raises(ValueError, match="not a SQLite database"):
+        put_sqlite(sdk.artifacts(), "bad", Path(__file__))
+
+
+def test_postgres_servers_must_be_allowed() -> None:
+    with pytest.raises(PermissionError, match="not in db_allow"):
+        check_db_url("postgresql://reader@db.example:5432/shop")

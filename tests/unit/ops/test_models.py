@@ -1,0 +1,31 @@
+"""Model caching: one load per process, whatever the call looks like."""
+
+from __future__ import annotations
+
+from fleet.ops import models
+
+from fleet.errors import FleetError
+from fleet.sdk.registry import registry
+
+
+def test_llm_is_loaded_once_per_process_however_called(tiny_gguf: str) -> None:
+    before = models.LOADS[f"llm:{tiny_gguf}"]
+    first = models.llm(tiny_gguf, 256)
+    assert models.llm(model=tiny_gguf, n_ctx=256) is first
+    assert models.llm(tiny_gguf, n_ctx=256) is first
+    assert models.LOADS[f"llm:{tiny_gguf}"] == before + 1
+
+
+def test_unknown_models_are_named() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown LLM 'gpt-9'"):
+        models.gguf_path("gpt-9")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.gguf_path("/nope/model.gguf")
+    with pytest.raises(FleetError, match="no preloader named 'vision'"):
+        registry.preload(["vision"])
+
+
+def test_model_loaders_register_their_preloaders() -> None:
+    assert {"llm", "embed", "stt"} <= set(registry.preloaders())

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import pytest
+
+from fleet.errors import FleetError, UnknownOpError
+from fleet.ops import general, testing
+from fleet.sdk.registry import Registry, op
+
+
+def test_registry_records_signature_and_profile() -> None:
+    reg = Registry()
+
+    @op("t.demo", kind="model", classes=("gpu", "cpu"), outputs=("a",), registry_=reg)
+    def demo(x: int, y: int = 2) -> dict[str, int]:
+        """Add things."""
+        return {"a": x + y}
+
+    spec = reg.get("t.demo")
+    assert spec.params == ("x", "y") and spec.required == ("x",)
+    assert spec.prefers == "gpu" and spec.description == "Add things."
+    assert spec.eligible(["cpu", "io", "gpu"]) == ["gpu", "cpu"]
+    with pytest.raises(UnknownOpError):
+        reg.get("t.none")
+
+
+def test_bad_declarations_fail_at_import() -> None:
+    reg = Registry()
+    with pytest.raises(FleetError, match="kind must be one of"):
+        op("x", kind="magic", registry_=reg)  # type: ignore[arg-type]
+    with pytest.raises(FleetError, match="preferred class 'io'"):
+        op("x", classes=("gpu",), prefers="io", registry_=reg)
+
+
+def test_general_ops() -> None:
+    assert general.template("${a}-${b}", a=1, b="x") == {"text": "1-x"}
+    with pytest.raises(ValueError, match="needs a value for 'b'"):
+        general.template("${a}-${b}", a=1)
+    assert general.normalize("  A \n b ", lower=True) == {"text": "a b"}
+    assert general.stats("one two\nthree") == {"chars": 13, "words": 3, "lines": 2}
+    assert general.keywords("refund refund the order order order late", top=2) == {
+        "keywords": ["order", "refund"]
+    }
+    assert general.contains("Please REFUND me", ["refund", "late"]) == {
+        "matched": ["refund"],
+        "found": True,
+    }
+    assert general.extract('{"a": {"b": [1, {"c": 5}]}}', "a.b.1.c") == {"value": 5, "found": True}
+    assert general.extract({"a": 1}, "a.z", default=0) == {"value": 0, "found": False}
+    with pytest.raises(ValueError, match="not valid JSON"):
+        general.parse("{nope")
+    assert general.add(2, 3) == {"result": 5}
+
+
+def test_test_ops() -> None:
+    assert testing.echo([1]) == {"value": [1]}
+    assert testing.sleep(0.01, "v")["value"] == "v"
+    with pytest.raises(ValueError, match="seconds"):
+        testing.sleep(-1)
+    with pytest.raises(testing.InjectedFailure, match="boom"):
+        testing.fail("boom")
+
+
+def test_llm_prompt_and_choose() -> None:
+    from fleet.ops.llm import build_prompt, choose
+
+    out = build_prompt(
+        "Where is order 7?",
+        instruction="Be brief.",
+        context=["doc one", "doc two"],
+        facts="Order 7 shipped.",
+        examples=[{"input": "hi", "output": "hello"}],
+        question_label="Customer",
+        answer_label="Agent",
+        answer_prefix="Sure,",
+    )
+    assert out["prompt"] == (
+        "Be brief.\n\nContext:\n- doc one\n- doc two\n\nFacts:\nOrder 7 shipped.\n\n"
+        "Customer: hi\nAgent: hello\n\nCustomer: Where is order 7?\nAgent: Sure,"
+    )
+    assert out["prefix"] == "Sure,"
+    assert choose(" Yes, it does", ["yes", "no"]) == {"choice": "yes", "matched": True}
+    assert choose(" maybe", ["yes", "no"], default="no") == {"choice": "no", "matched": False}
+
+
+def test_template_fields_and_regex() -> None:
+    out = general.template("${o.id} is ${o.state}", o={"id": 7, "state": "late"})
+    assert out == {"text": "7 is late"}
+    with pytest.raises(ValueError, match=r"'o\.nope'"):
+        general.template("${o.nope}", o={})
+    assert general.regex("order 1,042 please", r"(\d{1,3}(?:,\d{3})+)", 1, remove=",") == {
+        "match": "1042",
+        "found": True,
+    }
+    with pytest.raises(ValueError, match="bad pattern"):
+        general.regex("x", "(")
+
+
+def test_sentences_are_the_candidates_an_answer_may_quote() -> None:
+    from fleet.ops.general import sentences, template
+
+    text = [
+        "# Returns\n\nYou can return any item within 30 days. Refunds take 5 working days.",
+        "How do I reach support? By e-mail at support@example.shop or by phone.",
+    ]
+    out = sentences(text)
+    assert out["sentences"] == [
+        "You can return any item within 30 days.",
+        "Refunds take 5 working days.",
+        "By e-mail at support@example.shop or by phone.",
+    ]
+    assert "How do I reach support?" in sentences(text, questions=True)["sentences"]
+    assert template("${a} ${b}", strip=True, a="", b="x") == {"text": "x"}
+
+
+def test_constrained_decode_returns_one_of_the_choices(tiny_gguf: str) -> None:
+    import pytest
+
+    from fleet.ops.llm import gbnf_choices, generate
+
+    choices = ['He said "yes".', "Returns are free within 30 days.", "no"]
+    for prompt in ("Customer: hi\nAgent:", "Question: refunds?\nAnswer:"):
+        out = generate(prompt, model=tiny_gguf, n_ctx=256, choices=choices, max_tokens=1)
+        assert out["text"] in choices  # a random-weight model, constrained
+    grammar = 'root ::= "{\\"id\\": " [0-9] [0-9]? "}"'
+    out = generate("x", model=tiny_gguf, n_ctx=256, grammar=grammar, max_tokens=24)
+    assert out["text"].startswith('{"id": ') and out["text"].endswith("}")
+    assert gbnf_choices(['a "b"\n']) == 'root ::= " "? ("a \\"b\\"\\n")'
+    with pytest.raises(ValueError, match="grammar or choices, not both"):
+        generate("x", model=tiny_gguf, n_ctx=256, grammar=grammar, choices=["a"])
+    with pytest.raises(ValueError, match="non-empty string"):
+        generate("x", model=tiny_gguf, n_ctx=256, choices=["a", ""])
+
+
+def test_spoken_numbers_become_digits() -> None:
+    from fleet.ops.general import numbers
+
+    assert numbers("status of order one thousand forty-three?")["text"] == "status of order 1043?"
+    assert numbers("order two thousand fifty-one")["text"] == "order 2051"
+    assert numbers("where is my order 1,042")["text"] == "where is my order 1,042"

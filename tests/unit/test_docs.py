@@ -1,0 +1,71 @@
+"""The docs are part of the product: every Python snippet in README.md and docs/ is a file
+under docs/examples/ (run by tests/integration/test_docs_examples.py), shown word for word;
+every packaged example workflow validates; nothing cites a file outside the repository."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fleet.config import load_config
+from fleet.paths import EXAMPLES
+from fleet.sdk.registry import registry
+from fleet.workflow.loader import load_workflow
+from fleet.workflow.validate import validate
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+SNIPPET = re.compile(r"(?:<!-- (docs/examples/\S+\.py) -->\n)?```python\n(.*?)```", re.S)
+
+
+def _snippets() -> list[tuple[str, str | None, str]]:
+    found = []
+    for doc in DOCS:
+        for source, body in SNIPPET.findall(doc.read_text()):
+            found.append((doc.relative_to(ROOT).as_posix(), source or None, body))
+    return found
+
+
+def test_there_are_snippets() -> None:
+    assert len(_snippets()) >= 3
+
+
+@pytest.mark.parametrize("doc, source, body", _snippets(), ids=lambda v: str(v)[:40])
+def test_each_python_snippet_mirrors_a_file_in_docs_examples(
+    doc: str, source: str | None, body: str
+) -> None:
+    assert source, f"{doc}: a ```python block without its <!-- docs/examples/NAME.py --> line"
+    assert (ROOT / source).is_file(), f"{doc}: {source} does not exist"
+    assert body == (ROOT / source).read_text(), f"{doc}: the block differs from {source}"
+
+
+def test_every_example_file_is_shown_in_the_docs() -> None:
+    shown = {source for _, source, _ in _snippets()}
+    files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs" / "examples").glob("*.py")}
+    assert files == shown
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_each_packaged_example_workflow_validates(path: Path) -> None:
+    cfg = load_config(env={})
+    registry.load(cfg.op_modules, cfg.op_plugins)
+    validate(load_workflow(path), cfg, registry)
+
+
+def test_nothing_cites_a_file_outside_the_repository() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    pattern = re.compile(r"\.\./shared|DESIGN\.md")
+    hits = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix in {".png", ".gguf"} or not path.is_file() or name == __file__:
+            continue
+        text = path.read_text(errors="replace")
+        if path.resolve() != Path(__file__).resolve() and pattern.search(text):
+            hits.append(name)
+    assert hits == []

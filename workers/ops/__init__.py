@@ -1,1 +1,0 @@
-"""Op modules. Each registers its ops on import; keep imports here cheap (no models)."""
