@@ -52,6 +52,14 @@ class UnknownOpError(FleetError):
     """An op name is not in the registry."""
 
 
+class ReadinessError(FleetError):
+    """The run cannot go on: a node's inputs are not what it needs (names the node)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"node '{path}': {message}")
+        self.path = path
+
+
 class StepFailed(FleetError):
     """An op raised while running one node of a workflow."""
 

@@ -177,7 +177,7 @@ def run_check(
     return report
 
 
-def _profile(client: Any, out: Path) -> str:
+def _profile(client: Fleet, out: Path) -> str:
 
     pairs = plan_measurements(client, ["llm.prefill", "llm.generate"], ["gpu", "cpu"])
     store = profile_fleet(client, pairs, reps=2, tick=lambda: None)

@@ -21,8 +21,8 @@ from celery import Celery
 from fleet.config import FleetConfig
 from fleet.constants import STEP_TASK
 from fleet.engine.compiler import CompiledWorkflow, compile_workflow
-from fleet.engine.readiness import Decision, Outputs, ReadinessError, StepCall, decide
-from fleet.errors import FleetError
+from fleet.engine.readiness import Decision, Outputs, StepCall, decide
+from fleet.errors import FleetError, ReadinessError
 from fleet.sdk.registry import Registry
 from fleet.store.runs import RunStore
 from fleet.workflow.model import WorkflowSpec

@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 
 from fleet.constants import INPUTS
 from fleet.engine.compiler import CompiledWorkflow, Scope
-from fleet.errors import FleetError
+from fleet.errors import ReadinessError
 from fleet.workflow.model import NodeSpec, Source, alternatives, parse_ref
 from fleet.workflow.validate import LOOP_OUTPUT
 
@@ -39,14 +39,6 @@ class StepCall(TypedDict):
     timeout: float | None
     remaining: int  # steps on the longest chain from this one to the end (SLA budgeting)
     group: list[Any] | None  # an item of a map: [the mapped node's path, number of items]
-
-
-class ReadinessError(FleetError):
-    """The run cannot go on: a node's inputs are not what it needs (names the node)."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"node '{path}': {message}")
-        self.path = path
 
 
 @dataclass

@@ -63,7 +63,7 @@ def _ask(
     return verdict
 
 
-def _rag(client: Any, q: Question) -> bool:
+def _rag(client: Fleet, q: Question) -> bool:
     run = client.submit(EXAMPLES / "rag.yaml", {"question": q.text, "index": INDEX})
     try:
         answer = str(run.get(timeout=300).get("answer") or "")

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
+from celery import Celery
 
 from fleet.constants import SWEEP_LOCK_KEY, WORKER_INFO_KEY
 
@@ -57,7 +58,7 @@ def stranded(
     return tags
 
 
-def sweep(app: Any, backend: redis.Redis, worker_ttl: float, grace_s: float) -> int:
+def sweep(app: Celery, backend: redis.Redis, worker_ttl: float, grace_s: float) -> int:
     """Restore stranded messages; returns how many. One sweeper at a time (a Redis lock)."""
     if not backend.set(SWEEP_LOCK_KEY, "1", nx=True, ex=max(1, int(grace_s))):
         return 0

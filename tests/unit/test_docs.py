@@ -9,11 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fleet.config import load_config
 from fleet.paths import EXAMPLES
 from fleet.sdk.registry import registry
-from fleet.workflow.loader import load_workflow
+from fleet.workflow.loader import load_workflow, spec_from_data
 from fleet.workflow.validate import validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,3 +70,18 @@ def test_nothing_cites_a_file_outside_the_repository() -> None:
         if path.resolve() != Path(__file__).resolve() and pattern.search(text):
             hits.append(name)
     assert hits == []
+
+
+def test_each_workflow_file_the_docs_show_validates() -> None:
+
+    cfg = load_config(env={})
+    registry.load(cfg.op_modules, cfg.op_plugins)
+    shown = [
+        block
+        for doc in DOCS
+        for block in re.findall(r"```ya?ml\n(.*?)```", doc.read_text(), re.S)
+        if "\nnodes:" in block
+    ]
+    assert shown
+    for block in shown:
+        validate(spec_from_data(yaml.safe_load(block), "docs"), cfg, registry)

@@ -10,7 +10,8 @@ import pytest
 from fleet.config import FleetConfig
 from fleet.constants import INPUTS
 from fleet.engine.compiler import compile_workflow
-from fleet.engine.readiness import ReadinessError, decide
+from fleet.engine.readiness import decide
+from fleet.errors import ReadinessError
 from fleet.sdk.registry import registry
 from fleet.workflow.builder import Ref, Workflow
 from fleet.workflow.model import WorkflowSpec
