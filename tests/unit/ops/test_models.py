@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from fleet.ops import models
-
 from fleet.errors import FleetError
+from fleet.ops import models
 from fleet.sdk.registry import registry
 
 
