@@ -28,7 +28,7 @@ from typing import Any
 
 from fleet.errors import ConfigError
 from fleet.planning.catalogue import Catalogue
-from fleet.planning.planner import Plan, homogeneous, plan, predict, sized
+from fleet.planning.planner import Plan, plan, predict, sized
 from fleet.planning.simulate import simulate
 from fleet.planning.workload import WorkflowLoad, load_workload
 
@@ -40,8 +40,14 @@ def scaled(flows: list[WorkflowLoad], k: float) -> list[WorkflowLoad]:
     return [replace(f, rate=f.rate * k) for f in flows]
 
 
-def static_route(op: str) -> str:
+def static_route(flow: WorkflowLoad, op: str) -> str:
     return STATIC.get(op) or STATIC.get(op.split(".")[0], "cpu-16")
+
+
+def all_h100(cat: Catalogue) -> Callable[[WorkflowLoad, str], str]:
+    """The top-end homogeneous fleet: every step H100s can run on them, the rest on their
+    host's CPUs (cpu-16)."""
+    return lambda flow, op: "h100" if cat.latency("h100", op) else "cpu-16"
 
 
 def fleets(flows: list[WorkflowLoad], cat: Catalogue) -> dict[str, Plan | None]:
@@ -49,7 +55,7 @@ def fleets(flows: list[WorkflowLoad], cat: Catalogue) -> dict[str, Plan | None]:
     out: dict[str, Plan | None] = {}
     makers: dict[str, Callable[[], Plan]] = {
         "plan": lambda: plan(flows, cat),
-        "all-H100": lambda: homogeneous(flows, cat, "h100"),
+        "all-H100": lambda: sized(flows, cat, all_h100(cat)),
         "static": lambda: sized(flows, cat, static_route),
     }
     for name, make in makers.items():

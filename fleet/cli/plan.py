@@ -48,19 +48,32 @@ def _load(workload: str | None, catalogue: str | None) -> tuple[Catalogue, list[
 @CATALOGUE
 @click.option("--ceiling", default=0.7, help="Utilisation ceiling per class.")
 @click.option(
+    "--violation-price",
+    type=click.FloatRange(min=0),
+    show_default="none: every SLA is hard",
+    help="Trade latency for cost: $/h for each second a workflow's p95 is over its SLA.",
+)
+@click.option(
     "--save",
     type=click.Path(dir_okay=False),
     help="Write the plan as a fleet config (TOML) that `fleet up` and `fleet worker` run.",
 )
 @AS_JSON
 def plan(
-    workload: str | None, catalogue: str | None, ceiling: float, save: str | None, as_json: bool
+    workload: str | None,
+    catalogue: str | None,
+    ceiling: float,
+    violation_price: float | None,
+    save: str | None,
+    as_json: bool,
 ) -> None:
     """Size and place a heterogeneous fleet: the fewest dollars per hour that meet every
     workflow's p95 SLA (a mixed-integer program, HiGHS), checked with queueing estimates.
 
     WORKLOAD lists workflows with their arrival rate and SLA (default: the packaged
-    fleet/examples/plans/voice-20.yaml); the device classes come from the catalogue.
+    fleet/examples/plans/voice-20.yaml); the device classes come from the catalogue. Exits 2
+    naming the workflow and its best reachable p95 when an SLA cannot be met. The plan is
+    compared with the homogeneous fleet of each catalogue device that meets the SLAs.
     """
     from fleet.cli.tables import plan_tables
     from fleet.planning import planner
@@ -68,12 +81,11 @@ def plan(
 
     cat, workflows = _load(workload, catalogue)
     try:
-        result = planner.plan(workflows, cat, ceiling)
-        baselines = {
-            f"{d} + cpu-16": planner.homogeneous(workflows, cat, d) for d in ("h100", "a100")
-        }
+        result = planner.plan(workflows, cat, ceiling, violation_price)
     except ConfigError as exc:
         fail(str(exc), 2)
+    baselines, skipped = planner.baselines(workflows, cat, ceiling)
+    result.notes += skipped
     if save:
         Path(save).write_text(plan_toml(result, cat))
     if as_json:

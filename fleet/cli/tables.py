@@ -206,6 +206,7 @@ def plan_tables(plan: Plan, cat: Catalogue, baselines: dict[str, Plan]) -> list[
         where = "; ".join(f"{j}: {', '.join(s)}" for j, s in placed.items())
         flows.add_row(name, f"{p['p50_s']:.2f}", f"{p['p95_s']:.2f}", f"{p['sla_s']:g}", where)
     base = Table(title="against homogeneous fleets", title_justify="left", box=box.SIMPLE_HEAD)
+    base.caption = "each: every step it can run on one device, the rest on the cheapest"
     for col in ("fleet", "$/h", "plan saves"):
         base.add_column(col, justify="left" if col == "fleet" else "right")
     for name, b in baselines.items():

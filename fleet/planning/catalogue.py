@@ -80,6 +80,30 @@ class Split:
     default_param_units: float
 
 
+RULE_FIELDS = {"fixed_s", "per_unit_s", "source"}
+
+
+def _check_rules(path: Path, ops: dict[str, Any], devices: dict[str, Device]) -> None:
+    """Each ``[ops.OP]`` rule is for a device, a kind (gpu, cpu) or ``any``, and has a
+    latency: a rule for an unknown device would be ignored, silently."""
+    kinds = {"gpu", "cpu", "any"}
+    for op, rules in ops.items():
+        if not isinstance(rules, dict):
+            raise ConfigError(f'{path}: [ops."{op}"]: expected a table of rules')
+        for key, rule in rules.items():
+            where = f'{path}: [ops."{op}".{key}]'
+            if key not in devices and key not in kinds:
+                known = ", ".join([*sorted(devices), "gpu", "cpu", "any"])
+                raise ConfigError(f"{where}: '{key}' is not a device or kind ({known})")
+            if not isinstance(rule, dict) or set(rule) != RULE_FIELDS:
+                raise ConfigError(f"{where}: expected fixed_s, per_unit_s and source")
+            try:
+                if float(rule["fixed_s"]) < 0 or float(rule["per_unit_s"]) < 0:
+                    raise ValueError("a time is negative")
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+
+
 @dataclass
 class Catalogue:
     devices: dict[str, Device]
@@ -119,7 +143,9 @@ class Catalogue:
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: [split]: {exc}") from None
         bound = frozenset(doc.get("scaling", {}).get("compute_bound", ()))
-        return cls(devices, doc.get("ops", {}), splits, bound)
+        ops = doc.get("ops", {})
+        _check_rules(path, ops, devices)
+        return cls(devices, ops, splits, bound)
 
     def _set(self, name: str) -> ProfileStore:
         if name not in self._sets:

@@ -11,13 +11,16 @@ The placement problem (docs/hardware.md), solved as a mixed-integer program by H
 - data movement m[f,e] >= (bytes_e / network_j) (x[f,a,j] - x[f,b,j]) for each edge a->b:
   paid only where producer and consumer run on different classes (the KV handover of a
   prefill -> decode split, most of all);
-- latency: for every source-to-sink path of f, sum of service + movement - slack_f <=
-  budget_f; minimise sum_j price_j n[j] + lambda sum_f slack_f (lambda large: the SLA is hard,
-  and a positive slack says by how much it cannot be met).
+- latency: for every source-to-sink path of f, sum of service + movement <= budget_f: a hard
+  constraint. Only with a price for violating it (``violation_price``, $/h per second over)
+  may a path exceed its budget by slack_f, and the objective pays for it;
+- minimise sum_j price_j n[j] (+ violation_price sum_f slack_f).
 
-The plan is then checked with M/M/c queueing estimates (:mod:`fleet.planning.queueing`);
-where a workflow's predicted p95 misses its SLA, the service budget is tightened and the
-program solved again.
+The plan is then checked with M/M/c queueing estimates (:mod:`fleet.planning.queueing`).
+Where a workflow's predicted p95 misses its SLA, capacity is added to the classes on its
+paths until the prediction meets it (a candidate), and the program is solved again with a
+tighter service budget (another candidate, possibly cheaper); the cheapest candidate wins.
+When nothing can meet an SLA, the error names the workflow and the best p95 it can get.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from fleet.planning.catalogue import Catalogue
 from fleet.planning.queueing import erlang_c
 from fleet.planning.workload import WorkflowLoad
 
-SLACK_PENALTY = 1e4  # $/h per second of SLA missed: the SLA is hard unless it cannot be met
 HOP_S = 0.0005  # one network hop between classes
 MAX_ROUNDS = 8
+PROBE_PRICE = 1e4  # $/h per second: only to find how far an impossible SLA is out of reach
+GROW_PATIENCE = 50  # rounds of adding workers without a better p95 before giving up
 
 
 @dataclass
@@ -88,8 +92,10 @@ class _Program:
         cat: Catalogue,
         ceiling: dict[str, float],
         scale: dict[str, float],
+        violation_price: float | None = None,
     ) -> None:
         self.flows, self.cat, self.ceiling, self.scale = flows, cat, ceiling, scale
+        self.violation_price = violation_price
         self.idx = _Index()
         self.times: dict[tuple[str, str, str], float] = {}
         self.chance: dict[tuple[str, str], float] = {}  # how often a step runs, per run
@@ -127,7 +133,7 @@ class _Program:
             cost[self.idx.cols[("n", j)]] = d.price_per_hour
         rates = {f.name: f.rate for f in self.flows}
         for f in self.flows:
-            cost[self.idx.cols[("slack", f.name)]] = SLACK_PENALTY
+            cost[self.idx.cols[("slack", f.name)]] = self.violation_price or 0.0
         for (fn, path, j), t in self.times.items():  # a tie-breaker: the cheaper busy time
             busy = rates[fn] * self.chance[(fn, path)] * t * self.cat.devices[j].price_per_hour
             cost[self.idx.cols[("x", fn, path, j)]] += 1e-4 * busy + 1e-9
@@ -190,7 +196,10 @@ class _Program:
             lower[r], upper[r] = lo, hi
         keys = list(self.idx.cols)
         integrality = np.array([1 if k[0] in ("x", "n") else 0 for k in keys])
-        hi_b = np.array([1.0 if k[0] == "x" else np.inf for k in keys])
+        slack_hi = np.inf if self.violation_price is not None else 0.0  # hard unless priced
+        hi_b = np.array(
+            [1.0 if k[0] == "x" else slack_hi if k[0] == "slack" else np.inf for k in keys]
+        )
         return milp(
             self.objective(),
             constraints=[LinearConstraint(matrix, lower, upper)],
@@ -200,13 +209,23 @@ class _Program:
         )
 
 
+Solution = tuple[dict[str, int], dict[str, dict[str, str]], dict[str, float]]
+
+
 def _solve_once(
-    flows: list[WorkflowLoad], cat: Catalogue, ceiling: dict[str, float], scale: dict[str, float]
-) -> tuple[dict[str, int], dict[str, dict[str, str]], dict[str, float]]:
-    program = _Program(flows, cat, ceiling, scale)
+    flows: list[WorkflowLoad],
+    cat: Catalogue,
+    ceiling: dict[str, float],
+    scale: dict[str, float],
+    violation_price: float | None = None,
+) -> Solution | None:
+    """Workers, placement and slack per workflow; None when the budgets cannot all be met."""
+    program = _Program(flows, cat, ceiling, scale, violation_price)
     idx = program.idx
     res = program.solve()
     if res.x is None:
+        if res.status == 2:  # infeasible: some service budget is out of reach
+            return None
         raise ConfigError(f"the planning program has no solution: {res.message}")
     x = res.x
     workers = {j: round(x[idx.cols[("n", j)]]) for j in cat.devices}
@@ -218,32 +237,140 @@ def _solve_once(
     return workers, placement, slack
 
 
-def plan(flows: list[WorkflowLoad], cat: Catalogue, ceiling: float = 0.7) -> Plan:
-    """The cheapest fleet and placement whose predicted p95 meets every SLA."""
+def plan(
+    flows: list[WorkflowLoad],
+    cat: Catalogue,
+    ceiling: float = 0.7,
+    violation_price: float | None = None,
+) -> Plan:
+    """The cheapest fleet and placement whose predicted p95 meets every SLA.
+
+    The SLA is hard. With ``violation_price`` ($/h for each second a workflow's p95 is over
+    its SLA) a cheaper fleet that misses an SLA wins when its price plus that penalty is
+    lower; its notes say by how much each workflow is over."""
     ceilings = {j: d.ceiling or ceiling for j, d in cat.devices.items()}
+    try:
+        hard: Plan | None = _hard(flows, cat, ceilings)
+    except ConfigError:
+        if violation_price is None:
+            raise
+        hard = None
+    if violation_price is None:
+        assert hard is not None
+        return hard
+    candidates = [hard] if hard is not None else []
+    scale = {f.name: 1.0 for f in flows}
+    solved = _solve_once(flows, cat, ceilings, scale, violation_price)
+    if solved is not None:
+        candidates.append(predict(flows, cat, solved[0], solved[1]))
+
+    def overage(p: Plan) -> float:
+        return sum(max(0.0, p.predicted[f.name]["p95_s"] - f.sla_s) for f in flows)
+
+    best = min(candidates, key=lambda p: p.cost_per_hour + violation_price * overage(p))
+    if best is not hard:
+        best.notes = list(hard.notes) if hard else []
+        for f in flows:
+            over = best.predicted[f.name]["p95_s"] - f.sla_s
+            if over > 1e-9:
+                best.notes.append(
+                    f"{f.name}: p95 {best.predicted[f.name]['p95_s']:.3f} s, {over:.3f} s over "
+                    f"its SLA, paid at {violation_price:g} $/h per second"
+                )
+        if hard is not None:
+            best.notes.append(f"meeting every SLA would cost {hard.cost_per_hour:.3f} $/h")
+    return best
+
+
+def _hard(flows: list[WorkflowLoad], cat: Catalogue, ceilings: dict[str, float]) -> Plan:
+    """The cheapest plan meeting every SLA (service time in the program, queueing checked)."""
     scale = {f.name: 1.0 for f in flows}
     notes: list[str] = []
+    candidates: list[Plan] = []
+    seen: list[tuple[dict[str, int], dict[str, dict[str, str]]]] = []
     for _ in range(MAX_ROUNDS):
-        workers, placement, slack = _solve_once(flows, cat, ceilings, scale)
-        missed = {f: s for f, s in slack.items() if s > 1e-6}
-        if missed:
-            text = "; ".join(f"'{f}' by {s:.3f} s of service time" for f, s in missed.items())
-            raise ConfigError(f"the SLA cannot be met even on the fastest classes: {text}")
+        solved = _solve_once(flows, cat, ceilings, scale)
+        if solved is None:
+            break  # a tighter budget is out of reach: keep what was found
+        workers, placement, _ = solved
+        if (workers, placement) in seen:
+            scale = {name: s * 0.8 for name, s in scale.items()}
+            continue  # the same fleet again: tighten further without checking it twice
+        seen.append((workers, placement))
         result = predict(flows, cat, workers, placement)
         late = [f for f in flows if result.predicted[f.name]["p95_s"] > f.sla_s]
         if not late:
-            result.notes = notes
-            return result
+            candidates.append(result)
+            break
+        notes.append(
+            "queueing check: "
+            + ", ".join(f"{f.name} p95 {result.predicted[f.name]['p95_s']:.3f} s" for f in late)
+            + " over the SLA; more workers, and a tighter service budget, tried"
+        )
+        grown = _grow(flows, cat, workers, placement, {f.name: f.sla_s for f in flows})
+        if grown is not None:
+            candidates.append(grown)
         for f in late:  # leave more of the SLA to queueing: a tighter service budget
             scale[f.name] *= 0.8
         for j, u in result.utilisation.items():
             ceilings[j] = min(ceilings[j], max(0.3, u * 0.85)) if u > 0.5 else ceilings[j]
-        notes.append(
-            "queueing check: "
-            + ", ".join(f"{f.name} p95 {result.predicted[f.name]['p95_s']:.2f} s" for f in late)
-            + " over the SLA; tightened and solved again"
+    if not candidates:
+        raise ConfigError(_out_of_reach(flows, cat, ceilings))
+    best = min(candidates, key=lambda p: p.cost_per_hour)
+    if len(candidates) > 1:
+        notes.append(f"{len(candidates)} fleets met the queueing check; the cheapest is kept")
+    best.notes = notes
+    return best
+
+
+def _grow(
+    flows: list[WorkflowLoad],
+    cat: Catalogue,
+    workers: dict[str, int],
+    placement: dict[str, dict[str, str]],
+    allowed: dict[str, float],
+) -> Plan | None:
+    """The placement with workers added, busiest class of a late workflow first, until every
+    predicted p95 is within ``allowed``; None when more workers stop helping."""
+    workers = dict(workers)
+    best, stuck = math.inf, 0
+    while stuck < GROW_PATIENCE:
+        result = predict(flows, cat, workers, placement)
+        late = {f.name: result.predicted[f.name]["p95_s"] - allowed[f.name] for f in flows}
+        worst_late = max(late.values())
+        if worst_late <= 0:
+            return result
+        best, stuck = (worst_late, 0) if worst_late < best - 1e-9 else (best, stuck + 1)
+        used = {j for name, d in late.items() if d > 0 for j in placement[name].values()}
+        worst = max(used, key=lambda j: (result.utilisation[j], -cat.devices[j].price_per_hour))
+        workers[worst] += max(1, workers[worst] // 50)
+    return None
+
+
+def _out_of_reach(flows: list[WorkflowLoad], cat: Catalogue, ceilings: dict[str, float]) -> str:
+    """Why no plan meets the SLAs: per workflow, the best p95 the catalogue allows."""
+    scale = {f.name: 1.0 for f in flows}
+    probe = _solve_once(flows, cat, ceilings, scale, PROBE_PRICE)
+    if probe is None:
+        return "the SLAs cannot be met, and the planning program has no solution"
+    workers, placement, slack = probe
+    over = {f: s for f, s in slack.items() if s > 1e-6}
+    if over:
+        text = "; ".join(
+            f"'{f.name}': its fastest placement takes {f.sla_s + over[f.name]:.3f} s of "
+            f"service time alone (SLA {f.sla_s:g} s)"
+            for f in flows
+            if f.name in over
         )
-    raise ConfigError(f"no plan met the SLAs after {MAX_ROUNDS} rounds: " + "; ".join(notes))
+        return f"the SLA cannot be met on any class of the catalogue: {text}"
+    grown = _grow(flows, cat, workers, placement, {f.name: math.inf for f in flows})
+    shown = grown or predict(flows, cat, workers, placement)
+    text = "; ".join(
+        f"'{f.name}': best predicted p95 {shown.predicted[f.name]['p95_s']:.3f} s "
+        f"(SLA {f.sla_s:g} s)"
+        for f in flows
+    )
+    return f"no fleet met every SLA once queueing is counted: {text}"
 
 
 def predict(
@@ -294,28 +421,58 @@ def predict(
 
 
 def homogeneous(
-    flows: list[WorkflowLoad],
-    cat: Catalogue,
-    device: str,
-    host: str = "cpu-16",
-    ceiling: float = 0.7,
+    flows: list[WorkflowLoad], cat: Catalogue, device: str, ceiling: float = 0.7
 ) -> Plan:
-    """The baseline: every step ``device`` can run goes to it, the rest (retrieval, text-to-
-    speech) to its ``host`` CPUs; as few of each as the load and the SLA allow."""
-    return sized(flows, cat, lambda op: device if cat.latency(device, op) else host, ceiling)
+    """A baseline: every step ``device`` can run goes to it, each other step to the cheapest
+    device that can run it (a slot's price); as few of each as the load and the SLA allow."""
+
+    def choose(flow: WorkflowLoad, op: str) -> str:
+        options = eligible(cat, flow, op)
+        if device in options:
+            return device
+        if not options:
+            raise ConfigError(f"no device can run {op} (workflow '{flow.name}')")
+        return min(options, key=lambda j: cat.devices[j].price_per_hour / cat.devices[j].slots)
+
+    return sized(flows, cat, choose, ceiling)
+
+
+def baselines(
+    flows: list[WorkflowLoad], cat: Catalogue, ceiling: float = 0.7
+) -> tuple[dict[str, Plan], list[str]]:
+    """The homogeneous fleet of each catalogue device that can run some step, named by its
+    devices ("h100 + cpu-16"); one that cannot meet the SLAs is skipped, with a note."""
+    found: dict[str, Plan] = {}
+    notes: list[str] = []
+    for device in cat.devices:
+        if not any(device in eligible(cat, f, s.op) for f in flows for s in f.steps()):
+            continue
+        try:
+            base = homogeneous(flows, cat, device, ceiling)
+        except ConfigError as exc:
+            notes.append(f"baseline {device}: skipped ({exc})")
+            continue
+        used = [j for j, n in base.workers.items() if n]
+        name = " + ".join([device, *sorted(j for j in used if j != device)])
+        if name not in found:
+            found[name] = base
+    return found, notes
 
 
 def sized(
-    flows: list[WorkflowLoad], cat: Catalogue, choose: Callable[[str], str], ceiling: float = 0.7
+    flows: list[WorkflowLoad],
+    cat: Catalogue,
+    choose: Callable[[WorkflowLoad, str], str],
+    ceiling: float = 0.7,
 ) -> Plan:
-    """A fixed placement (``choose``: op -> device, hand-written routes) with as few workers
-    of each device as the load and the SLAs allow, by the same queueing estimates."""
+    """A fixed placement (``choose``: workflow, op -> device, e.g. hand-written routes) with as
+    few workers of each device as the load and the SLAs allow, by the same queueing estimates."""
     placement: dict[str, dict[str, str]] = {}
     busy: dict[str, float] = {}
     for f in flows:
         placement[f.name] = {}
         for s in f.steps():
-            j = choose(s.op)
+            j = choose(f, s.op)
             model = cat.latency(j, s.op) if j in cat.devices else None
             if model is None:
                 raise ConfigError(f"{j} cannot run {s.op} ('{f.name}', step '{s.path}')")
@@ -325,18 +482,13 @@ def sized(
         j: max(1, math.ceil(b / ((cat.devices[j].ceiling or ceiling) * cat.devices[j].slots)))
         for j, b in busy.items()
     }
-    best, stuck = math.inf, 0
-    while stuck < 50:  # more workers shorten the queues, not the service: stop when no help
-        result = predict(flows, cat, workers, placement)
-        late = {f.name: result.predicted[f.name]["p95_s"] - f.sla_s for f in flows}
-        worst_late = max(late.values())
-        if worst_late <= 0:
-            return result
-        best, stuck = (worst_late, 0) if worst_late < best - 1e-6 else (best, stuck + 1)
-        worst = max(workers, key=lambda j: result.utilisation[j])
-        workers[worst] += max(1, workers[worst] // 50)
-    name = max(late, key=lambda n: late[n])
+    result = _grow(flows, cat, workers, placement, {f.name: f.sla_s for f in flows})
+    if result is not None:
+        return result
+    floor = predict(flows, cat, {j: 100 * n for j, n in workers.items()}, placement)
+    over = {f.name: floor.predicted[f.name]["p95_s"] - f.sla_s for f in flows}
+    name = max(over, key=lambda n: over[n])
     raise ConfigError(
-        f"the placement ({', '.join(sorted(busy))}) cannot meet the SLA of '{name}': "
-        f"its p95 stays {late[name]:.3f} s over with any number of workers"
+        f"the placement ({', '.join(sorted(busy))}) cannot meet the SLA of '{name}': its p95 "
+        f"stays {over[name]:.3f} s over with any number of workers"
     )

@@ -20,7 +20,7 @@ from typing import Any
 import networkx as nx
 import yaml
 
-from fleet.errors import ConfigError
+from fleet.errors import ConfigError, WorkflowValidationError
 from fleet.paths import EXAMPLES
 from fleet.planning.catalogue import Split
 from fleet.workflow.loader import load_workflow
@@ -226,29 +226,71 @@ def load_workload(path: Path, splits: dict[str, Split] | None = None) -> list[Wo
     """A workload file: ``workflows: [{file, rate, sla_p95_s, [sensitivity], [tokens],
     [shape]}]``; ``file`` is a path, relative to the workload file, or a packaged example's
     name; ``shape: {chance: {node: chance}, loops: {node: mean iterations}, maps: {node: items}}``
-    (node paths as in ``tokens``, loop iterations and map items left out)."""
+    (node paths as in ``tokens``, loop iterations and map items left out). Every mistake is a
+    :class:`ConfigError` naming the file and the field."""
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the workload: {exc}") from None
-    flows = []
-    examples = EXAMPLES
-    for i, w in enumerate((doc or {}).get("workflows") or []):
-        where = f"{path}: workflows[{i}]"
-        missing = [k for k in ("file", "rate", "sla_p95_s") if k not in w]
-        if missing:
-            raise ConfigError(f"{where}: missing {', '.join(missing)}")
-        file = Path(w["file"])
-        if not file.is_absolute():
-            file = path.parent / file if (path.parent / file).exists() else examples / file
-        spec = load_workflow(file)
-        rate, sla = float(w["rate"]), float(w["sla_p95_s"])
-        if rate <= 0 or sla <= 0:
-            raise ConfigError(f"{where}: rate and sla_p95_s must be positive")
-        shape = Shape.parse(w.get("shape"), where)
-        graph, chances = flatten(spec, splits or {}, w.get("tokens"), shape)
-        sensitivity = w.get("sensitivity") or spec.sensitivity
-        flows.append(WorkflowLoad(spec.name, rate, sla, graph, sensitivity, chances))
+    if doc is None:
+        raise ConfigError(f"{path}: no workflows")
+    if not isinstance(doc, dict) or not isinstance(doc.get("workflows"), list):
+        raise ConfigError(f"{path}: expected 'workflows:', a list of {{file, rate, sla_p95_s}}")
+    flows = [_entry(path, i, w, splits or {}) for i, w in enumerate(doc["workflows"])]
     if not flows:
         raise ConfigError(f"{path}: no workflows")
+    names = [f.name for f in flows]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"{path}: workflow(s) listed twice: {', '.join(twice)}")
     return flows
+
+
+KNOWN = {"file", "rate", "sla_p95_s", "sensitivity", "tokens", "shape"}
+
+
+def _entry(path: Path, i: int, w: Any, splits: dict[str, Split]) -> WorkflowLoad:
+    where = f"{path}: workflows[{i}]"
+    if not isinstance(w, dict):
+        raise ConfigError(f"{where}: expected a table {{file, rate, sla_p95_s}}, got {w!r}")
+    missing = [k for k in ("file", "rate", "sla_p95_s") if k not in w]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    unknown = sorted(set(w) - KNOWN)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    rate, sla = _positive(w, "rate", where), _positive(w, "sla_p95_s", where)
+    spec = _workflow(path, str(w["file"]), where)
+    if w.get("tokens") is not None and not isinstance(w["tokens"], dict):
+        raise ConfigError(f"{where}: tokens: expected {{node: {{param: tokens}}}}")
+    shape = Shape.parse(w.get("shape"), where)
+    graph, chances = flatten(spec, splits, w.get("tokens"), shape)
+    sensitivity = w.get("sensitivity") or spec.sensitivity
+    return WorkflowLoad(spec.name, rate, sla, graph, sensitivity, chances)
+
+
+def _positive(w: dict[str, Any], key: str, where: str) -> float:
+    value = w[key]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {key}: {value!r} is not a number") from None
+    if isinstance(value, bool) or not number > 0 or math.isinf(number):
+        raise ConfigError(f"{where}: {key}: {value!r} must be a positive number")
+    return number
+
+
+def _workflow(path: Path, name: str, where: str) -> WorkflowSpec:
+    """``name`` beside the workload file, else a packaged example; errors name both places."""
+    file = Path(name)
+    if not file.is_absolute():
+        beside = path.parent / file
+        file = beside if beside.exists() or not (EXAMPLES / file).exists() else EXAMPLES / file
+    if not file.is_file():
+        raise ConfigError(
+            f"{where}: file: '{name}' not found (looked in {path.parent} and the packaged examples)"
+        )
+    try:
+        return load_workflow(file)
+    except WorkflowValidationError as exc:
+        raise ConfigError(f"{where}: file: {exc}") from None
