@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from fleet.bench import MIXES
 from fleet.paths import EXAMPLES
 from fleet.workflow.loader import load_workflow
 from fleet.workflow.model import WorkflowSpec
@@ -39,7 +40,9 @@ def _strip_hints(spec: WorkflowSpec) -> None:
             _strip_hints(node.workflow)
 
 
-def jobs(quick: bool) -> list[Job]:
+def jobs(mix: str) -> list[Job]:
+    """The jobs of a mix: ``full`` (triage, RAG, the voice agent), ``quick`` (triage, RAG) or
+    ``sleeps`` (steps that wait, not compute: service times a busy machine cannot change)."""
     triage = Job(
         "triage",
         EXAMPLES / "triage.yaml",
@@ -61,7 +64,11 @@ def jobs(quick: bool) -> list[Job]:
         sla_s=12.0,
         weight=0.2,
     )
-    return [triage, rag] if quick else [triage, rag, voice]
+    sleeps = Job("sleeps", EXAMPLES / "sleeps.yaml", lambda ctx: {"tag": "x"}, 1.0, 1.0)
+    mixes = {"full": [triage, rag, voice], "quick": [triage, rag], "sleeps": [sleeps]}
+    if mix not in mixes:
+        raise ValueError(f"unknown mix '{mix}' (known: {', '.join(MIXES)})")
+    return mixes[mix]
 
 
 @dataclass

@@ -214,7 +214,7 @@ def run_bench(
     tick: Callable[[], None],
 ) -> tuple[list[dict[str, Any]], list[Path], dict[str, Any]]:
     """The whole benchmark: shared inputs, every deployment per round, then the report."""
-    mix = jobs(quick)
+    mix = jobs("quick" if quick else "full")
     deps = {d.name: d for d in deployments() if d.name in names}
     results: list[Result] = []
     began = time.time()

@@ -211,7 +211,7 @@ def model_for(dep: Deployment, prof: Profile, cfg: FleetConfig, cpus: int) -> Si
 
 def measure(
     arrivals: Arrivals,
-    quick: bool,
+    mix_name: str,
     names: list[str],
     profile_runs: int,
     out: Path,
@@ -219,13 +219,13 @@ def measure(
     tick: Callable[[], None],
 ) -> dict[str, Any]:
     """The live part: isolated profile runs, then the bench workload on each deployment."""
-    mix = jobs(quick)
+    mix = jobs(mix_name)
     deps = {d.name: d for d in deployments()}
     alone = Arrivals(concurrency=1, count=profile_runs, seed=arrivals.seed)
-    doc: dict[str, Any] = {"cpus": os.cpu_count() or 1, "quick": quick, "profile": {}}
+    doc: dict[str, Any] = {"cpus": os.cpu_count() or 1, "mix": mix_name, "profile": {}}
     doc["workload"] = {"rate": arrivals.rate, "duration_s": arrivals.duration_s}
     doc["bench"] = {}
-    with session(out, quick, say) as (workdir, ctx):
+    with session(out, mix_name != "full", say) as (workdir, ctx):
         for name in PROFILED:
             say(f"profile: {profile_runs} workflows one at a time on {name}")
             res = run_deployment(deps[name], 0, alone, mix, ctx, workdir, tick)
@@ -250,10 +250,15 @@ class Row:
         return self.simulated[stat] / self.measured[stat] - 1.0
 
 
+def mix_of(doc: dict[str, Any]) -> str:
+    """The mix a saved calibration ran (files from before ``mix`` say ``quick``)."""
+    return str(doc.get("mix") or ("quick" if doc.get("quick") else "full"))
+
+
 def compare(doc: dict[str, Any], seeds: int = 5) -> list[Row]:
     """Simulate each measured deployment on the arrivals it saw; compare percentiles."""
     prof = profile(doc)
-    mix = {j.name: j for j in jobs(bool(doc["quick"]))}
+    mix = {j.name: j for j in jobs(mix_of(doc))}
     order = [n for n in mix if n in prof.times]
     flows = [flow_for(mix[n], prof.times[n]) for n in order]
     deps = {d.name: d for d in deployments()}

@@ -17,6 +17,7 @@ from fleet.errors import FleetError, WorkflowValidationError
 
 if TYPE_CHECKING:
     from fleet.client.client import Fleet, RunHandle
+    from fleet.store.runs import RunInfo, TraceEntry
     from fleet.workflow.model import WorkflowSpec
 
 # Width from the terminal, or from COLUMNS when piped (rich's default is 80 columns).
@@ -112,33 +113,76 @@ def load_and_validate(file: str) -> tuple[Fleet, WorkflowSpec]:
 
 
 def print_outcome(handle: RunHandle, timeout: float, as_json: bool, why: bool = False) -> int:
-    """Wait for a run, print its trace and result (or error); the exit code to use."""
+    """Wait up to ``timeout`` s for a run (0: not at all), then print what its record says:
+    its state, trace, duration (from submission, not how long this waited) and result or
+    error. The exit code: 0 when it succeeded -- or, without a wait, is still running --
+    1 when it failed, is unknown, or did not finish within the wait."""
     from fleet.cli.tables import trace_json, trace_table
 
-    start = time.monotonic()
-    code, outputs, error = 0, None, None
-    try:
-        with console.status(f"run {handle.id} ..."):
-            outputs = handle.get(timeout=timeout)
-    except FleetError as exc:  # WorkflowFailed and WorkflowTimeout among them
-        code, error = 1, str(exc)
-    elapsed = time.monotonic() - start
+    if timeout > 0:
+        try:
+            with console.status(f"run {handle.id} ..."):
+                handle.get(timeout=timeout)
+        except FleetError:
+            pass  # failed or still running: the run's record says which, below
+    info = handle.info()
     trace = handle.trace()
+    status = info.status if info else "unknown"
+    outputs = info.outputs if info and status == "succeeded" else None
+    error = _run_error(info, status)
+    late = timeout > 0 and status == "running"
+    if late:
+        error = f"not finished after {timeout:g} s of waiting (`fleet trace {handle.id}`)"
+    code = 0 if status == "succeeded" or (status == "running" and not late) else 1
+    duration = _duration(info)
     if as_json:
-        doc = {"run": handle.id, "status": handle.status(), "outputs": outputs, "error": error}
-        console.print_json(dumps({**doc, "elapsed_s": elapsed, "trace": trace_json(trace)}))
-    else:
+        doc: dict[str, Any] = {"run": handle.id, "status": status, "outputs": outputs}
+        doc |= {"error": error, "duration_s": duration, "trace": trace_json(trace)}
+        console.print_json(dumps(doc))
+        return code
+    if trace:
         console.print(trace_table(trace, why=why))
-        classes = sorted({e.cls for e in trace if e.cls})
-        console.print(
-            f"run {handle.id}: {handle.status()} in {elapsed:.2f} s on {', '.join(classes)}"
+    console.print(_summary(handle.id, status, duration, trace), highlight=False)
+    if error:
+        err.print(
+            f"[bold red]{'failed' if status != 'running' else 'waiting'}:[/] {escape(error)}",
+            highlight=False,
         )
-        if error:
-            err.print(f"[bold red]failed:[/] {error}", highlight=False)
-        else:
-            console.print("[bold]result[/]")
-            console.print_json(dumps(outputs))
+    elif status == "succeeded":
+        console.print("[bold]result[/]")
+        console.print_json(dumps(outputs))
     return code
+
+
+def _run_error(info: RunInfo | None, status: str) -> str | None:
+    if info is None:
+        return "no record of this run: unknown, or its record expired"
+    if status == "failed":
+        where = f"node '{info.error_node}': " if info.error_node else ""
+        return where + (info.error or "unknown error")
+    return None
+
+
+def _duration(info: RunInfo | None) -> float | None:
+    """Seconds from submission to the end, or to now while the run goes on."""
+    if info is None or info.submitted_at is None:
+        return None
+    return (info.finished_at or time.time()) - info.submitted_at
+
+
+def _summary(run_id: str, status: str, duration: float | None, trace: list[TraceEntry]) -> str:
+    took = "" if duration is None else f" {duration:.2f} s"
+    classes = sorted({e.cls for e in trace if e.cls})
+    where = f" on {', '.join(classes)}" if classes else ""
+    ran = sum(1 for e in trace if e.status != "skipped")
+    if status == "succeeded":
+        return f"run {run_id}: succeeded in{took}{where}"
+    if status == "failed":
+        return f"run {run_id}: failed after{took}{where}"
+    if status == "running":
+        steps = f"{ran} step(s) finished" if ran else "no step has finished yet (queued)"
+        return f"run {run_id}: running for{took}; {steps}"
+    return f"run {run_id}: {status}"
 
 
 def dumps(value: Any) -> str:

@@ -152,7 +152,7 @@ def bench(
         arrivals = Arrivals(rate=0.3, count=count, duration_s=duration or 60.0, seed=seed)
     names = split(deployments) or [d.name for d in all_deployments()]
     n_rounds = rounds or (1 if quick else 2)
-    per = len(arrivals.schedule(jobs(quick)))
+    per = len(arrivals.schedule(jobs("quick" if quick else "full")))
     with Progress(console=console) as bar:
         task = bar.add_task("workflows", total=per * len(names) * n_rounds)
         rows, paths, meta = run_bench(

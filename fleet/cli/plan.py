@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from fleet.bench import MIXES
 from fleet.cli.common import console, fail, split
 from fleet.errors import ConfigError
 from fleet.paths import example
@@ -185,7 +186,14 @@ def simulate(
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="Triage and RAG only, 30 s: a few minutes.")
+@click.option("--quick", is_flag=True, help="The quick mix for 30 s: a few minutes.")
+@click.option(
+    "--mix",
+    type=click.Choice(MIXES),
+    show_default="full; quick with --quick",
+    help="full: triage, RAG, voice agent; quick: triage, RAG; sleeps: steps that wait, not "
+    "compute (a check of the mechanism that a busy machine cannot fail).",
+)
 @click.option("--rate", default=1.0, help="Arrivals per second.")
 @click.option(
     "--duration",
@@ -217,6 +225,7 @@ def simulate(
 @AS_JSON
 def calibrate(
     quick: bool,
+    mix: str | None,
     rate: float,
     duration: float | None,
     profile_runs: int,
@@ -249,7 +258,7 @@ def calibrate(
             task = bar.add_task("workflows", total=None)
             doc = measure(
                 arrivals,
-                quick,
+                mix or ("quick" if quick else "full"),
                 names,
                 profile_runs,
                 Path(out),

@@ -48,8 +48,8 @@ def trace_table(trace: list[TraceEntry], t0: float | None = None, why: bool = Fa
     )
     nodes = max((len(e.node) for e in trace), default=4)
     table.add_column("node", no_wrap=True, min_width=nodes)
-    table.add_column("op", no_wrap=True, min_width=max(2, *(len(e.op or "") for e in trace)))
-    table.add_column("class", no_wrap=True, min_width=max(5, *(len(e.cls or "") for e in trace)))
+    table.add_column("op", no_wrap=True, min_width=max([2, *(len(e.op or "") for e in trace)]))
+    table.add_column("class", no_wrap=True, min_width=max([5, *(len(e.cls or "") for e in trace)]))
     table.add_column("host", overflow="ellipsis", max_width=16)  # the one that gives way
     table.add_column("status", no_wrap=True, min_width=10)
     for col in ("wait", "run", "start") + (("est",) if why else ()):

@@ -258,3 +258,31 @@ def test_submit_uploads_a_folder_and_saves_an_audio_output(
     assert out.read_bytes().startswith(b"RIFF") and f"saved audio to {out}" in res.stderr
     missing = fleet("submit", str(wf), "--upload", f"docs={tmp_path / 'nope'}")
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+
+
+def test_trace_and_submit_render_a_run_in_any_state(
+    local_fleet: LocalFleet, tmp_path: Path
+) -> None:
+    """A run still going is not a failure, an empty trace is not a crash, and the duration is
+    the run's own (from submission), not how long the command waited."""
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(
+        "name: slow\nnodes:\n  - {name: nap, op: test.sleep, classes: [io], "
+        "params: {seconds: 3}}\noutputs: {slept: nap.slept}\n"
+    )
+    run_id = fleet("submit", str(slow), "--no-wait").stdout.strip()
+    early = fleet("trace", run_id)
+    assert early.returncode == 0, early.stdout + early.stderr
+    assert f"run {run_id}: running for" in early.stdout
+    assert "no step has finished yet" in early.stdout and "Traceback" not in early.stderr
+    doc = json.loads(fleet("trace", run_id, "--json").stdout)
+    assert doc["status"] == "running" and doc["error"] is None and doc["trace"] == []
+    time.sleep(3.5)
+    done = fleet("trace", run_id, "--json")
+    finished = json.loads(done.stdout)
+    assert done.returncode == 0 and finished["status"] == "succeeded"
+    assert finished["duration_s"] >= 3.0  # the run's, although trace itself did not wait
+    impatient = fleet("submit", str(slow), "--timeout", "1")
+    assert impatient.returncode == 1
+    assert "not finished after 1 s of waiting" in " ".join(impatient.stderr.split())
+    assert "running for" in impatient.stdout and "failed" not in impatient.stdout

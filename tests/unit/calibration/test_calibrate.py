@@ -53,7 +53,7 @@ def test_the_profile_reads_node_times_chances_and_the_engines_hop() -> None:
     assert nt.runs == 6 and nt.chance("lookup") == 1.0 and nt.chance("routine") == 0.0
     assert nt.time("lookup", 1) == pytest.approx((0.2, 0.02, 0.0))
     assert prof.hop_s == pytest.approx(0.004, abs=1e-6)  # most steps start 4 ms after an end
-    flow = flow_for(jobs(True)[0], nt)
+    flow = flow_for(jobs("quick")[0], nt)
     assert "routine" not in flow.graph and "escalate" in flow.graph  # it never ran
 
 

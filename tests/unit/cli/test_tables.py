@@ -56,3 +56,10 @@ def test_why_puts_each_routing_reason_under_the_table() -> None:
     assert max(len(line) for line in lines) <= 100
     text = " ".join(line.strip() for line in lines)
     assert "why transcribe -> npu-lite: least-latency" in text
+
+
+def test_an_empty_trace_draws_an_empty_table() -> None:
+    """A queued run, or a failed one that left no step behind, has no trace entries."""
+    console = Console(width=100, record=True)
+    console.print(trace_table([]))
+    assert "node" in console.export_text()
