@@ -3,11 +3,11 @@
 The database is named by URL, never by a path on the client's disk:
 
 - ``artifact://NAME`` (or ``artifact://NAME@VERSION``): a SQLite file published to the
-  artifact store (``Fleet.put_sqlite`` / ``fleet artifact put-sqlite``); each host fetches a
-  version once into its cache and opens it read-only.
+  artifact store (``Fleet.put_sqlite``); each host fetches a version once into its cache and
+  opens it read-only.
 - ``postgresql://USER@HOST:PORT/DB``: PostgreSQL through psycopg, in a read-only transaction
   with a statement timeout; HOST:PORT must be listed in ``db_allow`` (FLEET_DB_ALLOW), and
-  the user should be a role with SELECT rights only (docs/tools.md shows one).
+  the user should be a role with SELECT rights only (docs/operations.md shows one).
 - ``sqlite:///PATH`` or a plain path: a file on the worker under the file roots (a
   single-host set-up).
 

@@ -85,3 +85,10 @@ def test_each_workflow_file_the_docs_show_validates() -> None:
     assert shown
     for block in shown:
         validate(spec_from_data(yaml.safe_load(block), "docs"), cfg, registry)
+
+
+def test_the_readme_lists_every_environment_variable_the_config_reads() -> None:
+    source = (ROOT / "fleet" / "config.py").read_text()
+    read = set(re.findall(r'"(FLEET_[A-Z_]+)"', source)) - {"FLEET_CLASS_"}
+    readme = (ROOT / "README.md").read_text()
+    assert read and sorted(v for v in read if f"`{v}`" not in readme) == []
