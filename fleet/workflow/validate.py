@@ -194,7 +194,19 @@ class _Checker:
             )
         elif node.prefer in configured and node.prefer not in eligible:
             # (a hint naming a class this deployment lacks is ignored: workflows travel)
-            self.add(f"preferred class '{node.prefer}' cannot run op {op.name}", node, "prefer")
+            self.add(self._why_not(node.prefer, node, op, level), node, "prefer")
+
+    def _why_not(self, cls: str, node: NodeSpec, op: OpSpec, level: str | None) -> str:
+        """Which rule keeps the preferred class out: the op, the node's classes, or trust."""
+        if cls in eligible_classes(node, op, self.cfg):  # it can run the op: trust rules it out
+            return (
+                f"preferred class '{cls}' is not trusted for sensitivity '{level}' "
+                f"(classes.{cls}.trusted_for does not list it)"
+            )
+        if node.classes and cls not in node.classes:
+            listed = ", ".join(node.classes)
+            return f"preferred class '{cls}' is not among the node's classes ({listed})"
+        return f"preferred class '{cls}' cannot run op {op.name}"
 
     def _ref(
         self,

@@ -76,3 +76,20 @@ def test_routing_never_falls_back_across_the_constraint(trusted: FleetConfig) ->
         decision = make_policy(name).choose(req, state, failing, ProfileStore())
         assert decision.cls == "gpu", name  # never cpu: it is not a candidate at all
         assert decision.fail or name == "static", name  # the live-aware ones fail the run
+
+
+def test_a_preferred_class_kept_out_by_trust_names_the_rule(trusted: FleetConfig) -> None:
+    """io can run text.upper; it is the trust rule that keeps it out, and the error says so."""
+    data = {
+        "name": "medical",
+        "sensitivity": "confidential",
+        "inputs": ["t"],
+        "nodes": [
+            {"name": "shout", "op": "text.upper", "prefer": "io", "inputs": {"text": "inputs.t"}}
+        ],
+        "outputs": {"t": "shout.text"},
+    }
+    with pytest.raises(WorkflowValidationError) as err:
+        validate(spec_from_data(data), trusted, registry)
+    assert "preferred class 'io' is not trusted for sensitivity 'confidential'" in str(err.value)
+    assert "cannot run op" not in str(err.value)

@@ -99,7 +99,11 @@ def test_op_no_configured_class_can_run() -> None:
 def test_prefer_must_be_eligible(cfg: FleetConfig) -> None:
     wf = Workflow("w")
     wf.step("a", "test.sleep", seconds=0, classes=["io"], prefer="cpu")
-    assert "preferred class 'cpu' cannot run op test.sleep" in _one(wf.spec(), cfg)
+    # cpu can run test.sleep: the node's own classes are the rule that keeps it out
+    assert "preferred class 'cpu' is not among the node's classes (io)" in _one(wf.spec(), cfg)
+    wf = Workflow("w")
+    wf.step("a", "embed.texts", texts=["x"], prefer="io")
+    assert "preferred class 'io' cannot run op embed.texts" in _one(wf.spec(), cfg)
 
 
 def test_subflow_inputs_and_until(cfg: FleetConfig) -> None:
