@@ -197,6 +197,8 @@ def submit(
     except redis.RedisError as exc:
         where = redact(client.cfg.broker_url)
         fail(f"cannot reach the broker/backend at {where}: {exc} (try `fleet up`)")
+    except FleetError as exc:  # sending failed after retries: the message names the broker
+        fail(f"{exc} (is the broker up? try `fleet up`)")
     if no_wait:
         console.print(handle.id)
         return
@@ -239,7 +241,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     try:
         state = StateReader(cfg).read()
     except redis.RedisError as exc:
-        fail(f"cannot reach {cfg.backend_url}: {exc}")
+        fail(f"cannot reach {redact(cfg.backend_url)}: {exc}")
     if as_json:
         doc = {
             c: {

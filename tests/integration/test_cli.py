@@ -286,3 +286,12 @@ def test_trace_and_submit_render_a_run_in_any_state(
     assert impatient.returncode == 1
     assert "not finished after 1 s of waiting" in " ".join(impatient.stderr.split())
     assert "running for" in impatient.stdout and "failed" not in impatient.stdout
+
+
+def test_submit_and_status_with_the_broker_down_are_clear_and_keep_the_password() -> None:
+    url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"
+    for args in (["submit", "fleet/examples/triage.yaml", "-i", "ticket=x"], ["status"]):
+        res = fleet(*args, env={"FLEET_BROKER_URL": url})
+        assert res.returncode == 1, (args, res.stdout, res.stderr)
+        assert "Traceback" not in res.stderr and "s3cret-pw" not in res.stdout + res.stderr
+        assert "redis://:****@127.0.0.1" in " ".join(res.stderr.split()), res.stderr
