@@ -22,12 +22,21 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader whose mappings remember the (1-based) line they start on."""
 
 
+def _scalar(key: Any) -> bool:
+    """A YAML key fleet can use: a name or number (``? [a, b]`` makes a list key)."""
+    return key is None or isinstance(key, str | int | float | bool)
+
+
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _LineDict:
     loader.flatten_mapping(node)
     result = _LineDict()
     result.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not _scalar(key):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a name, not {type(key).__name__}", key_node.start_mark
+            )
         if key in result:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key '{key}'", key_node.start_mark

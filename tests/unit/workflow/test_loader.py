@@ -128,3 +128,10 @@ def test_input_errors_name_file_and_line(tmp_path: Path) -> None:
     bad.write_text('{\n  "ticket": "hi",\n  "lang" "en"\n}\n')
     with pytest.raises(WorkflowValidationError, match=rf"{bad}:3"):
         load_inputs(bad)
+
+
+def test_a_complex_key_is_a_clear_error(tmp_path: Path) -> None:
+    f = tmp_path / "complex.yaml"
+    f.write_text("name: w\n? [a, b]\n: 1\nnodes: []\n")
+    with pytest.raises(WorkflowValidationError, match=r"complex.yaml:2: .*a key must be a name"):
+        load_workflow(f)
