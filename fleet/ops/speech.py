@@ -14,7 +14,7 @@ from typing import Any
 
 from fleet.ops.general import SAMPLE_TEXT
 from fleet.ops.models import CTRANSLATE2, DEFAULT_STT, LOADS, lock_for, stt
-from fleet.sdk import BLOB_PREFIX, blobs, op, safe_path
+from fleet.sdk import BLOB_PREFIX, blobs, op, safe_path, writable_path
 
 MAX_TTS_CHARS = 5000
 MAX_AUDIO_BYTES = 50 << 20
@@ -54,7 +54,7 @@ def tts(
     if done.returncode != 0 or not done.stdout:
         raise RuntimeError(f"espeak-ng failed: {done.stderr.decode(errors='replace').strip()}")
     if out:
-        safe_path(out, "output file").write_bytes(done.stdout)
+        writable_path(out, "output file").write_bytes(done.stdout)
     return {
         "audio": blobs().put(done.stdout, "wav"),
         "seconds": round(_wav_seconds(done.stdout), 2),

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         threads,
         wants_cuda,
         worker_class,
+        writable_path,
     )
     from fleet.store.artifacts import SQLITE_FILE, SQLITE_KIND, ArtifactStore, BlobStore
 
@@ -60,6 +61,7 @@ _LAZY = {
             "threads",
             "wants_cuda",
             "worker_class",
+            "writable_path",
         ],
         "fleet.sdk.process",
     ),
@@ -101,4 +103,5 @@ __all__ = [
     "threads",
     "wants_cuda",
     "worker_class",
+    "writable_path",
 ]

@@ -14,7 +14,7 @@ import redis
 
 from fleet.config import FleetConfig, load_config
 from fleet.constants import THREADS_ENV, WORKER_CLASS_ENV
-from fleet.paths import EXAMPLES
+from fleet.paths import EXAMPLES, PACKAGE
 from fleet.sdk.devices import cuda_available, detect_gpus
 from fleet.store.artifacts import ArtifactStore, BlobStore
 
@@ -105,6 +105,25 @@ def safe_path(path: str | Path, what: str = "file") -> Path:
             f"{what} {str(path)!r} is outside the folders ops may use ({shown}); "
             "add a folder with file_roots / FLEET_FILE_ROOTS in the fleet config"
         )
+    return real
+
+
+CACHES = ("artifacts", "models")  # data_dir's folders the fleet fills itself
+
+
+def writable_path(path: str | Path, what: str = "output file") -> Path:
+    """``path`` resolved, if an op may write it: under a file root (as :func:`safe_path`), but
+    never in the installed package (its examples and data) or the caches the fleet keeps
+    under the data folder (artifacts, models): a workflow must not overwrite what every
+    other run reads."""
+    real = safe_path(path, what)
+    kept = [PACKAGE, *(data_dir() / c for c in CACHES)]
+    for root in kept:
+        if _inside(real, root.resolve()):
+            raise PermissionError(
+                f"{what} {str(path)!r} is inside {root}, which ops may read but not write; "
+                f"write under {data_dir()} (outside {', '.join(CACHES)}) or a file root"
+            )
     return real
 
 

@@ -78,3 +78,18 @@ def test_the_sweeper_picks_only_old_messages_nobody_holds() -> None:
     unacked = {"t1": message("held"), "t2": message("orphan"), "t3": message("fresh"), "t4": "x"}
     index = [("t1", 10.0), ("t2", 10.0), ("t3", 99.0), ("t4", 10.0)]
     assert stranded(unacked, index, {"held"}, older_than=50.0) == ["t2"]
+
+
+@pytest.mark.usefixtures("redis_url")  # the spoken audio also goes to the blob store
+def test_tts_never_writes_into_the_package_or_the_caches() -> None:
+    """speech.tts out= used to overwrite a packaged knowledge-base file (and could overwrite
+    cached models and artifacts): readable places are not all writable ones."""
+    faq = EXAMPLES / "kb" / "faq.md"
+    before = faq.read_bytes()
+    for target in (faq, data_dir("models") / "x.gguf", data_dir("artifacts") / "x"):
+        with pytest.raises(PermissionError, match="may read but not write"):
+            tts("hello", out=str(target))
+    assert faq.read_bytes() == before
+    answer = data_dir("answers") / "a.wav"
+    tts("hello", out=str(answer))
+    assert answer.read_bytes()[:4] == b"RIFF"
