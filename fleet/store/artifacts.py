@@ -100,6 +100,7 @@ class ArtifactStore:
     def fetch(self, kind: str, name: str, version: str | None = None) -> tuple[str, Path]:
         """(version, local folder) of ``kind/name`` -- the latest unless ``version`` is given;
         fetched from the store once per host."""
+        self._check(kind, name)  # with or without a version: the name becomes a path
         newest = version is None
         version = version or self.latest(kind, name)
         if not re.fullmatch(r"[0-9a-f]{16}", version):

@@ -81,6 +81,11 @@ def test_a_published_database_is_read_on_a_host_without_the_file(
         db_query("WITH x AS (SELECT 1) INSERT INTO orders SELECT 3, 'x'", url)
     with pytest.raises(KeyError, match="no sqlite named 'nowhere'"):
         db_query("SELECT 1", "artifact://nowhere")
+    # a name is a folder of the cache: checked with a version given too, not only without
+    version = url.rpartition("@")[2]
+    for bad in ("../../../tmp", "shop-test/..", "a/b"):
+        with pytest.raises(ValueError, match="artifact name"):
+            db_query("SELECT 1", f"artifact://{bad}@{version}")
     with pytest.raises(ValueError, match="not a SQLite database"):
         put_sqlite(sdk.artifacts(), "bad", Path(__file__))
 
