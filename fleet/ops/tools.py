@@ -62,10 +62,8 @@ class Rule:
         text = entry.strip()
         parsed = urlparse(text if "://" in text else f"any://{text}")
         schemes = ("http", "https") if parsed.scheme == "any" else (parsed.scheme.lower(),)
-        host, _, port_text = (
-            parsed.netloc.rpartition(":") if "]" not in parsed.netloc else ("", "", "")
-        )
-        if port_text == "*":  # any port of this host (the fleet's own services stay refused)
+        if parsed.netloc.endswith(":*"):  # any port of this host (the fleet's own stay refused)
+            host = parsed.netloc.removesuffix(":*").removeprefix("[").removesuffix("]")
             return cls(schemes, host.lower(), ANY_PORT, parsed.path or "/")
         try:
             port = parsed.port
@@ -90,14 +88,18 @@ def _addresses(host: str, port: int) -> set[str]:
         return set()
 
 
+SERVICE_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "pyamqp": 5672, "amqps": 5671}
+
+
 def _fleet_services() -> list[tuple[str, int, str]]:
     """(host, port, name) of the fleet's own services: never reachable from a workflow."""
     cfg = settings()
     found = []
     for url, name in ((cfg.broker_url, "the broker"), (cfg.backend_url, "the result backend")):
         parsed = urlparse(url)
-        if parsed.scheme.startswith(("redis", "amqp", "rediss")):
-            found.append(((parsed.hostname or "").lower(), parsed.port or 6379, name))
+        if parsed.scheme in SERVICE_PORTS:  # a URL without a port: the scheme's own
+            port = parsed.port or SERVICE_PORTS[parsed.scheme]
+            found.append(((parsed.hostname or "").lower(), port, name))
     found.append(("127.0.0.1", cfg.flower_port, "Flower"))
     found.append(("127.0.0.1", cfg.metrics_port, "the metrics endpoint"))
     return found

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from fleet.ops import tools
 from fleet.ops.tools import Rule, Target, ToolError, http_request
 from fleet.sdk.process import settings
 
@@ -134,6 +135,9 @@ def test_http_allowlist() -> None:
         ("https://api.shop.test/v1/", "https://api.shop.test/admin", False),
         ("https://api.shop.test/v1/", "http://api.shop.test/v1/orders", False),
         ("127.0.0.1:*", "http://127.0.0.1:6553/", True),
+        ("[::1]:*", "http://[::1]:6553/", True),  # IPv6 with any port (was "bad port")
+        ("[::1]:8080", "http://[::1]:8080/", True),
+        ("[::1]:8080", "http://[::1]:8081/", False),
         ("127.0.0.1", "http://127.1/", False),  # no address tricks: hosts compare as written
         ("127.0.0.1", "http://0x7f000001/", False),
     ],
@@ -154,6 +158,15 @@ def test_the_fleet_services_are_refused_whatever_the_allowlist() -> None:
             http_request(url, method="POST")
     with pytest.raises(PermissionError, match="'SET' is not an HTTP method"):
         http_request(f"{broker}/pwned", method="SET")
+
+
+def test_an_amqp_broker_without_a_port_protects_5672(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = settings().model_copy(update={"broker_url": "amqp://guest@127.0.0.1//"})
+    monkeypatch.setattr(tools, "settings", lambda: cfg)
+    services = tools._fleet_services()
+    assert ("127.0.0.1", 5672, "the broker") in services  # it was 6379, Redis's port
+    with pytest.raises(PermissionError, match="points at the broker"):
+        tools.check_url("http://127.0.0.1:5672/", "POST")
 
 
 def test_redirects_are_followed_only_within_the_allowlist(server: str) -> None:
