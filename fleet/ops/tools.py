@@ -167,8 +167,15 @@ def _exchange(
             request = {"params": params, "json": json_body, "headers": headers}
             with client.stream(method, url, **request) as response:
                 if response.is_redirect:
+                    before = Target.of(str(response.url))
                     url = urljoin(str(response.url), response.headers.get("location", ""))
-                    check_url(url, method)
+                    after = check_url(url, method)
+                    if (after.scheme, after.host, after.port) != (
+                        before.scheme,
+                        before.host,
+                        before.port,
+                    ):  # credentials are for the origin they were given for, as browsers do
+                        headers = _without_credentials(headers)
                     if response.status_code == 303 or (
                         response.status_code in (301, 302) and method not in ("GET", "HEAD")
                     ):
@@ -182,6 +189,15 @@ def _exchange(
                         raise ToolError(f"{method} {url}: response body over {MAX_BODY} bytes")
                 return Reply(response.status_code, bytes(body), url, method)
     raise ToolError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
+
+
+CREDENTIALS = {"authorization", "cookie", "proxy-authorization"}
+
+
+def _without_credentials(headers: Any) -> dict[str, Any] | None:
+    if not headers:
+        return headers  # type: ignore[no-any-return]
+    return {k: v for k, v in dict(headers).items() if str(k).lower() not in CREDENTIALS}
 
 
 class DeadlineExceeded(TimeoutError):

@@ -47,12 +47,28 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(b"x")
                     self.wfile.flush()
                     time.sleep(0.2)
+        elif self._credentials():
+            pass
         elif self.path == "/slow":
             time.sleep(1.0)
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # client gave up
                 self._reply(200, "{}", "application/json")
         else:
             self._reply(404, "{}", "application/json")
+
+    def _credentials(self) -> bool:
+        """/echo says which credentials reached this origin; /same and /cross/PORT redirect
+        to it on this origin or on another (the same host, another port)."""
+        if self.path == "/echo":
+            auth = self.headers.get("Authorization")
+            self._reply(200, json.dumps({"auth": auth}), "application/json")
+        elif self.path == "/same":
+            self._redirect("/echo")
+        elif self.path.startswith("/cross/"):
+            self._redirect(f"http://127.0.0.1:{self.path.rsplit('/', 1)[1]}/echo")
+        else:
+            return False
+        return True
 
     def _redirect(self, location: str) -> None:
         self.send_response(302)
@@ -167,6 +183,20 @@ def test_an_amqp_broker_without_a_port_protects_5672(monkeypatch: pytest.MonkeyP
     assert ("127.0.0.1", 5672, "the broker") in services  # it was 6379, Redis's port
     with pytest.raises(PermissionError, match="points at the broker"):
         tools.check_url("http://127.0.0.1:5672/", "POST")
+
+
+def test_credentials_stay_with_their_origin_across_redirects(server: str) -> None:
+    other = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        auth = {"Authorization": "Bearer t0ken"}
+        same = http_request(f"{server}/same", headers=auth)
+        assert same["json"] == {"auth": "Bearer t0ken"}
+        port = other.server_address[1]
+        crossed = http_request(f"{server}/cross/{port}", headers=auth)
+        assert crossed["json"] == {"auth": None}  # it was forwarded to the other origin
+    finally:
+        other.shutdown()
 
 
 def test_redirects_are_followed_only_within_the_allowlist(server: str) -> None:
