@@ -74,9 +74,12 @@ class Heartbeat(bootsteps.StartStopStep):
             return
         from celery.worker import state
 
-        # Received and not yet done (running ones too): the sweeper leaves these alone.
-        held = [r.id for r in list(state.reserved_requests)]
-        details = {**self.details, "busy": len(held), "held": held}
+        # Received and not yet done (running ones too): the sweeper leaves these alone. So
+        # are messages waiting in this worker's timer for their ETA (a retry's countdown):
+        # held, though not busy.
+        taken = [r.id for r in list(state.reserved_requests)]
+        waiting = [r.id for r in list(state.scheduled_requests)]
+        details = {**self.details, "busy": len(taken), "held": taken + waiting}
         try:
             beat(self.client, hostname, self.classes, details, ttl)
             if time.monotonic() >= self.next_sweep:

@@ -121,3 +121,16 @@ def test_up_restarts_what_dies_and_keeps_the_rest(fleet_cfg: FleetConfig, tmp_pa
             io.proc.wait(10)
             assert fleet.supervise() == expected
         assert fleet.supervise(now=time.monotonic() + 120) == ["worker-io"]
+
+
+def test_a_long_retry_countdown_is_not_swept_back_as_stranded(client: Fleet) -> None:
+    """A retry waits in its worker's timer until its ETA; the sweeper (grace 4 s here) used to
+    restore it as stranded once the countdown passed the grace, and the attempt ran twice."""
+    wf = Workflow("patient", inputs=["v"])
+    wf.step("flaky", "test.fail", value=wf.input("v"), classes=["cpu"], retries=6)
+    run = client.submit(wf, {"v": 1})  # countdowns 0.5, 1, 2, 4, 8 and 16 s: two past grace
+    with pytest.raises(WorkflowFailed, match="injected failure"):
+        run.get(timeout=90)
+    time.sleep(3)  # a swept copy runs beside the original: its own attempts, its own entries
+    attempts = [e.status for e in run.trace() if e.node == "flaky"]
+    assert attempts == ["retrying"] * 6 + ["failed"], attempts
