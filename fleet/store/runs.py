@@ -330,6 +330,15 @@ class RunStore:
         value = self.redis.hget(self._key(run_id), "status")
         return str(value) if value is not None else None
 
+    def status_and_ran(self, run_id: str, path: str) -> tuple[str | None, bool]:
+        """The run's status, and whether step ``path`` has recorded its outputs: one round
+        trip, for a step that may be a second copy of one that already ran."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self._key(run_id), "status")
+        pipe.hexists(self._key(run_id, "out"), path)
+        status, ran = pipe.execute()
+        return (str(status) if status is not None else None), bool(ran)
+
     def info(self, run_id: str) -> RunInfo | None:
         h = cast(dict[str, str], self.redis.hgetall(self._key(run_id)))
         if not h:

@@ -171,8 +171,18 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     """Run one op node, record its outputs and trace, then send the steps it made ready."""
     engine = dispatcher(self.app)
     store = engine.store
-    if _waited(self) and store.status(run["id"]) == "failed":
-        raise Ignore()  # another branch failed the run: do no more work for it
+    if _waited(self):  # it sat in a queue: the run may have failed, or this step have run
+        status, ran = store.status_and_ran(run["id"], call["path"])
+        if status == "failed":
+            raise Ignore()  # another branch failed the run: do no more work for it
+        if ran and not call.get("group"):
+            # A second copy of a step that already ran and recorded its outputs (swept back,
+            # or redelivered after its worker died past the record): the op does not run
+            # again -- no side effect twice -- but what it made ready is sent (the claims
+            # let each successor out once).
+            if status == "running":
+                engine.advance(run, store.state(run["id"]), owner=self.request.id or call["path"])
+            raise Ignore()
     trace = _Trace(self, call)
     try:
         op = registry.get(call["op"])

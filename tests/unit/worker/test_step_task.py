@@ -84,9 +84,11 @@ def test_a_redelivered_step_resends_only_what_it_claimed(stub: tuple[Fleet, Stub
     task_id, call, run_info = broker.sent.pop()
     tasks.step.apply(kwargs={"call": call, "run": run_info}, task_id=task_id)
     assert [c["path"] for _, c, _ in broker.sent] == ["b"]
-    # The same message again (its worker died before the ack): b is re-sent -- at least once.
+    # The same message again (its worker died before the ack, or the sweeper put it back):
+    # a's op does not run again -- it recorded its outputs -- but b is re-sent, at least once.
     tasks.step.apply(kwargs={"call": call, "run": run_info}, task_id=task_id)
     assert [c["path"] for _, c, _ in broker.sent] == ["b", "b"]
+    assert [(e.node, e.status) for e in run.trace()] == [("a", "succeeded")]
     # Another task reaching the same state does not send b: it lost the claim.
     tasks.step.apply(kwargs={"call": call, "run": run_info}, task_id="someone-else")
     assert len(broker.sent) == 2
