@@ -23,6 +23,9 @@ RUN_OUTPUTS_KEY = "fleet:run:{id}:out"  # hash: node path -> JSON outputs of tha
 INPUTS = "inputs"  # reserved node name: a workflow's own inputs (also their field in the hash)
 RUN_CLAIMS_KEY = "fleet:run:{id}:claims"  # hash: node path -> id of the task that sent it
 RUN_LOSSES_KEY = "fleet:run:{id}:losses"  # hash: node path -> deaths of the worker running it
+# hash: "path@attempt" -> starts of that attempt by a message that sat in a queue (a start
+# that never finished means its worker died: a thread-pool worker's loss is counted here)
+RUN_STARTS_KEY = "fleet:run:{id}:starts"
 RUN_MAP_KEY = "fleet:run:{id}:map:{node}"  # set: finished items of a mapped node
 SPEC_KEY = "fleet:spec:{digest}"  # a workflow spec (JSON), content-addressed
 WORKERS_KEY = "fleet:workers:{cls}"  # sorted set: live workers of a class by heartbeat time

@@ -29,6 +29,7 @@ from fleet.constants import (
     RUN_LOSSES_KEY,
     RUN_MAP_KEY,
     RUN_OUTPUTS_KEY,
+    RUN_STARTS_KEY,
     RUN_TRACE_KEY,
     SPEC_KEY,
     WORKFLOW_METRICS_KEY,
@@ -194,6 +195,7 @@ class RunStore:
             "out": RUN_OUTPUTS_KEY,
             "claims": RUN_CLAIMS_KEY,
             "losses": RUN_LOSSES_KEY,
+            "starts": RUN_STARTS_KEY,
         }[part]
         return key.format(id=run_id)
 
@@ -312,7 +314,7 @@ class RunStore:
         """Record a terminal state once; the first writer wins (a late branch cannot undo it)."""
         flat = [x for kv in fields.items() for x in kv]
         keys = [self._key(run_id), self._key(run_id, "done"), WORKFLOW_METRICS_KEY]
-        keys += [self._key(run_id, part) for part in ("out", "claims", "losses")]
+        keys += [self._key(run_id, part) for part in ("out", "claims", "losses", "starts")]
         # The run's working state (every step's outputs, claims) is not what the client reads
         # once the run ended: it goes after STATE_AFTER_END_S, the record and trace stay.
         short = min(self.ttl, STATE_AFTER_END_S)
@@ -330,14 +332,18 @@ class RunStore:
         value = self.redis.hget(self._key(run_id), "status")
         return str(value) if value is not None else None
 
-    def status_and_ran(self, run_id: str, path: str) -> tuple[str | None, bool]:
-        """The run's status, and whether step ``path`` has recorded its outputs: one round
-        trip, for a step that may be a second copy of one that already ran."""
+    def begin(self, run_id: str, path: str, attempt: int) -> tuple[str | None, bool, int]:
+        """For a step that sat in a queue, in one round trip: the run's status, whether step
+        ``path`` has recorded its outputs already (this is a second copy), and how often this
+        attempt of it has been started so (a start that never finished: its worker died)."""
+        starts = self._key(run_id, "starts")
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self._key(run_id), "status")
         pipe.hexists(self._key(run_id, "out"), path)
-        status, ran = pipe.execute()
-        return (str(status) if status is not None else None), bool(ran)
+        pipe.hincrby(starts, f"{path}@{attempt}", 1)
+        pipe.expire(starts, self.ttl)
+        status, ran, count, _ = pipe.execute()
+        return (str(status) if status is not None else None), bool(ran), int(count)
 
     def info(self, run_id: str) -> RunInfo | None:
         h = cast(dict[str, str], self.redis.hgetall(self._key(run_id)))

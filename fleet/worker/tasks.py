@@ -172,17 +172,7 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     engine = dispatcher(self.app)
     store = engine.store
     if _waited(self):  # it sat in a queue: the run may have failed, or this step have run
-        status, ran = store.status_and_ran(run["id"], call["path"])
-        if status == "failed":
-            raise Ignore()  # another branch failed the run: do no more work for it
-        if ran and not call.get("group"):
-            # A second copy of a step that already ran and recorded its outputs (swept back,
-            # or redelivered after its worker died past the record): the op does not run
-            # again -- no side effect twice -- but what it made ready is sent (the claims
-            # let each successor out once).
-            if status == "running":
-                engine.advance(run, store.state(run["id"]), owner=self.request.id or call["path"])
-            raise Ignore()
+        _check_begin(self, engine, call, run)
     trace = _Trace(self, call)
     try:
         op = registry.get(call["op"])
@@ -209,6 +199,30 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     if status == "running" and state is not None:
         engine.advance(run, state, owner=self.request.id or call["path"])
     return {"node": call["path"]}
+
+
+def _check_begin(task: Task, engine: Dispatcher, call: StepCall, run: dict[str, Any]) -> None:
+    """Before a step that waited runs its op: raise Ignore when the run failed, or when this is
+    a second copy of a step that already recorded its outputs (swept back, or redelivered
+    after its worker died past the record) -- the op does not run again, no side effect
+    twice, but what it made ready is sent (the claims let each successor out once). A step
+    started more than ``max_worker_losses`` times without finishing fails its run: its
+    worker died each time (any pool: a thread-pool worker's whole process dies with it)."""
+    store = engine.store
+    status, ran, starts = store.begin(run["id"], call["path"], task.request.retries or 0)
+    if status == "failed":
+        raise Ignore()  # another branch failed the run: do no more work for it
+    if ran and not call.get("group"):
+        if status == "running":
+            engine.advance(run, store.state(run["id"]), owner=task.request.id or call["path"])
+        raise Ignore()
+    if starts > engine.cfg.max_worker_losses:
+        why = (
+            f"node '{call['path']}' (op {call['op']}): started {starts} times and never "
+            f"finished -- its worker died each time; not run again"
+        )
+        store.fail(run["id"], call["path"], why)
+        raise Ignore()
 
 
 class StepDeadline(TimeoutError):

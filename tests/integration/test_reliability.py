@@ -134,3 +134,36 @@ def test_a_long_retry_countdown_is_not_swept_back_as_stranded(client: Fleet) -> 
     time.sleep(3)  # a swept copy runs beside the original: its own attempts, its own entries
     attempts = [e.status for e in run.trace() if e.node == "flaky"]
     assert attempts == ["retrying"] * 6 + ["failed"], attempts
+
+
+@pytest.mark.slow
+def test_a_poison_step_on_a_thread_pool_fails_its_run(
+    fleet_cfg: FleetConfig, tmp_path: Path
+) -> None:
+    """A step that kills an io worker's whole process (a thread pool: no child to lose) used to
+    be swept back to each restarted worker for ever. Its starts are counted with the run: past
+    max_worker_losses it fails its run, and the restarted io worker serves other runs."""
+    cfg = fleet_cfg.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    poison = Workflow("poison-io", inputs=["v"])
+    poison.output(
+        "out", poison.step("boom", "test.crash", value=poison.input("v"), classes=["io"])["value"]
+    )
+    healthy = Workflow("healthy-io", inputs=["t"])
+    healthy.output(
+        "out",
+        healthy.step("nap", "test.sleep", seconds=0, value=healthy.input("t"), classes=["io"])[
+            "value"
+        ],
+    )
+    with LocalFleet(cfg, ["io"], flower=False, workdir=tmp_path, say=lambda s: None) as fleet:
+        client = Fleet(app=create_app(cfg), cfg=cfg)
+        bad = client.submit(poison, {"v": 1})
+        deadline = time.monotonic() + 150
+        while bad.status() == "running" and time.monotonic() < deadline:
+            fleet.supervise()  # as `fleet up` does: the io worker is restarted, with backoff
+            time.sleep(0.2)
+        with pytest.raises(WorkflowFailed, match="started 3 times and never finished"):
+            bad.get(timeout=1)
+        fleet.supervise(now=time.monotonic() + 120)  # past any backoff
+        fleet.wait_for_workers(60)
+        assert client.submit(healthy, {"t": "fine"}).get(timeout=60) == {"out": "fine"}
