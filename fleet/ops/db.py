@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlparse
 
-from fleet.sdk import SQLITE_FILE, SQLITE_KIND, artifacts, op, safe_path, settings
+from fleet.sdk import SQLITE_FILE, SQLITE_KIND, artifacts, current_step, op, safe_path, settings
 
 MAX_CELL_BYTES = 16 << 20  # no 900 MB randomblob()
 
@@ -45,6 +45,11 @@ def db_query(
         raise PermissionError("db.query runs one read-only SELECT/WITH statement")
     if params is not None and not isinstance(params, list | dict):
         raise ValueError("params must be a list (positional) or a mapping (named)")
+    step = current_step()
+    if step is not None:  # the query must not outlive its step: interrupted at its deadline
+        timeout = step.cap(timeout)
+        if timeout <= 0:
+            raise QueryError("no time left before the step's deadline")
     if url.startswith(("postgres://", "postgresql://")):
         rows = _query_postgres(url, sql, params, max_rows, timeout)
     else:

@@ -7,7 +7,7 @@ import socket
 import time
 from typing import Any
 
-from fleet.sdk import op
+from fleet.sdk import current_step, op
 
 
 @op("test.echo", outputs=("value",))
@@ -61,3 +61,16 @@ def crash(signal: str = "SIGSEGV", value: Any = None) -> dict[str, Any]:
     os.kill(os.getpid(), number)
     time.sleep(5)  # the signal is delivered; never returns normally
     return {"value": value}
+
+
+@op("test.step", outputs=("key", "attempt", "has_deadline"))
+def step_context(value: Any = None) -> dict[str, Any]:
+    """What the op SDK says about the step this op runs for (fleet.sdk.current_step)."""
+    step = current_step()
+    if step is None:
+        return {"key": None, "attempt": None, "has_deadline": False}
+    return {
+        "key": step.idempotency_key,
+        "attempt": step.attempt,
+        "has_deadline": bool(step.deadline),
+    }

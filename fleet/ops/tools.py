@@ -8,10 +8,11 @@ import json
 import socket
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
-from fleet.sdk import op, run_within, settings
+from fleet.sdk import current_step, op, run_within, settings
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_BODY = 1 << 20  # 1 MiB: a tool answer, not a download
@@ -192,6 +193,30 @@ def _exchange(
 
 
 CREDENTIALS = {"authorization", "cookie", "proxy-authorization"}
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _attempt_limit(timeout: float) -> float:
+    """One attempt's deadline: ``timeout``, cut to what is left of the step's; none left
+    (the step -- perhaps its run -- is over: this thread was abandoned) ends the retries."""
+    step = current_step()
+    limit = step.cap(timeout) if step is not None else timeout
+    if limit <= 0:
+        raise DeadlineExceeded("the step's deadline has passed: no further attempt")
+    return limit
+
+
+def _with_idempotency_key(method: str, headers: Any) -> Any:
+    """A call that may change something carries the step's idempotency key (the same for its
+    retries and redeliveries: run id and node path), unless the workflow set one itself."""
+    step = current_step()
+    if step is None or method in SAFE_METHODS:
+        return headers
+    given = dict(headers or {})
+    if not any(str(k).lower() == IDEMPOTENCY_HEADER.lower() for k in given):
+        given[IDEMPOTENCY_HEADER] = step.idempotency_key
+    return given
 
 
 def _without_credentials(headers: Any) -> dict[str, Any] | None:
@@ -233,17 +258,19 @@ def http_request(
 
     method = method.upper()
     check_url(url, method)
+    headers = _with_idempotency_key(method, headers)
     if not 0 < timeout <= 60:
         raise ValueError(f"timeout must be within (0, 60] seconds, got {timeout}")
     last = ""
     for attempt in range(1, retries + 2):
+        limit = _attempt_limit(timeout)  # no attempt starts, or runs on, past the step
         try:
             # httpx's timeouts are per read: a server that drips a byte at a time would hold
             # the thread forever, so the whole attempt has a deadline.
             reply = run_within(
-                timeout,
-                lambda: _exchange(url, method, params, json_body, headers, timeout),
-                lambda: DeadlineExceeded(f"no complete answer within {timeout:g} s"),
+                limit,
+                partial(_exchange, url, method, params, json_body, headers, limit),
+                partial(DeadlineExceeded, f"no complete answer within {limit:g} s"),
             )
         except (httpx.TransportError, DeadlineExceeded) as exc:  # timeouts, refused, drips
             last = f"{type(exc).__name__}: {exc or 'no answer'}"

@@ -9,7 +9,9 @@ from fleet.sdk import op, preloader, settings, blobs, safe_path
 - :mod:`fleet.sdk.process` says what the process an op runs in offers: the configuration,
   its class, device and threads, the data folder, file roots, the blob and artifact stores,
   deadlines that hold on thread pools, and the one-GPU-runtime-per-process rule;
-- :mod:`fleet.sdk.devices` finds GPUs through the driver, without loading a framework.
+- :mod:`fleet.sdk.devices` finds GPUs through the driver, without loading a framework;
+- :mod:`fleet.sdk.step` says which step an op runs for (run, node, attempt, deadline) and
+  gives tools with side effects an idempotency key.
 
 Nothing here imports the engine, the router or Celery: an op module stays cheap to import.
 """
@@ -20,6 +22,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from fleet.sdk.registry import OpSpec, Registry, RuntimeSpec, op, preloader
+from fleet.sdk.step import StepContext, current_step
 
 if TYPE_CHECKING:
     from fleet.constants import BLOB_PREFIX
@@ -87,10 +90,12 @@ __all__ = [
     "OpSpec",
     "Registry",
     "RuntimeSpec",
+    "StepContext",
     "artifacts",
     "blobs",
     "claim_runtime",
     "cuda_available",
+    "current_step",
     "data_dir",
     "detect_gpus",
     "ensure_gpu_memory",

@@ -3,6 +3,7 @@ threads, data directory, and the blob store for data passed by reference."""
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from collections.abc import Callable
@@ -157,10 +158,11 @@ def run_within(seconds: float, work: Callable[[], T], late: Callable[[], BaseExc
     socket that drips a byte at a time): it runs in a daemon thread; past ``seconds`` the
     caller raises ``late()`` and goes on, and the thread is abandoned to end on its own."""
     box: dict[str, Any] = {}
+    context = contextvars.copy_context()  # the current step (fleet.sdk.step) goes along
 
     def run() -> None:
         try:
-            box["result"] = work()
+            box["result"] = context.run(work)
         except BaseException as exc:  # handed to the caller's thread
             box["error"] = exc
 

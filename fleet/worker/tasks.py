@@ -26,6 +26,7 @@ from fleet.errors import StepFailed, UnknownOpError
 from fleet.routing.profiles import OnlineStats, current_store
 from fleet.sdk.process import run_within
 from fleet.sdk.registry import OpSpec, registry
+from fleet.sdk.step import StepContext, running
 from fleet.store.runs import RunStore, TraceEntry
 from fleet.worker.app import app, fleet_config
 
@@ -181,8 +182,16 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         store.add_trace(run["id"], trace.entry("failed", str(exc)))
         store.fail(run["id"], call["path"], why)
         raise StepFailed(call["path"], call["op"], why) from exc
+    deadline = _deadline(self, call, trace.cls)
+    here = StepContext(
+        run["id"],
+        call["path"],
+        self.request.retries or 0,
+        None if deadline is None else time.time() + deadline,
+    )
     try:
-        result = _run_op(op, call["args"], _deadline(self, call, trace.cls))
+        with running(here):  # what fleet.sdk.current_step() tells the op
+            result = _run_op(op, call["args"], deadline)
         outputs = _outputs(op, result, engine.cfg.max_value_bytes)
     except Exception as exc:
         _failed(self, store, op, call, run, trace, exc)

@@ -224,3 +224,15 @@ def test_a_deadline_holds_on_the_thread_pool(client: Fleet) -> None:
     with pytest.raises(WorkflowFailed, match="deadline of 1 s") as failed:
         run.get(timeout=30)
     assert failed.value.node == "nap" and time.monotonic() - start < 4
+
+
+def test_ops_on_a_thread_pool_know_their_step(client: Fleet) -> None:
+    """On io (threads) the op runs in a helper thread under its deadline: the current step
+    (fleet.sdk.current_step) goes with it, so a tool's idempotency key is there too."""
+    wf = Workflow("ctx-io", inputs=["v"])
+    here = wf.step("here", "test.step", value=wf.input("v"), classes=["io"], timeout=30)
+    wf.output("key", here["key"])
+    wf.output("deadline", here["has_deadline"])
+    run = client.submit(wf, {"v": 1})
+    assert run.get(timeout=60) == {"key": f"{run.id}:here", "deadline": True}
+    assert [e.cls for e in run.trace()] == ["io"]

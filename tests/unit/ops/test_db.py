@@ -14,6 +14,7 @@ from fleet.ops import db as db_ops
 from fleet.ops.db import QueryError, check_db_url, db_query
 from fleet.sdk import process as sdk
 from fleet.sdk.process import data_dir
+from fleet.sdk.step import StepContext, running
 from fleet.store.artifacts import ArtifactStore
 
 
@@ -93,3 +94,16 @@ def test_a_published_database_is_read_on_a_host_without_the_file(
 def test_postgres_servers_must_be_allowed() -> None:
     with pytest.raises(PermissionError, match="not in db_allow"):
         check_db_url("postgresql://reader@db.example:5432/shop")
+
+
+def test_a_query_does_not_outlive_its_step(db: Path) -> None:
+    """db.query's own timeout (10 s by default) is cut to what is left of its step's deadline;
+    with none left, it does not start."""
+    with (
+        running(StepContext("r", "q", 0, deadline=time.time() - 1)),
+        pytest.raises(QueryError, match="no time left before the step's deadline"),
+    ):
+        db_query("SELECT 1", str(db))
+    soon = StepContext("r", "q", 0, deadline=time.time() + 2)
+    assert soon.cap(10.0) <= 2.0 and soon.cap(0.5) == 0.5
+    assert db_query("SELECT 1 AS one", str(db))["rows"] == [{"one": 1}]  # outside a step

@@ -12,8 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from fleet.ops import tools
-from fleet.ops.tools import Rule, Target, ToolError, http_request
+from fleet.ops.tools import DeadlineExceeded, Rule, Target, ToolError, http_request
 from fleet.sdk.process import settings
+from fleet.sdk.step import StepContext, running
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -56,12 +57,18 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(404, "{}", "application/json")
 
+    def do_POST(self) -> None:
+        self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        if not self._credentials():
+            self._reply(404, "{}", "application/json")
+
     def _credentials(self) -> bool:
         """/echo says which credentials reached this origin; /same and /cross/PORT redirect
         to it on this origin or on another (the same host, another port)."""
         if self.path == "/echo":
             auth = self.headers.get("Authorization")
-            self._reply(200, json.dumps({"auth": auth}), "application/json")
+            key = self.headers.get("Idempotency-Key")
+            self._reply(200, json.dumps({"auth": auth, "key": key}), "application/json")
         elif self.path == "/same":
             self._redirect("/echo")
         elif self.path.startswith("/cross/"):
@@ -191,10 +198,10 @@ def test_credentials_stay_with_their_origin_across_redirects(server: str) -> Non
     try:
         auth = {"Authorization": "Bearer t0ken"}
         same = http_request(f"{server}/same", headers=auth)
-        assert same["json"] == {"auth": "Bearer t0ken"}
+        assert same["json"]["auth"] == "Bearer t0ken"
         port = other.server_address[1]
         crossed = http_request(f"{server}/cross/{port}", headers=auth)
-        assert crossed["json"] == {"auth": None}  # it was forwarded to the other origin
+        assert crossed["json"]["auth"] is None  # it was forwarded to the other origin
     finally:
         other.shutdown()
 
@@ -215,3 +222,32 @@ def test_a_slow_drip_server_meets_the_whole_deadline(server: str) -> None:
 def test_bodies_are_capped_while_streaming(server: str) -> None:
     with pytest.raises(ToolError, match="body over"):
         http_request(f"{server}/big", expect_json=False)
+
+
+def test_calls_that_change_things_carry_the_steps_idempotency_key(server: str) -> None:
+    """The same key for every retry and redelivery of a step (run id and node path), so the
+    service can do the work once; none on safe methods or outside a step."""
+    step = StepContext("run1", "tools#2/order", attempt=3)
+    with running(step):
+        posted = http_request(f"{server}/echo", method="POST", json_body={"order": 1})
+        got = http_request(f"{server}/echo")
+        own = http_request(f"{server}/echo", method="POST", headers={"idempotency-key": "mine"})
+    assert posted["json"]["key"] == "run1:tools#2/order"
+    assert got["json"]["key"] is None
+    assert own["json"]["key"] == "mine"
+    assert http_request(f"{server}/echo", method="POST")["json"]["key"] is None  # no step
+
+
+def test_no_attempt_outlives_its_step(server: str) -> None:
+    """/slow answers in 1 s, well within the call's own 5-s timeout: the call would succeed.
+    Inside a step with 0.5 s left it is cut at the step's deadline instead, and once that has
+    passed no further attempt starts (attempts used to go on after the run had failed)."""
+    late = StepContext("r", "slow", 0, deadline=time.time() + 0.5)
+    with running(late), pytest.raises(DeadlineExceeded, match="deadline has passed"):
+        http_request(f"{server}/slow", retries=5, backoff=0.01)
+    hits = _Handler.hits.get("/slow", 0)
+    over = StepContext("r", "late", 0, deadline=time.time() - 1)
+    with running(over), pytest.raises(DeadlineExceeded, match="deadline has passed"):
+        http_request(f"{server}/slow")
+    assert _Handler.hits.get("/slow", 0) == hits  # not even one more request
+    assert http_request(f"{server}/slow")["status"] == 200  # outside a step: it answers

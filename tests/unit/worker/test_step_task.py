@@ -175,3 +175,14 @@ def test_values_too_large_for_messages_are_refused(stub: tuple[Fleet, StubBroker
 
     with pytest.raises(ValueError, match="pass large data by reference"):
         _outputs(ops.get("text.upper"), {"text": "x" * 20_000}, limit=10_000)
+
+
+def test_an_op_knows_the_step_it_runs_for(stub: tuple[Fleet, StubBroker]) -> None:
+    """fleet.sdk.current_step(): the run, the node path (its idempotency key) and the
+    attempt, set by the worker around the op -- and carried into the deadline's thread."""
+    client, broker = stub
+    wf = Workflow("ctx", inputs=["v"])
+    wf.output("key", wf.step("here", "test.step", value=wf.input("v"), timeout=30)["key"])
+    run = client.submit(wf, {"v": 1})
+    broker.drain()
+    assert run.get(timeout=1) == {"key": f"{run.id}:here"}

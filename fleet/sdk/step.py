@@ -1,0 +1,59 @@
+"""The step an op is running for: its run, node path, attempt and deadline.
+
+The worker sets it around each op call (:func:`running`); an op reads it with
+:func:`current_step` -- None when the op is called outside a fleet step (a test, a script).
+It follows the op into the helper threads :func:`fleet.sdk.process.run_within` starts.
+
+``idempotency_key`` is the same for every retry and every redelivery of one step (the run
+id and the node path, which names the loop iteration and the map item): a tool with side
+effects sends it so that the service it calls can do the work once (``http.request`` sends
+it as ``Idempotency-Key`` on every method that is not safe).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepContext:
+    run_id: str
+    path: str  # node path: "tools#2/lookup", "summaries[3]"
+    attempt: int  # 0 for the first, 1 for the first retry, ...
+    deadline: float | None = None  # wall-clock time (time.time()) the step must end by
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and redeliveries of this step, different for any other."""
+        return f"{self.run_id}:{self.path}"
+
+    def remaining(self) -> float | None:
+        """Seconds left before the step's deadline (never below 0); None without one."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.time())
+
+    def cap(self, seconds: float) -> float:
+        """``seconds``, or less when the step's deadline comes sooner: an op's own timeout
+        must not outlive the step it runs for."""
+        left = self.remaining()
+        return seconds if left is None else min(seconds, left)
+
+
+_CURRENT: ContextVar[StepContext | None] = ContextVar("fleet_step", default=None)
+
+
+def current_step() -> StepContext | None:
+    return _CURRENT.get()
+
+
+@contextmanager
+def running(step: StepContext) -> Iterator[StepContext]:
+    """Make ``step`` the current step while the block runs."""
+    token = _CURRENT.set(step)
+    try:
+        yield step
+    finally:
+        _CURRENT.reset(token)
