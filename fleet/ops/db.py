@@ -22,7 +22,7 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from fleet.sdk import SQLITE_FILE, SQLITE_KIND, artifacts, current_step, op, safe_path, settings
 
@@ -86,7 +86,10 @@ def _query_sqlite(
     path: Path, sql: str, params: Any, max_rows: int, timeout: float
 ) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+    # As a URI (for mode=ro) SQLite decodes %-escapes: the path is quoted, so a file named
+    # "..%2F..%2Fsecret.db" inside a file root is that file, not one two folders up.
+    uri = f"file:{quote(str(path), safe='/')}?mode=ro"
+    with sqlite3.connect(uri, uri=True, timeout=5) as conn:
         conn.row_factory = sqlite3.Row
         conn.set_authorizer(_deny_writes)  # read-only even through a crafted statement
         # A statement that runs past the deadline (randomblob(9e8), a cross join) is

@@ -107,3 +107,18 @@ def test_a_query_does_not_outlive_its_step(db: Path) -> None:
     soon = StepContext("r", "q", 0, deadline=time.time() + 2)
     assert soon.cap(10.0) <= 2.0 and soon.cap(0.5) == 0.5
     assert db_query("SELECT 1 AS one", str(db))["rows"] == [{"one": 1}]  # outside a step
+
+
+def test_percent_escapes_in_a_file_name_stay_in_the_name(tmp_path: Path) -> None:
+    """SQLite decodes %-escapes in a file: URI: a file inside a file root named
+    "..%2F..%2F...%2Fsecret.db" used to open the database those escapes point at, outside."""
+    secret = tmp_path / "secret.db"
+    with sqlite3.connect(secret) as conn:
+        conn.execute("CREATE TABLE t (v TEXT)")
+        conn.execute("INSERT INTO t VALUES ('outside')")
+    inside = data_dir("escapes").resolve()
+    hops = "..%2F" * (len(inside.parts) - 1)  # from this folder up to / exactly
+    decoy = inside / f"{hops}{str(secret).lstrip('/').replace('/', '%2F')}"
+    decoy.write_bytes(b"")  # an empty file: an empty database, with no table t
+    with pytest.raises(QueryError, match="no such table"):
+        db_query("SELECT v FROM t", str(decoy))
