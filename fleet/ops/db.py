@@ -22,7 +22,7 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
 from fleet.sdk import SQLITE_FILE, SQLITE_KIND, artifacts, current_step, op, safe_path, settings
 
@@ -100,32 +100,48 @@ def _query_sqlite(
         return [dict(r) for r in rows]
 
 
-def check_db_url(url: str) -> tuple[str, int]:
-    """(host, port) of a PostgreSQL URL that ``db_allow`` lists; else PermissionError."""
-    parsed = urlparse(url)
+# Connection parameters a workflow's URL may set; the rest (hostaddr, service, passfile,
+# options, sslkey, ...) could reach another server or change the session: refused.
+URL_PARAMS = {"host", "port", "dbname", "user", "password", "sslmode", "application_name"}
+
+
+def check_db_url(url: str) -> dict[str, str]:
+    """The connection parameters of a PostgreSQL URL whose one server ``db_allow`` lists, as
+    libpq reads them -- query-string parameters (``?host=...&port=...``) included, which
+    override the URL's host; else PermissionError naming what is not allowed."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
-        host, port = (parsed.hostname or "").lower(), parsed.port or 5432
-    except ValueError:
-        raise ValueError(f"database url {parsed.hostname}: bad port") from None
+        params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    except ProgrammingError as exc:
+        raise ValueError(f"database url: {exc}") from None
+    extra = sorted(set(params) - URL_PARAMS)
+    if extra:
+        raise PermissionError(f"database url: parameter(s) {', '.join(extra)} are not allowed")
+    host, port = params.get("host", "").lower(), params.get("port", "5432")
+    if "," in host or "," in port or not host or host.startswith("/"):
+        raise PermissionError(f"database url: one server by host name, not {host!r}")
     allowed = {entry.strip().lower() for entry in settings().db_allow}
     if f"{host}:{port}" not in allowed:
         raise PermissionError(
             f"database server {host}:{port} is not in db_allow (FLEET_DB_ALLOW=host:port)"
         )
-    return host, port
+    return params
 
 
 def _query_postgres(
     url: str, sql: str, params: Any, max_rows: int, timeout: float
 ) -> list[dict[str, Any]]:
     import psycopg
+    from psycopg.conninfo import make_conninfo
     from psycopg.rows import dict_row
 
-    check_db_url(url)
+    server = check_db_url(url)
     ms = max(1, int(timeout * 1000))
     try:
         with psycopg.connect(
-            url,
+            make_conninfo("", **server),  # exactly what was checked
             row_factory=dict_row,
             connect_timeout=max(1, int(timeout)),
             options=f"-c statement_timeout={ms} -c default_transaction_read_only=on",

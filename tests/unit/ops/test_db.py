@@ -3,6 +3,7 @@ store that a host without the file reads (PostgreSQL: tests/integration/test_pos
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from fleet.client.uploads import put_sqlite
 from fleet.ops import db as db_ops
 from fleet.ops.db import QueryError, check_db_url, db_query
 from fleet.sdk import process as sdk
-from fleet.sdk.process import data_dir
+from fleet.sdk.process import data_dir, settings
 from fleet.sdk.step import StepContext, running
 from fleet.store.artifacts import ArtifactStore
 
@@ -91,9 +92,34 @@ def test_a_published_database_is_read_on_a_host_without_the_file(
         put_sqlite(sdk.artifacts(), "bad", Path(__file__))
 
 
-def test_postgres_servers_must_be_allowed() -> None:
+def test_postgres_servers_must_be_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(PermissionError, match="not in db_allow"):
         check_db_url("postgresql://reader@db.example:5432/shop")
+    cfg = settings().model_copy(update={"db_allow": ["db.example:5432"]})
+    monkeypatch.setattr(db_ops, "settings", lambda: cfg)
+    ok = check_db_url("postgresql://reader@db.example:5432/shop?sslmode=require")
+    assert ok == {
+        "user": "reader",
+        "dbname": "shop",
+        "host": "db.example",
+        "port": "5432",
+        "sslmode": "require",
+    }
+    # libpq takes host and port from the query string too: they are what is checked
+    with pytest.raises(PermissionError, match=r"evil\.example:5432 is not in db_allow"):
+        check_db_url("postgresql://reader@db.example:5432/shop?host=evil.example")
+    with pytest.raises(PermissionError, match=r"db\.example:6543 is not in db_allow"):
+        check_db_url("postgresql://reader@db.example:5432/shop?port=6543")
+    for bad, what in (
+        ("?hostaddr=10.0.0.9", "parameter(s) hostaddr"),
+        ("?options=-c%20default_transaction_read_only%3Doff", "parameter(s) options"),
+        ("?service=other", "parameter(s) service"),
+        ("?host=/var/run/postgresql", "one server by host name"),
+    ):
+        with pytest.raises(PermissionError, match=re.escape(what)):
+            check_db_url(f"postgresql://reader@db.example:5432/shop{bad}")
+    with pytest.raises(PermissionError, match="one server by host name"):
+        check_db_url("postgresql://reader@db.example:5432,evil.example:5432/shop")
 
 
 def test_a_query_does_not_outlive_its_step(db: Path) -> None:
