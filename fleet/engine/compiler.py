@@ -35,6 +35,7 @@ class Scope:
     classes: dict[str, list[str]]  # op node -> eligible classes, preferred first
     ops: dict[str, OpSpec]  # op node -> its op
     children: dict[str, Scope] = field(default_factory=dict)  # sub-workflow node -> body
+    levels: dict[str, str] = field(default_factory=dict)  # op node -> its data sensitivity
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def compile_scope(
     for name in reversed(names):
         below = [height[s] for s in graph.successors(name)]
         height[name] = 1 + max(below, default=0)
-    classes, ops, children = {}, {}, {}
+    classes, ops, children, levels = {}, {}, {}, {}
     for node in order:
         if node.workflow is not None:
             inner = node.sensitivity or wf.sensitivity or sensitivity
@@ -92,7 +93,9 @@ def compile_scope(
             ops[node.name] = op
             level = node.sensitivity or wf.sensitivity or sensitivity
             classes[node.name] = eligible_classes(node, op, cfg, level)
-    return Scope(wf, order, deps, height, classes, ops, children)
+            if level is not None:
+                levels[node.name] = level
+    return Scope(wf, order, deps, height, classes, ops, children, levels)
 
 
 def compile_workflow(spec: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> CompiledWorkflow:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from fleet.constants import INPUTS
 from fleet.engine.compiler import CompiledWorkflow, Scope
@@ -39,6 +39,8 @@ class StepCall(TypedDict):
     timeout: float | None
     remaining: int  # steps on the longest chain from this one to the end (SLA budgeting)
     group: list[Any] | None  # an item of a map: [the mapped node's path, number of items]
+    # the data's sensitivity: the worker's own config must trust its class for it
+    sensitivity: NotRequired[str | None]
 
 
 @dataclass
@@ -204,6 +206,7 @@ def _call(sc: Scope, node: NodeSpec, path: str, args: dict[str, Any], remaining:
         "timeout": node.timeout,
         "remaining": max(1, remaining),
         "group": None,
+        "sensitivity": sc.levels.get(node.name),
     }
 
 

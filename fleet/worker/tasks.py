@@ -175,6 +175,7 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     if _waited(self):  # it sat in a queue: the run may have failed, or this step have run
         _check_begin(self, engine, call, run)
     trace = _Trace(self, call)
+    _check_trust(self, store, call, run, trace)
     try:
         op = registry.get(call["op"])
     except UnknownOpError as exc:  # this worker lacks the op's plug-in: say so, end the run
@@ -232,6 +233,26 @@ def _check_begin(task: Task, engine: Dispatcher, call: StepCall, run: dict[str, 
         )
         store.fail(run["id"], call["path"], why)
         raise Ignore()
+
+
+def _check_trust(
+    task: Task, store: RunStore, call: StepCall, run: dict[str, Any], trace: _Trace
+) -> None:
+    """A step whose data is sensitive runs only where this worker's own configuration trusts
+    its class for it: the sender's (a client's) configuration cannot widen the rule."""
+    level = call.get("sensitivity")
+    if not level:
+        return
+    spec = fleet_config(task.app).classes.get(trace.cls or "")
+    if spec is not None and level in spec.trusted_for:
+        return
+    why = (
+        f"node '{call['path']}' holds '{level}' data, and this worker's configuration does "
+        f"not trust class '{trace.cls}' with it (classes.{trace.cls}.trusted_for): not run"
+    )
+    store.add_trace(run["id"], trace.entry("failed", why))
+    store.fail(run["id"], call["path"], why)
+    raise StepFailed(call["path"], call["op"], why)
 
 
 class StepDeadline(TimeoutError):

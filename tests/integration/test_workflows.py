@@ -236,3 +236,28 @@ def test_ops_on_a_thread_pool_know_their_step(client: Fleet) -> None:
     run = client.submit(wf, {"v": 1})
     assert run.get(timeout=60) == {"key": f"{run.id}:here", "deadline": True}
     assert [e.cls for e in run.trace()] == ["io"]
+
+
+def test_a_worker_refuses_sensitive_work_its_own_config_does_not_trust(
+    local_fleet: object,
+) -> None:
+    """A client whose configuration trusts io with confidential data can place such a step
+    there; the io worker's own configuration (tests/fleet-test.toml: no class is trusted)
+    refuses it, naming the node and the rule, instead of running it."""
+    from fleet.worker.app import create_app
+
+    base = Fleet().cfg
+    classes = {
+        name: spec.model_copy(update={"trusted_for": ["confidential"] if name == "io" else []})
+        for name, spec in base.classes.items()
+    }
+    lenient = base.model_copy(update={"classes": classes})
+    client = Fleet(app=create_app(lenient), cfg=lenient)
+    wf = Workflow("secret", inputs=["t"])
+    wf.output("out", wf.step("shout", "text.upper", text=wf.input("t"), classes=["io"])["text"])
+    spec = wf.spec()
+    spec.sensitivity = "confidential"
+    run = client.submit(spec, {"t": "patient record"})
+    with pytest.raises(WorkflowFailed, match=r"does not trust class 'io' with it"):
+        run.get(timeout=60)
+    assert [(e.node, e.cls, e.status) for e in run.trace()] == [("shout", "io", "failed")]
