@@ -120,12 +120,14 @@ def load_inputs(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise WorkflowValidationError([problem]) from None
     if not isinstance(data, dict):
         raise WorkflowValidationError([Problem("inputs must be a mapping", file=str(path))])
+    _check_shape(data, str(path), MAX_INPUT_VALUES)  # an alias bomb, before anything expands it
     lines = dict(data.key_lines) if isinstance(data, _LineDict) else {}
     return dict(data), lines
 
 
 MAX_FILE_BYTES = 1 << 20  # a workflow, not a data file
 MAX_VALUES = 100_000  # values in the document with every alias expanded
+MAX_INPUT_VALUES = 1_000_000  # the same for a run's inputs (bounded again by max_value_bytes)
 MAX_DEPTH = 64  # nesting of mappings and lists
 
 
@@ -133,7 +135,7 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_LineLoader)
 
 
-def _shape(data: Any) -> tuple[int, int]:
+def _shape(data: Any, limit: int = MAX_VALUES) -> tuple[int, int]:
     """(values, depth) of ``data`` as if every YAML alias were expanded -- computed without
     expanding them (shared objects are measured once), so an alias bomb is measured, not
     built. Raises RecursionError past MAX_DEPTH."""
@@ -151,23 +153,23 @@ def _shape(data: Any) -> tuple[int, int]:
         count, depth = 1, 0
         for child in children:
             c, d = walk(child, level + 1)
-            count, depth = min(count + c, MAX_VALUES + 1), max(depth, d + 1)
+            count, depth = min(count + c, limit + 1), max(depth, d + 1)
         sizes[id(obj)] = (count, depth)
         return count, depth
 
     return walk(data, 0)
 
 
-def _check_shape(data: Any, source: str) -> None:
+def _check_shape(data: Any, source: str, limit: int = MAX_VALUES) -> None:
     try:
-        values, _ = _shape(data)
+        values, _ = _shape(data, limit)
     except RecursionError:
         raise WorkflowValidationError(
             [Problem(f"nested deeper than {MAX_DEPTH} levels", file=source)]
         ) from None
-    if values > MAX_VALUES:
+    if values > limit:
         raise WorkflowValidationError(
-            [Problem(f"more than {MAX_VALUES} values once aliases are expanded", file=source)]
+            [Problem(f"more than {limit} values once aliases are expanded", file=source)]
         )
 
 

@@ -135,3 +135,14 @@ def test_a_complex_key_is_a_clear_error(tmp_path: Path) -> None:
     f.write_text("name: w\n? [a, b]\n: 1\nnodes: []\n")
     with pytest.raises(WorkflowValidationError, match=r"complex.yaml:2: .*a key must be a name"):
         load_workflow(f)
+
+
+def test_an_alias_bomb_in_a_runs_inputs_file_is_refused_before_it_grows(tmp_path: Path) -> None:
+    """`fleet submit --inputs-json` of a 700-byte YAML bomb grew the client to 2.5 GB when the
+    inputs were serialised; now it is measured, not built, and refused naming the file."""
+    from fleet.workflow.loader import load_inputs
+
+    path = tmp_path / "inputs.yaml"
+    path.write_text(_bomb(9).replace("name: bomb\nparams:\n", "").replace("\nnodes: []\n", "\n"))
+    with pytest.raises(WorkflowValidationError, match=r"inputs.yaml: more than 1000000 values"):
+        load_inputs(path)
