@@ -27,6 +27,8 @@ from urllib.parse import quote
 from fleet.sdk import SQLITE_FILE, SQLITE_KIND, artifacts, current_step, op, safe_path, settings
 
 MAX_CELL_BYTES = 16 << 20  # no 900 MB randomblob()
+MAX_ROWS = 10_000  # the most rows a query may ask for
+MAX_RESULT_BYTES = 4 << 20  # rows kept in memory while fetching (a step's outputs' limit)
 
 _READ_ONLY = re.compile(r"^\s*(select|with)\b", re.I)
 
@@ -45,6 +47,8 @@ def db_query(
         raise PermissionError("db.query runs one read-only SELECT/WITH statement")
     if params is not None and not isinstance(params, list | dict):
         raise ValueError("params must be a list (positional) or a mapping (named)")
+    if not 0 < max_rows <= MAX_ROWS:
+        raise ValueError(f"max_rows must be within 1..{MAX_ROWS}, got {max_rows}")
     step = current_step()
     if step is not None:  # the query must not outlive its step: interrupted at its deadline
         timeout = step.cap(timeout)
@@ -96,13 +100,29 @@ def _query_sqlite(
         # interrupted inside SQLite, not just abandoned by the step.
         conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_CELL_BYTES)
-        rows = conn.execute(sql, params or ()).fetchmany(max_rows)
-        return [dict(r) for r in rows]
+        return _take(conn.execute(sql, params or ()), max_rows, dict)
 
 
 # Connection parameters a workflow's URL may set; the rest (hostaddr, service, passfile,
 # options, sslkey, ...) could reach another server or change the session: refused.
 URL_PARAMS = {"host", "port", "dbname", "user", "password", "sslmode", "application_name"}
+
+
+def _take(cursor: Any, max_rows: int, row: Any) -> list[dict[str, Any]]:
+    """Up to ``max_rows`` rows, fetched a batch at a time; a result over MAX_RESULT_BYTES is an
+    error as soon as it is (150 rows of 1 MB used to grow the io worker by 145 MB)."""
+    rows: list[dict[str, Any]] = []
+    size = 0
+    while len(rows) < max_rows:
+        batch = cursor.fetchmany(min(100, max_rows - len(rows)))
+        if not batch:
+            break
+        for item in batch:
+            rows.append(row(item))
+            size += sum(len(str(v)) for v in rows[-1].values())
+        if size > MAX_RESULT_BYTES:
+            raise QueryError(f"result over {MAX_RESULT_BYTES} bytes: select fewer rows or columns")
+    return rows
 
 
 def check_db_url(url: str) -> dict[str, str]:
@@ -149,6 +169,6 @@ def _query_postgres(
             conn.read_only = True
             with conn.cursor() as cur:
                 cur.execute(cast(Any, sql), params or None)
-                return list(cur.fetchmany(max_rows))
+                return _take(cur, max_rows, dict)
     except psycopg.Error as exc:
         raise QueryError(f"query failed: {str(exc).strip()}") from None

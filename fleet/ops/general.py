@@ -30,7 +30,24 @@ class _DottedTemplate(string.Template):
     idpattern = r"(?a:[_a-z][_a-z0-9]*(?:\.[_a-z0-9]+)*)"
 
 
+MAX_TEXT = 4 << 20  # a filled template: what fits in a step's outputs (max_value_bytes)
+
+
 class _Fields(dict[str, Any]):
+    """The template's values; counts what each placeholder adds, so that a small template
+    repeating a big value is refused before it grows (400 KB once became 100 MB)."""
+
+    def __init__(self, values: dict[str, Any], budget: int) -> None:
+        super().__init__(values)
+        self.budget = budget
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        self.budget -= len(str(value))
+        if self.budget < 0:
+            raise ValueError(f"the filled template would be over {MAX_TEXT} characters")
+        return value
+
     def __missing__(self, key: str) -> Any:
         head, _, rest = key.partition(".")
         if rest and head in self:
@@ -50,7 +67,7 @@ def template(template: str, strip: bool = False, **values: Any) -> dict[str, str
     """Fill ``${name}`` / ``${name.field}`` placeholders; a missing one is an error.
     ``strip`` removes the spaces an empty value leaves at either end."""
     try:
-        text = _DottedTemplate(template).substitute(_Fields(values))
+        text = _DottedTemplate(template).substitute(_Fields(values, MAX_TEXT - len(template)))
         return {"text": text.strip() if strip else text}
     except KeyError as exc:
         raise ValueError(f"template needs a value for {exc.args[0]!r}") from None

@@ -148,3 +148,16 @@ def test_percent_escapes_in_a_file_name_stay_in_the_name(tmp_path: Path) -> None
     decoy.write_bytes(b"")  # an empty file: an empty database, with no table t
     with pytest.raises(QueryError, match="no such table"):
         db_query("SELECT v FROM t", str(decoy))
+
+
+def test_big_results_are_refused_as_they_are_fetched(tmp_path: Path) -> None:
+    big = data_dir("bigrows") / "big.db"
+    big.unlink(missing_ok=True)
+    with sqlite3.connect(big) as conn:
+        conn.execute("CREATE TABLE t (v TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?)", [("x" * (1 << 20),)] * 12)
+    with pytest.raises(QueryError, match="result over"):
+        db_query("SELECT v FROM t", str(big), max_rows=12)
+    assert db_query("SELECT length(v) AS n FROM t", str(big), max_rows=2)["count"] == 2
+    with pytest.raises(ValueError, match="max_rows must be within"):
+        db_query("SELECT 1", str(big), max_rows=1_000_000)

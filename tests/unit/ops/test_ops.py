@@ -137,3 +137,12 @@ def test_spoken_numbers_become_digits() -> None:
     assert numbers("status of order one thousand forty-three?")["text"] == "status of order 1043?"
     assert numbers("order two thousand fifty-one")["text"] == "order 2051"
     assert numbers("where is my order 1,042")["text"] == "where is my order 1,042"
+
+
+def test_a_template_that_would_grow_past_a_steps_outputs_is_refused() -> None:
+    """A 1.2 MB template repeating a 1 KB value would fill 200 MB; it is stopped as it grows."""
+    from fleet.ops.general import template
+
+    with pytest.raises(ValueError, match="filled template would be over"):
+        template("${x}" * 200_000, x="y" * 1000)
+    assert template("${x}-${x}", x="ok") == {"text": "ok-ok"}
