@@ -8,7 +8,9 @@ import string
 from collections import Counter
 from typing import Any
 
-from fleet.sdk import op
+import regex as regex_engine
+
+from fleet.sdk import current_step, op
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
 _WORDS_TO_IGNORE = (
@@ -73,16 +75,33 @@ def template(template: str, strip: bool = False, **values: Any) -> dict[str, str
         raise ValueError(f"template needs a value for {exc.args[0]!r}") from None
 
 
+REGEX_TIMEOUT_S = 2.0
+
+
+def _regex_limit() -> float:
+    step = current_step()
+    return max(0.01, step.cap(REGEX_TIMEOUT_S)) if step is not None else REGEX_TIMEOUT_S
+
+
 @op("text.regex", classes=_CPU_FIRST, outputs=("match", "found"))
 def regex(
     text: str, pattern: str, group: int = 0, default: Any = None, remove: str = ""
 ) -> dict[str, Any]:
     """The first match of ``pattern`` in ``text`` (``group`` selects a capture group), with
     the characters in ``remove`` taken out of it (e.g. "," from a spoken "1,042")."""
+    limit = _regex_limit()
     try:
-        m = re.search(pattern, text or "")
-    except re.error as exc:
+        # the regex engine, not re: it gives up after `timeout` and releases the GIL while it
+        # matches, so a catastrophic pattern neither runs for ever nor freezes a thread-pool
+        # worker (its heartbeat went silent for 42 s, and the sweeper re-sent its steps)
+        m = regex_engine.search(pattern, text or "", timeout=limit, concurrent=True)
+    except regex_engine.error as exc:
         raise ValueError(f"bad pattern {pattern!r}: {exc}") from None
+    except TimeoutError:
+        raise ValueError(
+            f"pattern {pattern!r} did not finish within {limit:g} s on this text "
+            "(catastrophic backtracking?)"
+        ) from None
     if m is None:
         return {"match": default, "found": False}
     match = m.group(group)

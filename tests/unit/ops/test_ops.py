@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from fleet.errors import FleetError, UnknownOpError
 from fleet.ops import general, testing
 from fleet.sdk.registry import Registry, op
+from fleet.sdk.step import StepContext, running
 
 
 def test_registry_records_signature_and_profile() -> None:
@@ -146,3 +149,32 @@ def test_a_template_that_would_grow_past_a_steps_outputs_is_refused() -> None:
     with pytest.raises(ValueError, match="filled template would be over"):
         template("${x}" * 200_000, x="y" * 1000)
     assert template("${x}-${x}", x="ok") == {"text": "ok-ok"}
+
+
+def test_a_catastrophic_pattern_gives_up_and_lets_other_threads_run() -> None:
+    """(a|a)*$ on 40 a's and a "!" backtracks for ages: it ends with a clear error at the
+    step's regex limit, and while it matches the GIL is free (a thread pool's heartbeat
+    thread went silent for 42 s behind one such step)."""
+    import threading
+
+    ticks = 0
+    stop = threading.Event()
+
+    def tick() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            time.sleep(0.01)
+
+    beat = threading.Thread(target=tick)
+    beat.start()
+    try:
+        with (
+            running(StepContext("r", "re", 0, deadline=time.time() + 0.5)),
+            pytest.raises(ValueError, match="did not finish within"),
+        ):
+            general.regex("a" * 40 + "!", r"(a|a)*$")
+    finally:
+        stop.set()
+        beat.join()
+    assert ticks >= 5  # the other thread ran (with the GIL held it would not run at all)
