@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import urljoin, urlparse
+from urllib.parse import unquote, urljoin, urlparse
 
 from fleet.sdk import current_step, op, run_within, settings
 
@@ -46,6 +46,11 @@ class Target:
             port = parsed.port or DEFAULT_PORTS[scheme]
         except ValueError:
             raise ValueError(f"url {url!r}: bad port") from None
+        # A server resolves "/v1/../admin" (and its %2e%2e spelling) to "/admin": a path with
+        # dot segments would pass an allowlist prefix it leaves, so none is sent.
+        segments = unquote(parsed.path).replace("\\", "/").split("/")
+        if any(s in (".", "..") for s in segments):
+            raise PermissionError(f"url {url!r}: a path with '.' or '..' segments is not sent")
         return cls(scheme, (parsed.hostname or "").lower(), port, parsed.path or "/")
 
 

@@ -183,6 +183,15 @@ def test_the_fleet_services_are_refused_whatever_the_allowlist() -> None:
         http_request(f"{broker}/pwned", method="SET")
 
 
+@pytest.mark.parametrize(
+    "url", ["/v1/../admin", "/v1/%2e%2e/admin", "/v1/%2E%2E%2Fadmin", "/v1/./../admin"]
+)
+def test_a_path_with_dot_segments_is_not_sent(url: str) -> None:
+    """The server would resolve it to a path outside the allowed prefix."""
+    with pytest.raises(PermissionError, match=r"'\.' or '\.\.' segments"):
+        Target.of(f"https://api.shop.test{url}")
+
+
 def test_an_amqp_broker_without_a_port_protects_5672(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = settings().model_copy(update={"broker_url": "amqp://guest@127.0.0.1//"})
     monkeypatch.setattr(tools, "settings", lambda: cfg)
