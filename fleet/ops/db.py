@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
 
-from fleet.sdk import SQLITE_FILE, SQLITE_KIND, artifacts, current_step, op, safe_path, settings
+from fleet.sdk import SQLITE_FILE, SQLITE_KIND, artifacts, op, safe_path, settings, time_left
 
 MAX_CELL_BYTES = 16 << 20  # no 900 MB randomblob()
 MAX_ROWS = 10_000  # the most rows a query may ask for
@@ -49,11 +49,9 @@ def db_query(
         raise ValueError("params must be a list (positional) or a mapping (named)")
     if not 0 < max_rows <= MAX_ROWS:
         raise ValueError(f"max_rows must be within 1..{MAX_ROWS}, got {max_rows}")
-    step = current_step()
-    if step is not None:  # the query must not outlive its step: interrupted at its deadline
-        timeout = step.cap(timeout)
-        if timeout <= 0:
-            raise QueryError("no time left before the step's deadline")
+    timeout = time_left(timeout)  # the query must not outlive its step: interrupted then
+    if timeout <= 0:
+        raise QueryError("no time left before the step's deadline")
     if url.startswith(("postgres://", "postgresql://")):
         rows = _query_postgres(url, sql, params, max_rows, timeout)
     else:

@@ -10,7 +10,7 @@ from typing import Any
 
 import regex as regex_engine
 
-from fleet.sdk import current_step, op
+from fleet.sdk import op, time_left
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
 _WORDS_TO_IGNORE = (
@@ -78,18 +78,13 @@ def template(template: str, strip: bool = False, **values: Any) -> dict[str, str
 REGEX_TIMEOUT_S = 2.0
 
 
-def _regex_limit() -> float:
-    step = current_step()
-    return max(0.01, step.cap(REGEX_TIMEOUT_S)) if step is not None else REGEX_TIMEOUT_S
-
-
 @op("text.regex", classes=_CPU_FIRST, outputs=("match", "found"))
 def regex(
     text: str, pattern: str, group: int = 0, default: Any = None, remove: str = ""
 ) -> dict[str, Any]:
     """The first match of ``pattern`` in ``text`` (``group`` selects a capture group), with
     the characters in ``remove`` taken out of it (e.g. "," from a spoken "1,042")."""
-    limit = _regex_limit()
+    limit = max(0.01, time_left(REGEX_TIMEOUT_S))
     try:
         # the regex engine, not re: it gives up after `timeout` and releases the GIL while it
         # matches, so a catastrophic pattern neither runs for ever nor freezes a thread-pool

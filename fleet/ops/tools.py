@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import unquote, urljoin, urlparse
 
-from fleet.sdk import current_step, op, run_within, settings
+from fleet.sdk import current_step, op, run_within, settings, time_left
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_BODY = 1 << 20  # 1 MiB: a tool answer, not a download
@@ -205,8 +205,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 def _attempt_limit(timeout: float) -> float:
     """One attempt's deadline: ``timeout``, cut to what is left of the step's; none left
     (the step -- perhaps its run -- is over: this thread was abandoned) ends the retries."""
-    step = current_step()
-    limit = step.cap(timeout) if step is not None else timeout
+    limit = time_left(timeout)
     if limit <= 0:
         raise DeadlineExceeded("the step's deadline has passed: no further attempt")
     return limit

@@ -22,7 +22,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from fleet.sdk.registry import OpSpec, Registry, RuntimeSpec, op, preloader
-from fleet.sdk.step import StepContext, current_step
+from fleet.sdk.step import StepContext, current_step, time_left
 
 if TYPE_CHECKING:
     from fleet.constants import BLOB_PREFIX
@@ -106,6 +106,7 @@ __all__ = [
     "safe_path",
     "settings",
     "threads",
+    "time_left",
     "wants_cuda",
     "worker_class",
     "writable_path",

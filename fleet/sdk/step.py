@@ -49,6 +49,13 @@ def current_step() -> StepContext | None:
     return _CURRENT.get()
 
 
+def time_left(seconds: float) -> float:
+    """``seconds``, cut to what is left of the current step's deadline (as is outside a
+    step): an op's own timeout must not outlive the step it runs for. 0: no time left."""
+    step = _CURRENT.get()
+    return seconds if step is None else step.cap(seconds)
+
+
 @contextmanager
 def running(step: StepContext) -> Iterator[StepContext]:
     """Make ``step`` the current step while the block runs."""

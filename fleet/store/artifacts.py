@@ -21,10 +21,8 @@ import redis
 
 from fleet.constants import ARTIFACT_PREFIX, BLOB_PREFIX
 
-SQLITE_KIND, SQLITE_FILE = (
-    "sqlite",
-    "db.sqlite",
-)  # an uploaded database: what db.query's artifact:// opens
+# An uploaded database: the artifact kind and file that db.query's artifact:// opens.
+SQLITE_KIND, SQLITE_FILE = "sqlite", "db.sqlite"
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FILE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -250,9 +250,16 @@ def _check_trust(
         f"node '{call['path']}' holds '{level}' data, and this worker's configuration does "
         f"not trust class '{trace.cls}' with it (classes.{trace.cls}.trusted_for): not run"
     )
-    store.add_trace(run["id"], trace.entry("failed", why))
+    _fail_run(store, call, run, trace, why, why)
+
+
+def _fail_run(
+    store: RunStore, call: StepCall, run: dict[str, Any], trace: _Trace, error: str, why: str
+) -> NoReturn:
+    """Trace the step as failed with ``error``, fail its run with ``why``, end the task."""
+    store.add_trace(run["id"], trace.entry("failed", error))
     store.fail(run["id"], call["path"], why)
-    raise StepFailed(call["path"], call["op"], why)
+    raise StepFailed(call["path"], call["op"], error)
 
 
 class StepDeadline(TimeoutError):
@@ -307,10 +314,8 @@ def _failed(
         store.add_trace(run["id"], trace.entry("retrying", error))
         countdown = min(2.0**task.request.retries * 0.5, 30.0)
         raise task.retry(exc=exc, countdown=countdown, max_retries=call["retries"]) from exc
-    store.add_trace(run["id"], trace.entry("failed", error))
-    store.fail(run["id"], call["path"], f"node '{call['path']}' (op {op.name}): {error}")
     log.warning("run %s: node %s failed: %s", run["id"], call["path"], error)
-    raise StepFailed(call["path"], op.name, error) from exc
+    _fail_run(store, call, run, trace, error, f"node '{call['path']}' (op {op.name}): {error}")
 
 
 def _observe(
