@@ -50,6 +50,8 @@ class ClassSpec(BaseModel):
     # Native runtimes this class's processes may load; None: any. On a CUDA host two GPU
     # runtimes in one process can crash it (torch + llama.cpp do): a GPU class lists its own.
     runtimes: list[str] | None = None
+    # On a thread pool of a "cuda" class, concurrency is the LLM batch: that many sequences
+    # share one model in one process (docs/llm-batching.md).
     # Native threads per process (llama.cpp, BLAS, torch); None: from what the class runs
     # on this host (fleet.deploy.launch.native_threads).
     threads: int | None = Field(default=None, ge=1)
@@ -69,6 +71,20 @@ class ClassSpec(BaseModel):
     def queue_name(self) -> str:
         return self.queue or self.name
 
+    @property
+    def batches(self) -> bool:
+        """Whether the class's slots are one process's batch (a thread pool on an
+        accelerator), not processes or I/O threads of their own."""
+        return self.pool in ("threads", "gevent") and self.device == "cuda"
+
+    @property
+    def compute_processes(self) -> int:
+        """Processes of one worker that compute: a prefork pool's children, a batching
+        pool's one process, none for an I/O thread pool."""
+        if self.pool in ("prefork", "solo"):
+            return self.concurrency if self.pool == "prefork" else 1
+        return 1 if self.batches else 0
+
 
 def _cores() -> int:
     return os.cpu_count() or 1
@@ -80,8 +96,10 @@ def default_classes() -> dict[str, ClassSpec]:
         "gpu": ClassSpec(
             name="gpu",
             description="accelerator: large models; CUDA offload when a GPU is present",
-            pool="prefork",
-            concurrency=1,
+            # A thread pool: its LLM steps share one model and one continuous batch (a
+            # sequence per slot; see docs/llm-batching.md), STT steps take turns on their model.
+            pool="threads",
+            concurrency=8,
             time_limit=900,
             soft_time_limit=840,
             device="cuda",

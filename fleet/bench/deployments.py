@@ -27,7 +27,7 @@ def deployments() -> list[Deployment]:
     # that spreads work would pay model loads inside the measurement.
     for name in MODEL_CLASSES:
         hetero[name] = hetero[name].model_copy(update={"preload": ["llm", "embed", "stt"]})
-    compute_slots = sum(c.concurrency for c in hetero.values() if c.pool == "prefork")
+    compute_slots = sum(c.compute_processes for c in hetero.values())
     big = ClassSpec(
         name="cpu",
         description="one pool for every step (priced as the accelerator box)",

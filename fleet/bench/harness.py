@@ -76,13 +76,13 @@ def warm_up(
     for job in mix:
         client.submit(job.spec(), job.inputs(ctx), policy=dep.policy).get(timeout=300)
         for name, spec in dep.classes.items():
-            if spec.pool != "prefork":
+            if not spec.compute_processes:
                 continue
             pinned = job.spec()
             _prefer(pinned, name, cfg, registry)
             runs = [
                 client.submit(pinned, job.inputs(ctx), policy="static")
-                for _ in range(spec.concurrency)
+                for _ in range(spec.compute_processes)
             ]
             for run in runs:  # at once: each of the class's processes takes one
                 run.get(timeout=300)

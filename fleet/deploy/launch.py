@@ -57,19 +57,20 @@ def worker_argv(
 def native_threads(spec: ClassSpec, cores: int, on_gpu: bool) -> int:
     """Native threads (llama.cpp, BLAS, torch) one process of a class may use, per host.
 
-    What the class's processes run decides, not how many classes are configured: a thread
-    pool waits on I/O (1); a class on a GPU only feeds it (2); a CPU class shares the host's
+    What the class's processes run decides, not how many classes are configured: an I/O
+    thread pool waits (1); a class on a GPU only feeds it (2); a batching pool is one compute
+    process however many sequences it runs; a CPU class shares the host's
     cores between its own slots, which are busy together -- other classes are idle much of
     the time, and an LLM decoding on the CPU needs the cores (``threads`` in the class's
     config overrides this).
     """
     if spec.threads is not None:
         return spec.threads
-    if spec.pool in ("threads", "gevent"):
+    if spec.pool in ("threads", "gevent") and not spec.batches:
         return 1
     if on_gpu and spec.device == "cuda":
         return min(2, cores)
-    return max(1, cores // spec.concurrency)
+    return max(1, cores // max(1, spec.compute_processes))
 
 
 def worker_env(cfg: FleetConfig, cls: str, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -1,6 +1,10 @@
 """LLM ops on llama.cpp: prompt building for a base model, generation, and generation split
 into prefill and decode that may run on different classes.
 
+``llm.generate`` runs in the process's continuous batch (:mod:`fleet.ops.batcher`): the
+steps a thread-pool worker runs at once share one model and one context, a sequence each,
+and a prompt that starts like an earlier one (an agent loop's next round) reuses its KV.
+
 ``llm.prefill`` evaluates the prompt and saves llama.cpp's state (the KV cache and the prompt
 tokens) to Redis; the message carries only a reference. ``llm.decode`` on another worker
 restores it and generates: llama.cpp recognises the cached prompt and evaluates one token of
@@ -16,9 +20,10 @@ import zlib
 from functools import lru_cache
 from typing import Any
 
+from fleet.ops.batcher import Request, token_piece
 from fleet.ops.general import SAMPLE_TEXT
-from fleet.ops.models import DEFAULT_LLM, LLAMA_CPP, LOADS, llm, lock_for
-from fleet.sdk import blobs, op
+from fleet.ops.models import DEFAULT_LLM, LLAMA_CPP, LOADS, batcher, llm, lock_for
+from fleet.sdk import blobs, op, time_left
 
 SAMPLE_PROMPT = (
     f"Context:\n{SAMPLE_TEXT}\n\nQuestion: How long does standard shipping take?\nAnswer:"
@@ -73,7 +78,7 @@ def _tokens(model: Any, prompt: Any, max_tokens: int) -> list[int]:
     if not 1 <= max_tokens <= 4096:
         raise ValueError(f"max_tokens must be within 1..4096, got {max_tokens}")
     tokens: list[int] = model.tokenize(prompt.encode(), add_bos=True)
-    limit = model.n_ctx()
+    limit = model.n_ctx()  # a batch sequence's context is the same n_ctx
     if len(tokens) + max_tokens > limit:
         raise ValueError(
             f"prompt is {len(tokens)} tokens; with max_tokens={max_tokens} it exceeds the "
@@ -113,14 +118,21 @@ def _grammar(text: str) -> Any:
 
 def _constraint(
     model: Any, grammar: str | None, choices: list[str] | None, max_tokens: int
-) -> tuple[Any, int]:
-    """(the llama.cpp grammar or None, max_tokens enough for the longest choice)."""
+) -> tuple[str | None, int]:
+    """(the GBNF text or None, max_tokens enough for the longest choice); the grammar is
+    parsed here, so that a bad one fails its own step before it reaches a batch."""
     if grammar and choices:
         raise ValueError("give grammar or choices, not both")
+    text: str | None = None
     if choices:
         longest = max(len(model.tokenize(c.encode(), add_bos=False)) for c in choices)
-        return _grammar(gbnf_choices(choices)), max(max_tokens, longest + 1)
-    return (_grammar(grammar), max_tokens) if grammar else (None, max_tokens)
+        text = gbnf_choices(choices)
+        max_tokens = max(max_tokens, longest + 1)
+    else:
+        text = grammar or None
+    if text is not None:
+        _grammar(text)
+    return text, max_tokens
 
 
 def _complete(
@@ -134,21 +146,38 @@ def _complete(
     grammar: str | None = None,
     choices: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Generate on ``model``'s own context (a restored llm.decode state) by the rules of the
+    batch (:meth:`Request.take`): the same tokens, text and counts as llm.generate."""
+    import llama_cpp as lc
+
+    tokens = _tokens(model, prompt, max_tokens)
     constraint, max_tokens = _constraint(model, grammar, choices, max_tokens)
-    out = model.create_completion(
-        prompt,
+    request = Request(
+        tokens=tokens,
         max_tokens=max_tokens,
         temperature=temperature,
-        stop=[] if constraint is not None else (stop or []),
         seed=seed,
-        grammar=constraint,
+        stop=[] if constraint is not None else [s for s in stop or [] if s],
     )
-    choice = out["choices"][0]
+    model.set_seed(seed)
+    vocab = model._model.vocab
+    generator = model.generate(
+        tokens,
+        temp=temperature,
+        grammar=None if constraint is None else _grammar(constraint),
+        reset=True,  # keeps the restored prompt's KV: only its last token is evaluated
+    )
+    for token in generator:
+        end = bool(lc.llama_vocab_is_eog(vocab, token))
+        reason = request.take(token, b"" if end else token_piece(vocab, token), end)
+        if reason is not None:
+            request.finish_reason = reason
+            break
     return {
-        "text": f"{prefix}{choice['text']}".strip(),
-        "tokens": out["usage"]["completion_tokens"],
-        "prompt_tokens": out["usage"]["prompt_tokens"],
-        "finish_reason": choice["finish_reason"],
+        "text": f"{prefix}{request.result_text()}".strip(),
+        "tokens": len(request.generated),
+        "prompt_tokens": len(tokens),
+        "finish_reason": request.finish_reason,
     }
 
 
@@ -157,7 +186,7 @@ def _complete(
     kind="model",
     classes=MODEL_CLASSES,
     runtime=LLAMA_CPP,
-    outputs=("text", "tokens", "prompt_tokens", "finish_reason", "loads"),
+    outputs=("text", "tokens", "prompt_tokens", "cached_tokens", "finish_reason", "loads"),
     units=lambda a: float(a.get("max_tokens", 64)),
     unit="token",
     samples=[
@@ -182,14 +211,32 @@ def generate(
     Temperature 0 is greedy; ``seed`` fixes sampling otherwise. ``grammar`` (GBNF) or
     ``choices`` (the text must be exactly one of them) constrain the decode, e.g.
     ``choices: [yes, no]`` for a decision, a JSON grammar for tool arguments.
+    ``cached_tokens``: the prompt tokens whose KV an earlier step left in the batch.
     """
     engine = llm(model, n_ctx)
-    with lock_for(f"llm:{model}"):
-        _tokens(engine, prompt, max_tokens)
-        result = _complete(
-            engine, prompt, max_tokens, temperature, stop, seed, prefix, grammar, choices
+    tokens = _tokens(engine, prompt, max_tokens)
+    constraint, max_tokens = _constraint(engine, grammar, choices, max_tokens)
+    batch = batcher(model, n_ctx)
+    request = batch.submit(
+        Request(
+            tokens=tokens,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            stop=[] if constraint is not None else [s for s in stop or [] if s],
+            grammar=constraint,
         )
-    return {**result, "loads": LOADS[f"llm:{model}"]}
+    )
+    left = time_left(float("inf"))
+    batch.wait(request, None if left == float("inf") else left)
+    return {
+        "text": f"{prefix}{request.result_text()}".strip(),
+        "tokens": len(request.generated),
+        "prompt_tokens": len(tokens),
+        "cached_tokens": request.reused,
+        "finish_reason": request.finish_reason,
+        "loads": LOADS[f"llm:{model}"],
+    }
 
 
 @op(

@@ -19,18 +19,23 @@ from collections import Counter
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleet.sdk import (
     RuntimeSpec,
     claim_runtime,
+    concurrent_steps,
     data_dir,
     ensure_gpu_memory,
+    ensure_memory,
     preloader,
     threads,
     wants_cuda,
 )
 from fleet.sdk.registry import registry
+
+if TYPE_CHECKING:
+    from fleet.ops.batcher import Batcher
 
 log = logging.getLogger("fleet.models")
 T = TypeVar("T")
@@ -165,6 +170,29 @@ def _llm(model: str, n_ctx: int) -> Any:
             verbose=False,
         ),
     )
+
+
+def batcher(model: str = DEFAULT_LLM, n_ctx: int = 2048) -> Batcher:
+    """The continuous batch that serves ``model``'s completions in this process: one
+    sequence of ``n_ctx`` tokens per step the process runs at once (its class's concurrency
+    on a thread pool), on the weights :func:`llm` loaded."""
+    return _batcher(model, n_ctx)
+
+
+@cache
+def _batcher(model: str, n_ctx: int) -> Batcher:
+    from fleet.ops.batcher import Batcher, kv_cache_mb
+
+    engine = llm(model, n_ctx)
+    weights = engine._model.model  # llama-cpp-python's model pointer: one copy of the weights
+    sequences = concurrent_steps()
+    ensure_memory(
+        kv_cache_mb(weights, n_ctx * sequences) * 1.1 + 32,  # + compute buffers
+        f"the KV cache of LLM {model} ({sequences} sequences x {n_ctx} tokens)",
+        "lower the class's concurrency (one sequence per step) or the step's n_ctx",
+    )
+    log.warning("LLM %s serves %d sequences of %d tokens in one batch", model, sequences, n_ctx)
+    return Batcher(weights, sequences=sequences, n_ctx=n_ctx, threads=threads(), owner=engine)
 
 
 def embedder(model: str = DEFAULT_EMBEDDER) -> Any:

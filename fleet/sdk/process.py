@@ -38,6 +38,14 @@ def threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def concurrent_steps() -> int:
+    """Steps this process runs at once: its class's concurrency on a thread pool, else 1 (a
+    prefork child runs one step at a time). A batching op sizes its batch by it."""
+    cls = worker_class()
+    spec = settings().classes.get(cls) if cls else None
+    return spec.concurrency if spec is not None and spec.pool in ("threads", "gevent") else 1
+
+
 _CLAIMED: list[str] = []  # native GPU runtimes this process has loaded models with
 
 
@@ -69,6 +77,32 @@ def ensure_gpu_memory(need_mb: float, what: str) -> None:
             f"{what} needs about {need_mb:.0f} MB of GPU memory; GPU {gpu.index} ({gpu.name}) "
             f"has {gpu.free_mb} MB free of {gpu.total_mb} MB: give this worker another GPU "
             "(fleet worker CLASS --device N) or a smaller model"
+        )
+
+
+def available_host_mb() -> float | None:
+    """Memory the kernel can give this process now (MemAvailable), in MB; None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def ensure_memory(need_mb: float, what: str, advice: str) -> None:
+    """Before allocating ``what`` on this process's device (its GPU when it binds to CUDA,
+    else host memory): a clear error naming ``advice`` when it cannot fit."""
+    if wants_cuda():
+        ensure_gpu_memory(need_mb, what)
+        return
+    free = available_host_mb()
+    if free is not None and need_mb > free:
+        raise MemoryError(
+            f"{what} needs about {need_mb:.0f} MB of memory; this host has {free:.0f} MB "
+            f"available: {advice}"
         )
 
 

@@ -11,7 +11,10 @@ from fleet.errors import ConfigError
 def test_defaults_have_four_classes_with_suited_presets() -> None:
     cfg = load_config(env={})
     assert list(cfg.classes) == ["gpu", "npu-lite", "cpu", "io"]
-    assert cfg.classes["gpu"].concurrency == 1 and cfg.classes["gpu"].device == "cuda"
+    gpu = cfg.classes["gpu"]
+    assert gpu.device == "cuda" and gpu.pool == "threads" and gpu.concurrency == 8
+    assert gpu.batches and gpu.compute_processes == 1  # one process, a batch of 8 sequences
+    assert not cfg.classes["io"].batches and cfg.classes["io"].compute_processes == 0
     assert cfg.classes["io"].pool in ("threads", "gevent") and cfg.classes["io"].concurrency >= 8
     assert cfg.classes["cpu"].pool == "prefork"
     assert cfg.broker_url.startswith("redis://")

@@ -8,10 +8,10 @@ from fleet.sdk.registry import registry
 
 
 def test_llm_is_loaded_once_per_process_however_called(tiny_gguf: str) -> None:
-    before = models.LOADS[f"llm:{tiny_gguf}"]
-    first = models.llm(tiny_gguf, 256)
-    assert models.llm(model=tiny_gguf, n_ctx=256) is first
-    assert models.llm(tiny_gguf, n_ctx=256) is first
+    before = models.LOADS[f"llm:{tiny_gguf}"]  # n_ctx 320: a size no other test loads
+    first = models.llm(tiny_gguf, 320)
+    assert models.llm(model=tiny_gguf, n_ctx=320) is first
+    assert models.llm(tiny_gguf, n_ctx=320) is first
     assert models.LOADS[f"llm:{tiny_gguf}"] == before + 1
 
 
