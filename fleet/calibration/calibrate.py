@@ -162,7 +162,7 @@ def model_for(dep: Deployment, prof: Profile, cfg: FleetConfig, cpus: int) -> Si
     registry.load_plugins()
     threads = class_threads(dep, cpus)
     classes = {
-        c: SimClass(c, s.concurrency, s.price_per_hour, 1, 1e9, HOST)
+        c: SimClass(c, s.concurrency, s.price_per_hour, 1, 1e9, HOST, s.batches)
         for c, s in dep.classes.items()
     }
 

@@ -118,7 +118,9 @@ def profile(ops: str | None, classes: str | None, reps: int, save: str | None, m
     if merge:  # keep what is in force (the packaged profiles, at first) for pairs not measured
         base = ProfileStore.load(target if target.is_file() else profiles_path())
     with Progress(console=console) as bar:
-        task = bar.add_task(f"{len(pairs)} op/class pairs", total=steps_needed(pairs, reps))
+        batching = {c: s.concurrency for c, s in client.cfg.classes.items() if s.batches}
+        total = steps_needed(pairs, reps, batching)
+        task = bar.add_task(f"{len(pairs)} op/class pairs", total=total)
         store = profile_fleet(client, pairs, reps, lambda: bar.advance(task), base)
     store.save(target)
     console.print(profiles_table(store, pairs))

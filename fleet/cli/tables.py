@@ -131,7 +131,8 @@ def ops_table(registry: Registry) -> Table:
 
 def profiles_table(store: ProfileStore, pairs: list[tuple[str, str]] | None = None) -> Table:
     table = Table(title="profiles", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("op", "class", "fixed ms", "per unit ms", "peak MB", "steps/s", "samples"):
+    cols = ("op", "class", "fixed ms", "per unit ms", "peak MB", "steps/s", "batch", "samples")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("op", "class") else "right")
     keys = pairs if pairs is not None else sorted(store.profiles)
     for op, cls in keys:
@@ -145,6 +146,8 @@ def profiles_table(store: ProfileStore, pairs: list[tuple[str, str]] | None = No
             f"{p.per_unit_s * 1000:.3f}",
             "-" if p.peak_mem_mb is None else f"{p.peak_mem_mb:.0f}",
             "-" if p.throughput is None else f"{p.throughput:.1f}",
+            # throughput at k at once over one at a time, on a batching class
+            " ".join(f"{k}:{v:.2f}x" for k, v in (p.batch or {}).items()) or "-",
             str(p.samples),
         )
     return table

@@ -5,6 +5,11 @@ each class that can run it and has a live worker, a one-step workflow pinned to 
 runs once to warm up (model loads are not service time), then ``reps`` times per size. The
 step's run time comes from its trace (queue wait excluded); ``seconds = fixed + per_unit *
 units`` is fitted by least squares; peak memory is the worker process's maximum RSS.
+
+On a batching class (a thread pool on an accelerator: its steps share one process, an LLM's
+in one batch) the op is also measured at occupancy: k runs of its largest sample at once,
+for k = 2, 4, 8 ... up to the class's slots, against one at a time. ``batch`` keeps the
+throughput ratio per k, which routing reads.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -75,10 +80,14 @@ def plan_measurements(
     return pairs
 
 
-def _one(client: Fleet, op: str, cls: str, args: dict[str, Any]) -> Sample:
+def _workflow(op: str, cls: str, args: dict[str, Any]) -> Workflow:
     wf = Workflow(f"profile-{op}")
     wf.step("step", op, classes=[cls], args=args)
-    run = client.submit(wf)
+    return wf
+
+
+def _one(client: Fleet, op: str, cls: str, args: dict[str, Any]) -> Sample:
+    run = client.submit(_workflow(op, cls, args))
     run.get(timeout=600)
     (entry,) = [e for e in run.trace() if e.status == "succeeded"]
     return Sample(op, cls, registry.units_of(op, args), entry.run_s, entry.rss_mb)
@@ -96,6 +105,37 @@ def measure(
             tick()
 
 
+def batch_levels(slots: int) -> list[int]:
+    """Occupancies measured on a batching class of ``slots``: 2, 4, 8 ... and ``slots``."""
+    levels, k = [], 2
+    while k < slots:
+        levels.append(k)
+        k *= 2
+    return [*levels, slots] if slots > 1 else []
+
+
+def measure_batch(
+    client: Fleet, op: str, cls: str, slots: int, reps: int, tick: Callable[[], None]
+) -> dict[str, float]:
+    """Throughput at k runs at once over one at a time (wall time, submission to the last
+    result; the median of ``reps`` rounds per level)."""
+    wf = _workflow(op, cls, registry.get(op).samples[-1])
+
+    def wall(k: int) -> float:
+        start = time.perf_counter()
+        for run in [client.submit(wf) for _ in range(k)]:
+            run.get(timeout=600)
+        tick()
+        return time.perf_counter() - start
+
+    rounds = max(reps, 1)
+    alone = statistics.median(wall(1) for _ in range(rounds))
+    return {
+        str(k): round(k * alone / statistics.median(wall(k) for _ in range(rounds)), 3)
+        for k in batch_levels(slots)
+    }
+
+
 def profile_fleet(
     client: Fleet,
     pairs: list[tuple[str, str]],
@@ -105,9 +145,22 @@ def profile_fleet(
 ) -> ProfileStore:
     store = base or ProfileStore()
     for op, cls in pairs:
-        store.put(fit(op, cls, list(measure(client, op, cls, reps, tick))))
+        profile = fit(op, cls, list(measure(client, op, cls, reps, tick)))
+        spec = client.cfg.classes[cls]
+        if spec.batches:
+            batch = measure_batch(client, op, cls, spec.concurrency, reps, tick)
+            profile = replace(profile, batch=batch)
+        store.put(profile)
     return store
 
 
-def steps_needed(pairs: list[tuple[str, str]], reps: int) -> int:
-    return sum(1 + reps * len(registry.get(op).samples) for op, _ in pairs)
+def steps_needed(
+    pairs: list[tuple[str, str]], reps: int, batching: dict[str, int] | None = None
+) -> int:
+    """Progress ticks: a run per sample and rep, plus a round per level and rep on the
+    batching classes (``batching``: class -> slots)."""
+    total = sum(1 + reps * len(registry.get(op).samples) for op, _ in pairs)
+    for _, cls in pairs:
+        if batching and cls in batching:
+            total += max(reps, 1) * (1 + len(batch_levels(batching[cls])))
+    return total

@@ -28,6 +28,9 @@ class SimClass:
     workers: int
     network_bytes_s: float
     host: str | None = None  # classes on one host share its cores (SimModel.hosts)
+    # Its slots are one process's batch per worker (see ClassSpec.batches): a step that
+    # starts beside k - 1 others takes k / speedup(k) as long, by its profile's ``batch``.
+    batches: bool = False
 
 
 @dataclass
@@ -58,6 +61,7 @@ def simulated_config(classes: dict[str, SimClass], policy: str = "least-latency"
             concurrency=max(1, c.servers // max(1, c.workers)),
             price_per_hour=c.price_per_hour,
             network_mb_s=c.network_bytes_s / 1e6,
+            **({"pool": "threads", "device": "cuda"} if c.batches else {}),
         )
         for j, c in classes.items()
     }

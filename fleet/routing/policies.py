@@ -6,7 +6,10 @@ Every policy sees the same estimate per eligible class (see :func:`estimate`)::
     queue wait = max(0, backlog - slots + 1) * mean service time on the class / slots, or the
                  wait this process expects from the steps it sent itself, if longer
     service    = profile(op, class).predict(units) * online correction   (or the online
-                 average, or default_service_s when the op was never seen on that class)
+                 average, or default_service_s when the op was never seen on that class);
+                 on a batching class (a thread pool on an accelerator) at the occupancy the
+                 step would join: k steps sharing a process each take k / speedup(k) as long
+                 (the profile's measured ``batch``; not measured, a model op takes turns)
     movement   = input bytes / class bandwidth + class latency
     cost       = class price per hour * service time
 
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleet.config import FleetConfig
-from fleet.routing.profiles import ProfileStore
+from fleet.routing.profiles import ProfileStore, batch_speedup
 from fleet.routing.state import FleetState
 
 _ENCODER = json.JSONEncoder(default=str)  # one encoder: json.dumps(default=) builds one a call
@@ -88,6 +91,7 @@ class Estimate:
     move_s: float
     cost: float
     source: str  # where service_s came from: profile, online, default
+    occupancy: int = 1  # steps sharing the process the step would join, itself included
     total_s: float = 0.0  # wait + service + movement (filled in by __post_init__)
 
     def __post_init__(self) -> None:
@@ -103,6 +107,7 @@ class Estimate:
             "cost": round(self.cost, 8),
             "source": self.source,
             "live": self.live,
+            **({"occupancy": self.occupancy} if self.occupancy > 1 else {}),
         }
 
 
@@ -149,6 +154,9 @@ class _Model:
     move_latency_s: float
     bytes_per_s: float
     price_per_s: float
+    workers: int = 0
+    batches: bool = False  # the class's slots share one process per worker
+    batch: dict[str, float] | None = None  # the profile's speedup at k steps at once
 
 
 def _models(state: FleetState, store: ProfileStore) -> dict[Any, Any]:
@@ -185,6 +193,9 @@ def _model(op: str, cls: str, state: FleetState, store: ProfileStore, cfg: Fleet
         spec.latency_s,
         spec.network_mb_s * 1e6,
         spec.price_per_hour / 3600.0,
+        len(state.workers.get(cls, ())),
+        spec.batches,
+        profile.batch if profile is not None else None,
     )
     cache[(op, cls)] = model
     return model
@@ -207,6 +218,14 @@ def _estimate(req: RouteRequest, cls: str, m: _Model, state: FleetState, now: fl
     service = m.fixed + m.per_unit * req.units
     if service < 0.0:
         service = 0.0
+    occupancy = 1
+    if m.batches and m.workers:
+        # The step joins a worker's batch: as many steps as are ahead of it per worker,
+        # itself included, up to the worker's slots.
+        occupancy = min(m.slots // m.workers, -(-(m.backlog + 1) // m.workers))
+        occupancy = max(occupancy, 1)
+        speedup = batch_speedup(m.batch, occupancy, req.kind == "model")
+        service = service * occupancy / speedup
     if m.slots == 0:
         wait = math.inf
     else:
@@ -218,7 +237,8 @@ def _estimate(req: RouteRequest, cls: str, m: _Model, state: FleetState, now: fl
             wait = max(wait, free_at - now)
     size = req.size
     move = (size / m.bytes_per_s if size else 0.0) + m.move_latency_s
-    return Estimate(cls, m.slots > 0, wait, service, move, m.price_per_s * service, m.source)
+    cost = m.price_per_s * service / occupancy  # the process's time is shared by the batch
+    return Estimate(cls, m.slots > 0, wait, service, move, cost, m.source, occupancy)
 
 
 class RoutingPolicy(Protocol):

@@ -38,9 +38,40 @@ class OpProfile:
     throughput: float | None = None  # steps per second one worker slot sustains
     samples: int = 0
     measured_at: float | None = None
+    # On a batching class (a thread pool on an accelerator, whose steps share one process):
+    # throughput with k steps at once over one at a time, for the k measured ({"8": 1.88}).
+    batch: dict[str, float] | None = None
 
-    def predict(self, units: float) -> float:
-        return max(0.0, self.fixed_s + self.per_unit_s * units)
+    def predict(self, units: float, occupancy: int = 1, takes_turns: bool = False) -> float:
+        """Seconds for one step while ``occupancy`` steps (itself included) share its
+        process: they share its throughput, so each takes k / speedup(k) times as long."""
+        alone = max(0.0, self.fixed_s + self.per_unit_s * units)
+        if occupancy <= 1:
+            return alone
+        return alone * occupancy / batch_speedup(self.batch, occupancy, takes_turns)
+
+    def speedup(self, occupancy: int, takes_turns: bool = False) -> float:
+        return batch_speedup(self.batch, occupancy, takes_turns)
+
+
+def batch_speedup(
+    batch: dict[str, float] | None, occupancy: int, takes_turns: bool = False
+) -> float:
+    """Throughput at ``occupancy`` steps at once in one process over one at a time: linear
+    between the measured levels, flat past the last one. Not measured: 1 for an op that
+    ``takes_turns`` (a model op: one lock per model and process), else ``occupancy`` (the
+    steps wait on I/O or sleep side by side and do not slow each other)."""
+    if occupancy <= 1:
+        return 1.0
+    if not batch:
+        return 1.0 if takes_turns else float(occupancy)
+    points = sorted([(1, 1.0), *((int(k), float(v)) for k, v in batch.items())])
+    lo_k, lo_v = points[0]
+    for k, v in points[1:]:
+        if occupancy <= k:
+            return lo_v + (v - lo_v) * (occupancy - lo_k) / (k - lo_k) if k > lo_k else v
+        lo_k, lo_v = k, v
+    return max(lo_v, 1.0)
 
 
 @dataclass

@@ -106,6 +106,9 @@ class TraceEntry:
     # CPU seconds the step used, native threads included (prefork: the whole process): its
     # CPU demand is cpu_s / run_s, the cores it keeps busy (the simulator's host model)
     cpu_s: float | None = None
+    # Steps its worker process ran at once while it ran, itself included (a batching class
+    # runs several in one batch; the mean of what it saw at start and end)
+    occupancy: int = 1
 
     @property
     def wait_s(self) -> float | None:
@@ -134,6 +137,7 @@ class TraceEntry:
             "error": self.error,
             "rss_mb": self.rss_mb,
             "cpu_s": self.cpu_s,
+            "occupancy": self.occupancy,
         }
 
     @classmethod
@@ -154,6 +158,7 @@ class TraceEntry:
             error=d.get("error"),
             rss_mb=d.get("rss_mb"),
             cpu_s=d.get("cpu_s"),
+            occupancy=int(d.get("occupancy") or 1),
         )
 
 

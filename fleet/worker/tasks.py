@@ -78,6 +78,27 @@ def _outputs(op: OpSpec, result: Any, limit: int = 4 << 20) -> dict[str, Any]:
     return result
 
 
+class _Running:
+    """Steps this worker process runs right now (a thread pool runs several at once)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def enter(self) -> int:
+        with self.lock:
+            self.count += 1
+            return self.count
+
+    def leave(self) -> int:
+        with self.lock:
+            self.count -= 1
+            return self.count + 1
+
+
+RUNNING = _Running()
+
+
 class _Trace:
     """Builds the step's trace record from the message it arrived in."""
 
@@ -85,6 +106,11 @@ class _Trace:
         req = task.request
         self.queue = (req.delivery_info or {}).get("routing_key")
         self.cls = fleet_config(task.app).class_for_queue(self.queue or "")
+        spec = fleet_config(task.app).classes.get(self.cls or "")
+        # A batching class's steps share the process's native threads: each is charged its
+        # share of the process's CPU time, not its own (idle, waiting) thread's.
+        self.shared = spec is not None and spec.batches
+        self.occupancy = 1
         self.base = {
             "node": call["path"],
             "op": call["op"],
@@ -97,10 +123,11 @@ class _Trace:
             "route": getattr(req, ROUTE_HEADER, None) or {},
         }
         self.started_at = time.time()
-        self.cpu_at = _cpu_clock()
+        self.cpu_at = _cpu_clock(self.shared)
 
     def entry(self, status: str, error: str | None = None) -> TraceEntry:
         rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        cpu = (_cpu_clock(self.shared) - self.cpu_at) / self.occupancy
         return TraceEntry(
             **self.base,
             status=status,
@@ -108,15 +135,16 @@ class _Trace:
             ended_at=time.time(),
             error=error,
             rss_mb=round(rss_kib / 1024.0, 1),
-            cpu_s=round(_cpu_clock() - self.cpu_at, 6),
+            cpu_s=round(cpu, 6),
+            occupancy=self.occupancy,
         )
 
 
-def _cpu_clock() -> float:
+def _cpu_clock(shared: bool = False) -> float:
     """The step's CPU clock: in a prefork child (the main thread) the whole process's, so the
     op's native threads count; in a thread pool only this thread's (the others are other
-    steps')."""
-    if threading.current_thread() is threading.main_thread():
+    steps'), unless the pool's steps share the process's work (``shared``: a batch)."""
+    if shared or threading.current_thread() is threading.main_thread():
         return time.process_time()
     return time.thread_time()
 
@@ -190,12 +218,15 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         self.request.retries or 0,
         None if deadline is None else time.time() + deadline,
     )
+    at_start = RUNNING.enter()
     try:
         with running(here):  # what fleet.sdk.current_step() tells the op
             result = _run_op(op, call["args"], deadline)
         outputs = _outputs(op, result, engine.cfg.max_value_bytes)
     except Exception as exc:
+        trace.occupancy = max(1, round((at_start + RUNNING.leave()) / 2))
         _failed(self, store, op, call, run, trace, exc)
+    trace.occupancy = max(1, round((at_start + RUNNING.leave()) / 2))
     entry = trace.entry("succeeded")
     units = op.units_of(call["args"])
     status, state = store.record_step(
@@ -327,11 +358,14 @@ def _observe(
         return
     spec = cfg.classes.get(entry.cls)
     if spec is not None and spec.price_per_hour:
-        pipe.hincrbyfloat(
-            RUN_KEY.format(id=run_id), "cost", entry.run_s * spec.price_per_hour / 3600
-        )
+        # Steps that ran in one batch shared the process: each pays its share of the time.
+        shared = entry.occupancy if spec.batches else 1
+        share = entry.run_s * spec.price_per_hour / 3600 / shared
+        pipe.hincrbyfloat(RUN_KEY.format(id=run_id), "cost", share)
     profile = current_store().get(call["op"], entry.cls)
-    predicted = profile.predict(units) if profile is not None else None
+    occupancy = entry.occupancy if spec is not None and spec.batches else 1
+    turns = call["kind"] == "model"
+    predicted = profile.predict(units, occupancy, turns) if profile is not None else None
     OnlineStats.queue(pipe, call["op"], entry.cls, entry.run_s, predicted)
 
 

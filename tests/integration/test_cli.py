@@ -187,6 +187,11 @@ def test_profile_measures_live_classes(local_fleet: LocalFleet, tmp_path: Path) 
     assert not any(cls == "tpu" for _, cls in got)
     sleep_io = next(r for r in rows if r["op"] == "test.sleep" and r["cls"] == "io")
     assert 0.8 < sleep_io["per_unit_s"] < 1.3  # seconds per second of sleep, fitted
+    # gpu batches (a thread pool of 8): measured at occupancy too. Sleeps overlap in its
+    # threads, so 8 at once go far faster than one at a time; io does not batch.
+    sleep_gpu = next(r for r in rows if r["op"] == "test.sleep" and r["cls"] == "gpu")
+    assert set(sleep_gpu["batch"]) == {"2", "4", "8"} and sleep_gpu["batch"]["8"] > 3
+    assert sleep_io.get("batch") is None
     assert "wrote" in res.stdout
     bad = fleet("profile", "--ops", "llm.nothing")
     assert bad.returncode == 1 and "no representative inputs for op 'llm.nothing'" in bad.stderr

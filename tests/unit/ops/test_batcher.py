@@ -171,3 +171,17 @@ def test_the_op_runs_in_the_batch_and_reports_the_reused_prefix(tiny_gguf: str) 
         "the order is late", max_tokens=2, model=tiny_gguf, n_ctx=256, choices=["yes", "no"]
     )
     assert picked["text"] in ("yes", "no")
+
+
+def test_one_step_alone_gets_the_tokens_of_a_plain_llama_context(tiny_gguf: str) -> None:
+    """llm.generate in the batch and llm.decode's generation on llama-cpp-python's own
+    context (what a restored prefill state uses) agree token for token."""
+    from fleet.ops.llm import _complete, generate
+
+    prompt = "the order is late yes no refund"
+    batched = generate(prompt, max_tokens=12, model=tiny_gguf, n_ctx=256)
+    engine = models.llm(tiny_gguf, 256)
+    with models.lock_for(f"llm:{tiny_gguf}"):
+        engine.reset()
+        plain = _complete(engine, prompt, 12, 0.0, [], 0)
+    assert plain["text"] == batched["text"] and plain["tokens"] == batched["tokens"] == 12

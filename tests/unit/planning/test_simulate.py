@@ -47,3 +47,31 @@ def test_an_empty_fleet_or_a_step_with_no_live_class_is_an_error(tmp_path: Path)
     # confidential work may run on `fast` only: a fleet of `cheap` cannot take it
     with pytest.raises(ValueError, match=r"no live class can run llm\.prompt"):
         simulate(flows, cat, {"cheap": 2}, policy="least-latency", duration_s=5)
+
+
+def test_a_batching_class_slows_its_steps_by_the_measured_batch(tmp_path: Path) -> None:
+    """One `fast` worker whose 8 slots are one process's batch: 8 steps at once run at 2x
+    the throughput of one, so each takes 4x as long as alone. Without `batches` the 8 slots
+    are 8 servers and a step takes its time alone."""
+    from dataclasses import replace
+
+    from fleet.planning.simmodel import catalogue_model
+    from fleet.planning.simulate import simulate_model
+
+    cat, flows = _setup(tmp_path, net=50.0, rate=120.0, sla=5.0)
+    flows[0].graph.remove_node("prompt")
+    flows[0].graph.remove_node("answer:decode")
+    (step,) = flows[0].steps()
+    results = {}
+    for batches in (False, True):
+        model = catalogue_model(flows, cat, {"fast": 1}, cv=0.0)
+        model.classes["fast"] = replace(model.classes["fast"], servers=8, batches=batches)
+        alone = model.profiles.get(step.op, "fast")
+        assert alone is not None
+        model.profiles.put(replace(alone, batch={"8": 2.0}))
+        res = simulate_model(flows, model, None, "plan", duration_s=200, seed=1)
+        results[batches] = res.latency["ask"]["p50_s"]
+    # 120/s of 0.05 s steps: 6 busy of 8 independent servers, nearly no queue; as a batch
+    # the offered load (6 at 0.05 s) exceeds what the batch serves (2x one server).
+    assert results[False] == pytest.approx(0.05, rel=0.1)
+    assert results[True] > 4 * results[False]

@@ -52,13 +52,14 @@ def req(units: float = 10, **kw: object) -> RouteRequest:
 
 
 def test_estimate_combines_wait_service_and_movement(cfg: FleetConfig) -> None:
-    st = state({"gpu": 3}, {"gpu": 1}, "gpu", online={"*|gpu|s": 0.5}, slots=2)
-    est = estimate(req(input_bytes=5_000_000), "gpu", st, store(gpu=0.2), cfg)
+    # npu-lite: a prefork class, whose slots are processes of their own (no batch)
+    st = state({"npu-lite": 3}, {"npu-lite": 1}, "npu-lite", online={"*|npu-lite|s": 0.5}, slots=2)
+    est = estimate(req(input_bytes=5_000_000), "npu-lite", st, store(npu_lite=0.2), cfg)
     # backlog 4 (3 queued + 1 running) on 2 slots: (4 - 2 + 1) * 0.5 s / 2 = 0.75 s
     assert est.wait_s == pytest.approx(0.75)
     assert est.service_s == pytest.approx(0.2) and est.source == "profile"
     assert est.move_s == pytest.approx(0.005)  # 5 MB at 1000 MB/s
-    assert est.cost == pytest.approx(0.25 / 3600 * 0.2)
+    assert est.cost == pytest.approx(0.15 / 3600 * 0.2)  # npu-lite: 0.15 an hour
 
 
 def test_online_ratio_corrects_the_profile(cfg: FleetConfig) -> None:
@@ -164,3 +165,39 @@ def test_a_new_profile_file_is_seen_within_one_snapshot(cfg: FleetConfig) -> Non
     # the snapshot caches per-(op, class) figures; another profile store must not reuse them
     assert estimate(req(), "gpu", st, store(gpu=0.9), cfg).service_s == pytest.approx(0.9)
     assert estimate(req(units=20), "gpu", st, store(gpu=0.9), cfg).service_s == pytest.approx(1.8)
+
+
+def test_a_batching_class_is_estimated_at_the_occupancy_the_step_joins(cfg: FleetConfig) -> None:
+    """gpu: a thread pool of 8 sequences in one process. A step that joins 3 others runs at
+    occupancy 4: 4 steps share the process's throughput, sped up by the measured batch."""
+    profiles = ProfileStore()
+    profiles.put(OpProfile("llm.generate", "gpu", 0.0, 0.1, batch={"4": 2.0, "8": 3.0}))
+    idle = estimate(req(), "gpu", state({}, {}, "gpu", slots=8), profiles, cfg)
+    assert idle.service_s == pytest.approx(1.0) and idle.occupancy == 1
+    joined = estimate(req(), "gpu", state({}, {"gpu": 3}, "gpu", slots=8), profiles, cfg)
+    assert joined.occupancy == 4 and joined.wait_s == 0.0
+    assert joined.service_s == pytest.approx(1.0 * 4 / 2.0)
+    assert joined.cost == pytest.approx(0.25 / 3600 * 2.0 / 4)  # the process's time, shared
+    assert joined.brief()["occupancy"] == 4
+    six = estimate(req(), "gpu", state({}, {"gpu": 5}, "gpu", slots=8), profiles, cfg)
+    assert six.service_s == pytest.approx(6 / 2.5)  # 2.5: between 4 (2.0) and 8 (3.0)
+    full = estimate(req(), "gpu", state({"gpu": 4}, {"gpu": 8}, "gpu", slots=8), profiles, cfg)
+    assert full.occupancy == 8 and full.service_s == pytest.approx(8 / 3.0)
+    assert full.wait_s > 0  # 4 queued behind a full batch
+    # Not measured: model steps take turns (k at once take k times as long); other steps
+    # (a tool waiting on I/O) run side by side.
+    turns = ProfileStore()
+    turns.put(OpProfile("llm.generate", "gpu", 0.0, 0.1))
+    shared = estimate(req(), "gpu", state({}, {"gpu": 3}, "gpu", slots=8), turns, cfg)
+    assert shared.service_s == pytest.approx(4.0)
+    tool = RouteRequest("fleet.step", "llm.generate", "tool", CLASSES, units=10)
+    aside = estimate(tool, "gpu", state({}, {"gpu": 3}, "gpu", slots=8), turns, cfg)
+    assert aside.service_s == pytest.approx(1.0) and aside.occupancy == 4
+
+
+def test_batch_speedup_interpolates_and_stays_flat_past_the_last_level() -> None:
+    p = OpProfile("llm.generate", "gpu", 1.0, batch={"2": 1.5, "8": 2.7})
+    assert [p.speedup(k) for k in (1, 2, 5, 8, 16)] == pytest.approx([1.0, 1.5, 2.1, 2.7, 2.7])
+    assert p.predict(0, 8) == pytest.approx(8 / 2.7)
+    assert OpProfile("x", "gpu", 1.0).predict(0, 4) == pytest.approx(1.0)
+    assert OpProfile("x", "gpu", 1.0).predict(0, 4, takes_turns=True) == pytest.approx(4.0)
