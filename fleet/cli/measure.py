@@ -191,9 +191,21 @@ def bench(
     help="The agent to evaluate.",
 )
 @click.option("--workdir", default=".fleet/eval", help="Folder for logs and audio.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Questions in flight at a time (above 1, their LLM steps share a batch).",
+)
 @click.pass_context
 def evaluate(
-    ctx: click.Context, quick: bool, as_json: bool, workflow: str | None, workdir: str
+    ctx: click.Context,
+    quick: bool,
+    as_json: bool,
+    workflow: str | None,
+    workdir: str,
+    concurrency: int,
 ) -> None:
     """Measure the voice agent's answers: speech-to-text word error rate, tool decisions,
     order-id extraction, retrieval hit@2, answer correctness, tool rounds and latency.
@@ -216,7 +228,13 @@ def evaluate(
         task = bar.add_task(f"{len(questions)} questions", total=len(questions))
         try:
             verdicts, extra = run_eval(
-                cfg, path, questions, agent, lambda s: None, lambda: bar.advance(task)
+                cfg,
+                path,
+                questions,
+                agent,
+                lambda s: None,
+                lambda: bar.advance(task),
+                concurrency,
             )
         except FleetError as exc:  # WorkflowValidationError among them
             fail(str(exc))

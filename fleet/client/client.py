@@ -35,6 +35,7 @@ from fleet.store.runs import RunInfo, RunStore, TraceEntry
 from fleet.workflow.builder import Workflow
 from fleet.workflow.loader import load_workflow
 from fleet.workflow.model import WorkflowSpec
+from fleet.workflow.split import expand_splits
 from fleet.workflow.validate import check_inputs, validate
 
 WorkflowLike = Workflow | WorkflowSpec | str | Path
@@ -109,7 +110,9 @@ class Fleet:
         self.dispatcher = Dispatcher(self.app, self.cfg, self.store, registry)
 
     def validate(self, workflow: WorkflowLike) -> WorkflowSpec:
-        spec = to_spec(workflow)
+        """The workflow as it will run (``split:`` nodes expanded), or the error listing
+        every problem."""
+        spec = expand_splits(to_spec(workflow), registry)
         validate(spec, self.cfg, registry)
         return spec
 

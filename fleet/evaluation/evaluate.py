@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,11 @@ def run_eval(
     workflow: Path,
     say: Callable[[str], None],
     advance: Callable[[], None],
+    concurrency: int = 1,
 ) -> tuple[list[Verdict], dict[str, float | None]]:
-    """Every question through ``workflow``; the knowledge-base ones also through rag.yaml
-    as text. Returns the verdicts and the RAG example's answer accuracy."""
+    """Every question through ``workflow``, ``concurrency`` runs in flight at a time (their
+    LLM steps share the gpu worker's batch); the knowledge-base ones also through rag.yaml
+    as text. Returns the verdicts, in question order, and the RAG example's accuracy."""
 
     client = Fleet()
     client.validate(workflow)
@@ -39,8 +42,13 @@ def run_eval(
         fleet.start()
         docs = client.upload(EXAMPLES / "kb")
         client.submit(EXAMPLES / "kb_build.yaml", {"docs": docs, "index": INDEX}).get(600)
-        verdicts = [_ask(client, q, workflow, api.url, workdir, advance) for q in questions]
-        rag = [_rag(client, q) for q in questions if q.kind == "kb"]
+        with ThreadPoolExecutor(max(1, concurrency)) as pool:
+            verdicts = list(
+                pool.map(lambda q: _ask(client, q, workflow, api.url, workdir, advance), questions)
+            )
+            rag = list(
+                pool.map(lambda q: _rag(client, q), [q for q in questions if q.kind == "kb"])
+            )
     finally:
         api.stop()
         fleet.stop()

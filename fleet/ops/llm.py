@@ -189,6 +189,8 @@ def _complete(
     outputs=("text", "tokens", "prompt_tokens", "cached_tokens", "finish_reason", "loads"),
     units=lambda a: float(a.get("max_tokens", 64)),
     unit="token",
+    # `split: {prefill: CLASS, decode: CLASS}` on a node runs it as these two steps
+    split=("llm.prefill", "llm.decode", "state"),
     samples=[
         {"prompt": SAMPLE_PROMPT, "max_tokens": 4, "stop": []},
         {"prompt": SAMPLE_PROMPT, "max_tokens": 24, "stop": []},
@@ -309,7 +311,7 @@ def _restore(engine: Any, payload: bytes, model: str) -> str:
     kind="model",
     classes=MODEL_CLASSES,
     runtime=LLAMA_CPP,
-    outputs=("text", "tokens", "prompt_tokens", "finish_reason", "loads"),
+    outputs=("text", "tokens", "prompt_tokens", "finish_reason", "loads", "handover_s"),
     units=lambda a: float(a.get("max_tokens", 64)),
     unit="token",
 )
@@ -326,15 +328,17 @@ def decode(
     choices: list[str] | None = None,
 ) -> dict[str, Any]:
     """Restore a prefilled state (from llm.prefill) and generate the completion (``grammar``
-    and ``choices`` as for llm.generate)."""
-    payload = blobs().get(state)
+    and ``choices`` as for llm.generate). ``handover_s``: fetching and restoring the state."""
     engine = llm(model, n_ctx)
+    start = time.perf_counter()
+    payload = blobs().get(state)
     with lock_for(f"llm:{model}"):
         prompt = _restore(engine, payload, model)
+        handover = time.perf_counter() - start
         result = _complete(
             engine, prompt, max_tokens, temperature, stop, seed, prefix, grammar, choices
         )
-    return {**result, "loads": LOADS[f"llm:{model}"]}
+    return {**result, "loads": LOADS[f"llm:{model}"], "handover_s": round(handover, 4)}
 
 
 @op("llm.choose", classes=("cpu", "io", "npu-lite", "gpu"), outputs=("choice", "matched"))

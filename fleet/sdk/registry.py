@@ -59,6 +59,10 @@ class OpSpec:
     runtime: str | None = None
     # Representative keyword arguments, two sizes of work, for `fleet profile`.
     samples: tuple[dict[str, Any], ...] = ()
+    # How a node's ``split:`` runs this op as two steps on two classes: (first op, second
+    # op, the first's output that the second takes as the input of the same name), e.g.
+    # an LLM generation = its prefill, then its decode of the prefill's ``state``.
+    split: tuple[str, str, str] | None = None
 
     def units_of(self, args: dict[str, Any]) -> float:
         """The size of a call with ``args``; 1.0 when the op declares no units or they fail."""
@@ -236,6 +240,7 @@ def op(
     units: Units | None = None,
     unit: str = "call",
     samples: Iterable[dict[str, Any]] = (),
+    split: tuple[str, str, str] | None = None,
     registry_: Registry | None = None,
 ) -> Callable[[F], F]:
     """Register ``func`` as op ``name``.
@@ -244,7 +249,8 @@ def op(
     one entry per declared output (or any value when it declares the single output
     ``result``). ``classes`` lists where it can run; ``prefers`` is where it runs best.
     ``units(args)`` measures one call's size in ``unit``s for the profiles; ``samples`` are
-    representative arguments (two sizes of work) that ``fleet profile`` runs.
+    representative arguments (two sizes of work) that ``fleet profile`` runs. ``split``
+    says how a node may run it as two steps on two classes (see :class:`OpSpec`).
     """
     if kind not in OP_KINDS:
         raise FleetError(f"op '{name}': kind must be one of {', '.join(OP_KINDS)}, not '{kind}'")
@@ -274,6 +280,7 @@ def op(
             unit=unit,
             runtime=runtime,
             samples=tuple(samples),
+            split=split,
         )
         (registry_ or registry).add(spec)
         return func

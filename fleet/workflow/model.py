@@ -123,6 +123,16 @@ class LoopSpec(BaseModel):
     _coerce = field_validator("until", mode="before")(_coerce_condition)
 
 
+class SplitSpec(BaseModel):
+    """Run a splittable op (one that declares its split, e.g. LLM generation) as its two
+    parts, each on a class of its own: ``prefill`` takes the first, ``decode`` the second."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefill: str
+    decode: str
+
+
 class NodeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -142,6 +152,8 @@ class NodeSpec(BaseModel):
     map: str | None = None
     # Data classification of this node's work (see WorkflowSpec.sensitivity).
     sensitivity: str | None = None
+    # The op as its two parts on two classes (fleet.workflow.split expands it).
+    split: SplitSpec | None = None
     line: int | None = None
 
     _coerce = field_validator("when", mode="before")(_coerce_condition)

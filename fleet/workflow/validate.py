@@ -16,6 +16,7 @@ from fleet.constants import INPUTS
 from fleet.errors import Problem, UnknownOpError, WorkflowValidationError
 from fleet.sdk.registry import OpSpec, Registry
 from fleet.workflow.model import NAME_RE, NodeSpec, WorkflowSpec, alternatives, parse_ref
+from fleet.workflow.split import expand_splits
 
 LOOP_OUTPUT = "iterations"  # extra output of a loop node: how many times its body ran
 
@@ -158,6 +159,14 @@ class _Checker:
             return
         if node.kind is not None and node.kind != op.kind:
             self.add(f"kind '{node.kind}' does not match op {op.name} (kind {op.kind})", node)
+        if node.split is not None:  # not expanded by fleet.workflow.split: say why
+            why = (
+                "'split' and 'map' do not go together"
+                if op.split is not None
+                else f"op {op.name} does not split (split: applies to ops that declare their "
+                f"two parts, such as LLM generation)"
+            )
+            self.add(why, node, "split")
         given = set(node.inputs) | set(node.params)
         for both in sorted(set(node.inputs) & set(node.params)):
             self.add(f"'{both}' is given both as an input and as a param", node)
@@ -268,8 +277,9 @@ def dependency_graph(wf: WorkflowSpec) -> nx.DiGraph:
 
 
 def problems(spec: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> list[Problem]:
+    """Every problem of ``spec`` as it runs (``split:`` nodes expanded into their parts)."""
     checker = _Checker(cfg, registry, spec.source)
-    checker.workflow(spec)
+    checker.workflow(expand_splits(spec, registry))
     return checker.problems
 
 

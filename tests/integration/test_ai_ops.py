@@ -54,6 +54,40 @@ def test_llm_generate_loads_model_once_per_process(client: Fleet, tiny_gguf: str
     assert out["first_loads"] == 1 and out["loads"] == 1
 
 
+def test_a_split_node_runs_as_prefill_and_decode_with_the_unsplit_text(
+    client: Fleet, tiny_gguf: str
+) -> None:
+    """`split:` on an llm.generate node: prefill on gpu, decode on npu-lite, the KV state
+    handed over by reference; the text equals the same node unsplit."""
+    from fleet.workflow.loader import spec_from_data
+
+    params = {"max_tokens": 12, "model": tiny_gguf, "n_ctx": 256}
+    node = {"op": "llm.generate", "inputs": {"prompt": "inputs.p"}, "params": params}
+    spec = spec_from_data(
+        {
+            "name": "split-node",
+            "inputs": ["p"],
+            "nodes": [
+                {"name": "whole", **node},
+                {"name": "split", **node, "split": {"prefill": "gpu", "decode": "npu-lite"}},
+            ],
+            "outputs": {
+                "whole": "whole.text",
+                "split": "split.text",
+                "kv_bytes": "split.prefill_state_bytes",
+                "handover_s": "split.handover_s",
+            },
+        }
+    )
+    run = client.submit(spec, {"p": "the order is late yes no refund"})
+    out = run.get(timeout=60)
+    assert out["split"] == out["whole"] and out["whole"]
+    assert out["kv_bytes"] > 0 and out["handover_s"] >= 0
+    steps = _ran(run.trace())
+    assert (steps["split/prefill"].cls, steps["split/decode"].cls) == ("gpu", "npu-lite")
+    assert steps["split/prefill"].op == "llm.prefill" and steps["split/decode"].op == "llm.decode"
+
+
 def test_prefill_and_decode_on_different_classes(client: Fleet, tiny_gguf: str) -> None:
     wf = Workflow("split", inputs=["p"])
     whole = wf.step(
