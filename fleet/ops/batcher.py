@@ -29,6 +29,10 @@ import numpy as np
 log = logging.getLogger("fleet.batcher")
 
 GREEDY_EPSILON = 1e-6
+# A shorter shared prefix is prefilled again: it saves next to nothing, and a prefill that
+# starts mid-prompt sums in another order (llama.cpp is not batch-invariant), which can flip
+# a greedy near-tie against the cold text.
+MIN_REUSE = 32
 TOP_K, TOP_P, MIN_P = 40, 0.95, 0.05  # llama-cpp-python's completion defaults
 
 
@@ -154,6 +158,7 @@ class Batcher:
         threads: int,
         n_batch: int = 512,
         owner: Any = None,
+        min_reuse: int = MIN_REUSE,
     ) -> None:
         import llama_cpp as lc
 
@@ -165,6 +170,7 @@ class Batcher:
         self.sequences = sequences
         self.n_ctx = n_ctx
         self.n_batch = max(n_batch, 1)
+        self.min_reuse = min_reuse
         params = lc.llama_context_default_params()
         params.n_ctx = n_ctx * sequences
         params.n_batch = max(self.n_batch, sequences)
@@ -246,13 +252,10 @@ class Batcher:
             if slot.request is None or not slot.todo or room <= 0:
                 continue
             chunk, slot.todo = slot.todo[:room], slot.todo[room:]
-            index = -1
-            for j, token in enumerate(chunk):
-                index = self._add(token, slot.pos, slot.seq, not slot.todo and j == len(chunk) - 1)
+            for token in chunk:
+                self._add(token, slot.pos, slot.seq, False)
                 slot.cached.append(token)
                 slot.pos += 1
-            if not slot.todo:
-                outputs.append((slot, index))
         if not self.batch.n_tokens:
             return
         rc = self._lc.llama_decode(self.ctx, self.batch)
@@ -300,15 +303,23 @@ class Batcher:
                 self._start(slot, request, sampler)
 
     def _start(self, slot: _Slot, request: Request, sampler: Any) -> None:
-        # At least the prompt's last token is evaluated again: its logits start the answer.
+        """The prompt up to its last token is prefilled (in chunks); the last token goes in
+        with the next step's decoding tokens, and its logits start the answer. So the
+        first token's logits come from the same shape of batch however much of the prompt
+        was cached, and as llm.decode's after a handed-over prefill: alone in the batch, a
+        request gets the same tokens cold, warm and split (llama.cpp's kernels are not
+        batch-invariant: a different batch shape can flip a near-tie)."""
         keep = min(_common_prefix(slot.cached, request.tokens), len(request.tokens) - 1)
+        if keep < self.min_reuse:
+            keep = 0
         if not self._lc.llama_memory_seq_rm(self.memory, slot.seq, keep, -1):
             self._lc.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
             keep = 0
         slot.request, slot.sampler = request, sampler
         request.reused = keep
         slot.cached = list(request.tokens[:keep])
-        slot.todo = list(request.tokens[keep:])
+        slot.todo = list(request.tokens[keep:-1])
+        slot.pending = request.tokens[-1]
         slot.pos = keep
 
     def _sampler(self, request: Request) -> Any:

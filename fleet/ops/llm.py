@@ -260,7 +260,9 @@ def prefill(prompt: str, model: str = DEFAULT_LLM, n_ctx: int = 2048) -> dict[st
     with lock_for(f"llm:{model}"):
         tokens = _tokens(engine, prompt, 1)
         engine.reset()
-        engine.eval(tokens)
+        # All but the last token, as the batch prefills a prompt: llm.decode evaluates the
+        # last one, whose logits start the answer (the same shapes of batch as unsplit).
+        engine.eval(tokens[:-1])
         state = engine.save_state()
     header = {
         "format": STATE_FORMAT,
@@ -271,12 +273,12 @@ def prefill(prompt: str, model: str = DEFAULT_LLM, n_ctx: int = 2048) -> dict[st
         "input_ids": np.asarray(state.input_ids[: state.n_tokens], dtype=np.intc).tolist(),
         "prompt": prompt,
     }
-    # The saved logits are not needed (decode re-evaluates the last prompt token): keep the
-    # KV cache and the tokens only, so the handover is kilobytes per token, not megabytes.
+    # No logits are saved (decode evaluates the last prompt token): the KV cache and the
+    # tokens only, so the handover is kilobytes per token, not megabytes.
     payload = json.dumps(header).encode() + b"\n" + zlib.compress(state.llama_state, 1)
     return {
         "state": blobs().put(payload, "llama-state"),
-        "prompt_tokens": state.n_tokens,
+        "prompt_tokens": len(tokens),
         "state_bytes": len(payload),
         "seconds": round(time.perf_counter() - start, 4),
     }

@@ -85,7 +85,9 @@ def test_a_split_node_runs_as_prefill_and_decode_with_the_unsplit_text(
     assert out["kv_bytes"] > 0 and out["handover_s"] >= 0
     steps = _ran(run.trace())
     assert (steps["split#1/prefill"].cls, steps["split#1/decode"].cls) == ("gpu", "npu-lite")
-    assert steps["split#1/prefill"].op == "llm.prefill" and steps["split#1/decode"].op == "llm.decode"
+    assert (
+        steps["split#1/prefill"].op == "llm.prefill" and steps["split#1/decode"].op == "llm.decode"
+    )
 
 
 def test_prefill_and_decode_on_different_classes(client: Fleet, tiny_gguf: str) -> None:

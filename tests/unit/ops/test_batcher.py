@@ -22,7 +22,7 @@ def engine(tiny_gguf: str) -> Any:
 
 @pytest.fixture
 def batch(engine: Any) -> Iterator[Batcher]:
-    yield Batcher(engine._model.model, sequences=4, n_ctx=256, threads=1, owner=engine)
+    yield Batcher(engine._model.model, sequences=4, n_ctx=256, threads=1, owner=engine, min_reuse=1)
 
 
 def _tokens(engine: Any, prompt: str) -> list[int]:
@@ -163,9 +163,12 @@ def test_the_kv_cache_must_fit_before_the_batch_is_made(
 def test_the_op_runs_in_the_batch_and_reports_the_reused_prefix(tiny_gguf: str) -> None:
     from fleet.ops.llm import generate
 
-    first = generate("the order is late yes", max_tokens=6, model=tiny_gguf, n_ctx=256)
-    again = generate("the order is late yes", max_tokens=6, model=tiny_gguf, n_ctx=256)
-    assert again["text"] == first["text"] and again["cached_tokens"] > 0
+    prompt = "the order is late yes " * 2  # ~65 tokens: past the least prefix worth reusing
+    first = generate(prompt, max_tokens=6, model=tiny_gguf, n_ctx=256)
+    again = generate(prompt, max_tokens=6, model=tiny_gguf, n_ctx=256)
+    assert again["text"] == first["text"] and again["cached_tokens"] == first["prompt_tokens"] - 1
+    short = generate("the order is late no", max_tokens=6, model=tiny_gguf, n_ctx=256)
+    assert short["cached_tokens"] == 0  # a short common prefix is prefilled again
     assert first["prompt_tokens"] == again["prompt_tokens"]
     picked = generate(
         "the order is late", max_tokens=2, model=tiny_gguf, n_ctx=256, choices=["yes", "no"]
