@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fleet.ops.general import SAMPLE_TEXT
-from fleet.ops.models import DEFAULT_EMBEDDER, LOADS, TORCH, embedder, lock_for
+from fleet.ops.models import DEFAULT_EMBEDDER, LOADS, TORCH, device_lock, embedder
 from fleet.sdk import op
 
 MAX_TEXTS = 10_000
@@ -37,7 +37,7 @@ def embed_texts(texts: Any, batch_size: int = 32, model: str = DEFAULT_EMBEDDER)
     """Embed one text or a list of texts into unit-length vectors."""
     items = _texts(texts)
     encoder = embedder(model)
-    with lock_for(f"embed:{model}"):
+    with device_lock():
         vectors = encoder.encode(
             items, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
         )

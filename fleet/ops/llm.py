@@ -22,7 +22,7 @@ from typing import Any
 
 from fleet.ops.batcher import Request, token_piece
 from fleet.ops.general import SAMPLE_TEXT
-from fleet.ops.models import DEFAULT_LLM, LLAMA_CPP, LOADS, batcher, llm, lock_for
+from fleet.ops.models import DEFAULT_LLM, LLAMA_CPP, LOADS, batcher, device_lock, llm
 from fleet.sdk import blobs, op, time_left
 
 SAMPLE_PROMPT = (
@@ -257,7 +257,7 @@ def prefill(prompt: str, model: str = DEFAULT_LLM, n_ctx: int = 2048) -> dict[st
 
     engine = llm(model, n_ctx)
     start = time.perf_counter()
-    with lock_for(f"llm:{model}"):
+    with device_lock():
         tokens = _tokens(engine, prompt, 1)
         engine.reset()
         # All but the last token, as the batch prefills a prompt: llm.decode evaluates the
@@ -334,7 +334,7 @@ def decode(
     engine = llm(model, n_ctx)
     start = time.perf_counter()
     payload = blobs().get(state)
-    with lock_for(f"llm:{model}"):
+    with device_lock():
         prompt = _restore(engine, payload, model)
         handover = time.perf_counter() - start
         result = _complete(

@@ -41,8 +41,6 @@ log = logging.getLogger("fleet.models")
 T = TypeVar("T")
 
 LOADS: Counter[str] = Counter()  # model key -> loads in this process (1 is the goal)
-_LOCKS: dict[str, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
 
 DEFAULT_LLM = "gemma3-270m"
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
@@ -99,10 +97,55 @@ registry.add_runtime(
 )
 
 
-def lock_for(key: str) -> threading.Lock:
-    """One lock per model: llama.cpp and CTranslate2 handles are not safe across threads."""
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, threading.Lock())
+class DeviceLock:
+    """First come, first served: the model work of one process, one piece at a time.
+
+    On a thread pool (a batching class) steps of different models share the process. Their
+    native thread pools must not run at once: llama.cpp's threads spin-wait for each other,
+    and beside a CTranslate2 transcription on the same cores a batch of 4 grammar-constrained
+    completions took 30.9 s instead of 2.2 s (2 cores). So a model op holds this lock while it
+    computes, and the LLM batch holds it for each of its steps; a waiter gets it at the next
+    release, in the order it asked. The LLM batch keeps it across its steps while it has
+    work, for a time slice (``fleet.ops.batcher.SLICE_S``) once somebody waits. The model
+    handles are not safe across threads either.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = 0
+        self._serving = 0
+
+    def acquire(self) -> None:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            while ticket != self._serving:
+                self._cond.wait()
+
+    def release(self) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+    def waiting(self) -> int:
+        """Threads waiting for the lock now."""
+        with self._cond:
+            return max(0, self._next - self._serving - 1)
+
+    def __enter__(self) -> DeviceLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+DEVICE = DeviceLock()
+
+
+def device_lock() -> DeviceLock:
+    """This process's :class:`DeviceLock` (one for every model it holds)."""
+    return DEVICE
 
 
 def _loaded(key: str, load: Callable[[], T]) -> T:
@@ -192,7 +235,14 @@ def _batcher(model: str, n_ctx: int) -> Batcher:
         "lower the class's concurrency (one sequence per step) or the step's n_ctx",
     )
     log.warning("LLM %s serves %d sequences of %d tokens in one batch", model, sequences, n_ctx)
-    return Batcher(weights, sequences=sequences, n_ctx=n_ctx, threads=threads(), owner=engine)
+    return Batcher(
+        weights,
+        sequences=sequences,
+        n_ctx=n_ctx,
+        threads=threads(),
+        owner=engine,
+        lock=device_lock(),
+    )
 
 
 def embedder(model: str = DEFAULT_EMBEDDER) -> Any:

@@ -13,7 +13,7 @@ import wave
 from typing import Any
 
 from fleet.ops.general import SAMPLE_TEXT
-from fleet.ops.models import CTRANSLATE2, DEFAULT_STT, LOADS, lock_for, stt
+from fleet.ops.models import CTRANSLATE2, DEFAULT_STT, LOADS, device_lock, stt
 from fleet.sdk import BLOB_PREFIX, blobs, op, safe_path, writable_path
 
 MAX_TTS_CHARS = 5000
@@ -103,7 +103,7 @@ def transcribe(
         f.write(data)
         f.flush()
         try:
-            with lock_for(f"stt:{model}"):
+            with device_lock():
                 segments, info = whisper.transcribe(
                     f.name,
                     beam_size=1,

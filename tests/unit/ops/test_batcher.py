@@ -184,7 +184,7 @@ def test_one_step_alone_gets_the_tokens_of_a_plain_llama_context(tiny_gguf: str)
     prompt = "the order is late yes no refund"
     batched = generate(prompt, max_tokens=12, model=tiny_gguf, n_ctx=256)
     engine = models.llm(tiny_gguf, 256)
-    with models.lock_for(f"llm:{tiny_gguf}"):
+    with models.device_lock():
         engine.reset()
         plain = _complete(engine, prompt, 12, 0.0, [], 0)
     assert plain["text"] == batched["text"] and plain["tokens"] == batched["tokens"] == 12
