@@ -1,6 +1,6 @@
 """Capacity: the highest arrival rate the local fleet sustains with every job's p95 within
-its SLA, with the `gpu` class as it was (prefork x 1: one step, one sequence, at a time) and
-as it is now (a thread pool of 8 sequences in one continuous batch), in one run.
+its SLA, with the `gpu` class as preset (prefork x 1: one step, one sequence, at a time) and
+batching (a thread pool of 8 sequences in one continuous batch), in one run.
 
 Both variants are the default heterogeneous classes, models preloaded, the default
 `preferred` policy, each started fresh and warmed up per rate (`fleet bench`'s harness).
@@ -31,11 +31,11 @@ def variants() -> dict[str, Any]:
     from fleet.bench.deployments import Deployment, deployments
 
     base = next(d for d in deployments() if d.name == "least-latency").classes
-    before = dict(base)
-    before["gpu"] = base["gpu"].model_copy(update={"pool": "prefork", "concurrency": 1})
+    batched = dict(base)
+    batched["gpu"] = base["gpu"].model_copy(update={"pool": "threads", "concurrency": 8})
     return {
-        "one-at-a-time": Deployment("one-at-a-time", "preferred", before, "gpu prefork x 1"),
-        "batched": Deployment("batched", "preferred", dict(base), "gpu threads x 8 (preset)"),
+        "one-at-a-time": Deployment("one-at-a-time", "preferred", dict(base), "gpu prefork x 1"),
+        "batched": Deployment("batched", "preferred", batched, "gpu threads x 8 (batching)"),
     }
 
 

@@ -1,7 +1,7 @@
 """Continuous batching and prefix reuse of `llm.generate`, on a local fleet, in one run.
 
-A local fleet of one `gpu`-class worker (its preset: a thread pool whose concurrency is the
-LLM batch; on a CPU host llama.cpp runs on the CPU) and the `io` control class. Gemma 3 270M
+A local fleet of one `gpu`-class worker, batching (a thread pool whose concurrency is the
+LLM batch: N; on a CPU host llama.cpp runs on the CPU) and the `io` control class. Gemma 3 270M
 Q4_K_M, greedy decoding, `--tokens` new tokens per step, a ~60-token prompt that differs in
 its first line (no prefix is shared).
 
@@ -147,9 +147,10 @@ def main() -> None:
 
     cfg = load_config()
     cfg = cfg.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
-    gpu = cfg.classes["gpu"].model_copy(update={"concurrency": max(args.concurrency, 1)})
+    update = {"pool": "threads", "concurrency": max(args.concurrency, 1)}
+    gpu = cfg.classes["gpu"].model_copy(update=update)
     cfg.classes["gpu"] = gpu
-    env = {"FLEET_CLASS_GPU_CONCURRENCY": str(gpu.concurrency)}
+    env = {"FLEET_CLASS_GPU_POOL": "threads", "FLEET_CLASS_GPU_CONCURRENCY": str(gpu.concurrency)}
     with tempfile.TemporaryDirectory() as tmp:
         local = LocalFleet(cfg, ["gpu", "io"], False, Path(tmp), "WARNING", lambda s: None, env)
         with local:

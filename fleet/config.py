@@ -96,10 +96,12 @@ def default_classes() -> dict[str, ClassSpec]:
         "gpu": ClassSpec(
             name="gpu",
             description="accelerator: large models; CUDA offload when a GPU is present",
-            # A thread pool: its LLM steps share one model and one continuous batch (a
-            # sequence per slot; see docs/llm-batching.md), STT steps take turns on their model.
-            pool="threads",
-            concurrency=8,
+            # One step at a time. `pool = "threads"` with `concurrency = N` batches its LLM
+            # steps (N sequences on one model, docs/llm-batching.md): twice the tokens/s on
+            # a CPU host, but there the voice agent's speech-to-text shares the batch's cores
+            # and its capacity fell from 0.6 to 0.45 runs/s -- so batching is opted into.
+            pool="prefork",
+            concurrency=1,
             time_limit=900,
             soft_time_limit=840,
             device="cuda",

@@ -59,7 +59,7 @@ def batch_speedup(
 ) -> float:
     """Throughput at ``occupancy`` steps at once in one process over one at a time: linear
     between the measured levels, flat past the last one. Not measured: 1 for an op that
-    ``takes_turns`` (a model op: one lock per model and process), else ``occupancy`` (the
+    ``takes_turns`` (a model op: the process's model work takes turns), else ``occupancy`` (the
     steps wait on I/O or sleep side by side and do not slow each other)."""
     if occupancy <= 1:
         return 1.0

@@ -12,8 +12,10 @@ def test_defaults_have_four_classes_with_suited_presets() -> None:
     cfg = load_config(env={})
     assert list(cfg.classes) == ["gpu", "npu-lite", "cpu", "io"]
     gpu = cfg.classes["gpu"]
-    assert gpu.device == "cuda" and gpu.pool == "threads" and gpu.concurrency == 8
-    assert gpu.batches and gpu.compute_processes == 1  # one process, a batch of 8 sequences
+    assert gpu.device == "cuda" and gpu.pool == "prefork" and gpu.concurrency == 1
+    assert not gpu.batches and gpu.compute_processes == 1
+    batching = gpu.model_copy(update={"pool": "threads", "concurrency": 8})
+    assert batching.batches and batching.compute_processes == 1  # one process, 8 sequences
     assert not cfg.classes["io"].batches and cfg.classes["io"].compute_processes == 0
     assert cfg.classes["io"].pool in ("threads", "gevent") and cfg.classes["io"].concurrency >= 8
     assert cfg.classes["cpu"].pool == "prefork"

@@ -170,6 +170,8 @@ def test_a_new_profile_file_is_seen_within_one_snapshot(cfg: FleetConfig) -> Non
 def test_a_batching_class_is_estimated_at_the_occupancy_the_step_joins(cfg: FleetConfig) -> None:
     """gpu: a thread pool of 8 sequences in one process. A step that joins 3 others runs at
     occupancy 4: 4 steps share the process's throughput, sped up by the measured batch."""
+    gpu = cfg.classes["gpu"].model_copy(update={"pool": "threads", "concurrency": 8})
+    cfg = cfg.model_copy(update={"classes": {**cfg.classes, "gpu": gpu}})
     profiles = ProfileStore()
     profiles.put(OpProfile("llm.generate", "gpu", 0.0, 0.1, batch={"4": 2.0, "8": 3.0}))
     idle = estimate(req(), "gpu", state({}, {}, "gpu", slots=8), profiles, cfg)
