@@ -135,6 +135,39 @@ def _constraint(
     return text, max_tokens
 
 
+def _request(
+    model: Any,
+    prompt: str,
+    max_tokens: int,
+    temperature: float,
+    stop: list[str] | None,
+    seed: int,
+    grammar: str | None,
+    choices: list[str] | None,
+) -> Request:
+    """The completion a step asks for: its prompt's tokens (checked against the context)
+    and its constraint (a grammar ignores stop strings)."""
+    tokens = _tokens(model, prompt, max_tokens)
+    constraint, max_tokens = _constraint(model, grammar, choices, max_tokens)
+    return Request(
+        tokens=tokens,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        stop=[] if constraint is not None else [s for s in stop or [] if s],
+        grammar=constraint,
+    )
+
+
+def _result(request: Request, prefix: str) -> dict[str, Any]:
+    return {
+        "text": f"{prefix}{request.result_text()}".strip(),
+        "tokens": len(request.generated),
+        "prompt_tokens": len(request.tokens),
+        "finish_reason": request.finish_reason,
+    }
+
+
 def _complete(
     model: Any,
     prompt: str,
@@ -150,21 +183,13 @@ def _complete(
     batch (:meth:`Request.take`): the same tokens, text and counts as llm.generate."""
     import llama_cpp as lc
 
-    tokens = _tokens(model, prompt, max_tokens)
-    constraint, max_tokens = _constraint(model, grammar, choices, max_tokens)
-    request = Request(
-        tokens=tokens,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        seed=seed,
-        stop=[] if constraint is not None else [s for s in stop or [] if s],
-    )
+    request = _request(model, prompt, max_tokens, temperature, stop, seed, grammar, choices)
     model.set_seed(seed)
     vocab = model._model.vocab
     generator = model.generate(
-        tokens,
+        request.tokens,
         temp=temperature,
-        grammar=None if constraint is None else _grammar(constraint),
+        grammar=None if request.grammar is None else _grammar(request.grammar),
         reset=True,  # keeps the restored prompt's KV: only its last token is evaluated
     )
     for token in generator:
@@ -173,12 +198,7 @@ def _complete(
         if reason is not None:
             request.finish_reason = reason
             break
-    return {
-        "text": f"{prefix}{request.result_text()}".strip(),
-        "tokens": len(request.generated),
-        "prompt_tokens": len(tokens),
-        "finish_reason": request.finish_reason,
-    }
+    return _result(request, prefix)
 
 
 @op(
@@ -216,27 +236,14 @@ def generate(
     ``cached_tokens``: the prompt tokens whose KV an earlier step left in the batch.
     """
     engine = llm(model, n_ctx)
-    tokens = _tokens(engine, prompt, max_tokens)
-    constraint, max_tokens = _constraint(engine, grammar, choices, max_tokens)
+    request = _request(engine, prompt, max_tokens, temperature, stop, seed, grammar, choices)
     batch = batcher(model, n_ctx)
-    request = batch.submit(
-        Request(
-            tokens=tokens,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            stop=[] if constraint is not None else [s for s in stop or [] if s],
-            grammar=constraint,
-        )
-    )
+    batch.submit(request)
     left = time_left(float("inf"))
     batch.wait(request, None if left == float("inf") else left)
     return {
-        "text": f"{prefix}{request.result_text()}".strip(),
-        "tokens": len(request.generated),
-        "prompt_tokens": len(tokens),
+        **_result(request, prefix),
         "cached_tokens": request.reused,
-        "finish_reason": request.finish_reason,
         "loads": LOADS[f"llm:{model}"],
     }
 
