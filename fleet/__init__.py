@@ -19,7 +19,7 @@ from fleet.errors import (
 )
 
 if TYPE_CHECKING:
-    from fleet.client.client import Fleet, RunHandle, submit
+    from fleet.client.client import Fleet, RunHandle, signature, submit
     from fleet.sdk.registry import op, preloader
     from fleet.worker.app import app as app
     from fleet.workflow.builder import Ref, Step, Workflow
@@ -32,6 +32,7 @@ _LAZY = {
     "Fleet": "fleet.client.client",
     "RunHandle": "fleet.client.client",
     "submit": "fleet.client.client",
+    "signature": "fleet.client.client",
     "op": "fleet.sdk.registry",
     "preloader": "fleet.sdk.registry",
     "Ref": "fleet.workflow.builder",
@@ -55,6 +56,7 @@ __all__ = [
     "load_workflow",
     "op",
     "preloader",
+    "signature",
     "submit",
 ]
 

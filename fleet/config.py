@@ -4,8 +4,8 @@ Sources, later ones winning: built-in defaults, a TOML/YAML file (``FLEET_CONFIG
 ``./fleet.toml``), then environment variables::
 
     FLEET_BROKER_URL, FLEET_RESULT_BACKEND, FLEET_POLICY, FLEET_CONTROL_CLASS,
-    FLEET_OP_MODULES, FLEET_HTTP_ALLOW, FLEET_FILE_ROOTS and FLEET_DB_ALLOW (comma separated),
-    FLEET_FLOWER_PORT,
+    FLEET_OP_MODULES, FLEET_TASK_MODULES, FLEET_HTTP_ALLOW, FLEET_FILE_ROOTS and
+    FLEET_DB_ALLOW (comma separated), FLEET_FLOWER_PORT,
     FLEET_METRICS_PORT, FLEET_DATA_DIR,
     FLEET_CLASS_<NAME>_<FIELD>   e.g. FLEET_CLASS_NPU_LITE_CONCURRENCY=2
 
@@ -164,6 +164,9 @@ class FleetConfig(BaseModel):
     # (this project's own ops are entry points too); op_plugins = false turns those off.
     op_modules: list[str] = Field(default_factory=list)
     op_plugins: bool = True
+    # Modules of plain Celery tasks every worker imports (Celery's `imports`): a team's
+    # existing tasks, which workflows run as `celery:<task name>` steps.
+    task_modules: list[str] = Field(default_factory=list)
     flower_port: int = 5555
     # Flower's basic auth, "user:password"; empty: `fleet up` makes one and prints it once.
     flower_auth: str = ""
@@ -283,6 +286,7 @@ def _env_overrides(data: dict[str, Any], env: dict[str, str]) -> None:
             data[key] = env[var]
     lists = (
         ("FLEET_OP_MODULES", "op_modules"),
+        ("FLEET_TASK_MODULES", "task_modules"),
         ("FLEET_HTTP_ALLOW", "http_allow"),
         ("FLEET_FILE_ROOTS", "file_roots"),
         ("FLEET_DB_ALLOW", "db_allow"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 # Celery task names.
 STEP_TASK = "fleet.step"  # runs one op node, then sends the steps it made ready
 PING_TASK = "fleet.ping"  # a plain task: health checks and the benchmark's baseline
+WORKFLOW_TASK = "fleet.workflow"  # a workflow as a Celery signature: starts a run
 TASK_PREFIX = "fleet."
 
 # Message headers stamped at publish time.
@@ -26,6 +27,8 @@ RUN_LOSSES_KEY = "fleet:run:{id}:losses"  # hash: node path -> deaths of the wor
 # hash: "path@attempt" -> starts of that attempt by a message that sat in a queue (a start
 # that never finished means its worker died: a thread-pool worker's loss is counted here)
 RUN_STARTS_KEY = "fleet:run:{id}:starts"
+# hash: "*" (the run) or a node path -> the Celery task waiting for it (its request, JSON)
+RUN_REPLIES_KEY = "fleet:run:{id}:replies"
 RUN_MAP_KEY = "fleet:run:{id}:map:{node}"  # set: finished items of a mapped node
 SPEC_KEY = "fleet:spec:{digest}"  # a workflow spec (JSON), content-addressed
 WORKERS_KEY = "fleet:workers:{cls}"  # sorted set: live workers of a class by heartbeat time

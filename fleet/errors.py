@@ -36,9 +36,13 @@ class Problem:
 class WorkflowValidationError(FleetError):
     """A workflow failed validation; nothing was enqueued."""
 
-    def __init__(self, problems: list[Problem], workflow: str | None = None) -> None:
-        self.problems = problems
+    def __init__(self, problems: list[Problem] | str, workflow: str | None = None) -> None:
         self.workflow = workflow
+        if isinstance(problems, str):  # remade from its message (a Celery task's result)
+            self.problems: list[Problem] = []
+            super().__init__(problems)
+            return
+        self.problems = problems
         head = f"workflow '{workflow}' is invalid" if workflow else "workflow is invalid"
         body = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{head} ({len(problems)} problem(s)):\n{body}")
@@ -80,8 +84,11 @@ class WorkflowFailed(FleetError):
         self.run_id = run_id
         self.node = node
         self.error = error
-        where = f" at node '{node}'" if node else ""
-        super().__init__(f"run {run_id} failed{where}: {error}")
+        super().__init__(run_id, node, error)  # args remake it (a Celery task's result)
+
+    def __str__(self) -> str:
+        where = f" at node '{self.node}'" if self.node else ""
+        return f"run {self.run_id} failed{where}: {self.error}"
 
 
 class WorkflowTimeout(FleetError):

@@ -11,20 +11,20 @@ there on every step sends its own successors.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, Signature
 from kombu.exceptions import OperationalError
 
 from fleet.client.uploads import put_sqlite, upload
 from fleet.config import FleetConfig, redact
-from fleet.constants import INPUTS
+from fleet.constants import WORKFLOW_TASK
 from fleet.engine.compiler import compile_workflow
 from fleet.engine.dispatch import Dispatcher
 from fleet.errors import FleetError, WorkflowFailed, WorkflowTimeout
@@ -33,10 +33,11 @@ from fleet.sdk.registry import registry
 from fleet.store.artifacts import ArtifactStore, BlobStore
 from fleet.store.runs import RunInfo, RunStore, TraceEntry
 from fleet.workflow.builder import Workflow
+from fleet.workflow.chaining import check_given
 from fleet.workflow.loader import load_workflow
 from fleet.workflow.model import WorkflowSpec
 from fleet.workflow.split import expand_splits
-from fleet.workflow.validate import check_inputs, validate
+from fleet.workflow.validate import check_inputs, check_size, validate
 
 WorkflowLike = Workflow | WorkflowSpec | str | Path
 SUBMIT_RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0)  # a broker restart takes a moment
@@ -51,15 +52,11 @@ def to_spec(workflow: WorkflowLike) -> WorkflowSpec:
     return load_workflow(workflow)
 
 
-def _check_size(inputs: dict[str, Any], limit: int) -> None:
-    """Refuse inputs too large to travel in messages, naming the largest, before sending."""
-    sizes = {name: len(json.dumps(value, default=str)) for name, value in inputs.items()}
-    if sum(sizes.values()) > limit:
-        big = max(sizes, key=sizes.__getitem__)
-        raise ValueError(
-            f"workflow inputs are {sum(sizes.values())} bytes (limit {limit}, max_value_bytes); "
-            f"the largest is '{big}' ({sizes[big]} bytes): pass large data by reference"
-        )
+def _check_run_options(sla_s: float | None, policy: str | None) -> None:
+    if policy is not None:
+        make_policy(policy)  # an unknown name fails here, before anything is sent
+    if sla_s is not None and sla_s <= 0:
+        raise ValueError(f"sla_s must be positive, got {sla_s}")
 
 
 class RunHandle:
@@ -134,10 +131,7 @@ class Fleet:
         spec = self.validate(workflow)
         inputs = dict(inputs or {})
         check_inputs(spec, inputs)
-        if policy is not None:
-            make_policy(policy)  # an unknown name fails here, before anything is sent
-        if sla_s is not None and sla_s <= 0:
-            raise ValueError(f"sla_s must be positive, got {sla_s}")
+        _check_run_options(sla_s, policy)
         compiled = compile_workflow(spec, self.cfg, registry)
         run_id = uuid.uuid4().hex
         run: dict[str, Any] = {
@@ -150,13 +144,10 @@ class Fleet:
             if value is not None:
                 run[key] = value
         values = {**spec.defaults, **inputs}
-        _check_size(values, self.cfg.max_value_bytes)
-        meta = {k: run.get(k) for k in ("priority", "sla_s", "policy")}
+        check_size(values, self.cfg.max_value_bytes)
         for attempt, pause in enumerate((*SUBMIT_RETRY_PAUSES, None), start=1):
             try:  # idempotent: the same run id, and the claims let each step be sent once
-                self.dispatcher.register(compiled, force=attempt > 1)
-                self.store.create(run_id, spec.name, meta, inputs=values)
-                self.dispatcher.advance(run, {INPUTS: values}, owner=f"submit:{run_id}")
+                self.dispatcher.start(compiled, run, values, force=attempt > 1)
                 break
             except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
                 if pause is None:
@@ -174,6 +165,42 @@ class Fleet:
     ) -> dict[str, Any]:
         """Submit and wait for the outputs."""
         return self.submit(workflow, inputs).get(timeout=timeout)
+
+    def signature(
+        self,
+        workflow: WorkflowLike,
+        inputs: dict[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+        priority: int | None = None,
+        sla_s: float | None = None,
+        policy: str | None = None,
+    ) -> Signature:
+        """The workflow as a Celery signature (``wf.s()``; ``immutable``: ``wf.si()``).
+
+        It composes like any task's: in a ``chain`` it takes the previous result as inputs
+        (the rule is in :mod:`fleet.workflow.chaining`); its result is the outputs dict; the
+        run's id is its task id (``fleet.handle(result.id)``). The workflow and the inputs
+        given are checked now, before anything is sent.
+        """
+        spec = self.validate(workflow)
+        given = dict(inputs or {})
+        check_given(spec, given, complete=immutable)
+        _check_run_options(sla_s, policy)
+        run_options = {"priority": priority, "sla_s": sla_s, "policy": policy}
+        kwargs = {
+            "workflow": to_spec(workflow).model_dump(mode="json"),
+            "inputs": given,
+            "run_options": {k: v for k, v in run_options.items() if v is not None},
+        }
+        # The control class starts runs; a queue of its own keeps the signature on the fleet
+        # when another app (its own default queue) sends it.
+        options: dict[str, Any] = {"queue": self.cfg.classes[self.cfg.control_class].queue_name}
+        if priority is not None:
+            options["priority"] = priority
+        return Signature(
+            WORKFLOW_TASK, kwargs=kwargs, options=options, immutable=immutable, app=self.app
+        )
 
     def upload(self, source: bytes | str | Path, kind: str | None = None) -> str:
         """Send a local file (or bytes, or a folder as a tar) into the fleet; pass the returned
@@ -200,6 +227,19 @@ class Fleet:
         return RunHandle(run_id, self.store)
 
 
+@cache
+def default_fleet() -> Fleet:
+    """The fleet of the default app and configuration (environment / fleet.toml)."""
+    return Fleet()
+
+
 def submit(workflow: WorkflowLike, inputs: dict[str, Any] | None = None) -> RunHandle:
     """Submit with the default app and configuration (environment / fleet.toml)."""
-    return Fleet().submit(workflow, inputs)
+    return default_fleet().submit(workflow, inputs)
+
+
+def signature(
+    workflow: WorkflowLike, inputs: dict[str, Any] | None = None, **options: Any
+) -> Signature:
+    """:meth:`Fleet.signature` with the default app and configuration."""
+    return default_fleet().signature(workflow, inputs, **options)

@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery
 
 from fleet.config import FleetConfig
-from fleet.constants import STEP_TASK
+from fleet.constants import INPUTS, STEP_TASK
 from fleet.engine.compiler import CompiledWorkflow, compile_workflow
 from fleet.engine.readiness import Decision, Outputs, StepCall, decide
 from fleet.errors import FleetError, ReadinessError
@@ -65,6 +65,23 @@ class Dispatcher:
         compiled = compile_workflow(WorkflowSpec.model_validate_json(text), self.cfg, self.registry)
         self._remember(digest, compiled)
         return compiled
+
+    def start(
+        self,
+        workflow: CompiledWorkflow,
+        run: dict[str, Any],
+        values: dict[str, Any],
+        *,
+        force: bool = False,
+        reply: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a new run and send its first ready steps. Idempotent for one run id (the
+        claims let each step out once), so a caller may try again after a broker error;
+        ``reply``: the Celery task whose result the run's outcome is (see RunStore.create)."""
+        self.register(workflow, force=force)
+        meta = {k: run.get(k) for k in ("priority", "sla_s", "policy")}
+        self.store.create(run["id"], workflow.spec.name, meta, inputs=values, reply=reply)
+        self.advance(run, {INPUTS: values}, owner=f"submit:{run['id']}")
 
     def advance(self, run: dict[str, Any], state: Outputs, owner: str) -> Decision | None:
         """Send the steps that ``state`` makes ready (those ``owner`` wins), trace the nodes it

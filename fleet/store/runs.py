@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -29,6 +30,7 @@ from fleet.constants import (
     RUN_LOSSES_KEY,
     RUN_MAP_KEY,
     RUN_OUTPUTS_KEY,
+    RUN_REPLIES_KEY,
     RUN_STARTS_KEY,
     RUN_TRACE_KEY,
     SPEC_KEY,
@@ -38,15 +40,18 @@ from fleet.constants import (
 TERMINAL = ("succeeded", "failed")
 STATE_AFTER_END_S = 600  # how long a finished run's step outputs and claims are kept
 
-# End a run once: the first writer sets finished_at and its fields, wakes the waiters and
-# adds the run to its workflow's counters (KEYS[3], read by `fleet metrics`) -- exactly once.
+# End a run once: the first writer sets finished_at and its fields, wakes the waiters, takes
+# the replies owed to Celery (KEYS[4]) and adds the run to its workflow's counters (KEYS[3],
+# read by `fleet metrics`) -- exactly once. Returns 0, or {1, reply field, reply, ...}.
 _END = """
 if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('RPUSH', KEYS[2], '1')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-for i = 4, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+local replies = redis.call('HGETALL', KEYS[4])
+redis.call('DEL', KEYS[4])
+for i = 5, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 local run = redis.call('HMGET', KEYS[1], 'workflow', 'status', 'submitted_at', 'meta', 'cost')
 local wf, status = run[1] or '?', run[2] or '?'
 local secs = tonumber(ARGV[2]) - (tonumber(run[3]) or tonumber(ARGV[2]))
@@ -65,7 +70,8 @@ if ok and type(meta) == 'table' and type(meta['sla_s']) == 'number' then
   end
 end
 if tonumber(run[5]) then redis.call('HINCRBYFLOAT', m, 'cost||' .. wf, run[5]) end
-return 1
+table.insert(replies, 1, 1)
+return replies
 """
 _BUCKETS = ",".join(repr(b) for b in LATENCY_BUCKETS)
 
@@ -178,8 +184,24 @@ class RunInfo:
         return self.status in TERMINAL
 
 
+# Called by the store that ended a run, once, with (run id, ending, the replies owed):
+# reply field (RUN_REPLY for the run's own) -> what it was given (JSON).
+EndHook = Callable[[str, "Ending", dict[str, str]], None]
+RUN_REPLY = "*"  # the reply field of the run as a whole (others: a node's path)
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a run ended, as the store that ended it saw it."""
+
+    status: str
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+    node: str | None = None
+
+
 class RunStore:
-    def __init__(self, url: str, ttl: int = 86400) -> None:
+    def __init__(self, url: str, ttl: int = 86400, on_end: EndHook | None = None) -> None:
         # A broker restart is a few seconds without Redis: wait it out (about 13 s in all)
         # instead of failing the step or the submission whose bookkeeping hit it.
         retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=10)
@@ -190,6 +212,9 @@ class RunStore:
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         self.ttl = ttl
+        # What to do with the replies a run owes Celery when this store ends it (a run started
+        # as a Celery signature: its task's result, callbacks and chain wait for it).
+        self.on_end = on_end
 
     @staticmethod
     def _key(run_id: str, part: str = "") -> str:
@@ -201,6 +226,7 @@ class RunStore:
             "claims": RUN_CLAIMS_KEY,
             "losses": RUN_LOSSES_KEY,
             "starts": RUN_STARTS_KEY,
+            "replies": RUN_REPLIES_KEY,
         }[part]
         return key.format(id=run_id)
 
@@ -218,7 +244,9 @@ class RunStore:
         workflow: str,
         meta: dict[str, Any] | None = None,
         inputs: dict[str, Any] | None = None,
+        reply: dict[str, Any] | None = None,
     ) -> None:
+        """Record a new run; ``reply``: the Celery task whose result is this run's outcome."""
         key = self._key(run_id)
         fields = {"workflow": workflow, "status": "running", "submitted_at": repr(time.time())}
         fields["meta"] = json.dumps(meta or {})
@@ -228,7 +256,27 @@ class RunStore:
         if inputs is not None:
             pipe.hset(self._key(run_id, "out"), INPUTS, json.dumps(inputs))
             pipe.expire(self._key(run_id, "out"), self.ttl)
+        if reply is not None:
+            self._owe(pipe, run_id, RUN_REPLY, reply)
         pipe.execute()
+
+    def _owe(self, pipe: Any, run_id: str, field: str, reply: dict[str, Any]) -> None:
+        pipe.hset(self._key(run_id, "replies"), field, json.dumps(reply))
+        pipe.expire(self._key(run_id, "replies"), self.ttl)
+
+    def owe_reply(self, run_id: str, field: str, reply: dict[str, Any]) -> None:
+        """Remember a Celery task that waits for part ``field`` (a node path) of a run."""
+        pipe = self.redis.pipeline(transaction=False)
+        self._owe(pipe, run_id, field, reply)
+        pipe.execute()
+
+    def take_reply(self, run_id: str, field: str) -> dict[str, Any] | None:
+        """The reply owed for ``field``, to exactly one caller (None to every other)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(self._key(run_id, "replies"), field)
+        pipe.hdel(self._key(run_id, "replies"), field)
+        raw, taken = pipe.execute()
+        return json.loads(raw) if raw is not None and taken else None
 
     def add_trace(self, run_id: str, entry: TraceEntry) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -315,23 +363,33 @@ class RunStore:
         won = self.redis.eval(_CLAIM, 1, self._key(run_id, "claims"), owner, self.ttl, *paths)
         return [str(p) for p in cast(list[Any], won)]
 
-    def _end(self, run_id: str, fields: dict[str, str]) -> bool:
-        """Record a terminal state once; the first writer wins (a late branch cannot undo it)."""
+    def _end(self, run_id: str, fields: dict[str, str], ending: Ending) -> bool:
+        """Record a terminal state once; the first writer wins (a late branch cannot undo it)
+        and settles the replies the run owes (``on_end``)."""
         flat = [x for kv in fields.items() for x in kv]
         keys = [self._key(run_id), self._key(run_id, "done"), WORKFLOW_METRICS_KEY]
-        keys += [self._key(run_id, part) for part in ("out", "claims", "losses", "starts")]
+        keys += [self._key(run_id, part) for part in ("replies", "out", "claims")]
+        keys += [self._key(run_id, part) for part in ("losses", "starts")]
         # The run's working state (every step's outputs, claims) is not what the client reads
         # once the run ended: it goes after STATE_AFTER_END_S, the record and trace stay.
         short = min(self.ttl, STATE_AFTER_END_S)
         now = repr(time.time())
         won = self.redis.eval(_END, len(keys), *keys, self.ttl, now, short, _BUCKETS, *flat)
-        return bool(won)
+        if not won:
+            return False
+        replies = cast(list[str], won)[1:]
+        if replies and self.on_end is not None:
+            owed = dict(zip(replies[::2], replies[1::2], strict=True))
+            self.on_end(run_id, ending, owed)
+        return True
 
     def succeed(self, run_id: str, outputs: dict[str, Any]) -> bool:
-        return self._end(run_id, {"status": "succeeded", "outputs": json.dumps(outputs)})
+        fields = {"status": "succeeded", "outputs": json.dumps(outputs)}
+        return self._end(run_id, fields, Ending("succeeded", outputs=outputs))
 
     def fail(self, run_id: str, node: str | None, error: str) -> bool:
-        return self._end(run_id, {"status": "failed", "error": error, "error_node": node or ""})
+        fields = {"status": "failed", "error": error, "error_node": node or ""}
+        return self._end(run_id, fields, Ending("failed", error=error, node=node))
 
     def status(self, run_id: str) -> str | None:
         value = self.redis.hget(self._key(run_id), "status")

@@ -23,15 +23,16 @@ from fleet.store.runs import RunStore
 from fleet.worker.backend import backend_setting
 from fleet.worker.compat import patch_kombu_redis_restore
 from fleet.worker.heartbeat import Heartbeat
+from fleet.worker.replies import replier
 
 
-def _run_failer(cfg: FleetConfig) -> Callable[[str, str | None, str], None]:
+def _run_failer(app: Celery, cfg: FleetConfig) -> Callable[[str, str | None, str], None]:
     """How the router fails a run (a policy found no class to run a step on)."""
     stores: list[RunStore] = []
 
     def fail(run_id: str, node: str | None, why: str) -> None:
         if not stores:
-            stores.append(RunStore(cfg.backend_url, cfg.run_ttl))
+            stores.append(RunStore(cfg.backend_url, cfg.run_ttl, on_end=replier(app)))
         stores[0].fail(run_id, node, why)
 
     return fail
@@ -53,7 +54,7 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
         worker_prefetch_multiplier=1,
         broker_transport_options={"visibility_timeout": cfg.visibility_timeout},
         result_expires=cfg.run_ttl,
-        task_routes=(FleetRouter(cfg, on_fail=_run_failer(cfg)),),
+        task_routes=(FleetRouter(cfg, on_fail=_run_failer(app, cfg)),),
         task_default_queue=cfg.classes[cfg.control_class].queue_name,
         task_track_started=True,
         task_send_sent_event=True,
@@ -69,6 +70,7 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
             "interval_step": 0.5,
             "interval_max": 2.0,
         },
+        imports=tuple(cfg.task_modules),  # the plain Celery tasks `celery:` steps call
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
@@ -84,7 +86,7 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
 def create_app(cfg: FleetConfig | None = None) -> Celery:
     patch_kombu_redis_restore()  # workers must survive a broker restart (see compat.py)
     cfg = cfg or load_config()
-    app = Celery("fleet", include=["fleet.worker.tasks"])
+    app = Celery("fleet", include=["fleet.worker.tasks", "fleet.worker.canvas"])
     configure(app, cfg)
     app.steps["consumer"].add(Heartbeat)
     return app

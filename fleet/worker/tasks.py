@@ -29,6 +29,7 @@ from fleet.sdk.registry import OpSpec, registry
 from fleet.sdk.step import StepContext, running
 from fleet.store.runs import RunStore, TraceEntry
 from fleet.worker.app import app, fleet_config
+from fleet.worker.replies import replier
 
 log = logging.getLogger("fleet.tasks")
 RECHECK_AFTER_S = 0.05  # a step that waited longer re-reads its run's status before running
@@ -48,7 +49,7 @@ def dispatcher(celery_app: Celery) -> Dispatcher:
         if id(celery_app) not in _DISPATCHERS:
             cfg = fleet_config(celery_app)
             registry.load(cfg.op_modules, cfg.op_plugins)
-            store = RunStore(cfg.backend_url, cfg.run_ttl)
+            store = RunStore(cfg.backend_url, cfg.run_ttl, on_end=replier(celery_app))
             _DISPATCHERS[id(celery_app)] = Dispatcher(celery_app, cfg, store, registry)
         return _DISPATCHERS[id(celery_app)]
 
@@ -174,8 +175,8 @@ class StepRequest(Request):
         call, run = self.kwargs.get("call") or {}, self.kwargs.get("run") or {}
         if not call.get("path") or not run.get("id"):
             return False
+        store = _loss_store(self.task.app)
         cfg = fleet_config(self.task.app)
-        store = _loss_store(cfg.backend_url, cfg.run_ttl)
         losses = store.count_loss(run["id"], call["path"])
         log.warning(
             "run %s: node %s lost its worker (%d): %s", run["id"], call["path"], losses, how
@@ -191,8 +192,9 @@ class StepRequest(Request):
 
 
 @cache
-def _loss_store(url: str, ttl: int) -> RunStore:
-    return RunStore(url, ttl)
+def _loss_store(celery_app: Celery) -> RunStore:
+    cfg = fleet_config(celery_app)
+    return RunStore(cfg.backend_url, cfg.run_ttl, on_end=replier(celery_app))
 
 
 @app.task(name=STEP_TASK, bind=True, ignore_result=True, Request=StepRequest)

@@ -12,10 +12,13 @@ anything else becomes a constant param. Comparisons on a reference build conditi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet.constants import INPUTS
 from fleet.workflow.model import Condition, CondOp, LoopSpec, NodeSpec, Source, WorkflowSpec
+
+if TYPE_CHECKING:
+    from celery import Signature
 
 
 class Ref:
@@ -226,6 +229,20 @@ class Workflow:
 
     def output(self, name: str, source: Ref | Alternatives) -> None:
         self._spec.outputs[name] = _source(source)
+
+    def s(self, **inputs: Any) -> Signature:
+        """This workflow as a Celery signature on the default fleet: in a ``chain`` it takes
+        the previous task's result as inputs, and its result is the outputs dict (see
+        :meth:`fleet.Fleet.signature`, which takes a fleet of your own and run options)."""
+        from fleet import signature  # the public facade: the client is a layer above
+
+        return signature(self, inputs)
+
+    def si(self, **inputs: Any) -> Signature:
+        """An immutable signature: it ignores the chain's value; every input is given here."""
+        from fleet import signature
+
+        return signature(self, inputs, immutable=True)
 
     def spec(self) -> WorkflowSpec:
         """A copy of the model built so far (validate it with fleet.workflow.validate)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 import networkx as nx
 
@@ -316,3 +317,14 @@ def check_inputs(
     ]
     if found:
         raise WorkflowValidationError(found, workflow=spec.name)
+
+
+def check_size(inputs: dict[str, Any], limit: int) -> None:
+    """Refuse inputs too large to travel in messages, naming the largest, before sending."""
+    sizes = {name: len(json.dumps(value, default=str)) for name, value in inputs.items()}
+    if sum(sizes.values()) > limit:
+        big = max(sizes, key=sizes.__getitem__)
+        raise ValueError(
+            f"workflow inputs are {sum(sizes.values())} bytes (limit {limit}, max_value_bytes); "
+            f"the largest is '{big}' ({sizes[big]} bytes): pass large data by reference"
+        )
