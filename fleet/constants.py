@@ -11,6 +11,11 @@ STEP_TASK = "fleet.step"  # runs one op node, then sends the steps it made ready
 PING_TASK = "fleet.ping"  # a plain task: health checks and the benchmark's baseline
 WORKFLOW_TASK = "fleet.workflow"  # a workflow as a Celery signature: starts a run
 TASK_PREFIX = "fleet."
+# The end of a `celery:` step: its task's link and link_error (see fleet.worker.canvas).
+CELERY_DONE_TASK = "fleet.celery_done"
+CELERY_FAILED_TASK = "fleet.celery_failed"
+CELERY_OP_PREFIX = "celery:"  # an op that is an existing Celery task, sent by name
+CELERY_STEP_HEADER = "fleet_step"  # on a `celery:` step's message: its node path
 
 # Message headers stamped at publish time.
 SENT_AT_HEADER = "fleet_sent_at"
@@ -30,6 +35,8 @@ RUN_STARTS_KEY = "fleet:run:{id}:starts"
 # hash: "*" (the run) or a node path -> the Celery task waiting for it (its request, JSON)
 RUN_REPLIES_KEY = "fleet:run:{id}:replies"
 RUN_MAP_KEY = "fleet:run:{id}:map:{node}"  # set: finished items of a mapped node
+# a `celery:` step's task as its worker started it: {started_at, worker} (JSON)
+CELERY_START_KEY = "fleet:celery-start:{task_id}"
 SPEC_KEY = "fleet:spec:{digest}"  # a workflow spec (JSON), content-addressed
 WORKERS_KEY = "fleet:workers:{cls}"  # sorted set: live workers of a class by heartbeat time
 WORKER_INFO_KEY = "fleet:worker-info"  # hash: worker -> JSON (class, slots, busy, pid)

@@ -29,6 +29,7 @@ from fleet.engine.compiler import compile_workflow
 from fleet.engine.dispatch import Dispatcher
 from fleet.errors import FleetError, WorkflowFailed, WorkflowTimeout
 from fleet.routing.policies import make_policy
+from fleet.routing.registered import check_registered
 from fleet.sdk.registry import registry
 from fleet.store.artifacts import ArtifactStore, BlobStore
 from fleet.store.runs import RunInfo, RunStore, TraceEntry
@@ -133,6 +134,7 @@ class Fleet:
         check_inputs(spec, inputs)
         _check_run_options(sla_s, policy)
         compiled = compile_workflow(spec, self.cfg, registry)
+        check_registered(compiled, self.store.redis, self.cfg.worker_ttl)
         run_id = uuid.uuid4().hex
         run: dict[str, Any] = {
             "id": run_id,
@@ -186,6 +188,8 @@ class Fleet:
         spec = self.validate(workflow)
         given = dict(inputs or {})
         check_given(spec, given, complete=immutable)
+        compiled = compile_workflow(spec, self.cfg, registry)
+        check_registered(compiled, self.store.redis, self.cfg.worker_ttl)
         _check_run_options(sla_s, policy)
         run_options = {"priority": priority, "sla_s": sla_s, "policy": policy}
         kwargs = {

@@ -16,10 +16,17 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Signature
 
 from fleet.config import FleetConfig
-from fleet.constants import INPUTS, STEP_TASK
+from fleet.constants import (
+    CELERY_DONE_TASK,
+    CELERY_FAILED_TASK,
+    CELERY_OP_PREFIX,
+    CELERY_STEP_HEADER,
+    INPUTS,
+    STEP_TASK,
+)
 from fleet.engine.compiler import CompiledWorkflow, compile_workflow
 from fleet.engine.readiness import Decision, Outputs, StepCall, decide
 from fleet.errors import FleetError, ReadinessError
@@ -113,6 +120,33 @@ class Dispatcher:
             options["time_limit"] = call["timeout"] + 5
         if run.get("priority") is not None:
             options["priority"] = run["priority"]
+        if call["op"].startswith(CELERY_OP_PREFIX):
+            self._send_celery(call, run, options)
+            return
         # What Flower and `celery inspect` show instead of a wall of fleet.step.
         options["shadow"] = f"{run.get('workflow', '?')}:{call['path']} [{call['op']}]"
         self.app.send_task(STEP_TASK, kwargs={"call": call, "run": run}, **options)
+
+    def _send_celery(self, call: StepCall, run: dict[str, Any], options: dict[str, Any]) -> None:
+        """A ``celery:`` step: send that task by name, the node's inputs as its keyword
+        arguments, to the queue the app's router picks for this step as for any other; its
+        link and link_error (on the control class) record its end and move the run on."""
+        task = call["op"][len(CELERY_OP_PREFIX) :]
+        route = self.app.amqp.router.route({}, STEP_TASK, (), {"call": call, "run": run})
+        queue = route.get("queue")
+        end = {
+            "call": call,
+            "run": run,
+            "sent_at": time.time(),
+            "queue": getattr(queue, "name", queue),
+        }
+        control = {"queue": self.cfg.classes[self.cfg.control_class].queue_name}
+        self.app.send_task(
+            task,
+            kwargs=call["args"],
+            link=Signature(CELERY_DONE_TASK, kwargs=end, options=control, app=self.app),
+            link_error=Signature(CELERY_FAILED_TASK, kwargs=end, options=control, app=self.app),
+            headers={CELERY_STEP_HEADER: call["path"]},
+            **route,
+            **options,
+        )

@@ -21,6 +21,7 @@ from typing import Any, NotRequired, TypedDict
 from fleet.constants import INPUTS
 from fleet.engine.compiler import CompiledWorkflow, Scope
 from fleet.errors import ReadinessError
+from fleet.sdk.registry import OpSpec
 from fleet.workflow.model import NodeSpec, Source, alternatives, parse_ref
 from fleet.workflow.validate import LOOP_OUTPUT
 
@@ -41,6 +42,8 @@ class StepCall(TypedDict):
     group: list[Any] | None  # an item of a map: [the mapped node's path, number of items]
     # the data's sensitivity: the worker's own config must trust its class for it
     sensitivity: NotRequired[str | None]
+    # a `celery:` step: the keys of its task's dict result that are outputs too
+    outputs: NotRequired[list[str]]
 
 
 @dataclass
@@ -196,6 +199,15 @@ def _dead(source: Source, status: Mapping[str, str]) -> bool:
 
 def _call(sc: Scope, node: NodeSpec, path: str, args: dict[str, Any], remaining: int) -> StepCall:
     op = sc.ops[node.name]
+    call = _base_call(sc, node, op, path, args, remaining)
+    if node.outputs:
+        call["outputs"] = list(node.outputs)
+    return call
+
+
+def _base_call(
+    sc: Scope, node: NodeSpec, op: OpSpec, path: str, args: dict[str, Any], remaining: int
+) -> StepCall:
     return {
         "path": path,
         "op": op.name,

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal, TypeVar
 
-from fleet.constants import OPS_GROUP
+from fleet.constants import CELERY_OP_PREFIX, OPS_GROUP
 from fleet.errors import FleetError, UnknownOpError
 
 OpKind = Literal["model", "tool", "memory", "compute"]
@@ -98,6 +99,36 @@ class OpSpec:
         return out
 
 
+# A Celery task name as people write them: dotted (or colon-separated) identifiers.
+TASK_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:[.:-][A-Za-z0-9_]+)*$")
+
+
+def _sent_by_name(**_: Any) -> Any:
+    raise FleetError("a celery: op is a Celery task sent by name, not called in the step")
+
+
+def celery_op(name: str) -> OpSpec:
+    """The op of an existing Celery task (``celery:<task name>``): the engine sends that task
+    by name to the class the router picks; its return value is the output ``result``. It is
+    plain CPU work to the router until profiled, and any class may run it."""
+    task = name[len(CELERY_OP_PREFIX) :]
+    if not TASK_NAME_RE.match(task):
+        raise UnknownOpError(
+            f"op '{name}': '{task}' is not a Celery task name (dotted identifiers, "
+            "such as proj.tasks.ocr)"
+        )
+    return OpSpec(
+        name=name,
+        kind="tool",
+        func=_sent_by_name,
+        classes=(ANY_CLASS,),
+        prefers="cpu",
+        outputs=("result",),
+        accepts_any=True,
+        description=f"the Celery task {task}, sent by name",
+    )
+
+
 @dataclass(frozen=True)
 class RuntimeSpec:
     """A native runtime that op modules load models with, as ``fleet doctor`` checks it."""
@@ -132,12 +163,16 @@ class Registry:
         self._ops[spec.name] = spec
 
     def get(self, name: str) -> OpSpec:
+        if name.startswith(CELERY_OP_PREFIX):
+            return celery_op(name)
         try:
             return self._ops[name]
         except KeyError:
             raise UnknownOpError(f"unknown op '{name}'") from None
 
     def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and name.startswith(CELERY_OP_PREFIX):
+            return TASK_NAME_RE.match(name[len(CELERY_OP_PREFIX) :]) is not None
         return name in self._ops
 
     def names(self) -> list[str]:

@@ -15,7 +15,14 @@ from celery import Celery
 from celery.signals import before_task_publish, worker_process_init
 
 from fleet.config import FleetConfig, load_config
-from fleet.constants import ROUTE_HEADER, SENT_AT_HEADER, TASK_PREFIX, WORKER_CLASS_ENV
+from fleet.constants import (
+    CELERY_STEP_HEADER,
+    ROUTE_HEADER,
+    SENT_AT_HEADER,
+    STEP_TASK,
+    TASK_PREFIX,
+    WORKER_CLASS_ENV,
+)
 from fleet.routing.depth import AMQP_SCHEMES
 from fleet.routing.router import FleetRouter, take_decision
 from fleet.sdk.registry import registry
@@ -109,10 +116,13 @@ def _stamp_headers(
     sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any
 ) -> None:
     """Stamp send time and the routing decision on every fleet message."""
-    if headers is None or not str(headers.get("task", "")).startswith(TASK_PREFIX):
+    if headers is None:
+        return
+    celery_step = CELERY_STEP_HEADER in headers  # a `celery:` step, routed as fleet.step
+    if not celery_step and not str(headers.get("task", "")).startswith(TASK_PREFIX):
         return
     headers[SENT_AT_HEADER] = time.time()
-    decision = take_decision(str(headers["task"]))
+    decision = take_decision(STEP_TASK if celery_step else str(headers["task"]))
     if decision is not None:
         headers[ROUTE_HEADER] = decision.to_dict()
 

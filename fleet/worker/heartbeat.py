@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
-from fleet.constants import THREADS_ENV
+from fleet.constants import TASK_PREFIX, THREADS_ENV
 from fleet.routing.state import beat, forget
 from fleet.worker.sweeper import sweep
 
@@ -52,6 +52,10 @@ class Heartbeat(bootsteps.StartStopStep):
             "pid": os.getpid(),
             # native threads per process, as `fleet worker` set them for this host
             "threads": int(os.environ.get(THREADS_ENV) or 0) or None,
+            # the plain Celery tasks it can run, for `celery:` steps (checked at submit)
+            "tasks": sorted(
+                name for name in consumer.app.tasks if not name.startswith(("celery.", TASK_PREFIX))
+            ),
         }
         self.app = consumer.app
         # A message a live worker took is in its next heartbeat; older ones nobody announced

@@ -236,7 +236,7 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         call["path"],
         outputs,
         entry,
-        lambda pipe: _observe(pipe, call, units, entry, engine.cfg, run["id"]),
+        lambda pipe: observe(pipe, call, units, entry, engine.cfg, run["id"]),
         call.get("group"),
     )
     if status == "running" and state is not None:
@@ -351,7 +351,7 @@ def _failed(
     _fail_run(store, call, run, trace, error, f"node '{call['path']}' (op {op.name}): {error}")
 
 
-def _observe(
+def observe(
     pipe: Any, call: StepCall, units: float, entry: TraceEntry, cfg: FleetConfig, run_id: str
 ) -> None:
     """Feed the run time into the shared moving averages the router estimates from, and add

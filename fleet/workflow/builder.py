@@ -165,6 +165,7 @@ class Workflow:
         retries: int | None = None,
         timeout: float | None = None,
         map: str | None = None,
+        outputs: list[str] | None = None,
         args: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Step:
@@ -172,6 +173,9 @@ class Workflow:
 
         The keywords above configure the node itself; an op argument with one of those names
         (http.request's ``timeout``, say) goes in ``args={...}``, split the same way.
+        ``op`` may be ``"celery:<task name>"``: an existing Celery task, sent by name; its
+        result is the output ``result``, and ``outputs`` names keys of a dict result that
+        become outputs too.
         """
         inputs, params = self._split({**(args or {}), **kwargs})
         return self._add(
@@ -186,6 +190,7 @@ class Workflow:
                 retries=retries,
                 timeout=timeout,
                 map=map,
+                outputs=outputs,
             )
         )
 

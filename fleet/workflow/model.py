@@ -154,6 +154,9 @@ class NodeSpec(BaseModel):
     sensitivity: str | None = None
     # The op as its two parts on two classes (fleet.workflow.split expands it).
     split: SplitSpec | None = None
+    # A `celery:` step's task returns a dict: these of its keys are outputs too (besides
+    # `result`, the whole value).
+    outputs: list[str] | None = None
     line: int | None = None
 
     _coerce = field_validator("when", mode="before")(_coerce_condition)

@@ -13,7 +13,7 @@ from typing import Any
 import networkx as nx
 
 from fleet.config import FleetConfig
-from fleet.constants import INPUTS
+from fleet.constants import CELERY_OP_PREFIX, INPUTS
 from fleet.errors import Problem, UnknownOpError, WorkflowValidationError
 from fleet.sdk.registry import OpSpec, Registry
 from fleet.workflow.model import NAME_RE, NodeSpec, WorkflowSpec, alternatives, parse_ref
@@ -49,7 +49,7 @@ def node_outputs(node: NodeSpec, registry: Registry) -> tuple[str, ...] | None:
         extra = (LOOP_OUTPUT,) if node.loop is not None else ()
         return (*node.workflow.outputs.keys(), *extra)
     if node.op and node.op in registry:
-        return registry.get(node.op).outputs
+        return (*registry.get(node.op).outputs, *(node.outputs or ()))
     return None
 
 
@@ -155,8 +155,8 @@ class _Checker:
             self.add(f"map names '{node.map}', which is not one of its inputs", node, "map")
         try:
             op = self.registry.get(node.op)
-        except UnknownOpError:
-            self.add(f"unknown op '{node.op}'", node, "op")
+        except UnknownOpError as exc:
+            self.add(str(exc), node, "op")
             return
         if node.kind is not None and node.kind != op.kind:
             self.add(f"kind '{node.kind}' does not match op {op.name} (kind {op.kind})", node)
@@ -168,6 +168,8 @@ class _Checker:
                 f"two parts, such as LLM generation)"
             )
             self.add(why, node, "split")
+        if node.outputs is not None:
+            self._declared_outputs(node, op)
         given = set(node.inputs) | set(node.params)
         for both in sorted(set(node.inputs) & set(node.params)):
             self.add(f"'{both}' is given both as an input and as a param", node)
@@ -179,6 +181,22 @@ class _Checker:
                 known = ", ".join(op.params) or "none"
                 self.add(f"op {op.name} takes no '{name}' (it takes: {known})", node, name)
         self._classes(node, op)
+
+    def _declared_outputs(self, node: NodeSpec, op: OpSpec) -> None:
+        """``outputs:`` names the dict keys of a ``celery:`` step's result; ops declare
+        their own."""
+        if not op.name.startswith(CELERY_OP_PREFIX):
+            self.add(
+                f"'outputs' is for celery: steps; op {op.name} declares its own "
+                f"({', '.join(op.outputs)})",
+                node,
+                "outputs",
+            )
+        for name in node.outputs or ():
+            if not NAME_RE.match(name) or name in op.outputs:
+                self.add(f"output name '{name}' is invalid or taken", node, "outputs")
+        if node.map is not None:
+            self.add("a map's outputs are lists of 'result': leave 'outputs' out", node)
 
     def _classes(self, node: NodeSpec, op: OpSpec) -> None:
         configured = list(self.cfg.classes)

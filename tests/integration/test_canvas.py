@@ -92,3 +92,70 @@ def test_a_failed_run_fails_the_chain_and_calls_errbacks(
         time.sleep(0.1)
     assert backend.get(key) == result.parent.id
     assert client.handle(result.parent.id).status() == "failed"
+
+
+# -- existing Celery tasks as steps ------------------------------------------------------
+
+
+def test_a_celery_task_as_a_step_runs_where_routed_and_feeds_the_next(client: Fleet) -> None:
+    wf = Workflow("celery-step", inputs=["t"])
+    counted = wf.step(
+        "count", "celery:usertasks.words", text=wf.input("t"), classes=["cpu"], outputs=["count"]
+    )
+    said = wf.step("say", "text.template", template="${n} words", n=counted["count"])
+    wf.output("out", said["text"])
+    wf.output("words", counted["result"])
+    run = client.submit(wf, {"t": "one two three"})
+    assert run.get(timeout=30) == {
+        "out": "3 words",
+        "words": {"words": ["one", "two", "three"], "count": 3},
+    }
+    step = next(e for e in run.trace() if e.node == "count")
+    assert (step.op, step.status, step.cls, step.queue) == (
+        "celery:usertasks.words",
+        "succeeded",
+        "cpu",
+        "cpu",
+    )
+    assert step.worker is not None and step.worker.startswith("cpu@")
+    assert step.route["cls"] == "cpu" and step.wait_s is not None and step.run_s >= 0
+
+
+def test_a_celery_step_from_yaml_inside_a_workflow_signature(client: Fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "shout.yaml"
+    path.write_text(
+        "name: yaml-celery\n"
+        "inputs: [t]\n"
+        "nodes:\n"
+        "  - name: loud\n"
+        "    op: celery:usertasks.shout\n"
+        "    inputs: {text: inputs.t}\n"
+        "outputs: {out: loud.result}\n"
+    )
+    from fleet.client.client import signature
+
+    result = chain(usertasks.ticket.s("quiet"), signature(str(path))).apply_async()
+    assert result.get(timeout=30) == {"out": "QUIET"}
+
+
+def test_a_failing_celery_task_fails_its_run_naming_node_and_error(client: Fleet) -> None:
+    wf = Workflow("celery-boom", inputs=["t"])
+    wf.output("out", wf.step("b", "celery:usertasks.boom", text=wf.input("t"))["result"])
+    run = client.submit(wf, {"t": "x"})
+    with pytest.raises(WorkflowFailed, match=r"node 'b'.*ValueError: boom on 'x'"):
+        run.get(timeout=30)
+
+
+def test_unknown_or_malformed_celery_tasks_fail_before_sending(client: Fleet) -> None:
+    wf = Workflow("celery-missing", inputs=["t"])
+    wf.output("out", wf.step("m", "celery:usertasks.nope", text=wf.input("t"))["result"])
+    with pytest.raises(
+        WorkflowValidationError, match=r"node 'm'.*no live worker.*'usertasks.nope'"
+    ):
+        client.submit(wf, {"t": "x"})
+    with pytest.raises(WorkflowValidationError, match=r"usertasks\.nope"):
+        wf.s(t="x")
+    bad = Workflow("celery-malformed", inputs=["t"])
+    bad.output("out", bad.step("m", "celery:not a name", text=bad.input("t"))["result"])
+    with pytest.raises(WorkflowValidationError, match="'not a name' is not a Celery task name"):
+        client.submit(bad, {"t": "x"})

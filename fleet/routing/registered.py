@@ -1,0 +1,79 @@
+"""Which Celery tasks the live workers of each class have: the check that a workflow's
+``celery:`` steps can run somewhere, made when it is submitted instead of when the step
+waits forever in a queue nobody who knows the task reads.
+
+Fleet workers announce their registered tasks with their heartbeat (the worker-info hash),
+so the check costs one Redis read -- no ``inspect registered`` broadcast -- and that read is
+kept for ``CACHE_S`` per process: a burst of submissions pays it once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import redis
+
+from fleet.constants import CELERY_OP_PREFIX, WORKER_INFO_KEY
+from fleet.engine.compiler import CompiledWorkflow, Scope
+from fleet.errors import Problem, WorkflowValidationError
+
+CACHE_S = 2.0
+_cache: dict[str, tuple[float, dict[str, set[str]]]] = {}
+_lock = threading.Lock()
+
+
+def celery_steps(workflow: CompiledWorkflow) -> list[tuple[str, str, list[str]]]:
+    """(node path, task name, eligible classes) of every ``celery:`` step, nested ones too."""
+    return list(_walk(workflow.root, ""))
+
+
+def _walk(scope: Scope, prefix: str) -> Iterator[tuple[str, str, list[str]]]:
+    for name, op in scope.ops.items():
+        if op.name.startswith(CELERY_OP_PREFIX):
+            yield prefix + name, op.name[len(CELERY_OP_PREFIX) :], scope.classes[name]
+    for name, child in scope.children.items():
+        yield from _walk(child, f"{prefix}{name}/")
+
+
+def registered_by_class(client: redis.Redis, worker_ttl: float) -> dict[str, set[str]]:
+    """Class -> the task names some live worker of it has registered."""
+    url = repr(client.connection_pool.connection_kwargs)
+    now = time.monotonic()
+    with _lock:
+        hit = _cache.get(url)
+        if hit is not None and now - hit[0] < CACHE_S:
+            return hit[1]
+    found: dict[str, set[str]] = {}
+    for raw in client.hvals(WORKER_INFO_KEY):
+        info = json.loads(raw)
+        if time.time() - float(info.get("last_seen", 0)) > worker_ttl:
+            continue
+        for cls in info.get("classes", ()):
+            found.setdefault(cls, set()).update(info.get("tasks", ()))
+    with _lock:
+        _cache[url] = (now, found)
+    return found
+
+
+def check_registered(workflow: CompiledWorkflow, client: redis.Redis, worker_ttl: float) -> None:
+    """Raise, naming each node, when no live worker of its classes has its Celery task."""
+    steps = celery_steps(workflow)
+    if not steps:
+        return
+    have = registered_by_class(client, worker_ttl)
+    problems = [
+        Problem(
+            f"no live worker of class(es) {', '.join(classes) or 'none'} has the Celery task "
+            f"'{task}' registered (task_modules in the fleet config imports a module of "
+            "tasks on every worker)",
+            node=path,
+            field="op",
+        )
+        for path, task, classes in steps
+        if not any(task in have.get(cls, ()) for cls in classes)
+    ]
+    if problems:
+        raise WorkflowValidationError(problems, workflow=workflow.spec.name)
