@@ -102,13 +102,20 @@ class Dispatcher:
         except FleetError as exc:
             self.store.fail(run["id"], None, f"planning failed: {exc}")
             return None
-        ready = {call["path"]: call for call in decision.ready}
-        won = self.store.claim(run["id"], owner, [*ready, *decision.skipped])
+        within = run.get("within")  # a canvas runs this node through the engine: only it
+        ready = {
+            c["path"]: c for c in decision.ready if within is None or _under(c["path"], within)
+        }
+        skipped = [p for p in decision.skipped if within is None or _under(p, within)]
+        won = self.store.claim(run["id"], owner, [*ready, *skipped])
         self.store.add_skips(run["id"], [p for p in won if p not in ready])
         for path in won:
             if path in ready:
                 self.send(ready[path], run)
-        if decision.finished:
+        if within is not None:
+            if within in decision.settled:  # the canvas task waiting for it may go on
+                self.store.settle_part(run["id"], within, dict(decision.settled[within] or {}))
+        elif decision.finished:
             self.store.succeed(run["id"], decision.outputs)
         return decision
 
@@ -150,3 +157,8 @@ class Dispatcher:
             **route,
             **options,
         )
+
+
+def _under(path: str, node: str) -> bool:
+    """Whether step ``path`` belongs to top-level ``node`` (its items, its body's steps)."""
+    return path == node or path.startswith((f"{node}#", f"{node}["))

@@ -52,6 +52,9 @@ class Decision:
     skipped: list[str] = field(default_factory=list)  # paths ruled out, for the trace
     finished: bool = False
     outputs: dict[str, Any] = field(default_factory=dict)
+    # top-level nodes that have run (-> their outputs) or were ruled out (-> None): a
+    # canvas waits on one of them
+    settled: dict[str, Mapping[str, Any] | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,6 +79,8 @@ class _Walker:
         for node in sc.order:
             status[node.name] = self._node(sc, node, prefix, values, status, after)
         complete = all(s != _PENDING for s in status.values())
+        if not prefix:
+            self.decision.settled = {n: values.get(n) for n, s in status.items() if s != _PENDING}
         return _Result(complete, values)
 
     def _node(

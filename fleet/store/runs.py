@@ -184,8 +184,8 @@ class RunInfo:
         return self.status in TERMINAL
 
 
-# Called by the store that ended a run, once, with (run id, ending, the replies owed):
-# reply field (RUN_REPLY for the run's own) -> what it was given (JSON).
+# Called by the store that ended a run, or the part of one that a Celery task waits on, once,
+# with (run id, ending, the replies to settle: field (RUN_REPLY: the run) -> reply (JSON)).
 EndHook = Callable[[str, "Ending", dict[str, str]], None]
 RUN_REPLY = "*"  # the reply field of the run as a whole (others: a node's path)
 
@@ -277,6 +277,16 @@ class RunStore:
         pipe.hdel(self._key(run_id, "replies"), field)
         raw, taken = pipe.execute()
         return json.loads(raw) if raw is not None and taken else None
+
+    def settle_part(self, run_id: str, field: str, outputs: dict[str, Any]) -> bool:
+        """Part ``field`` of a run (a node a canvas task waits on) is done: settle the reply
+        owed for it, once (``on_end``); False when none was owed or another took it."""
+        raw = self.take_reply(run_id, field)
+        if raw is None:
+            return False
+        if self.on_end is not None:
+            self.on_end(run_id, Ending("succeeded", outputs=outputs), {field: json.dumps(raw)})
+        return True
 
     def add_trace(self, run_id: str, entry: TraceEntry) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -93,7 +93,9 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
 def create_app(cfg: FleetConfig | None = None) -> Celery:
     patch_kombu_redis_restore()  # workers must survive a broker restart (see compat.py)
     cfg = cfg or load_config()
-    app = Celery("fleet", include=["fleet.worker.tasks", "fleet.worker.canvas"])
+    app = Celery(
+        "fleet", include=["fleet.worker.tasks", "fleet.worker.canvas", "fleet.worker.celery_steps"]
+    )
     configure(app, cfg)
     app.steps["consumer"].add(Heartbeat)
     return app

@@ -22,7 +22,7 @@ from celery import Celery, signature
 from celery.app.task import Context
 
 from fleet.errors import WorkflowFailed
-from fleet.store.runs import RUN_REPLY, Ending
+from fleet.store.runs import Ending
 
 log = logging.getLogger("fleet.replies")
 
@@ -59,13 +59,13 @@ def replier(app: Celery) -> Callable[[str, Ending, dict[str, str]], None]:
     """The run store's ``on_end`` hook: settle every reply the ended run owed."""
 
     def on_end(run_id: str, ending: Ending, owed: dict[str, str]) -> None:
-        for field, raw in owed.items():
+        for raw in owed.values():
             try:
                 reply = json.loads(raw)
-                if ending.status == "succeeded" and field == RUN_REPLY:
+                if ending.status == "succeeded":  # the run, or the part of it the reply waits on
                     succeed(app, reply, ending.outputs or {})
-                else:  # a node still waited when its run ended: it cannot finish now
-                    error = ending.error or "the run ended before this part of it finished"
+                else:  # every task still waiting on the run fails with it
+                    error = ending.error or "the run failed"
                     fail(app, reply, WorkflowFailed(run_id, ending.node, error))
             except Exception:  # settling must not fail the step that ended the run
                 log.exception("run %s: could not settle the Celery task waiting for it", run_id)

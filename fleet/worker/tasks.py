@@ -201,23 +201,34 @@ def _loss_store(celery_app: Celery) -> RunStore:
 def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     """Run one op node, record its outputs and trace, then send the steps it made ready."""
     engine = dispatcher(self.app)
-    store = engine.store
     if _waited(self):  # it sat in a queue: the run may have failed, or this step have run
         _check_begin(self, engine, call, run)
-    trace = _Trace(self, call)
-    _check_trust(self, store, call, run, trace)
+    status, state, _ = execute(self, engine, call, run)
+    if status == "running" and state is not None:
+        engine.advance(run, state, owner=self.request.id or call["path"])
+    return {"node": call["path"]}
+
+
+def execute(
+    task: Task, engine: Dispatcher, call: StepCall, run: dict[str, Any]
+) -> tuple[str | None, dict[str, dict[str, Any]] | None, dict[str, Any]]:
+    """Run the op of one step and record its outputs and trace: (the run's status, its state
+    when read back, the outputs). Retries, or fails the run naming the node, by raising."""
+    store = engine.store
+    trace = _Trace(task, call)
+    _check_trust(task, store, call, run, trace)
     try:
         op = registry.get(call["op"])
     except UnknownOpError as exc:  # this worker lacks the op's plug-in: say so, end the run
-        why = f"node '{call['path']}': op {call['op']} is not installed on {self.request.hostname}"
+        why = f"node '{call['path']}': op {call['op']} is not installed on {task.request.hostname}"
         store.add_trace(run["id"], trace.entry("failed", str(exc)))
         store.fail(run["id"], call["path"], why)
         raise StepFailed(call["path"], call["op"], why) from exc
-    deadline = _deadline(self, call, trace.cls)
+    deadline = _deadline(task, call, trace.cls)
     here = StepContext(
         run["id"],
         call["path"],
-        self.request.retries or 0,
+        task.request.retries or 0,
         None if deadline is None else time.time() + deadline,
     )
     at_start = RUNNING.enter()
@@ -227,7 +238,7 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         outputs = _outputs(op, result, engine.cfg.max_value_bytes)
     except Exception as exc:
         trace.occupancy = max(1, round((at_start + RUNNING.leave()) / 2))
-        _failed(self, store, op, call, run, trace, exc)
+        _failed(task, store, op, call, run, trace, exc)
     trace.occupancy = max(1, round((at_start + RUNNING.leave()) / 2))
     entry = trace.entry("succeeded")
     units = op.units_of(call["args"])
@@ -239,9 +250,7 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         lambda pipe: observe(pipe, call, units, entry, engine.cfg, run["id"]),
         call.get("group"),
     )
-    if status == "running" and state is not None:
-        engine.advance(run, state, owner=self.request.id or call["path"])
-    return {"node": call["path"]}
+    return status, state, outputs
 
 
 def _check_begin(task: Task, engine: Dispatcher, call: StepCall, run: dict[str, Any]) -> None:
