@@ -6,7 +6,9 @@
    sending a trivial task -- alone, and as a two-task chain -- to a fixed queue.
 3. Per-hop latency: a 5-step fleet workflow (text.upper, alternating cpu / io) against a
    plain Celery 5-task chain alternating the same two queues, one at a time; milliseconds
-   per step (per hop), median over rounds. All rounds are interleaved.
+   per step (per hop), median over rounds. The same workflow also as its compiled canvas
+   (``to_canvas``: a start task, five node tasks, a finish task) and as a workflow signature
+   (``wf.s()``: one task starting an engine run). All rounds are interleaved.
 
     python bench/routing_overhead.py [--tasks 300] [--rounds 3] [--hops 40] [--out bench/results]
 """
@@ -105,6 +107,20 @@ def fleet_hops(client: Any, wf: Any, n: int, steps: int) -> float:
     return statistics.median(per_step)
 
 
+def canvas_hops(client: Any, wf: Any, n: int, steps: int, how: str) -> float:
+    """Milliseconds per step of the same workflow run as its compiled canvas
+    (``to_canvas``), or as a workflow signature (``signature``: one task that starts an
+    engine run, settled when it ends); runs one at a time (median)."""
+    per_step = []
+    for i in range(n):
+        inputs = {"t": f"x{i}"}
+        start = time.perf_counter()
+        make = client.to_canvas if how == "canvas" else client.signature
+        make(wf, inputs).apply_async().get(timeout=60)
+        per_step.append((time.perf_counter() - start) * 1000 / steps)
+    return statistics.median(per_step)
+
+
 def plain_hops(app: Any, n: int, steps: int) -> float:
     """Milliseconds per hop of a plain chain alternating the cpu and io queues (median)."""
     from celery import chain
@@ -155,13 +171,17 @@ def dispatch(tasks: int, rounds: int, hops: int, workdir: Path) -> dict[str, Any
         fleet_hops(client, seq, 5, 5)
         plain_hops(client.app, 5, 5)
         samples: dict[str, list[float]] = {"fleet": [], "plain": [], "plain_chain": []}
-        hop_ms: dict[str, list[float]] = {"fleet": [], "plain": []}
+        canvas_hops(client, seq, 5, 5, "canvas")
+        canvas_hops(client, seq, 5, 5, "signature")
+        hop_ms: dict[str, list[float]] = {"fleet": [], "plain": [], "canvas": [], "signature": []}
         for _ in range(rounds):  # interleaved, so drift does not favour one
             samples["fleet"].append(fleet_round(client, wf, tasks))
             samples["plain"].append(plain_round(client.app, tasks, False))
             samples["plain_chain"].append(plain_round(client.app, tasks, True))
             hop_ms["fleet"].append(fleet_hops(client, seq, hops, 5))
             hop_ms["plain"].append(plain_hops(client.app, hops, 5))
+            hop_ms["canvas"].append(canvas_hops(client, seq, hops, 5, "canvas"))
+            hop_ms["signature"].append(canvas_hops(client, seq, hops, 5, "signature"))
         med = {k: round(statistics.median(v), 1) for k, v in samples.items()}
         hop = {k: round(statistics.median(v), 2) for k, v in hop_ms.items()}
         return {
@@ -172,6 +192,8 @@ def dispatch(tasks: int, rounds: int, hops: int, workdir: Path) -> dict[str, Any
             "hop_ms": hop,
             "hop_samples": hop_ms,
             "hop_ratio": round(hop["fleet"] / hop["plain"], 3),
+            "canvas_hop_ratio": round(hop["canvas"] / hop["plain"], 3),
+            "signature_hop_ratio": round(hop["signature"] / hop["plain"], 3),
         }
     finally:
         fleet.stop()
@@ -210,6 +232,10 @@ def main() -> None:
     print(f"  per step, 5-step workflow  {hop['fleet']:8.2f} ms")
     print(f"  per hop, plain 5-chain     {hop['plain']:8.2f} ms")
     print(f"  ratio fleet / plain hop    {result['hop_ratio']:.3f}")
+    print(f"  per step, as its canvas    {hop['canvas']:8.2f} ms")
+    print(f"  ratio canvas / plain hop   {result['canvas_hop_ratio']:.3f}")
+    print(f"  per step, as a signature   {hop['signature']:8.2f} ms")
+    print(f"  ratio signature / plain    {result['signature_hop_ratio']:.3f}")
     doc = {
         "decision_us": cost,
         "dispatch": result,

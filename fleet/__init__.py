@@ -19,7 +19,7 @@ from fleet.errors import (
 )
 
 if TYPE_CHECKING:
-    from fleet.client.client import Fleet, RunHandle, signature, submit
+    from fleet.client.client import Fleet, RunHandle, signature, submit, to_canvas
     from fleet.sdk.registry import op, preloader
     from fleet.worker.app import app as app
     from fleet.workflow.builder import Ref, Step, Workflow
@@ -33,6 +33,7 @@ _LAZY = {
     "RunHandle": "fleet.client.client",
     "submit": "fleet.client.client",
     "signature": "fleet.client.client",
+    "to_canvas": "fleet.client.client",
     "op": "fleet.sdk.registry",
     "preloader": "fleet.sdk.registry",
     "Ref": "fleet.workflow.builder",
@@ -58,6 +59,7 @@ __all__ = [
     "preloader",
     "signature",
     "submit",
+    "to_canvas",
 ]
 
 

@@ -10,6 +10,11 @@ from __future__ import annotations
 STEP_TASK = "fleet.step"  # runs one op node, then sends the steps it made ready
 PING_TASK = "fleet.ping"  # a plain task: health checks and the benchmark's baseline
 WORKFLOW_TASK = "fleet.workflow"  # a workflow as a Celery signature: starts a run
+# A workflow compiled to canvas (Workflow.to_canvas): a chain that records the run, runs each
+# node (an op node itself, any other through the engine), and records the outputs.
+CANVAS_START_TASK = "fleet.canvas_start"
+NODE_TASK = "fleet.node"
+CANVAS_FINISH_TASK = "fleet.canvas_finish"
 TASK_PREFIX = "fleet."
 # The end of a `celery:` step: its task's link and link_error (see fleet.worker.canvas).
 CELERY_DONE_TASK = "fleet.celery_done"

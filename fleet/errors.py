@@ -71,10 +71,10 @@ class StepFailed(FleetError):
         self.node = node
         self.op = op
         self.error = error
-        super().__init__(f"node '{node}' (op {op}) failed: {error}")
+        super().__init__(node, op, error)  # args remake it (pickled, or a task's result)
 
-    def __reduce__(self) -> tuple[type[StepFailed], tuple[str, str, str]]:
-        return (StepFailed, (self.node, self.op, self.error))
+    def __str__(self) -> str:
+        return f"node '{self.node}' (op {self.op}) failed: {self.error}"
 
 
 class WorkflowFailed(FleetError):

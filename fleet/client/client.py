@@ -22,6 +22,7 @@ import redis
 from celery import Celery, Signature
 from kombu.exceptions import OperationalError
 
+from fleet.client.canvas import build as build_canvas
 from fleet.client.uploads import put_sqlite, upload
 from fleet.config import FleetConfig, redact
 from fleet.constants import WORKFLOW_TASK
@@ -206,6 +207,30 @@ class Fleet:
             WORKFLOW_TASK, kwargs=kwargs, options=options, immutable=immutable, app=self.app
         )
 
+    def to_canvas(
+        self,
+        workflow: WorkflowLike,
+        inputs: dict[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+        sla_s: float | None = None,
+        policy: str | None = None,
+    ) -> Signature:
+        """One run of the workflow as a real Celery canvas (a chain of levels of nodes; see
+        :mod:`fleet.client.canvas` for what is canvas and what stays with the engine).
+        ``.apply_async().get()`` gives the outputs; the run id is in every task's kwargs and
+        ``fleet.handle(...)`` reads its trace. Each call is a new run."""
+        spec = self.validate(workflow)
+        given = dict(inputs or {})
+        check_inputs(spec, given)
+        _check_run_options(sla_s, policy)
+        values = {**spec.defaults, **given}
+        check_size(values, self.cfg.max_value_bytes)
+        compiled = compile_workflow(spec, self.cfg, registry)
+        check_registered(compiled, self.store.redis, self.cfg.worker_ttl)
+        options = {"priority": priority, "sla_s": sla_s, "policy": policy}
+        return build_canvas(self.app, self.cfg, compiled, values, options)
+
     def upload(self, source: bytes | str | Path, kind: str | None = None) -> str:
         """Send a local file (or bytes, or a folder as a tar) into the fleet; pass the returned
         reference as a workflow input. It expires with the run records (``run_ttl``)."""
@@ -247,3 +272,10 @@ def signature(
 ) -> Signature:
     """:meth:`Fleet.signature` with the default app and configuration."""
     return default_fleet().signature(workflow, inputs, **options)
+
+
+def to_canvas(
+    workflow: WorkflowLike, inputs: dict[str, Any] | None = None, **options: Any
+) -> Signature:
+    """:meth:`Fleet.to_canvas` with the default app and configuration."""
+    return default_fleet().to_canvas(workflow, inputs, **options)

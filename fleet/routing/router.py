@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fleet.config import FleetConfig
-from fleet.constants import STEP_TASK
+from fleet.constants import NODE_TASK, STEP_TASK
 from fleet.engine.readiness import StepCall
 from fleet.routing.policies import (
     Estimate,
@@ -35,6 +35,7 @@ from fleet.sdk.registry import registry
 log = logging.getLogger("fleet.routing.router")
 
 _last = threading.local()
+STEPS = (STEP_TASK, NODE_TASK)  # a step of a run, or an op node of a canvas
 
 
 def take_decision(task_name: str) -> RouteDecision | None:
@@ -104,7 +105,7 @@ class FleetRouter:
         return self._policies[name]
 
     def request_for(self, name: str, args: Any, kwargs: dict[str, Any]) -> RouteRequest | None:
-        if name == STEP_TASK and "call" in kwargs:
+        if name in STEPS and "call" in kwargs:
             return step_request(name, kwargs["call"], kwargs.get("run") or {})
         return None
 
@@ -134,7 +135,7 @@ class FleetRouter:
             state.local_free_at[decision.cls] = min(times)
 
     def choose(self, req: RouteRequest, state: FleetState, policy: str | None) -> RouteDecision:
-        chosen = self.policy_for(policy) if req.task == STEP_TASK else self.policy_for("preferred")
+        chosen = self.policy_for(policy) if req.task in STEPS else self.policy_for("preferred")
         age = time.time() - state.fetched_at
         if state.stale and age > self.cfg.stale_after_s and chosen.name != "static":
             d = StaticPolicy().choose(req, state, self.cfg, current_store())
@@ -160,7 +161,7 @@ class FleetRouter:
         state = self.current_state()
         decision = self.choose(req, state, run.get("policy"))
         decision.decide_us = round((time.perf_counter() - start) * 1e6, 1)
-        if req.task == STEP_TASK:
+        if req.task in STEPS:
             self._account(decision, state)
         if decision.fail and run.get("id"):
             self._fail_run(run["id"], kwargs.get("call", {}).get("path"), decision.fail)

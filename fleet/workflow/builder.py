@@ -249,6 +249,13 @@ class Workflow:
 
         return signature(self, inputs, immutable=True)
 
+    def to_canvas(self, **inputs: Any) -> Signature:
+        """One run of this workflow compiled to a Celery canvas, on the default fleet (see
+        :meth:`fleet.Fleet.to_canvas`)."""
+        from fleet import to_canvas
+
+        return to_canvas(self, inputs)
+
     def spec(self) -> WorkflowSpec:
         """A copy of the model built so far (validate it with fleet.workflow.validate)."""
         return self._spec.model_copy(deep=True)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
-from celery import chain, chord, group
+from celery import Signature, chain, chord, group
 
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig
-from fleet.errors import WorkflowFailed, WorkflowValidationError
+from fleet.errors import StepFailed, WorkflowFailed, WorkflowValidationError
 from fleet.workflow.builder import Workflow
 from tests.support import usertasks
 
@@ -159,3 +161,81 @@ def test_unknown_or_malformed_celery_tasks_fail_before_sending(client: Fleet) ->
     bad.output("out", bad.step("m", "celery:not a name", text=bad.input("t"))["result"])
     with pytest.raises(WorkflowValidationError, match="'not a name' is not a Celery task name"):
         client.submit(bad, {"t": "x"})
+
+
+# -- a workflow compiled to canvas -------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "fleet" / "examples"
+
+
+def _both_ways(client: Fleet, wf: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Run ``wf`` with ``submit`` and as its canvas; the outputs must be the same."""
+    submitted = client.submit(wf, inputs).get(timeout=60)
+    canvas = client.to_canvas(wf, inputs)
+    assert isinstance(canvas, Signature)
+    as_canvas = canvas.apply_async().get(timeout=60)
+    assert as_canvas == submitted
+    return dict(as_canvas)
+
+
+def _loop_and_map() -> Workflow:
+    body = Workflow("round", inputs=["n"])
+    step = body.step("inc", "math.add", a=body.input("n"), b=1)
+    body.output("n", step["result"])
+    wf = Workflow("loop-and-map", inputs=["words"])
+    rounds = wf.loop("rounds", body, max_iterations=5, until=step["result"] >= 3, n=0)
+    loud = wf.step("loud", "text.upper", text=wf.input("words"), map="text")
+    joined = wf.step("joined", "text.join", parts=loud["text"], sep="-")
+    wf.output("n", rounds["n"])
+    wf.output("rounds", rounds["iterations"])
+    wf.output("joined", joined["text"])
+    return wf
+
+
+def test_canvas_gives_the_outputs_submit_gives(client: Fleet) -> None:
+    triage = EXAMPLES / "triage.yaml"
+    urgent = _both_ways(client, triage, {"ticket": "My blender arrived BROKEN, refund please"})
+    assert urgent["decision"].startswith("ESCALATE")
+    routine = _both_ways(client, triage, {"ticket": "thanks, all good"})
+    assert routine["decision"].startswith("routine")
+    _both_ways(client, EXAMPLES / "sleeps.yaml", {"tag": "t"})
+    out = _both_ways(client, _loop_and_map(), {"words": ["a", "b", "c"]})
+    assert out == {"n": 3, "rounds": 3, "joined": "A-B-C"}
+
+
+def test_the_canvas_is_chains_groups_and_chords_of_routed_steps(client: Fleet) -> None:
+    canvas = client.to_canvas(EXAMPLES / "triage.yaml", {"ticket": "where is my order"})
+    tasks = canvas.tasks  # type: ignore[attr-defined]
+    assert tasks[0].task == "fleet.canvas_start" and tasks[-1].task == "fleet.canvas_finish"
+    assert tasks[1].kwargs["call"]["path"] == "clean"
+    fan_out = tasks[2]
+    assert isinstance(fan_out, group)
+    assert {t.kwargs["call"]["path"] for t in fan_out.tasks} == {
+        "keywords",
+        "stats",
+        "urgent",
+        "lookup",
+    }
+    result = canvas.apply_async()
+    assert result.get(timeout=60)["decision"].startswith("routine")
+    run = client.handle(tasks[0].kwargs["run"]["id"])
+    assert run.status() == "succeeded"
+    trace = run.trace()
+    steps = {e.node: e for e in trace if e.status == "succeeded"}
+    assert steps["stats"].cls == "npu-lite" and steps["stats"].route["cls"] == "npu-lite"
+    assert steps["lookup"].cls == "io" and steps["clean"].cls == "cpu"
+    assert {e.node for e in trace if e.status == "skipped"} == {"escalate"}
+    # the join waited for the whole fan-out: a chord
+    assert steps["routine"].started_at >= max(
+        steps[n].ended_at for n in ("keywords", "stats", "urgent", "lookup")
+    )
+
+
+def test_a_failing_node_fails_the_canvas_and_the_run(client: Fleet) -> None:
+    wf = Workflow("canvas-boom", inputs=["t"])
+    bad = wf.step("bad", "test.fail", message=wf.input("t"))
+    wf.output("out", wf.step("after", "text.upper", text=bad["value"])["text"])
+    canvas = client.to_canvas(wf, {"t": "kaput"})
+    with pytest.raises(StepFailed, match=r"node 'bad'.*kaput"):
+        canvas.apply_async().get(timeout=30)
+    assert client.handle(canvas.tasks[0].kwargs["run"]["id"]).status() == "failed"  # type: ignore[attr-defined]
