@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "trace": "fleet.cli.run:trace",
     "status": "fleet.cli.run:status",
     "validate": "fleet.cli.run:validate",
+    "compile": "fleet.cli.run:compile_",
     "schema": "fleet.cli.run:schema",
     "doctor": "fleet.cli.host:doctor",
     "ops": "fleet.cli.host:ops",

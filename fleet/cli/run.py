@@ -1,5 +1,5 @@
 """Commands that run a fleet and its workflows: up, worker, submit, trace, status, validate,
-schema.
+compile, schema.
 
 What a command needs beyond click is imported inside it: `fleet --help` loads none of it.
 """
@@ -271,3 +271,36 @@ def schema() -> None:
     from fleet.workflow.model import WorkflowSpec
 
     console.print_json(json.dumps(WorkflowSpec.model_json_schema()))
+
+
+@click.command(name="compile")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--canvas",
+    "as_canvas",
+    is_flag=True,
+    help="Print the Celery canvas it compiles to (Workflow.to_canvas) instead.",
+)
+def compile_(file: str, as_canvas: bool) -> None:
+    """Print what a workflow compiles to, without sending anything.
+
+    By default: its top-level nodes level by level, what each runs, the nodes it reads and the
+    classes it may be routed to (preferred first). With --canvas: the chain, groups and
+    chords of the Celery canvas, each node's task and where it may go.
+    """
+    from fleet.client.canvas import canvas_nodes, describe
+    from fleet.engine.compiler import compile_workflow
+    from fleet.sdk.registry import registry
+
+    client, spec = load_and_validate(file)
+    compiled = compile_workflow(spec, client.cfg, registry)
+    control = client.cfg.classes[client.cfg.control_class].queue_name
+    if as_canvas:
+        click.echo(describe(compiled, control))
+        return
+    click.echo(f"workflow '{spec.name}': {len(spec.nodes)} node(s)")
+    for depth, level in enumerate(canvas_nodes(compiled, control)):
+        for node in level:
+            reads = ", ".join(sorted(compiled.root.deps[node.name])) or "inputs"
+            where = ", ".join(node.classes)
+            click.echo(f"  {depth}  {node.name}: {node.what}  reads {reads}  -> {where}")

@@ -300,3 +300,23 @@ def test_submit_and_status_with_the_broker_down_are_clear_and_keep_the_password(
         assert res.returncode == 1, (args, res.stdout, res.stderr)
         assert "Traceback" not in res.stderr and "s3cret-pw" not in res.stdout + res.stderr
         assert "redis://:****@127.0.0.1" in " ".join(res.stderr.split()), res.stderr
+
+
+def test_compile_prints_the_levels_or_the_canvas(tmp_path: Path) -> None:
+    triage = str(ROOT / "fleet" / "examples" / "triage.yaml")
+    levels = fleet("compile", triage)
+    assert levels.returncode == 0, levels.stderr
+    assert "  1  stats: text.stats  reads clean  -> npu-lite" in levels.stdout
+    canvas = fleet("compile", "--canvas", triage)
+    assert canvas.returncode == 0, canvas.stderr
+    lines = canvas.stdout.splitlines()
+    assert lines[0] == "chain(" and lines[-1] == ")"
+    assert lines[1].strip() == "fleet.canvas_start  [io]"
+    assert (
+        "  group(" in lines
+        and "    fleet.node lookup: test.sleep (tool)  [io, cpu, npu-lite, gpu]" in lines
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nnodes:\n  - name: a\n    op: nope.op\n")
+    res = fleet("compile", "--canvas", str(bad))
+    assert res.returncode == 2 and "unknown op 'nope.op'" in res.stderr and not res.stdout
