@@ -8,9 +8,10 @@ level of several is a ``group``, and Celery makes a group followed by the next l
 ``chord``. So sequences are chains, fan-out is a group, a join is a chord.
 
 What canvas cannot express stays with the engine, inside the canvas: a condition (``when``)
-is decided by the node's own task, which skips the node; a ``map`` and an agent node (a
-sub-workflow, a loop) are one task that hands the node to the engine and ends when its last
-step has (see :mod:`fleet.worker.canvas`). Each op node's task is routed when it is sent, by
+is decided by the node's own task, which skips the node; a ``map``, an agent node (a
+sub-workflow, a loop) and a ``celery:`` step (its task is sent by name, with a link) are one
+task that hands the node to the engine and ends when its last step has (see
+:mod:`fleet.worker.canvas`). Each op node's task is routed when it is sent, by
 the same router and policy as a ``fleet.step``. Data goes through the run store as in any run,
 not through task results: a level may take a node that finished long ago.
 """
@@ -25,11 +26,12 @@ from typing import Any
 from celery import Celery, Signature, chain, group
 
 from fleet.config import FleetConfig
-from fleet.constants import CANVAS_FINISH_TASK, CANVAS_START_TASK, NODE_TASK
+from fleet.constants import CANVAS_FINISH_TASK, CANVAS_START_TASK, CELERY_OP_PREFIX, NODE_TASK
 from fleet.engine.compiler import CompiledWorkflow, Scope
 from fleet.engine.readiness import StepCall
 
 ENGINE = "engine"  # what Flower shows for a node the engine runs inside the canvas
+ENGINE_NODES = ("map", "agent", "celery")  # kinds of node the engine runs (fleet.worker.canvas)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class CanvasNode:
     """One node's task in the canvas."""
 
     name: str
-    kind: str  # an op's kind; "map" or "agent" for a node the engine runs
+    kind: str  # an op's kind; "map", "agent" or "celery" for a node the engine runs
     what: str  # the op, or what the engine runs
     classes: tuple[str, ...]  # where the router may send it (the control class: engine)
 
@@ -69,6 +71,8 @@ def _node(root: Scope, name: str, control: str) -> CanvasNode:
     op = root.ops[name]
     if node.map is not None:
         return CanvasNode(name, "map", f"map of {op.name}", (control,))
+    if op.name.startswith(CELERY_OP_PREFIX):  # the engine sends it by name, with its link
+        return CanvasNode(name, "celery", op.name, tuple(root.classes[name]))
     return CanvasNode(name, op.kind, op.name, tuple(root.classes[name]))
 
 
@@ -131,7 +135,7 @@ def _task(
         "group": None,
         "sensitivity": root.levels.get(node.name),
     }
-    label = ENGINE if node.kind in ("map", "agent") else node.what
+    label = ENGINE if node.kind in ENGINE_NODES else node.what
     options: dict[str, Any] = {"shadow": f"{workflow.spec.name}:{node.name} [{label}]", **extra}
     if label == ENGINE:
         options.update(control)  # engine work starts on the control class

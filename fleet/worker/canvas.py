@@ -41,7 +41,8 @@ from fleet.workflow.split import expand_splits
 from fleet.workflow.validate import check_size, validate
 
 RUN_OPTIONS = ("priority", "sla_s", "policy")
-ENGINE_NODES = ("agent", "map")  # canvas node kinds the engine runs (see fleet.client.canvas)
+# canvas node kinds the engine runs: maps, sub-workflows and loops, `celery:` steps
+ENGINE_NODES = ("agent", "map", "celery")
 
 
 @app.task(name=WORKFLOW_TASK, bind=True)
@@ -93,9 +94,10 @@ def canvas_start(
 
 @app.task(name=NODE_TASK, bind=True, Request=StepRequest)
 def canvas_node(self: Task, *_: Any, call: StepCall, run: dict[str, Any]) -> Any:
-    """One node of a canvas: an op node runs here as a step does; a map or an agent node (a
-    sub-workflow, a loop) runs through the engine, and this task ends when it has. A node
-    whose condition is false, or whose inputs were ruled out, is skipped."""
+    """One node of a canvas: an op node runs here as a step does; a map, an agent node (a
+    sub-workflow, a loop) or a ``celery:`` step runs through the engine, and this task ends
+    when it has. A node whose condition is false, or whose inputs were ruled out, is
+    skipped."""
     engine = dispatcher(self.app)
     path = call["path"]
     state = _live_state(engine, run)

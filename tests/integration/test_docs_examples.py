@@ -48,3 +48,13 @@ def test_writing_ops_registers_ops_that_run() -> None:
         "tool ('status',) 2 image 2.0",
         "{'status': 'shipped'} {'text': ['an image named a.png']}",
     ]
+
+
+def test_canvas_example_runs(local_fleet: LocalFleet, capsys: pytest.CaptureFixture[str]) -> None:
+    runpy.run_path(str(EXAMPLES / "canvas.py"), run_name="__main__")
+    assert capsys.readouterr().out.splitlines() == [
+        "[support] MY BLENDER BROKE (3 words)",
+        "[{'answer': 'A B', 'words': 2}, {'answer': 'C', 'words': 1}]",
+        "ONE / TWO",
+        "{'answer': 'HELLO CANVAS', 'words': 2}",
+    ]
