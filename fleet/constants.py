@@ -53,6 +53,10 @@ WORKFLOW_METRICS_KEY = "fleet:metrics:workflows"
 # run-time buckets (s) of the per-workflow latency histogram: agent runs take 0.1 s to minutes
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 SWEEP_LOCK_KEY = "fleet:sweeper"  # one worker at a time restores stranded messages
+# sorted set: engine runs under way (id -> start time), watched by the orphan check
+ACTIVE_RUNS_KEY = "fleet:runs:active"
+ORPHAN_SUSPECTS_KEY = "fleet:orphans:suspects"  # hash: "run|path" -> first seen nowhere
+ORPHANS_SENT_KEY = "fleet:orphans:sent"  # hash: "run|path" -> when it was sent again
 BLOB_PREFIX = "fleet:blob:"  # bytes passed between steps by reference
 ARTIFACT_PREFIX = "fleet:artifact:"  # versioned named file sets (indexes): <kind>:<name>:...
 

@@ -87,7 +87,8 @@ class Dispatcher:
         ``reply``: the Celery task whose result the run's outcome is (see RunStore.create)."""
         self.register(workflow, force=force)
         meta = {k: run.get(k) for k in ("priority", "sla_s", "policy")}
-        self.store.create(run["id"], workflow.spec.name, meta, inputs=values, reply=reply)
+        name = workflow.spec.name
+        self.store.create(run["id"], name, meta, inputs=values, reply=reply, spec=workflow.digest)
         self.advance(run, {INPUTS: values}, owner=f"submit:{run['id']}")
 
     def advance(self, run: dict[str, Any], state: Outputs, owner: str) -> Decision | None:

@@ -22,6 +22,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from fleet.constants import (
+    ACTIVE_RUNS_KEY,
     INPUTS,
     LATENCY_BUCKETS,
     RUN_CLAIMS_KEY,
@@ -245,11 +246,17 @@ class RunStore:
         meta: dict[str, Any] | None = None,
         inputs: dict[str, Any] | None = None,
         reply: dict[str, Any] | None = None,
+        spec: str | None = None,
     ) -> None:
-        """Record a new run; ``reply``: the Celery task whose result is this run's outcome."""
+        """Record a new run; ``reply``: the Celery task whose result is this run's outcome;
+        ``spec``: its workflow's digest, for a run the engine drives (the orphan check
+        watches those until they end)."""
         key = self._key(run_id)
-        fields = {"workflow": workflow, "status": "running", "submitted_at": repr(time.time())}
+        now = time.time()
+        fields = {"workflow": workflow, "status": "running", "submitted_at": repr(now)}
         fields["meta"] = json.dumps(meta or {})
+        if spec is not None:
+            fields["spec"] = spec
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping=cast(Any, fields))
         pipe.expire(key, self.ttl)
@@ -258,7 +265,28 @@ class RunStore:
             pipe.expire(self._key(run_id, "out"), self.ttl)
         if reply is not None:
             self._owe(pipe, run_id, RUN_REPLY, reply)
+        if spec is not None:
+            pipe.zadd(ACTIVE_RUNS_KEY, {run_id: now})
         pipe.execute()
+
+    def run_message(self, run_id: str) -> dict[str, Any] | None:
+        """A running engine run as its step messages carry it (id, workflow, spec digest,
+        submission time, options); None once it ended or for a run the engine does not
+        drive."""
+        fields = cast(
+            list[str | None],
+            self.redis.hmget(
+                self._key(run_id), "status", "workflow", "spec", "submitted_at", "meta"
+            ),
+        )
+        status, workflow, spec, submitted, meta = fields
+        if status != "running" or not spec:
+            return None
+        run: dict[str, Any] = {"id": run_id, "workflow": workflow, "spec": spec}
+        run["submitted_at"] = float(submitted or 0.0)
+        options = json.loads(meta or "{}")
+        run.update({k: v for k, v in options.items() if v is not None})
+        return run
 
     def _owe(self, pipe: Any, run_id: str, field: str, reply: dict[str, Any]) -> None:
         pipe.hset(self._key(run_id, "replies"), field, json.dumps(reply))
@@ -387,6 +415,7 @@ class RunStore:
         won = self.redis.eval(_END, len(keys), *keys, self.ttl, now, short, _BUCKETS, *flat)
         if not won:
             return False
+        self.redis.zrem(ACTIVE_RUNS_KEY, run_id)
         replies = cast(list[str], won)[1:]
         if replies and self.on_end is not None:
             owed = dict(zip(replies[::2], replies[1::2], strict=True))

@@ -129,7 +129,7 @@ def _stamp_headers(
         headers[ROUTE_HEADER] = decision.to_dict()
 
 
-app = create_app()
+app: Celery = create_app()
 
 
 def fleet_config(celery_app: Celery | None = None) -> FleetConfig:

@@ -19,7 +19,8 @@ from celery import bootsteps
 
 from fleet.constants import TASK_PREFIX, THREADS_ENV
 from fleet.routing.state import beat, forget
-from fleet.worker.sweeper import sweep
+from fleet.worker.orphans import check as check_orphans
+from fleet.worker.sweeper import sweep, take_turn
 
 log = logging.getLogger("fleet.worker")
 
@@ -81,14 +82,22 @@ class Heartbeat(bootsteps.StartStopStep):
         # Received and not yet done (running ones too): the sweeper leaves these alone. So
         # are messages waiting in this worker's timer for their ETA (a retry's countdown):
         # held, though not busy.
-        taken = [r.id for r in list(state.reserved_requests)]
-        waiting = [r.id for r in list(state.scheduled_requests)]
-        details = {**self.details, "busy": len(taken), "held": taken + waiting}
+        taken = list(state.reserved_requests)
+        waiting = list(state.scheduled_requests)
+        held = [r.id for r in taken + waiting]
+        details = {
+            **self.details,
+            "busy": len(taken),
+            "held": held,
+            "steps": _steps(taken + waiting),
+        }
         try:
             beat(self.client, hostname, self.classes, details, ttl)
             if time.monotonic() >= self.next_sweep:
                 self.next_sweep = time.monotonic() + self.grace_s
-                sweep(self.app, self.client, ttl, self.grace_s)
+                if take_turn(self.client, self.grace_s):
+                    sweep(self.app, self.client, ttl, self.grace_s)
+                    check_orphans(self.app, self.client, ttl, self.grace_s)
         except (redis.RedisError, OSError) as exc:  # the broker may be briefly away
             log.warning("heartbeat failed: %s", exc)
         except Exception as exc:  # the sweep must never take the worker down
@@ -101,3 +110,15 @@ class Heartbeat(bootsteps.StartStopStep):
         if self.client is not None:
             with contextlib.suppress(redis.RedisError):  # shutting down: the broker may be gone
                 forget(self.client, consumer.hostname, self.classes)
+
+
+def _steps(requests: list[Any]) -> list[tuple[str, str]]:
+    """(run id, node path) of the fleet steps among held requests: the orphan check's view
+    of what this worker has (a message acknowledged on receipt is in no broker list)."""
+    found = []
+    for request in requests:
+        with contextlib.suppress(AttributeError, KeyError, TypeError):
+            kwargs = request.kwargs or {}
+            if "call" in kwargs and "run" in kwargs:
+                found.append((str(kwargs["run"]["id"]), str(kwargs["call"]["path"])))
+    return found

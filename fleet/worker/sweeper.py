@@ -58,10 +58,13 @@ def stranded(
     return tags
 
 
+def take_turn(backend: redis.Redis, grace_s: float) -> bool:
+    """Whether this worker sweeps now: one sweeper at a time (a Redis lock, one period)."""
+    return bool(backend.set(SWEEP_LOCK_KEY, "1", nx=True, ex=max(1, int(grace_s))))
+
+
 def sweep(app: Celery, backend: redis.Redis, worker_ttl: float, grace_s: float) -> int:
-    """Restore stranded messages; returns how many. One sweeper at a time (a Redis lock)."""
-    if not backend.set(SWEEP_LOCK_KEY, "1", nx=True, ex=max(1, int(grace_s))):
-        return 0
+    """Restore stranded messages; returns how many. The caller took its turn (take_turn)."""
     now = time.time()
     held = held_by_live_workers(backend, now, worker_ttl)
     if held is None:

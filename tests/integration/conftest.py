@@ -46,6 +46,15 @@ def local_fleet(
         print(f"fleet logs in {workdir / 'logs'}")
 
 
+@pytest.fixture(autouse=True)
+def _fleet_app_is_current() -> None:
+    """Plain shared tasks bind to Celery's current app: the test fleet's, even after a test
+    made an app of its own (create_app makes the new app the current one)."""
+    from fleet.worker.app import app
+
+    app.set_current()
+
+
 @pytest.fixture()
 def client(local_fleet: LocalFleet):  # type: ignore[no-untyped-def]
     from fleet.client.client import Fleet
