@@ -19,6 +19,11 @@ Every policy sees the same estimate per eligible class (see :func:`estimate`)::
 - ``cost-sla``: the cheapest class whose expected completion fits this step's share of the
   run's remaining SLA; when none fits (the cheap class backed up), the fastest.
 
+With a plan (the configuration's ``routes`` and ``budgets``, written by ``fleet plan``),
+every policy follows it while the fleet behaves as planned: ``static`` always; ``preferred``
+while the planned class has live workers; ``least-latency`` and ``cost-sla`` while the
+planned class is expected within the node's planned budget -- past it, they spill as above.
+
 A step is only ever routed to a class in its eligible list.
 """
 
@@ -271,6 +276,18 @@ def route_key(req: RouteRequest) -> str:
     return f"{req.workflow}:{_INDEXES.sub('', req.path or '')}"
 
 
+def planned_class(req: RouteRequest, cfg: FleetConfig) -> str | None:
+    """The class a plan's placement (``routes``) names for this node, or its op, when the
+    node may run there (a route never crosses a constraint); None without one."""
+    if not cfg.routes:
+        return None
+    planned = cfg.routes.get(route_key(req)) or cfg.routes.get(req.op or "")
+    return planned if planned in req.classes else None
+
+
+PLANNED = "planned placement (routes)"
+
+
 class StaticPolicy:
     """The preferred class -- or, where ``routes`` (a plan's placement) names one for this
     node or op, that class, if it is eligible (a constraint is never crossed)."""
@@ -280,19 +297,24 @@ class StaticPolicy:
     def choose(
         self, req: RouteRequest, state: FleetState, cfg: FleetConfig, store: ProfileStore
     ) -> RouteDecision:
-        if cfg.routes:
-            planned = cfg.routes.get(route_key(req)) or cfg.routes.get(req.op or "")
-            if planned in req.classes:
-                return routed(cfg, self.name, planned, "planned placement (routes)")
+        planned = planned_class(req, cfg)
+        if planned is not None:
+            return routed(cfg, self.name, planned, PLANNED)
         return routed(cfg, self.name, req.classes[0], "preferred class (static)")
 
 
 class PreferredPolicy:
+    """The planned class (``routes``), else the preferred one, while it has live workers;
+    else the next eligible class that has."""
+
     name = "preferred"
 
     def choose(
         self, req: RouteRequest, state: FleetState, cfg: FleetConfig, store: ProfileStore
     ) -> RouteDecision:
+        planned = planned_class(req, cfg)
+        if planned is not None and state.live(planned):
+            return routed(cfg, self.name, planned, f"{PLANNED}, live workers")
         preferred = req.classes[0]
         if state.live(preferred):
             return routed(cfg, self.name, preferred, "preferred class has live workers")
@@ -340,12 +362,30 @@ class _Estimating:
         return self.pick(req, live, shown, cfg)
 
 
+def _on_plan(req: RouteRequest, live: list[Estimate], cfg: FleetConfig) -> Estimate | None:
+    """The planned class's estimate when it is live and expected within the node's planned
+    budget (any time, without one): the plan holds while the fleet behaves as planned."""
+    planned = planned_class(req, cfg)
+    est = next((e for e in live if e.cls == planned), None)
+    budget = cfg.budgets.get(route_key(req)) if cfg.budgets else None
+    if est is None or (budget is not None and est.total_s > budget):
+        return None
+    return est
+
+
 class LeastLatencyPolicy(_Estimating):
+    """The planned class while it keeps the node's planned budget; else (no plan, or the
+    planned class is late) the smallest expected completion."""
+
     name = "least-latency"
 
     def pick(
         self, req: RouteRequest, live: list[Estimate], shown: dict[str, Any], cfg: FleetConfig
     ) -> RouteDecision:
+        on_plan = _on_plan(req, live, cfg)
+        if on_plan is not None:
+            why = f"{PLANNED}: expected {on_plan.total_s:.3f}s, within its budget"
+            return routed(cfg, self.name, on_plan.cls, why, estimates=shown)
         best = min(live, key=lambda e: e.total_s)  # ties: the earlier (more preferred) class
         why = f"least expected completion {best.total_s:.3f}s ({best.source} service time)"
         return routed(cfg, self.name, best.cls, why, estimates=shown)
@@ -367,6 +407,10 @@ class CostSlaPolicy(_Estimating):
         if planned is not None:  # the plan's share of the SLA for this node
             budget = min(planned, max(0.0, left))
         shown["budget_s"] = budget  # shown is this decision's own dict
+        on_plan = _on_plan(req, live, cfg)
+        if on_plan is not None and on_plan.total_s <= budget:
+            why = f"{PLANNED}: within the budget {budget:.3f}s"
+            return routed(cfg, self.name, on_plan.cls, why, estimates=shown)
         fits = [e for e in live if e.total_s <= budget]
         if fits:
             cheapest = min(fits, key=_cost)  # ties: the earlier (more preferred) class

@@ -1,9 +1,14 @@
-"""The static policy follows a plan's placement (`routes`), never outside the eligible classes."""
+"""Every policy follows a plan's placement (`routes`) while it holds, never outside the
+eligible classes."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from fleet.config import FleetConfig
-from fleet.routing.policies import RouteRequest, StaticPolicy, route_key
+from fleet.routing.policies import RouteRequest, StaticPolicy, make_policy, route_key
 from fleet.routing.profiles import ProfileStore
 from fleet.routing.state import FleetState
 
@@ -55,3 +60,50 @@ def test_cost_sla_uses_the_planned_budget_of_a_node(cfg: FleetConfig) -> None:
     tight = CostSlaPolicy().choose(req, state, planned, store)
     assert tight.cls == "gpu" and tight.estimates["budget_s"] == 0.05
     assert "planned budget" in tight.reason
+
+
+def _two_classes(cfg: FleetConfig, cpu_s: float, gpu_s: float) -> tuple[Any, Any, Any]:
+    from fleet.routing.profiles import OpProfile
+    from fleet.routing.state import WorkerInfo
+
+    store = ProfileStore()
+    store.put(OpProfile("x.op", "cpu", cpu_s))
+    store.put(OpProfile("x.op", "gpu", gpu_s))
+    workers = {c: [WorkerInfo(f"{c}@h", (c,), 1, "prefork", 1, 0.0)] for c in ("cpu", "gpu")}
+    state = FleetState(workers=workers, depth={"cpu": 0, "gpu": 0})
+    req = RouteRequest(
+        "fleet.step", "x.op", "compute", ("gpu", "cpu"), sla_left_s=10.0, workflow="wf", path="n"
+    )
+    return store, state, req
+
+
+@pytest.mark.parametrize("policy", ["static", "preferred", "least-latency", "cost-sla"])
+def test_every_policy_follows_the_plan_while_it_holds(cfg: FleetConfig, policy: str) -> None:
+    """The plan put node n on cpu, although gpu is faster and preferred: each policy routes
+    it to cpu while cpu keeps the node's planned budget (0.5 s; cpu takes 0.2 s)."""
+    store, state, req = _two_classes(cfg, cpu_s=0.2, gpu_s=0.01)
+    planned = cfg.model_copy(update={"routes": {"wf:n": "cpu"}, "budgets": {"wf:n": 0.5}})
+    decision = make_policy(policy).choose(req, state, planned, store)
+    assert decision.cls == "cpu" and "planned placement" in decision.reason
+    unplanned = make_policy(policy).choose(req, state, cfg, store)
+    assert unplanned.cls == "gpu"
+
+
+@pytest.mark.parametrize("policy", ["least-latency", "cost-sla"])
+def test_estimating_policies_leave_a_planned_class_that_is_late(
+    cfg: FleetConfig, policy: str
+) -> None:
+    """cpu now takes 2 s, four times the planned budget: the step spills to gpu."""
+    store, state, req = _two_classes(cfg, cpu_s=2.0, gpu_s=0.01)
+    planned = cfg.model_copy(update={"routes": {"wf:n": "cpu"}, "budgets": {"wf:n": 0.5}})
+    decision = make_policy(policy).choose(req, state, planned, store)
+    assert decision.cls == "gpu" and "planned placement" not in decision.reason
+
+
+def test_preferred_leaves_a_planned_class_without_workers(cfg: FleetConfig) -> None:
+    from fleet.routing.state import WorkerInfo
+
+    store, _, req = _two_classes(cfg, cpu_s=0.2, gpu_s=0.01)
+    gpu_only = FleetState(workers={"gpu": [WorkerInfo("gpu@h", ("gpu",), 1, "prefork", 1, 0.0)]})
+    planned = cfg.model_copy(update={"routes": {"wf:n": "cpu"}})
+    assert make_policy("preferred").choose(req, gpu_only, planned, store).cls == "gpu"
