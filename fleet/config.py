@@ -66,6 +66,8 @@ class ClassSpec(BaseModel):
     # Classes whose ops this one runs too (a planned "a100" class serves "gpu"): op
     # declarations name the built-in classes, deployments add their own devices.
     serves: list[str] = Field(default_factory=list)
+    # Worker processes `fleet up` starts for this class (a plan writes how many it sized).
+    workers: int = Field(default=1, ge=1)
 
     @property
     def queue_name(self) -> str:
@@ -201,6 +203,17 @@ class FleetConfig(BaseModel):
     # Per-node latency budgets (s) from a plan, "workflow:node" -> seconds: the cost-sla
     # policy uses them instead of an even split of what is left of the run's SLA.
     budgets: dict[str, float] = Field(default_factory=dict)
+    # LLM calls a plan splits, "workflow:node" -> {prefill = CLASS, decode = CLASS}: the node
+    # runs as its two parts on those classes, as if it said `split:` itself.
+    splits: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+    @field_validator("splits")
+    @classmethod
+    def _two_parts(cls, v: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for key, parts in v.items():
+            if set(parts) != {"prefill", "decode"}:
+                raise ValueError(f"splits.{key}: give prefill and decode classes, no more")
+        return v
 
     @field_validator("classes")
     @classmethod

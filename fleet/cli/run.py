@@ -26,8 +26,8 @@ from fleet.cli.common import (
     print_outcome,
     save_outputs,
 )
-from fleet.config import redact
-from fleet.errors import FleetError, WorkflowValidationError
+from fleet.config import FleetConfig, redact
+from fleet.errors import ConfigError, FleetError, WorkflowValidationError
 
 
 @click.command()
@@ -37,19 +37,40 @@ from fleet.errors import FleetError, WorkflowValidationError
 @click.option("--flower/--no-flower", default=True, help="Start Flower.")
 @click.option("--workdir", default=".fleet", help="Folder for logs and Redis data.")
 @click.option("--loglevel", default="INFO", help="Log level of the workers and Flower.")
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False),
+    help="A plan (`fleet plan --save`): its classes, worker counts, routes, budgets, splits.",
+)
 @click.pass_context
-def up(ctx: click.Context, classes: str | None, flower: bool, workdir: str, loglevel: str) -> None:
-    """Start a local fleet: Redis (if none is reachable), one worker per class, Flower.
+def up(
+    ctx: click.Context,
+    classes: str | None,
+    flower: bool,
+    workdir: str,
+    loglevel: str,
+    plan_file: str | None,
+) -> None:
+    """Start a local fleet: Redis (if none is reachable), each class's workers, Flower.
 
-    Runs until Ctrl-C, then stops everything it started. A worker, Flower or the Redis it
-    started that dies is restarted with backoff; the others keep running.
+    Each class runs its `workers` worker processes (1 unless a plan sized it). With --plan,
+    the plan's classes run as planned, scaled down (with a note) to what this host can hold:
+    two worker processes per core. Runs until Ctrl-C, then stops everything it started. A
+    worker, Flower or the Redis it started that dies is restarted with backoff; the others
+    keep running.
     """
     from fleet.deploy.local import LocalFleet
 
-    cfg = config(ctx)
+    cfg = config(ctx) if plan_file is None else _plan_config(plan_file)
     wanted = [c.strip() for c in classes.split(",")] if classes else []
+    if plan_file is not None and not wanted:  # the plan's classes, not the built-in ones
+        wanted = _planned_classes(plan_file)
     try:
         fleet = LocalFleet(cfg, wanted, flower, Path(workdir), loglevel, say=console.print)
+        cut = fleet.fit_to_host(2 * (os.cpu_count() or 1))
+        if cut:
+            console.print(f"[yellow]note[/]: {cut}")
         with console.status("starting workers..."):
             fleet.start()
     except FleetError as exc:
@@ -304,3 +325,27 @@ def compile_(file: str, as_canvas: bool) -> None:
             reads = ", ".join(sorted(compiled.root.deps[node.name])) or "inputs"
             where = ", ".join(node.classes)
             click.echo(f"  {depth}  {node.name}: {node.what}  reads {reads}  -> {where}")
+
+
+def _plan_config(plan_file: str) -> FleetConfig:
+    """The configuration a plan file is (the environment still names broker and backend)."""
+    from fleet.config import load_config
+
+    path = Path(plan_file)
+    if not path.is_file():
+        fail(f"plan file {plan_file} does not exist (write one with `fleet plan --save FILE`)", 2)
+    os.environ["FLEET_CONFIG"] = str(path.resolve())  # the workers read the same file
+    try:
+        return load_config()
+    except ConfigError as exc:
+        fail(f"{plan_file}: {exc}", 2)
+
+
+def _planned_classes(plan_file: str) -> list[str]:
+    """The classes a plan file defines (a configuration also has the built-in ones)."""
+    import tomllib
+
+    try:
+        return list(tomllib.loads(Path(plan_file).read_text()).get("classes", {}))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        fail(f"{plan_file}: {exc}", 2)

@@ -111,7 +111,7 @@ class Fleet:
     def validate(self, workflow: WorkflowLike) -> WorkflowSpec:
         """The workflow as it will run (``split:`` nodes expanded), or the error listing
         every problem."""
-        spec = expand_splits(to_spec(workflow), registry)
+        spec = expand_splits(to_spec(workflow), registry, self.cfg.splits)
         validate(spec, self.cfg, registry)
         return spec
 

@@ -71,6 +71,8 @@ class LocalFleet:
     children: list[Child] = field(default_factory=list)
     redis_started: bool = False
     flower_auth: str = ""  # "user:password" Flower asks for, once started
+    # Worker processes per class, when not the configured `workers` (see fit_to_host).
+    counts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.classes = self.classes or list(self.cfg.classes)
@@ -78,6 +80,20 @@ class LocalFleet:
         if unknown:
             raise FleetError(f"unknown class(es) {unknown}; configured: {list(self.cfg.classes)}")
         self.workdir = self.workdir.resolve()
+
+    def fit_to_host(self, most: int) -> str | None:
+        """Start at most ``most`` worker processes in all: fewer of each class than its
+        ``workers`` (in proportion, at least one each) when the classes ask for more.
+        Returns what was cut, for the operator, or None when all fit."""
+        wanted = {c: self.cfg.classes[c].workers for c in self.classes}
+        total = sum(wanted.values())
+        if total <= most:
+            return None
+        room = max(most, len(wanted))
+        self.counts = {c: max(1, n * room // total) for c, n in wanted.items()}
+        asked = ", ".join(f"{n} {c}" for c, n in wanted.items())
+        got = ", ".join(f"{n} {c}" for c, n in self.counts.items())
+        return f"the plan asks for {total} worker processes ({asked}); this host runs {got}"
 
     # -- lifecycle ---------------------------------------------------------------------
     def __enter__(self) -> LocalFleet:
@@ -160,15 +176,18 @@ class LocalFleet:
         self.say(f"broker: started redis-server on {redact(url)} (appendonly; log {log})")
 
     def _start_worker(self, cls: str) -> None:
+        """The class's ``workers`` worker processes (``cls@...``, ``cls-2@...``, ...)."""
         spec = self.cfg.classes[cls]
-        name = f"{cls}@localfleet-{os.getpid()}"
-        argv = worker_argv(spec, name=name, loglevel=self.loglevel)
-        env = {**self._env(), **worker_env(self.cfg, cls, self._env())}
-        child = self._spawn(f"worker-{cls}", argv, env)
-        self.say(
-            f"worker: {cls:<9} queue={spec.queue_name} pool={spec.pool} "
-            f"concurrency={spec.concurrency} pid={child.proc.pid} log={child.log}"
-        )
+        for i in range(1, self.counts.get(cls, spec.workers) + 1):
+            suffix = "" if i == 1 else f"-{i}"
+            name = f"{cls}{suffix}@localfleet-{os.getpid()}"
+            argv = worker_argv(spec, name=name, loglevel=self.loglevel)
+            env = {**self._env(), **worker_env(self.cfg, cls, self._env())}
+            child = self._spawn(f"worker-{cls}{suffix}", argv, env)
+            self.say(
+                f"worker: {cls + suffix:<9} queue={spec.queue_name} pool={spec.pool} "
+                f"concurrency={spec.concurrency} pid={child.proc.pid} log={child.log}"
+            )
 
     def _start_flower(self) -> None:
         port = self.cfg.flower_port

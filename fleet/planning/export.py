@@ -1,6 +1,6 @@
-"""A plan as the fleet configuration that runs it: one class per device class the plan uses,
-its latency budgets per node (cost-sla follows them) and its placement as the static policy's
-routes."""
+"""A plan as the fleet configuration that runs it: one class per device class the plan uses
+(with the number of workers it sized), its latency budgets per node, its placement as routes
+(every policy follows them while they hold) and the LLM calls it splits."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ def plan_toml(plan: Plan, cat: Catalogue) -> str:
     """A fleet configuration `fleet up` / `fleet worker` accept: one class per device the plan
     uses, and the plan's placement as the static policy's routing table."""
     lines = [
-        "# Written by `fleet plan`: one class per device class the plan uses; start",
-        "# `workers` of each (`fleet worker CLASS` per worker). The [routes] table is the",
-        "# placement: workflow:node -> class, which the static policy follows.",
+        "# Written by `fleet plan`: one class per device class the plan uses, with the",
+        "# workers it sized (`fleet up --plan FILE` starts them; or `fleet worker CLASS` per",
+        "# worker). [routes] is the placement (workflow:node -> class) every policy follows",
+        "# while it holds; [budgets] each node's share of its SLA; [splits] the LLM calls run",
+        "# as prefill and decode on two classes.",
         'policy = "static"',
         f"control_class = {json.dumps(next(j for j, n in plan.workers.items() if n))}",
         "",
@@ -31,6 +33,7 @@ def plan_toml(plan: Plan, cat: Catalogue) -> str:
             f"price_per_hour = {d.price_per_hour:.4f}",
             f"network_mb_s = {d.network_gbs * 1000:.0f}",
             f"serves = {json.dumps(d.serves)}",
+            f"workers = {n}",
             f'description = "planned: {n} worker(s), utilisation {plan.utilisation[j]:.2f}"',
             "",
         ]
@@ -47,4 +50,21 @@ def plan_toml(plan: Plan, cat: Catalogue) -> str:
         for path, j in placed.items():  # in graph order: a split step's first part names it
             routes.setdefault(f"{flow}:{path.split(':')[0]}", j)
     lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in routes.items()]
+    lines += ["", "[splits]"]
+    for key, parts in splits(plan).items():
+        lines.append(
+            f"{json.dumps(key)} = {{ prefill = {json.dumps(parts['prefill'])}, "
+            f"decode = {json.dumps(parts['decode'])} }}"
+        )
     return "\n".join(lines) + "\n"
+
+
+def splits(plan: Plan) -> dict[str, dict[str, str]]:
+    """The LLM calls the plan puts on two classes: "workflow:node" -> {prefill, decode}."""
+    found: dict[str, dict[str, str]] = {}
+    for flow, placed in plan.placement.items():
+        for path, j in placed.items():
+            node, _, part = path.partition(":")
+            if part in ("prefill", "decode"):
+                found.setdefault(f"{flow}:{node}", {})[part] = j
+    return {k: v for k, v in found.items() if len(v) == 2 and v["prefill"] != v["decode"]}

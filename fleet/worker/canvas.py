@@ -55,7 +55,7 @@ def start_workflow(
 ) -> NoReturn:
     """Start a run of ``workflow``; the run's outputs become this task's result."""
     engine = dispatcher(self.app)
-    spec = expand_splits(WorkflowSpec.model_validate(workflow), registry)
+    spec = expand_splits(WorkflowSpec.model_validate(workflow), registry, engine.cfg.splits)
     validate(spec, engine.cfg, registry)
     values = {**spec.defaults, **chained_inputs(spec, args, inputs or {})}
     check_size(values, engine.cfg.max_value_bytes)

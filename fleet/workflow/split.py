@@ -17,19 +17,30 @@ not split, a ``map``) are left alone for the validator to name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fleet.constants import INPUTS
 from fleet.sdk.registry import Registry
-from fleet.workflow.model import NodeSpec, WorkflowSpec
+from fleet.workflow.model import NodeSpec, SplitSpec, WorkflowSpec
 
 FIRST, SECOND = "prefill", "decode"
 
 
-def expand_splits(spec: WorkflowSpec, registry: Registry) -> WorkflowSpec:
-    """``spec`` with every splittable ``split:`` node expanded (a copy; ``spec`` stays)."""
-    if not _has_split(spec):
+def expand_splits(
+    spec: WorkflowSpec,
+    registry: Registry,
+    planned: Mapping[str, Mapping[str, str]] | None = None,
+) -> WorkflowSpec:
+    """``spec`` with every splittable ``split:`` node expanded (a copy; ``spec`` stays).
+    ``planned`` (a plan's ``splits``, ``"workflow:node path" -> {prefill, decode}``) splits
+    the nodes it names that do not say ``split:`` themselves."""
+    mine = {
+        k.split(":", 1)[1]: v for k, v in (planned or {}).items() if k.startswith(f"{spec.name}:")
+    }
+    if not _has_split(spec) and not mine:
         return spec
     out = spec.model_copy(deep=True)
-    _expand(out, registry)
+    _expand(out, registry, mine, "")
     return out
 
 
@@ -40,11 +51,19 @@ def _has_split(spec: WorkflowSpec) -> bool:
     )
 
 
-def _expand(spec: WorkflowSpec, registry: Registry) -> None:
+def _expand(
+    spec: WorkflowSpec, registry: Registry, planned: Mapping[str, Mapping[str, str]], prefix: str
+) -> None:
     for i, node in enumerate(spec.nodes):
+        path = prefix + node.name
         if node.workflow is not None:
-            _expand(node.workflow, registry)
-        elif node.split is not None and node.op in registry.names() and node.map is None:
+            _expand(node.workflow, registry, planned, f"{path}/")
+            continue
+        if node.split is None and path in planned and node.op in registry.names():
+            node = spec.nodes[i] = node.model_copy(
+                update={"split": SplitSpec.model_validate(dict(planned[path]))}
+            )
+        if node.split is not None and node.op in registry.names() and node.map is None:
             parts = registry.get(node.op).split
             if parts is not None:
                 spec.nodes[i] = _two_steps(node, parts, registry)

@@ -298,7 +298,7 @@ def dependency_graph(wf: WorkflowSpec) -> nx.DiGraph:
 def problems(spec: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> list[Problem]:
     """Every problem of ``spec`` as it runs (``split:`` nodes expanded into their parts)."""
     checker = _Checker(cfg, registry, spec.source)
-    checker.workflow(expand_splits(spec, registry))
+    checker.workflow(expand_splits(spec, registry, cfg.splits))
     return checker.problems
 
 

@@ -82,3 +82,29 @@ def test_a_split_that_cannot_run_is_named(
 def test_a_split_needs_both_classes() -> None:
     with pytest.raises(WorkflowValidationError, match=r"split\.decode"):
         spec_from_data(_flow(split={"prefill": "gpu"}))
+
+
+def test_a_plan_splits_the_nodes_it_names(cfg: FleetConfig) -> None:
+    """A plan's `splits` ("workflow:node path") split a node that says nothing itself, also
+    inside a sub-workflow; other workflows' nodes are left alone."""
+    flow = _flow()
+    del flow["nodes"][0]["split"]
+    outer = {
+        "name": "outer",
+        "inputs": ["q"],
+        "nodes": [{"name": "inner", "workflow": flow, "inputs": {"q": "inputs.q"}}],
+        "outputs": {"text": "inner.text"},
+    }
+    planned = {"qa:answer": {"prefill": "gpu", "decode": "cpu"}}
+    spec = spec_from_data(flow)
+    assert expand_splits(spec, registry).node("answer").op == "llm.generate"  # no plan
+    split = expand_splits(spec, registry, planned).node("answer")
+    assert split.workflow is not None
+    assert [n.classes for n in split.workflow.nodes] == [["gpu"], ["cpu"]]
+    nested = spec_from_data(outer)
+    inner = expand_splits(nested, registry, {"outer:inner/answer": planned["qa:answer"]})
+    body = inner.node("inner").workflow
+    assert body is not None and body.node("answer").workflow is not None
+    assert expand_splits(nested, registry, planned) == nested  # "qa:..." is another workflow
+    cfg_planned = cfg.model_copy(update={"splits": planned})
+    assert not problems(spec, cfg_planned, registry)
