@@ -66,8 +66,11 @@ class ClassSpec(BaseModel):
     # Classes whose ops this one runs too (a planned "a100" class serves "gpu"): op
     # declarations name the built-in classes, deployments add their own devices.
     serves: list[str] = Field(default_factory=list)
-    # Worker processes `fleet up` starts for this class (a plan writes how many it sized).
+    # Worker processes `fleet up` starts for this class (a plan writes how many it sized),
+    # and the bounds `fleet up --autoscale` keeps it within (max: None = `workers`).
     workers: int = Field(default=1, ge=1)
+    min_workers: int = Field(default=1, ge=1)
+    max_workers: int | None = Field(default=None, ge=1)
 
     @property
     def queue_name(self) -> str:
@@ -143,6 +146,22 @@ def default_classes() -> dict[str, ClassSpec]:
     }
 
 
+class AutoscaleSpec(BaseModel):
+    """How `fleet up --autoscale` resizes each class within its min/max_workers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(default=2.0, gt=0)  # how often it looks
+    # A worker more when the expected queue wait (queued x mean step time / slots) is over
+    # this at two looks in a row...
+    up_wait_s: float = Field(default=1.0, gt=0)
+    # ...a worker less when the class had nothing queued and a worker's worth of idle slots
+    # for this long...
+    down_idle_s: float = Field(default=30.0, gt=0)
+    # ...and no second change of the same class sooner than this after the last.
+    cooldown_s: float = Field(default=10.0, ge=0)
+
+
 class FleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -206,6 +225,7 @@ class FleetConfig(BaseModel):
     # LLM calls a plan splits, "workflow:node" -> {prefill = CLASS, decode = CLASS}: the node
     # runs as its two parts on those classes, as if it said `split:` itself.
     splits: dict[str, dict[str, str]] = Field(default_factory=dict)
+    autoscale: AutoscaleSpec = Field(default_factory=AutoscaleSpec)
 
     @field_validator("splits")
     @classmethod

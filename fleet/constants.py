@@ -52,6 +52,8 @@ ONLINE_PROFILE_KEY = "fleet:profile:online"  # hash: op|class -> moving averages
 WORKFLOW_METRICS_KEY = "fleet:metrics:workflows"
 # run-time buckets (s) of the per-workflow latency histogram: agent runs take 0.1 s to minutes
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# hash: class -> JSON {workers, up, down, reason, at}: `fleet up --autoscale`'s changes
+AUTOSCALE_KEY = "fleet:autoscale"
 SWEEP_LOCK_KEY = "fleet:sweeper"  # one worker at a time restores stranded messages
 # sorted set: engine runs under way (id -> start time), watched by the orphan check
 ACTIVE_RUNS_KEY = "fleet:runs:active"

@@ -38,6 +38,11 @@ from fleet.errors import ConfigError, FleetError, WorkflowValidationError
 @click.option("--workdir", default=".fleet", help="Folder for logs and Redis data.")
 @click.option("--loglevel", default="INFO", help="Log level of the workers and Flower.")
 @click.option(
+    "--autoscale",
+    is_flag=True,
+    help="Add and remove workers per class from queue depth, within min/max_workers.",
+)
+@click.option(
     "--plan",
     "plan_file",
     type=click.Path(dir_okay=False),
@@ -50,16 +55,19 @@ def up(
     flower: bool,
     workdir: str,
     loglevel: str,
+    autoscale: bool,
     plan_file: str | None,
 ) -> None:
     """Start a local fleet: Redis (if none is reachable), each class's workers, Flower.
 
     Each class runs its `workers` worker processes (1 unless a plan sized it). With --plan,
     the plan's classes run as planned, scaled down (with a note) to what this host can hold:
-    two worker processes per core. Runs until Ctrl-C, then stops everything it started. A
-    worker, Flower or the Redis it started that dies is restarted with backoff; the others
-    keep running.
+    two worker processes per core. With --autoscale, each class grows and shrinks between its
+    min_workers and max_workers from its queue (docs/operations.md says the rule). Runs until
+    Ctrl-C, then stops everything it started. A worker, Flower or the Redis it started that
+    dies is restarted with backoff; the others keep running.
     """
+    from fleet.deploy.autoscale import Autoscaler
     from fleet.deploy.local import LocalFleet
 
     cfg = config(ctx) if plan_file is None else _plan_config(plan_file)
@@ -83,9 +91,12 @@ def up(
     # ignored, so the handler is installed rather than inherited).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    scaler = Autoscaler(fleet, say=console.print) if autoscale else None
     try:
         while True:  # a process that dies is restarted (with backoff); the rest go on
             fleet.supervise()
+            if scaler is not None:
+                scaler.step()
             time.sleep(0.5)
     except KeyboardInterrupt:
         console.print("\nstopping the fleet...")

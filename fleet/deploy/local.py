@@ -57,6 +57,8 @@ class Child:
     log: Path
     restarts: int = 0  # how often this child was restarted by supervise()
     restart_at: float = 0.0  # not before this (monotonic): the backoff
+    cls: str | None = None  # a worker's class (None: Redis, Flower)
+    index: int = 0  # which of its class's workers (1: `cls@...`, 2: `cls-2@...`)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class LocalFleet:
     flower_auth: str = ""  # "user:password" Flower asks for, once started
     # Worker processes per class, when not the configured `workers` (see fit_to_host).
     counts: dict[str, int] = field(default_factory=dict)
+    stopping: list[Child] = field(default_factory=list)  # warm shutdowns under way
 
     def __post_init__(self) -> None:
         self.classes = self.classes or list(self.cfg.classes)
@@ -177,17 +180,53 @@ class LocalFleet:
 
     def _start_worker(self, cls: str) -> None:
         """The class's ``workers`` worker processes (``cls@...``, ``cls-2@...``, ...)."""
+        for i in range(1, self.counts.get(cls, self.cfg.classes[cls].workers) + 1):
+            self._spawn_worker(cls, i)
+
+    def _spawn_worker(self, cls: str, index: int) -> Child:
         spec = self.cfg.classes[cls]
-        for i in range(1, self.counts.get(cls, spec.workers) + 1):
-            suffix = "" if i == 1 else f"-{i}"
-            name = f"{cls}{suffix}@localfleet-{os.getpid()}"
-            argv = worker_argv(spec, name=name, loglevel=self.loglevel)
-            env = {**self._env(), **worker_env(self.cfg, cls, self._env())}
-            child = self._spawn(f"worker-{cls}{suffix}", argv, env)
-            self.say(
-                f"worker: {cls + suffix:<9} queue={spec.queue_name} pool={spec.pool} "
-                f"concurrency={spec.concurrency} pid={child.proc.pid} log={child.log}"
-            )
+        suffix = "" if index == 1 else f"-{index}"
+        name = f"{cls}{suffix}@localfleet-{os.getpid()}"
+        argv = worker_argv(spec, name=name, loglevel=self.loglevel)
+        env = {**self._env(), **worker_env(self.cfg, cls, self._env())}
+        child = self._spawn(f"worker-{cls}{suffix}", argv, env)
+        child.cls, child.index = cls, index
+        self.say(
+            f"worker: {cls + suffix:<9} queue={spec.queue_name} pool={spec.pool} "
+            f"concurrency={spec.concurrency} pid={child.proc.pid} log={child.log}"
+        )
+        return child
+
+    def workers_of(self, cls: str) -> list[Child]:
+        """The class's worker processes, in the order they were numbered."""
+        return sorted((c for c in self.children if c.cls == cls), key=lambda c: c.index)
+
+    def add_worker(self, cls: str) -> Child:
+        """Start one more worker process of ``cls`` (the autoscaler's way up)."""
+        taken = {c.index for c in self.workers_of(cls)}
+        return self._spawn_worker(cls, next(i for i in range(1, len(taken) + 2) if i not in taken))
+
+    def remove_worker(self, cls: str, grace: float = 60.0) -> Child | None:
+        """Stop the class's last-numbered worker process with a warm shutdown: it finishes
+        what it runs; what it had taken but not started goes back to the queue. None when
+        the class has one worker left."""
+        workers = self.workers_of(cls)
+        if len(workers) <= 1:
+            return None
+        child = workers[-1]
+        self.children.remove(child)  # stopped on purpose: supervise() must not restart it
+        child.proc.send_signal(signal.SIGTERM)
+        child.restart_at = time.monotonic() + grace  # killed then if still running
+        self.stopping.append(child)
+        return child
+
+    def _reap(self, now: float) -> None:
+        """Workers being stopped: forget those that exited, kill those past their grace."""
+        for child in list(self.stopping):
+            if child.proc.poll() is None and now > child.restart_at:
+                child.proc.kill()
+            if child.proc.poll() is not None:
+                self.stopping.remove(child)
 
     def _start_flower(self) -> None:
         port = self.cfg.flower_port
@@ -207,6 +246,7 @@ class LocalFleet:
         workers and Flower -- each after a backoff that doubles while it keeps dying (1 s to
         60 s). Nothing else is stopped. Returns the names restarted."""
         now = time.monotonic() if now is None else now
+        self._reap(now)
         restarted = []
         for child in sorted(self.children, key=lambda c: c.name != "redis"):
             if child.proc.poll() is None:
@@ -219,8 +259,8 @@ class LocalFleet:
                 self._ensure_broker()
             elif child.name == "flower":
                 self._start_flower()
-            else:
-                self._start_worker(child.name.removeprefix("worker-"))
+            elif child.cls is not None:
+                self._spawn_worker(child.cls, child.index)
             fresh = self.children[-1]
             fresh.restarts = child.restarts + 1
             fresh.restart_at = now + min(60.0, 2.0 ** (fresh.restarts - 1))
@@ -247,7 +287,8 @@ class LocalFleet:
 
     def stop(self, grace: float = 15.0) -> None:
         """Warm shutdown (SIGTERM) of workers and Flower, SIGKILL after ``grace`` s; Redis last."""
-        _terminate([c for c in self.children if c.name != "redis"], grace)
+        _terminate([c for c in self.children + self.stopping if c.name != "redis"], grace)
+        self.stopping.clear()
         _terminate([c for c in self.children if c.name == "redis"], 5.0)
         self.children.clear()
 

@@ -12,11 +12,14 @@ counters survive a restart of this exporter): ``fleet_workflow_runs_total{status
 ``fleet_workflow_seconds`` histogram (submission to end), ``fleet_workflow_sla_runs_total`` and
 ``fleet_workflow_sla_misses_total`` (runs with an SLA, and those that ended late or failed),
 and ``fleet_workflow_cost_dollars_total`` (run time x class price, summed over the steps).
+``fleet up --autoscale`` adds ``fleet_autoscale_workers`` and
+``fleet_autoscale_changes_total{direction}`` per class.
 The dashboard in docs/grafana/fleet.json plots them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import cast
 
@@ -30,7 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from fleet.config import FleetConfig
-from fleet.constants import LATENCY_BUCKETS, WORKFLOW_METRICS_KEY
+from fleet.constants import AUTOSCALE_KEY, LATENCY_BUCKETS, WORKFLOW_METRICS_KEY
 from fleet.routing.state import FleetState, StateReader
 
 
@@ -46,6 +49,7 @@ class FleetCollector(Collector):
         try:
             state = self.reader.read()
             counters = cast(dict[str, str], self.reader.client.hgetall(WORKFLOW_METRICS_KEY))
+            scaled = cast(dict[str, str], self.reader.client.hgetall(AUTOSCALE_KEY))
         except redis.RedisError:  # the scrape still answers: the backend is down
             up.add_metric([], 0)
             yield up
@@ -54,6 +58,7 @@ class FleetCollector(Collector):
         yield up
         yield from self._classes(state)
         yield from workflow_families(counters)
+        yield from autoscale_families(scaled)
 
     def _classes(self, state: FleetState) -> Iterator[Metric]:
         families = {
@@ -121,3 +126,22 @@ def workflow_families(counters: dict[str, str]) -> Iterator[Metric]:
         buckets.append(("+Inf", h.get("count|", 0.0)))
         seconds.add_metric([wf], buckets, sum_value=h.get("sum|", 0.0))
     yield from (runs, seconds, sla, miss, cost)
+
+
+def autoscale_families(records: dict[str, str]) -> Iterator[Metric]:
+    """``fleet up --autoscale``'s state: workers per class and the changes it made."""
+    workers = GaugeMetricFamily(
+        "fleet_autoscale_workers", "Worker processes the autoscaler keeps", labels=["class"]
+    )
+    changes = CounterMetricFamily(
+        "fleet_autoscale_changes",
+        "Workers the autoscaler added (up) or removed (down)",
+        labels=["class", "direction"],
+    )
+    for cls, raw in sorted(records.items()):
+        doc = json.loads(raw)
+        workers.add_metric([cls], float(doc.get("workers", 0)))
+        for direction in ("up", "down"):
+            changes.add_metric([cls, direction], float(doc.get(direction, 0)))
+    yield workers
+    yield changes

@@ -34,6 +34,7 @@ def plan_toml(plan: Plan, cat: Catalogue) -> str:
             f"network_mb_s = {d.network_gbs * 1000:.0f}",
             f"serves = {json.dumps(d.serves)}",
             f"workers = {n}",
+            f"max_workers = {n}",  # `fleet up --autoscale` may go down to one, back to n
             f'description = "planned: {n} worker(s), utilisation {plan.utilisation[j]:.2f}"',
             "",
         ]
