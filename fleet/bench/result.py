@@ -13,7 +13,7 @@ from fleet.constants import BLOB_PREFIX
 
 if TYPE_CHECKING:
     from fleet.client.client import RunHandle
-    from fleet.store.runs import RunInfo
+    from fleet.store.records import RunInfo
 
 
 @dataclass

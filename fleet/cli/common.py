@@ -17,7 +17,7 @@ from fleet.errors import FleetError, WorkflowValidationError
 
 if TYPE_CHECKING:
     from fleet.client.client import Fleet, RunHandle
-    from fleet.store.runs import RunInfo, TraceEntry
+    from fleet.store.records import RunInfo, TraceEntry
     from fleet.workflow.model import WorkflowSpec
 
 # Width from the terminal, or from COLUMNS when piped (rich's default is 80 columns).

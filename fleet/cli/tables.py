@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from fleet.routing.profiles import ProfileStore
     from fleet.routing.state import FleetState
     from fleet.sdk.registry import Registry
-    from fleet.store.runs import TraceEntry
+    from fleet.store.records import TraceEntry
 
 
 def _ms(seconds: float | None) -> str:

@@ -33,7 +33,8 @@ from fleet.routing.policies import make_policy
 from fleet.routing.registered import check_registered
 from fleet.sdk.registry import registry
 from fleet.store.artifacts import ArtifactStore, BlobStore
-from fleet.store.runs import RunInfo, RunStore, TraceEntry
+from fleet.store.records import RunInfo, TraceEntry
+from fleet.store.runs import RunStore
 from fleet.workflow.builder import Workflow
 from fleet.workflow.chaining import check_given
 from fleet.workflow.loader import load_workflow

@@ -23,7 +23,7 @@ from fleet.constants import (
     ROUTE_HEADER,
 )
 from fleet.engine.readiness import StepCall
-from fleet.store.runs import TraceEntry
+from fleet.store.records import TraceEntry
 from fleet.worker.app import app, fleet_config
 from fleet.worker.tasks import dispatcher, observe
 

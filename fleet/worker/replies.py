@@ -22,7 +22,7 @@ from celery import Celery, signature
 from celery.app.task import Context
 
 from fleet.errors import WorkflowFailed
-from fleet.store.runs import Ending
+from fleet.store.records import Ending
 
 log = logging.getLogger("fleet.replies")
 

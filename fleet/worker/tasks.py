@@ -27,7 +27,8 @@ from fleet.routing.profiles import OnlineStats, current_store
 from fleet.sdk.process import run_within
 from fleet.sdk.registry import OpSpec, registry
 from fleet.sdk.step import StepContext, running
-from fleet.store.runs import RunStore, TraceEntry
+from fleet.store.records import TraceEntry
+from fleet.store.runs import RunStore
 from fleet.worker.app import app, fleet_config
 from fleet.worker.replies import replier
 

@@ -19,7 +19,7 @@ from fleet.constants import BLOB_PREFIX
 from fleet.errors import WorkflowFailed
 from fleet.examples.demo import speak_to_file
 from fleet.sdk.process import blobs
-from fleet.store.runs import TraceEntry
+from fleet.store.records import TraceEntry
 from fleet.workflow.builder import Workflow
 from tests.support.voice import QUESTION, ask_voice_agent
 

@@ -9,7 +9,7 @@ import pytest
 
 from fleet.client.client import Fleet
 from fleet.errors import WorkflowFailed, WorkflowValidationError
-from fleet.store.runs import TraceEntry
+from fleet.store.records import TraceEntry
 from fleet.workflow.builder import Ref, Workflow
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from fleet.cli.tables import trace_table
-from fleet.store.runs import TraceEntry
+from fleet.store.records import TraceEntry
 
 LONG_REASON = "least-latency: cpu 41.2 ms (queue 3, busy 2/2) beats gpu 55.0 ms, npu-lite 61.3 ms"
 

@@ -1,0 +1,112 @@
+"""What a run's record holds, as the store hands it out: each step's trace entry, the run's
+status and result, and how it ended."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TERMINAL = ("succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One step of a run: where it went, why, and how long it waited and ran."""
+
+    node: str
+    op: str
+    kind: str
+    cls: str | None
+    queue: str | None
+    worker: str | None
+    status: str
+    sent_at: float | None
+    started_at: float
+    ended_at: float
+    attempt: int = 0
+    route: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    rss_mb: float | None = None  # the worker process's peak memory so far
+    # CPU seconds the step used, native threads included (prefork: the whole process): its
+    # CPU demand is cpu_s / run_s, the cores it keeps busy (the simulator's host model)
+    cpu_s: float | None = None
+    # Steps its worker process ran at once while it ran, itself included (a batching class
+    # runs several in one batch; the mean of what it saw at start and end)
+    occupancy: int = 1
+
+    @property
+    def wait_s(self) -> float | None:
+        return None if self.sent_at is None else max(0.0, self.started_at - self.sent_at)
+
+    @property
+    def run_s(self) -> float:
+        return self.ended_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "op": self.op,
+            "kind": self.kind,
+            "class": self.cls,
+            "queue": self.queue,
+            "worker": self.worker,
+            "status": self.status,
+            "sent_at": self.sent_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "wait_s": self.wait_s,
+            "run_s": self.run_s,
+            "attempt": self.attempt,
+            "route": self.route,
+            "error": self.error,
+            "rss_mb": self.rss_mb,
+            "cpu_s": self.cpu_s,
+            "occupancy": self.occupancy,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TraceEntry:
+        return cls(
+            node=d["node"],
+            op=d["op"],
+            kind=d["kind"],
+            cls=d.get("class"),
+            queue=d.get("queue"),
+            worker=d.get("worker"),
+            status=d["status"],
+            sent_at=d.get("sent_at"),
+            started_at=d["started_at"],
+            ended_at=d["ended_at"],
+            attempt=d.get("attempt", 0),
+            route=d.get("route") or {},
+            error=d.get("error"),
+            rss_mb=d.get("rss_mb"),
+            cpu_s=d.get("cpu_s"),
+            occupancy=int(d.get("occupancy") or 1),
+        )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: str
+    workflow: str
+    status: str
+    submitted_at: float | None
+    finished_at: float | None
+    outputs: dict[str, Any] | None
+    error: str | None
+    error_node: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a run ended, as the store that ended it saw it."""
+
+    status: str
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+    node: str | None = None
