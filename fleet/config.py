@@ -162,6 +162,16 @@ class AutoscaleSpec(BaseModel):
     cooldown_s: float = Field(default=10.0, ge=0)
 
 
+class PlanPrediction(BaseModel):
+    """What a plan predicted (`fleet plan --save` writes it; `fleet plan --check` compares)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # workflow -> {rate, p50_s, p95_s, sla_s}
+    workflows: dict[str, dict[str, float]] = Field(default_factory=dict)
+    classes: dict[str, float] = Field(default_factory=dict)  # class -> utilisation
+
+
 class FleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -226,6 +236,7 @@ class FleetConfig(BaseModel):
     # runs as its two parts on those classes, as if it said `split:` itself.
     splits: dict[str, dict[str, str]] = Field(default_factory=dict)
     autoscale: AutoscaleSpec = Field(default_factory=AutoscaleSpec)
+    predicted: PlanPrediction = Field(default_factory=PlanPrediction)
 
     @field_validator("splits")
     @classmethod

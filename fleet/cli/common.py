@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fleet.config import FleetConfig
-from fleet.errors import FleetError, WorkflowValidationError
+from fleet.errors import ConfigError, FleetError, WorkflowValidationError
 
 if TYPE_CHECKING:
     from fleet.client.client import Fleet, RunHandle
@@ -192,3 +193,17 @@ def dumps(value: Any) -> str:
 
 def split(value: str | None) -> list[str] | None:
     return [x.strip() for x in value.split(",") if x.strip()] if value else None
+
+
+def plan_config(plan_file: str) -> FleetConfig:
+    """The configuration a plan file is (the environment still names broker and backend)."""
+    from fleet.config import load_config
+
+    path = Path(plan_file)
+    if not path.is_file():
+        fail(f"plan file {plan_file} does not exist (write one with `fleet plan --save FILE`)", 2)
+    os.environ["FLEET_CONFIG"] = str(path.resolve())  # the workers read the same file
+    try:
+        return load_config()
+    except ConfigError as exc:
+        fail(f"{plan_file}: {exc}", 2)

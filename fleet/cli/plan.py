@@ -59,6 +59,13 @@ def _load(workload: str | None, catalogue: str | None) -> tuple[Catalogue, list[
     type=click.Path(dir_okay=False),
     help="Write the plan as a fleet config (TOML) that `fleet up` and `fleet worker` run.",
 )
+@click.option(
+    "--check",
+    "check_file",
+    type=click.Path(dir_okay=False),
+    help="Instead: hold the running fleet to this saved plan and say what drifted (exit 1).",
+)
+@click.option("--window", default=30.0, help="With --check: seconds to watch the fleet.")
 @AS_JSON
 def plan(
     workload: str | None,
@@ -66,6 +73,8 @@ def plan(
     ceiling: float,
     violation_price: float | None,
     save: str | None,
+    check_file: str | None,
+    window: float,
     as_json: bool,
 ) -> None:
     """Size and place a heterogeneous fleet: the fewest dollars per hour that meet every
@@ -75,7 +84,14 @@ def plan(
     fleet/examples/plans/voice-20.yaml); the device classes come from the catalogue. Exits 2
     naming the workflow and its best reachable p95 when an SLA cannot be met. The plan is
     compared with the homogeneous fleet of each catalogue device that meets the SLAs.
+
+    With --check PLAN: watch the running fleet for --window seconds and compare each
+    workflow's rate and p95 and each class's utilisation with what the saved plan predicted;
+    exit 1 when something drifted.
     """
+    if check_file is not None:
+        _check(check_file, window, as_json)
+        return
     from fleet.cli.tables import plan_tables
     from fleet.planning import planner
     from fleet.planning.export import plan_toml
@@ -88,7 +104,7 @@ def plan(
     baselines, skipped = planner.baselines(workflows, cat, ceiling)
     result.notes += skipped
     if save:
-        Path(save).write_text(plan_toml(result, cat))
+        Path(save).write_text(plan_toml(result, cat, {f.name: f.rate for f in workflows}))
     if as_json:
         doc = {
             "workers": {j: n for j, n in result.workers.items() if n},
@@ -291,3 +307,30 @@ def calibrate(
     else:
         console.print(calibration_table(rows))
     raise SystemExit(0 if within else 1)
+
+
+def _check(plan_file: str, window: float, as_json: bool) -> None:
+    import redis
+
+    from fleet.cli.common import plan_config
+    from fleet.cli.tables import check_table
+    from fleet.planning.check import compare, observe
+
+    cfg = plan_config(plan_file)
+    if not cfg.predicted.workflows and not cfg.predicted.classes:
+        fail(f"{plan_file} has no [predicted] figures: save it again with `fleet plan --save`", 2)
+    try:
+        with console.status(f"watching the fleet for {window:g} s..."):
+            seen = observe(cfg, window)
+    except redis.RedisError as exc:
+        fail(f"cannot read the fleet state: {exc}")
+    found = compare(cfg.predicted, seen)
+    if as_json:
+        console.print_json(json.dumps([f.__dict__ for f in found]))
+    else:
+        console.print(check_table(found, seen.seconds))
+    drifted = [f for f in found if f.drifted]
+    for f in drifted:
+        console.print(f"drifted: {f.subject} {f.what}: {f.why}")
+    if drifted:
+        raise SystemExit(1)

@@ -23,11 +23,12 @@ from fleet.cli.common import (
     key_path,
     load_and_validate,
     parse_inputs,
+    plan_config,
     print_outcome,
     save_outputs,
 )
-from fleet.config import FleetConfig, redact
-from fleet.errors import ConfigError, FleetError, WorkflowValidationError
+from fleet.config import redact
+from fleet.errors import FleetError, WorkflowValidationError
 
 
 @click.command()
@@ -70,7 +71,7 @@ def up(
     from fleet.deploy.autoscale import Autoscaler
     from fleet.deploy.local import LocalFleet
 
-    cfg = config(ctx) if plan_file is None else _plan_config(plan_file)
+    cfg = config(ctx) if plan_file is None else plan_config(plan_file)
     wanted = [c.strip() for c in classes.split(",")] if classes else []
     if plan_file is not None and not wanted:  # the plan's classes, not the built-in ones
         wanted = _planned_classes(plan_file)
@@ -336,20 +337,6 @@ def compile_(file: str, as_canvas: bool) -> None:
             reads = ", ".join(sorted(compiled.root.deps[node.name])) or "inputs"
             where = ", ".join(node.classes)
             click.echo(f"  {depth}  {node.name}: {node.what}  reads {reads}  -> {where}")
-
-
-def _plan_config(plan_file: str) -> FleetConfig:
-    """The configuration a plan file is (the environment still names broker and backend)."""
-    from fleet.config import load_config
-
-    path = Path(plan_file)
-    if not path.is_file():
-        fail(f"plan file {plan_file} does not exist (write one with `fleet plan --save FILE`)", 2)
-    os.environ["FLEET_CONFIG"] = str(path.resolve())  # the workers read the same file
-    try:
-        return load_config()
-    except ConfigError as exc:
-        fail(f"{plan_file}: {exc}", 2)
 
 
 def _planned_classes(plan_file: str) -> list[str]:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from fleet.deploy.doctor import DoctorReport
     from fleet.evaluation.scoring import Verdict
     from fleet.planning.catalogue import Catalogue
+    from fleet.planning.check import Finding
     from fleet.planning.planner import Plan
     from fleet.planning.simulate import SimResult
     from fleet.routing.profiles import ProfileStore
@@ -296,4 +297,18 @@ def simulate_table(runs: list[SimResult]) -> Table:
                 "yes" if r.sla_met[name] else "[red]no[/]",
                 f"{r.steps_per_s:,.0f}",
             )
+    return table
+
+
+def check_table(found: list[Finding], seconds: float) -> Table:
+    """`fleet plan --check`: each figure the plan predicted against what the fleet did."""
+    table = Table(title=f"the fleet against its plan ({seconds:.0f} s watched)", box=box.SIMPLE)
+    for name in ("", "figure", "planned", "observed", ""):
+        table.add_column(name)
+    for f in found:
+        fmt = "{:.2f}".format
+        planned = "-" if f.planned is None else fmt(f.planned)
+        observed = "-" if f.observed is None else fmt(f.observed)
+        verdict = f"[red]{f.why}[/]" if f.drifted else f.why
+        table.add_row(f.subject, f.what, planned, observed, verdict)
     return table

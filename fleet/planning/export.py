@@ -10,7 +10,7 @@ from fleet.planning.catalogue import Catalogue
 from fleet.planning.planner import Plan
 
 
-def plan_toml(plan: Plan, cat: Catalogue) -> str:
+def plan_toml(plan: Plan, cat: Catalogue, rates: dict[str, float] | None = None) -> str:
     """A fleet configuration `fleet up` / `fleet worker` accept: one class per device the plan
     uses, and the plan's placement as the static policy's routing table."""
     lines = [
@@ -57,7 +57,21 @@ def plan_toml(plan: Plan, cat: Catalogue) -> str:
             f"{json.dumps(key)} = {{ prefill = {json.dumps(parts['prefill'])}, "
             f"decode = {json.dumps(parts['decode'])} }}"
         )
+    lines += _predicted(plan, rates or {})
     return "\n".join(lines) + "\n"
+
+
+def _predicted(plan: Plan, rates: dict[str, float]) -> list[str]:
+    """What the plan predicts, for `fleet plan --check` to hold the running fleet to."""
+    lines = []
+    for flow, figures in plan.predicted.items():
+        lines += ["", f"[predicted.workflows.{json.dumps(flow)}]"]
+        if flow in rates:
+            lines.append(f"rate = {rates[flow]:g}")
+        lines += [f"{k} = {v:.4f}" for k, v in figures.items() if k in ("p50_s", "p95_s", "sla_s")]
+    lines += ["", "[predicted.classes]"]
+    lines += [f"{json.dumps(j)} = {u:.3f}" for j, u in plan.utilisation.items() if plan.workers[j]]
+    return lines
 
 
 def splits(plan: Plan) -> dict[str, dict[str, str]]:

@@ -320,3 +320,40 @@ def test_compile_prints_the_levels_or_the_canvas(tmp_path: Path) -> None:
     bad.write_text("name: bad\nnodes:\n  - name: a\n    op: nope.op\n")
     res = fleet("compile", "--canvas", str(bad))
     assert res.returncode == 2 and "unknown op 'nope.op'" in res.stderr and not res.stdout
+
+
+def test_plan_check_says_what_drifted(local_fleet: LocalFleet, tmp_path: Path) -> None:
+    """A saved plan predicted 1000 runs/s of `check-me`: the fleet runs a few per second, so
+    the rate drifted (exit 1) while the p95 held."""
+    import threading
+
+    from fleet.client.client import Fleet
+    from fleet.workflow.builder import Workflow
+
+    plan_file = tmp_path / "plan.toml"
+    plan_file.write_text(
+        '[predicted.workflows."check-me"]\nrate = 1000\np95_s = 2.0\nsla_s = 5.0\n'
+    )
+    wf = Workflow("check-me", inputs=["t"])
+    wf.output("out", wf.step("up", "text.upper", text=wf.input("t"))["text"])
+    client, done = Fleet(), threading.Event()
+
+    def load() -> None:
+        while not done.is_set():
+            client.submit(wf, {"t": "x"}).get(timeout=30)
+            time.sleep(0.1)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        res = fleet("plan", "--check", str(plan_file), "--window", "4")
+    finally:
+        done.set()
+        worker.join(30)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert (
+        "drifted: workflow check-me rate:" in res.stdout and "against 1000/s planned" in res.stdout
+    )
+    assert "drifted: workflow check-me p95" not in res.stdout
+    missing = fleet("plan", "--check", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
