@@ -6,7 +6,7 @@ Sources, later ones winning: built-in defaults, a TOML/YAML file (``FLEET_CONFIG
     FLEET_BROKER_URL, FLEET_RESULT_BACKEND, FLEET_POLICY, FLEET_CONTROL_CLASS,
     FLEET_OP_MODULES, FLEET_TASK_MODULES, FLEET_HTTP_ALLOW, FLEET_FILE_ROOTS and
     FLEET_DB_ALLOW (comma separated), FLEET_FLOWER_PORT,
-    FLEET_METRICS_PORT, FLEET_DATA_DIR,
+    FLEET_METRICS_PORT, FLEET_DATA_DIR, FLEET_AMQP_QUEUES,
     FLEET_CLASS_<NAME>_<FIELD>   e.g. FLEET_CLASS_NPU_LITE_CONCURRENCY=2
 
 A class that is not built in can be added by configuration alone (a ``[classes.NAME]`` table).
@@ -209,6 +209,9 @@ class FleetConfig(BaseModel):
     # How long an artifact version (an index) is kept after it was written: 30 days.
     artifact_ttl: int = Field(default=30 * 86400, gt=0)
     visibility_timeout: int = Field(default=3600, gt=0)
+    # On RabbitMQ: "classic" queues (with message priorities), or "quorum" queues (replicated,
+    # with publisher confirms; RabbitMQ keeps no priorities in them, so `priority` is ignored).
+    amqp_queues: Literal["classic", "quorum"] = "classic"
     # Sizes a run may reach (messages carry values; large data goes by reference as blobs).
     max_map_items: int = Field(default=10_000, ge=1)  # items one map: node fans out to
     max_value_bytes: int = Field(default=4 << 20, ge=1024)  # a run's inputs, a step's outputs
@@ -277,6 +280,7 @@ _ENV_SCALARS = {
     "FLEET_FLOWER_AUTH": "flower_auth",
     "FLEET_METRICS_PORT": "metrics_port",
     "FLEET_DATA_DIR": "data_dir",
+    "FLEET_AMQP_QUEUES": "amqp_queues",
 }
 
 

@@ -28,7 +28,7 @@ from fleet.routing.router import FleetRouter, take_decision
 from fleet.sdk.registry import registry
 from fleet.store.runs import RunStore
 from fleet.worker.backend import backend_setting
-from fleet.worker.compat import patch_kombu_redis_restore
+from fleet.worker.compat import patch_kombu_redis_restore, patch_thread_pool_flush
 from fleet.worker.heartbeat import Heartbeat
 from fleet.worker.replies import replier
 
@@ -81,7 +81,14 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
-    if cfg.broker_url.startswith(AMQP_SCHEMES):
+    if cfg.broker_url.startswith(AMQP_SCHEMES) and cfg.amqp_queues == "quorum":
+        # Replicated queues, and a publish that returns only once the broker has the message:
+        # nothing sent is lost in a broker restart. Quorum queues keep no priorities.
+        app.conf.task_create_missing_queue_type = "quorum"
+        app.conf.task_default_queue_type = "quorum"  # the control class's queue too
+        app.conf.worker_detect_quorum_queues = True
+        app.conf.broker_transport_options = {"confirm_publish": True}
+    elif cfg.broker_url.startswith(AMQP_SCHEMES):
         # RabbitMQ honours message priorities only on queues declared with x-max-priority.
         app.conf.task_queue_max_priority = 9
     preset = os.environ.get(WORKER_CLASS_ENV)
@@ -92,6 +99,7 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
 
 def create_app(cfg: FleetConfig | None = None) -> Celery:
     patch_kombu_redis_restore()  # workers must survive a broker restart (see compat.py)
+    patch_thread_pool_flush()  # ...and not run a step twice after one
     cfg = cfg or load_config()
     app = Celery(
         "fleet", include=["fleet.worker.tasks", "fleet.worker.canvas", "fleet.worker.celery_steps"]

@@ -43,3 +43,33 @@ def patch_kombu_redis_restore() -> None:
     channel.__init__ = __init__
     channel._connparams = _connparams
     setattr(channel, _PATCHED, True)
+
+
+def patch_thread_pool_flush() -> None:
+    """When a worker loses its broker connection, Celery's consumer drops the messages it had
+    taken but not started -- the broker gives them out again -- and asks the pool to
+    ``flush()`` its own copies. The thread pool's ``flush`` does nothing, so the tasks already
+    queued in its executor still run after the reconnection, while their redelivered copies
+    run too: the same step twice, at once. Here the thread pool cancels the queued futures
+    that have not started (a running one is not stopped; its step finishes and records)."""
+    from celery.concurrency import thread
+
+    pool: Any = thread.TaskPool  # patched in place: typed as Any on purpose
+    if getattr(pool, _PATCHED, False):
+        return
+    original_apply = pool.on_apply
+
+    def on_apply(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original_apply(self, *args, **kwargs)
+        pending: set[Any] = self.__dict__.setdefault("_fleet_pending", set())
+        pending.add(result.f)
+        result.f.add_done_callback(pending.discard)
+        return result
+
+    def flush(self: Any) -> None:
+        for future in list(getattr(self, "_fleet_pending", ())):
+            future.cancel()  # False for one already running: it goes on
+
+    pool.on_apply = on_apply
+    pool.flush = flush
+    setattr(pool, _PATCHED, True)

@@ -52,6 +52,9 @@ def test_a_broker_restart_loses_no_run(fleet_cfg: FleetConfig, tmp_path: Path) -
                 outcomes.append(False)
                 print(f"run {i}: {exc}")
         assert outcomes.count(False) == 0, f"{outcomes.count(False)} of 50 lost or hung"
+        for run in runs:  # and each step ran once: no copy ran beside a redelivered one
+            done = [e.node for e in run.trace() if e.status == "succeeded"]
+            assert sorted(done) == ["a", "b", "c"], (run.id, done)
         again = client.submit(wf, {"t": "after"})
         assert again.get(timeout=30) == {"out": "AFTER"}
         assert all(c.proc.poll() is None for c in fleet.children), "a process died"

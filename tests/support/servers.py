@@ -94,9 +94,11 @@ def start(
     return server
 
 
-def start_rabbitmq(folder: Path) -> Server:
+def start_rabbitmq(folder: Path, ports: tuple[int, int, int] | None = None) -> Server:
+    """A RabbitMQ node on free ports -- or on ``ports`` (amqp, dist, epmd) and the same data
+    folder: the node restarted, with its durable queues."""
     binary = need("/usr/lib/rabbitmq/bin/rabbitmq-server", "rabbitmq-server")
-    port, dist, epmd = free_port(), free_port(), free_port()
+    port, dist, epmd = ports or (free_port(), free_port(), free_port())
     node = f"fleet{port}@localhost"
     env = {
         "HOME": str(folder),  # the Erlang cookie
@@ -110,7 +112,9 @@ def start_rabbitmq(folder: Path) -> Server:
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
     }
     # The last thing it does is open the AMQP port: the broker is up when it answers.
-    return start("rabbitmq", [binary], folder, port, env, timeout=90)
+    server = start("rabbitmq", [binary], folder, port, env, timeout=90)
+    server.extra.update(dist=str(dist), epmd=str(epmd))
+    return server
 
 
 def start_prometheus(folder: Path, targets: list[str], interval: str = "1s") -> Server:
