@@ -41,17 +41,19 @@ from fleet.store.records import Ending, RunInfo, TraceEntry
 STATE_AFTER_END_S = 600  # how long a finished run's step outputs and claims are kept
 
 # End a run once: the first writer sets finished_at and its fields, wakes the waiters, takes
-# the replies owed to Celery (KEYS[4]) and adds the run to its workflow's counters (KEYS[3],
-# read by `fleet metrics`) -- exactly once. Returns 0, or {1, reply field, reply, ...}.
+# the replies owed to Celery (KEYS[4]), leaves the active runs (KEYS[5], the orphan check's)
+# and adds the run to its workflow's counters (KEYS[3], read by `fleet metrics`) -- exactly
+# once. Returns 0, or {1, reply field, reply, ...}.
 _END = """
 if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('RPUSH', KEYS[2], '1')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 local replies = redis.call('HGETALL', KEYS[4])
 redis.call('DEL', KEYS[4])
-for i = 5, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+redis.call('ZREM', KEYS[5], ARGV[5])
+for i = 6, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 local run = redis.call('HMGET', KEYS[1], 'workflow', 'status', 'submitted_at', 'meta', 'cost')
 local wf, status = run[1] or '?', run[2] or '?'
 local secs = tonumber(ARGV[2]) - (tonumber(run[3]) or tonumber(ARGV[2]))
@@ -302,16 +304,17 @@ class RunStore:
         and settles the replies the run owes (``on_end``)."""
         flat = [x for kv in fields.items() for x in kv]
         keys = [self._key(run_id), self._key(run_id, "done"), WORKFLOW_METRICS_KEY]
-        keys += [self._key(run_id, part) for part in ("replies", "out", "claims")]
+        keys += [self._key(run_id, "replies"), ACTIVE_RUNS_KEY]
+        keys += [self._key(run_id, part) for part in ("out", "claims")]
         keys += [self._key(run_id, part) for part in ("losses", "starts")]
         # The run's working state (every step's outputs, claims) is not what the client reads
         # once the run ended: it goes after STATE_AFTER_END_S, the record and trace stay.
         short = min(self.ttl, STATE_AFTER_END_S)
         now = repr(time.time())
-        won = self.redis.eval(_END, len(keys), *keys, self.ttl, now, short, _BUCKETS, *flat)
+        args: list[str | int] = [self.ttl, now, short, _BUCKETS, run_id, *flat]
+        won = self.redis.eval(_END, len(keys), *keys, *args)
         if not won:
             return False
-        self.redis.zrem(ACTIVE_RUNS_KEY, run_id)
         replies = cast(list[str], won)[1:]
         if replies and self.on_end is not None:
             owed = dict(zip(replies[::2], replies[1::2], strict=True))

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from fleet.client.client import Fleet
-from fleet.constants import ORPHANS_SENT_KEY
+from fleet.constants import ACTIVE_RUNS_KEY, ORPHANS_SENT_KEY
 from fleet.engine.readiness import StepCall
 from fleet.workflow.builder import Workflow
 
@@ -37,6 +37,7 @@ def test_a_step_whose_message_was_lost_is_sent_again(client: Fleet, broker: redi
     assert run.get(timeout=60) == {"out": "LOST MESSAGE"}
     assert _succeeded(run, "first") == 1 and _succeeded(run, "second") == 1
     assert broker.hexists(ORPHANS_SENT_KEY, f"{run.id}|first")
+    assert broker.zscore(ACTIVE_RUNS_KEY, run.id) is None  # ended: no longer watched
 
 
 def test_queued_and_held_steps_are_not_sent_again(client: Fleet, broker: redis.Redis) -> None:
