@@ -204,6 +204,8 @@ class FleetConfig(BaseModel):
     metrics_port: int = 9808  # `fleet metrics`; like Flower's, denied to http.request
     heartbeat_interval: float = Field(default=1.0, gt=0)
     worker_ttl: float = Field(default=10.0, gt=0)
+    # The orphan check looks at runs older than this for steps a broker lost (seconds).
+    orphan_after_s: float = Field(default=30.0, gt=0)
     state_ttl: float = Field(default=1.0, ge=0)
     run_ttl: int = Field(default=86400, gt=0)
     # How long an artifact version (an index) is kept after it was written: 30 days.

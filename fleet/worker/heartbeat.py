@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -36,6 +37,7 @@ class Heartbeat(bootsteps.StartStopStep):
         self.app: Any = None
         self.grace_s = 0.0
         self.next_sweep = 0.0
+        self.orphans: threading.Thread | None = None
 
     def start(self, consumer: Any) -> None:
         worker = consumer.controller
@@ -97,11 +99,27 @@ class Heartbeat(bootsteps.StartStopStep):
                 self.next_sweep = time.monotonic() + self.grace_s
                 if take_turn(self.client, self.grace_s):
                     sweep(self.app, self.client, ttl, self.grace_s)
-                    check_orphans(self.app, self.client, ttl, self.grace_s)
+                    self._look_for_orphans(ttl)
         except (redis.RedisError, OSError) as exc:  # the broker may be briefly away
             log.warning("heartbeat failed: %s", exc)
         except Exception as exc:  # the sweep must never take the worker down
             log.exception("sweeper failed: %s", exc)
+
+    def _look_for_orphans(self, ttl: float) -> None:
+        """The orphan check reads whole queues: in a thread of its own, one at a time, so
+        the consumer's loop (this timer's thread) goes on taking tasks meanwhile."""
+        client = self.client
+        if client is None or (self.orphans is not None and self.orphans.is_alive()):
+            return
+
+        def look() -> None:
+            try:
+                check_orphans(self.app, client, ttl, self.grace_s)
+            except Exception as exc:  # the check must never take the worker down
+                log.exception("orphan check failed: %s", exc)
+
+        self.orphans = threading.Thread(target=look, name="fleet-orphans", daemon=True)
+        self.orphans.start()
 
     def stop(self, consumer: Any) -> None:
         if self.tref is not None:

@@ -3,8 +3,9 @@
 Kombu's Redis transport takes a message off its queue (BRPOP) before it records it as unacked,
 so a Redis restart between the two loses that message: its step was claimed, so no other task
 will send it, and its run waits forever. The sweeper puts back what sits unacked with no live
-holder; this puts back what is *nowhere*. For each running engine run older than the grace
-period, the steps its state makes ready are looked for in every class queue, in the unacked
+holder; this puts back what is *nowhere*. For each running engine run older than
+``orphan_after_s`` (30 s: runs that young are almost never stuck, and the check reads whole
+queues), the steps its state makes ready are looked for in every class queue, in the unacked
 hash and in what live workers announce they hold. One that is in none of them twice in a row,
 a grace period apart, is an orphan: it is sent again -- once per step (a second loss of the
 same step is left to the run's deadline). A step whose outputs are recorded is never ready,
@@ -111,7 +112,8 @@ def check(app: Celery, client: redis.Redis, worker_ttl: float, grace_s: float) -
     engine = _engine(app)
     cfg = engine.cfg
     now = time.time()
-    runs = [str(r) for r in client.zrangebyscore(ACTIVE_RUNS_KEY, "-inf", now - grace_s)]
+    older = max(grace_s, app.fleet_config.orphan_after_s)
+    runs = [str(r) for r in client.zrangebyscore(ACTIVE_RUNS_KEY, "-inf", now - older)]
     if not runs:
         return 0
     queues = [spec.queue_name for spec in cfg.classes.values()]
