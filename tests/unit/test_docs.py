@@ -92,3 +92,23 @@ def test_the_readme_lists_every_environment_variable_the_config_reads() -> None:
     read = set(re.findall(r'"(FLEET_[A-Z_]+)"', source)) - {"FLEET_CLASS_"}
     readme = (ROOT / "README.md").read_text()
     assert read and sorted(v for v in read if f"`{v}`" not in readme) == []
+
+
+def test_every_test_the_reliability_tables_cite_exists() -> None:
+    """docs/reliability.md points at the test that proves each line: the file (and the test
+    function, when named) must exist, and nothing but a test may be cited there."""
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    cited = re.findall(r"`((?:unit|integration)/[\w/]+\.py)(?:::(\w+))?`", text)
+    assert len(cited) > 20
+    missing = []
+    for path, name in cited:
+        source = ROOT / "tests" / path
+        if not source.is_file():
+            missing.append(path)
+        elif name and not re.search(rf"^def {name}\(", source.read_text(), re.M):
+            missing.append(f"{path}::{name}")
+    assert missing == []
+    rows = [line for line in text.splitlines() if line.startswith("|") and "---" not in line]
+    last_cells = [row.rstrip(" |").rsplit("|", 1)[-1] for row in rows[1:]]
+    not_tests = [c.strip() for c in last_cells if "`fleet/" in c and "test" not in c]
+    assert not_tests == []
