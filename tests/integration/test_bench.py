@@ -14,6 +14,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(960)  # the subprocess may take its 900 s
 def test_quick_benchmark_writes_its_outputs(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("FLEET_BROKER_URL", "FLEET_CONFIG")}
     res = subprocess.run(

@@ -156,6 +156,7 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path, fleet_cfg: Fle
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)  # the subprocess may take its 600 s
 def test_demo_is_the_main_job(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     res = fleet("demo", "--workdir", str(tmp_path), env={"FLEET_BROKER_URL": url}, timeout=600)
@@ -219,6 +220,7 @@ def test_trace_with_the_broker_down_is_a_clear_error() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)  # the subprocess may take its 600 s
 def test_gpu_check_runs_on_a_cpu_host(tmp_path: Path, tiny_gguf: str) -> None:
     out = tmp_path / "check"
     res = fleet(

@@ -15,6 +15,7 @@ from tests.integration.test_cli import fleet
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+@pytest.mark.timeout(960)  # the subprocess may take its 900 s
 def test_quick_eval_reports_every_stage_and_the_agent_answers_right(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     res = fleet(

@@ -112,3 +112,22 @@ def test_every_test_the_reliability_tables_cite_exists() -> None:
     last_cells = [row.rstrip(" |").rsplit("|", 1)[-1] for row in rows[1:]]
     not_tests = [c.strip() for c in last_cells if "`fleet/" in c and "test" not in c]
     assert not_tests == []
+
+
+def test_a_subprocess_timeout_is_not_cut_short_by_the_test_timeout() -> None:
+    """pytest-timeout kills a test at the configured 300 s: a test that gives a subprocess
+    longer must raise its own limit above that (else the subprocess timeout is a fiction)."""
+    default = 300
+    short = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        text = path.read_text()
+        for match in re.finditer(r"timeout=(\d+)", text):
+            seconds = int(match.group(1))
+            if seconds <= default:
+                continue
+            head = text[: match.start()]
+            test_start = head.rfind("\ndef test_")
+            marks = re.findall(r"mark\.timeout\((\d+)\)", head[max(0, test_start - 200) :])
+            if not marks or int(marks[-1]) <= seconds:
+                short.append(f"{path.name}: timeout={seconds}")
+    assert short == []
