@@ -192,7 +192,9 @@ def test_rag_example_with_real_models(client: Fleet, knowledge_base: dict[str, A
     out = run.get(timeout=300)
     # retrieval found the returns policy among the top two
     assert any(s.startswith("returns#") for s in out["sources"]), out["sources"]
-    assert out["answer"].startswith("According to our records,") and len(out["answer"]) > 30
+    # the example prepends this prefix itself: what is checked is the model's own words after it
+    said = out["answer"].removeprefix("According to our records,").split()
+    assert out["answer"].startswith("According to our records,") and len(said) >= 4, out
     steps = _ran(run.trace())
     assert steps["embed_question"].cls == "npu-lite" and steps["answer"].cls == "gpu"
     assert steps["retrieve"].cls == "cpu"
@@ -204,6 +206,10 @@ def test_batch_summarisation_fans_out_and_in(client: Fleet) -> None:
     out = run.get(timeout=300)
     lines = out["report"].split("\n")
     assert len(lines) == 4 and all(line.startswith("The text says that") for line in lines)
+    # the prefix is the workflow's own: each summary must add the model's words after it
+    said = [line.removeprefix("The text says that").split() for line in lines]
+    assert all(len(words) >= 3 for words in said), lines
+    assert len({line for line in lines}) == 4  # four documents, four different summaries
     steps = _ran(run.trace())
     assert {f"summaries[{i}]" for i in range(4)} <= set(steps)
     assert steps["report"].started_at >= max(steps[f"summaries[{i}]"].ended_at for i in range(4))

@@ -160,7 +160,8 @@ def test_kb_rag_and_voice_agent_across_hosts(
     )
     out = rag.get(timeout=300)
     assert out["sources"] and any(s.startswith("returns") for s in out["sources"])
-    assert out["answer"].startswith("According to our records,")
+    assert out["answer"].startswith("According to our records,")  # the example's own prefix
+    assert len(out["answer"].removeprefix("According to our records,").split()) >= 4, out
     classes = _check_hosts(rag)
     assert classes["answer"] == "gpu" and classes["retrieve"] == "cpu"
 
