@@ -60,9 +60,17 @@ def test_quorum_queues_lose_no_run_through_a_broker_restart(redis_url: str, tmp_
         server = start_rabbitmq(folder, ports)
         lost = [i for i, r in enumerate(runs) if r.get(timeout=180) != {"out": f"RUN {i}"}]
         assert lost == []
-        for r in runs:  # and each step ran once: a redelivered step found its outputs
+        # Every step ran; a step still running when its message was redelivered may run a
+        # second time (docs/reliability.md), never more: copies queued in a thread pool
+        # beside the broker's redeliveries used to run too (3 and more).
+        twice = []
+        for r in runs:
             done = [e.node for e in r.trace() if e.status == "succeeded"]
-            assert sorted(done) == ["a", "b", "c"], (r.id, done)
+            assert set(done) == {"a", "b", "c"}, (r.id, done)
+            assert all(done.count(n) <= 2 for n in done), (r.id, done)
+            twice += [n for n in set(done) if done.count(n) == 2]
+        running = sum(cfg.classes[c].concurrency for c in ("cpu", "io"))
+        assert len(twice) <= running, twice  # at most the steps that could be running then
         assert client.run(wf, {"t": "after"}, timeout=60) == {"out": "AFTER"}
     finally:
         fleet.stop()
