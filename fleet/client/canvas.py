@@ -18,7 +18,6 @@ not through task results: a level may take a node that finished long ago.
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from celery import Celery, Signature, chain, group
 from fleet.config import FleetConfig
 from fleet.constants import CANVAS_FINISH_TASK, CANVAS_START_TASK, CELERY_OP_PREFIX, NODE_TASK
 from fleet.engine.compiler import CompiledWorkflow, Scope
+from fleet.engine.dispatch import new_run
 from fleet.engine.readiness import StepCall
 
 ENGINE = "engine"  # what Flower shows for a node the engine runs inside the canvas
@@ -85,13 +85,7 @@ def build(
 ) -> Signature:
     """The canvas of one run of ``workflow`` with inputs ``values`` (checked already)."""
     control = cfg.classes[cfg.control_class].queue_name
-    run: dict[str, Any] = {
-        "id": uuid.uuid4().hex,
-        "workflow": workflow.spec.name,
-        "spec": workflow.digest,
-        "submitted_at": time.time(),
-        **{k: v for k, v in options.items() if v is not None},
-    }
+    run = new_run(workflow, uuid.uuid4().hex, options)
     extra = {"priority": run["priority"]} if run.get("priority") is not None else {}
     here = {"queue": control, **extra}
     start = Signature(

@@ -26,8 +26,8 @@ from fleet.client.canvas import build as build_canvas
 from fleet.client.uploads import put_sqlite, upload
 from fleet.config import FleetConfig, redact
 from fleet.constants import WORKFLOW_TASK
-from fleet.engine.compiler import compile_workflow
-from fleet.engine.dispatch import Dispatcher
+from fleet.engine.compiler import CompiledWorkflow, compile_workflow
+from fleet.engine.dispatch import Dispatcher, new_run
 from fleet.errors import FleetError, WorkflowFailed, WorkflowTimeout
 from fleet.routing.policies import make_policy
 from fleet.routing.registered import check_registered
@@ -131,24 +131,10 @@ class Fleet:
         step from what is left of it); ``policy`` overrides the configured routing policy for
         this run; ``priority`` (0-9) is the messages' priority.
         """
-        spec = self.validate(workflow)
-        inputs = dict(inputs or {})
-        check_inputs(spec, inputs)
-        _check_run_options(sla_s, policy)
-        compiled = compile_workflow(spec, self.cfg, registry)
-        check_registered(compiled, self.store.redis, self.cfg.worker_ttl)
+        compiled, values = self._prepare(workflow, inputs, sla_s, policy)
         run_id = uuid.uuid4().hex
-        run: dict[str, Any] = {
-            "id": run_id,
-            "workflow": spec.name,
-            "spec": compiled.digest,
-            "submitted_at": time.time(),
-        }
-        for key, value in (("priority", priority), ("sla_s", sla_s), ("policy", policy)):
-            if value is not None:
-                run[key] = value
-        values = {**spec.defaults, **inputs}
-        check_size(values, self.cfg.max_value_bytes)
+        options = {"priority": priority, "sla_s": sla_s, "policy": policy}
+        run = new_run(compiled, run_id, options)
         for attempt, pause in enumerate((*SUBMIT_RETRY_PAUSES, None), start=1):
             try:  # idempotent: the same run id, and the claims let each step be sent once
                 self.dispatcher.start(compiled, run, values, force=attempt > 1)
@@ -221,6 +207,20 @@ class Fleet:
         :mod:`fleet.client.canvas` for what is canvas and what stays with the engine).
         ``.apply_async().get()`` gives the outputs; the run id is in every task's kwargs and
         ``fleet.handle(...)`` reads its trace. Each call is a new run."""
+        compiled, values = self._prepare(workflow, inputs, sla_s, policy)
+        options = {"priority": priority, "sla_s": sla_s, "policy": policy}
+        return build_canvas(self.app, self.cfg, compiled, values, options)
+
+    def _prepare(
+        self,
+        workflow: WorkflowLike,
+        inputs: dict[str, Any] | None,
+        sla_s: float | None,
+        policy: str | None,
+    ) -> tuple[CompiledWorkflow, dict[str, Any]]:
+        """Every check before a run is sent (the workflow, its inputs and their size, the run
+        options, the Celery tasks its steps call): the compiled workflow and the run's input
+        values, defaults filled in."""
         spec = self.validate(workflow)
         given = dict(inputs or {})
         check_inputs(spec, given)
@@ -229,8 +229,7 @@ class Fleet:
         check_size(values, self.cfg.max_value_bytes)
         compiled = compile_workflow(spec, self.cfg, registry)
         check_registered(compiled, self.store.redis, self.cfg.worker_ttl)
-        options = {"priority": priority, "sla_s": sla_s, "policy": policy}
-        return build_canvas(self.app, self.cfg, compiled, values, options)
+        return compiled, values
 
     def upload(self, source: bytes | str | Path, kind: str | None = None) -> str:
         """Send a local file (or bytes, or a folder as a tar) into the fleet; pass the returned

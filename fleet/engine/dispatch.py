@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, Signature
@@ -36,6 +37,22 @@ from fleet.workflow.model import WorkflowSpec
 
 log = logging.getLogger("fleet.dispatch")
 CACHE_SIZE = 256  # compiled workflows kept per process
+
+
+RUN_OPTIONS = ("priority", "sla_s", "policy")  # what a submitter may set for one run
+
+
+def new_run(workflow: CompiledWorkflow, run_id: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A new run as its step messages carry it: id, workflow, spec digest, submission time,
+    and the run options given (those not None)."""
+    run: dict[str, Any] = {
+        "id": run_id,
+        "workflow": workflow.spec.name,
+        "spec": workflow.digest,
+        "submitted_at": time.time(),
+    }
+    run.update({k: v for k, v in options.items() if k in RUN_OPTIONS and v is not None})
+    return run
 
 
 class Dispatcher:
@@ -86,7 +103,7 @@ class Dispatcher:
         claims let each step out once), so a caller may try again after a broker error;
         ``reply``: the Celery task whose result the run's outcome is (see RunStore.create)."""
         self.register(workflow, force=force)
-        meta = {k: run.get(k) for k in ("priority", "sla_s", "policy")}
+        meta = {k: run.get(k) for k in RUN_OPTIONS}
         name = workflow.spec.name
         self.store.create(run["id"], name, meta, inputs=values, reply=reply, spec=workflow.digest)
         self.advance(run, {INPUTS: values}, owner=f"submit:{run['id']}")

@@ -196,22 +196,22 @@ class RunStore:
         self._owe(pipe, run_id, field, reply)
         pipe.execute()
 
-    def take_reply(self, run_id: str, field: str) -> dict[str, Any] | None:
-        """The reply owed for ``field``, to exactly one caller (None to every other)."""
+    def _take_reply(self, run_id: str, field: str) -> str | None:
+        """The reply owed for ``field`` (JSON), to exactly one caller (None to every other)."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hget(self._key(run_id, "replies"), field)
         pipe.hdel(self._key(run_id, "replies"), field)
         raw, taken = pipe.execute()
-        return json.loads(raw) if raw is not None and taken else None
+        return str(raw) if raw is not None and taken else None
 
     def settle_part(self, run_id: str, field: str, outputs: dict[str, Any]) -> bool:
         """Part ``field`` of a run (a node a canvas task waits on) is done: settle the reply
         owed for it, once (``on_end``); False when none was owed or another took it."""
-        raw = self.take_reply(run_id, field)
+        raw = self._take_reply(run_id, field)
         if raw is None:
             return False
         if self.on_end is not None:
-            self.on_end(run_id, Ending("succeeded", outputs=outputs), {field: json.dumps(raw)})
+            self.on_end(run_id, Ending("succeeded", outputs=outputs), {field: raw})
         return True
 
     def add_trace(self, run_id: str, entry: TraceEntry) -> None:

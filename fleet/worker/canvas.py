@@ -19,7 +19,6 @@ follows. A map or an agent node's task hands the node to the engine, restricted 
 
 from __future__ import annotations
 
-import time
 from typing import Any, NoReturn
 
 from celery import Task
@@ -27,7 +26,7 @@ from celery.exceptions import Ignore
 
 from fleet.constants import CANVAS_FINISH_TASK, CANVAS_START_TASK, NODE_TASK, WORKFLOW_TASK
 from fleet.engine.compiler import compile_workflow
-from fleet.engine.dispatch import Dispatcher
+from fleet.engine.dispatch import RUN_OPTIONS, Dispatcher, new_run
 from fleet.engine.readiness import StepCall, decide
 from fleet.errors import FleetError, WorkflowFailed
 from fleet.routing.registered import check_registered
@@ -40,7 +39,6 @@ from fleet.workflow.model import WorkflowSpec
 from fleet.workflow.split import expand_splits
 from fleet.workflow.validate import check_size, validate
 
-RUN_OPTIONS = ("priority", "sla_s", "policy")
 # canvas node kinds the engine runs: maps, sub-workflows and loops, `celery:` steps
 ENGINE_NODES = ("agent", "map", "celery")
 
@@ -64,13 +62,7 @@ def start_workflow(
         raise Ignore()  # this message came again (its worker died): the run is under way
     compiled = compile_workflow(spec, engine.cfg, registry)
     check_registered(compiled, engine.store.redis, engine.cfg.worker_ttl)
-    run: dict[str, Any] = {
-        "id": run_id,
-        "workflow": spec.name,
-        "spec": compiled.digest,
-        "submitted_at": time.time(),
-    }
-    run.update({k: v for k, v in (run_options or {}).items() if k in RUN_OPTIONS and v is not None})
+    run = new_run(compiled, run_id, run_options or {})
     engine.start(compiled, run, values, reply=reply_of(self.request))
     raise Ignore()  # the run's end stores the result and sends the rest of the canvas
 
