@@ -28,9 +28,11 @@ from typing import Any
 
 from fleet.errors import ConfigError
 from fleet.planning.catalogue import Catalogue
-from fleet.planning.planner import Plan, plan, predict, sized
+from fleet.planning.planner import plan
+from fleet.planning.predict import Plan, predict
 from fleet.planning.simulate import simulate
-from fleet.planning.workload import WorkflowLoad, load_workload
+from fleet.planning.sizing import sized
+from fleet.planning.workload import StepLoad, WorkflowLoad, load_workload
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "fleet" / "examples" / "plans" / "voice-20.yaml"
 STATIC = {"speech.stt": "a100", "embed": "a100", "llm": "a100", "http": "io-32", "db": "io-32"}
@@ -40,14 +42,14 @@ def scaled(flows: list[WorkflowLoad], k: float) -> list[WorkflowLoad]:
     return [replace(f, rate=f.rate * k) for f in flows]
 
 
-def static_route(flow: WorkflowLoad, op: str) -> str:
-    return STATIC.get(op) or STATIC.get(op.split(".")[0], "cpu-16")
+def static_route(flow: WorkflowLoad, step: StepLoad) -> str:
+    return STATIC.get(step.op) or STATIC.get(step.op.split(".")[0], "cpu-16")
 
 
-def all_h100(cat: Catalogue) -> Callable[[WorkflowLoad, str], str]:
+def all_h100(cat: Catalogue) -> Callable[[WorkflowLoad, StepLoad], str]:
     """The top-end homogeneous fleet: every step H100s can run on them, the rest on their
     host's CPUs (cpu-16)."""
-    return lambda flow, op: "h100" if cat.latency("h100", op) else "cpu-16"
+    return lambda flow, step: "h100" if cat.latency("h100", step.op) else "cpu-16"
 
 
 def fleets(flows: list[WorkflowLoad], cat: Catalogue) -> dict[str, Plan | None]:

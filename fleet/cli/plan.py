@@ -93,7 +93,7 @@ def plan(
         _check(check_file, window, as_json)
         return
     from fleet.cli.tables import plan_tables
-    from fleet.planning import planner
+    from fleet.planning import planner, sizing
     from fleet.planning.export import plan_toml
 
     cat, workflows = _load(workload, catalogue)
@@ -101,7 +101,7 @@ def plan(
         result = planner.plan(workflows, cat, ceiling, violation_price)
     except ConfigError as exc:
         fail(str(exc), 2)
-    baselines, skipped = planner.baselines(workflows, cat, ceiling)
+    baselines, skipped = sizing.baselines(workflows, cat, ceiling)
     result.notes += skipped
     if save:
         Path(save).write_text(plan_toml(result, cat, {f.name: f.rate for f in workflows}))
@@ -109,6 +109,9 @@ def plan(
         doc = {
             "workers": {j: n for j, n in result.workers.items() if n},
             "cost_per_hour": result.cost_per_hour,
+            "cost_per_request": result.cost_per_request,
+            "costs": result.costs,
+            "per_unit_classes": result.unit_costs,
             "utilisation": {j: u for j, u in result.utilisation.items() if u},
             "predicted": result.predicted,
             "placement": result.placement,

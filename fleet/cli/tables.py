@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from fleet.evaluation.scoring import Verdict
     from fleet.planning.catalogue import Catalogue
     from fleet.planning.check import Finding
-    from fleet.planning.planner import Plan
+    from fleet.planning.predict import Plan
     from fleet.planning.simulate import SimResult
     from fleet.routing.profiles import ProfileStore
     from fleet.routing.state import FleetState
@@ -188,18 +188,26 @@ def plan_tables(plan: Plan, cat: Catalogue, baselines: dict[str, Plan]) -> list[
     fleet = Table(title="fleet", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("class", "workers", "slots", "$/h each", "$/h", "utilisation"):
         fleet.add_column(col, justify="left" if col == "class" else "right")
-    for j, n in plan.workers.items():
-        if n:
-            d = cat.devices[j]
+    for j in plan.used():
+        d = cat.devices[j]
+        if d.per_unit:
+            cap = str(d.capacity) if d.capacity else "any"
             fleet.add_row(
-                j,
-                str(n),
-                str(d.slots),
-                f"{d.price_per_hour:.3f}",
-                f"{n * d.price_per_hour:.3f}",
-                f"{plan.utilisation[j]:.2f}",
+                j, "per unit", cap, "-", f"{plan.unit_costs[j]:.3f}", f"{plan.utilisation[j]:.2f}"
             )
-    fleet.caption = f"total {plan.cost_per_hour:.3f} $/h"
+            continue
+        n = plan.workers[j]
+        fleet.add_row(
+            j,
+            str(n),
+            str(d.slots),
+            f"{d.price_per_hour:.3f}",
+            f"{n * d.price_per_hour:.3f}",
+            f"{plan.utilisation[j]:.2f}",
+        )
+    fleet.caption = f"total {plan.cost_per_hour:.3f} $/h, {plan.cost_per_request:.6f} $ per run"
+    if plan.costs.get("egress"):
+        fleet.caption += f" (data movement {plan.costs['egress']:.3f} $/h)"
     flows = Table(title="workflows (M/M/c estimates)", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("workflow", "p50 s", "p95 s", "SLA s", "placement"):
         flows.add_column(col, overflow="fold")

@@ -32,18 +32,30 @@ class LatencyModel:
 
 @dataclass(frozen=True)
 class Device:
+    """A device class. Priced by the hour (``pricing = "hour"``: owned, its total cost of
+    ownership from capex and power) or by the unit (``pricing = "unit"``: rented capacity
+    or an external model API, paid per call and per unit of work -- tokens for the LLM ops
+    -- with no workers to size; ``capacity`` caps its concurrent steps, none by default).
+    Data leaving it may cost ``egress_per_gb`` as well as time."""
+
     name: str
-    capex: float
-    power_w: float
-    memory_gb: float
-    bandwidth_gbs: float
-    tflops: float
     network_gbs: float
-    slots: int
-    lifetime_years: float
-    interest: float
-    electricity_per_kwh: float
-    utilisation: float
+    lifetime_years: float = 4.0
+    interest: float = 0.08
+    electricity_per_kwh: float = 0.40
+    utilisation: float = 1.0
+    capex: float = 0.0
+    power_w: float = 0.0
+    memory_gb: float = 0.0
+    bandwidth_gbs: float = 0.0
+    tflops: float = 0.0
+    slots: int = 1
+    pricing: str = "hour"
+    price_per_call: float = 0.0
+    # $ per unit of work, per op (an op, its family, or "any"), e.g. {"llm.decode" = 1e-6}
+    price_per_unit: dict[str, float] = field(default_factory=dict)
+    capacity: int | None = None  # per-unit pricing: the most steps it runs at once
+    egress_per_gb: float = 0.0  # $ per GB of data leaving the device for another class
     measured: dict[str, Any] = field(default_factory=dict)
     like: str | None = None
     # data classifications this device may hold (e.g. "confidential"): placement constraint
@@ -60,8 +72,23 @@ class Device:
         return "gpu" if self.tflops >= GPU_TFLOPS else "cpu"
 
     @property
+    def per_unit(self) -> bool:
+        return self.pricing == "unit"
+
+    def step_price(self, op: str, units: float) -> float:
+        """$ per step of ``op`` on a device priced by the unit (0 on an owned device)."""
+        if not self.per_unit:
+            return 0.0
+        table = self.price_per_unit
+        rate = table.get(op, table.get(op.split(".")[0], table.get("any", 0.0)))
+        return self.price_per_call + rate * units
+
+    @property
     def price_per_hour(self) -> float:
-        """Amortised purchase (an annuity at ``interest``) plus power at rated TDP."""
+        """Amortised purchase (an annuity at ``interest``) plus power at rated TDP; 0 for a
+        device priced by the unit."""
+        if self.per_unit:
+            return 0.0
         r, n = self.interest, self.lifetime_years
         yearly = self.capex * r / (1 - (1 + r) ** -n) if r > 0 else self.capex / n
         return yearly / (HOURS_PER_YEAR * self.utilisation) + self.power_w / 1000 * (
@@ -81,6 +108,46 @@ class Split:
 
 
 RULE_FIELDS = {"fixed_s", "per_unit_s", "source"}
+OWNED_ONLY = ("capex", "power_w")  # a device priced by the unit is not bought
+
+
+def _device(path: Path, name: str, raw: dict[str, Any]) -> Device:
+    where = f"{path}: device '{name}'"
+    prices = raw.get("price_per_unit", {})
+    if isinstance(prices, int | float) and not isinstance(prices, bool):
+        raw["price_per_unit"] = {"any": float(prices)}
+    elif not isinstance(prices, dict):
+        raise ConfigError(f"{where}: price_per_unit: a number, or a table of op = $ per unit")
+    try:
+        device = Device(name=name, **raw)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if device.pricing not in ("hour", "unit"):
+        raise ConfigError(f"{where}: pricing = {device.pricing!r}: expected 'hour' or 'unit'")
+    numbers = {
+        "price_per_call": device.price_per_call,
+        "egress_per_gb": device.egress_per_gb,
+        **{f"price_per_unit.{op}": v for op, v in device.price_per_unit.items()},
+    }
+    for key, value in numbers.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where}: {key} = {value!r}: expected a number >= 0")
+    if device.network_gbs <= 0:
+        raise ConfigError(f"{where}: network_gbs = {device.network_gbs!r}: must be > 0")
+    if device.per_unit:
+        bought = [k for k in OWNED_ONLY if raw.get(k)]
+        if bought:
+            raise ConfigError(
+                f"{where}: pricing = 'unit' is paid per use, but {', '.join(bought)} is set "
+                "(a purchase): remove it, or price the device by the hour"
+            )
+        if device.capacity is not None and device.capacity < 1:
+            raise ConfigError(f"{where}: capacity = {device.capacity}: expected at least 1")
+    elif device.price_per_call or device.price_per_unit or device.capacity is not None:
+        raise ConfigError(
+            f"{where}: price_per_call, price_per_unit and capacity need pricing = 'unit'"
+        )
+    return device
 
 
 def _check_rules(path: Path, ops: dict[str, Any], devices: dict[str, Device]) -> None:
@@ -110,22 +177,28 @@ class Catalogue:
     ops: dict[str, dict[str, dict[str, Any]]]
     splits: dict[str, Split] = field(default_factory=dict)
     compute_bound: frozenset[str] = frozenset()
+    hop_s: float = 0.0005  # one network hop between classes, on top of bytes / bandwidth
     _sets: dict[str, ProfileStore] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: Path = CATALOGUE) -> Catalogue:
         try:
-            doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the catalogue: {exc}") from None
+        return cls.loads(text, path)
+
+    @classmethod
+    def loads(cls, text: str, path: Path = Path("<catalogue>")) -> Catalogue:
+        """A catalogue from its TOML text; errors name ``path``."""
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: cannot read the catalogue: {exc}") from None
         defaults = doc.get("defaults", {})
         devices = {}
         for name, raw in doc.get("devices", {}).items():
-            merged = {**defaults, **raw}
-            try:
-                devices[name] = Device(name=name, **merged)
-            except TypeError as exc:
-                raise ConfigError(f"{path}: device '{name}': {exc}") from None
+            devices[name] = _device(path, name, {**defaults, **raw})
         for d in devices.values():
             if d.like is not None and d.like not in devices:
                 raise ConfigError(f"{path}: device '{d.name}': like = '{d.like}' is not a device")
@@ -145,7 +218,17 @@ class Catalogue:
         bound = frozenset(doc.get("scaling", {}).get("compute_bound", ()))
         ops = doc.get("ops", {})
         _check_rules(path, ops, devices)
-        return cls(devices, ops, splits, bound)
+        try:
+            hop = float(doc.get("network", {}).get("hop_s", 0.0005))
+            if hop < 0:
+                raise ValueError("must be >= 0")
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{path}: [network] hop_s: {exc}") from None
+        return cls(devices, ops, splits, bound, hop_s=hop)
+
+    def owned(self) -> list[str]:
+        """The devices priced by the hour: the ones whose workers the planner sizes."""
+        return [j for j, d in self.devices.items() if not d.per_unit]
 
     def _set(self, name: str) -> ProfileStore:
         if name not in self._sets:

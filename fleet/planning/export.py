@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from fleet.planning.catalogue import Catalogue
-from fleet.planning.planner import Plan
+from fleet.planning.predict import Plan
 
 
 def plan_toml(plan: Plan, cat: Catalogue, rates: dict[str, float] | None = None) -> str:
@@ -20,24 +20,11 @@ def plan_toml(plan: Plan, cat: Catalogue, rates: dict[str, float] | None = None)
         "# while it holds; [budgets] each node's share of its SLA; [splits] the LLM calls run",
         "# as prefill and decode on two classes.",
         'policy = "static"',
-        f"control_class = {json.dumps(next(j for j, n in plan.workers.items() if n))}",
+        f"control_class = {json.dumps(plan.used()[0])}",
         "",
     ]
-    for j, n in plan.workers.items():
-        if not n:
-            continue
-        d = cat.devices[j]
-        lines += [
-            f"[classes.{json.dumps(j)}]",
-            f"concurrency = {d.slots}",
-            f"price_per_hour = {d.price_per_hour:.4f}",
-            f"network_mb_s = {d.network_gbs * 1000:.0f}",
-            f"serves = {json.dumps(d.serves)}",
-            f"workers = {n}",
-            f"max_workers = {n}",  # `fleet up --autoscale` may go down to one, back to n
-            f'description = "planned: {n} worker(s), utilisation {plan.utilisation[j]:.2f}"',
-            "",
-        ]
+    for j in plan.used():
+        lines += _class(j, plan, cat)
     budgets: dict[str, float] = {}
     for flow, budget in plan.budgets.items():
         for path, seconds in budget.items():  # an LLM call's two halves: one node's budget
@@ -61,6 +48,27 @@ def plan_toml(plan: Plan, cat: Catalogue, rates: dict[str, float] | None = None)
     return "\n".join(lines) + "\n"
 
 
+def _class(j: str, plan: Plan, cat: Catalogue) -> list[str]:
+    d = cat.devices[j]
+    if d.per_unit:  # one worker that calls out; its price is per step, not per hour
+        n, slots = 1, d.capacity or d.slots
+        why = f"planned: priced per unit ({plan.unit_costs.get(j, 0.0):.3f} $/h at the rates)"
+    else:
+        n, slots = plan.workers[j], d.slots
+        why = f"planned: {n} worker(s), utilisation {plan.utilisation[j]:.2f}"
+    return [
+        f"[classes.{json.dumps(j)}]",
+        f"concurrency = {slots}",
+        f"price_per_hour = {d.price_per_hour:.4f}",
+        f"network_mb_s = {d.network_gbs * 1000:.0f}",
+        f"serves = {json.dumps(d.serves)}",
+        f"workers = {n}",
+        f"max_workers = {n}",  # `fleet up --autoscale` may go down to one, back to n
+        f"description = {json.dumps(why)}",
+        "",
+    ]
+
+
 def _predicted(plan: Plan, rates: dict[str, float]) -> list[str]:
     """What the plan predicts, for `fleet plan --check` to hold the running fleet to."""
     lines = []
@@ -70,7 +78,7 @@ def _predicted(plan: Plan, rates: dict[str, float]) -> list[str]:
             lines.append(f"rate = {rates[flow]:g}")
         lines += [f"{k} = {v:.4f}" for k, v in figures.items() if k in ("p50_s", "p95_s", "sla_s")]
     lines += ["", "[predicted.classes]"]
-    lines += [f"{json.dumps(j)} = {u:.3f}" for j, u in plan.utilisation.items() if plan.workers[j]]
+    lines += [f"{json.dumps(j)} = {plan.utilisation[j]:.3f}" for j in plan.used()]
     return lines
 
 

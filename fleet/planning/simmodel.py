@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 from fleet.config import ClassSpec, FleetConfig
 from fleet.planning.catalogue import Catalogue
-from fleet.planning.planner import eligible
+from fleet.planning.program import eligible
 from fleet.planning.workload import StepLoad, WorkflowLoad
 from fleet.routing.profiles import OpProfile, ProfileStore
 
+ELASTIC_SERVERS = 4096  # a class priced per unit with no stated capacity never queues
 COMPUTE_DEMAND = 0.3  # a step keeping fewer cores busy than this is waiting, not computing
 
 
@@ -79,6 +80,9 @@ def catalogue_model(
         for j, n in workers.items()
         if n and (d := cat.devices[j])
     }
+    for j, d in cat.devices.items():  # priced per unit: its capacity, or as much as is asked
+        if d.per_unit:
+            classes[j] = SimClass(j, d.capacity or ELASTIC_SERVERS, 0.0, 1, d.network_gbs * 1e9)
     if not classes:
         raise ValueError("no workers: the fleet to simulate is empty")
     store = ProfileStore(source="catalogue")

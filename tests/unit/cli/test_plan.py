@@ -131,3 +131,16 @@ def test_a_catalogue_without_the_usual_devices_still_plans_and_compares(tmp_path
     priced = json.loads(res.stdout)
     assert priced["cost_per_hour"] < doc["cost_per_hour"]
     assert priced["predicted"]["ask"]["p95_s"] > 0.15
+
+
+def test_plan_prices_the_per_unit_example_as_docs_planning_md_shows() -> None:
+    plans = DATA.parent / "examples" / "plans"
+    res = _fleet(
+        "plan", str(plans / "per-unit.yaml"), "--catalogue", str(plans / "per-unit.toml"), "--json"
+    )
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["placement"] == {"answer": {"generate:prefill": "hp", "generate:decode": "co"}}
+    assert abs(doc["cost_per_request"] - 0.095) < 1e-9
+    assert doc["workers"] == {} and set(doc["per_unit_classes"]) == {"hp", "co"}
+    assert abs(doc["costs"]["egress"] - 36.0) < 1e-6  # 1 GB per run at $0.01, 3,600 runs/h

@@ -8,7 +8,9 @@ import pytest
 
 from fleet.errors import ConfigError
 from fleet.planning.catalogue import Catalogue
-from fleet.planning.planner import baselines, homogeneous, plan, predict, sized
+from fleet.planning.planner import plan
+from fleet.planning.predict import predict
+from fleet.planning.sizing import baselines, homogeneous, sized
 from fleet.planning.workload import WorkflowLoad, load_workload
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "fleet" / "examples" / "plans" / "voice-20.yaml"
@@ -188,6 +190,6 @@ def test_a_fixed_placement_that_can_never_meet_the_sla_says_so_at_once(tmp_path:
     with pytest.raises(
         ConfigError, match=r"cannot meet the SLA of 'ask': its p95 stays 3\.\d+ s over"
     ):
-        sized(flows, cat, lambda flow, op: "cheap")
-    ok = sized(flows, cat, lambda flow, op: "fast")
+        sized(flows, cat, lambda flow, step: "cheap")
+    ok = sized(flows, cat, lambda flow, step: "fast")
     assert ok.workers == {"fast": 1} and ok.predicted["ask"]["p95_s"] <= 1.0

@@ -1,0 +1,139 @@
+"""A fleet and placement's cost and M/M/c-predicted latency: the check every candidate plan
+passes, and what `fleet plan` reports."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from fleet.planning.catalogue import Catalogue
+from fleet.planning.queueing import Wait, erlang_c
+from fleet.planning.workload import WorkflowLoad
+
+SECONDS_PER_HOUR = 3600.0
+TOLERANCE_S = 1e-9  # a prediction this close to its SLA meets it (the solver's rounding)
+
+
+@dataclass
+class Plan:
+    workers: dict[str, int]  # per class priced by the hour (0 for the per-unit classes)
+    placement: dict[str, dict[str, str]]  # flow -> step path -> device
+    cost_per_hour: float  # all of it: owned classes, per-unit charges and egress at the rates
+    utilisation: dict[str, float]
+    predicted: dict[str, dict[str, float]]  # flow -> p50_s, p95_s, sla_s
+    budgets: dict[str, dict[str, float]]  # flow -> step -> latency budget (s)
+    notes: list[str] = field(default_factory=list)
+    # $/h by kind: "owned" (workers x price/h), "per_unit" (calls and units), "egress"
+    costs: dict[str, float] = field(default_factory=dict)
+    cost_per_request: float = 0.0  # cost_per_hour over the runs an hour brings
+    unit_costs: dict[str, float] = field(default_factory=dict)  # $/h per per-unit class
+
+    def used(self) -> list[str]:
+        """The classes the plan runs: owned ones with workers, per-unit ones it places on."""
+        placed = {j for steps in self.placement.values() for j in steps.values()}
+        return [j for j in self.utilisation if self.workers.get(j) or j in placed]
+
+    def late(self, flows: list[WorkflowLoad]) -> list[WorkflowLoad]:
+        return [f for f in flows if self.predicted[f.name]["p95_s"] > f.sla_s + TOLERANCE_S]
+
+
+def _waits(
+    flows: list[WorkflowLoad],
+    cat: Catalogue,
+    workers: dict[str, int],
+    placement: dict[str, dict[str, str]],
+) -> tuple[dict[tuple[str, str], float], dict[str, Wait]]:
+    load: dict[str, list[tuple[float, float]]] = {j: [] for j in cat.devices}  # (rate, time)
+    step_time: dict[tuple[str, str], float] = {}
+    for f in flows:
+        for s in f.steps():
+            j = placement[f.name][s.path]
+            model = cat.latency(j, s.op)
+            assert model is not None
+            t = model.time(s.units)
+            step_time[(f.name, s.path)] = t
+            load[j].append((f.rate * s.chance, t))
+    waits = {}
+    for j, items in load.items():
+        rate = sum(r for r, _ in items)
+        mean = sum(r * t for r, t in items) / rate if rate else 0.0
+        d = cat.devices[j]
+        if d.per_unit and d.capacity is None:
+            waits[j] = Wait(0.0, 0.0, 0.0, 0.0)  # elastic: a step never waits for a slot
+            continue
+        servers = d.capacity if d.per_unit and d.capacity else workers.get(j, 0) * d.slots
+        waits[j] = erlang_c(rate, mean, servers)
+    return step_time, waits
+
+
+def costs(
+    flows: list[WorkflowLoad],
+    cat: Catalogue,
+    workers: dict[str, int],
+    placement: dict[str, dict[str, str]],
+) -> tuple[dict[str, float], dict[str, float]]:
+    """$/h of a fleet and placement at the workload's rates, by kind ("owned", "per_unit",
+    "egress"), and of each class priced by the unit."""
+    owned = sum(cat.devices[j].price_per_hour * n for j, n in workers.items())
+    egress = 0.0
+    per_class: dict[str, float] = {}
+    for f in flows:
+        chance = {s.path: s.chance for s in f.steps()}
+        for s in f.steps():
+            j = placement[f.name][s.path]
+            if cat.devices[j].per_unit:
+                price = f.rate * s.chance * cat.devices[j].step_price(s.op, s.units)
+                per_class[j] = per_class.get(j, 0.0) + price * SECONDS_PER_HOUR
+        for a, b, data in f.graph.edges(data=True):
+            ja, jb = placement[f.name][a], placement[f.name][b]
+            if ja != jb:
+                gb = data.get("bytes", 0) / 1e9
+                egress += f.rate * chance[b] * gb * cat.devices[ja].egress_per_gb
+    kinds = {"owned": owned, "per_unit": sum(per_class.values()), "egress": egress * 3600}
+    return kinds, per_class
+
+
+def predict(
+    flows: list[WorkflowLoad],
+    cat: Catalogue,
+    workers: dict[str, int],
+    placement: dict[str, dict[str, str]],
+) -> Plan:
+    """Cost, utilisation and M/M/c-predicted p50/p95 of a given fleet and placement."""
+    step_time, waits = _waits(flows, cat, workers, placement)
+    predicted, budgets = {}, {}
+    for f in flows:
+        best50 = best95 = 0.0
+        for path in f.paths():
+            p50 = p95 = 0.0
+            for a in path:
+                j = placement[f.name][a]
+                p50 += step_time[(f.name, a)] + waits[j].mean_s
+                p95 += step_time[(f.name, a)] + waits[j].p95_s
+            for a, b in itertools.pairwise(path):
+                ja, jb = placement[f.name][a], placement[f.name][b]
+                if ja != jb:
+                    size = f.graph.edges[a, b].get("bytes", 0)
+                    move = size / (cat.devices[ja].network_gbs * 1e9) + cat.hop_s
+                    p50, p95 = p50 + move, p95 + move
+            best50, best95 = max(best50, p50), max(best95, p95, p50)
+        predicted[f.name] = {"p50_s": best50, "p95_s": best95, "sla_s": f.sla_s}
+        total = sum(step_time[(f.name, s.path)] for s in f.steps()) or 1.0
+        budgets[f.name] = {
+            s.path: round(f.sla_s * step_time[(f.name, s.path)] / total, 4) for s in f.steps()
+        }
+    kinds, per_class = costs(flows, cat, workers, placement)
+    total_cost = sum(kinds.values())
+    runs_per_hour = sum(f.rate for f in flows) * SECONDS_PER_HOUR
+    util = {j: w.utilisation for j, w in waits.items()}
+    return Plan(
+        dict(workers),
+        placement,
+        total_cost,
+        util,
+        predicted,
+        budgets,
+        costs=kinds,
+        cost_per_request=total_cost / runs_per_hour if runs_per_hour else 0.0,
+        unit_costs=per_class,
+    )
