@@ -199,8 +199,13 @@ class FleetConfig(BaseModel):
     # existing tasks, which workflows run as `celery:<task name>` steps.
     task_modules: list[str] = Field(default_factory=list)
     flower_port: int = 5555
-    # Flower's basic auth, "user:password"; empty: `fleet up` makes one and prints it once.
+    # Flower's basic auth, "user:password"; empty: `fleet up` makes one, prints it once and
+    # keeps it in its workdir (the same after a restart of Flower or of the fleet).
     flower_auth: str = ""
+    # RabbitMQ's management API for Flower's queue view ("http://user:pass@host:15672/api/");
+    # without it Flower lists no queue lengths on RabbitMQ (`fleet status` and
+    # `fleet metrics` read them from the broker itself).
+    flower_broker_api: str = ""
     metrics_port: int = 9808  # `fleet metrics`; like Flower's, denied to http.request
     heartbeat_interval: float = Field(default=1.0, gt=0)
     worker_ttl: float = Field(default=10.0, gt=0)
@@ -280,6 +285,7 @@ _ENV_SCALARS = {
     "FLEET_CONTROL_CLASS": "control_class",
     "FLEET_FLOWER_PORT": "flower_port",
     "FLEET_FLOWER_AUTH": "flower_auth",
+    "FLEET_FLOWER_BROKER_API": "flower_broker_api",
     "FLEET_METRICS_PORT": "metrics_port",
     "FLEET_DATA_DIR": "data_dir",
     "FLEET_AMQP_QUEUES": "amqp_queues",

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import redis
 
 from fleet.config import FleetConfig, redact
-from fleet.deploy.launch import APP, worker_argv, worker_env
+from fleet.deploy.launch import worker_argv, worker_env
 from fleet.errors import FleetError
 from fleet.routing.depth import AMQP_SCHEMES, amqp_connection
 from fleet.routing.state import StateReader
@@ -59,6 +59,9 @@ class Child:
     restart_at: float = 0.0  # not before this (monotonic): the backoff
     cls: str | None = None  # a worker's class (None: Redis, Flower)
     index: int = 0  # which of its class's workers (1: `cls@...`, 2: `cls-2@...`)
+
+
+FLOWER_AUTH_FILE = "flower-auth"  # in the workdir: the password this fleet made for Flower
 
 
 @dataclass
@@ -230,16 +233,42 @@ class LocalFleet:
 
     def _start_flower(self) -> None:
         port = self.cfg.flower_port
-        argv = [sys.executable, "-m", "celery", "-A", APP, "flower", f"--port={port}"]
+        argv = [sys.executable, "-m", "fleet.deploy.flower", f"--port={port}"]
         argv.append("--address=127.0.0.1")
-        made = not self.cfg.flower_auth
-        self.flower_auth = self.cfg.flower_auth or f"fleet:{secrets.token_urlsafe(12)}"
+        if self.cfg.flower_broker_api:  # RabbitMQ's management API: Flower's queue view
+            argv.append(f"--broker_api={self.cfg.flower_broker_api}")
+        first = not self.flower_auth
+        made = self._flower_auth()
         # Through the environment, not argv: the password stays out of `ps`.
         env = {**self._env(), "FLOWER_BASIC_AUTH": self.flower_auth}
         self._spawn("flower", argv, env)
+        if not first:
+            return  # a restart: the same address and password as before
         user = self.flower_auth.split(":", 1)[0]
-        shown = self.flower_auth if made else f"{user}:**** (flower_auth)"
+        shown = (
+            f"{self.flower_auth}  (kept in {self.workdir / FLOWER_AUTH_FILE})"
+            if made
+            else f"{user}:**** (flower_auth)"
+        )
         self.say(f"flower: http://127.0.0.1:{port}  basic auth {shown}  (API: /api/workers)")
+
+    def _flower_auth(self) -> bool:
+        """Flower's "user:password": the operator's (``flower_auth``), else the one this fleet
+        made the first time and keeps in its workdir (0600), so that a restarted Flower, or
+        the next `fleet up` here, asks for the same. Returns whether it is the fleet's own."""
+        if self.cfg.flower_auth:
+            self.flower_auth = self.cfg.flower_auth
+            return False
+        if not self.flower_auth:
+            kept = self.workdir / FLOWER_AUTH_FILE
+            if kept.is_file() and ":" in kept.read_text().strip():
+                self.flower_auth = kept.read_text().strip()
+            else:
+                self.flower_auth = f"fleet:{secrets.token_urlsafe(12)}"
+                kept.touch(mode=0o600)
+                kept.chmod(0o600)
+                kept.write_text(self.flower_auth + "\n")
+        return True
 
     def supervise(self, now: float | None = None) -> list[str]:
         """Restart children that died -- Redis first (with its append-only data), then
