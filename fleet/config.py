@@ -72,6 +72,12 @@ class ClassSpec(BaseModel):
     min_workers: int = Field(default=1, ge=1)
     max_workers: int | None = Field(default=None, ge=1)
 
+    def hourly_cost(self, workers: int, slots: int) -> float:
+        """What ``workers`` live workers with ``slots`` slots in all cost per hour:
+        ``price_per_hour`` is a slot's; a batching class's slots share one process and its
+        device, so there it is a worker's (routing and run cost charge it the same way)."""
+        return self.price_per_hour * (workers if self.batches else slots)
+
     @property
     def queue_name(self) -> str:
         return self.queue or self.name

@@ -4,14 +4,16 @@
 
 Gauges, labelled by class: ``fleet_queue_depth`` (messages waiting), ``fleet_busy_steps``
 (reserved or running on workers), ``fleet_workers``, ``fleet_slots``, ``fleet_cost_per_hour``
-(price x live workers) and ``fleet_step_seconds`` (moving average of step run time, from the
+(the class's price per slot x live slots, per worker on a batching class: as routing and
+run cost charge it) and ``fleet_step_seconds`` (moving average of step run time, from the
 routers' online stats).
 
 Per workflow, counted once as each run ends (in Redis, so every host's runs add up and the
-counters survive a restart of this exporter): ``fleet_workflow_runs_total{status}``, the
-``fleet_workflow_seconds`` histogram (submission to end), ``fleet_workflow_sla_runs_total`` and
-``fleet_workflow_sla_misses_total`` (runs with an SLA, and those that ended late or failed),
-and ``fleet_workflow_cost_dollars_total`` (run time x class price, summed over the steps).
+counters survive a restart of this exporter), each from zero (see ``from_zero``):
+``fleet_workflow_runs_total{status}``, the ``fleet_workflow_seconds`` histogram (submission
+to end), ``fleet_workflow_sla_runs_total`` and ``fleet_workflow_sla_misses_total`` (runs with
+an SLA, and those that ended late or failed), and ``fleet_workflow_cost_dollars_total`` (run
+time x class price, summed over the steps).
 ``fleet up --autoscale`` adds ``fleet_autoscale_workers`` and
 ``fleet_autoscale_changes_total{direction}`` per class.
 The dashboard in docs/grafana/fleet.json plots them.
@@ -43,6 +45,20 @@ class FleetCollector(Collector):
     def __init__(self, cfg: FleetConfig) -> None:
         self.cfg = cfg
         self.reader = StateReader(cfg)
+        self.shown: set[str] | None = None  # the counter fields a scrape has shown
+
+    def from_zero(self, counters: dict[str, str]) -> dict[str, str]:
+        """A counter that appears after this exporter's first scrape is shown at 0 once,
+        then at its value: Prometheus counts the first increment of a new series only from
+        a zero it has seen (``rate``/``increase`` otherwise drop it). The runs store makes a
+        workflow's counters at 0 when its first run is submitted; this covers a run that
+        ends before the next scrape. Counters there at the first scrape show their value."""
+        if self.shown is None:
+            self.shown = set(counters)
+            return counters
+        new = set(counters) - self.shown
+        self.shown |= new
+        return {k: "0" if k in new else v for k, v in counters.items()}
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("fleet_state_up", "1 if the fleet state could be read")
@@ -57,7 +73,7 @@ class FleetCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from self._classes(state)
-        yield from workflow_families(counters)
+        yield from workflow_families(self.from_zero(counters))
         yield from autoscale_families(scaled)
 
     def _classes(self, state: FleetState) -> Iterator[Metric]:
@@ -87,7 +103,7 @@ class FleetCollector(Collector):
             families["busy"].add_metric([cls], state.busy(cls))
             families["workers"].add_metric([cls], workers)
             families["slots"].add_metric([cls], state.slots(cls))
-            families["cost"].add_metric([cls], workers * spec.price_per_hour)
+            families["cost"].add_metric([cls], spec.hourly_cost(workers, state.slots(cls)))
             if f"*|{cls}|s" in state.online:
                 families["seconds"].add_metric([cls], state.online[f"*|{cls}|s"])
         yield from families.values()

@@ -59,7 +59,7 @@ def _class(j: str, plan: Plan, cat: Catalogue) -> list[str]:
     return [
         f"[classes.{json.dumps(j)}]",
         f"concurrency = {slots}",
-        f"price_per_hour = {d.price_per_hour:.4f}",
+        f"price_per_hour = {d.price_per_hour / slots:.6f}",  # a slot's (the device's / slots)
         f"network_mb_s = {d.network_gbs * 1000:.0f}",
         f"serves = {json.dumps(d.serves)}",
         f"workers = {n}",

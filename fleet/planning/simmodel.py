@@ -60,7 +60,9 @@ def simulated_config(classes: dict[str, SimClass], policy: str = "least-latency"
         j: ClassSpec(
             name=j,
             concurrency=max(1, c.servers // max(1, c.workers)),
-            price_per_hour=c.price_per_hour,
+            # a slot's price, a batching worker's own (ClassSpec.hourly_cost)
+            price_per_hour=c.price_per_hour
+            / (1 if c.batches else max(1, c.servers // max(1, c.workers))),
             network_mb_s=c.network_bytes_s / 1e6,
             **({"pool": "threads", "device": "cuda"} if c.batches else {}),
         )

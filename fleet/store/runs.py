@@ -76,6 +76,15 @@ table.insert(replies, 1, 1)
 return replies
 """
 _BUCKETS = ",".join(repr(b) for b in LATENCY_BUCKETS)
+RUN_ENDINGS = ("succeeded", "failed")
+
+
+def workflow_counters(workflow: str) -> list[str]:
+    """The fields of a workflow's counters in WORKFLOW_METRICS_KEY, as ``_END`` writes them."""
+    names = [f"runs|{status}|{workflow}" for status in RUN_ENDINGS]
+    names += [f"{kind}||{workflow}" for kind in ("count", "sum", "sla", "sla_miss", "cost")]
+    return names + [f"le|{b!r}|{workflow}" for b in LATENCY_BUCKETS]
+
 
 # Claim each path for ARGV[1] unless another task holds it; the same task (a redelivered
 # message keeps its id) gets its claims back, so a step that died after claiming re-sends.
@@ -114,6 +123,7 @@ class RunStore:
         # What to do with the replies a run owes Celery when this store ends it (a run started
         # as a Celery signature: its task's result, callbacks and chain wait for it).
         self.on_end = on_end
+        self._counted: set[str] = set()  # workflows whose counters this store has made
 
     @staticmethod
     def _key(run_id: str, part: str = "") -> str:
@@ -165,6 +175,10 @@ class RunStore:
             self._owe(pipe, run_id, RUN_REPLY, reply)
         if spec is not None:
             pipe.zadd(ACTIVE_RUNS_KEY, {run_id: now})
+        if workflow not in self._counted:  # its counters exist from zero before its first end
+            for name in workflow_counters(workflow):
+                pipe.hsetnx(WORKFLOW_METRICS_KEY, name, 0)
+            self._counted.add(workflow)
         pipe.execute()
 
     def run_message(self, run_id: str) -> dict[str, Any] | None:

@@ -74,7 +74,7 @@ def test_prometheus_scrapes_depth_and_workflow_latency(client: Fleet, prometheus
     depth = until(prometheus, 'fleet_queue_depth{class="gpu"}', bool)
     assert depth and depth[0]["value"][1] == "0"
     labels = '{workflow="prom-check"}'
-    count = until(prometheus, f"fleet_workflow_seconds_count{labels}", lambda r: bool(r))
+    count = until(prometheus, f"fleet_workflow_seconds_count{labels}", lambda r: _value(r) == 4)
     assert count and count[0]["value"][1] == "4", count
     p95 = query(
         prometheus, f"histogram_quantile(0.95, sum by (le) (fleet_workflow_seconds_bucket{labels}))"
@@ -104,3 +104,31 @@ def test_grafana_dashboard_is_valid_and_its_queries_run(prometheus: Server) -> N
             # what Grafana substitutes before sending the query
             expr = target["expr"].replace("$__rate_interval", "1m").replace("$workflow", ".*")
             query(prometheus, expr)  # asserts Prometheus parsed and ran it
+
+
+def test_the_dashboards_sla_panel_counts_a_workflows_first_miss(
+    client: Fleet, prometheus: Server
+) -> None:
+    """A miss that is its workflow's first used to start the misses series at 1, which
+    rate() drops: five runs on time and one late read as 100 % attainment."""
+    name = f"prom-first-miss-{time.monotonic_ns() % 10**6}"  # a workflow new to the exporter
+    wf = Workflow(name, inputs=["t"])
+    wf.output("v", wf.step("a", "test.sleep", seconds=0.2, value=wf.input("t"))["value"])
+    for i in range(5):
+        client.submit(wf, {"t": i}, sla_s=30).get(timeout=30)
+    labels = f'{{workflow="{name}"}}'
+    done = until(prometheus, f"fleet_workflow_sla_runs_total{labels}", lambda r: _value(r) == 5)
+    assert _value(done) == 5, done
+    client.submit(wf, {"t": 9}, sla_s=0.05).get(timeout=30)  # late: the first miss
+    done = until(prometheus, f"fleet_workflow_sla_misses_total{labels}", lambda r: _value(r) == 1)
+    assert _value(done) == 1, done
+    dash = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in dash["panels"] if "SLA attainment" in p["title"]]
+    expr = panel["targets"][0]["expr"].replace("$__rate_interval", "5m")
+    expr = expr.replace("$workflow", name)
+    (attained,) = query(prometheus, expr)
+    assert 0.7 <= float(attained["value"][1]) <= 0.9, attained  # 5 of 6: 0.83
+
+
+def _value(result: list[dict[str, Any]]) -> float | None:
+    return float(result[0]["value"][1]) if result else None
