@@ -27,8 +27,26 @@ from fleet.cli.common import (
     print_outcome,
     save_outputs,
 )
-from fleet.config import redact
+from fleet.config import FleetConfig, redact
 from fleet.errors import FleetError, WorkflowValidationError
+
+
+def submit_hint(cfg: FleetConfig) -> str:
+    """How to submit to this fleet, to paste as it is: a URL with a password is named by
+    the environment variable that holds it, never printed (not even as ****)."""
+    urls = [("--broker", "FLEET_BROKER_URL", cfg.broker_url)]
+    if cfg.result_backend:
+        urls.append(("--backend", "FLEET_RESULT_BACKEND", cfg.result_backend))
+    flags, secret = [], []
+    for flag, var, url in urls:
+        if redact(url) != url:
+            secret.append(var)
+        else:
+            flags.append(f"{flag} {url}")
+    line = " ".join(["fleet", *flags, "submit FILE --input key=value"])
+    if secret:
+        line += f"  (with {' and '.join(secret)} set as for this fleet: not printed)"
+    return line
 
 
 @click.command()
@@ -85,9 +103,7 @@ def up(
     except FleetError as exc:
         fail(str(exc))
     console.print(f"[green]fleet is up[/]: {len(fleet.classes)} class(es). Ctrl-C stops it.")
-    backend = f" --backend {redact(cfg.backend_url)}" if cfg.result_backend else ""
-    broker = redact(cfg.broker_url)
-    console.print(f"submit with: fleet --broker {broker}{backend} submit FILE --input key=value")
+    console.print(f"submit with: {submit_hint(cfg)}")
     # Ctrl-C and SIGTERM both stop the fleet (a shell starts background jobs with SIGINT
     # ignored, so the handler is installed rather than inherited).
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -1,11 +1,13 @@
-"""Flower as `fleet up` runs it: Celery's own ``celery flower`` with one addition.
+"""Flower as `fleet up` runs it: Celery's own ``celery flower`` with two additions.
 
-Flower asks the workers who they are (``inspect``) once, when it starts: a worker that
-started after it, or that it did not hear from then, stayed out of ``/api/workers`` and of
-the queues ``/api/queues/length`` lists until someone asked for ``?refresh=1``. Here a
-worker that comes online, or beats its heart while Flower still knows nothing of it, is
-inspected as it appears (once; a worker that does not answer is asked again at its next
-heartbeat)::
+- Flower asks the workers who they are (``inspect``) once, when it starts: a worker that
+  started after it stayed out of ``/api/workers`` and of the queues ``/api/queues/length``
+  lists until someone asked for ``?refresh=1``. Here a worker that comes online, or beats
+  its heart while Flower still knows nothing of it, is inspected as it appears (once; a
+  worker that does not answer is asked again at its next heartbeat).
+- Flower's queue view lists the queues its workers consume from; here every class queue of
+  the fleet's configuration too, so a class with a backlog and no worker shows (on RabbitMQ
+  the view needs the management API: ``flower_broker_api``)::
 
     python -m fleet.deploy.flower --port=5555 --address=127.0.0.1
 """
@@ -35,10 +37,24 @@ def watch_new_workers(flower: Any) -> None:
     events.on_event = on_event
 
 
+def list_every_class_queue(handler: Any, queues: list[str]) -> None:
+    """Make ``handler`` (Flower's base view) list ``queues`` beside its workers' queues."""
+    found = handler.get_active_queue_names
+
+    def names(self: Any) -> list[str]:
+        return sorted(set(found(self)) | set(queues))
+
+    handler.get_active_queue_names = names
+
+
 def main(argv: list[str] | None = None) -> None:
     from celery.bin.celery import main as celery
     from flower.app import Flower
+    from flower.views import BaseHandler
 
+    from fleet.config import load_config
+
+    list_every_class_queue(BaseHandler, [c.queue_name for c in load_config().classes.values()])
     start = Flower.start
 
     def start_watching(self: Any) -> None:
