@@ -21,7 +21,7 @@ from fleet.config import FleetConfig
 from fleet.constants import INPUTS
 from fleet.sdk.registry import OpSpec, Registry
 from fleet.workflow.model import NodeSpec, WorkflowSpec, parse_ref
-from fleet.workflow.validate import dependency_graph, eligible_classes
+from fleet.workflow.validate import constraint_note, dependency_graph, eligible_classes
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Scope:
     ops: dict[str, OpSpec]  # op node -> its op
     children: dict[str, Scope] = field(default_factory=dict)  # sub-workflow node -> body
     levels: dict[str, str] = field(default_factory=dict)  # op node -> its data sensitivity
+    rules: dict[str, str] = field(default_factory=dict)  # op node -> what narrowed its classes
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def compile_scope(
     for name in reversed(names):
         below = [height[s] for s in graph.successors(name)]
         height[name] = 1 + max(below, default=0)
-    classes, ops, children, levels = {}, {}, {}, {}
+    classes, ops, children, levels, rules = {}, {}, {}, {}, {}
     for node in order:
         if node.workflow is not None:
             inner = node.sensitivity or wf.sensitivity or sensitivity
@@ -95,7 +96,9 @@ def compile_scope(
             classes[node.name] = eligible_classes(node, op, cfg, level)
             if level is not None:
                 levels[node.name] = level
-    return Scope(wf, order, deps, height, classes, ops, children, levels)
+            if note := constraint_note(node, op, cfg, level):
+                rules[node.name] = note
+    return Scope(wf, order, deps, height, classes, ops, children, levels, rules)
 
 
 def compile_workflow(spec: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> CompiledWorkflow:

@@ -44,6 +44,8 @@ class StepCall(TypedDict):
     sensitivity: NotRequired[str | None]
     # a `celery:` step: the keys of its task's dict result that are outputs too
     outputs: NotRequired[list[str]]
+    # the rules that narrowed ``classes`` (trust, the node's own list), for routing's reason
+    rule: NotRequired[str]
 
 
 @dataclass
@@ -213,7 +215,7 @@ def _call(sc: Scope, node: NodeSpec, path: str, args: dict[str, Any], remaining:
 def _base_call(
     sc: Scope, node: NodeSpec, op: OpSpec, path: str, args: dict[str, Any], remaining: int
 ) -> StepCall:
-    return {
+    call: StepCall = {
         "path": path,
         "op": op.name,
         "kind": op.kind,
@@ -225,6 +227,9 @@ def _base_call(
         "group": None,
         "sensitivity": sc.levels.get(node.name),
     }
+    if node.name in sc.rules:
+        call["rule"] = sc.rules[node.name]
+    return call
 
 
 def decide(workflow: CompiledWorkflow, state: Outputs) -> Decision:

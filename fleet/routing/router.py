@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from fleet.config import FleetConfig
@@ -161,6 +162,9 @@ class FleetRouter:
         state = self.current_state()
         decision = self.choose(req, state, run.get("policy"))
         decision.decide_us = round((time.perf_counter() - start) * 1e6, 1)
+        rule = kwargs.get("call", {}).get("rule")
+        if rule and req.task in STEPS:  # what the policy chose among, and why only those
+            decision = replace(decision, reason=f"{decision.reason}; {rule}")
         if req.task in STEPS:
             self._account(decision, state)
         if decision.fail and run.get("id"):

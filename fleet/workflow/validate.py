@@ -43,6 +43,27 @@ def eligible_classes(
     return eligible
 
 
+def constraint_note(
+    node: NodeSpec, op: OpSpec, cfg: FleetConfig, sensitivity: str | None = None
+) -> str:
+    """The rules that keep classes able to run the op out of the node's choice, in words
+    (routing's reasons end with it: `fleet trace --why`); "" when none does."""
+    able = op.eligible(cfg.classes)
+    notes = []
+    if sensitivity is not None:
+        untrusted = [c for c in able if sensitivity not in cfg.classes[c].trusted_for]
+        if untrusted:
+            notes.append(f"sensitivity '{sensitivity}' rules out {', '.join(untrusted)}")
+        able = [c for c in able if c not in untrusted]
+    if node.classes is not None:
+        left = [c for c in able if c not in node.classes]
+        if left:
+            notes.append(
+                f"the node's classes ({', '.join(node.classes)}) leave out {', '.join(left)}"
+            )
+    return "; ".join(notes)
+
+
 def node_outputs(node: NodeSpec, registry: Registry) -> tuple[str, ...] | None:
     """Output names a node produces, or None when unknown (unknown op)."""
     if node.workflow is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fleet.config import FleetConfig
+from fleet.constants import INPUTS
 from fleet.engine.compiler import compile_workflow
 from fleet.errors import WorkflowValidationError
 from fleet.routing.policies import RouteRequest, make_policy
@@ -93,3 +94,32 @@ def test_a_preferred_class_kept_out_by_trust_names_the_rule(trusted: FleetConfig
         validate(spec_from_data(data), trusted, registry)
     assert "preferred class 'io' is not trusted for sensitivity 'confidential'" in str(err.value)
     assert "cannot run op" not in str(err.value)
+
+
+def test_the_routing_reason_names_the_rule_that_narrowed_the_classes(
+    trusted: FleetConfig,
+) -> None:
+    """`fleet trace --why` said why a class won among the candidates, never why the others
+    were not candidates: the trust rule and the node's own classes are named."""
+    from fleet.engine.readiness import decide
+    from fleet.routing.router import FleetRouter, take_decision
+    from fleet.routing.state import CachedState
+    from tests.support.states import FixedReader
+    from tests.unit.routing.test_routing import _state
+
+    data = _spec("confidential")
+    data["nodes"][0]["classes"] = ["gpu"]  # the node's list leaves nothing more out here
+    compiled = compile_workflow(spec_from_data(data), trusted, registry)
+    (call,) = decide(compiled, {INPUTS: {"t": "x"}}).ready
+    assert call["rule"].startswith("sensitivity 'confidential' rules out ")
+    assert "npu-lite" in call["rule"] and "gpu" not in call["rule"].split("rules out")[1]
+    router = FleetRouter(trusted, CachedState(FixedReader(trusted, _state("gpu")), ttl=60))
+    router("fleet.step", (), {"call": call}, {})
+    decision = take_decision("fleet.step")
+    assert decision is not None and decision.reason.endswith(call["rule"])
+
+    open_data = _spec(None)
+    open_data["nodes"][0]["classes"] = ["cpu", "io"]
+    compiled = compile_workflow(spec_from_data(open_data), trusted, registry)
+    (call,) = decide(compiled, {INPUTS: {"t": "x"}}).ready
+    assert call["rule"].startswith("the node's classes (cpu, io) leave out ")
