@@ -54,6 +54,11 @@ def submit_hint(cfg: FleetConfig) -> str:
     "--classes", show_default="every configured class", help="Comma-separated classes to start."
 )
 @click.option("--flower/--no-flower", default=True, help="Start Flower.")
+@click.option(
+    "--flower-port",
+    type=click.IntRange(1, 65535),
+    help="Flower's port on 127.0.0.1 (default: flower_port, FLEET_FLOWER_PORT, 5555).",
+)
 @click.option("--workdir", default=".fleet", help="Folder for logs and Redis data.")
 @click.option("--loglevel", default="INFO", help="Log level of the workers and Flower.")
 @click.option(
@@ -72,6 +77,7 @@ def up(
     ctx: click.Context,
     classes: str | None,
     flower: bool,
+    flower_port: int | None,
     workdir: str,
     loglevel: str,
     autoscale: bool,
@@ -90,6 +96,8 @@ def up(
     from fleet.deploy.local import LocalFleet
 
     cfg = config(ctx) if plan_file is None else plan_config(plan_file)
+    if flower_port is not None:
+        cfg = cfg.model_copy(update={"flower_port": flower_port})
     wanted = [c.strip() for c in classes.split(",")] if classes else []
     if plan_file is not None and not wanted:  # the plan's classes, not the built-in ones
         wanted = _planned_classes(plan_file)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -127,9 +130,10 @@ def test_worker_dry_run_shows_preset() -> None:
 
 @pytest.mark.slow
 def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path, fleet_cfg: FleetConfig) -> None:
-    url = f"redis://127.0.0.1:{free_port()}/0"
+    url, port = f"redis://127.0.0.1:{free_port()}/0", free_port()
+    up = ["up", "--flower-port", str(port), "--classes", "cpu,io", "--workdir", str(tmp_path)]
     proc = subprocess.Popen(
-        [*FLEET, "up", "--no-flower", "--classes", "cpu,io", "--workdir", str(tmp_path)],
+        [*FLEET, *up],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -149,6 +153,16 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path, fleet_cfg: Fle
     assert "started redis-server" in out and "worker: cpu" in out and "worker: io" in out
     status = fleet("status", "--json", env={"FLEET_BROKER_URL": url})
     assert json.loads(status.stdout)["io"]["workers"]
+    (auth,) = re.findall(rf"flower: http://127.0.0.1:{port}  basic auth (\S+):(\S+)", out)
+    answered, deadline = 0, time.monotonic() + 60
+    while time.monotonic() < deadline and answered != 200:
+        with contextlib.suppress(httpx.HTTPError):
+            answered = httpx.get(f"http://127.0.0.1:{port}/api/workers", auth=auth).status_code
+        time.sleep(0.5)
+    assert answered == 200  # Flower on the port asked for, with the password printed
+    while time.monotonic() < deadline and "submit with" not in out:
+        out += proc.stdout.readline()
+    assert f"submit with: fleet --broker {url} submit FILE" in out  # pastes as it is
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "stopped." in rest
