@@ -12,7 +12,7 @@ from typing import Any
 
 from fleet.errors import ConfigError
 from fleet.paths import DATA
-from fleet.routing.profiles import ProfileStore
+from fleet.routing.profiles import ProfileStore, batch_speedup
 
 CATALOGUE = DATA / "catalogue.toml"
 PROFILE_SETS = {"default": DATA / "profiles.json", "h100": DATA / "profiles-h100.json"}
@@ -25,9 +25,19 @@ class LatencyModel:
     fixed_s: float
     per_unit_s: float
     source: str  # "measured: ...", "derived: ..." or "assumed: ..."
+    # throughput with k steps at once in one process over one at a time ({"8": 2.07}), for
+    # a device whose slots are one process's batch (Device.batches)
+    batch: dict[str, float] | None = None
 
     def time(self, units: float) -> float:
         return self.fixed_s + self.per_unit_s * units
+
+    def at_batch(self, units: float, slots: int) -> float:
+        """A step's time with ``slots`` steps sharing its process: they share its
+        throughput, so each takes slots / speedup(slots) as long as alone."""
+        if not self.batch or slots <= 1:
+            return self.time(units)
+        return self.time(units) * slots / batch_speedup(self.batch, slots)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,9 @@ class Device:
     price_per_call: float = 0.0
     # $ per unit of work, per op (an op, its family, or "any"), e.g. {"llm.decode" = 1e-6}
     price_per_unit: dict[str, float] = field(default_factory=dict)
+    # a worker's slots are one process's batch (an accelerator's sequences): a step takes
+    # slots / speedup(slots) as long as alone where its op has a batch curve
+    batches: bool = False
     capacity: int | None = None  # per-unit pricing: the most steps it runs at once
     egress_per_gb: float = 0.0  # $ per GB of data leaving the device for another class
     measured: dict[str, Any] = field(default_factory=dict)
@@ -108,6 +121,7 @@ class Split:
 
 
 RULE_FIELDS = {"fixed_s", "per_unit_s", "source"}
+RULE_OPTIONAL = {"batch"}
 OWNED_ONLY = ("capex", "power_w")  # a device priced by the unit is not bought
 
 
@@ -162,12 +176,18 @@ def _check_rules(path: Path, ops: dict[str, Any], devices: dict[str, Device]) ->
             if key not in devices and key not in kinds:
                 known = ", ".join([*sorted(devices), "gpu", "cpu", "any"])
                 raise ConfigError(f"{where}: '{key}' is not a device or kind ({known})")
-            if not isinstance(rule, dict) or set(rule) != RULE_FIELDS:
-                raise ConfigError(f"{where}: expected fixed_s, per_unit_s and source")
+            if (
+                not isinstance(rule, dict)
+                or not RULE_FIELDS <= set(rule) <= RULE_FIELDS | RULE_OPTIONAL
+            ):
+                raise ConfigError(f"{where}: expected fixed_s, per_unit_s and source [, batch]")
             try:
                 if float(rule["fixed_s"]) < 0 or float(rule["per_unit_s"]) < 0:
                     raise ValueError("a time is negative")
-            except (TypeError, ValueError) as exc:
+                for k, v in (rule.get("batch") or {}).items():
+                    if int(k) < 2 or float(v) <= 0:
+                        raise ValueError(f"batch: {k} = {v}: k >= 2 steps, a speed-up > 0")
+            except (TypeError, ValueError, AttributeError) as exc:
                 raise ConfigError(f"{where}: {exc}") from None
 
 
@@ -243,7 +263,7 @@ class Catalogue:
         if p is None:
             return None
         where = f"{PROFILE_SETS[m['set']].name} class {m['cls']}"
-        return LatencyModel(p.fixed_s, p.per_unit_s, f"measured: {where}")
+        return LatencyModel(p.fixed_s, p.per_unit_s, f"measured: {where}", p.batch)
 
     def latency(self, device: str, op: str) -> LatencyModel | None:
         """How long ``op`` takes on ``device``; None where it cannot run (no figure)."""
@@ -262,12 +282,24 @@ class Catalogue:
                 else:  # memory-bound
                     ratio, rule = ref.bandwidth_gbs / d.bandwidth_gbs, "memory bandwidth"
                 why = f"derived: {ref.name} ({base.source}) scaled by {rule}, x{ratio:.2f}"
-                return LatencyModel(base.fixed_s * ratio, base.per_unit_s * ratio, why)
+                return LatencyModel(base.fixed_s * ratio, base.per_unit_s * ratio, why, base.batch)
         rules = self.ops.get(op) or self.ops.get(op.split(".")[0]) or {}
         if op.startswith("json."):
             rules = rules or self.ops.get("text", {})
         for key in (device, d.kind, "any"):
             if key in rules:
                 r = rules[key]
-                return LatencyModel(float(r["fixed_s"]), float(r["per_unit_s"]), str(r["source"]))
+                batch = {str(k): float(v) for k, v in (r.get("batch") or {}).items()} or None
+                return LatencyModel(
+                    float(r["fixed_s"]), float(r["per_unit_s"]), str(r["source"]), batch
+                )
         return None
+
+    def step_time(self, device: str, op: str, units: float) -> float | None:
+        """What the planner holds a step to: its time on ``device`` with a full batch where
+        the device batches (throughput at batch), else alone; None where it cannot run."""
+        model = self.latency(device, op)
+        if model is None:
+            return None
+        d = self.devices[device]
+        return model.at_batch(units, d.slots) if d.batches else model.time(units)

@@ -48,9 +48,8 @@ def _waits(
     for f in flows:
         for s in f.steps():
             j = placement[f.name][s.path]
-            model = cat.latency(j, s.op)
-            assert model is not None
-            t = model.time(s.units)
+            t = cat.step_time(j, s.op, s.units)
+            assert t is not None
             step_time[(f.name, s.path)] = t
             load[j].append((f.rate * s.chance, t))
     waits = {}

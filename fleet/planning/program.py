@@ -95,9 +95,9 @@ class Program:
                         why += f" among those trusted for '{f.sensitivity}'"
                     raise ConfigError(f"workflow '{f.name}', step '{s.path}' ({s.op}): {why}")
                 for j in options:
-                    model = self.cat.latency(j, s.op)
-                    assert model is not None
-                    self.times[(f.name, s.path, j)] = model.time(s.units)
+                    t = self.cat.step_time(j, s.op, s.units)
+                    assert t is not None
+                    self.times[(f.name, s.path, j)] = t
                     self.prices[(f.name, s.path, j)] = self.cat.devices[j].step_price(s.op, s.units)
                     self.chance[(f.name, s.path)] = s.chance
                     self.idx.add(("x", f.name, s.path, j))

@@ -76,9 +76,7 @@ def catalogue_model(
 ) -> SimModel:
     """A planned fleet of catalogue devices, each its own host (no shared cores)."""
     classes = {
-        j: SimClass(
-            j, n * cat.devices[j].slots, cat.devices[j].price_per_hour, n, d.network_gbs * 1e9
-        )
+        j: SimClass(j, n * d.slots, d.price_per_hour, n, d.network_gbs * 1e9, batches=d.batches)
         for j, n in workers.items()
         if n and (d := cat.devices[j])
     }
@@ -93,7 +91,7 @@ def catalogue_model(
             for j in cat.devices:
                 m = cat.latency(j, s.op)
                 if m is not None:
-                    store.put(OpProfile(s.op, j, m.fixed_s, m.per_unit_s, samples=1))
+                    store.put(OpProfile(s.op, j, m.fixed_s, m.per_unit_s, samples=1, batch=m.batch))
 
     def service(f: WorkflowLoad, s: StepLoad, j: str) -> float | None:
         m = cat.latency(j, s.op)

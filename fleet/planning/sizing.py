@@ -60,9 +60,9 @@ def cheapest(cat: Catalogue, flow: WorkflowLoad, step: StepLoad) -> str:
         d = cat.devices[j]
         if d.per_unit:
             return d.step_price(step.op, step.units)
-        model = cat.latency(j, step.op)
-        assert model is not None
-        return d.price_per_hour / 3600 / d.slots * model.time(step.units)
+        t = cat.step_time(j, step.op, step.units)
+        assert t is not None
+        return d.price_per_hour / 3600 / d.slots * t
 
     return min(options, key=dollars)
 
@@ -118,11 +118,11 @@ def sized(
         placement[f.name] = {}
         for s in f.steps():
             j = choose(f, s)
-            model = cat.latency(j, s.op) if j in cat.devices else None
-            if model is None:
+            t = cat.step_time(j, s.op, s.units) if j in cat.devices else None
+            if t is None:
                 raise ConfigError(f"{j} cannot run {s.op} ('{f.name}', step '{s.path}')")
             placement[f.name][s.path] = j
-            busy[j] = busy.get(j, 0.0) + f.rate * s.chance * model.time(s.units)
+            busy[j] = busy.get(j, 0.0) + f.rate * s.chance * t
     workers = {
         j: max(1, math.ceil(b / ((cat.devices[j].ceiling or ceiling) * cat.devices[j].slots)))
         for j, b in busy.items()
