@@ -4,8 +4,9 @@ routes, and the least-latency and cost-sla policies over the heterogeneous class
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fleet.config import ClassSpec, FleetConfig, default_classes, load_config
 
@@ -16,6 +17,7 @@ class Deployment:
     policy: str
     classes: dict[str, ClassSpec]
     description: str
+    settings: dict[str, Any] = field(default_factory=dict)  # other FleetConfig fields
 
 
 MODEL_CLASSES = ("gpu", "npu-lite", "cpu")
@@ -66,6 +68,7 @@ def config_for(dep: Deployment, broker: str, data_dir: str) -> FleetConfig:
             "heartbeat_interval": 0.5,
             "worker_ttl": 3.0,
             "state_ttl": 0.25,
+            **dep.settings,
         }
     )
 

@@ -38,8 +38,10 @@ def run_deployment(
     ctx: dict[str, str],
     workdir: Path,
     tick: Callable[[], None],
+    warm: bool = True,
 ) -> Result:
-    """Start this deployment's fleet, warm it up, run the workload, stop it."""
+    """Start this deployment's fleet, warm it up (unless not ``warm``: then the measured
+    runs pay every model load), run the workload, stop it."""
 
     cfg = config_for(dep, ctx["broker"], ctx["data_dir"])
     cfg_file = workdir / f"fleet-{dep.name}.yaml"
@@ -58,7 +60,8 @@ def run_deployment(
         client = Fleet(app=create_app(cfg), cfg=cfg)
         if ctx.get("audio_file"):  # by reference, as a remote client's; each fleet has its
             ctx["audio"] = client.upload(ctx["audio_file"])  # own Redis: upload it again
-        warm_up(client, cfg, dep, mix, ctx)
+        if warm:
+            warm_up(client, cfg, dep, mix, ctx)
         return _drive(client, dep, rnd, arrivals, mix, ctx, tick)
     finally:
         fleet.stop()

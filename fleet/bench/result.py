@@ -50,6 +50,9 @@ def row(job: Job, handle: RunHandle, info: RunInfo | None) -> dict[str, Any]:
         "busy_s": busy,
         "steps": sum(1 for e in trace if e.status == "succeeded"),
         "decide_us": decide,
+        # the model loads its steps waited for (seconds each), and where its model steps ran
+        "cold_s": [e.cold_s for e in trace if e.cold_s],
+        "model_classes": [e.cls for e in trace if e.kind == "model" and e.cls],
         "answer": answer_digest(info.outputs if info else None),
         # each step that ran: node, op, class, started, ended, CPU seconds (calibration)
         "trace": [

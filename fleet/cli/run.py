@@ -57,7 +57,8 @@ def submit_hint(cfg: FleetConfig) -> str:
 @click.option(
     "--flower-port",
     type=click.IntRange(1, 65535),
-    help="Flower's port on 127.0.0.1 (default: flower_port, FLEET_FLOWER_PORT, 5555).",
+    show_default="flower_port, FLEET_FLOWER_PORT or 5555",
+    help="Flower's port on 127.0.0.1.",
 )
 @click.option("--workdir", default=".fleet", help="Folder for logs and Redis data.")
 @click.option("--loglevel", default="INFO", help="Log level of the workers and Flower.")

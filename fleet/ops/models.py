@@ -28,6 +28,7 @@ from fleet.sdk import (
     data_dir,
     ensure_gpu_memory,
     ensure_memory,
+    note_load,
     preloader,
     threads,
     wants_cuda,
@@ -152,10 +153,12 @@ def _loaded(key: str, load: Callable[[], T]) -> T:
     start = time.perf_counter()
     model = load()
     LOADS[key] += 1
+    took = time.perf_counter() - start
+    note_load(took)  # the step that waited for it had a cold start
     log.warning(
         "loaded model %s in %.2f s (pid %d, loads in this process: %d)",
         key,
-        time.perf_counter() - start,
+        took,
         os.getpid(),
         LOADS[key],
     )

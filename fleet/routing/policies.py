@@ -97,10 +97,13 @@ class Estimate:
     cost: float
     source: str  # where service_s came from: profile, online, default
     occupancy: int = 1  # steps sharing the process the step would join, itself included
-    total_s: float = 0.0  # wait + service + movement (filled in by __post_init__)
+    # the model load it may wait for: the share of the class's processes that do not hold
+    # the op's model yet x what loading it cost (FleetState.cold_start)
+    cold_s: float = 0.0
+    total_s: float = 0.0  # wait + service + movement + cold start (by __post_init__)
 
     def __post_init__(self) -> None:
-        self.total_s = self.wait_s + self.service_s + self.move_s
+        self.total_s = self.wait_s + self.service_s + self.move_s + self.cold_s
 
     def brief(self) -> dict[str, Any]:
         """JSON-safe figures for the trace (an infinite wait becomes null)."""
@@ -113,6 +116,7 @@ class Estimate:
             "source": self.source,
             "live": self.live,
             **({"occupancy": self.occupancy} if self.occupancy > 1 else {}),
+            **({"cold_s": round(self.cold_s, 4)} if self.cold_s > 0 else {}),
         }
 
 
@@ -162,6 +166,7 @@ class _Model:
     workers: int = 0
     batches: bool = False  # the class's slots share one process per worker
     batch: dict[str, float] | None = None  # the profile's speedup at k steps at once
+    cold_s: float = 0.0  # the expected model load (FleetState.cold_start: share x cost)
 
 
 def _models(state: FleetState, store: ProfileStore) -> dict[Any, Any]:
@@ -201,6 +206,7 @@ def _model(op: str, cls: str, state: FleetState, store: ProfileStore, cfg: Fleet
         len(state.workers.get(cls, ())),
         spec.batches,
         profile.batch if profile is not None else None,
+        math.prod(state.cold_start(cls, op)) if cfg.count_cold_starts else 0.0,
     )
     cache[(op, cls)] = model
     return model
@@ -242,8 +248,9 @@ def _estimate(req: RouteRequest, cls: str, m: _Model, state: FleetState, now: fl
             wait = max(wait, free_at - now)
     size = req.size
     move = (size / m.bytes_per_s if size else 0.0) + m.move_latency_s
-    cost = m.price_per_s * service / occupancy  # the process's time is shared by the batch
-    return Estimate(cls, m.slots > 0, wait, service, move, cost, m.source, occupancy)
+    # the process's time is shared by the batch; a model load is the process's time too
+    cost = m.price_per_s * (service / occupancy + m.cold_s)
+    return Estimate(cls, m.slots > 0, wait, service, move, cost, m.source, occupancy, m.cold_s)
 
 
 class RoutingPolicy(Protocol):
@@ -388,7 +395,13 @@ class LeastLatencyPolicy(_Estimating):
             return routed(cfg, self.name, on_plan.cls, why, estimates=shown)
         best = min(live, key=lambda e: e.total_s)  # ties: the earlier (more preferred) class
         why = f"least expected completion {best.total_s:.3f}s ({best.source} service time)"
-        return routed(cfg, self.name, best.cls, why, estimates=shown)
+        return routed(cfg, self.name, best.cls, why + _cold_note(live), estimates=shown)
+
+
+def _cold_note(live: list[Estimate]) -> str:
+    """The model loads counted in the estimates, for the reason: "" when none."""
+    cold = [f"{e.cls} +{e.cold_s:.2f}s" for e in live if e.cold_s > 0]
+    return f"; model load counted: {', '.join(cold)}" if cold else ""
 
 
 def _cost(est: Estimate) -> float:
@@ -415,7 +428,7 @@ class CostSlaPolicy(_Estimating):
         if fits:
             cheapest = min(fits, key=_cost)  # ties: the earlier (more preferred) class
             kind = "planned" if planned is not None else "step"
-            why = f"cheapest class within the {kind} budget {budget:.3f}s"
+            why = f"cheapest class within the {kind} budget {budget:.3f}s" + _cold_note(live)
             return routed(cfg, self.name, cheapest.cls, why, estimates=shown)
         fastest = min(live, key=lambda e: e.total_s)
         why = f"spill: no class fits the step budget {budget:.3f}s; fastest instead"

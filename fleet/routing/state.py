@@ -35,6 +35,14 @@ class WorkerInfo:
     pid: int
     last_seen: float
     busy: int = 0  # tasks executing or reserved (prefetched, not yet acknowledged)
+    # model ops its processes hold (op -> processes) and what loading each cost (op -> s)
+    warm: dict[str, int] = field(default_factory=dict)
+    cold: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def processes(self) -> int:
+        """Processes that run its steps: a prefork pool's children, else the one process."""
+        return self.concurrency if self.pool == "prefork" else 1
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,23 @@ class FleetState:
 
     def busy(self, cls: str) -> int:
         return self._busy.get(cls, 0)
+
+    def cold_start(self, cls: str, op: str) -> tuple[float, float]:
+        """(the share of ``cls``'s processes that do not hold ``op``'s model yet, what
+        loading it costs): measured on this class's workers, else on any class's; (0, 0)
+        while nobody has loaded it (nothing known to charge)."""
+        workers = self.workers.get(cls, [])
+        procs = sum(w.processes for w in workers)
+        warm = sum(min(w.warm.get(op, 0), w.processes) for w in workers)
+        # 0 is a process that had it before its first step (preloaded): no measurement
+        costs = [w.cold[op] for w in workers if w.cold.get(op, 0.0) > 0]
+        if not costs:
+            costs = [
+                c for ws in self.workers.values() for w in ws if (c := w.cold.get(op, 0.0)) > 0
+            ]
+        if not procs or not costs:
+            return 0.0, 0.0
+        return 1.0 - warm / procs, max(costs)
 
     def backlog(self, cls: str) -> int:
         """Steps ahead of a new one on this class: queued, reserved and running."""
@@ -128,6 +153,8 @@ def _worker(hostname: str, raw: str | None) -> WorkerInfo:
         pid=int(data.get("pid", 0)),
         last_seen=float(data.get("last_seen", 0.0)),
         busy=int(data.get("busy", 0)),
+        warm={str(k): int(v) for k, v in (data.get("warm") or {}).items()},
+        cold={str(k): float(v) for k, v in (data.get("cold") or {}).items()},
     )
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class StepContext:
     path: str  # node path: "tools#2/lookup", "summaries[3]"
     attempt: int  # 0 for the first, 1 for the first retry, ...
     deadline: float | None = None  # wall-clock time (time.time()) the step must end by
+    # seconds this step spent loading models into its process (note_load): a cold start
+    loads: list[float] = field(default_factory=list, compare=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -54,6 +56,15 @@ def time_left(seconds: float) -> float:
     step): an op's own timeout must not outlive the step it runs for. 0: no time left."""
     step = _CURRENT.get()
     return seconds if step is None else step.cap(seconds)
+
+
+def note_load(seconds: float) -> None:
+    """Say that the current step spent ``seconds`` loading a model into this process (the
+    worker reports it as the step's cold start, and routing counts it where a class's
+    processes do not hold the model yet). Outside a step: nothing."""
+    step = _CURRENT.get()
+    if step is not None:
+        step.loads.append(seconds)
 
 
 @contextmanager

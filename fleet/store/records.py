@@ -33,6 +33,8 @@ class TraceEntry:
     # Steps its worker process ran at once while it ran, itself included (a batching class
     # runs several in one batch; the mean of what it saw at start and end)
     occupancy: int = 1
+    # seconds of run_s spent loading models into the process (a cold start), when any
+    cold_s: float | None = None
 
     @property
     def wait_s(self) -> float | None:
@@ -62,6 +64,7 @@ class TraceEntry:
             "rss_mb": self.rss_mb,
             "cpu_s": self.cpu_s,
             "occupancy": self.occupancy,
+            "cold_s": self.cold_s,
         }
 
     @classmethod
@@ -83,6 +86,7 @@ class TraceEntry:
             rss_mb=d.get("rss_mb"),
             cpu_s=d.get("cpu_s"),
             occupancy=int(d.get("occupancy") or 1),
+            cold_s=d.get("cold_s"),
         )
 
 

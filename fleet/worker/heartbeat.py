@@ -13,12 +13,12 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import bootsteps
 
-from fleet.constants import TASK_PREFIX, THREADS_ENV
+from fleet.constants import TASK_PREFIX, THREADS_ENV, WARM_KEY
 from fleet.routing.state import beat, forget
 from fleet.worker.orphans import check as check_orphans
 from fleet.worker.sweeper import sweep, take_turn
@@ -38,6 +38,8 @@ class Heartbeat(bootsteps.StartStopStep):
         self.grace_s = 0.0
         self.next_sweep = 0.0
         self.orphans: threading.Thread | None = None
+        self.pool: Any = None
+        self.warm_key = ""
 
     def start(self, consumer: Any) -> None:
         worker = consumer.controller
@@ -61,6 +63,9 @@ class Heartbeat(bootsteps.StartStopStep):
             ),
         }
         self.app = consumer.app
+        self.pool = worker.pool
+        self.warm_key = WARM_KEY.format(worker=worker.hostname)
+        self.client.delete(self.warm_key)  # a new worker: its processes hold no model yet
         # A message a live worker took is in its next heartbeat; older ones nobody announced
         # are stranded (its worker died, or forgot them in a broker restart).
         self.grace_s = cfg.worker_ttl + 2 * cfg.heartbeat_interval
@@ -94,6 +99,7 @@ class Heartbeat(bootsteps.StartStopStep):
             "steps": _steps(taken + waiting),
         }
         try:
+            details.update(self._warmth())
             beat(self.client, hostname, self.classes, details, ttl)
             if time.monotonic() >= self.next_sweep:
                 self.next_sweep = time.monotonic() + self.grace_s
@@ -104,6 +110,23 @@ class Heartbeat(bootsteps.StartStopStep):
             log.warning("heartbeat failed: %s", exc)
         except Exception as exc:  # the sweep must never take the worker down
             log.exception("sweeper failed: %s", exc)
+
+    def _warmth(self) -> dict[str, Any]:
+        """Which model ops this worker's processes hold ("warm": op -> processes) and what
+        loading each cost ("cold": op -> seconds), from what its processes announced
+        (fleet.worker.tasks.announce_warm); processes that have gone do not count."""
+        assert self.client is not None
+        announced = cast(dict[str, str], self.client.hgetall(self.warm_key))
+        info = getattr(self.pool, "info", None)
+        alive = info.get("processes") if isinstance(info, dict) else None
+        warm: dict[str, int] = {}
+        cold: dict[str, float] = {}
+        for field, seconds in announced.items():
+            pid, _, op = field.partition("|")
+            if alive is None or int(pid) in alive:
+                warm[op] = warm.get(op, 0) + 1
+            cold[op] = max(cold.get(op, 0.0), float(seconds))
+        return {"warm": warm, "cold": cold}
 
     def _look_for_orphans(self, ttl: float) -> None:
         """The orphan check reads whole queues: in a thread of its own, one at a time, so

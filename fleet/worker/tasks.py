@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import threading
 import time
@@ -19,7 +20,14 @@ from celery.exceptions import Ignore, WorkerLostError
 from celery.worker.request import Request
 
 from fleet.config import FleetConfig
-from fleet.constants import PING_TASK, ROUTE_HEADER, RUN_KEY, SENT_AT_HEADER, STEP_TASK
+from fleet.constants import (
+    PING_TASK,
+    ROUTE_HEADER,
+    RUN_KEY,
+    SENT_AT_HEADER,
+    STEP_TASK,
+    WARM_KEY,
+)
 from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import StepCall
 from fleet.errors import StepFailed, UnknownOpError
@@ -113,6 +121,7 @@ class _Trace:
         # share of the process's CPU time, not its own (idle, waiting) thread's.
         self.shared = spec is not None and spec.batches
         self.occupancy = 1
+        self.cold_s: float | None = None  # model loads this step waited for
         self.base = {
             "node": call["path"],
             "op": call["op"],
@@ -139,6 +148,7 @@ class _Trace:
             rss_mb=round(rss_kib / 1024.0, 1),
             cpu_s=round(cpu, 6),
             occupancy=self.occupancy,
+            cold_s=self.cold_s,
         )
 
 
@@ -241,6 +251,7 @@ def execute(
         trace.occupancy = max(1, round((at_start + RUNNING.leave()) / 2))
         _failed(task, store, op, call, run, trace, exc)
     trace.occupancy = max(1, round((at_start + RUNNING.leave()) / 2))
+    trace.cold_s = round(sum(here.loads), 4) if here.loads else None
     entry = trace.entry("succeeded")
     units = op.units_of(call["args"])
     status, state = store.record_step(
@@ -378,7 +389,25 @@ def observe(
     occupancy = entry.occupancy if spec is not None and spec.batches else 1
     turns = call["kind"] == "model"
     predicted = profile.predict(units, occupancy, turns) if profile is not None else None
-    OnlineStats.queue(pipe, call["op"], entry.cls, entry.run_s, predicted)
+    # a cold start's model load is not the op's service time: routing counts it apart
+    warm_s = max(0.0, entry.run_s - (entry.cold_s or 0.0))
+    OnlineStats.queue(pipe, call["op"], entry.cls, warm_s, predicted)
+    if turns and entry.worker:
+        announce_warm(pipe, entry.worker, call["op"], entry.cold_s or 0.0, cfg.run_ttl)
+
+
+_WARM: set[str] = set()  # the model ops this process has run (announced once each)
+
+
+def announce_warm(pipe: Any, worker: str, op: str, cold_s: float, ttl: int) -> None:
+    """This process holds ``op``'s model now: its worker's heartbeat tells the routers, with
+    what loading it cost (a class whose processes do not hold it yet pays that again)."""
+    if op in _WARM:
+        return
+    _WARM.add(op)
+    key = WARM_KEY.format(worker=worker)
+    pipe.hset(key, f"{os.getpid()}|{op}", round(cold_s, 4))
+    pipe.expire(key, ttl)
 
 
 @app.task(name=PING_TASK)
