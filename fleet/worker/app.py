@@ -42,7 +42,8 @@ class FleetAMQP(AMQP):
 
     def as_task_v2(self, task_id: str, name: str, *args: Any, **kwargs: Any) -> Any:
         message = super().as_task_v2(task_id, name, *args, **kwargs)
-        shadow = kwargs.get("shadow")
+        # Celery passes shadow by position or by name: read it from the message it made
+        shadow = message.headers.get("shadow")
         if shadow and message.sent_event is not None:
             message.sent_event["name"] = shadow
         return message

@@ -102,6 +102,27 @@ def test_submit_prints_result_and_trace(local_fleet: LocalFleet) -> None:
     assert any(line.startswith("why clean -> cpu:") for line in lines), narrow.stdout
 
 
+def test_submit_takes_inputs_from_a_file_and_a_policy_and_sla_per_run(
+    local_fleet: LocalFleet, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps({"ticket": "My order is late, please cancel"}))
+    args = ["submit", "fleet/examples/triage.yaml", "--inputs-json", str(inputs), "--json"]
+    res = fleet(*args, "--policy", "cost-sla", "--sla", "20")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["outputs"]["urgent"] is True  # the file's ticket
+    routed = [e["route"] for e in doc["trace"] if e["route"]]
+    assert routed and {r["policy"] for r in routed} == {"cost-sla"}
+    # each step's budget is a share of this run's 20 s, not of default_sla_s (30 s)
+    budgets = [r["estimates"]["budget_s"] for r in routed if "budget_s" in r["estimates"]]
+    assert budgets and max(budgets) <= 20.0 and min(budgets) > 0
+    other = json.loads(fleet(*args, "--policy", "least-latency").stdout)
+    assert {e["route"]["policy"] for e in other["trace"] if e["route"]} == {"least-latency"}
+    bad = fleet("submit", "fleet/examples/triage.yaml", "--inputs-json", str(tmp_path / "no"))
+    assert bad.returncode == 2 and "no" in bad.stderr
+
+
 def test_submit_failing_workflow_exits_1_naming_node(
     tmp_path: Path, local_fleet: LocalFleet
 ) -> None:

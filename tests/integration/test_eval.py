@@ -44,6 +44,9 @@ def test_quick_eval_reports_every_stage_and_the_agent_answers_right(tmp_path: Pa
     assert doc["tool_decision_accuracy"] >= 0.9 and doc["wer"] <= 0.2, doc
     assert doc["tool_rounds_per_order_question"] <= 1.1
     # every order question's answer states the status the order system returned
-    for v in doc["verdicts"]:
-        if v["kind"] == "order" and v["order_ok"]:
-            assert v["answer_ok"] and not v["contradictions"], v
+    orders = [v for v in doc["verdicts"] if v["kind"] == "order"]
+    checked = [v for v in orders if v["order_ok"]]
+    # the loop below must check something: most order questions found their order
+    assert orders and len(checked) >= 0.75 * len(orders), orders
+    for v in checked:
+        assert v["answer_ok"] and not v["contradictions"], v

@@ -12,6 +12,31 @@ def test_a_shadowed_step_is_named_in_its_sent_event_too() -> None:
         "t1", "fleet.step", kwargs={}, shadow="wf:node [text.upper]", create_sent_event=True
     )
     assert message.sent_event["name"] == "wf:node [text.upper]"
+    # as Celery's send_task calls it: every argument up to shadow by position
+    sent = app.amqp.create_task_message(
+        "t0",
+        "fleet.step",
+        (),
+        {},
+        None,
+        None,
+        None,
+        None,
+        None,
+        0,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        True,
+        None,
+        None,
+        "wf:node [text.upper]",
+        None,
+    )
+    assert sent.sent_event["name"] == "wf:node [text.upper]"
     assert message.headers["task"] == "fleet.step"  # the worker still runs fleet.step
     plain = app.amqp.as_task_v2("t2", "fleet.ping", kwargs={}, create_sent_event=True)
     assert plain.sent_event["name"] == "fleet.ping"
