@@ -45,8 +45,8 @@ CELERY_START_KEY = "fleet:celery-start:{task_id}"
 SPEC_KEY = "fleet:spec:{digest}"  # a workflow spec (JSON), content-addressed
 WORKERS_KEY = "fleet:workers:{cls}"  # sorted set: live workers of a class by heartbeat time
 WORKER_INFO_KEY = "fleet:worker-info"  # hash: worker -> JSON (class, slots, busy, pid)
-# hash per worker: "pid|op" -> seconds that process's first step of op spent loading its
-# model (0: none); written by the pool processes, read by the worker's heartbeat
+# hash per worker: "pid|op" -> seconds that process's first step of a model op took (its
+# model load, imports, caches); written by the pool processes, read by the heartbeat
 WARM_KEY = "fleet:warm:{worker}"
 ONLINE_PROFILE_KEY = "fleet:profile:online"  # hash: op|class -> moving averages
 # hash of cumulative per-workflow counters, written once per run as it ends (see runs._END):

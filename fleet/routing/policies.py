@@ -97,8 +97,8 @@ class Estimate:
     cost: float
     source: str  # where service_s came from: profile, online, default
     occupancy: int = 1  # steps sharing the process the step would join, itself included
-    # the model load it may wait for: the share of the class's processes that do not hold
-    # the op's model yet x what loading it cost (FleetState.cold_start)
+    # the cold start it may wait for: the share of the class's processes that have not run
+    # the op yet x what a first step takes beyond the service time (FleetState.cold_start)
     cold_s: float = 0.0
     total_s: float = 0.0  # wait + service + movement + cold start (by __post_init__)
 
@@ -166,7 +166,8 @@ class _Model:
     workers: int = 0
     batches: bool = False  # the class's slots share one process per worker
     batch: dict[str, float] | None = None  # the profile's speedup at k steps at once
-    cold_s: float = 0.0  # the expected model load (FleetState.cold_start: share x cost)
+    cold_share: float = 0.0  # of the class's processes, those that have not run the op
+    first_s: float = 0.0  # how long a process's first step of the op took
 
 
 def _models(state: FleetState, store: ProfileStore) -> dict[Any, Any]:
@@ -206,7 +207,7 @@ def _model(op: str, cls: str, state: FleetState, store: ProfileStore, cfg: Fleet
         len(state.workers.get(cls, ())),
         spec.batches,
         profile.batch if profile is not None else None,
-        math.prod(state.cold_start(cls, op)) if cfg.count_cold_starts else 0.0,
+        *(state.cold_start(cls, op) if cfg.count_cold_starts else (0.0, 0.0)),
     )
     cache[(op, cls)] = model
     return model
@@ -248,9 +249,11 @@ def _estimate(req: RouteRequest, cls: str, m: _Model, state: FleetState, now: fl
             wait = max(wait, free_at - now)
     size = req.size
     move = (size / m.bytes_per_s if size else 0.0) + m.move_latency_s
-    # the process's time is shared by the batch; a model load is the process's time too
-    cost = m.price_per_s * (service / occupancy + m.cold_s)
-    return Estimate(cls, m.slots > 0, wait, service, move, cost, m.source, occupancy, m.cold_s)
+    # a first step in a process takes first_s: what it takes beyond the service time
+    cold = m.cold_share * max(0.0, m.first_s - service) if m.cold_share else 0.0
+    # the process's time is shared by the batch; a cold start is the process's time too
+    cost = m.price_per_s * (service / occupancy + cold)
+    return Estimate(cls, m.slots > 0, wait, service, move, cost, m.source, occupancy, cold)
 
 
 class RoutingPolicy(Protocol):
@@ -399,9 +402,9 @@ class LeastLatencyPolicy(_Estimating):
 
 
 def _cold_note(live: list[Estimate]) -> str:
-    """The model loads counted in the estimates, for the reason: "" when none."""
+    """The cold starts counted in the estimates, for the reason: "" when none."""
     cold = [f"{e.cls} +{e.cold_s:.2f}s" for e in live if e.cold_s > 0]
-    return f"; model load counted: {', '.join(cold)}" if cold else ""
+    return f"; cold start counted: {', '.join(cold)}" if cold else ""
 
 
 def _cost(est: Estimate) -> float:

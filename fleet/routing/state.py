@@ -35,7 +35,8 @@ class WorkerInfo:
     pid: int
     last_seen: float
     busy: int = 0  # tasks executing or reserved (prefetched, not yet acknowledged)
-    # model ops its processes hold (op -> processes) and what loading each cost (op -> s)
+    # model ops its processes hold (op -> processes) and how long a process's first step of
+    # each took (op -> s: the model load, imports and caches on top of the service time)
     warm: dict[str, int] = field(default_factory=dict)
     cold: dict[str, float] = field(default_factory=dict)
 
@@ -78,13 +79,12 @@ class FleetState:
         return self._busy.get(cls, 0)
 
     def cold_start(self, cls: str, op: str) -> tuple[float, float]:
-        """(the share of ``cls``'s processes that do not hold ``op``'s model yet, what
-        loading it costs): measured on this class's workers, else on any class's; (0, 0)
-        while nobody has loaded it (nothing known to charge)."""
+        """(the share of ``cls``'s processes that have not run ``op`` yet, how long a
+        process's first step of it took): measured on this class's workers, else on any
+        class's; (0, 0) while no process has run it (nothing known to charge)."""
         workers = self.workers.get(cls, [])
         procs = sum(w.processes for w in workers)
         warm = sum(min(w.warm.get(op, 0), w.processes) for w in workers)
-        # 0 is a process that had it before its first step (preloaded): no measurement
         costs = [w.cold[op] for w in workers if w.cold.get(op, 0.0) > 0]
         if not costs:
             costs = [

@@ -112,9 +112,10 @@ class Heartbeat(bootsteps.StartStopStep):
             log.exception("sweeper failed: %s", exc)
 
     def _warmth(self) -> dict[str, Any]:
-        """Which model ops this worker's processes hold ("warm": op -> processes) and what
-        loading each cost ("cold": op -> seconds), from what its processes announced
-        (fleet.worker.tasks.announce_warm); processes that have gone do not count."""
+        """Which model ops this worker's processes hold ("warm": op -> processes) and how
+        long a process's first step of each took ("cold": op -> seconds, the longest), from
+        what its processes announced (fleet.worker.tasks.announce_warm); processes that have
+        gone do not count as warm."""
         assert self.client is not None
         announced = cast(dict[str, str], self.client.hgetall(self.warm_key))
         info = getattr(self.pool, "info", None)

@@ -389,24 +389,24 @@ def observe(
     occupancy = entry.occupancy if spec is not None and spec.batches else 1
     turns = call["kind"] == "model"
     predicted = profile.predict(units, occupancy, turns) if profile is not None else None
-    # a cold start's model load is not the op's service time: routing counts it apart
-    warm_s = max(0.0, entry.run_s - (entry.cold_s or 0.0))
-    OnlineStats.queue(pipe, call["op"], entry.cls, warm_s, predicted)
-    if turns and entry.worker:
-        announce_warm(pipe, entry.worker, call["op"], entry.cold_s or 0.0, cfg.run_ttl)
+    if turns and entry.worker and call["op"] not in _WARM:
+        # A model op's first step in this process paid for its model, its imports, its
+        # caches: not service time. Routing counts it apart, where a process has not run it.
+        announce_warm(pipe, entry.worker, call["op"], entry.run_s, cfg.run_ttl)
+        return
+    OnlineStats.queue(pipe, call["op"], entry.cls, entry.run_s, predicted)
 
 
 _WARM: set[str] = set()  # the model ops this process has run (announced once each)
 
 
-def announce_warm(pipe: Any, worker: str, op: str, cold_s: float, ttl: int) -> None:
-    """This process holds ``op``'s model now: its worker's heartbeat tells the routers, with
-    what loading it cost (a class whose processes do not hold it yet pays that again)."""
-    if op in _WARM:
-        return
+def announce_warm(pipe: Any, worker: str, op: str, first_s: float, ttl: int) -> None:
+    """This process has run ``op`` (it holds its model now): its worker's heartbeat tells the
+    routers, with how long that first step took (``first_s``; a process that has not run the
+    op would take about as long again)."""
     _WARM.add(op)
     key = WARM_KEY.format(worker=worker)
-    pipe.hset(key, f"{os.getpid()}|{op}", round(cold_s, 4))
+    pipe.hset(key, f"{os.getpid()}|{op}", round(first_s, 4))
     pipe.expire(key, ttl)
 
 
