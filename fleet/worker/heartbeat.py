@@ -99,7 +99,8 @@ class Heartbeat(bootsteps.StartStopStep):
             "steps": _steps(taken + waiting),
         }
         try:
-            details.update(self._warmth())
+            with contextlib.suppress(ValueError, TypeError):  # the beat goes out regardless
+                details.update(self._warmth())
             beat(self.client, hostname, self.classes, details, ttl)
             if time.monotonic() >= self.next_sweep:
                 self.next_sweep = time.monotonic() + self.grace_s
