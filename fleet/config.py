@@ -195,8 +195,8 @@ class FleetConfig(BaseModel):
     default_sla_s: float = Field(default=30.0, gt=0)
     # Service time assumed for an op with neither a profile nor online observations.
     default_service_s: float = Field(default=0.5, gt=0)
-    # Estimates count the model load a step would wait for on a class whose processes do
-    # not hold its op's model yet (docs/routing.md, "Cold starts"); off: service time only.
+    # Estimates count the cold start a step would wait for on a class whose processes have
+    # not run its model op yet (docs/routing.md, "Cold starts"); off: service time only.
     count_cold_starts: bool = True
     # State older than this (the backend unreachable) makes policies fall back to static.
     stale_after_s: float = Field(default=15.0, gt=0)

@@ -261,8 +261,9 @@ class LocalFleet:
             return False
         if not self.flower_auth:
             kept = self.workdir / FLOWER_AUTH_FILE
-            if kept.is_file() and ":" in kept.read_text().strip():
-                self.flower_auth = kept.read_text().strip()
+            found = kept.read_text().strip() if kept.is_file() else ""
+            if ":" in found:
+                self.flower_auth = found
             else:
                 self.flower_auth = f"fleet:{secrets.token_urlsafe(12)}"
                 kept.touch(mode=0o600)

@@ -12,7 +12,7 @@ from typing import Any
 
 from fleet.errors import ConfigError
 from fleet.paths import DATA
-from fleet.routing.profiles import ProfileStore, batch_speedup
+from fleet.routing.profiles import ProfileStore, shared_time
 
 CATALOGUE = DATA / "catalogue.toml"
 PROFILE_SETS = {"default": DATA / "profiles.json", "h100": DATA / "profiles-h100.json"}
@@ -35,9 +35,9 @@ class LatencyModel:
     def at_batch(self, units: float, slots: int) -> float:
         """A step's time with ``slots`` steps sharing its process: they share its
         throughput, so each takes slots / speedup(slots) as long as alone."""
-        if not self.batch or slots <= 1:
+        if not self.batch:
             return self.time(units)
-        return self.time(units) * slots / batch_speedup(self.batch, slots)
+        return shared_time(self.time(units), self.batch, slots)
 
 
 @dataclass(frozen=True)

@@ -56,18 +56,17 @@ class SimModel:
 
 def simulated_config(classes: dict[str, SimClass], policy: str = "least-latency") -> FleetConfig:
     """The configuration the live fleet would have: one class per device, its price."""
-    specs = {
-        j: ClassSpec(
+    specs = {}
+    for j, c in classes.items():
+        slots = max(1, c.servers // max(1, c.workers))
+        specs[j] = ClassSpec(
             name=j,
-            concurrency=max(1, c.servers // max(1, c.workers)),
+            concurrency=slots,
             # a slot's price, a batching worker's own (ClassSpec.hourly_cost)
-            price_per_hour=c.price_per_hour
-            / (1 if c.batches else max(1, c.servers // max(1, c.workers))),
+            price_per_hour=c.price_per_hour / (1 if c.batches else slots),
             network_mb_s=c.network_bytes_s / 1e6,
             **({"pool": "threads", "device": "cuda"} if c.batches else {}),
         )
-        for j, c in classes.items()
-    }
     return FleetConfig(classes=specs, control_class=next(iter(specs)), policy=policy)
 
 

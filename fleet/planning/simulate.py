@@ -29,7 +29,7 @@ from fleet.planning.catalogue import Catalogue
 from fleet.planning.simmodel import COMPUTE_DEMAND, SimModel, catalogue_model
 from fleet.planning.workload import WorkflowLoad
 from fleet.routing.policies import RouteRequest, make_policy
-from fleet.routing.profiles import batch_speedup
+from fleet.routing.profiles import shared_time
 from fleet.routing.state import FleetState, WorkerInfo
 
 ARRIVE, READY, DONE, HOST = 0, 1, 2, 3
@@ -264,7 +264,7 @@ class _Sim:
             k = -(-(self.live[j] - self.free[j]) // max(1, c.workers))
             profile = self.model.profiles.get(sh.ops[i], j)
             if k > 1 and profile is not None and profile.batch:
-                t *= k / batch_speedup(profile.batch, k)
+                t = shared_time(t, profile.batch, k)
         run[6][i] = now
         h = self.host_of[j]
         d = sh.demand[i][j]

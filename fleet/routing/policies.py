@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleet.config import FleetConfig
-from fleet.routing.profiles import ProfileStore, batch_speedup
+from fleet.routing.profiles import ProfileStore, shared_time
 from fleet.routing.state import FleetState
 
 _ENCODER = json.JSONEncoder(default=str)  # one encoder: json.dumps(default=) builds one a call
@@ -236,8 +236,7 @@ def _estimate(req: RouteRequest, cls: str, m: _Model, state: FleetState, now: fl
         # itself included, up to the worker's slots.
         occupancy = min(m.slots // m.workers, -(-(m.backlog + 1) // m.workers))
         occupancy = max(occupancy, 1)
-        speedup = batch_speedup(m.batch, occupancy, req.kind == "model")
-        service = service * occupancy / speedup
+        service = shared_time(service, m.batch, occupancy, req.kind == "model")
     if m.slots == 0:
         wait = math.inf
     else:

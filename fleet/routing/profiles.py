@@ -46,12 +46,20 @@ class OpProfile:
         """Seconds for one step while ``occupancy`` steps (itself included) share its
         process: they share its throughput, so each takes k / speedup(k) times as long."""
         alone = max(0.0, self.fixed_s + self.per_unit_s * units)
-        if occupancy <= 1:
-            return alone
-        return alone * occupancy / batch_speedup(self.batch, occupancy, takes_turns)
+        return shared_time(alone, self.batch, occupancy, takes_turns)
 
     def speedup(self, occupancy: int, takes_turns: bool = False) -> float:
         return batch_speedup(self.batch, occupancy, takes_turns)
+
+
+def shared_time(
+    alone: float, batch: dict[str, float] | None, occupancy: int, takes_turns: bool = False
+) -> float:
+    """A step's time while ``occupancy`` steps (itself included) share its process: they
+    share its throughput, so each takes k / speedup(k) as long as ``alone``."""
+    if occupancy <= 1:
+        return alone
+    return alone * occupancy / batch_speedup(batch, occupancy, takes_turns)
 
 
 def batch_speedup(
