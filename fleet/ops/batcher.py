@@ -314,7 +314,8 @@ class Batcher:
 
     def _admit(self) -> None:
         """Give waiting requests the free slots: each takes the one whose cached tokens
-        share the longest prefix with its prompt (least recently used among equals)."""
+        share the longest reusable prefix with its prompt (least recently used among
+        equals)."""
         with self.cond:
             while self.waiting:
                 request = self.waiting[0]
@@ -332,8 +333,16 @@ class Batcher:
                     request.error = exc
                     request.done.set()
                     continue
-                slot = max(free, key=lambda s: (_common_prefix(s.cached, request.tokens), -s.used))
+                slot = max(free, key=lambda s: (self._reuse(s, request), -s.used))
                 self._start(slot, request, sampler)
+
+    def _reuse(self, slot: _Slot, request: Request) -> int:
+        """Prompt tokens ``request`` would find cached in ``slot``: 0 below ``min_reuse``,
+        so a request that can reuse nothing takes the least recently used slot, not the one
+        whose cache starts with the same few words (another run's prefix, evicted for
+        nothing)."""
+        shared = _common_prefix(slot.cached, request.tokens)
+        return shared if shared >= self.min_reuse else 0
 
     def _start(self, slot: _Slot, request: Request, sampler: tuple[Any, Any]) -> None:
         """The prompt up to its last token is prefilled (in chunks); the last token goes in

