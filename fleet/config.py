@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -198,6 +199,13 @@ class FleetConfig(BaseModel):
     # Estimates count the cold start a step would wait for on a class whose processes have
     # not run its model op yet (docs/routing.md, "Cold starts"); off: service time only.
     count_cold_starts: bool = True
+    # Prefix affinity (docs/routing.md): a run's next step of an op that keeps prompt
+    # prefixes (an LLM generation) goes to the worker that ran its last one while the step would
+    # wait there for at most ``affinity_queue`` steps and its class's estimate is within
+    # ``affinity_slack_s`` of the policy's choice; else where the policy says.
+    prefix_affinity: bool = True
+    affinity_queue: int = Field(default=1, ge=0)
+    affinity_slack_s: float = Field(default=2.0, ge=0)
     # State older than this (the backend unreachable) makes policies fall back to static.
     stale_after_s: float = Field(default=15.0, gt=0)
     # Op modules to import besides the `agent_fleet.ops` entry points of installed packages
@@ -284,6 +292,10 @@ class FleetConfig(BaseModel):
             if spec.queue_name == queue:
                 return spec.name
         return None
+
+    def classes_for_queues(self, queues: Iterable[str]) -> tuple[str, ...]:
+        """The classes whose queues are among ``queues`` (a worker's), in their order."""
+        return tuple(c for q in queues if (c := self.class_for_queue(q)) is not None)
 
 
 _ENV_SCALARS = {

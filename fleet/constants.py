@@ -62,6 +62,12 @@ SWEEP_LOCK_KEY = "fleet:sweeper"  # one worker at a time restores stranded messa
 ACTIVE_RUNS_KEY = "fleet:runs:active"
 ORPHAN_SUSPECTS_KEY = "fleet:orphans:suspects"  # hash: "run|path" -> first seen nowhere
 ORPHANS_SENT_KEY = "fleet:orphans:sent"  # hash: "run|path" -> when it was sent again
+# set: workers that consume a direct queue of their own (Celery's worker_direct: prefix
+# affinity sends a run's next LLM round there); the orphan check drains a dead one's
+DIRECT_WORKERS_KEY = "fleet:workers:direct"
+# A run's field (in its step messages): op -> the worker that ran its last step of that op
+# (an op that keeps prompt prefixes, e.g. an LLM generation): where its next one should go.
+AFFINITY_FIELD = "affinity"
 BLOB_PREFIX = "fleet:blob:"  # bytes passed between steps by reference
 ARTIFACT_PREFIX = "fleet:artifact:"  # versioned named file sets (indexes): <kind>:<name>:...
 

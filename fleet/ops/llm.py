@@ -211,6 +211,7 @@ def _complete(
     unit="token",
     # `split: {prefill: CLASS, decode: CLASS}` on a node runs it as these two steps
     split=("llm.prefill", "llm.decode", "state"),
+    prefix_cache=True,  # the batch keeps each slot's tokens: a run's next round reuses them
     samples=[
         {"prompt": SAMPLE_PROMPT, "max_tokens": 4, "stop": []},
         {"prompt": SAMPLE_PROMPT, "max_tokens": 24, "stop": []},

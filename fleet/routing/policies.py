@@ -131,6 +131,8 @@ class RouteDecision:
     estimates: dict[str, Any] = field(default_factory=dict)
     fail: str | None = None  # set when the run must fail instead (no_worker = fail)
     decide_us: float | None = None  # how long the decision took (state lookup included)
+    # the one worker whose direct queue it goes to (prefix affinity), None: the class queue
+    worker: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         shown = {
@@ -145,6 +147,7 @@ class RouteDecision:
             "estimates": shown,
             "fail": self.fail,
             "decide_us": self.decide_us,
+            **({"worker": self.worker} if self.worker else {}),
         }
 
 

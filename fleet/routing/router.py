@@ -21,6 +21,7 @@ from typing import Any
 from fleet.config import FleetConfig
 from fleet.constants import NODE_TASK, STEP_TASK
 from fleet.engine.readiness import StepCall
+from fleet.routing import affinity
 from fleet.routing.policies import (
     Estimate,
     RouteDecision,
@@ -89,6 +90,8 @@ class FleetRouter:
         # last state snapshot (later snapshots count them as queued or busy): without it, a
         # burst sent within one snapshot would all pile onto the class that looked best.
         self._free_at: dict[str, list[float]] = {}
+        # Steps sent to each worker's own queue (prefix affinity) since the last snapshot.
+        self._sent_to: dict[str, int] = {}
         self._snapshot: FleetState | None = None
         self._lock = threading.Lock()
 
@@ -116,7 +119,7 @@ class FleetRouter:
             with self._lock:
                 if state is not self._snapshot:
                     # A new snapshot counts this process's earlier sends as queued or busy.
-                    self._snapshot, self._free_at = state, {}
+                    self._snapshot, self._free_at, self._sent_to = state, {}, {}
                     state.local_free_at.clear()
         return state
 
@@ -127,6 +130,8 @@ class FleetRouter:
         slots = max(1, state.slots(decision.cls))
         now = time.time()
         with self._lock:
+            if decision.worker:
+                self._sent_to[decision.worker] = self._sent_to.get(decision.worker, 0) + 1
             times = self._free_at.setdefault(decision.cls, [])
             if len(times) != slots:
                 times[:] = (times + [now] * slots)[:slots]
@@ -165,11 +170,17 @@ class FleetRouter:
         rule = kwargs.get("call", {}).get("rule")
         if rule and req.task in STEPS:  # what the policy chose among, and why only those
             decision = replace(decision, reason=f"{decision.reason}; {rule}")
+        host = affinity.holder(run, req.op) if req.task == STEP_TASK else None
+        if host:  # the worker that holds this run's prefix for the op, if it has room
+            sent = self._sent_to.get(host, 0)
+            decision = affinity.apply(req, decision, host, state, self.cfg, sent)
         if req.task in STEPS:
             self._account(decision, state)
         if decision.fail and run.get("id"):
             self._fail_run(run["id"], kwargs.get("call", {}).get("path"), decision.fail)
         _last.decision = (name, decision)
+        if decision.worker:  # that worker's own queue (Celery's worker_direct)
+            return {"queue": affinity.direct_queue(self.cfg, decision.worker)}
         return {"queue": decision.queue}
 
     def _fail_run(self, run_id: str, node: str | None, why: str) -> None:

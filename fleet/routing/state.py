@@ -18,9 +18,9 @@ from typing import Any
 import redis
 
 from fleet.config import FleetConfig
+from fleet.constants import DIRECT_WORKERS_KEY, WORKERS_KEY
 from fleet.constants import ONLINE_PROFILE_KEY as ONLINE_KEY
 from fleet.constants import WORKER_INFO_KEY as INFO_KEY
-from fleet.constants import WORKERS_KEY
 from fleet.routing.depth import DepthReader, depth_reader
 
 log = logging.getLogger("fleet.routing.state")
@@ -191,11 +191,19 @@ class CachedState:
 
 
 def beat(
-    client: redis.Redis, hostname: str, classes: list[str], details: dict[str, Any], ttl: float
+    client: redis.Redis,
+    hostname: str,
+    classes: list[str],
+    details: dict[str, Any],
+    ttl: float,
+    direct: bool = False,
 ) -> None:
-    """Announce a live worker for each of its classes (called by the worker's heartbeat)."""
+    """Announce a live worker for each of its classes (called by the worker's heartbeat);
+    ``direct``: it consumes a queue of its own too (fleet.worker.direct watches it)."""
     now = time.time()
     pipe = client.pipeline(transaction=False)
+    if direct:
+        pipe.sadd(DIRECT_WORKERS_KEY, hostname)
     for cls in classes:
         key = WORKERS_KEY.format(cls=cls)
         pipe.zadd(key, {hostname: now})

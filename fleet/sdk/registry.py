@@ -64,6 +64,9 @@ class OpSpec:
     # op, the first's output that the second takes as the input of the same name), e.g.
     # an LLM generation = its prefill, then its decode of the prefill's ``state``.
     split: tuple[str, str, str] | None = None
+    # The op keeps KV state of the prompts it ran in its worker (an LLM's batch): a
+    # run's next step of it goes back to that worker when it has room (prefix affinity).
+    prefix_cache: bool = False
 
     def units_of(self, args: dict[str, Any]) -> float:
         """The size of a call with ``args``; 1.0 when the op declares no units or they fail."""
@@ -276,6 +279,7 @@ def op(
     unit: str = "call",
     samples: Iterable[dict[str, Any]] = (),
     split: tuple[str, str, str] | None = None,
+    prefix_cache: bool = False,
     registry_: Registry | None = None,
 ) -> Callable[[F], F]:
     """Register ``func`` as op ``name``.
@@ -286,6 +290,8 @@ def op(
     ``units(args)`` measures one call's size in ``unit``s for the profiles; ``samples`` are
     representative arguments (two sizes of work) that ``fleet profile`` runs. ``split``
     says how a node may run it as two steps on two classes (see :class:`OpSpec`).
+    ``prefix_cache``: the op keeps its prompts' KV state in the worker, so a run's next
+    step of it is routed back to the worker that ran the last one (prefix affinity).
     """
     if kind not in OP_KINDS:
         raise FleetError(f"op '{name}': kind must be one of {', '.join(OP_KINDS)}, not '{kind}'")
@@ -316,6 +322,7 @@ def op(
             runtime=runtime,
             samples=tuple(samples),
             split=split,
+            prefix_cache=prefix_cache,
         )
         (registry_ or registry).add(spec)
         return func

@@ -80,6 +80,9 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
         task_routes=(FleetRouter(cfg, on_fail=_run_failer(app, cfg)),),
         task_default_queue=cfg.classes[cfg.control_class].queue_name,
         task_track_started=True,
+        # Each worker also consumes a queue of its own (<hostname>.dq2): prefix affinity
+        # sends a run's next LLM round there (fleet.routing.affinity).
+        worker_direct=True,
         task_send_sent_event=True,
         worker_send_task_events=True,
         # Model loading in worker_process_init may take longer than the 4 s default.
@@ -106,7 +109,7 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
         app.conf.broker_transport_options = {"confirm_publish": True}
     elif cfg.broker_url.startswith(AMQP_SCHEMES):
         # RabbitMQ honours message priorities only on queues declared with x-max-priority.
-        app.conf.task_queue_max_priority = 9
+        app.conf.task_queue_max_priority = 9  # affinity.direct_queue declares the same
     preset = os.environ.get(WORKER_CLASS_ENV)
     if preset and preset in cfg.classes:
         app.conf.task_acks_late = cfg.classes[preset].acks_late

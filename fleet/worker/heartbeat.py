@@ -46,7 +46,7 @@ class Heartbeat(bootsteps.StartStopStep):
         cfg = consumer.app.fleet_config
         queues = consumer.app.amqp.queues
         consumed = list((queues.consume_from or queues).keys())
-        self.classes = [c for q in consumed if (c := cfg.class_for_queue(q)) is not None]
+        self.classes = list(cfg.classes_for_queues(consumed))
         if not self.classes:
             log.warning("worker %s consumes no fleet class queue (%s)", worker.hostname, consumed)
             return
@@ -101,7 +101,8 @@ class Heartbeat(bootsteps.StartStopStep):
         try:
             with contextlib.suppress(ValueError, TypeError):  # the beat goes out regardless
                 details.update(self._warmth())
-            beat(self.client, hostname, self.classes, details, ttl)
+            direct = bool(self.app.conf.worker_direct)
+            beat(self.client, hostname, self.classes, details, ttl, direct=direct)
             if time.monotonic() >= self.next_sweep:
                 self.next_sweep = time.monotonic() + self.grace_s
                 if take_turn(self.client, self.grace_s):

@@ -6,14 +6,16 @@ will send it, and its run waits forever. The sweeper puts back what sits unacked
 holder; this puts back what is *nowhere*. For each running engine run older than
 ``orphan_after_s`` (30 s: runs that young are almost never stuck, and the check reads whole
 queues), the steps its state makes ready are looked for in every class queue, in the unacked
-hash and in what live workers announce they hold. One that is in none of them twice in a row,
-a grace period apart, is an orphan: it is sent again -- once per step (a second loss of the
-same step is left to the run's deadline). A step whose outputs are recorded is never ready,
-so nothing that ran is sent again; and a re-sent step that finds its outputs recorded (the
-lost message came back after all) does not run its op (see ``_check_begin``).
+hash, in live workers' own queues and in what live workers announce they hold. One that
+is in none of them twice in a row, a grace period apart, is an orphan: it is sent again --
+once per step (a second loss of the same step is left to the run's deadline). A step whose
+outputs are recorded is never ready, so nothing that ran is sent again; and a re-sent step
+that finds its outputs recorded (the lost message came back after all) does not run its op
+(see ``_check_begin``).
 
 Only a Redis broker can be looked into this way; a RabbitMQ broker takes and records in one
-step, so nothing is lost there between the two.
+step, so nothing is lost there between the two. On both, the check first routes again the
+steps that wait in a gone worker's own queue (fleet.worker.direct).
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from fleet.constants import (
 from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import decide
 from fleet.errors import FleetError
+from fleet.routing.affinity import DIRECT_QUEUE
 from fleet.routing.depth import AMQP_SCHEMES
 from fleet.sdk.registry import registry
 from fleet.store.runs import RunStore
+from fleet.worker.direct import drain_gone
 from fleet.worker.replies import replier
 
 log = logging.getLogger("fleet.orphans")
@@ -82,14 +86,19 @@ def _step(raw: Any, unacked: bool = False) -> Step | None:
         return None
 
 
-def held_steps(client: redis.Redis, now: float, worker_ttl: float) -> set[Step]:
-    """Steps live workers announce they hold (received, running, or waiting for an ETA)."""
-    held: set[Step] = set()
-    for raw in client.hvals(WORKER_INFO_KEY):
+def live_workers(client: redis.Redis, now: float, worker_ttl: float) -> dict[str, Any]:
+    """What each live worker last announced (hostname -> its heartbeat's details)."""
+    found = {}
+    for host, raw in client.hgetall(WORKER_INFO_KEY).items():
         info = json.loads(raw)
         if now - float(info.get("last_seen", 0)) <= worker_ttl:
-            held.update((str(r), str(p)) for r, p in info.get("steps", ()))
-    return held
+            found[str(host)] = info
+    return found
+
+
+def held_steps(live: dict[str, Any]) -> set[Step]:
+    """Steps live workers announce they hold (received, running, or waiting for an ETA)."""
+    return {(str(r), str(p)) for info in live.values() for r, p in info.get("steps", ())}
 
 
 _ENGINES: dict[int, Dispatcher] = {}
@@ -106,23 +115,27 @@ def _engine(app: Celery) -> Dispatcher:
 
 
 def check(app: Celery, client: redis.Redis, worker_ttl: float, grace_s: float) -> int:
-    """Look for orphans once (the caller holds the sweep lock); returns how many were sent."""
-    if app.fleet_config.broker_url.startswith(AMQP_SCHEMES):
-        return 0
+    """Look for orphans once (the caller holds the sweep lock); returns how many were sent.
+    First the steps waiting for a gone worker in its own queue are routed again."""
     engine = _engine(app)
     cfg = engine.cfg
     now = time.time()
+    live = live_workers(client, now, worker_ttl)
+    moved = drain_gone(app, client, engine, set(live))
+    if cfg.broker_url.startswith(AMQP_SCHEMES):
+        return moved
     older = max(grace_s, app.fleet_config.orphan_after_s)
     runs = [str(r) for r in client.zrangebyscore(ACTIVE_RUNS_KEY, "-inf", now - older)]
     if not runs:
-        return 0
+        return moved
     queues = [spec.queue_name for spec in cfg.classes.values()]
+    queues += [DIRECT_QUEUE.format(worker=host) for host in live]
     with app.connection_for_write() as conn:
         qos = conn.default_channel.qos
         with conn.default_channel.conn_or_acquire() as broker:
             seen = in_flight(broker, queues, qos.unacked_key)
-    seen |= held_steps(client, now, worker_ttl)
-    sent = 0
+    seen |= held_steps(live)
+    sent = moved
     for run_id in runs:
         sent += _check_run(engine, client, run_id, seen, now, grace_s)
     return sent

@@ -31,6 +31,8 @@ from fleet.constants import (
 from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import StepCall
 from fleet.errors import StepFailed, UnknownOpError
+from fleet.routing import affinity
+from fleet.routing.affinity import DIRECT_QUEUE
 from fleet.routing.profiles import OnlineStats, current_store
 from fleet.sdk.process import run_within
 from fleet.sdk.registry import OpSpec, registry
@@ -116,6 +118,14 @@ class _Trace:
         req = task.request
         self.queue = (req.delivery_info or {}).get("routing_key")
         self.cls = fleet_config(task.app).class_for_queue(self.queue or "")
+        own = DIRECT_QUEUE.format(worker=req.hostname)  # sent to it by name (anon exchange)
+        if self.cls is None and self.queue in (own, req.hostname):
+            # its own queue (prefix affinity): the class routed for, if this worker serves it
+            routed = (getattr(req, ROUTE_HEADER, None) or {}).get("cls")
+            queues = task.app.amqp.queues
+            served = fleet_config(task.app).classes_for_queues(queues.consume_from or queues)
+            self.cls = routed if routed in served else None
+            self.queue = own
         spec = fleet_config(task.app).classes.get(self.cls or "")
         # A batching class's steps share the process's native threads: each is charged its
         # share of the process's CPU time, not its own (idle, waiting) thread's.
@@ -216,6 +226,8 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         _check_begin(self, engine, call, run)
     status, state, _ = execute(self, engine, call, run)
     if status == "running" and state is not None:
+        if registry.get(call["op"]).prefix_cache and self.request.hostname:
+            run = affinity.remember(run, call["op"], self.request.hostname)  # its next round
         engine.advance(run, state, owner=self.request.id or call["path"])
     return {"node": call["path"]}
 
