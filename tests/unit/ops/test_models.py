@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fleet.errors import FleetError
 from fleet.ops import models
 from fleet.sdk.registry import registry
@@ -28,3 +30,19 @@ def test_unknown_models_are_named() -> None:
 
 def test_model_loaders_register_their_preloaders() -> None:
     assert {"llm", "embed", "stt"} <= set(registry.preloaders())
+
+
+def test_weights_load_without_extra_buffer_types_on_an_amx_cpu() -> None:
+    """On a CPU with AMX, llama.cpp's AMX weight buffers crash Gemma 3's first decode: the
+    loader turns extra buffer types off while Llama() reads its defaults, and only then."""
+    import llama_cpp.llama_cpp as lib
+
+    assert lib.llama_model_default_params().use_extra_bufts  # llama.cpp's own default
+    with models._plain_weight_buffers(True):
+        assert not lib.llama_model_default_params().use_extra_bufts
+    assert lib.llama_model_default_params().use_extra_bufts  # restored
+    with models._plain_weight_buffers(False):
+        assert lib.llama_model_default_params().use_extra_bufts
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    flags = next((ln for ln in lines if ln.startswith("flags")), "")
+    assert models._has_amx() == (" amx_tile" in flags)
