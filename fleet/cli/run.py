@@ -27,7 +27,7 @@ from fleet.cli.common import (
     print_outcome,
     save_outputs,
 )
-from fleet.config import FleetConfig, redact
+from fleet.config import ClassSpec, FleetConfig, redact
 from fleet.errors import FleetError, WorkflowValidationError
 
 
@@ -131,6 +131,20 @@ def up(
     console.print("stopped.")
 
 
+def _check_device(spec: ClassSpec, gpu: int) -> None:
+    """``--device N`` names a GPU this host has, for a class that binds to one: else exit 2
+    (a "gpu" worker on the CPU would share the gpu queue, silently slow)."""
+    from fleet.sdk.devices import detect_gpus
+
+    if spec.device != "cuda":
+        fail(f"--device {gpu}: class '{spec.name}' binds to the CPU (device = {spec.device})", 2)
+    report = detect_gpus()
+    indexes = [g.index for g in report.gpus]
+    if gpu not in indexes:
+        have = ", ".join(f"{g.index} ({g.name})" for g in report.gpus) or f"none: {report.note}"
+        fail(f"--device {gpu}: no such GPU on this host (GPUs: {have})", 2)
+
+
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("cls", metavar="CLASS")
 @click.option(
@@ -170,6 +184,7 @@ def worker(
     if cls not in cfg.classes:
         fail(f"unknown class '{cls}' (configured: {', '.join(cfg.classes)})", 2)
     if gpu is not None:
+        _check_device(cfg.classes[cls], gpu)
         # Before any CUDA library loads in the worker: it sees this GPU only, as cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
         name = name or f"{cls}-gpu{gpu}-{os.getpid()}@%h"
@@ -194,7 +209,7 @@ def worker(
         console.print(" ".join(argv), highlight=False)
         console.print(f"device: {device}\nruntimes: {runtimes}", highlight=False)
         return
-    os.execve(argv[0], argv, worker_env(cfg, cls))
+    os.execve(argv[0], argv, worker_env(cfg, cls, concurrency=concurrency))
 
 
 @click.command()

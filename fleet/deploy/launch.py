@@ -10,6 +10,7 @@ from fleet.constants import THREADS_ENV, WORKER_CLASS_ENV
 from fleet.sdk.devices import cuda_available
 
 APP = "fleet.worker.app:app"
+CUDA_VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 
 
 def worker_argv(
@@ -73,12 +74,27 @@ def native_threads(spec: ClassSpec, cores: int, on_gpu: bool) -> int:
     return max(1, cores // max(1, spec.compute_processes))
 
 
-def worker_env(cfg: FleetConfig, cls: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a class's worker: its class, and its native thread count
-    (:func:`native_threads`) for every library that reads one."""
+def worker_env(
+    cfg: FleetConfig,
+    cls: str,
+    base: dict[str, str] | None = None,
+    concurrency: int | None = None,
+) -> dict[str, str]:
+    """Environment for a class's worker: its class; its native thread count
+    (:func:`native_threads`, for the slots it runs: ``concurrency`` when given, as
+    ``fleet worker -c`` sets it) for every library that reads one; and, for a class that
+    does not bind to a GPU, no visible GPU (``CUDA_VISIBLE_DEVICES=""``): a CUDA build of
+    llama.cpp would otherwise open every GPU and offload large prefills even with no layer
+    on it, and torch beside it in the process can crash."""
     env = dict(os.environ if base is None else base)
     env[WORKER_CLASS_ENV] = cls
-    threads = native_threads(cfg.classes[cls], os.cpu_count() or 1, cuda_available())
+    spec = cfg.classes[cls]
+    if concurrency is not None:
+        spec = spec.model_copy(update={"concurrency": concurrency})
+    on_gpu = spec.device == "cuda" and cuda_available()
+    threads = native_threads(spec, os.cpu_count() or 1, on_gpu)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", THREADS_ENV):
         env.setdefault(var, str(threads))
+    if spec.device != "cuda":
+        env[CUDA_VISIBLE_ENV] = ""
     return env

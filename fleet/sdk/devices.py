@@ -33,18 +33,24 @@ class GpuReport:
         return asdict(self)
 
 
-def _visible(count: int) -> list[int]:
-    """Indexes this process may use: CUDA_VISIBLE_DEVICES (numbers) narrows NVML's list."""
+def _visible(uuids: list[str]) -> list[int]:
+    """Indexes this process may use: CUDA_VISIBLE_DEVICES narrows NVML's list, by index or
+    by UUID (``GPU-8f3a...``, a prefix is enough, as CUDA reads it). ``uuids``: NVML's, in
+    index order. CUDA stops at the first entry it cannot read, and so does this."""
     raw = os.environ.get("CUDA_VISIBLE_DEVICES")
     if raw is None:
-        return list(range(count))
+        return list(range(len(uuids)))
     wanted = []
     for part in raw.split(","):
         part = part.strip()
-        if not part.isdigit():  # "", "-1", or UUIDs: treat as "none we can name"
-            break
-        if int(part) < count:
+        if part.isdigit() and int(part) < len(uuids):
             wanted.append(int(part))
+        elif part.startswith("GPU-") and (
+            found := [i for i, u in enumerate(uuids) if u.startswith(part)]
+        ):
+            wanted.append(found[0])
+        else:  # "", "-1", an index or UUID this host lacks: no further GPU is visible
+            break
     return wanted
 
 
@@ -61,14 +67,16 @@ def detect_gpus() -> GpuReport:
     try:
         driver = str(pynvml.nvmlSystemGetDriverVersion())
         gpus = []
-        for index in _visible(int(pynvml.nvmlDeviceGetCount())):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
+        for index in _visible(uuids):
+            handle = handles[index]
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             name = pynvml.nvmlDeviceGetName(handle)
             gpus.append(
                 Gpu(
                     index,
-                    name.decode() if isinstance(name, bytes) else str(name),
+                    _text(name),
                     int(memory.total) >> 20,
                     int(memory.free) >> 20,
                 )
@@ -80,6 +88,10 @@ def detect_gpus() -> GpuReport:
     finally:
         with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @cache

@@ -20,6 +20,7 @@ from celery import bootsteps
 
 from fleet.constants import TASK_PREFIX, THREADS_ENV, WARM_KEY
 from fleet.routing.state import beat, forget
+from fleet.sdk.devices import detect_gpus
 from fleet.worker.orphans import check as check_orphans
 from fleet.worker.sweeper import sweep, take_turn
 
@@ -80,6 +81,7 @@ class Heartbeat(bootsteps.StartStopStep):
             ",".join(self.classes),
             worker.concurrency,
         )
+        _say_cpu_fallback(cfg, self.classes, worker.hostname)
 
     def _beat(self, hostname: str, ttl: float) -> None:
         if self.client is None:
@@ -154,6 +156,22 @@ class Heartbeat(bootsteps.StartStopStep):
         if self.client is not None:
             with contextlib.suppress(redis.RedisError):  # shutting down: the broker may be gone
                 forget(self.client, consumer.hostname, self.classes)
+
+
+def _say_cpu_fallback(cfg: Any, classes: list[str], hostname: str) -> None:
+    """A class that binds to a GPU, served where none is usable, runs on the CPU: loudly."""
+    gpu_classes = [c for c in classes if cfg.classes[c].device == "cuda"]
+    if not gpu_classes:
+        return
+    report = detect_gpus()
+    if not report.gpus:
+        log.warning(
+            "worker %s: class(es) %s bind to a GPU, but none is usable here (%s): "
+            "running on the CPU",
+            hostname,
+            ",".join(gpu_classes),
+            report.note,
+        )
 
 
 def _steps(requests: list[Any]) -> list[tuple[str, str]]:

@@ -147,6 +147,11 @@ def test_worker_dry_run_shows_preset() -> None:
     assert res.returncode == 0
     assert "-Q io -P threads -c 8" in res.stdout and "--prefetch-multiplier 4" in res.stdout
     assert fleet("worker", "quantum").returncode == 2
+    # --device names a GPU the host has, for a class that binds to one (this host has none)
+    res = fleet("worker", "gpu", "--device", "7", "--dry-run")
+    assert res.returncode == 2 and "--device 7: no such GPU on this host" in res.stderr
+    res = fleet("worker", "cpu", "--device", "0", "--dry-run")
+    assert res.returncode == 2 and "class 'cpu' binds to the CPU" in res.stderr
 
 
 @pytest.mark.slow
