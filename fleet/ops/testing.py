@@ -29,7 +29,7 @@ def whereami(tag: Any = None) -> dict[str, Any]:
     outputs=("value", "slept"),
     units=lambda a: float(a.get("seconds", 0.0)),
     unit="second",
-    samples=[{"seconds": 0.02}, {"seconds": 0.1}],
+    samples=[{"seconds": 0.1}, {"seconds": 0.5}],  # far apart: the fitted slope holds under load
 )
 def sleep(seconds: float, value: Any = None) -> dict[str, Any]:
     """Wait like an I/O call would, then pass ``value`` on."""

@@ -26,7 +26,17 @@ def _settle(client: Fleet) -> None:
         time.sleep(0.1)
 
 
-def _flood(client: Fleet, policy: str) -> tuple[float, list[str], list[dict]]:  # type: ignore[type-arg]
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most steps that were running at the same moment."""
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def _flood(client: Fleet, policy: str) -> tuple[float, list[str], list[dict], int]:  # type: ignore[type-arg]
     _settle(client)
     wf = Workflow(f"flood-{policy}", inputs=["i"])
     # npu-lite (1 slot) is preferred; cpu (2 slots) can run it too
@@ -39,16 +49,19 @@ def _flood(client: Fleet, policy: str) -> tuple[float, list[str], list[dict]]:  
     assert [r.get(timeout=60)["v"] for r in runs] == list(range(N))
     elapsed = time.monotonic() - start
     entries = [e for r in runs for e in r.trace() if e.status == "succeeded"]
-    return elapsed, [e.cls or "" for e in entries], [e.route for e in entries]
+    at_once = _most_at_once([(e.started_at, e.ended_at) for e in entries])
+    return elapsed, [e.cls or "" for e in entries], [e.route for e in entries], at_once
 
 
 def test_flooded_class_spills_to_another_eligible_class(client: Fleet) -> None:
-    static_s, static_cls, _ = _flood(client, "preferred")
-    spill_s, spill_cls, routes = _flood(client, "least-latency")
+    static_s, static_cls, _, static_at_once = _flood(client, "preferred")
+    _, spill_cls, routes, spill_at_once = _flood(client, "least-latency")
     assert set(static_cls) == {"npu-lite"}  # everything waited for the one npu-lite slot
-    assert static_s >= N * SECONDS * 0.9
+    assert static_s >= N * SECONDS * 0.9 and static_at_once == 1
     assert spill_cls.count("cpu") >= N // 3 and spill_cls.count("npu-lite") >= 2
-    assert spill_s < static_s * 0.75, (spill_s, static_s)
+    # the spilled steps ran beside npu-lite's (how much sooner the flood ends is a timing
+    # figure, not a mechanism: it is left to benchmarks)
+    assert spill_at_once >= 2
     spilled = [r for r in routes if r["cls"] == "cpu"]
     # the trace shows the estimates that justified moving: npu-lite's queue was the longer wait
     assert all(
