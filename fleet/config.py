@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fleet.constants import AMQP_SCHEMES
 from fleet.errors import ConfigError
 
 Pool = Literal["prefork", "threads", "gevent", "solo"]
@@ -292,6 +293,15 @@ class FleetConfig(BaseModel):
             if spec.queue_name == queue:
                 return spec.name
         return None
+
+    def message_priority(self, priority: int | None) -> int:
+        """The priority a message carries for a run's ``priority`` (0-9, higher is served
+        sooner; none: 0). RabbitMQ serves a higher message priority first, as given; kombu's
+        Redis transport serves a lower one first (its priority 0 list is read first), so
+        there it is 9 - priority. Every fleet message carries one: on Redis a message with
+        none would go to the list read first, ahead of every prioritised run."""
+        wanted = min(9, max(0, priority or 0))
+        return wanted if self.broker_url.startswith(AMQP_SCHEMES) else 9 - wanted
 
     def classes_for_queues(self, queues: Iterable[str]) -> tuple[str, ...]:
         """The classes whose queues are among ``queues`` (a worker's), in their order."""

@@ -71,6 +71,8 @@ AFFINITY_FIELD = "affinity"
 BLOB_PREFIX = "fleet:blob:"  # bytes passed between steps by reference
 ARTIFACT_PREFIX = "fleet:artifact:"  # versioned named file sets (indexes): <kind>:<name>:...
 
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")  # broker URLs of RabbitMQ
+
 # Environment variables read by workers (the configuration's own are listed in fleet.config).
 WORKER_CLASS_ENV = "FLEET_WORKER_CLASS"  # the class a worker process serves
 THREADS_ENV = "FLEET_THREADS"  # native threads one op may use in this process

@@ -232,7 +232,11 @@ def worker(
 )
 @click.option("--timeout", default=120.0, help="Seconds to wait.")
 @click.option("--no-wait", is_flag=True, help="Print the run id and return at once.")
-@click.option("--priority", type=click.IntRange(0, 9), help="Message priority (0-9).")
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 9),
+    help="0-9: a higher priority is served sooner from each queue (none: 0).",
+)
 @click.option("--sla", "sla_s", type=float, help="End-to-end latency target in seconds.")
 @click.option(
     "--policy", help="Routing policy for this run (static, preferred, least-latency, cost-sla)."

@@ -86,7 +86,7 @@ def build(
     """The canvas of one run of ``workflow`` with inputs ``values`` (checked already)."""
     control = cfg.classes[cfg.control_class].queue_name
     run = new_run(workflow, uuid.uuid4().hex, options)
-    extra = {"priority": run["priority"]} if run.get("priority") is not None else {}
+    extra = {"priority": cfg.message_priority(run.get("priority"))}
     here = {"queue": control, **extra}
     start = Signature(
         CANVAS_START_TASK,

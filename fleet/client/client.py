@@ -129,7 +129,7 @@ class Fleet:
 
         ``sla_s`` is the run's end-to-end latency target (the cost-sla policy budgets each
         step from what is left of it); ``policy`` overrides the configured routing policy for
-        this run; ``priority`` (0-9) is the messages' priority.
+        this run; ``priority`` (0-9, none: 0): a higher one is served sooner from a queue.
         """
         compiled, values = self._prepare(workflow, inputs, sla_s, policy)
         run_id = uuid.uuid4().hex
@@ -188,8 +188,7 @@ class Fleet:
         # The control class starts runs; a queue of its own keeps the signature on the fleet
         # when another app (its own default queue) sends it.
         options: dict[str, Any] = {"queue": self.cfg.classes[self.cfg.control_class].queue_name}
-        if priority is not None:
-            options["priority"] = priority
+        options["priority"] = self.cfg.message_priority(priority)
         return Signature(
             WORKFLOW_TASK, kwargs=kwargs, options=options, immutable=immutable, app=self.app
         )

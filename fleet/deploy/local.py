@@ -19,9 +19,10 @@ from urllib.parse import urlparse
 import redis
 
 from fleet.config import FleetConfig, redact
+from fleet.constants import AMQP_SCHEMES
 from fleet.deploy.launch import worker_argv, worker_env
 from fleet.errors import FleetError
-from fleet.routing.depth import AMQP_SCHEMES, amqp_connection
+from fleet.routing.depth import amqp_connection
 from fleet.routing.state import StateReader
 
 Say = Callable[[str], None]

@@ -143,8 +143,7 @@ class Dispatcher:
         if call["timeout"]:
             options["soft_time_limit"] = call["timeout"]
             options["time_limit"] = call["timeout"] + 5
-        if run.get("priority") is not None:
-            options["priority"] = run["priority"]
+        options["priority"] = self.cfg.message_priority(run.get("priority"))
         if call["op"].startswith(CELERY_OP_PREFIX):
             self._send_celery(call, run, options)
             return

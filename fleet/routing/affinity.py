@@ -26,8 +26,7 @@ from celery.utils.nodenames import WORKER_DIRECT_EXCHANGE
 from kombu.entity import Queue
 
 from fleet.config import FleetConfig
-from fleet.constants import AFFINITY_FIELD
-from fleet.routing.depth import AMQP_SCHEMES
+from fleet.constants import AFFINITY_FIELD, AMQP_SCHEMES
 from fleet.routing.policies import Estimate, RouteDecision, RouteRequest
 from fleet.routing.state import FleetState, WorkerInfo
 

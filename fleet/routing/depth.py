@@ -15,13 +15,13 @@ from typing import Any, Protocol
 import redis
 
 from fleet.config import redact
+from fleet.constants import AMQP_SCHEMES
 
 log = logging.getLogger("fleet.routing.depth")
 
 # kombu's Redis transport keeps priority levels in sub-lists "<queue>\x06\x16<p>".
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (3, 6, 9)
-AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 

@@ -17,6 +17,7 @@ from celery.signals import before_task_publish, worker_process_init
 
 from fleet.config import FleetConfig, load_config
 from fleet.constants import (
+    AMQP_SCHEMES,
     CELERY_STEP_HEADER,
     ROUTE_HEADER,
     SENT_AT_HEADER,
@@ -24,7 +25,6 @@ from fleet.constants import (
     TASK_PREFIX,
     WORKER_CLASS_ENV,
 )
-from fleet.routing.depth import AMQP_SCHEMES
 from fleet.routing.router import FleetRouter, take_decision
 from fleet.sdk.registry import registry
 from fleet.store.runs import RunStore

@@ -33,6 +33,7 @@ from celery import Celery
 from fleet.config import FleetConfig
 from fleet.constants import (
     ACTIVE_RUNS_KEY,
+    AMQP_SCHEMES,
     ORPHAN_SUSPECTS_KEY,
     ORPHANS_SENT_KEY,
     STEP_TASK,
@@ -42,7 +43,6 @@ from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import decide
 from fleet.errors import FleetError
 from fleet.routing.affinity import DIRECT_QUEUE
-from fleet.routing.depth import AMQP_SCHEMES
 from fleet.sdk.registry import registry
 from fleet.store.runs import RunStore
 from fleet.worker.direct import drain_gone

@@ -108,10 +108,13 @@ def test_submit_takes_inputs_from_a_file_and_a_policy_and_sla_per_run(
     inputs = tmp_path / "inputs.json"
     inputs.write_text(json.dumps({"ticket": "My order is late, please cancel"}))
     args = ["submit", "fleet/examples/triage.yaml", "--inputs-json", str(inputs), "--json"]
-    res = fleet(*args, "--policy", "cost-sla", "--sla", "20")
+    res = fleet(*args, "--policy", "cost-sla", "--sla", "20", "--priority", "9")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["outputs"]["urgent"] is True  # the file's ticket
+    backend = redis.Redis.from_url(local_fleet.cfg.backend_url, decode_responses=True)
+    meta = json.loads(backend.hget(f"fleet:run:{doc['run']}", "meta") or "{}")
+    assert meta == {"priority": 9, "sla_s": 20.0, "policy": "cost-sla"}  # as the run keeps it
     routed = [e["route"] for e in doc["trace"] if e["route"]]
     assert routed and {r["policy"] for r in routed} == {"cost-sla"}
     # each step's budget is a share of this run's 20 s, not of default_sla_s (30 s)

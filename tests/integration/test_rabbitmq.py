@@ -18,6 +18,7 @@ from fleet.deploy.local import LocalFleet
 from fleet.routing.state import StateReader
 from fleet.worker.app import create_app
 from tests.integration.conftest import SERVED
+from tests.integration.test_priority import test_a_higher_priority_run_overtakes_the_queue
 from tests.integration.test_spill import (
     test_a_queue_filled_by_another_client_is_read_from_the_broker,
     test_cost_sla_keeps_cheap_class_until_the_sla_needs_more,
@@ -28,6 +29,7 @@ from tests.support.servers import start_rabbitmq
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 __all__ = [  # run here again, on RabbitMQ
+    "test_a_higher_priority_run_overtakes_the_queue",
     "test_a_queue_filled_by_another_client_is_read_from_the_broker",
     "test_cost_sla_keeps_cheap_class_until_the_sla_needs_more",
     "test_flooded_class_spills_to_another_eligible_class",

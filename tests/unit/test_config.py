@@ -95,3 +95,13 @@ def test_native_threads_follow_what_the_class_runs() -> None:
     assert native_threads(pinned, 64, on_gpu=False) == 3
     env = load_config(env={"FLEET_CLASS_GPU_THREADS": "5"})
     assert env.classes["gpu"].threads == 5
+
+
+def test_a_run_priority_means_the_same_on_both_brokers() -> None:
+    """Higher is served sooner: RabbitMQ reads message priority 9 first, kombu's Redis
+    transport 0 first; a run without one is 0 (the lowest) on both."""
+    redis_cfg = load_config(env={"FLEET_BROKER_URL": "redis://h:6379/0"})
+    rabbit = load_config(env={"FLEET_BROKER_URL": "amqp://u:p@h:5672//"})
+    assert [rabbit.message_priority(p) for p in (None, 0, 5, 9)] == [0, 0, 5, 9]
+    assert [redis_cfg.message_priority(p) for p in (None, 0, 5, 9)] == [9, 9, 4, 0]
+    assert redis_cfg.message_priority(42) == 0 and rabbit.message_priority(-1) == 0  # clamped
