@@ -14,6 +14,7 @@ from fleet.client.client import Fleet
 from fleet.config import FleetConfig
 from fleet.deploy.local import LocalFleet, free_port
 from fleet.errors import WorkflowFailed
+from fleet.routing.depth import PRIORITY_SEP, PRIORITY_STEPS
 from fleet.worker.app import create_app
 from fleet.workflow.builder import Workflow
 
@@ -65,7 +66,8 @@ def test_a_poison_step_fails_its_run_and_the_fleet_goes_on(client: Fleet) -> Non
     again = client.submit(healthy, {"t": "after"})
     assert again.get(timeout=30) == {"out": "AFTER"}
     time.sleep(1.0)
-    assert client.store.redis.llen("cpu") == 0
+    lists = ["cpu", *(f"cpu{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)]  # every priority
+    assert sum(client.store.redis.llen(name) for name in lists) == 0
 
 
 @pytest.mark.slow
@@ -137,13 +139,19 @@ def test_a_long_retry_countdown_is_not_swept_back_as_stranded(client: Fleet) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("pool", ["threads", "solo"])
 def test_a_poison_step_on_a_thread_pool_fails_its_run(
-    fleet_cfg: FleetConfig, tmp_path: Path
+    fleet_cfg: FleetConfig, tmp_path: Path, pool: str
 ) -> None:
-    """A step that kills an io worker's whole process (a thread pool: no child to lose) used to
-    be swept back to each restarted worker for ever. Its starts are counted with the run: past
-    max_worker_losses it fails its run, and the restarted io worker serves other runs."""
-    cfg = fleet_cfg.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    """A step that kills an io worker's whole process (a thread or solo pool: no child to
+    lose) used to be swept back to each restarted worker for ever. Its starts are counted
+    with the run: past max_worker_losses it fails its run, and the restarted io worker serves
+    other runs."""
+    classes = dict(fleet_cfg.classes)
+    classes["io"] = classes["io"].model_copy(update={"pool": pool})
+    cfg = fleet_cfg.model_copy(
+        update={"broker_url": f"redis://127.0.0.1:{free_port()}/0", "classes": classes}
+    )
     poison = Workflow("poison-io", inputs=["v"])
     poison.output(
         "out", poison.step("boom", "test.crash", value=poison.input("v"), classes=["io"])["value"]
