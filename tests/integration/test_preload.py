@@ -4,30 +4,34 @@ for no model load (its trace's cold_s is empty), where a class without it loads 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 
 from fleet.client.client import Fleet
-from fleet.config import FleetConfig
+from fleet.config import load_config
 from fleet.deploy.local import LocalFleet, free_port
 from fleet.worker.app import create_app
 from fleet.workflow.builder import Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LOADED = "loaded model llm:gemma3-270m"
+TEST_CONFIG = Path(__file__).resolve().parents[1] / "fleet-test.toml"
 
 
-def test_a_preloaded_class_runs_its_first_llm_step_warm(
-    fleet_cfg: FleetConfig, tmp_path: Path
-) -> None:
-    classes = dict(fleet_cfg.classes)
-    classes["npu-lite"] = classes["npu-lite"].model_copy(update={"preload": ["llm"]})
-    cfg = fleet_cfg.model_copy(
-        update={"broker_url": f"redis://127.0.0.1:{free_port()}/0", "classes": classes}
-    )
-    with LocalFleet(cfg, ["npu-lite", "cpu", "io"], flower=False, workdir=tmp_path) as fleet:
+def test_a_preloaded_class_runs_its_first_llm_step_warm(tmp_path: Path) -> None:
+    # Workers read their configuration from the file and the environment: this one's file
+    # is the test configuration plus the preload.
+    conf = tmp_path / "fleet.toml"
+    conf.write_text(TEST_CONFIG.read_text() + '\n[classes.npu-lite]\npreload = ["llm"]\n')
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    cfg = load_config(conf, env={**os.environ, "FLEET_BROKER_URL": url})
+    assert cfg.classes["npu-lite"].preload == ["llm"]
+    env = {"FLEET_CONFIG": str(conf), "FLEET_BROKER_URL": url}
+    served = ["npu-lite", "cpu", "io"]
+    with LocalFleet(cfg, served, False, tmp_path, "INFO", lambda _: None, env) as fleet:
         (npu,) = fleet.workers_of("npu-lite")
         (cpu,) = fleet.workers_of("cpu")
         deadline = time.monotonic() + 120

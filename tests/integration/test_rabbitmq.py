@@ -17,8 +17,8 @@ from fleet.config import FleetConfig, load_config
 from fleet.deploy.local import LocalFleet
 from fleet.routing.state import StateReader
 from fleet.worker.app import create_app
+from tests.integration import test_priority
 from tests.integration.conftest import SERVED
-from tests.integration.test_priority import test_a_higher_priority_run_overtakes_the_queue
 from tests.integration.test_spill import (
     test_a_queue_filled_by_another_client_is_read_from_the_broker,
     test_cost_sla_keeps_cheap_class_until_the_sla_needs_more,
@@ -29,7 +29,6 @@ from tests.support.servers import start_rabbitmq
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 __all__ = [  # run here again, on RabbitMQ
-    "test_a_higher_priority_run_overtakes_the_queue",
     "test_a_queue_filled_by_another_client_is_read_from_the_broker",
     "test_cost_sla_keeps_cheap_class_until_the_sla_needs_more",
     "test_flooded_class_spills_to_another_eligible_class",
@@ -86,3 +85,9 @@ def test_depth_is_read_from_rabbitmq(client: Fleet) -> None:
     assert doc["tpu"]["depth"] == 5, doc
     with client.app.connection_for_write() as conn:
         assert conn.default_channel.queue_purge("tpu") == 5
+
+
+def test_a_higher_priority_run_overtakes_the_queue_on_rabbitmq(client: Fleet) -> None:
+    """RabbitMQ serves message priority 9 first, Redis 0: the fleet's priority means the
+    same on both (defined last: its long steps must not precede the spill tests)."""
+    test_priority.test_a_higher_priority_run_overtakes_the_queue(client)

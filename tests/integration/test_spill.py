@@ -101,12 +101,16 @@ def test_cost_sla_keeps_cheap_class_until_the_sla_needs_more(client: Fleet) -> N
     )
     wf.output("v", step["value"])
     # npu-lite is cheaper than gpu: with a loose SLA and no queue, it is chosen
+    _settle(client)
     run = client.submit(wf, {"i": 1}, policy="cost-sla", sla_s=30)
     run.get(timeout=30)
     (entry,) = run.trace()
     assert entry.cls == "npu-lite" and "cheapest" in entry.route["reason"]
     assert entry.route["estimates"]["budget_s"] > 1
-    # a burst under a tight SLA: once npu-lite's queue breaks the budget, steps go to gpu
+    # a burst under a tight SLA, from an idle npu-lite (as the heartbeats see it: a class's
+    # mean step time, which earlier tests' long steps raise, prices only a queue): once
+    # npu-lite's queue breaks the budget, steps go to gpu
+    _settle(client)
     runs = [client.submit(wf, {"i": i}, policy="cost-sla", sla_s=0.5) for i in range(6)]
     for r in runs:
         r.get(timeout=30)
