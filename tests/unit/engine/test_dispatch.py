@@ -44,8 +44,9 @@ def test_priority_and_deadline_travel_with_every_step(cfg: FleetConfig) -> None:
     dispatcher.send(_call(None), {"id": "r", "workflow": "triage"})
     (name, first), (_, second) = app.sent
     assert name == "fleet.step"
-    assert first["priority"] == 7 and first["soft_time_limit"] == 3.0
+    # the run's priority as the broker reads it (cfg: Redis, which serves 0 first: 9 - 7)
+    assert first["priority"] == cfg.message_priority(7) == 2 and first["soft_time_limit"] == 3.0
     assert first["time_limit"] == 8.0 and first["kwargs"]["call"]["path"] == "a"
     assert first["shadow"] == "?:a [text.upper]"  # Flower shows workflow:node [op]
-    assert "priority" not in second and "soft_time_limit" not in second
+    assert second["priority"] == 9 and "soft_time_limit" not in second  # none: the lowest
     assert second["shadow"] == "triage:a [text.upper]"
