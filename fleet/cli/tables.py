@@ -66,7 +66,7 @@ def trace_table(trace: list[TraceEntry], t0: float | None = None, why: bool = Fa
         table.add_row(
             escape(e.node),
             e.op or "-",
-            e.cls or "-",
+            (e.cls or "-") + ("*" if e.device else ""),
             escape((e.worker or "-").rpartition("@")[2]),
             e.status + mark,
             _ms(e.wait_s),
@@ -76,6 +76,8 @@ def trace_table(trace: list[TraceEntry], t0: float | None = None, why: bool = Fa
         )
         if why and e.route.get("reason"):
             reasons.append(f"why {e.node} -> {e.cls or '-'}: {e.route['reason']}")
+    fallbacks = sorted({f"class {e.cls} ran on {e.device}" for e in trace if e.device})
+    errors += [f"* {f}" for f in fallbacks]  # a GPU class on a worker with none
     if errors or reasons:
         table.caption = Text("\n".join(errors + reasons))
         table.caption_justify = "left"

@@ -35,6 +35,9 @@ class TraceEntry:
     occupancy: int = 1
     # seconds of run_s spent loading models into the process (a cold start), when any
     cold_s: float | None = None
+    # where it computed when that was not its class's device: "cpu (no GPU usable here)"
+    # for a step of a class that binds to a GPU, on a worker that has none
+    device: str | None = None
 
     @property
     def wait_s(self) -> float | None:
@@ -65,6 +68,7 @@ class TraceEntry:
             "cpu_s": self.cpu_s,
             "occupancy": self.occupancy,
             "cold_s": self.cold_s,
+            **({"device": self.device} if self.device else {}),
         }
 
     @classmethod
@@ -87,6 +91,7 @@ class TraceEntry:
             cpu_s=d.get("cpu_s"),
             occupancy=int(d.get("occupancy") or 1),
             cold_s=d.get("cold_s"),
+            device=d.get("device"),
         )
 
 

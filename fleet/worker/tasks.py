@@ -34,6 +34,7 @@ from fleet.errors import StepFailed, UnknownOpError
 from fleet.routing import affinity
 from fleet.routing.affinity import DIRECT_QUEUE
 from fleet.routing.profiles import OnlineStats, current_store
+from fleet.sdk.devices import cuda_available
 from fleet.sdk.process import run_within
 from fleet.sdk.registry import OpSpec, registry
 from fleet.sdk.step import StepContext, running
@@ -43,6 +44,7 @@ from fleet.worker.app import app, fleet_config
 from fleet.worker.replies import replier
 
 log = logging.getLogger("fleet.tasks")
+CPU_FALLBACK = "cpu (no GPU usable here)"
 RECHECK_AFTER_S = 0.05  # a step that waited longer re-reads its run's status before running
 
 
@@ -127,6 +129,8 @@ class _Trace:
             self.cls = routed if routed in served else None
             self.queue = own
         spec = fleet_config(task.app).classes.get(self.cls or "")
+        # A class that binds to a GPU, on a worker where none is usable: said in every step.
+        fallback = spec is not None and spec.device == "cuda" and not cuda_available()
         # A batching class's steps share the process's native threads: each is charged its
         # share of the process's CPU time, not its own (idle, waiting) thread's.
         self.shared = spec is not None and spec.batches
@@ -142,6 +146,7 @@ class _Trace:
             "sent_at": getattr(req, SENT_AT_HEADER, None),
             "attempt": req.retries or 0,
             "route": getattr(req, ROUTE_HEADER, None) or {},
+            "device": CPU_FALLBACK if fallback else None,
         }
         self.started_at = time.time()
         self.cpu_at = _cpu_clock(self.shared)

@@ -9,7 +9,9 @@ import pytest
 
 from fleet.client.client import Fleet
 from fleet.errors import WorkflowFailed, WorkflowValidationError
+from fleet.sdk.devices import cuda_available
 from fleet.store.records import TraceEntry
+from fleet.worker.tasks import CPU_FALLBACK
 from fleet.workflow.builder import Ref, Workflow
 
 pytestmark = pytest.mark.integration
@@ -44,6 +46,9 @@ def test_sequence(client: Fleet) -> None:
     assert [steps[n].cls for n in "abc"] == ["cpu", "gpu", "io"]
     _assert_ran_where_routed(trace)
     assert steps["a"].ended_at <= steps["b"].started_at <= steps["c"].started_at
+    # gpu binds to a GPU: on a host with none usable, its step says where it really ran
+    assert steps["b"].device == (None if cuda_available() else CPU_FALLBACK)
+    assert steps["a"].device is None and steps["c"].device is None
 
 
 def test_parallel_join_runs_branches_concurrently(client: Fleet) -> None:

@@ -63,3 +63,16 @@ def test_an_empty_trace_draws_an_empty_table() -> None:
     console = Console(width=100, record=True)
     console.print(trace_table([]))
     assert "node" in console.export_text()
+
+
+def test_a_gpu_class_step_that_ran_on_the_cpu_is_marked() -> None:
+    from dataclasses import replace
+
+    fell_back = replace(TRACE[2], device="cpu (no GPU usable here)")
+    console = Console(width=100, record=True, force_terminal=False, color_system=None)
+    console.print(trace_table([TRACE[0], fell_back], why=False))
+    text = console.export_text()
+    assert "gpu*" in text and "npu-lite*" not in text
+    assert "* class gpu ran on cpu (no GPU usable here)" in text
+    assert TraceEntry.from_dict(fell_back.to_dict()) == fell_back
+    assert "device" not in TRACE[0].to_dict()  # said only when it happened
