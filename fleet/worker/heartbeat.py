@@ -40,6 +40,7 @@ class Heartbeat(bootsteps.StartStopStep):
         self.next_sweep = 0.0
         self.orphans: threading.Thread | None = None
         self.pool: Any = None
+        self.direct = False
         self.warm_key = ""
 
     def start(self, consumer: Any) -> None:
@@ -64,6 +65,7 @@ class Heartbeat(bootsteps.StartStopStep):
             ),
         }
         self.app = consumer.app
+        self.direct = bool(consumer.app.conf.worker_direct)  # a queue of its own too
         self.pool = worker.pool
         self.warm_key = WARM_KEY.format(worker=worker.hostname)
         self.client.delete(self.warm_key)  # a new worker: its processes hold no model yet
@@ -103,8 +105,7 @@ class Heartbeat(bootsteps.StartStopStep):
         try:
             with contextlib.suppress(ValueError, TypeError):  # the beat goes out regardless
                 details.update(self._warmth())
-            direct = bool(self.app.conf.worker_direct)
-            beat(self.client, hostname, self.classes, details, ttl, direct=direct)
+            beat(self.client, hostname, self.classes, details, ttl, direct=self.direct)
             if time.monotonic() >= self.next_sweep:
                 self.next_sweep = time.monotonic() + self.grace_s
                 if take_turn(self.client, self.grace_s):

@@ -9,14 +9,7 @@ import time
 
 from fleet.client.client import Fleet
 from fleet.routing.state import StateReader
-from fleet.workflow.builder import Workflow
-
-
-def _nap(name: str, seconds: float) -> Workflow:
-    wf = Workflow(name, inputs=["v"])
-    nap = wf.step("nap", "test.sleep", seconds=seconds, value=wf.input("v"), classes=["npu-lite"])
-    wf.output("v", nap["value"])
-    return wf
+from tests.integration.test_workflows import _napper
 
 
 def _started(run: object) -> float:
@@ -26,11 +19,13 @@ def _started(run: object) -> float:
 
 def test_a_higher_priority_run_overtakes_the_queue(client: Fleet) -> None:
     reader = StateReader(client.cfg)
-    blocker = client.submit(_nap("prio-blocker", 3.0), {"v": "b"})  # npu-lite: one slot
+    blocker = client.submit(
+        _napper("prio-blocker", 3.0, "npu-lite"), {"v": "b"}
+    )  # npu-lite: one slot
     deadline = time.monotonic() + 20  # until npu-lite's heartbeat says it is busy
     while time.monotonic() < deadline and reader.read().busy("npu-lite") < 1:
         time.sleep(0.05)
-    short = _nap("prio-queued", 0.2)
+    short = _napper("prio-queued", 0.2, "npu-lite")
     low = [client.submit(short, {"v": f"low{i}"}, priority=0) for i in range(3)]
     plain = client.submit(short, {"v": "plain"})  # no priority: the lowest, 0
     high = client.submit(short, {"v": "high"}, priority=9)

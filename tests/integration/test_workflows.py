@@ -177,9 +177,9 @@ def test_many_runs_in_parallel(client: Fleet) -> None:
     assert time.monotonic() - start < 30
 
 
-def _napper(name: str, seconds: float) -> Workflow:
+def _napper(name: str, seconds: float, cls: str = "io") -> Workflow:
     body = Workflow(name, inputs=["v"])
-    nap = body.step("nap", "test.sleep", seconds=seconds, value=body.input("v"), classes=["io"])
+    nap = body.step("nap", "test.sleep", seconds=seconds, value=body.input("v"), classes=[cls])
     body.output("v", nap["value"])
     return body
 
