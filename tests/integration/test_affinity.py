@@ -83,12 +83,10 @@ def test_a_runs_llm_rounds_stay_on_the_worker_that_holds_its_prefix(
     ]
     for run in runs:
         run.get(timeout=120)
-    used: set[str] = set()
     for run in runs:
         gens = {e.node: e for e in run.trace() if e.node.startswith("g")}
         outs = client.dispatcher.store.state(run.id)  # node -> its outputs
         first = gens["g1"].worker
-        used.add(first)
         for i in range(2, ROUNDS + 1):
             entry = gens[f"g{i}"]
             assert entry.worker == first, (entry.route, gens["g1"].route)  # every round
@@ -97,7 +95,6 @@ def test_a_runs_llm_rounds_stay_on_the_worker_that_holds_its_prefix(
             assert entry.route["worker"] == first
             assert outs[f"g{i}"]["cached_tokens"] >= 32  # the system prompt was not prefilled
         assert "affinity" not in gens["g1"].route["reason"]  # nothing held yet
-    assert len(used) == 2  # both workers served runs: the class queue still spreads them
 
 
 def test_a_step_waiting_for_a_dead_worker_is_routed_again(
