@@ -180,7 +180,17 @@ def bench(
 
 
 @click.command("eval")
-@click.option("--quick", is_flag=True, help="The fixed ~10-question subset (for CI).")
+@click.option(
+    "--questions",
+    "question_set",
+    metavar="FILE|SET",
+    default="shipped",
+    show_default=True,
+    help="The questions: a YAML file of your own (the schema of docs/quality.md) or a "
+    "shipped set, 'shipped' (the agent was tuned on it) or 'held-out' (other voices and "
+    "phrasings, never tuned on).",
+)
+@click.option("--quick", is_flag=True, help="Only the questions marked quick (for CI).")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the summary and every verdict as JSON."
 )
@@ -201,6 +211,7 @@ def bench(
 @click.pass_context
 def evaluate(
     ctx: click.Context,
+    question_set: str,
     quick: bool,
     as_json: bool,
     workflow: str | None,
@@ -208,18 +219,26 @@ def evaluate(
     concurrency: int,
 ) -> None:
     """Measure the voice agent's answers: speech-to-text word error rate, tool decisions,
-    order-id extraction, retrieval hit@2, answer correctness, tool rounds and latency.
+    order-id extraction, retrieval hit@k, answer correctness (each check), tool rounds and
+    latency, per kind of question and per voice.
 
-    Each question of fleet/examples/eval/questions.yaml is spoken with espeak-ng (its voice
-    and speed), sent to a local fleet with real models, and scored against its ground truth.
+    Each question is spoken with espeak-ng (its voice and speed), sent to a local fleet with
+    real models, and scored against its ground truth. A question file is checked first:
+    every problem is named (file, question, field) and nothing starts.
     """
     from rich.progress import Progress
 
     from fleet.evaluation.evaluate import run_eval
-    from fleet.evaluation.scoring import load_questions, summary
+    from fleet.evaluation.questions import load_questions
+    from fleet.evaluation.scoring import summary
 
+    try:
+        questions = load_questions(question_set, quick=quick)
+    except FleetError as exc:
+        fail(str(exc), 2)
+    if not questions:
+        fail(f"{question_set}: no question is marked quick", 2)
     cfg = config(ctx)
-    questions = load_questions(quick=quick)
     agent = Path(workflow) if workflow else EXAMPLES / "voice_agent.yaml"
     path = Path(workdir).resolve()
     (path / "logs").mkdir(parents=True, exist_ok=True)

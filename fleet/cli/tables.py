@@ -7,7 +7,6 @@ command that draws one table does not load what the others describe.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -268,27 +267,39 @@ def _mark(value: bool | None) -> str:
 def eval_tables(verdicts: list[Verdict], result: dict[str, Any]) -> list[Table]:
     """``fleet eval``: one row per question, then the per-stage summary."""
     rows = Table(title="questions", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("id", "heard", "wer", "tool", "order", "hit", "answer", "ok", "s"):
+    for col in ("id", "voice", "heard", "wer", "tool", "order", "hit", "answer", "ok", "s"):
         rows.add_column(col, overflow="fold", justify="right" if col in ("wer", "s") else "left")
     for v in verdicts:
         rows.add_row(
             v.id,
+            v.voice,
             escape(v.heard),
             f"{v.wer:.2f}",
             _mark(v.tool_ok) + (f" {v.tool_rounds}x" if v.tool_rounds else ""),
             _mark(v.order_ok),
             _mark(v.retrieval_hit),
             escape(v.error or v.answer),
-            _mark(v.answer_ok),
+            _mark(v.answer_ok) + ("" if v.answer_ok else " " + ", ".join(v.failed)),
             f"{v.seconds:.1f}",
         )
     stages = Table(title="per stage", title_justify="left", box=box.SIMPLE_HEAD)
     stages.add_column("measure")
     stages.add_column("value", justify="right")
     for key, value in result.items():
-        shown = json.dumps(value) if isinstance(value, dict) else str(value)
-        stages.add_row(key, shown)
+        if not isinstance(value, dict):
+            stages.add_row(key, str(value))
+            continue
+        for sub, item in value.items():  # one row each: per kind, per voice, per check...
+            stages.add_row(f"{key} {sub}", _flat(item))
     return [rows, stages]
+
+
+def _flat(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 def simulate_table(runs: list[SimResult]) -> Table:

@@ -13,7 +13,8 @@ from fleet.client.client import Fleet
 from fleet.config import FleetConfig
 from fleet.deploy.local import LocalFleet
 from fleet.errors import FleetError
-from fleet.evaluation.scoring import Question, Verdict, has_expected, score
+from fleet.evaluation.questions import Question
+from fleet.evaluation.scoring import Verdict, has_expected, score
 from fleet.examples.demo import OrderAPI, speak_to_file
 from fleet.paths import EXAMPLES
 
@@ -64,7 +65,8 @@ def _ask(
     try:
         outputs = run.get(timeout=300)
     except FleetError as exc:
-        verdict = Verdict(q.id, q.kind, error=str(exc), seconds=time.monotonic() - start)
+        verdict = Verdict(q.id, q.kind, q.voice_name, error=str(exc))
+        verdict.seconds = round(time.monotonic() - start, 2)
     else:
         verdict = score(q, outputs, client.store.state(run.id), time.monotonic() - start)
     advance()

@@ -1,22 +1,21 @@
 """Scoring one answer of the voice agent against the evaluation set's ground truth.
 
 Pure functions: what a run said and did (its outputs and each step's outputs) in, the
-per-stage verdicts out. The set lives in fleet/examples/eval/questions.yaml.
+per-check verdicts out. docs/quality.md states each check; the sets and their schema are in
+:mod:`fleet.evaluation.questions`.
 """
 
 from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from functools import cache
 from typing import Any
 
-import yaml
-
-from fleet.paths import example
-
-EVAL_SET = example("eval", "questions.yaml")
+from fleet.evaluation.questions import Question
+from fleet.paths import EXAMPLES
 
 # How an answer states each order status; "unknown": the order does not exist.
 STATUS_WORDS = {
@@ -31,45 +30,6 @@ STATUS_WORDS = {
 CLAIM = r"(is|was|has been|had been)"
 
 
-@dataclass(frozen=True)
-class Question:
-    id: str
-    kind: str  # order, kb, both
-    text: str
-    voice: str
-    speed: int
-    tool: bool
-    order: int | None = None
-    status: str | None = None
-    source: str | None = None
-    expect: tuple[tuple[str, ...], ...] = ()
-    quick: bool = False
-
-
-def load_questions(path: Path = EVAL_SET, quick: bool = False) -> list[Question]:
-    doc = yaml.safe_load(path.read_text())
-    voices = doc["voices"]
-    out = []
-    for q in doc["questions"]:
-        voice = voices[q["voice"]]
-        out.append(
-            Question(
-                id=q["id"],
-                kind=q["kind"],
-                text=q["text"],
-                voice=voice["voice"],
-                speed=int(voice["speed"]),
-                tool=bool(q["tool"]),
-                order=q.get("order"),
-                status=q.get("status"),
-                source=q.get("source"),
-                expect=tuple(tuple(group) for group in q.get("expect", ())),
-                quick=bool(q.get("quick", False)),
-            )
-        )
-    return [q for q in out if q.quick] if quick else out
-
-
 def normalize(text: str) -> str:
     """Lower case, numbers without thousands separators, no punctuation: for WER."""
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text.lower())
@@ -82,10 +42,28 @@ def word_error_rate(reference: str, heard: str) -> float:
     return float(jiwer.wer(normalize(reference), normalize(heard) or "-"))
 
 
-def states_status(answer: str, status: str) -> bool:
-    """The answer states ``status``."""
-    text = answer.lower()
-    return any(word in text for word in STATUS_WORDS[status])
+# where a sentence ends: as the agent's `text.sentences` splits the documents it quotes
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"])")
+
+
+def sentences_of(text: str) -> list[str]:
+    """A text's sentences (split after . ! ? before a capital, a digit or a quote, keeping
+    "9.90" and "support@example.shop" whole), without Markdown headings."""
+    lines = [x.strip() for x in text.splitlines() if not x.lstrip().startswith("#")]
+    return [s.strip() for s in _SENTENCE_END.split(" ".join(lines)) if s.strip()]
+
+
+def states_status(answer: str, status: str, order: int | None = None) -> bool:
+    """The answer asserts ``status`` about ``order``: in a sentence that names the order
+    (by its number, as spoken). A status word elsewhere (in a quoted policy sentence:
+    "... 7 working days after it shipped ...") states nothing about this order."""
+    for sentence in sentences_of(answer):
+        text = sentence.lower()
+        if order is not None and not re.search(rf"\border\s+{order}\b", text):
+            continue
+        if any(word in text for word in STATUS_WORDS[status]):
+            return True
+    return False
 
 
 def contradicts(answer: str, status: str) -> list[str]:
@@ -96,8 +74,8 @@ def contradicts(answer: str, status: str) -> list[str]:
         if other == status or other == "unknown":
             continue
         for word in words:
-            claim = rf"\b(order|it)(\s+\d+)?\s+{CLAIM}\s+(now\s+|already\s+)?{re.escape(word)}"
-            if re.search(claim, text):
+            claim = rf"\b(order|it)(\s+\d+)?\s+(\([^)]*\)\s+)?{CLAIM}\s+(now\s+|already\s+)?"
+            if re.search(claim + re.escape(word), text):
                 found.append(other)
                 break
     return found
@@ -108,12 +86,34 @@ def has_expected(answer: str, expect: tuple[tuple[str, ...], ...]) -> bool:
     return all(any(p.lower() in text for p in group) for group in expect)
 
 
+def _key(sentence: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", sentence.lower()))
+
+
+@cache
+def knowledge_base() -> Mapping[str, str]:
+    """Every sentence of the example knowledge base (fleet/examples/kb), normalized, ->
+    the document it is in: how the scorer tells a quote and where it came from."""
+    out: dict[str, str] = {}
+    for path in sorted((EXAMPLES / "kb").glob("*.md")):
+        for sentence in sentences_of(path.read_text()):
+            out[_key(sentence)] = path.stem
+    return out
+
+
+def quoted_documents(answer: str, kb: Mapping[str, str]) -> list[str]:
+    """The document of each sentence of the answer quoted from the knowledge base."""
+    return [kb[_key(s)] for s in sentences_of(answer) if _key(s) in kb]
+
+
 @dataclass
 class Verdict:
-    """One question's outcome, per stage."""
+    """One question's outcome: per check (``checks``; None where it does not apply), and
+    the figures each stage is measured by."""
 
     id: str
     kind: str
+    voice: str = ""
     heard: str = ""
     wer: float = 1.0
     tool_used: bool = False
@@ -122,18 +122,36 @@ class Verdict:
     retrieval_hit: bool | None = None
     answer: str = ""
     answer_ok: bool = False
+    checks: dict[str, bool | None] = field(default_factory=dict)
+    quoted: list[str] = field(default_factory=list)  # the document of each quoted sentence
     contradictions: list[str] = field(default_factory=list)
     tool_rounds: int = 0
     seconds: float = 0.0
     error: str | None = None
 
+    @property
+    def failed(self) -> list[str]:
+        """The checks that failed (a run that failed: "run")."""
+        return ["run"] if self.error else [k for k, ok in self.checks.items() if ok is False]
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "failed": self.failed}
 
 
-def score(q: Question, outputs: dict[str, Any], steps: dict[str, Any], seconds: float) -> Verdict:
+# The checks the answer must pass to be right; the others measure a stage on its own.
+ANSWER_CHECKS = ("status", "no_other_status", "expected", "quotes_relevant", "no_invented_lookup")
+
+
+def score(
+    q: Question,
+    outputs: dict[str, Any],
+    steps: dict[str, Any],
+    seconds: float,
+    kb: Mapping[str, str] | None = None,
+) -> Verdict:
     """Judge a finished run: ``outputs`` are the workflow's, ``steps`` every step's outputs
-    by node path (``tools#1/lookup``...)."""
+    by node path (``tools#1/lookup``...); ``kb`` maps knowledge-base sentences to documents
+    (default: the example knowledge base)."""
     heard = str(outputs.get("question") or "")
     lookups = [p for p in steps if re.fullmatch(r"tools#\d+/lookup", p)]
     # the order id the agent looked up: a regex "match" or a tool call's extracted "value"
@@ -143,35 +161,46 @@ def score(q: Question, outputs: dict[str, Any], steps: dict[str, Any], seconds: 
         if p.endswith("/order_id")
     ]
     answer = str(outputs.get("answer") or "")
-    v = Verdict(q.id, q.kind, heard=heard, wer=word_error_rate(q.text, heard), answer=answer)
+    v = Verdict(q.id, q.kind, q.voice_name or q.voice, heard=heard, answer=answer)
+    v.wer = word_error_rate(q.text, heard)
     v.tool_used = bool(lookups)
     v.tool_ok = v.tool_used == q.tool
     v.tool_rounds = len(lookups)
     v.seconds = round(seconds, 2)
     if q.order is not None:
-        v.order_ok = str(q.order) in ids
+        v.order_ok = lookups != [] and str(q.order) in ids
     if q.source is not None:
         v.retrieval_hit = any(
             str(s).startswith(f"{q.source}#") for s in outputs.get("sources") or []
         )
-    ok = True
-    if q.status is not None:
-        v.contradictions = contradicts(answer, q.status)
-        ok = states_status(answer, q.status) and not v.contradictions
-    if q.expect:
-        ok = ok and has_expected(answer, q.expect)
-    v.answer_ok = ok
+    v.quoted = quoted_documents(answer, knowledge_base() if kb is None else kb)
+    v.contradictions = contradicts(answer, q.status) if q.status else []
+    v.checks = {
+        "tool_decision": v.tool_ok,
+        "order_id": v.order_ok,
+        "retrieval": v.retrieval_hit,
+        "status": states_status(answer, q.status, q.order) if q.status else None,
+        "no_other_status": not v.contradictions if q.status else None,
+        "expected": has_expected(answer, q.expect) if q.expect else None,
+        # every quote from the document that answers the question; none when none does
+        "quotes_relevant": all(doc == q.source for doc in v.quoted),
+        # a lookup for a question that names no order is an invented one
+        "no_invented_lookup": q.tool or not v.tool_used,
+    }
+    v.answer_ok = all(v.checks[c] is not False for c in ANSWER_CHECKS)
     return v
 
 
 def summary(verdicts: list[Verdict]) -> dict[str, Any]:
-    """Per-stage figures over all questions (answer_accuracy is the headline)."""
+    """Per-stage figures over all questions (answer_accuracy is the headline), per kind and
+    per voice, and the questions whose answer was wrong with the checks they failed."""
 
     def rate(values: list[bool]) -> float | None:
         return round(sum(values) / len(values), 3) if values else None
 
     orders = [v for v in verdicts if v.kind in ("order", "both")]
     done = [v for v in verdicts if v.error is None]
+    names = sorted({k for v in verdicts for k in v.checks})
     return {
         "questions": len(verdicts),
         "failed_runs": len(verdicts) - len(done),
@@ -186,6 +215,18 @@ def summary(verdicts: list[Verdict]) -> dict[str, Any]:
             kind: rate([v.answer_ok for v in verdicts if v.kind == kind])
             for kind in ("order", "kb", "both")
         },
+        "by_voice": {
+            voice: {
+                "answer_accuracy": rate([v.answer_ok for v in verdicts if v.voice == voice]),
+                "wer": round(statistics.mean(v.wer for v in verdicts if v.voice == voice), 3),
+            }
+            for voice in sorted({v.voice for v in verdicts})
+        },
+        "checks": {
+            name: rate([bool(v.checks[name]) for v in done if v.checks.get(name) is not None])
+            for name in names
+        },
+        "wrong": {v.id: v.failed for v in verdicts if not v.answer_ok},
         "tool_rounds_per_order_question": (
             round(statistics.mean(v.tool_rounds for v in orders), 2) if orders else None
         ),

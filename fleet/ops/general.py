@@ -65,12 +65,14 @@ class _Fields(dict[str, Any]):
     outputs=("text",),
     samples=[{"template": "${a} ${b}", "a": 1, "b": "x"}],
 )
-def template(template: str, strip: bool = False, **values: Any) -> dict[str, str]:
+def template(template: str, strip: bool = False, empty: str = "", **values: Any) -> dict[str, str]:
     """Fill ``${name}`` / ``${name.field}`` placeholders; a missing one is an error.
-    ``strip`` removes the spaces an empty value leaves at either end."""
+    ``strip`` removes the spaces an empty value leaves at either end; ``empty`` is the text
+    when nothing is left (e.g. what an agent says when it has nothing relevant to quote)."""
     try:
         text = _DottedTemplate(template).substitute(_Fields(values, MAX_TEXT - len(template)))
-        return {"text": text.strip() if strip else text}
+        text = text.strip() if strip else text
+        return {"text": text if text.strip() else (empty or text)}
     except KeyError as exc:
         raise ValueError(f"template needs a value for {exc.args[0]!r}") from None
 
@@ -143,39 +145,42 @@ def keywords(text: str, top: int = 5) -> dict[str, list[str]]:
 
 
 @op("text.contains", classes=_CPU_FIRST, outputs=("matched", "found"))
-def contains(text: str, words: list[str]) -> dict[str, Any]:
-    """Which of ``words`` occur in ``text`` (case-insensitive, whole words)."""
-    present = {w.lower() for w in _WORD.findall(text)}
-    matched = [w for w in words if w.lower() in present]
+def contains(text: str, words: Any) -> dict[str, Any]:
+    """Which of ``words`` (a list, or one word or number) occur in ``text`` (case-insensitive,
+    whole words): e.g. whether the order number a tool call names was in what the customer
+    said ("1,042" counts as 1042)."""
+    present = {w.lower() for w in _WORD.findall(re.sub(r"(?<=\d),(?=\d{3}\b)", "", text or ""))}
+    wanted = words if isinstance(words, list) else [words]
+    matched = [w for w in wanted if w is not None and str(w).lower() in present]
     return {"matched": matched, "found": bool(matched)}
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"])")
 
 
-@op("text.sentences", classes=_CPU_FIRST, outputs=("sentences", "count"))
+@op("text.sentences", classes=_CPU_FIRST, outputs=("sentences", "count", "origins"))
 def sentences(
     text: Any, max_sentences: int = 40, min_chars: int = 12, questions: bool = False
 ) -> dict[str, Any]:
     """Split a text (or a list of texts) into sentences, without Markdown headings (and
     without questions unless ``questions``): e.g. the candidates an ``llm.generate`` with
     ``choices`` picks from, so that an answer quotes the retrieved documents instead of
-    paraphrasing them."""
+    paraphrasing them. ``origins``: for each sentence, the index of the text it came from."""
     texts = text if isinstance(text, list) else [text]
-    found: list[str] = []
-    for t in texts:
-        for line in str(t or "").splitlines():
-            if line.lstrip().startswith("#"):
-                continue
-            found.append(line.strip())
-    joined = " ".join(x for x in found if x)
     out: list[str] = []
-    for s in _SENTENCE_END.split(joined):
-        s = s.strip().lstrip("- ").strip()
-        if len(s) >= min_chars and s not in out and (questions or not s.endswith("?")):
-            out.append(s)
-    out = out[:max_sentences]
-    return {"sentences": out, "count": len(out)}
+    origins: list[int] = []
+    for index, t in enumerate(texts):
+        lines = [x.strip() for x in str(t or "").splitlines() if not x.lstrip().startswith("#")]
+        for s in _SENTENCE_END.split(" ".join(x for x in lines if x)):
+            s = s.strip().lstrip("- ").strip()
+            if len(s) >= min_chars and s not in out and (questions or not s.endswith("?")):
+                out.append(s)
+                origins.append(index)
+    return {
+        "sentences": out[:max_sentences],
+        "count": len(out[:max_sentences]),
+        "origins": origins[:max_sentences],
+    }
 
 
 @op("text.numbers", classes=_CPU_FIRST, outputs=("text",))

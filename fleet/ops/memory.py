@@ -93,7 +93,12 @@ def index_documents(
     return {"name": name, "count": int(index.ntotal), "version": _save(name, index, docs)}
 
 
-@op("memory.search", kind="memory", classes=("cpu", "io"), outputs=("hits", "context", "ids"))
+@op(
+    "memory.search",
+    kind="memory",
+    classes=("cpu", "io"),
+    outputs=("hits", "context", "ids", "texts"),
+)
 def search(
     name: str,
     vector: list[float],
@@ -102,7 +107,8 @@ def search(
     version: str | None = None,
 ) -> dict[str, Any]:
     """Top-k documents by cosine similarity to ``vector`` (a list of one vector is accepted),
-    in index ``version`` (default: the latest)."""
+    in index ``version`` (default: the latest). ``context`` joins their texts; ``texts``
+    lists them, one per hit."""
     import numpy as np
 
     if isinstance(vector, list) and vector and isinstance(vector[0], list):
@@ -121,33 +127,80 @@ def search(
         "hits": hits,
         "context": "\n\n".join(h["text"] for h in hits),
         "ids": [h["id"] for h in hits],
+        "texts": [h["text"] for h in hits],
     }
 
 
 @op("memory.rank", kind="memory", classes=("cpu", "io"), outputs=("items", "scores", "text"))
-def rank(vector: Any, vectors: Any, items: list[Any], k: int = 2) -> dict[str, Any]:
+def rank(
+    vector: Any,
+    vectors: Any,
+    items: list[Any],
+    k: int = 2,
+    away_from: Any = None,
+    away_weight: float = 1.0,
+    min_score: float | None = None,
+    groups: list[Any] | None = None,
+) -> dict[str, Any]:
     """The ``k`` items whose vectors are most similar (cosine) to ``vector``, best first --
     e.g. the sentences of the retrieved documents that answer a question, to quote them.
-    ``text`` joins them (in document order, so that they read as written)."""
+    ``text`` joins them (in document order, so that they read as written).
+
+    Relevance, not mere closeness: ``away_from`` (vectors of what every question of a kind
+    says, e.g. "where is my order?") is taken out of the query first -- ``away_weight``
+    times its projection on their mean direction -- so that what is left is what this
+    question asks beyond that, and a sentence close to every order question ("have your
+    order number ready") no longer wins; ``min_score`` drops items below it (none may
+    remain); ``groups`` (one label per item, e.g. the passage it came from) keeps only items
+    of the best item's group."""
     import numpy as np
 
-    query = np.asarray(vector[0] if vector and isinstance(vector[0], list) else vector, "f4")
-    matrix = np.asarray(vectors, dtype="f4")
-    if matrix.ndim != 2 or len(matrix) != len(items) or matrix.shape[1] != query.shape[-1]:
-        raise ValueError(
-            f"need one vector per item of the query's size: {len(items)} items, "
-            f"vectors {matrix.shape}, query {query.shape}"
-        )
+    matrix, query = _vectors(vectors, items), _query(vector)
+    if matrix.shape[1] != query.shape[-1]:
+        raise ValueError(f"need vectors of the query's size: {matrix.shape}, query {query.shape}")
     if not 1 <= k <= 100:
         raise ValueError(f"k must be within 1..100, got {k}")
-    norms = np.linalg.norm(matrix, axis=1) * (np.linalg.norm(query) or 1.0)
-    scores = matrix @ query / np.where(norms == 0, 1.0, norms)
+    if away_from is not None and len(away_from):
+        away = np.asarray(away_from, dtype="f4").reshape(-1, matrix.shape[1])
+        unit = np.mean([a / (np.linalg.norm(a) or 1.0) for a in away], axis=0)
+        unit = unit / (np.linalg.norm(unit) or 1.0)
+        query = query / (np.linalg.norm(query) or 1.0)
+        query = query - away_weight * float(query @ unit) * unit
+    scores = _cosine(matrix, query)
     best = [int(i) for i in np.argsort(-scores)[:k]]
+    if min_score is not None:
+        best = [i for i in best if scores[i] >= min_score]
+    if groups is not None:
+        if len(groups) != len(items):
+            raise ValueError(f"need one group per item: {len(items)} items, {len(groups)} groups")
+        best = [i for i in best if groups[i] == groups[best[0]]]
     return {
         "items": [items[i] for i in best],
         "scores": [round(float(scores[i]), 4) for i in best],
         "text": " ".join(str(items[i]) for i in sorted(best)),
     }
+
+
+def _query(vector: Any) -> Any:
+    import numpy as np
+
+    return np.asarray(vector[0] if vector and isinstance(vector[0], list) else vector, "f4")
+
+
+def _vectors(vectors: Any, items: list[Any]) -> Any:
+    import numpy as np
+
+    matrix = np.asarray(vectors, dtype="f4")
+    if matrix.ndim != 2 or len(matrix) != len(items):
+        raise ValueError(f"need one vector per item: {len(items)} items, vectors {matrix.shape}")
+    return matrix
+
+
+def _cosine(matrix: Any, query: Any) -> Any:
+    import numpy as np
+
+    norms = np.linalg.norm(matrix, axis=1) * (np.linalg.norm(query) or 1.0)
+    return matrix @ query / np.where(norms == 0, 1.0, norms)
 
 
 @op("memory.get", kind="memory", classes=("cpu", "io"), outputs=("document",))

@@ -76,3 +76,19 @@ def test_a_gpu_class_step_that_ran_on_the_cpu_is_marked() -> None:
     assert "* class gpu ran on cpu (no GPU usable here)" in text
     assert TraceEntry.from_dict(fell_back.to_dict()) == fell_back
     assert "device" not in TRACE[0].to_dict()  # said only when it happened
+
+
+def test_eval_tables_show_failed_checks_and_one_summary_row_per_voice_and_check() -> None:
+    from fleet.cli.tables import eval_tables
+    from fleet.evaluation.scoring import Verdict, summary
+
+    right = Verdict("o1", "order", "a", heard="where is order 1042", wer=0.0, answer_ok=True)
+    right.checks = {"status": True, "quotes_relevant": True}
+    wrong = Verdict("k1", "kb", "f", heard="returns", wer=0.5, answer="Once shipped, return it.")
+    wrong.checks = {"status": None, "quotes_relevant": False}
+    console = Console(width=160, record=True)
+    for table in eval_tables([right, wrong], summary([right, wrong])):
+        console.print(table)
+    out = console.export_text()
+    assert "x quotes_relevant" in out and "by_voice f" in out and "by_voice a" in out
+    assert "checks quotes_relevant" in out and "wrong k1" in out and "{" not in out

@@ -111,8 +111,38 @@ def test_sentences_are_the_candidates_an_answer_may_quote() -> None:
         "Refunds take 5 working days.",
         "By e-mail at support@example.shop or by phone.",
     ]
+    assert out["origins"] == [0, 0, 1]
     assert "How do I reach support?" in sentences(text, questions=True)["sentences"]
     assert template("${a} ${b}", strip=True, a="", b="x") == {"text": "x"}
+
+
+def test_rank_quotes_what_is_relevant_or_nothing() -> None:
+    """What every question of a kind says is taken out of the query; a floor; one group."""
+    from fleet.ops.memory import rank
+
+    items = ["generic", "relevant", "other passage"]
+    vectors = [[1.0, 1.0, 0.0], [0.2, 1.0, 0.0], [0.0, 1.0, 1.5]]
+    query = [[0.8, 1.0, 0.0]]
+    assert rank(query, vectors, items, k=1)["items"] == ["generic"]  # the closest
+    away = [[1.0, 0.0, 0.0]]  # what every question says
+    out = rank(query, vectors, items, k=3, away_from=away)
+    assert out["items"][0] == "relevant" and out["scores"] == sorted(out["scores"], reverse=True)
+    assert out["items"] == ["relevant", "generic", "other passage"]
+    kept = rank(query, vectors, items, k=3, away_from=away, min_score=0.6)["items"]
+    assert kept == ["relevant", "generic"]
+    assert rank(query, vectors, items, k=3, away_from=away, min_score=2.0)["text"] == ""
+    grouped = rank(query, vectors, items, k=3, away_from=away, groups=[0, 0, 1])
+    assert grouped["items"] == ["relevant", "generic"] and grouped["text"] == "generic relevant"
+    with pytest.raises(ValueError, match="one group per item"):
+        rank(query, vectors, items, groups=[0])
+
+
+def test_contains_takes_one_word_or_number() -> None:
+    from fleet.ops.general import contains
+
+    assert contains("Where is my order 1,042?", 1042) == {"matched": [1042], "found": True}
+    assert contains("Where is my order?", 1042)["found"] is False
+    assert contains("a refund please", ["refund", "x"])["matched"] == ["refund"]
 
 
 def test_constrained_decode_returns_one_of_the_choices(tiny_gguf: str) -> None:
