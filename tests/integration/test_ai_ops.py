@@ -17,6 +17,7 @@ import pytest
 from fleet.client.client import Fleet
 from fleet.constants import BLOB_PREFIX
 from fleet.errors import WorkflowFailed
+from fleet.evaluation import scoring
 from fleet.examples.demo import speak_to_file
 from fleet.sdk.process import blobs
 from fleet.store.records import TraceEntry
@@ -224,8 +225,14 @@ def test_voice_agent_end_to_end(
     assert "1042" in out["question"].replace(",", "")  # real speech-to-text
     assert out["facts"] == "Your order 1042 (blender) is shipped."  # a real tool call
     assert client.store.state(run.id)["tools#1/call"]["text"] == '{"order_id": 1042}'  # GBNF
-    # the facts word for word, then sentences quoted from the knowledge base
-    assert out["answer"].startswith(out["facts"]) and len(out["answer"]) > len(out["facts"]) + 20
+    # the facts word for word, then only sentences quoted from the knowledge base that are
+    # relevant: from the shipping policy (a parcel that has not arrived), or none at all
+    assert out["answer"].startswith(out["facts"]), out
+    rest = out["answer"].removeprefix(out["facts"]).strip()
+    quoted = scoring.quoted_documents(rest, scoring.knowledge_base())
+    assert len(quoted) == len(scoring.sentences_of(rest)) and set(quoted) <= {"shipping"}, out
+    scores = client.store.state(run.id)["quote"]["scores"]  # the ranking ran: a floor of 0.3
+    assert len(scores) == len(quoted) and all(s >= 0.3 for s in scores), scores
     with wave.open(BytesIO(blobs().get(out["audio"]))) as w:  # real text-to-speech
         assert w.getnframes() / w.getframerate() > 1.0
     steps = _ran(run.trace())
