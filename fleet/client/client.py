@@ -44,6 +44,9 @@ from fleet.workflow.validate import check_inputs, check_size, validate
 
 WorkflowLike = Workflow | WorkflowSpec | str | Path
 SUBMIT_RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0)  # a broker restart takes a moment
+# No new attempt starts after this long: the run store already waits out a restart within
+# one attempt (about 13 s), so with the broker gone, submit gave up only after 79 s.
+SUBMIT_PATIENCE_S = 10.0
 log = logging.getLogger("fleet.client")
 
 
@@ -135,16 +138,18 @@ class Fleet:
         run_id = uuid.uuid4().hex
         options = {"priority": priority, "sla_s": sla_s, "policy": policy}
         run = new_run(compiled, run_id, options)
+        start = time.monotonic()
         for attempt, pause in enumerate((*SUBMIT_RETRY_PAUSES, None), start=1):
             try:  # idempotent: the same run id, and the claims let each step be sent once
                 self.dispatcher.start(compiled, run, values, force=attempt > 1)
                 break
             except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
-                if pause is None:
+                waited = time.monotonic() - start
+                if pause is None or waited + pause > SUBMIT_PATIENCE_S:
                     where = redact(self.cfg.broker_url)
                     raise FleetError(
-                        f"could not submit run {run_id} after {attempt} attempts "
-                        f"(broker/backend {where}): {exc}"
+                        f"could not submit run {run_id} after {attempt} attempt(s) in "
+                        f"{waited:.0f} s (broker/backend {where}): {exc}"
                     ) from exc
                 log.warning("submit %s: %s; retrying in %.1f s", run_id, exc, pause)
                 time.sleep(pause)
