@@ -64,6 +64,11 @@ def two_gpu_fleet(fleet_cfg: FleetConfig, tmp_path: Path) -> Any:
         update={"broker_url": f"redis://127.0.0.1:{free_port()}/0", "classes": classes}
     )
     with LocalFleet(cfg, ["gpu", "io"], flower=False, workdir=tmp_path) as fleet:
+        # the fleet's start waits for a live worker of each class, not for each worker: on a
+        # busy machine the second gpu worker may beat (and announce its queue) a moment later
+        deadline = time.monotonic() + 60
+        while len(_gpu_workers(cfg)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         yield fleet, Fleet(create_app(cfg), cfg)
 
 
