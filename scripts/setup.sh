@@ -30,8 +30,15 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
   # torch first and pinned, so that nothing resolves it to a CUDA build.
   "${pip[@]}" torch==2.13.0
-  echo "setup: installing the project into .venv (llama-cpp-python compiles on first install: ~7 min)"
-  "${pip[@]}" -e ".[dev]"
+  # llama-cpp-python compiles from source (~7 min). Its wheel is kept in .cache/wheels, so a
+  # rebuilt .venv and the container image the tests build (docker/Dockerfile) reuse it.
+  llama=$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)
+  if ! ls .cache/wheels/llama_cpp_python-"${llama#*==}"-*.whl >/dev/null 2>&1; then
+    echo "setup: compiling $llama into .cache/wheels (~7 min, once)"
+    .venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps -w .cache/wheels "$llama"
+  fi
+  echo "setup: installing the project into .venv"
+  "${pip[@]}" --find-links .cache/wheels -e ".[dev]"
   touch .venv/.installed
 fi
 echo "setup: ready ($(.venv/bin/python -c 'import celery, llama_cpp; print("celery", celery.__version__, "llama-cpp", llama_cpp.__version__)'), redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2))"

@@ -28,6 +28,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   [ "$made_policy" -eq 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
   [ "$rc" -eq 0 ] || exit 1
 fi
+# podman and a local Debian base image for the container tests (tests/integration/test_containers.py)
+bash scripts/setup-podman.sh >/dev/null || exit 1
 export FLEET_TEST_REQUIRE_SERVICES=1  # a missing server fails the run instead of skipping
 
 .venv/bin/ruff check fleet tests || exit 1

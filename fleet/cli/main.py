@@ -26,6 +26,7 @@ FAMILIES: dict[str, str] = {
     "fleet.cli.host": "This host and its live workers",
     "fleet.cli.plan": "Plan a fleet",
     "fleet.cli.measure": "Measure",
+    "fleet.cli.deploy": "Deploy a fleet elsewhere",
 }
 COMMANDS: dict[str, str] = {
     "up": "fleet.cli.run:up",
@@ -47,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "demo": "fleet.cli.measure:demo",
     "bench": "fleet.cli.measure:bench",
     "eval": "fleet.cli.measure:evaluate",
+    "kube": "fleet.cli.deploy:kube",
 }
 
 

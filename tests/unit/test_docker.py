@@ -29,7 +29,7 @@ def _compose() -> dict[str, Any]:
 
 
 def test_dockerfiles_pass_hadolint() -> None:
-    files = [str(DOCKER / "Dockerfile"), str(DOCKER / "Dockerfile.cuda")]
+    files = [str(DOCKER / name) for name in ("Dockerfile", "Dockerfile.cuda", "Dockerfile.redis")]
     done = subprocess.run([_tool("hadolint"), *files], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
 
