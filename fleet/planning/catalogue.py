@@ -67,6 +67,8 @@ class Device:
     # a worker's slots are one process's batch (an accelerator's sequences): a step takes
     # slots / speedup(slots) as long as alone where its op has a batch curve
     batches: bool = False
+    # what its workers' ops bind to (ClassSpec.device): "cuda" on an NVIDIA GPU
+    device: str = "cpu"
     capacity: int | None = None  # per-unit pricing: the most steps it runs at once
     egress_per_gb: float = 0.0  # $ per GB of data leaving the device for another class
     measured: dict[str, Any] = field(default_factory=dict)

@@ -62,6 +62,7 @@ def _class(j: str, plan: Plan, cat: Catalogue) -> list[str]:
         f"price_per_hour = {d.price_per_hour / slots:.6f}",  # a slot's (the device's / slots)
         f"network_mb_s = {d.network_gbs * 1000:.0f}",
         f"serves = {json.dumps(d.serves)}",
+        f"device = {json.dumps(d.device)}",
         f"workers = {n}",
         f"max_workers = {n}",  # `fleet up --autoscale` may go down to one, back to n
         f"description = {json.dumps(why)}",

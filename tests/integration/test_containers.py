@@ -14,8 +14,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,12 +32,11 @@ from fleet.routing.state import StateReader
 from fleet.worker.app import create_app
 from fleet.workflow.builder import Workflow
 from tests.support import containers
-from tests.support.containers import Played
+from tests.support.containers import CLASSES, Played
 from tests.support.voice import ask_voice_agent
 
 # the first build of the image takes minutes (its layers are cached afterwards)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
-CLASSES = ["gpu", "npu-lite", "cpu", "io"]
 
 
 def _wait_for_workers(cfg: FleetConfig, classes: list[str], played: Played, timeout: float) -> None:
@@ -70,9 +67,6 @@ def played(
     port, flower_port, metrics_port = free_port(), free_port(), free_port()
     password, flower_auth = secrets.token_hex(12), f"admin:{secrets.token_hex(12)}"
     url = f"redis://:{password}@127.0.0.1:{port}/0"
-    containers.secret("fleet-redis", {"password": password})
-    containers.secret("fleet-broker", {"FLEET_BROKER_URL": url})
-    containers.secret("fleet-flower", {"FLOWER_BASIC_AUTH": flower_auth})
     config = folder / "fleet.toml"  # travels as the ConfigMap; quick to see a worker gone
     config.write_text(
         f"flower_port = {flower_port}\nmetrics_port = {metrics_port}\n"
@@ -82,12 +76,8 @@ def played(
     values = folder / "values.yaml"
     values.write_text(f"image: {built.image}\nredisImage: {built.redis_image}\n")
     manifest = folder / "fleet-local.yaml"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-    argv = [sys.executable, "-m", "fleet.cli.main", "--config", str(config), "kube", "--local"]
-    argv += ["--redis-port", str(port), "--values", str(values), "-o", str(manifest)]
-    subprocess.run(argv, check=True, env=env, capture_output=True)
+    fleet = containers.play_local(manifest, config, password, flower_auth, port, values)
     assert password not in manifest.read_text() and flower_auth not in manifest.read_text()
-    fleet = containers.play(manifest)
     try:
         cfg = load_config(config, env={}).model_copy(update={"broker_url": url})
         _wait_for_workers(cfg, CLASSES, fleet, timeout=240)
@@ -171,6 +161,19 @@ def test_flower_asks_for_its_password_and_lists_the_class_workers(
     assert {n.split("@")[0] for n in names} >= set(CLASSES), names
     metrics = httpx.get(f"http://127.0.0.1:{client.cfg.metrics_port}/metrics", timeout=30)
     assert 'fleet_queue_depth{class="gpu"}' in metrics.text
+
+
+def test_no_password_reaches_a_log_or_the_image(played: tuple[Fleet, Played, str]) -> None:
+    client, fleet, auth = played
+    password = client.cfg.broker_url.split(":")[2].split("@")[0]  # redis://:PASSWORD@host
+    flower_password = auth.partition(":")[2]
+    for name in ("redis", "flower", "metrics", *(f"worker-{c}" for c in CLASSES)):
+        logs = fleet.logs(name, tail=100_000)
+        assert logs.strip(), f"{name}: no logs to look in"
+        assert password not in logs and flower_password not in logs, name
+    history = containers.podman("image", "history", "--no-trunc", containers.IMAGE)
+    env = containers.podman("image", "inspect", "--format", "{{.Config.Env}}", containers.IMAGE)
+    assert "PASSWORD" not in history + env and "BASIC_AUTH" not in history + env
 
 
 def test_a_killed_worker_container_restarts_and_its_step_is_redelivered(

@@ -4,21 +4,20 @@ local Debian base where no registry is reachable) and the fleet played from `fle
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/agent-fleet:test"
 REDIS_IMAGE = "localhost/agent-fleet-redis:test"
+CLASSES = ["gpu", "npu-lite", "cpu", "io"]
 
 
 def podman(*args: str, check: bool = True, timeout: float = 120) -> str:
@@ -81,22 +80,6 @@ def build_images() -> Built:
     return Built(IMAGE, REDIS_IMAGE, seconds, size / 1e6)
 
 
-def secret(name: str, data: dict[str, str]) -> None:
-    """A podman secret in the form `podman kube play` reads for a Kubernetes Secret: a JSON
-    object of base64 values."""
-    podman("secret", "rm", name, check=False)
-    doc = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-    done = subprocess.run(
-        ["podman", "secret", "create", name, "-"],
-        input=json.dumps(doc),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"podman secret create {name}: {done.stderr}")
-
-
 @dataclass
 class Played:
     """A fleet played from a manifest file; ``down`` removes its pods (the volumes stay
@@ -133,12 +116,32 @@ class Played:
             podman("volume", "rm", "-f", "redis-data", check=False)
 
 
-def play(manifest: Path) -> Played:
-    """Play ``manifest`` afresh: what an earlier run left (pods, the Redis volume) goes."""
-    podman("kube", "down", str(manifest), check=False, timeout=300)
-    for doc in yaml.safe_load_all(manifest.read_text()):
-        if doc["kind"] == "Deployment":
-            podman("pod", "rm", "-f", f"{doc['metadata']['name']}-pod-0", check=False)
+def play_local(
+    manifest: Path, config: Path, password: str, flower_auth: str, port: int, values: Path
+) -> Played:
+    """scripts/play-local.sh, as docs/operations.md has a user run it, after a clean-up of
+    what an earlier run left (its pods, the Redis volume)."""
+    if manifest.exists():
+        podman("kube", "down", str(manifest), check=False, timeout=300)
+    for name in ("redis", "flower", "metrics", *(f"worker-{c}" for c in CLASSES)):
+        podman("pod", "rm", "-f", f"{name}-pod-0", check=False)
     podman("volume", "rm", "-f", "redis-data", check=False)
-    podman("kube", "play", str(manifest), timeout=300)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env |= {
+        "FLEET_REDIS_PASSWORD": password,
+        "FLOWER_BASIC_AUTH": flower_auth,
+        "FLEET_REDIS_PORT": str(port),
+        "FLEET_KUBE_FILE": str(manifest),
+        "FLEET_CLI": f"{sys.executable} -m fleet.cli.main",
+        "FLEET_CONFIG": str(config),
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "play-local.sh"), "--values", str(values)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"play-local.sh: {done.stdout}{done.stderr}")
     return Played(manifest)

@@ -161,11 +161,16 @@ def test_each_class_scales_on_its_queue_lists_within_a_plans_bounds(tmp_path: Pa
     docs = _docs(saved)
     scaled = _kinds(docs, "ScaledObject")
     hourly = {j: n for j, n in plan.workers.items() if n}
-    assert hourly  # the plan sized some classes by the hour
+    # the plan sized classes by the hour, GPUs among them
+    assert any(cat.devices[j].device == "cuda" for j in hourly), hourly
     for cls, n in hourly.items():
         spec = scaled[f"worker-{cls}"]["spec"]
         assert spec["maxReplicaCount"] == n and spec["minReplicaCount"] == 1, cls
-        assert _kinds(docs, "Deployment")[f"worker-{cls}"]["spec"]["replicas"] == n
+        pod = _kinds(docs, "Deployment")[f"worker-{cls}"]["spec"]
+        assert pod["replicas"] == n
+        # a GPU device class of the catalogue gets a GPU, a CPU one none
+        limits = pod["template"]["spec"]["containers"][0]["resources"].get("limits", {})
+        assert ("nvidia.com/gpu" in limits) == (cat.devices[cls].device == "cuda"), cls
         lists = [t["metadata"]["listName"] for t in spec["triggers"]]
         # kombu's priority sub-lists of the class queue, besides the queue itself
         assert lists == [cls, f"{cls}\x06\x163", f"{cls}\x06\x166", f"{cls}\x06\x169"]
