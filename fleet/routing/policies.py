@@ -3,8 +3,11 @@
 Every policy sees the same estimate per eligible class (see :func:`estimate`)::
 
     completion = queue wait + service time + data movement
-    queue wait = max(0, backlog - slots + 1) * mean service time on the class / slots, or the
-                 wait this process expects from the steps it sent itself, if longer
+    queue wait = when the step starts, first come first served, behind the queued steps (the
+                 class's mean step time each) and the running ones (half done, on average):
+                 rounds of (queued // slots) mean times, plus half a mean time when its turn
+                 falls to a running step's slot; or the wait this process expects from the
+                 steps it sent itself, if longer
     service    = profile(op, class).predict(units) * online correction   (or the online
                  average, or default_service_s when the op was never seen on that class);
                  on a batching class (a thread pool on an accelerator) at the occupancy the
@@ -161,7 +164,7 @@ class _Model:
     per_unit: float
     source: str
     slots: int
-    backlog: int
+    backlog: int  # steps ahead of a new one: queued, reserved and running
     mean_s: float | None  # the class's moving-average step time, if observed
     move_latency_s: float
     bytes_per_s: float
@@ -171,6 +174,7 @@ class _Model:
     batch: dict[str, float] | None = None  # the profile's speedup at k steps at once
     cold_share: float = 0.0  # of the class's processes, those that have not run the op
     first_s: float = 0.0  # how long a process's first step of the op took
+    running: int = 0  # of the backlog, the steps running (at most the slots)
 
 
 def _models(state: FleetState, store: ProfileStore) -> dict[Any, Any]:
@@ -211,6 +215,7 @@ def _model(op: str, cls: str, state: FleetState, store: ProfileStore, cfg: Fleet
         spec.batches,
         profile.batch if profile is not None else None,
         *(state.cold_start(cls, op) if cfg.count_cold_starts else (0.0, 0.0)),
+        min(state.busy(cls), state.slots(cls)),
     )
     cache[(op, cls)] = model
     return model
@@ -229,6 +234,14 @@ def estimate(
     return _estimate(req, cls, _model(req.op or "", cls, state, store, cfg), state, time.time())
 
 
+def queue_wait(slots: int, running: int, queued: int, mean_s: float) -> float:
+    """When a new step starts, first come first served: ``queued`` steps of ``mean_s`` ahead
+    of it, ``running`` steps half done on average, the other slots free. Slots free up in
+    rounds of ``mean_s``: in each, the free ones at its start, the running ones half-way."""
+    rounds, place = divmod(max(0, queued), slots)
+    return rounds * mean_s + (mean_s / 2 if place >= slots - running else 0.0)
+
+
 def _estimate(req: RouteRequest, cls: str, m: _Model, state: FleetState, now: float) -> Estimate:
     service = m.fixed + m.per_unit * req.units
     if service < 0.0:
@@ -243,9 +256,8 @@ def _estimate(req: RouteRequest, cls: str, m: _Model, state: FleetState, now: fl
     if m.slots == 0:
         wait = math.inf
     else:
-        queued = m.backlog - m.slots + 1
         mean = service if m.mean_s is None else m.mean_s
-        wait = queued * mean / m.slots if queued > 0 else 0.0
+        wait = queue_wait(m.slots, m.running, m.backlog - m.running, mean)
         free_at = state.local_free_at.get(cls)
         if free_at is not None:
             wait = max(wait, free_at - now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import time
 
 import pytest
@@ -51,12 +52,26 @@ def req(units: float = 10, **kw: object) -> RouteRequest:
     return RouteRequest("fleet.step", "llm.generate", "model", CLASSES, units=units, **kw)  # type: ignore[arg-type]
 
 
+def fifo_start(slots: int, running: int, queued: int, step_s: float, left_s: float) -> float:
+    """When a new step starts, on an exact first-come-first-served schedule: ``running``
+    steps with ``left_s`` to go each, ``queued`` steps of ``step_s`` ahead of it, ``slots``
+    slots (the textbook multi-server queue, worked step by step -- not the router's formula)."""
+    free = [left_s] * running + [0.0] * (slots - running)
+    heapq.heapify(free)
+    for _ in range(queued):
+        heapq.heappush(free, heapq.heappop(free) + step_s)
+    return heapq.heappop(free)
+
+
 def test_estimate_combines_wait_service_and_movement(cfg: FleetConfig) -> None:
     # npu-lite: a prefork class, whose slots are processes of their own (no batch)
     st = state({"npu-lite": 3}, {"npu-lite": 1}, "npu-lite", online={"*|npu-lite|s": 0.5}, slots=2)
     est = estimate(req(input_bytes=5_000_000), "npu-lite", st, store(npu_lite=0.2), cfg)
-    # backlog 4 (3 queued + 1 running) on 2 slots: (4 - 2 + 1) * 0.5 s / 2 = 0.75 s
-    assert est.wait_s == pytest.approx(0.75)
+    # 3 queued of 0.5 s, 1 running, 2 slots: the new step starts at 0.5 s on the schedule if
+    # the running one is about to end, at 1.0 s if it just began (worked out by hand: slot A
+    # takes q1 at 0; slot B frees at 0 or 0.5 and takes q2; q3 and then it follow)
+    assert fifo_start(2, 1, 3, 0.5, 0.0) == 0.5 and fifo_start(2, 1, 3, 0.5, 0.5) == 1.0
+    assert 0.5 <= est.wait_s <= 1.0
     assert est.service_s == pytest.approx(0.2) and est.source == "profile"
     assert est.move_s == pytest.approx(0.005)  # 5 MB at 1000 MB/s
     assert est.cost == pytest.approx(0.15 / 3600 * 0.2)  # npu-lite: 0.15 an hour
@@ -114,7 +129,26 @@ def test_cost_sla_spills_from_a_backed_up_cheap_class(cfg: FleetConfig) -> None:
     assert CostSlaPolicy().choose(req(sla_left_s=2.0), quiet, cfg, profiles).cls == "cpu"
     flooded = state({"cpu": 30}, {"cpu": 1}, "npu-lite", "gpu", "cpu", online={"*|cpu|s": 0.5})
     d = CostSlaPolicy().choose(req(sla_left_s=2.0), flooded, cfg, profiles)
-    assert d.cls == "gpu" and d.estimates["cpu"].wait_s == pytest.approx(15.5)
+    # 30 queued of 0.5 s behind one running on one slot: 15 s to 15.5 s on the schedule
+    assert d.cls == "gpu" and 15.0 <= d.estimates["cpu"].wait_s <= 15.5
+
+
+GRID = [(s, r, q) for s in (1, 2, 4, 8) for r in (0, 1, 4, 8) for q in (0, 1, 3, 10, 33) if r <= s]
+
+
+@pytest.mark.parametrize("slots, running, queued", GRID)
+def test_the_wait_estimate_lies_within_the_exact_schedules_bounds(
+    cfg: FleetConfig, slots: int, running: int, queued: int
+) -> None:
+    """Whatever is left of the running steps, the new step starts between the schedule where
+    they are about to end and the one where they just began: the estimate stays in there."""
+    st = state({"cpu": queued}, {"cpu": running}, "cpu", online={"*|cpu|s": 0.5}, slots=slots)
+    wait = estimate(req(), "cpu", st, store(cpu=0.2), cfg).wait_s
+    low, high = (
+        fifo_start(slots, running, queued, 0.5, 0.0),
+        fifo_start(slots, running, queued, 0.5, 0.5),
+    )
+    assert low - 1e-9 <= wait <= high + 1e-9, (low, wait, high)
 
 
 @pytest.mark.parametrize("policy", [PreferredPolicy(), LeastLatencyPolicy(), CostSlaPolicy()])
