@@ -145,12 +145,12 @@ def test_a_long_retry_countdown_is_not_swept_back_as_stranded(client: Fleet) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pool", ["threads", "solo"])
-def test_a_poison_step_on_a_thread_pool_fails_its_run(
+@pytest.mark.parametrize("pool", ["threads", "solo", "gevent"])
+def test_a_poison_step_on_a_one_process_pool_fails_its_run(
     fleet_cfg: FleetConfig, tmp_path: Path, pool: str
 ) -> None:
-    """A step that kills an io worker's whole process (a thread or solo pool: no child to
-    lose) used to be swept back to each restarted worker for ever. Its starts are counted
+    """A step that kills an io worker's whole process (a thread, solo or gevent pool: no
+    child to lose) used to be swept back to each restarted worker for ever. Its starts are counted
     with the run: past max_worker_losses it fails its run, and the restarted io worker serves
     other runs."""
     classes = dict(fleet_cfg.classes)
@@ -181,3 +181,8 @@ def test_a_poison_step_on_a_thread_pool_fails_its_run(
         fleet.supervise(now=time.monotonic() + 120)  # past any backoff
         fleet.wait_for_workers(60)
         assert client.submit(healthy, {"t": "fine"}).get(timeout=60) == {"out": "fine"}
+        # and the worker ran that pool: Celery's own account of it
+        stats = client.app.control.inspect(timeout=5).stats() or {}
+        pools = {s["pool"]["implementation"] for s in stats.values()}
+        module = {"threads": "thread"}.get(pool, pool)
+        assert pools == {f"celery.concurrency.{module}:TaskPool"}, pools

@@ -71,15 +71,24 @@ def test_llm_prompt_and_choose() -> None:
         instruction="Be brief.",
         context=["doc one", "doc two"],
         facts="Order 7 shipped.",
-        examples=[{"input": "hi", "output": "hello"}],
+        examples=[{"input": "Is order 3 late?", "output": "No, it is on time."}],
         question_label="Customer",
         answer_label="Agent",
         answer_prefix="Sure,",
     )
-    assert out["prompt"] == (
-        "Be brief.\n\nContext:\n- doc one\n- doc two\n\nFacts:\nOrder 7 shipped.\n\n"
-        "Customer: hi\nAgent: hello\n\nCustomer: Where is order 7?\nAgent: Sure,"
-    )
+    prompt = out["prompt"]
+    # what the model needs, not one spelling of it: every part once, in the order a reader
+    # meets it (instruction, documents, facts, the worked example, then the question), and
+    # the prompt ends on the answer's cue, so that the model's next words are the answer
+    parts = ["Be brief.", "doc one", "doc two", "Order 7 shipped.", "Is order 3 late?"]
+    parts += ["No, it is on time."]
+    parts += ["Where is order 7?"]
+    places = [prompt.find(p) for p in parts]
+    assert all(prompt.count(p) == 1 for p in parts), prompt
+    assert places == sorted(places) and places[0] == 0, prompt
+    assert prompt.endswith("Customer: Where is order 7?\nAgent: Sure,"), prompt
+    # the example in the turns' own labels
+    assert "Customer: Is order 3 late?\nAgent: No, it is on time." in prompt
     assert out["prefix"] == "Sure,"
     assert choose(" Yes, it does", ["yes", "no"]) == {"choice": "yes", "matched": True}
     assert choose(" maybe", ["yes", "no"], default="no") == {"choice": "no", "matched": False}
