@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import threading
 import wave
 from collections.abc import Iterator
 from io import BytesIO
@@ -22,7 +20,7 @@ from fleet.examples.demo import speak_to_file
 from fleet.sdk.process import blobs
 from fleet.store.records import TraceEntry
 from fleet.workflow.builder import Workflow
-from tests.support.voice import QUESTION, ask_voice_agent
+from tests.support.voice import QUESTION, ask_voice_agent, order_api_server
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "fleet" / "examples"
@@ -170,17 +168,8 @@ def knowledge_base(local_fleet: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def order_api() -> Iterator[str]:
-    spec = importlib.util.spec_from_file_location("shop_api", EXAMPLES / "shop_api.py")
-    assert spec is not None and spec.loader is not None
-    shop = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shop)
-    import tempfile
-
-    db = shop.create_db(Path(tempfile.mkdtemp()) / "shop.sqlite")
-    server = shop.serve(0, db)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with order_api_server() as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -9,13 +9,10 @@ recorded in docs/operations.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import secrets
 import signal
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +30,7 @@ from fleet.worker.app import create_app
 from fleet.workflow.builder import Workflow
 from tests.support import containers
 from tests.support.containers import CLASSES, Played
-from tests.support.voice import ask_voice_agent
+from tests.support.voice import ask_voice_agent, order_api_server
 
 # the first build of the image takes minutes (its layers are cached afterwards)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -76,11 +73,13 @@ def played(
     values = folder / "values.yaml"
     values.write_text(f"image: {built.image}\nredisImage: {built.redis_image}\n")
     manifest = folder / "fleet-local.yaml"
+    started = time.monotonic()
     fleet = containers.play_local(manifest, config, password, flower_auth, port, values)
     assert password not in manifest.read_text() and flower_auth not in manifest.read_text()
     try:
         cfg = load_config(config, env={}).model_copy(update={"broker_url": url})
         _wait_for_workers(cfg, CLASSES, fleet, timeout=240)
+        print(f"played: a live worker in every class {time.monotonic() - started:.1f} s on")
         yield Fleet(app=create_app(cfg), cfg=cfg), fleet, flower_auth
     finally:
         fleet.down(volumes=True)
@@ -88,15 +87,8 @@ def played(
 
 @pytest.fixture(scope="module")
 def order_api() -> Iterator[str]:
-    spec = importlib.util.spec_from_file_location("shop_api", EXAMPLES / "shop_api.py")
-    assert spec is not None and spec.loader is not None
-    shop = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shop)
-    db = shop.create_db(Path(tempfile.mkdtemp()) / "shop.sqlite")
-    server = shop.serve(0, db)  # on the host's loopback, which the containers share
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with order_api_server() as url:  # on the host's loopback (the containers share it)
+        yield url
 
 
 def _wait_until_active(client: Fleet, node: str, timeout: float = 60) -> None:
