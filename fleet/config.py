@@ -242,6 +242,11 @@ class FleetConfig(BaseModel):
     max_value_bytes: int = Field(default=4 << 20, ge=1024)  # a run's inputs, a step's outputs
     # A step whose worker process dies this many times fails its run (not redelivered again).
     max_worker_losses: int = Field(default=2, ge=1)
+    # A step's start lease (seconds): its process renews it every third of this while the op
+    # runs; a copy that finds it lapsed takes the step over (its holder died). Longer: a
+    # death is seen later on RabbitMQ; shorter: more renewals, and a stalled process is
+    # taken for dead sooner.
+    start_lease_s: float = Field(default=10.0, ge=1)
     # Where workers keep assembled models and vector indexes (shared by the workers of a host).
     data_dir: str = "~/.cache/agent-fleet"
     # Where http.request may go: entries "host", "host:port" or "scheme://host[:port][/path]"

@@ -34,8 +34,10 @@ RUN_OUTPUTS_KEY = "fleet:run:{id}:out"  # hash: node path -> JSON outputs of tha
 INPUTS = "inputs"  # reserved node name: a workflow's own inputs (also their field in the hash)
 RUN_CLAIMS_KEY = "fleet:run:{id}:claims"  # hash: node path -> id of the task that sent it
 RUN_LOSSES_KEY = "fleet:run:{id}:losses"  # hash: node path -> deaths of the worker running it
-# hash: "path@attempt" -> starts of that attempt by a message that sat in a queue (a start
-# that never finished means its worker died: a thread-pool worker's loss is counted here)
+# hash: "path@attempt" -> "holder token|expiry" (the copy running it), "done" or "lost"
+RUN_LEASES_KEY = "fleet:run:{id}:leases"
+# hash: "path@attempt" -> leases of that attempt taken over from a holder that stopped
+# renewing: its whole process died (a thread-pool worker's loss is counted here)
 RUN_STARTS_KEY = "fleet:run:{id}:starts"
 # hash: "*" (the run) or a node path -> the Celery task waiting for it (its request, JSON)
 RUN_REPLIES_KEY = "fleet:run:{id}:replies"

@@ -137,9 +137,21 @@ class Dispatcher:
             self.store.succeed(run["id"], decision.outputs)
         return decision
 
-    def send(self, call: StepCall, run: dict[str, Any]) -> None:
-        """Publish one step; the router picks its queue now, from the live fleet."""
+    def send(
+        self,
+        call: StepCall,
+        run: dict[str, Any],
+        *,
+        countdown: float | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        """Publish one step; the router picks its queue now, from the live fleet.
+        ``countdown``/``task_id``: a copy sent again for later, under its first id."""
         options: dict[str, Any] = {}
+        if countdown is not None:
+            options["countdown"] = countdown
+        if task_id is not None:
+            options["task_id"] = task_id
         if call["timeout"]:
             options["soft_time_limit"] = call["timeout"]
             options["time_limit"] = call["timeout"] + 5

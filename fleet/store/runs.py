@@ -27,6 +27,7 @@ from fleet.constants import (
     RUN_CLAIMS_KEY,
     RUN_DONE_KEY,
     RUN_KEY,
+    RUN_LEASES_KEY,
     RUN_LOSSES_KEY,
     RUN_MAP_KEY,
     RUN_OUTPUTS_KEY,
@@ -135,6 +136,7 @@ class RunStore:
             "claims": RUN_CLAIMS_KEY,
             "losses": RUN_LOSSES_KEY,
             "starts": RUN_STARTS_KEY,
+            "leases": RUN_LEASES_KEY,
             "replies": RUN_REPLIES_KEY,
         }[part]
         return key.format(id=run_id)
@@ -320,7 +322,7 @@ class RunStore:
         keys = [self._key(run_id), self._key(run_id, "done"), WORKFLOW_METRICS_KEY]
         keys += [self._key(run_id, "replies"), ACTIVE_RUNS_KEY]
         keys += [self._key(run_id, part) for part in ("out", "claims")]
-        keys += [self._key(run_id, part) for part in ("losses", "starts")]
+        keys += [self._key(run_id, part) for part in ("losses", "starts", "leases")]
         # The run's working state (every step's outputs, claims) is not what the client reads
         # once the run ended: it goes after STATE_AFTER_END_S, the record and trace stay.
         short = min(self.ttl, STATE_AFTER_END_S)
@@ -346,19 +348,6 @@ class RunStore:
     def status(self, run_id: str) -> str | None:
         value = self.redis.hget(self._key(run_id), "status")
         return str(value) if value is not None else None
-
-    def begin(self, run_id: str, path: str, attempt: int) -> tuple[str | None, bool, int]:
-        """For a step that sat in a queue, in one round trip: the run's status, whether step
-        ``path`` has recorded its outputs already (this is a second copy), and how often this
-        attempt of it has been started so (a start that never finished: its worker died)."""
-        starts = self._key(run_id, "starts")
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hget(self._key(run_id), "status")
-        pipe.hexists(self._key(run_id, "out"), path)
-        pipe.hincrby(starts, f"{path}@{attempt}", 1)
-        pipe.expire(starts, self.ttl)
-        status, ran, count, _ = pipe.execute()
-        return (str(status) if status is not None else None), bool(ran), int(count)
 
     def info(self, run_id: str) -> RunInfo | None:
         h = cast(dict[str, str], self.redis.hgetall(self._key(run_id)))

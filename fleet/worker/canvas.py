@@ -32,8 +32,9 @@ from fleet.errors import FleetError, WorkflowFailed
 from fleet.routing.registered import check_registered
 from fleet.sdk.registry import registry
 from fleet.worker.app import app
+from fleet.worker.recovery import StepRequest
 from fleet.worker.replies import reply_of
-from fleet.worker.tasks import StepRequest, dispatcher, execute
+from fleet.worker.tasks import dispatcher, execute
 from fleet.workflow.chaining import chained_inputs
 from fleet.workflow.model import WorkflowSpec
 from fleet.workflow.split import expand_splits

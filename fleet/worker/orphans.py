@@ -11,7 +11,7 @@ is in none of them twice in a row, a grace period apart, is an orphan: it is sen
 once per step (a second loss of the same step is left to the run's deadline). A step whose
 outputs are recorded is never ready, so nothing that ran is sent again; and a re-sent step
 that finds its outputs recorded (the lost message came back after all) does not run its op
-(see ``_check_begin``).
+(see ``fleet.worker.recovery``).
 
 Only a Redis broker can be looked into this way; a RabbitMQ broker takes and records in one
 step, so nothing is lost there between the two. On both, the check first routes again the

@@ -11,13 +11,10 @@ import os
 import resource
 import threading
 import time
-from functools import cache
 from typing import Any, NoReturn
 
-from billiard.einfo import ExceptionInfo
 from celery import Celery, Task
-from celery.exceptions import Ignore, WorkerLostError
-from celery.worker.request import Request
+from celery.exceptions import Retry
 
 from fleet.config import FleetConfig
 from fleet.constants import (
@@ -41,11 +38,11 @@ from fleet.sdk.step import StepContext, running
 from fleet.store.records import TraceEntry
 from fleet.store.runs import RunStore
 from fleet.worker.app import app, fleet_config
+from fleet.worker.recovery import StepRequest, begin
 from fleet.worker.replies import replier
 
 log = logging.getLogger("fleet.tasks")
 CPU_FALLBACK = "cpu (no GPU usable here)"
-RECHECK_AFTER_S = 0.05  # a step that waited longer re-reads its run's status before running
 
 
 _DISPATCHERS: dict[int, Dispatcher] = {}
@@ -176,60 +173,18 @@ def _cpu_clock(shared: bool = False) -> float:
     return time.thread_time()
 
 
-class StepRequest(Request):
-    """A step's request in the worker's main process, where a dead pool child is noticed.
-
-    acks_late + reject_on_worker_lost requeue a step whose process died -- forever, for a step
-    that kills its worker every time. Each loss is counted with the run (atomically, so any
-    host's worker counts the same step); at ``max_worker_losses`` the run fails naming the node
-    and how its worker died, the message is acknowledged, and the worker serves other runs.
-    """
-
-    def on_failure(
-        self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
-    ) -> None:
-        exc = getattr(exc_info, "exception", None)
-        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
-        cancelled = self._already_cancelled or self._already_revoked  # killed on purpose
-        lost = isinstance(exc, WorkerLostError) or (isinstance(exc, SystemExit) and not cancelled)
-        if lost and self._gave_up(str(exc) or type(exc).__name__):
-            self.acknowledge()
-            return
-        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-
-    def _gave_up(self, how: str) -> bool:
-        call, run = self.kwargs.get("call") or {}, self.kwargs.get("run") or {}
-        if not call.get("path") or not run.get("id"):
-            return False
-        store = _loss_store(self.task.app)
-        cfg = fleet_config(self.task.app)
-        losses = store.count_loss(run["id"], call["path"])
-        log.warning(
-            "run %s: node %s lost its worker (%d): %s", run["id"], call["path"], losses, how
-        )
-        if losses < cfg.max_worker_losses:
-            return False
-        why = (
-            f"node '{call['path']}' (op {call.get('op')}): its worker died {losses} times "
-            f"running it ({how}); not delivered again"
-        )
-        store.fail(run["id"], call["path"], why)
-        return True
-
-
-@cache
-def _loss_store(celery_app: Celery) -> RunStore:
-    cfg = fleet_config(celery_app)
-    return RunStore(cfg.backend_url, cfg.run_ttl, on_end=replier(celery_app))
-
-
 @app.task(name=STEP_TASK, bind=True, ignore_result=True, Request=StepRequest)
 def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     """Run one op node, record its outputs and trace, then send the steps it made ready."""
     engine = dispatcher(self.app)
-    if _waited(self):  # it sat in a queue: the run may have failed, or this step have run
-        _check_begin(self, engine, call, run)
-    status, state, _ = execute(self, engine, call, run)
+    lease = begin(self, engine, call, run)  # raises Ignore when this copy must not run
+    try:
+        status, state, _ = execute(self, engine, call, run)
+    except Retry:  # the next attempt was sent: a late copy of this one must not run
+        lease.end_by_retry()
+        raise
+    finally:
+        lease.release()
     if status == "running" and state is not None:
         if registry.get(call["op"]).prefix_cache and self.request.hostname:
             run = affinity.remember(run, call["op"], self.request.hostname)  # its next round
@@ -280,30 +235,6 @@ def execute(
         call.get("group"),
     )
     return status, state, outputs
-
-
-def _check_begin(task: Task, engine: Dispatcher, call: StepCall, run: dict[str, Any]) -> None:
-    """Before a step that waited runs its op: raise Ignore when the run failed, or when this is
-    a second copy of a step that already recorded its outputs (swept back, or redelivered
-    after its worker died past the record) -- the op does not run again, no side effect
-    twice, but what it made ready is sent (the claims let each successor out once). A step
-    started more than ``max_worker_losses`` times without finishing fails its run: its
-    worker died each time (any pool: a thread-pool worker's whole process dies with it)."""
-    store = engine.store
-    status, ran, starts = store.begin(run["id"], call["path"], task.request.retries or 0)
-    if status == "failed":
-        raise Ignore()  # another branch failed the run: do no more work for it
-    if ran and not call.get("group"):
-        if status == "running":
-            engine.advance(run, store.state(run["id"]), owner=task.request.id or call["path"])
-        raise Ignore()
-    if starts > engine.cfg.max_worker_losses:
-        why = (
-            f"node '{call['path']}' (op {call['op']}): started {starts} times and never "
-            f"finished -- its worker died each time; not run again"
-        )
-        store.fail(run["id"], call["path"], why)
-        raise Ignore()
 
 
 def _check_trust(
@@ -359,14 +290,6 @@ def _run_op(op: OpSpec, args: dict[str, Any], deadline: float | None) -> Any:
         return StepDeadline(f"no result within its deadline of {deadline:g} s")
 
     return run_within(deadline, lambda: op.func(**args), late)
-
-
-def _waited(task: Task) -> bool:
-    """Whether the message sat in its queue long enough for the run to have failed since it
-    was sent. The sender read the run's status just before sending, so a step that starts at
-    once (the common case in a chain) skips the round trip; one that waited checks first."""
-    sent_at = getattr(task.request, SENT_AT_HEADER, None)
-    return sent_at is None or time.time() - float(sent_at) > RECHECK_AFTER_S
 
 
 def _failed(

@@ -150,9 +150,10 @@ def test_a_poison_step_on_a_one_process_pool_fails_its_run(
     fleet_cfg: FleetConfig, tmp_path: Path, pool: str
 ) -> None:
     """A step that kills an io worker's whole process (a thread, solo or gevent pool: no
-    child to lose) used to be swept back to each restarted worker for ever. Its starts are counted
-    with the run: past max_worker_losses it fails its run, and the restarted io worker serves
-    other runs."""
+    child to lose) used to be swept back to each restarted worker for ever. Its start lease
+    lapses with the process; each copy that takes it over from a dead holder is counted with
+    the run: at max_worker_losses it fails its run, and the restarted io worker serves other
+    runs."""
     classes = dict(fleet_cfg.classes)
     classes["io"] = classes["io"].model_copy(update={"pool": pool})
     cfg = fleet_cfg.model_copy(
@@ -176,7 +177,9 @@ def test_a_poison_step_on_a_one_process_pool_fails_its_run(
         while bad.status() == "running" and time.monotonic() < deadline:
             fleet.supervise()  # as `fleet up` does: the io worker is restarted, with backoff
             time.sleep(0.2)
-        with pytest.raises(WorkflowFailed, match="started 3 times and never finished"):
+        with pytest.raises(
+            WorkflowFailed, match=r"its worker died running it 2 times \(its start lease lapsed"
+        ):
             bad.get(timeout=1)
         fleet.supervise(now=time.monotonic() + 120)  # past any backoff
         fleet.wait_for_workers(60)

@@ -33,9 +33,18 @@ class StubBroker(Dispatcher):
     def __init__(self, cfg: FleetConfig, store: RunStore) -> None:
         super().__init__(app, cfg, store, registry)
         self.sent: list[tuple[str, StepCall, dict[str, Any]]] = []
+        self.countdowns: list[float | None] = []  # of each send, in order
 
-    def send(self, call: StepCall, run: dict[str, Any]) -> None:
-        self.sent.append((uuid.uuid4().hex, call, run))
+    def send(
+        self,
+        call: StepCall,
+        run: dict[str, Any],
+        *,
+        countdown: float | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        self.sent.append((task_id or uuid.uuid4().hex, call, run))
+        self.countdowns.append(countdown)
 
     def drain(self) -> list[str]:
         ran = []
@@ -94,6 +103,38 @@ def test_a_redelivered_step_resends_only_what_it_claimed(stub: tuple[Fleet, Stub
     assert len(broker.sent) == 2
     broker.drain()
     assert run.status() == "succeeded"
+
+
+def test_copies_of_a_running_step_do_not_run_its_op_beside_it(
+    stub: tuple[Fleet, StubBroker],
+) -> None:
+    """Three copies of one message at once (RabbitMQ delivered such copies together after a
+    restart): one runs the op; the others are sent again, under the same task id, for when
+    its start lease would lapse -- and then find the step recorded."""
+    client, broker = stub
+    wf = Workflow("copies", inputs=["t"])
+    wf.output("out", wf.step("nap", "test.sleep", seconds=1.0, value=wf.input("t"))["value"])
+    run = client.submit(wf, {"t": "x"})
+    task_id, call, run_info = broker.sent.pop()
+    broker.countdowns.clear()
+    copies = [
+        threading.Thread(
+            target=tasks.step.apply,
+            kwargs={"kwargs": {"call": call, "run": run_info}, "task_id": task_id},
+        )
+        for _ in range(3)
+    ]
+    for copy in copies:
+        copy.start()
+    for copy in copies:
+        copy.join()
+    assert run.get(timeout=1) == {"out": "x"}
+    assert [(e.node, e.status) for e in run.trace()] == [("nap", "succeeded")]  # once
+    assert [sent[0] for sent in broker.sent] == [task_id, task_id]
+    lease_s = broker.cfg.start_lease_s
+    assert all(c is not None and 0 < c <= lease_s + 0.5 for c in broker.countdowns)
+    broker.drain()  # when they come back, the step is recorded: its op does not run again
+    assert [(e.node, e.status) for e in run.trace()] == [("nap", "succeeded")]
 
 
 def test_a_failing_step_fails_its_run_and_stops_its_branch(stub: tuple[Fleet, StubBroker]) -> None:

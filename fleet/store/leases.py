@@ -1,0 +1,159 @@
+"""Start leases: which copy of a step runs its op, and whether an earlier start's worker died.
+
+A step's message can arrive more than once: a broker redelivers what a lost connection held,
+a publisher that lost its confirm publishes again (RabbitMQ then holds two copies, delivered
+together), the sweeper and the orphan check put back what looked stranded. A copy that finds
+the step's outputs recorded does not run (``RunStore.begin``'s ``ran``); the lease covers the
+copies that arrive *while* another runs, and tells a dead holder from a live one:
+
+- the copy that starts a step (per attempt) takes its lease: ``holder token|expiry`` in the
+  run's ``leases`` hash. The holder's process renews it while the op runs
+  (:mod:`fleet.worker.leases`), every third of ``start_lease_s``;
+- a copy that finds a live lease is a duplicate: it does not run the op now (it is sent
+  again for when the lease would lapse, so that a holder that dies later is still covered);
+- a copy that finds a lapsed lease takes it over: the holder stopped renewing -- its process
+  died (or hung past the lease). Each takeover is counted with the run (``starts``): past
+  ``max_worker_losses`` the step fails its run instead of killing worker after worker;
+- a pool child's death is seen by its worker's main process, which counts it as a loss
+  (``RunStore.count_loss``) and marks the lease ``lost``: the requeued copy takes it at
+  once, without counting the same death twice;
+- a step that ends by a retry marks its lease ``done``: a late copy of that attempt does
+  not run (the retry's own message carries the next attempt).
+
+Times are the Redis server's (``TIME``), so workers' clocks need not agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import redis
+
+from fleet.constants import RUN_KEY, RUN_LEASES_KEY, RUN_OUTPUTS_KEY, RUN_STARTS_KEY
+
+Verdict = Literal["run", "held", "ended", "skip"]
+
+# KEYS: run, out, leases, starts. ARGV: path, field, token, lease_s, ttl, group (1: an item
+# of a map, which runs again even when recorded). Returns {status, ran, verdict, takeovers,
+# seconds until a live lease lapses}.
+_BEGIN = """
+local status = redis.call('HGET', KEYS[1], 'status') or ''
+local ran = redis.call('HEXISTS', KEYS[2], ARGV[1])
+if status == 'failed' or (ran == 1 and ARGV[6] == '0') then
+  return {status, ran, 'skip', 0, '0'}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local cur = redis.call('HGET', KEYS[3], ARGV[2])
+local taken = 0
+if cur and ran == 0 then
+  if cur == 'done' then return {status, ran, 'ended', 0, '0'} end
+  if cur ~= 'lost' then
+    local expiry = tonumber(string.match(cur, '|([^|]*)$')) or 0
+    if expiry > now then return {status, ran, 'held', 0, string.format('%.3f', expiry - now)} end
+    taken = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+    redis.call('EXPIRE', KEYS[4], ARGV[5])
+  end
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. '|' .. string.format('%.3f', now + ARGV[4]))
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+return {status, ran, 'run', taken, '0'}
+"""
+
+# KEYS: one leases hash per lease. ARGV: lease_s, ttl, then (field, token) per key. A lease
+# held by its token, or not written yet (a step that started at once, without ``begin``), is
+# extended; the indexes (1-based) of those another copy took over are returned.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lost = {}
+for i, key in ipairs(KEYS) do
+  local field, token = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local cur = redis.call('HGET', key, field)
+  if not cur or string.sub(cur, 1, #token + 1) == token .. '|' then
+    redis.call('HSET', key, field, token .. '|' .. string.format('%.3f', now + ARGV[1]))
+    redis.call('EXPIRE', key, ARGV[2])
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost
+"""
+
+# KEYS: leases. ARGV: field, mark ('done' or 'lost'), ttl. 'lost' leaves a 'done' alone.
+_MARK = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[2] == 'lost' and (not cur or cur == 'done') then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Begin:
+    """What a copy of a step found when it began.
+
+    ``verdict``: ``run`` (it holds the lease now: run the op), ``held`` (another live copy
+    holds it: not now, again in ``wait_s``), ``ended`` (that attempt ended in a retry) or
+    ``skip`` (the run failed, or the step's outputs are recorded)."""
+
+    status: str | None
+    ran: bool
+    verdict: Verdict
+    takeovers: int  # leases of this attempt taken over from a holder that stopped renewing
+    wait_s: float
+
+
+def lease_field(path: str, attempt: int) -> str:
+    return f"{path}@{attempt}"
+
+
+class Leases:
+    """The start leases of steps, in the run store's Redis."""
+
+    def __init__(self, client: redis.Redis, ttl: int, lease_s: float) -> None:
+        self.redis = client
+        self.ttl = ttl
+        self.lease_s = lease_s
+        self._begin = client.register_script(_BEGIN)
+        self._renew = client.register_script(_RENEW)
+        self._mark = client.register_script(_MARK)
+
+    def begin(self, run_id: str, path: str, attempt: int, token: str, group: bool) -> Begin:
+        """For a copy of step ``path`` that sat in a queue, in one round trip: the run's
+        status, whether the step recorded its outputs, and whether this copy runs it."""
+        keys = [
+            RUN_KEY.format(id=run_id),
+            RUN_OUTPUTS_KEY.format(id=run_id),
+            RUN_LEASES_KEY.format(id=run_id),
+            RUN_STARTS_KEY.format(id=run_id),
+        ]
+        field = lease_field(path, attempt)
+        args: list[str | float | int] = [path, field, token, self.lease_s, self.ttl, int(group)]
+        status, ran, verdict, taken, wait = cast(list[str], self._begin(keys=keys, args=args))
+        return Begin(
+            status=str(status) or None,
+            ran=bool(int(ran)),
+            verdict=cast(Verdict, str(verdict)),
+            takeovers=int(taken),
+            wait_s=float(wait),
+        )
+
+    def renew(self, held: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        """Extend the leases ``held`` as (run id, field, token); those another copy took
+        over (this holder was taken for dead) are returned."""
+        if not held:
+            return []
+        keys = [RUN_LEASES_KEY.format(id=run_id) for run_id, _, _ in held]
+        args: list[str | float | int] = [self.lease_s, self.ttl]
+        for _, field, token in held:
+            args += [field, token]
+        lost = cast(list[int], self._renew(keys=keys, args=args))
+        return [held[int(i) - 1] for i in lost]
+
+    def mark(self, run_id: str, field: str, mark: Literal["done", "lost"]) -> None:
+        """``done``: that attempt ended (a retry was sent); ``lost``: its holder died and the
+        death was counted already (a pool child: ``RunStore.count_loss``)."""
+        self._mark(keys=[RUN_LEASES_KEY.format(id=run_id)], args=[field, mark, self.ttl])

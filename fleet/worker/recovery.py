@@ -1,0 +1,172 @@
+"""A step that may be a copy, or whose worker died: who runs it, and when to give up.
+
+``begin`` is what ``fleet.step`` does before its op: a copy that sat in a queue checks the
+run and the step's start lease (:mod:`fleet.store.leases`) and runs only if it holds the
+lease; the lease is renewed while the op runs (:mod:`fleet.worker.leases`). ``StepRequest``
+is the step's request in the worker's main process, where a dead pool child is noticed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from billiard.einfo import ExceptionInfo
+from celery import Celery, Task
+from celery.exceptions import Ignore, WorkerLostError
+from celery.worker.request import Request
+
+from fleet.constants import SENT_AT_HEADER
+from fleet.engine.dispatch import Dispatcher
+from fleet.engine.readiness import StepCall
+from fleet.store.leases import Leases, lease_field
+from fleet.store.runs import RunStore
+from fleet.worker.app import fleet_config
+from fleet.worker.leases import keeper
+from fleet.worker.replies import replier
+
+log = logging.getLogger("fleet.tasks")
+RECHECK_AFTER_S = 0.05  # a step that waited longer re-reads its run's status before running
+
+_LEASES: dict[int, Leases] = {}
+_LEASES_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The start lease a running copy of a step holds (renewed until ``release``)."""
+
+    leases: Leases
+    run_id: str
+    field: str
+
+    def end_by_retry(self) -> None:
+        self.leases.mark(self.run_id, self.field, "done")
+
+    def release(self) -> None:
+        keeper().release(self.run_id, self.field)
+
+
+def begin(task: Task, engine: Dispatcher, call: StepCall, run: dict[str, Any]) -> Lease:
+    """Hold the step's start lease while its op runs; raise Ignore when this copy must not
+    run it. A copy that started at once (the common case in a chain: the sender read the
+    run's status just before sending) skips the round trip; its lease is written by the
+    first renewal, if the op runs that long."""
+    leases = leases_of(engine)
+    field = lease_field(call["path"], task.request.retries or 0)
+    token = keeper().token(task.request.hostname)
+    if _waited(task):  # it sat in a queue: the run may have failed, or this step have run
+        _check_begin(task, engine, leases, call, run, token)
+    keeper().hold(leases, run["id"], field, token)
+    return Lease(leases, run["id"], field)
+
+
+def leases_of(engine: Dispatcher) -> Leases:
+    """The start leases, in the run store's Redis (one per dispatcher)."""
+    found = _LEASES.get(id(engine))
+    if found is None:
+        with _LEASES_LOCK:
+            found = _LEASES.setdefault(
+                id(engine), Leases(engine.store.redis, engine.cfg.run_ttl, engine.cfg.start_lease_s)
+            )
+    return found
+
+
+def _waited(task: Task) -> bool:
+    """Whether the message sat in its queue long enough for the run to have failed (or the
+    step to have run in another copy) since it was sent."""
+    sent_at = getattr(task.request, SENT_AT_HEADER, None)
+    return sent_at is None or time.time() - float(sent_at) > RECHECK_AFTER_S
+
+
+def _check_begin(
+    task: Task, engine: Dispatcher, leases: Leases, call: StepCall, run: dict[str, Any], token: str
+) -> None:
+    """Raise Ignore when the run failed, or when this copy must not run the step: it
+    recorded its outputs already (swept back, or redelivered after its worker died past the
+    record) -- the op does not run again, but what it made ready is sent (the claims let
+    each successor out once); another live copy runs it now -- this one is sent again, under
+    its id, for when that copy's lease would lapse (a holder that dies later is covered); or
+    that attempt ended in a retry. A step whose lease was taken over from dead holders
+    ``max_worker_losses`` times fails its run: its worker died each time (any pool: a
+    thread-pool worker's whole process dies with it)."""
+    path, attempt = call["path"], task.request.retries or 0
+    found = leases.begin(run["id"], path, attempt, token, bool(call.get("group")))
+    if found.status == "failed" or found.verdict == "ended":
+        raise Ignore()  # another branch failed the run, or a retry carries the step on
+    if found.verdict == "skip":  # its outputs are recorded
+        if found.status == "running":
+            engine.advance(run, engine.store.state(run["id"]), owner=task.request.id or path)
+        raise Ignore()
+    if found.verdict == "held":
+        wait = found.wait_s
+        log.info("run %s: node %s runs in another copy; again in %.1fs", run["id"], path, wait)
+        engine.send(call, run, countdown=wait + 0.5, task_id=task.request.id)
+        raise Ignore()
+    if found.takeovers >= engine.cfg.max_worker_losses:
+        why = (
+            f"node '{path}' (op {call['op']}): its worker died running it {found.takeovers} "
+            f"times (its start lease lapsed each time); not run again"
+        )
+        engine.store.fail(run["id"], path, why)
+        raise Ignore()
+
+
+class StepRequest(Request):
+    """A step's request in the worker's main process, where a dead pool child is noticed.
+
+    acks_late + reject_on_worker_lost requeue a step whose process died -- forever, for a step
+    that kills its worker every time. Each loss is counted with the run (atomically, so any
+    host's worker counts the same step); at ``max_worker_losses`` the run fails naming the node
+    and how its worker died, the message is acknowledged, and the worker serves other runs.
+    """
+
+    def on_failure(
+        self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
+        cancelled = self._already_cancelled or self._already_revoked  # killed on purpose
+        lost = isinstance(exc, WorkerLostError) or (isinstance(exc, SystemExit) and not cancelled)
+        if lost and self._gave_up(str(exc) or type(exc).__name__):
+            self.acknowledge()
+            return
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def _gave_up(self, how: str) -> bool:
+        call, run = self.kwargs.get("call") or {}, self.kwargs.get("run") or {}
+        if not call.get("path") or not run.get("id"):
+            return False
+        store = _loss_store(self.task.app)
+        cfg = fleet_config(self.task.app)
+        losses = store.count_loss(run["id"], call["path"])
+        log.warning(
+            "run %s: node %s lost its worker (%d): %s", run["id"], call["path"], losses, how
+        )
+        if losses < cfg.max_worker_losses:
+            # The death is counted: the requeued copy takes the lease at once, uncounted.
+            field = lease_field(call["path"], int(self.request_dict.get("retries") or 0))
+            _loss_leases(self.task.app).mark(run["id"], field, "lost")
+            return False
+        why = (
+            f"node '{call['path']}' (op {call.get('op')}): its worker died {losses} times "
+            f"running it ({how}); not delivered again"
+        )
+        store.fail(run["id"], call["path"], why)
+        return True
+
+
+@cache
+def _loss_store(celery_app: Celery) -> RunStore:
+    cfg = fleet_config(celery_app)
+    return RunStore(cfg.backend_url, cfg.run_ttl, on_end=replier(celery_app))
+
+
+@cache
+def _loss_leases(celery_app: Celery) -> Leases:
+    cfg = fleet_config(celery_app)
+    return Leases(_loss_store(celery_app).redis, cfg.run_ttl, cfg.start_lease_s)
