@@ -62,8 +62,8 @@ return {status, ran, 'run', taken, '0'}
 """
 
 # KEYS: one leases hash per lease. ARGV: lease_s, ttl, then (field, token) per key. A lease
-# held by its token, or not written yet (a step that started at once, without ``begin``), is
-# extended; the indexes (1-based) of those another copy took over are returned.
+# held by its token, or gone (its run's state expired), is extended; the indexes (1-based)
+# of those another copy took over are returned.
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -122,8 +122,8 @@ class Leases:
         self._mark = client.register_script(_MARK)
 
     def begin(self, run_id: str, path: str, attempt: int, token: str, group: bool) -> Begin:
-        """For a copy of step ``path`` that sat in a queue, in one round trip: the run's
-        status, whether the step recorded its outputs, and whether this copy runs it."""
+        """For a copy of step ``path`` about to run, in one round trip: the run's status,
+        whether the step recorded its outputs, and whether this copy runs it."""
         keys = [
             RUN_KEY.format(id=run_id),
             RUN_OUTPUTS_KEY.format(id=run_id),

@@ -1,11 +1,10 @@
 """The start leases this worker process holds, renewed while their ops run.
 
-A step that took its lease (:mod:`fleet.store.leases`) or started at once, without one, is
-held here from its start to its end; a thread of this process renews every held lease each
-third of ``start_lease_s``, in one round trip. A step shorter than that is never renewed (a
-step that started at once then writes no lease at all: its recorded outputs turn copies
-away). If this process dies the renewals stop, the lease lapses, and a later copy of the
-step takes it over -- which is how a worker's death is told from a duplicate.
+A step that took its lease (:mod:`fleet.store.leases`) is held here from its start to its
+end; a thread of this process renews every held lease each third of ``start_lease_s``, in one
+round trip (a step shorter than that is never renewed: its recorded outputs turn later copies
+away). If this process dies the renewals stop, the lease lapses, and a later copy of the step
+takes it over -- which is how a worker's death is told from a duplicate.
 """
 
 from __future__ import annotations

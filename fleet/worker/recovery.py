@@ -1,7 +1,7 @@
 """A step that may be a copy, or whose worker died: who runs it, and when to give up.
 
-``begin`` is what ``fleet.step`` does before its op: a copy that sat in a queue checks the
-run and the step's start lease (:mod:`fleet.store.leases`) and runs only if it holds the
+``begin`` is what ``fleet.step`` does before its op: every copy checks the run and the
+step's start lease (:mod:`fleet.store.leases`) in one round trip and runs only if it takes the
 lease; the lease is renewed while the op runs (:mod:`fleet.worker.leases`). ``StepRequest``
 is the step's request in the worker's main process, where a dead pool child is noticed.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -20,7 +19,6 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, WorkerLostError
 from celery.worker.request import Request
 
-from fleet.constants import SENT_AT_HEADER
 from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import StepCall
 from fleet.store.leases import Leases, lease_field
@@ -30,7 +28,6 @@ from fleet.worker.leases import keeper
 from fleet.worker.replies import replier
 
 log = logging.getLogger("fleet.tasks")
-RECHECK_AFTER_S = 0.05  # a step that waited longer re-reads its run's status before running
 
 _LEASES: dict[int, Leases] = {}
 _LEASES_LOCK = threading.Lock()
@@ -53,14 +50,12 @@ class Lease:
 
 def begin(task: Task, engine: Dispatcher, call: StepCall, run: dict[str, Any]) -> Lease:
     """Hold the step's start lease while its op runs; raise Ignore when this copy must not
-    run it. A copy that started at once (the common case in a chain: the sender read the
-    run's status just before sending) skips the round trip; its lease is written by the
-    first renewal, if the op runs that long."""
+    run it. One round trip, which also reads the run's status: a copy that sat in a queue
+    does no work for a run that failed meanwhile."""
     leases = leases_of(engine)
     field = lease_field(call["path"], task.request.retries or 0)
     token = keeper().token(task.request.hostname)
-    if _waited(task):  # it sat in a queue: the run may have failed, or this step have run
-        _check_begin(task, engine, leases, call, run, token)
+    _check_begin(task, engine, leases, call, run, token)
     keeper().hold(leases, run["id"], field, token)
     return Lease(leases, run["id"], field)
 
@@ -74,13 +69,6 @@ def leases_of(engine: Dispatcher) -> Leases:
                 id(engine), Leases(engine.store.redis, engine.cfg.run_ttl, engine.cfg.start_lease_s)
             )
     return found
-
-
-def _waited(task: Task) -> bool:
-    """Whether the message sat in its queue long enough for the run to have failed (or the
-    step to have run in another copy) since it was sent."""
-    sent_at = getattr(task.request, SENT_AT_HEADER, None)
-    return sent_at is None or time.time() - float(sent_at) > RECHECK_AFTER_S
 
 
 def _check_begin(

@@ -315,11 +315,13 @@ def test_trace_and_submit_render_a_run_in_any_state(
     local_fleet: LocalFleet, tmp_path: Path
 ) -> None:
     """A run still going is not a failure, an empty trace is not a crash, and the duration is
-    the run's own (from submission), not how long the command waited."""
+    the run's own (from submission), not how long the command waited. The step sleeps 15 s:
+    the two early `fleet trace` calls start a Python process each, which takes seconds on a
+    busy machine (a 3-s step had finished before the second one, beside stress-ng)."""
     slow = tmp_path / "slow.yaml"
     slow.write_text(
         "name: slow\nnodes:\n  - {name: nap, op: test.sleep, classes: [io], "
-        "params: {seconds: 3}}\noutputs: {slept: nap.slept}\n"
+        "params: {seconds: 15}}\noutputs: {slept: nap.slept}\n"
     )
     run_id = fleet("submit", str(slow), "--no-wait").stdout.strip()
     early = fleet("trace", run_id)
@@ -328,11 +330,14 @@ def test_trace_and_submit_render_a_run_in_any_state(
     assert "no step has finished yet" in early.stdout and "Traceback" not in early.stderr
     doc = json.loads(fleet("trace", run_id, "--json").stdout)
     assert doc["status"] == "running" and doc["error"] is None and doc["trace"] == []
-    time.sleep(3.5)
-    done = fleet("trace", run_id, "--json")
-    finished = json.loads(done.stdout)
-    assert done.returncode == 0 and finished["status"] == "succeeded"
-    assert finished["duration_s"] >= 3.0  # the run's, although trace itself did not wait
+    deadline = time.monotonic() + 120
+    while doc["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(1)
+        done = fleet("trace", run_id, "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        doc = json.loads(done.stdout)
+    assert doc["status"] == "succeeded", doc
+    assert doc["duration_s"] >= 15.0  # the run's, although trace itself did not wait
     impatient = fleet("submit", str(slow), "--timeout", "1")
     assert impatient.returncode == 1
     assert "not finished after 1 s of waiting" in " ".join(impatient.stderr.split())

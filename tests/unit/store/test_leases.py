@@ -86,7 +86,7 @@ def test_renewing_keeps_a_live_holder_and_reports_a_lost_one(
     time.sleep(1.1)
     assert leases.begin(run_id, "a", 0, "w2/1/y", group=False).verdict == "run"  # taken over
     lost = leases.renew([(run_id, "a@0", "w1/1/x"), (run_id, "b@0", "w1/1/q")])
-    assert lost == [(run_id, "a@0", "w1/1/x")]  # b: not written yet (it started at once)
+    assert lost == [(run_id, "a@0", "w1/1/x")]  # b: gone (its run expired): written again
     assert client.hget(RUN_LEASES_KEY.format(id=run_id), "b@0").startswith("w1/1/q|")
 
 
