@@ -12,6 +12,7 @@ import pytest
 
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig
+from fleet.constants import STEP_TASK
 from fleet.deploy.local import LocalFleet, free_port
 from fleet.errors import WorkflowFailed
 from fleet.routing.depth import PRIORITY_SEP, PRIORITY_STEPS
@@ -68,6 +69,40 @@ def test_a_poison_step_fails_its_run_and_the_fleet_goes_on(client: Fleet) -> Non
     time.sleep(1.0)
     lists = ["cpu", *(f"cpu{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)]  # every priority
     assert sum(client.store.redis.llen(name) for name in lists) == 0
+
+
+def test_a_copy_of_a_running_step_does_not_run_its_op_beside_it(
+    client: Fleet, local_fleet: LocalFleet
+) -> None:
+    """The same message again while its step runs (a broker's redelivery, a sweep, a publish
+    repeated for a lost confirm): the copy finds the step's start lease held by a live
+    worker, does not run the op, and is sent again for when the lease would lapse -- by
+    then the step has recorded its outputs, and the copy is ignored."""
+    wf = Workflow("copied", inputs=["v"])
+    wf.output(
+        "out",
+        wf.step("nap", "test.sleep", seconds=3.0, value=wf.input("v"), classes=["io"])["value"],
+    )
+    run = client.submit(wf, {"v": "once"})
+    deadline, task = time.monotonic() + 20, None
+    while task is None and time.monotonic() < deadline:
+        active = client.app.control.inspect(timeout=1.0).active() or {}
+        found = [t for ts in active.values() for t in ts if t["kwargs"]["run"]["id"] == run.id]
+        task = found[0] if found else None
+    assert task is not None, "the step never became active"
+    client.app.send_task(STEP_TASK, kwargs=task["kwargs"], task_id=task["id"], queue="io")
+    assert run.get(timeout=60) == {"out": "once"}
+    assert [(e.node, e.status) for e in run.trace()] == [("nap", "succeeded")]  # once
+    log = local_fleet.workdir / "logs" / "worker-io.log"
+    deadline = time.monotonic() + 60  # the copy comes back when the lease would have lapsed
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if text.count(f"[{task['id']}] ignored") >= 2:
+            break
+        time.sleep(0.5)
+    assert f"run {run.id}: node nap runs in another copy" in text
+    assert text.count(f"[{task['id']}] ignored") == 2  # held, then found recorded
+    assert [(e.node, e.status) for e in run.trace()] == [("nap", "succeeded")]
 
 
 @pytest.mark.slow
