@@ -53,20 +53,24 @@ class Keeper:
             return [(run, field, token) for (run, field), (token, _) in self._held.items()]
 
     def renew_once(self) -> None:
-        """Renew every lease held now (one round trip per store); log the ones lost."""
+        """Renew every lease held now (one round trip per store); log the ones lost. The
+        round trip is made outside the lock: a step starting or ending meanwhile does not
+        wait for Redis (a lease renewed just after its step ended only lingers until it
+        lapses -- the step's recorded outputs turn copies away)."""
         with self._lock:
             by_store: dict[int, tuple[Leases, list[Held]]] = {}
             for (run_id, field), (token, leases) in self._held.items():
                 by_store.setdefault(id(leases), (leases, []))[1].append((run_id, field, token))
-            # Renewed under the lock: a step that ends meanwhile waits for this round trip
-            # rather than having its lease written again after it ended.
-            for leases, held in by_store.values():
-                try:
-                    lost = leases.renew(held)
-                except Exception as exc:  # Redis away: try again next time, never die
-                    log.warning("could not renew %d start lease(s): %s", len(held), exc)
-                    continue
+        for leases, held in by_store.values():
+            try:
+                lost = leases.renew(held)
+            except Exception as exc:  # Redis away: try again next time, never die
+                log.warning("could not renew %d start lease(s): %s", len(held), exc)
+                continue
+            with self._lock:
                 for run_id, field, token in lost:
+                    if self._held.get((run_id, field), ("", None))[0] != token:
+                        continue  # it ended meanwhile (a retry marks its lease done)
                     log.warning(
                         "run %s: step %s: another copy took over its start lease from %s "
                         "(this process was taken for dead); it goes on, and may run twice",
@@ -74,7 +78,7 @@ class Keeper:
                         field,
                         token,
                     )
-                    self._held.pop((run_id, field), None)
+                    del self._held[(run_id, field)]
 
     def _renew_forever(self, interval: float) -> None:
         while True:

@@ -77,12 +77,11 @@ def test_a_copy_of_a_running_step_does_not_run_its_op_beside_it(
     """The same message again while its step runs (a broker's redelivery, a sweep, a publish
     repeated for a lost confirm): the copy finds the step's start lease held by a live
     worker, does not run the op, and is sent again for when the lease would lapse -- by
-    then the step has recorded its outputs, and the copy is ignored."""
+    then the step has recorded its outputs, and the copy is ignored. The step sleeps 8 s:
+    the copy must be sent while it runs, after an `inspect` round trip on a busy machine."""
     wf = Workflow("copied", inputs=["v"])
-    wf.output(
-        "out",
-        wf.step("nap", "test.sleep", seconds=3.0, value=wf.input("v"), classes=["io"])["value"],
-    )
+    nap = wf.step("nap", "test.sleep", seconds=8.0, value=wf.input("v"), classes=["io"])
+    wf.output("out", nap["value"])
     run = client.submit(wf, {"v": "once"})
     deadline, task = time.monotonic() + 20, None
     while task is None and time.monotonic() < deadline:

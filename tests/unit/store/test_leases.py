@@ -137,3 +137,21 @@ def test_the_keeper_renews_what_its_process_holds_until_released(
     assert keeper.held() == []
     time.sleep(1.2)
     assert leases.begin(run_id, "a", 0, "other/1/y", group=False).takeovers == 1
+
+
+def test_the_keeper_lets_go_of_a_lease_another_copy_took_over(
+    client: redis.Redis, run_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    leases = Leases(client, TTL, lease_s=30.0)
+    keeper = Keeper()
+    mine, theirs = keeper.token("w1"), keeper.token("w2")
+    leases.begin(run_id, "a", 0, mine, group=False)
+    keeper.hold(leases, run_id, "a@0", mine)
+    keeper.hold(leases, run_id, "b@0", keeper.token("w1"))  # not written yet: renewed
+    client.hset(RUN_LEASES_KEY.format(id=run_id), "a@0", f"{theirs}|9999999999.000")
+    with caplog.at_level("WARNING", logger="fleet.leases"):
+        keeper.renew_once()
+    assert [field for _, field, _ in keeper.held()] == ["b@0"]
+    assert f"another copy took over its start lease from {mine}" in caplog.text
+    assert client.hget(RUN_LEASES_KEY.format(id=run_id), "a@0").startswith(theirs)
+    keeper.release(run_id, "b@0")
