@@ -85,6 +85,28 @@ class ClassSpec(BaseModel):
         return self.queue or self.name
 
     @property
+    def lanes(self) -> list[str]:
+        """The runtimes this class serves in processes of their own when it binds to a GPU:
+        on a CUDA host two native GPU runtimes in one process can crash it, so a GPU class
+        that lists several (``runtimes``) runs one worker per runtime on the same device, a
+        *lane* each. Empty when the class has one runtime or binds to the CPU."""
+        if self.device != "cuda" or not self.runtimes or len(self.runtimes) < 2:
+            return []
+        return list(self.runtimes)
+
+    def queue_for(self, runtime: str | None) -> str:
+        """The queue of this class a step on ``runtime`` goes to: the class's queue, or for
+        a lane other than the first (which also serves plain-Python ops), ``<queue>.<runtime>``."""
+        if runtime in self.lanes[1:]:
+            return f"{self.queue_name}.{runtime}"
+        return self.queue_name
+
+    @property
+    def queues(self) -> list[str]:
+        """Every queue of this class: its own, then one per further lane."""
+        return [self.queue_name] + [self.queue_for(r) for r in self.lanes[1:]]
+
+    @property
     def batches(self) -> bool:
         """Whether the class's slots are one process's batch (a thread pool on an
         accelerator), not processes or I/O threads of their own."""
@@ -294,8 +316,9 @@ class FleetConfig(BaseModel):
         return self.result_backend or self.broker_url
 
     def class_for_queue(self, queue: str) -> str | None:
+        """The class ``queue`` belongs to: its own queue, or one of its lanes'."""
         for spec in self.classes.values():
-            if spec.queue_name == queue:
+            if queue in spec.queues:
                 return spec.name
         return None
 
@@ -310,7 +333,8 @@ class FleetConfig(BaseModel):
 
     def classes_for_queues(self, queues: Iterable[str]) -> tuple[str, ...]:
         """The classes whose queues are among ``queues`` (a worker's), in their order."""
-        return tuple(c for q in queues if (c := self.class_for_queue(q)) is not None)
+        found = (c for q in queues if (c := self.class_for_queue(q)) is not None)
+        return tuple(dict.fromkeys(found))  # a class's lanes' queues name it once
 
 
 _ENV_SCALARS = {

@@ -78,6 +78,10 @@ AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")  # broker URLs of RabbitMQ
 # Environment variables read by workers (the configuration's own are listed in fleet.config).
 WORKER_CLASS_ENV = "FLEET_WORKER_CLASS"  # the class a worker process serves
 THREADS_ENV = "FLEET_THREADS"  # native threads one op may use in this process
+LANE_ENV = "FLEET_LANE"  # the runtime a lane process of a GPU class serves (ClassSpec.lanes)
+# "1": lay out and guard the GPU classes as on a CUDA host (a lane per runtime, one GPU runtime
+# per process) where no GPU is usable; the ops still run on the CPU. For testing a layout.
+ASSUME_CUDA_ENV = "FLEET_ASSUME_CUDA"
 PROFILES_ENV = "FLEET_PROFILES"  # a profile store file other than the packaged one
 CONFIG_ENV = "FLEET_CONFIG"
 

@@ -56,6 +56,11 @@ class UnknownOpError(FleetError):
     """An op name is not in the registry."""
 
 
+class RuntimeRefused(FleetError, RuntimeError):
+    """A process bound to a GPU was asked to load a second native runtime (or another than
+    its lane's): it would crash, so the step goes to a process that serves that runtime."""
+
+
 class ReadinessError(FleetError):
     """The run cannot go on: a node's inputs are not what it needs (names the node)."""
 

@@ -173,6 +173,10 @@ def gpu_check(
     )
     for direction, same in report.pd.items():
         console.print(f"P/D {direction}: {'same text' if same else '[red]DIFFERENT text[/]'}")
+    for cls, text in report.stt.items():
+        console.print(f"speech-to-text on {cls}: {text!r}", highlight=False)
+    if report.stt and not report.stt_ok:
+        console.print("[red]speech-to-text did not hear the number on every class[/]")
     for cls, rates in report.tokens_per_s.items():
         shown = ", ".join(f"{k.removesuffix('_tok_s')} {v} tok/s" for k, v in rates.items())
         console.print(f"{cls:<4} {shown}")

@@ -173,43 +173,71 @@ def worker(
 ) -> None:
     """Start one worker for hardware class CLASS with its preset.
 
+    On a GPU host, a GPU class that lists several runtimes (the gpu preset: llama.cpp and
+    CTranslate2) runs a process per runtime on the same GPU, a lane each with a queue of
+    its own, started and stopped together as this one worker.
+
     Extra arguments after `--` go to `celery worker` unchanged. `--dry-run` prints the
     command, the device its processes bind to and the runtimes they may load.
     """
-    from fleet.deploy.launch import worker_argv, worker_env
-    from fleet.sdk.devices import detect_gpus
-    from fleet.sdk.registry import registry
+    from fleet.deploy.lanes import run_lanes
+    from fleet.deploy.launch import host_lanes, worker_argv, worker_env
 
     cfg = config(ctx)
     if cls not in cfg.classes:
         fail(f"unknown class '{cls}' (configured: {', '.join(cfg.classes)})", 2)
+    spec = cfg.classes[cls]
     if gpu is not None:
-        _check_device(cfg.classes[cls], gpu)
+        _check_device(spec, gpu)
         # Before any CUDA library loads in the worker: it sees this GPU only, as cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
         name = name or f"{cls}-gpu{gpu}-{os.getpid()}@%h"
-    argv = worker_argv(
-        cfg.classes[cls],
-        concurrency=concurrency,
-        name=name,
-        loglevel=loglevel,
-        extra=list(celery_args),
-    )
+    launches = [
+        (
+            worker_argv(
+                spec,
+                concurrency=concurrency,
+                name=name,
+                loglevel=loglevel,
+                extra=list(celery_args),
+                lane=lane,
+            ),
+            worker_env(cfg, cls, concurrency=concurrency, lane=lane),
+        )
+        for lane in host_lanes(spec)
+    ]
     if dry_run:
-        spec = cfg.classes[cls]
-        registry.load(cfg.op_modules, cfg.op_plugins)
-        gpus = detect_gpus()
-        if spec.device != "cuda":
-            device = "cpu (the class binds to the CPU)"
-        elif gpus.gpus:
-            device = f"cuda:0 = {gpus.gpus[0].name} (GPU {gpus.gpus[0].index})"
-        else:
-            device = f"cpu ({gpus.note})"
-        runtimes = ", ".join(sorted(registry.class_runtimes(cls, cfg))) or "none (plain Python)"
-        console.print(" ".join(argv), highlight=False)
-        console.print(f"device: {device}\nruntimes: {runtimes}", highlight=False)
+        _describe(cfg, spec, [argv for argv, _ in launches], host_lanes(spec))
         return
-    os.execve(argv[0], argv, worker_env(cfg, cls, concurrency=concurrency))
+    if len(launches) == 1:
+        argv, env = launches[0]
+        os.execve(argv[0], argv, env)
+    sys.exit(run_lanes(launches))
+
+
+def _describe(
+    cfg: FleetConfig, spec: ClassSpec, argvs: list[list[str]], lanes: list[str | None]
+) -> None:
+    """What ``fleet worker --dry-run`` prints: each process's command, the device, the
+    runtimes, and the lanes when the class runs one process per runtime here."""
+    from fleet.sdk.devices import detect_gpus
+    from fleet.sdk.registry import registry
+
+    registry.load(cfg.op_modules, cfg.op_plugins)
+    gpus = detect_gpus()
+    if spec.device != "cuda":
+        device = "cpu (the class binds to the CPU)"
+    elif gpus.gpus:
+        device = f"cuda:0 = {gpus.gpus[0].name} (GPU {gpus.gpus[0].index})"
+    else:
+        device = f"cpu ({gpus.note})"
+    runtimes = ", ".join(sorted(registry.class_runtimes(spec.name, cfg))) or "none (plain Python)"
+    for argv in argvs:
+        console.print(" ".join(argv), highlight=False)
+    console.print(f"device: {device}\nruntimes: {runtimes}", highlight=False)
+    if lanes != [None]:
+        shown = ", ".join(f"{lane} (queue {spec.queue_for(lane)})" for lane in lanes if lane)
+        console.print(f"lanes: a process per runtime on one GPU: {shown}", highlight=False)
 
 
 @click.command()

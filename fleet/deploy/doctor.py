@@ -33,6 +33,7 @@ class RuntimeReport:
     gpu: bool | None = None  # can this build use an NVIDIA GPU
     devices: int | None = None  # GPUs it sees
     error: str | None = None
+    needs: str | None = None  # why a build that sees the GPU cannot use it (a library)
 
 
 @dataclass
@@ -124,7 +125,12 @@ def _class_report(
         found = runtimes.get(name)
         if on_gpu and found is not None and found.installed and found.gpu is False:
             fix = registry.runtime(name).gpu_fix
-            report.problems.append(f"{name} cannot use the GPU here (a CPU build): {fix}")
+            why = found.needs or "a CPU build"
+            report.problems.append(f"{name} cannot use the GPU here ({why}): {fix}")
+    if spec.lanes:
+        shown = ", ".join(f"{r} (queue {spec.queue_for(r)})" for r in spec.lanes)
+        where = "on this host" if on_gpu else "on a GPU host"
+        report.notes.append(f"a process per runtime {where}, on one GPU: {shown}")
     gpu_runtimes = [n for n in loads if registry.runtime(n).gpu_exclusive]
     if on_gpu and len(gpu_runtimes) > 1 and spec.runtimes is None:
         report.problems.append(

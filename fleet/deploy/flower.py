@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from fleet.config import load_config
 
-    list_every_class_queue(BaseHandler, [c.queue_name for c in load_config().classes.values()])
+    list_every_class_queue(
+        BaseHandler, [q for c in load_config().classes.values() for q in c.queues]
+    )
     start = Flower.start
 
     def start_watching(self: Any) -> None:

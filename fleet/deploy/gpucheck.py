@@ -6,6 +6,8 @@
 3. Disaggregated generation both ways -- prefill on gpu then decode on cpu, and back -- and
    check that the greedy text equals a single-class ``llm.generate`` on each class.
 4. Time prefill and decode per class and print tokens/s (and write them as JSON).
+5. Speech-to-text on gpu and on cpu (CTranslate2, in the gpu worker's own lane on a GPU
+   host) of a sentence espeak-ng speaks: both must hear its number.
 
 On a host without a GPU every step runs on the CPU and the report says so.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +41,10 @@ PROMPT = (
 )
 
 
+STT_TEXT = "My order number is 1042 and it has not arrived."
+STT_NUMBER = "1042"
+
+
 @dataclass
 class CheckReport:
     gpus: list[str]
@@ -48,10 +55,17 @@ class CheckReport:
     tokens_per_s: dict[str, dict[str, float]] = field(default_factory=dict)  # cls -> phase
     profile: str | None = None  # the profile file `fleet profile` wrote for the LLM ops
     seconds: float = 0.0
+    stt: dict[str, str] = field(default_factory=dict)  # cls -> transcript
+    stt_note: str = ""  # why speech-to-text was not checked
+
+    @property
+    def stt_ok(self) -> bool:
+        return bool(self.stt) and all(STT_NUMBER in t.replace(",", "") for t in self.stt.values())
 
     @property
     def ok(self) -> bool:
-        return bool(self.pd) and all(self.pd.values())
+        heard = self.stt_ok or (not self.stt and bool(self.stt_note))
+        return bool(self.pd) and all(self.pd.values()) and heard
 
 
 def cuda_arch() -> str | None:
@@ -170,11 +184,33 @@ def run_check(
             report.pd[f"{first}->{then}"] = out[f"{first}_to_{then}"] in wholes
         prompt_tokens = int(out["prompt_tokens_gpu"])
         report.tokens_per_s = _rates(run.trace(), tokens, prompt_tokens)
+        _check_stt(client, report, say)
         if profile_out is not None:
             say("profiling llm.prefill and llm.generate on gpu and cpu (fleet profile)...")
             report.profile = _profile(client, profile_out)
     report.seconds = round(time.monotonic() - start, 1)
     return report
+
+
+def _stt_workflow() -> Workflow:
+    wf = Workflow("gpu-check-stt", inputs=["text"])
+    spoken = wf.step("speak", "speech.tts", text=wf.input("text"))
+    for cls in ("gpu", "cpu"):
+        heard = wf.step(f"stt_{cls}", "speech.stt", audio=spoken["audio"], classes=[cls])
+        wf.output(cls, heard["text"])
+    return wf
+
+
+def _check_stt(client: Fleet, report: CheckReport, say: Callable[[str], None]) -> None:
+    """Speech-to-text of one spoken sentence on gpu and cpu: CTranslate2's GPU path (cuBLAS
+    12 included) is exercised here, not at a user's first call."""
+    if shutil.which("espeak-ng") is None:
+        report.stt_note = "not checked: espeak-ng is not installed (apt-get install espeak-ng)"
+        say(f"speech-to-text {report.stt_note}")
+        return
+    say("speech-to-text on gpu and cpu...")
+    out = client.submit(_stt_workflow(), {"text": STT_TEXT}).get(timeout=900)
+    report.stt = {cls: str(out[cls]) for cls in ("gpu", "cpu")}
 
 
 def _profile(client: Fleet, out: Path) -> str:

@@ -352,7 +352,8 @@ def _autoscalers(cfg: FleetConfig, target: KubeTarget) -> list[Doc]:
         low, high = bounds(spec)
         # a worker's slots' worth of waiting steps per replica (KEDA: ceil(length / target))
         per_replica = str(max(1, spec.concurrency))
-        triggers = list(_triggers(spec.queue_name, per_replica, amqp))
+        # a class with lanes (one pod runs them all): a trigger per lane's queue too
+        triggers = [t for q in spec.queues for t in _triggers(q, per_replica, amqp)]
         docs.append(
             {
                 "apiVersion": "keda.sh/v1alpha1",

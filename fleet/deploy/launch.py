@@ -6,11 +6,27 @@ import os
 import sys
 
 from fleet.config import ClassSpec, FleetConfig
-from fleet.constants import THREADS_ENV, WORKER_CLASS_ENV
-from fleet.sdk.devices import cuda_available
+from fleet.constants import LANE_ENV, THREADS_ENV, WORKER_CLASS_ENV
+from fleet.sdk.devices import cuda_available, gpu_layout
 
 APP = "fleet.worker.app:app"
 CUDA_VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+
+
+def host_lanes(spec: ClassSpec) -> list[str | None]:
+    """The worker processes one worker of ``spec`` is on this host: a lane per runtime when
+    the class has lanes and GPU classes are laid out as on a CUDA host here
+    (:func:`fleet.sdk.devices.gpu_layout`), else one process serving every queue (None)."""
+    return list(spec.lanes) if spec.lanes and gpu_layout() else [None]
+
+
+def lane_name(name: str, spec: ClassSpec, lane: str | None) -> str:
+    """A lane's node name: the worker's own for the first lane, ``<name>-<runtime>`` (before
+    the ``@host``) for the others."""
+    if lane is None or lane == spec.lanes[0]:
+        return name
+    node, at, host = name.partition("@")
+    return f"{node}-{lane}{at}{host}"
 
 
 def worker_argv(
@@ -20,8 +36,12 @@ def worker_argv(
     name: str | None = None,
     loglevel: str = "INFO",
     extra: list[str] | None = None,
+    lane: str | None = None,
 ) -> list[str]:
-    """``celery worker`` arguments for one class (run as ``python -m celery ...``)."""
+    """``celery worker`` arguments for one class (run as ``python -m celery ...``), or for
+    one lane of it: that lane's queue only."""
+    queues = spec.queues if lane is None else [spec.queue_for(lane)]
+    node = lane_name(name or f"{spec.name}-{os.getpid()}@%h", spec, lane)
     argv = [
         sys.executable,
         "-m",
@@ -30,13 +50,13 @@ def worker_argv(
         APP,
         "worker",
         "-Q",
-        spec.queue_name,
+        ",".join(queues),
         "-P",
         spec.pool,
         "-c",
         str(concurrency or spec.concurrency),
         "-n",
-        name or f"{spec.name}-{os.getpid()}@%h",
+        node,
         "--prefetch-multiplier",
         str(spec.prefetch_multiplier),
         "-l",
@@ -79,13 +99,15 @@ def worker_env(
     cls: str,
     base: dict[str, str] | None = None,
     concurrency: int | None = None,
+    lane: str | None = None,
 ) -> dict[str, str]:
     """Environment for a class's worker: its class; its native thread count
     (:func:`native_threads`, for the slots it runs: ``concurrency`` when given, as
     ``fleet worker -c`` sets it) for every library that reads one; and, for a class that
     does not bind to a GPU, no visible GPU (``CUDA_VISIBLE_DEVICES=""``): a CUDA build of
     llama.cpp would otherwise open every GPU and offload large prefills even with no layer
-    on it, and torch beside it in the process can crash."""
+    on it, and torch beside it in the process can crash. A lane's process also gets its
+    runtime (``FLEET_LANE``): it loads no other."""
     env = dict(os.environ if base is None else base)
     env[WORKER_CLASS_ENV] = cls
     spec = cfg.classes[cls]
@@ -97,4 +119,8 @@ def worker_env(
         env.setdefault(var, str(threads))
     if spec.device != "cuda":
         env[CUDA_VISIBLE_ENV] = ""
+    if lane is not None:
+        env[LANE_ENV] = lane
+    else:
+        env.pop(LANE_ENV, None)
     return env

@@ -20,7 +20,7 @@ import redis
 
 from fleet.config import FleetConfig, redact
 from fleet.constants import AMQP_SCHEMES
-from fleet.deploy.launch import worker_argv, worker_env
+from fleet.deploy.launch import host_lanes, worker_argv, worker_env
 from fleet.errors import FleetError
 from fleet.routing.depth import amqp_connection
 from fleet.routing.state import StateReader
@@ -60,6 +60,7 @@ class Child:
     restart_at: float = 0.0  # not before this (monotonic): the backoff
     cls: str | None = None  # a worker's class (None: Redis, Flower)
     index: int = 0  # which of its class's workers (1: `cls@...`, 2: `cls-2@...`)
+    lane: str | None = None  # the runtime it serves, for a lane of a GPU class (launch.py)
 
 
 FLOWER_AUTH_FILE = "flower-auth"  # in the workdir: the password this fleet made for Flower
@@ -187,23 +188,34 @@ class LocalFleet:
         for i in range(1, self.counts.get(cls, self.cfg.classes[cls].workers) + 1):
             self._spawn_worker(cls, i)
 
-    def _spawn_worker(self, cls: str, index: int) -> Child:
+    def _spawn_worker(self, cls: str, index: int, only: str | None = None) -> Child:
+        """Worker ``index`` of ``cls``: one process, or one per lane (``only``: that lane's
+        alone, to restart it). Returns the first one started."""
         spec = self.cfg.classes[cls]
         suffix = "" if index == 1 else f"-{index}"
         name = f"{cls}{suffix}@localfleet-{os.getpid()}"
-        argv = worker_argv(spec, name=name, loglevel=self.loglevel)
-        env = {**self._env(), **worker_env(self.cfg, cls, self._env())}
-        child = self._spawn(f"worker-{cls}{suffix}", argv, env)
-        child.cls, child.index = cls, index
-        self.say(
-            f"worker: {cls + suffix:<9} queue={spec.queue_name} pool={spec.pool} "
-            f"concurrency={spec.concurrency} pid={child.proc.pid} log={child.log}"
-        )
-        return child
+        lanes = [only] if only is not None else host_lanes(spec)
+        started = []
+        for lane in lanes:
+            argv = worker_argv(spec, name=name, loglevel=self.loglevel, lane=lane)
+            env = {**self._env(), **worker_env(self.cfg, cls, self._env(), lane=lane)}
+            label = f"{cls}{suffix}" + (f"-{lane}" if lane and lane != spec.lanes[0] else "")
+            child = self._spawn(f"worker-{label}", argv, env)
+            child.cls, child.index, child.lane = cls, index, lane
+            queues = spec.queues if lane is None else [spec.queue_for(lane)]
+            self.say(
+                f"worker: {label:<9} queue={','.join(queues)} pool={spec.pool} "
+                f"concurrency={spec.concurrency} pid={child.proc.pid} log={child.log}"
+            )
+            started.append(child)
+        return started[0]
 
     def workers_of(self, cls: str) -> list[Child]:
-        """The class's worker processes, in the order they were numbered."""
-        return sorted((c for c in self.children if c.cls == cls), key=lambda c: c.index)
+        """The class's workers, in the order they were numbered (of a worker with lanes, its
+        first lane's process)."""
+        first = self.cfg.classes[cls].lanes[:1]
+        mine = (c for c in self.children if c.cls == cls and (c.lane is None or c.lane in first))
+        return sorted(mine, key=lambda c: c.index)
 
     def add_worker(self, cls: str) -> Child:
         """Start one more worker process of ``cls`` (the autoscaler's way up)."""
@@ -218,10 +230,11 @@ class LocalFleet:
         if len(workers) <= 1:
             return None
         child = workers[-1]
-        self.children.remove(child)  # stopped on purpose: supervise() must not restart it
-        child.proc.send_signal(signal.SIGTERM)
-        child.restart_at = time.monotonic() + grace  # killed then if still running
-        self.stopping.append(child)
+        for lane in [c for c in self.children if c.cls == cls and c.index == child.index]:
+            self.children.remove(lane)  # stopped on purpose: supervise() must not restart it
+            lane.proc.send_signal(signal.SIGTERM)
+            lane.restart_at = time.monotonic() + grace  # killed then if still running
+            self.stopping.append(lane)
         return child
 
     def _reap(self, now: float) -> None:
@@ -291,7 +304,7 @@ class LocalFleet:
             elif child.name == "flower":
                 self._start_flower()
             elif child.cls is not None:
-                self._spawn_worker(child.cls, child.index)
+                self._spawn_worker(child.cls, child.index, child.lane)
             fresh = self.children[-1]
             fresh.restarts = child.restarts + 1
             fresh.restart_at = now + min(60.0, 2.0 ** (fresh.restarts - 1))

@@ -144,14 +144,18 @@ class Dispatcher:
         *,
         countdown: float | None = None,
         task_id: str | None = None,
+        retries: int = 0,
     ) -> None:
         """Publish one step; the router picks its queue now, from the live fleet.
-        ``countdown``/``task_id``: a copy sent again for later, under its first id."""
+        ``countdown``/``task_id``: a copy sent again for later, under its first id;
+        ``retries``: the attempt it carries on (a step routed again mid-retry)."""
         options: dict[str, Any] = {}
         if countdown is not None:
             options["countdown"] = countdown
         if task_id is not None:
             options["task_id"] = task_id
+        if retries:
+            options["retries"] = retries
         if call["timeout"]:
             options["soft_time_limit"] = call["timeout"]
             options["time_limit"] = call["timeout"] + 5

@@ -46,6 +46,11 @@ class StepCall(TypedDict):
     outputs: NotRequired[list[str]]
     # the rules that narrowed ``classes`` (trust, the node's own list), for routing's reason
     rule: NotRequired[str]
+    # the native runtime the op's models run on: on a GPU class with lanes, it picks the
+    # lane's queue (ClassSpec.queue_for)
+    runtime: NotRequired[str]
+    # how often a process refused the step's runtime and it was routed again
+    refused: NotRequired[int]
 
 
 @dataclass
@@ -229,6 +234,8 @@ def _base_call(
     }
     if node.name in sc.rules:
         call["rule"] = sc.rules[node.name]
+    if op.runtime:
+        call["runtime"] = op.runtime
     return call
 
 

@@ -59,11 +59,59 @@ def _probe_llama() -> dict[str, Any]:
     return {"version": llama_cpp.__version__, "gpu": bool(llama_cpp.llama_supports_gpu_offload())}
 
 
+CUBLAS = "libcublas.so.12"  # what CTranslate2 4.x opens, by name, for its GPU matmuls
+
+
+def _pip_nvidia_libs() -> list[Path]:
+    """The lib folders of the NVIDIA packages installed from PyPI (nvidia-cublas-cu12...)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("nvidia")
+    roots = list(found.submodule_search_locations or []) if found else []
+    return sorted(lib for root in roots for lib in Path(root).glob("*/lib") if lib.is_dir())
+
+
+def locate_cublas() -> str | None:
+    """Where CTranslate2 will get cuBLAS 12 from: the loader path, or the lib folder of
+    pip's ``nvidia-cublas-cu12`` (which the wheel's own RPATH never looks at: :func:`load_cublas`
+    opens it from there first). None: this host lacks it -- a CUDA 13 host has only .so.13."""
+    import ctypes
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL(CUBLAS)
+        return CUBLAS
+    for lib in _pip_nvidia_libs():
+        if (lib / CUBLAS).is_file():
+            return str(lib / CUBLAS)
+    return None
+
+
+def load_cublas() -> None:
+    """Load cuBLAS 12 into this process before CTranslate2 asks for it by name, so that the
+    name resolves to pip's copy when the loader path has none; a clear error when neither
+    has it (instead of a failure at the first transcription)."""
+    import ctypes
+
+    where = locate_cublas()
+    if where is None:
+        raise RuntimeError(f"speech-to-text on the GPU: {CUBLAS} is missing. {CUBLAS_FIX}")
+    ctypes.CDLL(where, mode=ctypes.RTLD_GLOBAL)
+
+
+CUBLAS_FIX = (
+    "CTranslate2 needs cuBLAS for CUDA 12: pip install nvidia-cublas-cu12 in the workers' "
+    "environment (the fleet loads it from there), or the CUDA 12 toolkit's libraries"
+)
+
+
 def _probe_ctranslate2() -> dict[str, Any]:
     import ctranslate2
 
     count = int(ctranslate2.get_cuda_device_count())
-    return {"version": ctranslate2.__version__, "gpu": count > 0, "devices": count}
+    found: dict[str, Any] = {"version": ctranslate2.__version__, "devices": count}
+    if count > 0 and locate_cublas() is None:  # it sees the GPU, but cannot compute on it
+        return {**found, "gpu": False, "needs": f"{CUBLAS} is missing"}
+    return {**found, "gpu": count > 0}
 
 
 def _probe_torch() -> dict[str, Any]:
@@ -85,8 +133,7 @@ registry.add_runtime(
     RuntimeSpec(
         CTRANSLATE2,
         _probe_ctranslate2,
-        "CTranslate2 sees no CUDA device: install the CUDA 12 runtime and cuDNN 9 it needs "
-        "(pip install nvidia-cublas-cu12 nvidia-cudnn-cu12)",
+        CUBLAS_FIX,
     )
 )
 registry.add_runtime(
@@ -351,6 +398,10 @@ def whisper_dir() -> Path:
     return target
 
 
+def _size_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) / 2**20
+
+
 def stt(model: str = DEFAULT_STT) -> Any:
     return _stt(model)
 
@@ -364,6 +415,10 @@ def _stt(model: str) -> Any:
 
     path = str(whisper_dir())
     device, compute = ("cuda", "float16") if wants_cuda() else ("cpu", "int8")
+    if device == "cuda":
+        load_cublas()
+        # float16 weights (about half the int8 file's parameters x 2 bytes) and work buffers
+        ensure_gpu_memory(_size_mb(Path(path)) * 1.5 + 128, f"speech-to-text {model}")
     return _loaded(
         f"stt:{model}",
         lambda: WhisperModel(path, device=device, compute_type=compute, cpu_threads=threads()),

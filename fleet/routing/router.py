@@ -170,6 +170,11 @@ class FleetRouter:
         rule = kwargs.get("call", {}).get("rule")
         if rule and req.task in STEPS:  # what the policy chose among, and why only those
             decision = replace(decision, reason=f"{decision.reason}; {rule}")
+        runtime = kwargs.get("call", {}).get("runtime")
+        spec = self.cfg.classes.get(decision.cls)
+        lane = spec.queue_for(runtime) if spec is not None else decision.queue
+        if lane != decision.queue:  # a GPU class's lane for the op's runtime
+            decision = replace(decision, queue=lane)
         host = affinity.holder(run, req.op) if req.task == STEP_TASK else None
         if host:  # the worker that holds this run's prefix for the op, if it has room
             sent = self._sent_to.get(host, 0)

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from fleet.config import FleetConfig
+from fleet.config import ClassSpec, FleetConfig
 from fleet.constants import DIRECT_WORKERS_KEY, WORKERS_KEY
 from fleet.constants import ONLINE_PROFILE_KEY as ONLINE_KEY
 from fleet.constants import WORKER_INFO_KEY as INFO_KEY
@@ -128,11 +128,10 @@ class StateReader:
         for spec, hosts in zip(classes, results[:-1], strict=True):
             workers[spec.name] = [_worker(h, info.get(h)) for h in hosts]
         reader = self.depth_reader()
-        queues = [spec.queue_name for spec in classes]
+        queues = [q for spec in classes for q in spec.queues]
         depth: dict[str, int] = {}
         if reader is not None:
-            by_queue = reader.read(queues)
-            depth = {s.name: by_queue[s.queue_name] for s in classes if s.queue_name in by_queue}
+            depth = class_depth(classes, reader.read(queues))
         return FleetState(workers=workers, depth=depth, online=online, fetched_at=now)
 
     def depth_reader(self) -> DepthReader | None:
@@ -156,6 +155,16 @@ def _worker(hostname: str, raw: str | None) -> WorkerInfo:
         warm={str(k): int(v) for k, v in (data.get("warm") or {}).items()},
         cold={str(k): float(v) for k, v in (data.get("cold") or {}).items()},
     )
+
+
+def class_depth(classes: list[ClassSpec], by_queue: dict[str, int]) -> dict[str, int]:
+    """Messages waiting per class: in all its queues (a GPU class with lanes has one per
+    runtime); a class with a queue that could not be read is left out (unknown)."""
+    return {
+        s.name: sum(by_queue[q] for q in s.queues)
+        for s in classes
+        if all(q in by_queue for q in s.queues)
+    }
 
 
 class CachedState:

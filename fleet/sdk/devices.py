@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Any
 
+from fleet.constants import ASSUME_CUDA_ENV
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -98,3 +100,9 @@ def _text(value: Any) -> str:
 def cuda_available() -> bool:
     """Whether this process can use an NVIDIA GPU (cached: asked once per process)."""
     return bool(detect_gpus().gpus)
+
+
+def gpu_layout() -> bool:
+    """Whether GPU classes are laid out and guarded as on a CUDA host here: a GPU is usable,
+    or ``FLEET_ASSUME_CUDA=1`` says to act as if (their ops still run on the CPU then)."""
+    return os.environ.get(ASSUME_CUDA_ENV) == "1" or cuda_available()

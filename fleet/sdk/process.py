@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 import redis
 
 from fleet.config import FleetConfig, load_config
-from fleet.constants import THREADS_ENV, WORKER_CLASS_ENV
+from fleet.constants import LANE_ENV, THREADS_ENV, WORKER_CLASS_ENV
+from fleet.errors import RuntimeRefused
 from fleet.paths import EXAMPLES, PACKAGE
-from fleet.sdk.devices import cuda_available, detect_gpus
+from fleet.sdk.devices import cuda_available, detect_gpus, gpu_layout
 from fleet.store.artifacts import ArtifactStore, BlobStore
 
 
@@ -49,35 +50,66 @@ def concurrent_steps() -> int:
 _CLAIMED: list[str] = []  # native GPU runtimes this process has loaded models with
 
 
+def lane() -> str | None:
+    """The runtime this process serves as a lane of its GPU class (ClassSpec.lanes), if any."""
+    return os.environ.get(LANE_ENV) or None
+
+
 def claim_runtime(name: str) -> None:
     """Say that this process is about to load a model with runtime ``name``. On a CUDA-bound
-    process, a second GPU runtime is refused with a clear error instead of a crash (torch and
-    a CUDA llama.cpp in one process kill it)."""
+    process (:func:`cuda_bound`) a second GPU runtime, or one other than the process's lane,
+    is refused with :class:`RuntimeRefused` before anything loads -- torch and a CUDA
+    llama.cpp in one process kill it -- and the step goes to a process that serves it."""
     if name in _CLAIMED:
         return
-    if wants_cuda() and _CLAIMED:
-        raise RuntimeError(
-            f"this {worker_class()} worker process already runs {_CLAIMED[0]} on the GPU; "
-            f"{name} must run in another class (set classes.{worker_class()}.runtimes)"
-        )
+    if cuda_bound():
+        served = lane()
+        if served is not None and name != served:
+            raise RuntimeRefused(
+                f"this {worker_class()} worker process is its {served} lane; {name} runs in "
+                f"the class's {name} lane (queue {_lane_queue(name)})"
+            )
+        if _CLAIMED:
+            raise RuntimeRefused(
+                f"this {worker_class()} worker process already runs {_CLAIMED[0]} on the GPU; "
+                f"{name} must run in another process: list both in classes.{worker_class()}"
+                ".runtimes (a lane each) or run it in another class"
+            )
     _CLAIMED.append(name)
+
+
+def _lane_queue(runtime: str) -> str:
+    cls = worker_class()
+    spec = settings().classes.get(cls) if cls else None
+    return spec.queue_for(runtime) if spec is not None else "?"
+
+
+# What a process's first CUDA use takes on the GPU before any model: the runtime's context
+# and its kernels' module images (300-600 MB on recent GPUs; NVML's free memory already
+# counts what other processes hold).
+CUDA_CONTEXT_MB = 512
+_CONTEXT_COUNTED: list[bool] = []  # once per process: later models share the context
 
 
 def ensure_gpu_memory(need_mb: float, what: str) -> None:
     """Before loading ``what`` onto this process's GPU: a clear error when it cannot fit
-    (free memory from the driver), instead of an out-of-memory crash halfway through."""
+    (free memory from the driver, less a CUDA context for the process's first model),
+    instead of an out-of-memory crash halfway through."""
     if not wants_cuda():
         return
     report = detect_gpus()
     if not report.gpus:
         return
     gpu = report.gpus[0]
+    if not _CONTEXT_COUNTED:
+        need_mb += CUDA_CONTEXT_MB
     if gpu.free_mb < need_mb:
         raise MemoryError(
             f"{what} needs about {need_mb:.0f} MB of GPU memory; GPU {gpu.index} ({gpu.name}) "
             f"has {gpu.free_mb} MB free of {gpu.total_mb} MB: give this worker another GPU "
             "(fleet worker CLASS --device N) or a smaller model"
         )
+    _CONTEXT_COUNTED.append(True)
 
 
 def available_host_mb() -> float | None:
@@ -111,6 +143,15 @@ def wants_cuda() -> bool:
     cls = worker_class()
     spec = settings().classes.get(cls) if cls else None
     return spec is not None and spec.device == "cuda" and cuda_available()
+
+
+def cuda_bound() -> bool:
+    """True when this process is guarded as a GPU process: its class binds to CUDA and a GPU
+    is present, or ``FLEET_ASSUME_CUDA=1`` lays the fleet out as on a GPU host (tests of a
+    class layout on a CPU machine; the ops still run on the CPU)."""
+    cls = worker_class()
+    spec = settings().classes.get(cls) if cls else None
+    return spec is not None and spec.device == "cuda" and gpu_layout()
 
 
 NEVER = (Path("/proc"), Path("/sys"), Path("/dev"))

@@ -213,13 +213,15 @@ class Registry:
     def preloaders(self) -> list[str]:
         return sorted(self._preloaders)
 
-    def preload(self, names: Iterable[str]) -> None:
-        """Run the named preloaders (a class's ``preload`` list) in this process."""
+    def preload(self, names: Iterable[str], lane: str | None = None) -> None:
+        """Run the named preloaders (a class's ``preload`` list) in this process; in a lane
+        of a GPU class (``lane``: its runtime), only those of that runtime."""
         for name in names:
             if name not in self._preloaders:
                 known = ", ".join(self.preloaders()) or "none registered"
                 raise FleetError(f"no preloader named '{name}' (known: {known})")
-            self._preloaders[name]()
+            if lane is None or self._preload_runtime.get(name) in (None, lane):
+                self._preloaders[name]()
 
     def load_plugins(self) -> None:
         """Import every op module advertised in the ``agent_fleet.ops`` entry-point group."""

@@ -19,6 +19,7 @@ from fleet.config import FleetConfig, load_config
 from fleet.constants import (
     AMQP_SCHEMES,
     CELERY_STEP_HEADER,
+    LANE_ENV,
     ROUTE_HEADER,
     SENT_AT_HEADER,
     STEP_TASK,
@@ -139,7 +140,7 @@ def _preload_models(**_: Any) -> None:
     spec = cfg.classes.get(cls) if cls else None
     if spec is not None and spec.preload:
         registry.load(cfg.op_modules, cfg.op_plugins)  # op modules register the preloaders
-        registry.preload(spec.preload)
+        registry.preload(spec.preload, os.environ.get(LANE_ENV) or None)
 
 
 @before_task_publish.connect

@@ -128,7 +128,7 @@ def check(app: Celery, client: redis.Redis, worker_ttl: float, grace_s: float) -
     runs = [str(r) for r in client.zrangebyscore(ACTIVE_RUNS_KEY, "-inf", now - older)]
     if not runs:
         return moved
-    queues = [spec.queue_name for spec in cfg.classes.values()]
+    queues = [q for spec in cfg.classes.values() for q in spec.queues]
     queues += [DIRECT_QUEUE.format(worker=host) for host in live]
     with app.connection_for_write() as conn:
         qos = conn.default_channel.qos

@@ -12,7 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, NoReturn
 
 from billiard.einfo import ExceptionInfo
 from celery import Celery, Task
@@ -21,6 +21,7 @@ from celery.worker.request import Request
 
 from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import StepCall
+from fleet.errors import StepFailed
 from fleet.store.leases import Leases, lease_field
 from fleet.store.runs import RunStore
 from fleet.worker.app import fleet_config
@@ -46,6 +47,34 @@ class Lease:
 
     def release(self) -> None:
         keeper().release(self.run_id, self.field)
+
+    def hand_over(self) -> None:
+        """Let go of the lease for a copy sent elsewhere: it takes it at once, uncounted."""
+        self.release()
+        self.leases.mark(self.run_id, self.field, "lost")
+
+
+REROUTES = 3  # a step whose runtime was refused this often fails its run
+
+
+def reroute(
+    task: Task, engine: Dispatcher, call: StepCall, run: dict[str, Any], lease: Lease, why: str
+) -> NoReturn:
+    """A process refused the step's runtime (:class:`fleet.errors.RuntimeRefused`) before
+    loading anything: send the step again through the router -- which sends it to the lane
+    of its class that serves the runtime, or another process -- instead of failing the run;
+    after ``REROUTES`` refusals, fail it naming the fix. Raises Ignore (or StepFailed)."""
+    refused = int(call.get("refused", 0)) + 1
+    path = call["path"]
+    if refused > REROUTES:
+        fix = f"node '{path}' (op {call['op']}): refused {refused - 1} times: {why}"
+        engine.store.fail(run["id"], path, fix)
+        raise StepFailed(path, call["op"], why)
+    log.warning("run %s: node %s routed again: %s", run["id"], path, why)
+    lease.hand_over()
+    again: StepCall = {**call, "refused": refused}
+    engine.send(again, run, task_id=task.request.id, retries=task.request.retries or 0)
+    raise Ignore()
 
 
 def begin(task: Task, engine: Dispatcher, call: StepCall, run: dict[str, Any]) -> Lease:

@@ -27,7 +27,7 @@ from fleet.constants import (
 )
 from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import StepCall
-from fleet.errors import StepFailed, UnknownOpError
+from fleet.errors import RuntimeRefused, StepFailed, UnknownOpError
 from fleet.routing import affinity
 from fleet.routing.affinity import DIRECT_QUEUE
 from fleet.routing.profiles import OnlineStats, current_store
@@ -38,7 +38,7 @@ from fleet.sdk.step import StepContext, running
 from fleet.store.records import TraceEntry
 from fleet.store.runs import RunStore
 from fleet.worker.app import app, fleet_config
-from fleet.worker.recovery import StepRequest, begin
+from fleet.worker.recovery import StepRequest, begin, reroute
 from fleet.worker.replies import replier
 
 log = logging.getLogger("fleet.tasks")
@@ -183,6 +183,8 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     except Retry:  # the next attempt was sent: a late copy of this one must not run
         lease.end_by_retry()
         raise
+    except RuntimeRefused as exc:  # nothing loaded: the step goes to a process that may
+        reroute(self, engine, call, run, lease, str(exc))
     finally:
         lease.release()
     if status == "running" and state is not None:
@@ -219,6 +221,10 @@ def execute(
         with running(here):  # what fleet.sdk.current_step() tells the op
             result = _run_op(op, call["args"], deadline)
         outputs = _outputs(op, result, engine.cfg.max_value_bytes)
+    except RuntimeRefused as exc:
+        RUNNING.leave()
+        store.add_trace(run["id"], trace.entry("rerouted", str(exc)))
+        raise
     except Exception as exc:
         trace.occupancy = max(1, round((at_start + RUNNING.leave()) / 2))
         _failed(task, store, op, call, run, trace, exc)

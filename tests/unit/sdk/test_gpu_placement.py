@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleet.config import FleetConfig
-from fleet.errors import WorkflowValidationError
+from fleet.errors import RuntimeRefused, WorkflowValidationError
 from fleet.routing.profiles import PACKAGED, ProfileStore, profiles_path
 from fleet.sdk import process as sdk
 from fleet.sdk.registry import registry
@@ -33,13 +33,29 @@ def test_the_gpu_class_runs_one_family_of_runtimes(cfg: FleetConfig) -> None:
 
 def test_a_second_gpu_runtime_in_one_process_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sdk, "_CLAIMED", [])
-    monkeypatch.setattr(sdk, "wants_cuda", lambda: True)
+    monkeypatch.setattr(sdk, "cuda_bound", lambda: True)
     monkeypatch.setenv("FLEET_WORKER_CLASS", "gpu")
+    monkeypatch.delenv("FLEET_LANE", raising=False)
     sdk.claim_runtime("llama.cpp")
     sdk.claim_runtime("llama.cpp")  # the same one again is fine
-    with pytest.raises(RuntimeError, match=r"already runs llama\.cpp on the GPU; torch must run"):
+    with pytest.raises(RuntimeRefused, match=r"already runs llama\.cpp on the GPU; torch must run"):
         sdk.claim_runtime("torch")
-    monkeypatch.setattr(sdk, "wants_cuda", lambda: False)  # on the CPU they coexist
+    monkeypatch.setattr(sdk, "cuda_bound", lambda: False)  # on the CPU they coexist
+    sdk.claim_runtime("torch")
+
+
+def test_a_lane_refuses_every_runtime_but_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sdk, "_CLAIMED", [])
+    monkeypatch.setenv("FLEET_WORKER_CLASS", "gpu")
+    monkeypatch.setenv("FLEET_LANE", "llama.cpp")
+    monkeypatch.setenv("FLEET_ASSUME_CUDA", "1")  # guarded as on a GPU host, here
+    assert sdk.cuda_bound() and not sdk.wants_cuda()  # ...while its ops run on the CPU
+    with pytest.raises(RuntimeRefused, match=r"ctranslate2 runs in .* \(queue gpu.ctranslate2\)"):
+        sdk.claim_runtime("ctranslate2")
+    assert sdk._CLAIMED == []  # refused before anything loaded: the process is not spoilt
+    sdk.claim_runtime("llama.cpp")
+    monkeypatch.setenv("FLEET_WORKER_CLASS", "cpu")  # a CPU class is never guarded
+    assert not sdk.cuda_bound()
     sdk.claim_runtime("torch")
 
 
@@ -78,8 +94,11 @@ def test_a_model_that_does_not_fit_the_gpu_is_a_clear_error(
     from fleet.sdk.devices import Gpu, GpuReport
 
     monkeypatch.setattr(sdk, "wants_cuda", lambda: True)
-    gpu = Gpu(1, "NVIDIA A40", total_mb=46000, free_mb=300)
+    monkeypatch.setattr(sdk, "_CONTEXT_COUNTED", [])
+    gpu = Gpu(1, "NVIDIA A40", total_mb=46000, free_mb=1000)
     monkeypatch.setattr(sdk, "detect_gpus", lambda: GpuReport("580.1", [gpu]))
-    with pytest.raises(MemoryError, match=r"needs about 400 MB .* has 300 MB free"):
-        sdk.ensure_gpu_memory(400, "LLM big.gguf")
-    sdk.ensure_gpu_memory(200, "LLM small.gguf")  # fits
+    # the process's first model pays for its CUDA context too (512 MB)
+    with pytest.raises(MemoryError, match=r"needs about 1112 MB .* has 1000 MB free"):
+        sdk.ensure_gpu_memory(600, "LLM big.gguf")
+    sdk.ensure_gpu_memory(400, "LLM small.gguf")  # 912 MB: fits
+    sdk.ensure_gpu_memory(900, "Whisper")  # the context is there now: 900 MB fits
