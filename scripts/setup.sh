@@ -28,8 +28,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-  # torch first and pinned, so that nothing resolves it to a CUDA build.
-  "${pip[@]}" torch==2.13.0
+  # torch first, pinned, and the CPU build: PyPI's torch for Linux is the multi-GB CUDA build,
+  # and the embedder never runs on CUDA. A wheel pip already finds (a find-links folder, a
+  # mirror) wins; else PyTorch's CPU index.
+  if ! "${pip[@]}" torch==2.13.0+cpu 2>/dev/null; then
+    "${pip[@]}" --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu
+  fi
   # llama-cpp-python compiles from source (~7 min). Its wheel is kept in .cache/wheels, so a
   # rebuilt .venv and the container image the tests build (docker/Dockerfile) reuse it.
   llama=$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)

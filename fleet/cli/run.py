@@ -102,6 +102,10 @@ def up(
     wanted = [c.strip() for c in classes.split(",")] if classes else []
     if plan_file is not None and not wanted:  # the plan's classes, not the built-in ones
         wanted = _planned_classes(plan_file)
+    # Ctrl-C and SIGTERM both stop the fleet, also while it starts (a shell starts background
+    # jobs with SIGINT ignored, so the handler is installed rather than inherited).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         fleet = LocalFleet(cfg, wanted, flower, Path(workdir), loglevel, say=console.print)
         cut = fleet.fit_to_host(2 * (os.cpu_count() or 1))
@@ -111,14 +115,10 @@ def up(
             fleet.start()
     except FleetError as exc:
         fail(str(exc))
-    console.print(f"[green]fleet is up[/]: {len(fleet.classes)} class(es). Ctrl-C stops it.")
-    console.print(f"submit with: {submit_hint(cfg)}")
-    # Ctrl-C and SIGTERM both stop the fleet (a shell starts background jobs with SIGINT
-    # ignored, so the handler is installed rather than inherited).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    scaler = Autoscaler(fleet, say=console.print) if autoscale else None
-    try:
+    try:  # from here on, Ctrl-C at any moment stops what was started
+        console.print(f"[green]fleet is up[/]: {len(fleet.classes)} class(es). Ctrl-C stops it.")
+        console.print(f"submit with: {submit_hint(cfg)}")
+        scaler = Autoscaler(fleet, say=console.print) if autoscale else None
         while True:  # a process that dies is restarted (with backoff); the rest go on
             fleet.supervise()
             if scaler is not None:

@@ -29,6 +29,7 @@ from fleet.client.client import Fleet
 from fleet.config import FleetConfig
 from fleet.deploy.local import LocalFleet, free_port
 from fleet.deploy.profiling import plan_measurements, profile_fleet
+from fleet.errors import FleetError
 from fleet.sdk.devices import detect_gpus
 from fleet.worker.app import create_app
 from fleet.workflow.builder import Workflow
@@ -92,9 +93,27 @@ def llama_offloads() -> bool:
     return done.stdout.strip() == "True"
 
 
+def find_nvcc() -> str | None:
+    """The CUDA compiler: on PATH, or in CUDA_HOME (where NVIDIA's toolkit packages put it,
+    /usr/local/cuda, when unset)."""
+    found = shutil.which("nvcc")
+    home = Path(os.environ.get("CUDA_HOME") or "/usr/local/cuda") / "bin" / "nvcc"
+    if found is None and os.access(home, os.X_OK):
+        found = str(home)
+    return found
+
+
 def build_llama(arch: str, say: Callable[[str], None]) -> None:
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise FleetError(
+            "no CUDA compiler (nvcc) to build llama.cpp for this GPU: install the CUDA toolkit "
+            "(Debian: apt-get install nvidia-cuda-toolkit) and put its bin/ on PATH, or run "
+            "with --skip-build"
+        )
     args = f"-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES={arch} -DLLAVA_BUILD=OFF"
     env = {**os.environ, "CMAKE_ARGS": args, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count())}
+    env["CUDACXX"] = nvcc
     say(f"building llama-cpp-python {LLAMA_VERSION} with CUDA (arch {arch}); about 5 minutes")
     pip = [sys.executable, "-m", "pip", "install", "--force-reinstall", "--no-cache-dir"]
     pip += ["--no-deps", f"llama-cpp-python=={LLAMA_VERSION}"]

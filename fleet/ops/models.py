@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fleet.sdk import (
     RuntimeSpec,
     claim_runtime,
+    computes_on_cpu,
     concurrent_steps,
     data_dir,
     ensure_gpu_memory,
@@ -272,6 +273,11 @@ def _llm(model: str, n_ctx: int) -> Any:
 
     path = gguf_path(model)
     gpu_layers = -1 if wants_cuda() else 0
+    if gpu_layers and not _llama_offloads():
+        computes_on_cpu(
+            LLAMA_CPP, "this llama-cpp-python is a CPU build (bash scripts/setup-gpu.sh)"
+        )
+        gpu_layers = 0
     # weights, plus the KV cache and compute buffers (about a quarter more for small models)
     ensure_gpu_memory(path.stat().st_size / 2**20 * 1.25 + 64, f"LLM {path.name}")
 
@@ -287,6 +293,12 @@ def _llm(model: str, n_ctx: int) -> Any:
             )
 
     return _loaded(f"llm:{model}", load)
+
+
+def _llama_offloads() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
 
 
 @functools.cache

@@ -4,6 +4,7 @@ threads, data directory, and the blob store for data passed by reference."""
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from fleet.errors import RuntimeRefused
 from fleet.paths import EXAMPLES, PACKAGE
 from fleet.sdk.devices import cuda_available, detect_gpus, gpu_layout
 from fleet.store.artifacts import ArtifactStore, BlobStore
+
+log = logging.getLogger("fleet.process")
 
 
 @cache
@@ -136,6 +139,23 @@ def ensure_memory(need_mb: float, what: str, advice: str) -> None:
             f"{what} needs about {need_mb:.0f} MB of memory; this host has {free:.0f} MB "
             f"available: {advice}"
         )
+
+
+_ON_CPU: dict[str, str] = {}  # runtime -> why this GPU-bound process runs it on the CPU
+
+
+def computes_on_cpu(runtime: str, why: str) -> None:
+    """Say that ``runtime`` computes on the CPU in this process although its class binds to
+    a GPU that is present (a CPU build, say): logged once, loudly, and every step of the
+    runtime's ops says so in its trace -- never a silent fallback."""
+    if runtime not in _ON_CPU:
+        _ON_CPU[runtime] = why
+        log.warning("%s worker: %s runs on the CPU, not the GPU: %s", worker_class(), runtime, why)
+
+
+def cpu_fallback(runtime: str | None) -> str | None:
+    """Why ``runtime`` computes on the CPU in this GPU-bound process, if it does."""
+    return _ON_CPU.get(runtime) if runtime else None
 
 
 def wants_cuda() -> bool:

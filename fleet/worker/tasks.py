@@ -32,7 +32,7 @@ from fleet.routing import affinity
 from fleet.routing.affinity import DIRECT_QUEUE
 from fleet.routing.profiles import OnlineStats, current_store
 from fleet.sdk.devices import cuda_available
-from fleet.sdk.process import run_within
+from fleet.sdk.process import cpu_fallback, run_within
 from fleet.sdk.registry import OpSpec, registry
 from fleet.sdk.step import StepContext, running
 from fleet.store.records import TraceEntry
@@ -145,14 +145,18 @@ class _Trace:
             "route": getattr(req, ROUTE_HEADER, None) or {},
             "device": CPU_FALLBACK if fallback else None,
         }
+        self.runtime = call.get("runtime")
         self.started_at = time.time()
         self.cpu_at = _cpu_clock(self.shared)
 
     def entry(self, status: str, error: str | None = None) -> TraceEntry:
         rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         cpu = (_cpu_clock(self.shared) - self.cpu_at) / self.occupancy
+        base = self.base
+        if not base["device"] and (why := cpu_fallback(self.runtime)):  # a CPU build, say
+            base = {**base, "device": f"cpu ({why})"}
         return TraceEntry(
-            **self.base,
+            **base,
             status=status,
             started_at=self.started_at,
             ended_at=time.time(),

@@ -285,6 +285,9 @@ def test_gpu_check_runs_on_a_cpu_host(tmp_path: Path, tiny_gguf: str) -> None:
     assert report["gpus"] == [] and report["llama_gpu_build"] is False
     assert set(report["tokens_per_s"]) == {"gpu", "cpu"}
     assert "P/D gpu->cpu: same text" in res.stdout
+    # Whisper heard the spoken order number on both classes
+    assert set(report["stt"]) == {"gpu", "cpu"} and report["stt_note"] == ""
+    assert all("1042" in text.replace(",", "") for text in report["stt"].values()), report
 
 
 def test_submit_uploads_a_folder_and_saves_an_audio_output(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fleet.errors import FleetError
 from fleet.ops import models
 from fleet.sdk.registry import registry
@@ -46,3 +48,21 @@ def test_weights_load_without_extra_buffer_types_on_an_amx_cpu() -> None:
     lines = Path("/proc/cpuinfo").read_text().splitlines()
     flags = next((ln for ln in lines if ln.startswith("flags")), "")
     assert models._has_amx() == (" amx_tile" in flags)
+
+
+def test_a_cpu_build_on_a_gpu_class_is_said_not_hidden(
+    tiny_gguf: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gpu-class process with a GPU present but a CPU build of llama.cpp: once loud in the
+    log, and every LLM step's trace says where it computed."""
+    from fleet.sdk import process
+
+    monkeypatch.setattr(models, "wants_cuda", lambda: True)
+    monkeypatch.setattr(process, "_ON_CPU", {})
+    with caplog.at_level("WARNING", logger="fleet.process"):
+        models.llm(tiny_gguf, 336)  # a size no other test loads: a fresh load
+    assert models._llama_offloads() is False  # this machine's build
+    why = process.cpu_fallback("llama.cpp")
+    assert why is not None and "CPU build" in why and "setup-gpu.sh" in why
+    assert "llama.cpp runs on the CPU, not the GPU" in caplog.text
+    assert process.cpu_fallback("ctranslate2") is None

@@ -65,6 +65,8 @@ def test_the_h100_profile_set_ships_with_its_provenance(monkeypatch: pytest.Monk
     assert path == PACKAGED.with_name("profiles-h100.json") and path.is_file()
     data = json.loads(path.read_text())
     assert "H100" in data["provenance"]["host"] and data["provenance"]["derived"]
+    # its cpu prefill ran on a CUDA build with the GPU visible: said, not passed off as CPU
+    assert "GPU-assisted" in data["provenance"]["gpu_assisted"]
     store = ProfileStore.load(path)
     gpu, cpu = store.get("llm.decode", "gpu"), store.get("llm.decode", "cpu")
     assert gpu is not None and cpu is not None
