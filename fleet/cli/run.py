@@ -232,8 +232,8 @@ def _describe(
     else:
         device = f"cpu ({gpus.note})"
     runtimes = ", ".join(sorted(registry.class_runtimes(spec.name, cfg))) or "none (plain Python)"
-    for argv in argvs:
-        console.print(" ".join(argv), highlight=False)
+    for argv in argvs:  # one line each, to paste as it is
+        console.print(" ".join(argv), highlight=False, soft_wrap=True)
     console.print(f"device: {device}\nruntimes: {runtimes}", highlight=False)
     if lanes != [None]:
         shown = ", ".join(f"{lane} (queue {spec.queue_for(lane)})" for lane in lanes if lane)

@@ -42,7 +42,7 @@ PROMPT = (
 )
 
 
-STT_TEXT = "My order number is 1042 and it has not arrived."
+STT_TEXT = "Hello. Where is my order 1042? It has not arrived yet."  # the demo's question
 STT_NUMBER = "1042"
 
 

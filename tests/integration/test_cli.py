@@ -157,6 +157,20 @@ def test_worker_dry_run_shows_preset() -> None:
     assert res.returncode == 2 and "class 'cpu' binds to the CPU" in res.stderr
 
 
+def test_worker_dry_run_shows_a_process_per_runtime_where_gpus_are_laid_out() -> None:
+    res = fleet("worker", "gpu", "--dry-run", env={"FLEET_ASSUME_CUDA": "1"})
+    assert res.returncode == 0, res.stderr
+    commands = [line for line in res.stdout.splitlines() if " -m celery " in line]
+    assert len(commands) == 2
+    assert "-Q gpu " in commands[0] and "-Q gpu.ctranslate2 " in commands[1]
+    assert "lanes: a process per runtime on one GPU: llama.cpp (queue gpu), ctranslate2" in (
+        res.stdout
+    )
+    one = fleet("worker", "gpu", "--dry-run", env={"FLEET_ASSUME_CUDA": ""})  # no GPU here
+    assert one.returncode == 0 and "-Q gpu,gpu.ctranslate2 " in one.stdout
+    assert "lanes:" not in one.stdout
+
+
 @pytest.mark.slow
 def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path, fleet_cfg: FleetConfig) -> None:
     url, port = f"redis://127.0.0.1:{free_port()}/0", free_port()
