@@ -18,6 +18,7 @@ import redis
 
 from fleet.config import FleetConfig
 from fleet.deploy.local import LocalFleet, free_port
+from tests.support.servers import read_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,15 +184,7 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path, fleet_cfg: Fle
         env={**os.environ, "FLEET_BROKER_URL": url, "COLUMNS": "200"},
         cwd=ROOT,
     )
-    lines: list[str] = []
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "fleet is up" in line or not line:
-            break
-    out = "".join(lines)
+    out = read_until(proc, "fleet is up", 90)
     assert "fleet is up" in out, out
     assert "started redis-server" in out and "worker: cpu" in out and "worker: io" in out
     status = fleet("status", "--json", env={"FLEET_BROKER_URL": url})

@@ -9,12 +9,12 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from fleet.deploy.local import free_port
+from tests.support.servers import read_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,15 +62,7 @@ def test_the_readme_gpu_block_runs_as_written(tmp_path: Path) -> None:
         text=True,
         start_new_session=True,
     )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "fleet is up" in line or not line:
-            break
-    out = "".join(lines)
+    out = read_until(proc, "fleet is up", 300)
     try:
         assert "fleet is up" in out, out
         # the build, for compute capability 9.0, with the CUDA compiler found

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from fleet.client.client import Fleet
 from fleet.config import load_config
 from fleet.deploy.local import free_port
 from fleet.worker.app import create_app
+from tests.support.servers import read_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,15 +113,7 @@ def test_fleet_up_plan_runs_the_planned_split(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     try:
-        assert up.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = up.stdout.readline()
-            lines.append(line)
-            if "fleet is up" in line or not line:
-                break
-        out = "".join(lines)
+        out = read_until(up, "fleet is up", 120)
         assert "fleet is up" in out, out
         assert sum(out.count(f"worker: {c}") for c in workers) == sum(workers.values()), out
         cfg = load_config(env={"FLEET_CONFIG": str(plan_file), "FLEET_BROKER_URL": url})

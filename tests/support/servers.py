@@ -185,3 +185,17 @@ def start_postgres(folder: Path, port: int | None = None) -> Server:
     server = start("postgres", argv, folder, port, ready=ready, timeout=60, user=user)
     server.extra["url"] = url
     return server
+
+
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    """What ``proc`` printed up to the line with ``marker`` (or its end, or ``timeout``
+    seconds): `fleet up` says "fleet is up" once every class has a live worker."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if marker in line or not line:
+            break
+    return "".join(lines)

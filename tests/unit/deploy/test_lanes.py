@@ -86,21 +86,28 @@ LANE = (
 )
 
 
-def test_the_lanes_of_a_worker_stop_together(tmp_path: Path) -> None:
-    """One lane dies: the other is stopped and the worker exits with the dead lane's code,
-    so that whatever restarts the worker restarts it whole."""
+def _worker(tmp_path: Path, codes: tuple[int, int]) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """A worker of two lanes (each exits with its code on SIGTERM); its lanes' pids."""
     pids = [tmp_path / "a", tmp_path / "b"]
+    lanes = ", ".join(
+        f"(lane + [{str(p)!r}, '{c}'], {{}})" for p, c in zip(pids, codes, strict=True)
+    )
     code = (
         "import sys; from fleet.deploy.lanes import run_lanes; "
         f"lane = [sys.executable, '-c', {LANE!r}]; "
-        f"sys.exit(run_lanes([(lane + [{str(pids[0])!r}, '0'], {{}}), "
-        f"(lane + [{str(pids[1])!r}, '7'], {{}})], grace=10, poll=0.05))"
+        f"sys.exit(run_lanes([{lanes}], grace=10, poll=0.05))"
     )
     worker = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 30
     while not all(p.exists() and p.read_text() for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    first, second = (int(p.read_text()) for p in pids)
+    return worker, [int(p.read_text()) for p in pids]
+
+
+def test_the_lanes_of_a_worker_stop_together(tmp_path: Path) -> None:
+    """One lane dies: the other is stopped and the worker exits with the dead lane's code,
+    so that whatever restarts the worker restarts it whole."""
+    worker, (first, second) = _worker(tmp_path, (0, 7))
     os.kill(first, signal.SIGKILL)
     assert worker.wait(30) == 128 + signal.SIGKILL
     with pytest.raises(ProcessLookupError):  # the other lane was stopped, not left behind
@@ -108,16 +115,6 @@ def test_the_lanes_of_a_worker_stop_together(tmp_path: Path) -> None:
 
 
 def test_a_signal_reaches_every_lane(tmp_path: Path) -> None:
-    pids = [tmp_path / "a", tmp_path / "b"]
-    code = (
-        "import sys; from fleet.deploy.lanes import run_lanes; "
-        f"lane = [sys.executable, '-c', {LANE!r}]; "
-        f"sys.exit(run_lanes([(lane + [{str(pids[0])!r}, '3'], {{}}), "
-        f"(lane + [{str(pids[1])!r}, '3'], {{}})], grace=10, poll=0.05))"
-    )
-    worker = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.monotonic() + 30
-    while not all(p.exists() and p.read_text() for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    worker, _ = _worker(tmp_path, (3, 3))
     worker.terminate()  # a warm shutdown of the worker: each lane gets it
     assert worker.wait(30) == 3
