@@ -393,7 +393,30 @@ def _merge_classes(raw: dict[str, Any]) -> dict[str, Any]:
         merged.setdefault(name, {"name": name})
         merged[name].update(fields)
         merged[name]["name"] = name
+    _inherit_runtimes(merged, raw)
     return merged
+
+
+def _inherit_runtimes(merged: dict[str, Any], raw: dict[str, Any]) -> None:
+    """A GPU class that serves others (a planned ``a100`` serving ``gpu``) and names no
+    ``runtimes`` of its own takes theirs: on a GPU host it then runs their lanes, instead
+    of one process refusing the second runtime."""
+    presets = {k: v.model_dump() for k, v in default_classes().items()}
+    for name, spec in merged.items():
+        own = raw.get(name)
+        if spec.get("device") != "cuda" or not spec.get("serves"):
+            continue
+        if isinstance(own, dict) and "runtimes" in own:
+            continue
+        found: list[str] = []
+        for served in spec["serves"]:
+            listed = (merged.get(served) or presets.get(served) or {}).get("runtimes")
+            if listed is None:  # a served class may load anything: so may this one
+                found = []
+                break
+            found += [r for r in listed if r not in found]
+        if found:
+            spec["runtimes"] = found
 
 
 def _env_overrides(data: dict[str, Any], env: dict[str, str]) -> None:

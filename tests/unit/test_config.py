@@ -105,3 +105,21 @@ def test_a_run_priority_means_the_same_on_both_brokers() -> None:
     assert [rabbit.message_priority(p) for p in (None, 0, 5, 9)] == [0, 0, 5, 9]
     assert [redis_cfg.message_priority(p) for p in (None, 0, 5, 9)] == [9, 9, 4, 0]
     assert redis_cfg.message_priority(42) == 0 and rabbit.message_priority(-1) == 0  # clamped
+
+
+def test_a_planned_gpu_class_takes_the_runtimes_of_the_classes_it_serves(
+    tmp_path: Path,
+) -> None:
+    """A plan's a100 class serves gpu: on a GPU host it must run gpu's lanes (llama.cpp and
+    CTranslate2 apart), not one process that refuses the second runtime."""
+    f = tmp_path / "plan.toml"
+    f.write_text(
+        '[classes.a100]\nserves = ["gpu"]\ndevice = "cuda"\n'
+        '[classes.a40]\nserves = ["gpu"]\ndevice = "cuda"\nruntimes = ["llama.cpp"]\n'
+        '[classes.cpu-16]\nserves = ["cpu", "npu-lite"]\n'
+    )
+    cfg = load_config(f, env={})
+    assert cfg.classes["a100"].runtimes == ["llama.cpp", "ctranslate2"]
+    assert cfg.classes["a100"].queues == ["a100", "a100.ctranslate2"]
+    assert cfg.classes["a40"].runtimes == ["llama.cpp"]  # its own list wins
+    assert cfg.classes["cpu-16"].runtimes is None  # not a GPU class: may load anything
