@@ -20,7 +20,7 @@ from fleet.calibration import P50_BOUND, P95_BOUND
 if TYPE_CHECKING:
     from fleet.calibration.calibrate import Row
     from fleet.config import FleetConfig
-    from fleet.deploy.doctor import DoctorReport
+    from fleet.deploy.doctor import DoctorReport, RuntimeReport
     from fleet.evaluation.scoring import Verdict
     from fleet.planning.catalogue import Catalogue
     from fleet.planning.check import Finding
@@ -170,7 +170,7 @@ def doctor_table(report: DoctorReport) -> Table:
             ", ".join(c.preload) or "-",
         )
     for rt in report.runtimes.values():
-        gpu = "GPU build" if rt.gpu else "CPU build" if rt.gpu is False else "?"
+        gpu = _gpu_word(rt)
         table.add_section()
         table.add_row(f"runtime {rt.name}", rt.version or "-", gpu, "", rt.error or "", "")
     lines = [f"[red]problem[/] {p}" for p in report.problems]
@@ -333,3 +333,14 @@ def check_table(found: list[Finding], seconds: float) -> Table:
         verdict = f"[red]{f.why}[/]" if f.drifted else f.why
         table.add_row(f.subject, f.what, planned, observed, verdict)
     return table
+
+
+def _gpu_word(rt: RuntimeReport) -> str:
+    """What a runtime can do with the GPU, as the doctor found it."""
+    if rt.gpu:
+        return f"GPU ({rt.devices} seen)" if rt.devices else "GPU build"
+    if rt.gpu is None:
+        return "?"
+    if rt.needs:
+        return f"no GPU: {rt.needs}"
+    return "sees no GPU" if rt.devices == 0 else "CPU build"  # devices: a runtime that counts

@@ -92,3 +92,17 @@ def test_eval_tables_show_failed_checks_and_one_summary_row_per_voice_and_check(
     out = console.export_text()
     assert "x quotes_relevant" in out and "by_voice f" in out and "by_voice a" in out
     assert "checks quotes_relevant" in out and "wrong k1" in out and "{" not in out
+
+
+def test_the_doctor_says_what_each_runtime_can_do_with_the_gpu() -> None:
+    from fleet.cli.tables import _gpu_word
+    from fleet.deploy.doctor import RuntimeReport
+
+    assert _gpu_word(RuntimeReport("llama.cpp", True, "0.3.36", gpu=False)) == "CPU build"
+    assert _gpu_word(RuntimeReport("torch", True, "2.13", gpu=False, devices=0)) == "sees no GPU"
+    missing = RuntimeReport("ctranslate2", True, "4.8", gpu=False, devices=1, needs="no cuBLAS")
+    assert _gpu_word(missing) == "no GPU: no cuBLAS"
+    assert _gpu_word(RuntimeReport("ctranslate2", True, "4.8", gpu=True, devices=2)) == (
+        "GPU (2 seen)"
+    )
+    assert _gpu_word(RuntimeReport("llama.cpp", True, "0.3.36", gpu=True)) == "GPU build"
