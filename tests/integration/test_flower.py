@@ -117,7 +117,8 @@ def test_flower_finds_a_worker_started_after_it_and_keeps_its_password(
         assert {n.split("@")[0] for n in workers} == {"io", "cpu"}, workers
         queues = _get(base, "/api/queues/length", auth)
         assert isinstance(queues, dict)
-        every = {c.queue_name for c in cfg.classes.values()}  # tpu has no worker, still listed
+        # every class's queues, its lanes' included (tpu has no worker, still listed)
+        every = {q for c in cfg.classes.values() for q in c.queues}
         names = {q["name"] for q in queues["active_queues"]}
         assert every <= names, queues
         # and workers' own queues (prefix affinity sends a run's next LLM round there), as

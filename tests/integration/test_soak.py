@@ -46,7 +46,7 @@ def test_two_thousand_workflows_leave_flat_memory_and_expiring_keys(
     with local:
         client = Fleet(app=create_app(cfg), cfg=cfg)
         r = redis.Redis.from_url(cfg.broker_url, decode_responses=True)
-        queues = {c.queue_name for c in cfg.classes.values()} | {"unacked", "unacked_index"}
+        queues = {q for c in cfg.classes.values() for q in c.queues} | {"unacked", "unacked_index"}
         rss: list[float] = []
         start = time.monotonic()
         for batch in range(RUNS // 200):
