@@ -382,7 +382,8 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _merge_classes(raw: dict[str, Any]) -> dict[str, Any]:
     """File class tables override the built-in presets field by field; a table with
     ``enabled = false`` removes that class from the deployment."""
-    merged = {k: v.model_dump() for k, v in default_classes().items()}
+    presets = {k: v.model_dump() for k, v in default_classes().items()}
+    merged = {k: dict(v) for k, v in presets.items()}
     for name, fields in raw.items():
         if not isinstance(fields, dict):
             raise ConfigError(f"classes.{name} must be a table of fields")
@@ -393,15 +394,14 @@ def _merge_classes(raw: dict[str, Any]) -> dict[str, Any]:
         merged.setdefault(name, {"name": name})
         merged[name].update(fields)
         merged[name]["name"] = name
-    _inherit_runtimes(merged, raw)
+    _inherit_runtimes(merged, raw, presets)
     return merged
 
 
-def _inherit_runtimes(merged: dict[str, Any], raw: dict[str, Any]) -> None:
+def _inherit_runtimes(merged: dict[str, Any], raw: dict[str, Any], presets: dict[str, Any]) -> None:
     """A GPU class that serves others (a planned ``a100`` serving ``gpu``) and names no
     ``runtimes`` of its own takes theirs: on a GPU host it then runs their lanes, instead
     of one process refusing the second runtime."""
-    presets = {k: v.model_dump() for k, v in default_classes().items()}
     for name, spec in merged.items():
         own = raw.get(name)
         if spec.get("device") != "cuda" or not spec.get("serves"):

@@ -192,6 +192,7 @@ def worker(
         # Before any CUDA library loads in the worker: it sees this GPU only, as cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
         name = name or f"{cls}-gpu{gpu}-{os.getpid()}@%h"
+    lanes = host_lanes(spec)
     launches = [
         (
             worker_argv(
@@ -204,10 +205,10 @@ def worker(
             ),
             worker_env(cfg, cls, concurrency=concurrency, lane=lane),
         )
-        for lane in host_lanes(spec)
+        for lane in lanes
     ]
     if dry_run:
-        _describe(cfg, spec, [argv for argv, _ in launches], host_lanes(spec))
+        _describe(cfg, spec, [argv for argv, _ in launches], lanes)
         return
     if len(launches) == 1:
         argv, env = launches[0]

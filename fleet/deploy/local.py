@@ -20,7 +20,7 @@ import redis
 
 from fleet.config import FleetConfig, redact
 from fleet.constants import AMQP_SCHEMES
-from fleet.deploy.launch import host_lanes, worker_argv, worker_env
+from fleet.deploy.launch import host_lanes, lane_name, worker_argv, worker_env
 from fleet.errors import FleetError
 from fleet.routing.depth import amqp_connection
 from fleet.routing.state import StateReader
@@ -199,7 +199,7 @@ class LocalFleet:
         for lane in lanes:
             argv = worker_argv(spec, name=name, loglevel=self.loglevel, lane=lane)
             env = {**self._env(), **worker_env(self.cfg, cls, self._env(), lane=lane)}
-            label = f"{cls}{suffix}" + (f"-{lane}" if lane and lane != spec.lanes[0] else "")
+            label = lane_name(f"{cls}{suffix}", spec, lane)
             child = self._spawn(f"worker-{label}", argv, env)
             child.cls, child.index, child.lane = cls, index, lane
             queues = spec.queues if lane is None else [spec.queue_for(lane)]

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from fleet.config import FleetConfig, load_config
+from fleet.config import ClassSpec, FleetConfig, load_config
 from fleet.constants import LANE_ENV, THREADS_ENV, WORKER_CLASS_ENV
 from fleet.errors import RuntimeRefused
 from fleet.paths import EXAMPLES, PACKAGE
@@ -34,6 +34,12 @@ def worker_class() -> str | None:
     return os.environ.get(WORKER_CLASS_ENV)
 
 
+def class_spec() -> ClassSpec | None:
+    """The configured preset of the class this worker process serves, if any."""
+    cls = worker_class()
+    return settings().classes.get(cls) if cls else None
+
+
 def threads() -> int:
     """Threads one op may use: set per worker so that workers share the cores."""
     try:
@@ -45,8 +51,7 @@ def threads() -> int:
 def concurrent_steps() -> int:
     """Steps this process runs at once: its class's concurrency on a thread pool, else 1 (a
     prefork child runs one step at a time). A batching op sizes its batch by it."""
-    cls = worker_class()
-    spec = settings().classes.get(cls) if cls else None
+    spec = class_spec()
     return spec.concurrency if spec is not None and spec.pool in ("threads", "gevent") else 1
 
 
@@ -82,8 +87,7 @@ def claim_runtime(name: str) -> None:
 
 
 def _lane_queue(runtime: str) -> str:
-    cls = worker_class()
-    spec = settings().classes.get(cls) if cls else None
+    spec = class_spec()
     return spec.queue_for(runtime) if spec is not None else "?"
 
 
@@ -160,8 +164,7 @@ def cpu_fallback(runtime: str | None) -> str | None:
 
 def wants_cuda() -> bool:
     """True when this worker's class binds to CUDA and a GPU is present."""
-    cls = worker_class()
-    spec = settings().classes.get(cls) if cls else None
+    spec = class_spec()
     return spec is not None and spec.device == "cuda" and cuda_available()
 
 
@@ -169,8 +172,7 @@ def cuda_bound() -> bool:
     """True when this process is guarded as a GPU process: its class binds to CUDA and a GPU
     is present, or ``FLEET_ASSUME_CUDA=1`` lays the fleet out as on a GPU host (tests of a
     class layout on a CPU machine; the ops still run on the CPU)."""
-    cls = worker_class()
-    spec = settings().classes.get(cls) if cls else None
+    spec = class_spec()
     return spec is not None and spec.device == "cuda" and gpu_layout()
 
 
