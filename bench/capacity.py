@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def variants() -> dict[str, Any]:
-    from fleet.bench.deployments import Deployment, deployments
+    from fleet.loadtest.deployments import Deployment, deployments
 
     base = next(d for d in deployments() if d.name == "least-latency").classes
     batched = dict(base)
@@ -71,8 +71,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "capacity")
     args = parser.parse_args()
 
-    from fleet.bench.arrivals import Arrivals, jobs
-    from fleet.bench.harness import run_deployment, session
+    from fleet.loadtest.arrivals import Arrivals, jobs
+    from fleet.loadtest.harness import run_deployment, session
 
     mix = [j for j in jobs("full") if args.mix == "full" or j.name == args.mix]
     if args.mix == "voice":

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def variants() -> dict[str, Any]:
-    from fleet.bench.deployments import Deployment
     from fleet.config import default_classes
+    from fleet.loadtest.deployments import Deployment
 
     classes = default_classes()  # as `fleet up` starts them: nothing preloaded
     return {
@@ -53,8 +53,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cold")
     args = parser.parse_args()
 
-    from fleet.bench.arrivals import Arrivals, jobs
-    from fleet.bench.harness import order_rounds, run_deployment, session
+    from fleet.loadtest.arrivals import Arrivals, jobs
+    from fleet.loadtest.harness import order_rounds, run_deployment, session
 
     mix = [replace(j, weight=1.0) for j in jobs("full") if j.name == "voice"]
     deps = variants()

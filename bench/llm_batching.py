@@ -39,7 +39,7 @@ CONTEXT = (
 
 
 def _workflow(tokens: int) -> Any:
-    from fleet.workflow.builder import Workflow
+    from fleet import Workflow
 
     wf = Workflow("llm-step", inputs=["p"])
     gen = wf.step(
@@ -143,7 +143,7 @@ def main() -> None:
     from fleet.client.client import Fleet
     from fleet.config import load_config
     from fleet.deploy.local import LocalFleet, free_port
-    from fleet.worker.app import create_app
+    from fleet.messaging.app import create_app
 
     cfg = load_config()
     cfg = cfg.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})

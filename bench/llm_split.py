@@ -67,7 +67,7 @@ def main() -> None:
     from fleet.client.client import Fleet
     from fleet.config import load_config
     from fleet.deploy.local import LocalFleet, free_port
-    from fleet.worker.app import create_app
+    from fleet.messaging.app import create_app
 
     cfg = load_config()
     cfg = cfg.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})

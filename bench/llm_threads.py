@@ -53,11 +53,11 @@ def bare_tokens_per_s(path: str, runs: int) -> list[float]:
 
 
 def fleet_tokens_per_s(threads: int | None, runs: int, workdir: Path) -> list[float]:
+    from fleet import Workflow
     from fleet.client.client import Fleet
     from fleet.config import load_config
     from fleet.deploy.local import LocalFleet, free_port
-    from fleet.worker.app import create_app
-    from fleet.workflow.builder import Workflow
+    from fleet.messaging.app import create_app
 
     cfg = load_config()
     cfg = cfg.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
-    from fleet.ops.models import gguf_path
+    from workers.ops.models import gguf_path
 
     path = str(gguf_path("gemma3-270m"))
     args.out.mkdir(parents=True, exist_ok=True)

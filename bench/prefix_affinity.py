@@ -40,7 +40,7 @@ MIN_REUSE = 32  # the batch's least prefix worth reusing
 
 
 def agent(rounds: int) -> Any:
-    from fleet.workflow.builder import Workflow
+    from fleet import Workflow
 
     wf = Workflow("affinity-bench", inputs=["context", "q"])
     question: Any = wf.input("q")
@@ -82,7 +82,7 @@ def variant(affinity: bool, args: argparse.Namespace) -> dict[str, Any]:
     from fleet.client.client import Fleet
     from fleet.config import load_config
     from fleet.deploy.local import LocalFleet, free_port
-    from fleet.worker.app import create_app
+    from fleet.messaging.app import create_app
 
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "fleet.toml"

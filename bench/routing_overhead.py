@@ -138,7 +138,7 @@ def plain_hops(app: Any, n: int, steps: int) -> float:
 
 
 def _sequence(steps: int) -> Any:
-    from fleet.workflow.builder import Workflow
+    from fleet import Workflow
 
     wf = Workflow("hops", inputs=["t"])
     ref = wf.input("t")
@@ -149,9 +149,9 @@ def _sequence(steps: int) -> Any:
 
 
 def dispatch(tasks: int, rounds: int, hops: int, workdir: Path) -> dict[str, Any]:
+    from fleet import Workflow
     from fleet.config import load_config
     from fleet.deploy.local import LocalFleet
-    from fleet.workflow.builder import Workflow
 
     cfg = load_config()
     fleet = LocalFleet(

@@ -86,8 +86,8 @@ def transcribe(whisper: Any, wav: Path, setting: dict[str, Any]) -> str:
 def measure(names: list[str], limit: int | None, cache: Path) -> list[dict[str, Any]]:
     from fleet.evaluation.questions import EVAL_SET, load_questions, resolve
     from fleet.evaluation.scoring import word_error_rate
-    from fleet.ops.general import numbers
-    from fleet.ops.models import stt
+    from workers.ops.general import numbers
+    from workers.ops.models import stt
 
     sets = {"shipped": load_questions(EVAL_SET), "held-out": load_questions(resolve("held-out"))}
     whisper = stt()

@@ -20,9 +20,10 @@ from fleet.errors import (
 
 if TYPE_CHECKING:
     from fleet.client.client import Fleet, RunHandle, signature, submit, to_canvas
+    from fleet.client.workflow import Workflow
+    from fleet.messaging.app import app as app
     from fleet.sdk.registry import op, preloader
-    from fleet.worker.app import app as app
-    from fleet.workflow.builder import Ref, Step, Workflow
+    from fleet.workflow.builder import Ref, Step
     from fleet.workflow.loader import load_workflow
 
 # Each public name is loaded on first use, so that `import fleet` (and `fleet --help`) stays
@@ -38,9 +39,9 @@ _LAZY = {
     "preloader": "fleet.sdk.registry",
     "Ref": "fleet.workflow.builder",
     "Step": "fleet.workflow.builder",
-    "Workflow": "fleet.workflow.builder",
+    "Workflow": "fleet.client.workflow",
     "load_workflow": "fleet.workflow.loader",
-    "app": "fleet.worker.app",
+    "app": "fleet.messaging.app",
 }
 
 __all__ = [

@@ -16,7 +16,10 @@ CANVAS_START_TASK = "fleet.canvas_start"
 NODE_TASK = "fleet.node"
 CANVAS_FINISH_TASK = "fleet.canvas_finish"
 TASK_PREFIX = "fleet."
-# The end of a `celery:` step: its task's link and link_error (see fleet.worker.canvas).
+# What a worker process imports when it starts (Celery's ``include``): the worker side, which
+# registers the fleet's tasks and the worker's bootsteps. Named, never imported, by ``fleet``.
+WORKER_MODULES = ("workers.boot", "workers.tasks", "workers.canvas_tasks", "workers.celery_steps")
+# The end of a `celery:` step: its task's link and link_error (see workers.canvas_tasks).
 CELERY_DONE_TASK = "fleet.celery_done"
 CELERY_FAILED_TASK = "fleet.celery_failed"
 CELERY_OP_PREFIX = "celery:"  # an op that is an existing Celery task, sent by name

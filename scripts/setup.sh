@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh Debian machine with Python 3.11:
 # Debian packages (redis-server, espeak-ng, a C/C++ toolchain for llama-cpp-python) and a
-# virtual environment .venv with the project and its dev tools. Idempotent: a second run
+# virtual environment .venv with the project, its worker set (models and runtimes: this
+# machine runs the workers of the demo and the tests) and its dev tools. Idempotent: a second run
 # only re-installs when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,8 +42,10 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     echo "setup: compiling $llama into .cache/wheels (~7 min, once)"
     .venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps -w .cache/wheels "$llama"
   fi
-  echo "setup: installing the project into .venv"
-  "${pip[@]}" --find-links .cache/wheels -e ".[dev]"
+  # The full set: a worker host's models and runtimes (the `workers` extra) and the dev tools.
+  # A host that only submits workflows needs neither: `pip install .` (see README.md).
+  echo "setup: installing the project with its worker set into .venv"
+  "${pip[@]}" --find-links .cache/wheels -e ".[workers,dev]"
   touch .venv/.installed
 fi
 echo "setup: ready ($(.venv/bin/python -c 'import celery, llama_cpp; print("celery", celery.__version__, "llama-cpp", llama_cpp.__version__)'), redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2))"

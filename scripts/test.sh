@@ -32,9 +32,9 @@ fi
 bash scripts/setup-podman.sh >/dev/null || exit 1
 export FLEET_TEST_REQUIRE_SERVICES=1  # a missing server fails the run instead of skipping
 
-.venv/bin/ruff check fleet tests || exit 1
-.venv/bin/ruff format --check fleet tests || exit 1
-.venv/bin/mypy fleet || exit 1
+.venv/bin/ruff check fleet workers tests || exit 1
+.venv/bin/ruff format --check fleet workers tests || exit 1
+.venv/bin/mypy fleet workers || exit 1
 
 .venv/bin/python -m pytest -q "$@"
 rc=$?

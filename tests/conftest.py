@@ -1,6 +1,6 @@
 """Shared test set-up.
 
-The Celery app reads its configuration from the environment when ``fleet.worker.app`` is first
+The Celery app reads its configuration from the environment when ``fleet.messaging.app`` is first
 imported, so the test broker's address is fixed here, before any test module is collected.
 """
 

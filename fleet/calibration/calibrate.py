@@ -28,11 +28,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fleet.bench.arrivals import Arrivals, Job, jobs
-from fleet.bench.deployments import Deployment, config_for, deployments
-from fleet.bench.harness import run_deployment, session
 from fleet.config import FleetConfig
 from fleet.deploy.launch import native_threads
+from fleet.loadtest.arrivals import Arrivals, Job, jobs
+from fleet.loadtest.deployments import Deployment, config_for, deployments
+from fleet.loadtest.harness import run_deployment, session
 from fleet.planning.simmodel import SimClass, SimModel
 from fleet.planning.simulate import simulate_model, stats
 from fleet.planning.workload import Shape, StepLoad, WorkflowLoad, flatten, plain

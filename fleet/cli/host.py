@@ -27,7 +27,7 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     own. Exits 1 when something is wrong, with the fix.
     """
     from fleet.cli.tables import doctor_table
-    from fleet.deploy.doctor import diagnose
+    from fleet.diagnostics.doctor import diagnose
     from fleet.sdk.registry import registry
 
     cfg = config(ctx)
@@ -62,7 +62,7 @@ def metrics(ctx: click.Context, port: int | None, address: str) -> None:
     """Serve Prometheus metrics per class: queue depth, busy steps, workers, slots."""
     from prometheus_client import REGISTRY, start_http_server
 
-    from fleet.deploy.metrics import FleetCollector
+    from fleet.measurement.metrics import FleetCollector
 
     cfg = config(ctx)
     port = port or cfg.metrics_port
@@ -101,7 +101,7 @@ def profile(ops: str | None, classes: str | None, reps: int, save: str | None, m
 
     from fleet.cli.tables import profiles_table
     from fleet.client.client import Fleet
-    from fleet.deploy.profiling import plan_measurements, profile_fleet, steps_needed
+    from fleet.measurement.profiling import plan_measurements, profile_fleet, steps_needed
     from fleet.routing.profiles import PACKAGED, ProfileStore, profiles_path, user_profiles
 
     client = Fleet()
@@ -149,7 +149,7 @@ def gpu_check(
     back, checks the text equals a single-class llm.generate, and measures tokens/s per
     class. Runs on a CPU host too (everything on the CPU). Exits 1 when a check fails.
     """
-    from fleet.deploy.gpucheck import run_check, write
+    from fleet.diagnostics.gpucheck import run_check, write
 
     workdir = Path(out).resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)

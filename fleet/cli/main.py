@@ -30,7 +30,6 @@ FAMILIES: dict[str, str] = {
 }
 COMMANDS: dict[str, str] = {
     "up": "fleet.cli.run:up",
-    "worker": "fleet.cli.run:worker",
     "submit": "fleet.cli.run:submit",
     "trace": "fleet.cli.run:trace",
     "status": "fleet.cli.run:status",
@@ -50,6 +49,18 @@ COMMANDS: dict[str, str] = {
     "eval": "fleet.cli.measure:evaluate",
     "kube": "fleet.cli.deploy:kube",
 }
+
+
+WORKER_SIDE = "Run workers (on a worker host: agent-fleet[workers])"
+
+
+def _plugin_family(name: str) -> str:
+    """A plug-in command's section: the worker side's own (``fleet worker``), or the rest."""
+    found = [e for e in entry_points(group=COMMANDS_GROUP) if e.name == name]
+    return WORKER_SIDE if found and found[0].module.startswith("workers.") else PLUGINS
+
+
+PLUGINS = "Commands from plug-ins"
 
 
 class LazyGroup(click.Group):
@@ -80,8 +91,7 @@ class LazyGroup(click.Group):
             command = self.get_command(ctx, name)
             if command is None or command.hidden:
                 continue
-            where = COMMANDS.get(name, "").partition(":")[0]
-            title = FAMILIES.get(where, "Commands from plug-ins")
+            title = FAMILIES.get(COMMANDS.get(name, "").partition(":")[0]) or _plugin_family(name)
             sections.setdefault(title, []).append((name, command.get_short_help_str(width)))
         for title, rows in sections.items():
             with formatter.section(title):

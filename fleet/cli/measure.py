@@ -48,7 +48,7 @@ def demo(ctx: click.Context, question: str, triage: bool, workdir: str, flower: 
     Speech-to-text, embeddings, FAISS retrieval, an LLM that decides to call the order-status
     API, the LLM's answer and text-to-speech -- each step on the class that suits it.
     """
-    from fleet.examples.demo import run_voice_demo
+    from fleet.demo.voice import run_voice_demo
 
     cfg = config(ctx)
     path = Path(workdir).resolve()
@@ -130,11 +130,11 @@ def bench(
     """
     from rich.progress import Progress
 
-    from fleet.bench.arrivals import Arrivals, jobs
-    from fleet.bench.deployments import deployments as all_deployments
-    from fleet.bench.harness import run_bench
-    from fleet.bench.report import ratios
     from fleet.cli.tables import bench_table
+    from fleet.loadtest.arrivals import Arrivals, jobs
+    from fleet.loadtest.deployments import deployments as all_deployments
+    from fleet.loadtest.harness import run_bench
+    from fleet.loadtest.report import ratios
 
     if quick:
         arrivals = Arrivals(

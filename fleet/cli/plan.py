@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from fleet.bench import MIXES
 from fleet.cli.common import console, fail, split
 from fleet.errors import ConfigError
+from fleet.loadtest import MIXES
 from fleet.paths import example
 
 if TYPE_CHECKING:
@@ -262,11 +262,11 @@ def calibrate(
     """
     from rich.progress import Progress
 
-    from fleet.bench.arrivals import Arrivals
-    from fleet.bench.deployments import deployments as all_deployments
     from fleet.calibration import P50_BOUND, P95_BOUND
     from fleet.calibration.calibrate import compare, measure
     from fleet.cli.tables import calibration_table
+    from fleet.loadtest.arrivals import Arrivals
+    from fleet.loadtest.deployments import deployments as all_deployments
 
     if source:
         doc = json.loads(Path(source).read_text())

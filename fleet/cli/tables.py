@@ -20,7 +20,7 @@ from fleet.calibration import P50_BOUND, P95_BOUND
 if TYPE_CHECKING:
     from fleet.calibration.calibrate import Row
     from fleet.config import FleetConfig
-    from fleet.deploy.doctor import DoctorReport, RuntimeReport
+    from fleet.diagnostics.doctor import DoctorReport, RuntimeReport
     from fleet.evaluation.scoring import Verdict
     from fleet.planning.catalogue import Catalogue
     from fleet.planning.check import Finding

@@ -11,7 +11,7 @@ What canvas cannot express stays with the engine, inside the canvas: a condition
 is decided by the node's own task, which skips the node; a ``map``, an agent node (a
 sub-workflow, a loop) and a ``celery:`` step (its task is sent by name, with a link) are one
 task that hands the node to the engine and ends when its last step has (see
-:mod:`fleet.worker.canvas`). Each op node's task is routed when it is sent, by
+:mod:`workers.canvas_tasks`). Each op node's task is routed when it is sent, by
 the same router and policy as a ``fleet.step``. Data goes through the run store as in any run,
 not through task results: a level may take a node that finished long ago.
 """
@@ -31,7 +31,7 @@ from fleet.engine.dispatch import new_run
 from fleet.engine.readiness import StepCall
 
 ENGINE = "engine"  # what Flower shows for a node the engine runs inside the canvas
-ENGINE_NODES = ("map", "agent", "celery")  # kinds of node the engine runs (fleet.worker.canvas)
+ENGINE_NODES = ("map", "agent", "celery")  # kinds of node the engine runs (workers.canvas_tasks)
 
 
 @dataclass(frozen=True)

@@ -23,26 +23,27 @@ from celery import Celery, Signature
 from kombu.exceptions import OperationalError
 
 from fleet.client.canvas import build as build_canvas
+from fleet.client.registered import RegisteredTasks
 from fleet.client.uploads import put_sqlite, upload
 from fleet.config import FleetConfig, redact
 from fleet.constants import WORKFLOW_TASK
 from fleet.engine.compiler import CompiledWorkflow, compile_workflow
 from fleet.engine.dispatch import Dispatcher, new_run
 from fleet.errors import FleetError, WorkflowFailed, WorkflowTimeout
+from fleet.messaging.app import default_app
 from fleet.routing.policies import make_policy
-from fleet.routing.registered import check_registered
 from fleet.sdk.registry import registry
 from fleet.store.artifacts import ArtifactStore, BlobStore
 from fleet.store.records import RunInfo, TraceEntry
 from fleet.store.runs import RunStore
-from fleet.workflow.builder import Workflow
+from fleet.workflow.builder import WorkflowBuilder
 from fleet.workflow.chaining import check_given
 from fleet.workflow.loader import load_workflow
 from fleet.workflow.model import WorkflowSpec
 from fleet.workflow.split import expand_splits
 from fleet.workflow.validate import check_inputs, check_size, validate
 
-WorkflowLike = Workflow | WorkflowSpec | str | Path
+WorkflowLike = WorkflowBuilder | WorkflowSpec | str | Path
 SUBMIT_RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0)  # a broker restart takes a moment
 # No new attempt starts after this long: the run store already waits out a restart within
 # one attempt (about 13 s), so with the broker gone, submit gave up only after 79 s.
@@ -51,7 +52,7 @@ log = logging.getLogger("fleet.client")
 
 
 def to_spec(workflow: WorkflowLike) -> WorkflowSpec:
-    if isinstance(workflow, Workflow):
+    if isinstance(workflow, WorkflowBuilder):
         return workflow.spec()
     if isinstance(workflow, WorkflowSpec):
         return workflow
@@ -102,15 +103,12 @@ class Fleet:
     """Client for one fleet (one broker, one configuration)."""
 
     def __init__(self, app: Celery | None = None, cfg: FleetConfig | None = None) -> None:
-        if app is None:
-            from fleet.worker.app import app as default_app
-
-            app = default_app
-        self.app = app
-        self.cfg: FleetConfig = cfg or app.fleet_config
+        self.app = app or default_app()
+        self.cfg: FleetConfig = cfg or self.app.fleet_config
         self.store = RunStore(self.cfg.backend_url, self.cfg.run_ttl)
         registry.load(self.cfg.op_modules, self.cfg.op_plugins)
         self.dispatcher = Dispatcher(self.app, self.cfg, self.store, registry)
+        self.registered = RegisteredTasks(self.store.redis, self.cfg.worker_ttl)
 
     def validate(self, workflow: WorkflowLike) -> WorkflowSpec:
         """The workflow as it will run (``split:`` nodes expanded), or the error listing
@@ -182,7 +180,7 @@ class Fleet:
         given = dict(inputs or {})
         check_given(spec, given, complete=immutable)
         compiled = compile_workflow(spec, self.cfg, registry)
-        check_registered(compiled, self.store.redis, self.cfg.worker_ttl)
+        self.registered.check(compiled)
         _check_run_options(sla_s, policy)
         run_options = {"priority": priority, "sla_s": sla_s, "policy": policy}
         kwargs = {
@@ -232,7 +230,7 @@ class Fleet:
         values = {**spec.defaults, **given}
         check_size(values, self.cfg.max_value_bytes)
         compiled = compile_workflow(spec, self.cfg, registry)
-        check_registered(compiled, self.store.redis, self.cfg.worker_ttl)
+        self.registered.check(compiled)
         return compiled, values
 
     def upload(self, source: bytes | str | Path, kind: str | None = None) -> str:

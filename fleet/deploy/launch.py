@@ -9,7 +9,7 @@ from fleet.config import ClassSpec, FleetConfig
 from fleet.constants import LANE_ENV, THREADS_ENV, WORKER_CLASS_ENV
 from fleet.sdk.devices import cuda_available, gpu_layout
 
-APP = "fleet.worker.app:app"
+APP = "fleet.messaging.app:app"
 CUDA_VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 
 

@@ -21,7 +21,7 @@ from fleet.config import FleetConfig
 from fleet.constants import INPUTS
 from fleet.sdk.registry import OpSpec, Registry
 from fleet.workflow.model import NodeSpec, WorkflowSpec, parse_ref
-from fleet.workflow.validate import constraint_note, dependency_graph, eligible_classes
+from fleet.workflow.rules import constraint_note, dependency_graph, eligible_classes
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from fleet.engine.compiler import CompiledWorkflow, Scope
 from fleet.errors import ReadinessError
 from fleet.sdk.registry import OpSpec
 from fleet.workflow.model import NodeSpec, Source, alternatives, parse_ref
-from fleet.workflow.validate import LOOP_OUTPUT
+from fleet.workflow.rules import LOOP_OUTPUT
 
 Outputs = Mapping[str, Mapping[str, Any]]
 

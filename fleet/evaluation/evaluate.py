@@ -11,11 +11,12 @@ from typing import Any
 
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig
+from fleet.demo.order_api import OrderAPI
+from fleet.demo.speech import speak_to_file
 from fleet.deploy.local import LocalFleet
 from fleet.errors import FleetError
 from fleet.evaluation.questions import Question
 from fleet.evaluation.scoring import Verdict, has_expected, score
-from fleet.examples.demo import OrderAPI, speak_to_file
 from fleet.paths import EXAMPLES
 
 INDEX = "eval-kb"

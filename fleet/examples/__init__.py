@@ -1,2 +1,3 @@
-"""The packaged examples: workflow files, the knowledge base, the eval set, plan workloads,
-the example order-status API (shop_api.py) and the main job that runs them (demo.py)."""
+"""The packaged examples: workflow files, the knowledge base, the eval sets, plan workloads,
+the example order-status API (shop_api.py) and example user tasks (tasks.py). The main job
+that runs them is :mod:`fleet.demo`."""

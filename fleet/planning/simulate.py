@@ -28,7 +28,8 @@ from typing import Any
 from fleet.planning.catalogue import Catalogue
 from fleet.planning.simmodel import COMPUTE_DEMAND, SimModel, catalogue_model
 from fleet.planning.workload import WorkflowLoad
-from fleet.routing.policies import RouteRequest, make_policy
+from fleet.routing.estimate import RouteRequest
+from fleet.routing.policies import make_policy
 from fleet.routing.profiles import shared_time
 from fleet.routing.state import FleetState, WorkerInfo
 

@@ -27,7 +27,8 @@ from kombu.entity import Queue
 
 from fleet.config import FleetConfig
 from fleet.constants import AFFINITY_FIELD, AMQP_SCHEMES
-from fleet.routing.policies import Estimate, RouteDecision, RouteRequest
+from fleet.routing.estimate import Estimate, RouteRequest
+from fleet.routing.policies import RouteDecision
 from fleet.routing.state import FleetState, WorkerInfo
 
 DIRECT_QUEUE = "{worker}.dq2"  # Celery's WORKER_DIRECT_QUEUE_FORMAT

@@ -1,6 +1,6 @@
 """Routing policies: which eligible class a step goes to, from its profile and the fleet.
 
-Every policy sees the same estimate per eligible class (see :func:`estimate`)::
+Every policy sees the same estimate per eligible class (:mod:`fleet.routing.estimate`)::
 
     completion = queue wait + service time + data movement
     queue wait = when the step starts, first come first served, behind the queued steps (the
@@ -32,9 +32,6 @@ A step is only ever routed to a class in its eligible list.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 import re
 import time
 from collections.abc import Callable
@@ -42,85 +39,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleet.config import FleetConfig
-from fleet.routing.profiles import ProfileStore, shared_time
+from fleet.routing.estimate import (
+    Estimate,
+    RouteRequest,
+    cached_models,
+    class_model,
+    estimate_with,
+)
+from fleet.routing.profiles import ProfileStore
 from fleet.routing.state import FleetState
-
-_ENCODER = json.JSONEncoder(default=str)  # one encoder: json.dumps(default=) builds one a call
-
-
-def _json_size(args: dict[str, Any]) -> int:
-    """About the size of ``args`` as JSON: strings and numbers counted directly (the common
-    case, and the cheap one), containers encoded."""
-    size = 2
-    for key, value in args.items():
-        size += len(key) + 4
-        if isinstance(value, str):
-            size += len(value) + 2
-        elif isinstance(value, bool | int | float) or value is None:
-            size += 8
-        else:  # routing must not fail on odd inputs: the step reports them itself
-            with contextlib.suppress(TypeError, ValueError):
-                size += len(_ENCODER.encode(value))
-    return size
-
-
-@dataclass(slots=True)  # one per step sent: slots keep its creation cheap
-class RouteRequest:
-    task: str
-    op: str | None
-    kind: str | None
-    classes: tuple[str, ...]  # eligible classes, preferred first
-    units: float = 1.0
-    input_bytes: int | None = None  # None: measured from ``args`` when a policy asks
-    sla_left_s: float | None = None  # what is left of the run's latency SLA
-    remaining_steps: int = 1  # steps still to run in the workflow, this one included
-    workflow: str | None = None
-    path: str | None = None  # the node's path in the run (tools#2/call, summaries[3])
-    args: dict[str, Any] | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def size(self) -> int:
-        """Bytes of input to move (JSON), measured once and only by policies that price it."""
-        if self.input_bytes is None:
-            self.input_bytes = _json_size(self.args) if self.args else 0  # measured once
-        return self.input_bytes
-
-
-def _finite(x: float) -> float | None:
-    return round(x, 4) if math.isfinite(x) else None
-
-
-@dataclass(slots=True)  # made three times a decision: a frozen dataclass's init costs more
-class Estimate:
-    cls: str
-    live: bool
-    wait_s: float
-    service_s: float
-    move_s: float
-    cost: float
-    source: str  # where service_s came from: profile, online, default
-    occupancy: int = 1  # steps sharing the process the step would join, itself included
-    # the cold start it may wait for: the share of the class's processes that have not run
-    # the op yet x what a first step takes beyond the service time (FleetState.cold_start)
-    cold_s: float = 0.0
-    total_s: float = 0.0  # wait + service + movement + cold start (by __post_init__)
-
-    def __post_init__(self) -> None:
-        self.total_s = self.wait_s + self.service_s + self.move_s + self.cold_s
-
-    def brief(self) -> dict[str, Any]:
-        """JSON-safe figures for the trace (an infinite wait becomes null)."""
-        return {
-            "wait_s": _finite(self.wait_s),
-            "service_s": _finite(self.service_s),
-            "move_s": _finite(self.move_s),
-            "total_s": _finite(self.total_s),
-            "cost": round(self.cost, 8),
-            "source": self.source,
-            "live": self.live,
-            **({"occupancy": self.occupancy} if self.occupancy > 1 else {}),
-            **({"cold_s": round(self.cold_s, 4)} if self.cold_s > 0 else {}),
-        }
 
 
 @dataclass(slots=True)
@@ -152,122 +79,6 @@ class RouteDecision:
             "decide_us": self.decide_us,
             **({"worker": self.worker} if self.worker else {}),
         }
-
-
-@dataclass(slots=True, frozen=True)
-class _Model:
-    """What one snapshot of the fleet says about (op, class): ``service = fixed + per_unit *
-    units``, where that came from, and the queue-wait inputs. Built once per snapshot and
-    profile file, since every decision for the op reads it."""
-
-    fixed: float
-    per_unit: float
-    source: str
-    slots: int
-    backlog: int  # steps ahead of a new one: queued, reserved and running
-    mean_s: float | None  # the class's moving-average step time, if observed
-    move_latency_s: float
-    bytes_per_s: float
-    price_per_s: float
-    workers: int = 0
-    batches: bool = False  # the class's slots share one process per worker
-    batch: dict[str, float] | None = None  # the profile's speedup at k steps at once
-    cold_share: float = 0.0  # of the class's processes, those that have not run the op
-    first_s: float = 0.0  # how long a process's first step of the op took
-    running: int = 0  # of the backlog, the steps running (at most the slots)
-
-
-def _models(state: FleetState, store: ProfileStore) -> dict[Any, Any]:
-    """The snapshot's model cache, emptied when the profile file changed."""
-    cache = state.models
-    if cache.get(None) is not store:
-        cache.clear()
-        cache[None] = store
-    return cache
-
-
-def _model(op: str, cls: str, state: FleetState, store: ProfileStore, cfg: FleetConfig) -> _Model:
-    cache = _models(state, store)
-    found: _Model | None = cache.get((op, cls))
-    if found is not None:
-        return found
-    online = state.online
-    profile = store.get(op, cls)
-    if profile is not None:
-        ratio = online.get(f"{op}|{cls}|ratio", 1.0)
-        fixed, per_unit, source = profile.fixed_s * ratio, profile.per_unit_s * ratio, "profile"
-    elif (seen := online.get(f"{op}|{cls}|s")) is not None:
-        fixed, per_unit, source = seen, 0.0, "online"
-    else:
-        fixed, per_unit, source = cfg.default_service_s, 0.0, "default"
-    spec = cfg.classes[cls]
-    model = _Model(
-        fixed,
-        per_unit,
-        source,
-        state.slots(cls),
-        state.backlog(cls),
-        online.get(f"*|{cls}|s"),
-        spec.latency_s,
-        spec.network_mb_s * 1e6,
-        spec.price_per_hour / 3600.0,
-        len(state.workers.get(cls, ())),
-        spec.batches,
-        profile.batch if profile is not None else None,
-        *(state.cold_start(cls, op) if cfg.count_cold_starts else (0.0, 0.0)),
-        min(state.busy(cls), state.slots(cls)),
-    )
-    cache[(op, cls)] = model
-    return model
-
-
-def service_time(
-    req: RouteRequest, cls: str, state: FleetState, store: ProfileStore, cfg: FleetConfig
-) -> tuple[float, str]:
-    m = _model(req.op or "", cls, state, store, cfg)
-    return max(0.0, m.fixed + m.per_unit * req.units), m.source
-
-
-def estimate(
-    req: RouteRequest, cls: str, state: FleetState, store: ProfileStore, cfg: FleetConfig
-) -> Estimate:
-    return _estimate(req, cls, _model(req.op or "", cls, state, store, cfg), state, time.time())
-
-
-def queue_wait(slots: int, running: int, queued: int, mean_s: float) -> float:
-    """When a new step starts, first come first served: ``queued`` steps of ``mean_s`` ahead
-    of it, ``running`` steps half done on average, the other slots free. Slots free up in
-    rounds of ``mean_s``: in each, the free ones at its start, the running ones half-way."""
-    rounds, place = divmod(max(0, queued), slots)
-    return rounds * mean_s + (mean_s / 2 if place >= slots - running else 0.0)
-
-
-def _estimate(req: RouteRequest, cls: str, m: _Model, state: FleetState, now: float) -> Estimate:
-    service = m.fixed + m.per_unit * req.units
-    if service < 0.0:
-        service = 0.0
-    occupancy = 1
-    if m.batches and m.workers:
-        # The step joins a worker's batch: as many steps as are ahead of it per worker,
-        # itself included, up to the worker's slots.
-        occupancy = min(m.slots // m.workers, -(-(m.backlog + 1) // m.workers))
-        occupancy = max(occupancy, 1)
-        service = shared_time(service, m.batch, occupancy, req.kind == "model")
-    if m.slots == 0:
-        wait = math.inf
-    else:
-        mean = service if m.mean_s is None else m.mean_s
-        wait = queue_wait(m.slots, m.running, m.backlog - m.running, mean)
-        free_at = state.local_free_at.get(cls)
-        if free_at is not None:
-            wait = max(wait, free_at - now)
-    size = req.size
-    move = (size / m.bytes_per_s if size else 0.0) + m.move_latency_s
-    # a first step in a process takes first_s: what it takes beyond the service time
-    cold = m.cold_share * max(0.0, m.first_s - service) if m.cold_share else 0.0
-    # the process's time is shared by the batch; a cold start is the process's time too
-    cost = m.price_per_s * (service / occupancy + cold)
-    return Estimate(cls, m.slots > 0, wait, service, move, cost, m.source, occupancy, cold)
 
 
 class RoutingPolicy(Protocol):
@@ -351,7 +162,7 @@ class PreferredPolicy:
         return no_live_worker(req, cfg, self.name)
 
 
-class _Estimating:
+class _EstimatingPolicy:
     """Shared by the policies that compare classes by their estimates."""
 
     name = ""
@@ -361,10 +172,10 @@ class _Estimating:
     ) -> tuple[list[Estimate], dict[str, Any]]:
         shown: dict[str, Any] = {}
         live = []
-        now, op, models = time.time(), req.op or "", _models(state, store)
+        now, op, models = time.time(), req.op or "", cached_models(state, store)
         for cls in req.classes:
-            m = models.get((op, cls)) or _model(op, cls, state, store, cfg)
-            est = shown[cls] = _estimate(req, cls, m, state, now)
+            m = models.get((op, cls)) or class_model(op, cls, state, store, cfg)
+            est = shown[cls] = estimate_with(req, cls, m, state, now)
             if est.live:
                 live.append(est)
         if cfg.no_worker == "wait" and not shown[req.classes[0]].live:
@@ -397,7 +208,7 @@ def _on_plan(req: RouteRequest, live: list[Estimate], cfg: FleetConfig) -> Estim
     return est
 
 
-class LeastLatencyPolicy(_Estimating):
+class LeastLatencyPolicy(_EstimatingPolicy):
     """The planned class while it keeps the node's planned budget; else (no plan, or the
     planned class is late) the smallest expected completion."""
 
@@ -425,7 +236,7 @@ def _cost(est: Estimate) -> float:
     return est.cost
 
 
-class CostSlaPolicy(_Estimating):
+class CostSlaPolicy(_EstimatingPolicy):
     name = "cost-sla"
 
     def pick(

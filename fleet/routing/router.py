@@ -5,8 +5,8 @@ worker, when the previous step finishes -- so each step is placed from the fleet
 moment. Signatures never carry a fixed queue (options on a chain reach only its first task).
 
 The decision travels with the message as the header ``fleet_route`` (stamped by a
-``before_task_publish`` handler in :mod:`fleet.worker.app`), so the step records in its trace which
-class was chosen, why, and the estimates behind it.
+``before_task_publish`` handler in :mod:`fleet.messaging.app`), so the step records in its
+trace which class was chosen, why, and the estimates behind it.
 """
 
 from __future__ import annotations
@@ -22,14 +22,8 @@ from fleet.config import FleetConfig
 from fleet.constants import NODE_TASK, STEP_TASK
 from fleet.engine.readiness import StepCall
 from fleet.routing import affinity
-from fleet.routing.policies import (
-    Estimate,
-    RouteDecision,
-    RouteRequest,
-    RoutingPolicy,
-    StaticPolicy,
-    make_policy,
-)
+from fleet.routing.estimate import Estimate, RouteRequest
+from fleet.routing.policies import RouteDecision, RoutingPolicy, StaticPolicy, make_policy
 from fleet.routing.profiles import current_store
 from fleet.routing.state import CachedState, FleetState, StateReader
 from fleet.sdk.registry import registry

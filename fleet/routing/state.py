@@ -1,6 +1,6 @@
 """Live fleet state: which workers serve which class, and how deep each class's queue is.
 
-Workers announce themselves with a heartbeat (see ``fleet.worker.heartbeat``) into Redis sorted
+Workers announce themselves with a heartbeat (see ``workers.heartbeat``) into Redis sorted
 sets, one per class, scored by the time of the last beat. Readers take everything in one
 pipelined round trip and cache it for ``state_ttl`` seconds, so a routing decision costs a dict
 lookup, not a broker round trip.
@@ -208,7 +208,7 @@ def beat(
     direct: bool = False,
 ) -> None:
     """Announce a live worker for each of its classes (called by the worker's heartbeat);
-    ``direct``: it consumes a queue of its own too (fleet.worker.direct watches it)."""
+    ``direct``: it consumes a queue of its own too (workers.direct watches it)."""
     now = time.time()
     pipe = client.pipeline(transaction=False)
     if direct:

@@ -8,7 +8,7 @@ copies that arrive *while* another runs, and tells a dead holder from a live one
 
 - the copy that starts a step (per attempt) takes its lease: ``holder token|expiry`` in the
   run's ``leases`` hash. The holder's process renews it while the op runs
-  (:mod:`fleet.worker.leases`), every third of ``start_lease_s``;
+  (:mod:`workers.lease_keeper`), every third of ``start_lease_s``;
 - a copy that finds a live lease is a duplicate: it does not run the op now (it is sent
   again for when the lease would lapse, so that a holder that dies later is still covered);
 - a copy that finds a lapsed lease takes it over: the holder stopped renewing -- its process

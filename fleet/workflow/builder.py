@@ -12,13 +12,10 @@ anything else becomes a constant param. Comparisons on a reference build conditi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fleet.constants import INPUTS
 from fleet.workflow.model import Condition, CondOp, LoopSpec, NodeSpec, Source, WorkflowSpec
-
-if TYPE_CHECKING:
-    from celery import Signature
 
 
 class Ref:
@@ -116,7 +113,7 @@ class Step:
         return self[output]
 
 
-class Workflow:
+class WorkflowBuilder:
     def __init__(
         self,
         name: str,
@@ -197,7 +194,7 @@ class Workflow:
     def agent(
         self,
         name: str,
-        workflow: Workflow | WorkflowSpec,
+        workflow: WorkflowBuilder | WorkflowSpec,
         /,
         *,
         when: Condition | Ref | str | None = None,
@@ -211,7 +208,11 @@ class Workflow:
         ``until`` refers to nodes inside the body. An input given as a reference is an edge;
         any other value (``n=0``) is a constant: the nested body's default for that input.
         """
-        body = workflow.spec() if isinstance(workflow, Workflow) else workflow.model_copy(deep=True)
+        body = (
+            workflow.spec()
+            if isinstance(workflow, WorkflowBuilder)
+            else workflow.model_copy(deep=True)
+        )
         refs, constants = self._split(inputs)
         body.defaults.update(constants)
         loop = None
@@ -234,27 +235,6 @@ class Workflow:
 
     def output(self, name: str, source: Ref | Alternatives) -> None:
         self._spec.outputs[name] = _source(source)
-
-    def s(self, **inputs: Any) -> Signature:
-        """This workflow as a Celery signature on the default fleet: in a ``chain`` it takes
-        the previous task's result as inputs, and its result is the outputs dict (see
-        :meth:`fleet.Fleet.signature`, which takes a fleet of your own and run options)."""
-        from fleet import signature  # the public facade: the client is a layer above
-
-        return signature(self, inputs)
-
-    def si(self, **inputs: Any) -> Signature:
-        """An immutable signature: it ignores the chain's value; every input is given here."""
-        from fleet import signature
-
-        return signature(self, inputs, immutable=True)
-
-    def to_canvas(self, **inputs: Any) -> Signature:
-        """One run of this workflow compiled to a Celery canvas, on the default fleet (see
-        :meth:`fleet.Fleet.to_canvas`)."""
-        from fleet import to_canvas
-
-        return to_canvas(self, inputs)
 
     def spec(self) -> WorkflowSpec:
         """A copy of the model built so far (validate it with fleet.workflow.validate)."""

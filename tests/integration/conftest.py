@@ -50,7 +50,7 @@ def local_fleet(
 def _fleet_app_is_current() -> None:
     """Plain shared tasks bind to Celery's current app: the test fleet's, even after a test
     made an app of its own (create_app makes the new app the current one)."""
-    from fleet.worker.app import app
+    from fleet.messaging.app import app
 
     app.set_current()
 

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 import redis
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig
 from fleet.constants import DIRECT_WORKERS_KEY, STEP_TASK
 from fleet.deploy.local import LocalFleet, free_port
+from fleet.messaging.app import create_app
 from fleet.routing.affinity import direct_queue
 from fleet.routing.state import StateReader
-from fleet.worker.app import create_app
-from fleet.workflow.builder import Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROUNDS = 3

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.constants import BLOB_PREFIX
+from fleet.demo.speech import speak_to_file
 from fleet.errors import WorkflowFailed
 from fleet.evaluation import scoring
-from fleet.examples.demo import speak_to_file
 from fleet.sdk.process import blobs
 from fleet.store.records import TraceEntry
-from fleet.workflow.builder import Workflow
 from tests.support.voice import QUESTION, ask_voice_agent, order_api_server
 
 pytestmark = pytest.mark.integration

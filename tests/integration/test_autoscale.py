@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import AutoscaleSpec, FleetConfig
 from fleet.constants import AUTOSCALE_KEY
 from fleet.deploy.autoscale import Autoscaler
 from fleet.deploy.local import LocalFleet, free_port
-from fleet.deploy.metrics import FleetCollector
-from fleet.worker.app import create_app
-from fleet.workflow.builder import Workflow
+from fleet.measurement.metrics import FleetCollector
+from fleet.messaging.app import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,6 +81,6 @@ def test_a_load_step_grows_the_classes_and_they_shrink_after(
             ]
             assert ups == [cpu["up"]]
     finally:
-        from fleet.worker.app import app
+        from fleet.messaging.app import app
 
         app.set_current()

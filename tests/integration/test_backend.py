@@ -7,8 +7,8 @@ import pytest
 import redis
 from celery import group
 
+from fleet import Workflow
 from fleet.client.client import Fleet
-from fleet.workflow.builder import Workflow
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig
 from fleet.deploy.local import LocalFleet, free_port
 from fleet.errors import FleetError
-from fleet.worker.app import create_app
-from fleet.workflow.builder import Workflow
+from fleet.messaging.app import create_app
 from tests.support.restarts import assert_every_step_ran
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

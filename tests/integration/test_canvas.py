@@ -12,10 +12,10 @@ import pytest
 import redis
 from celery import Signature, chain, chord, group
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig
 from fleet.errors import StepFailed, WorkflowFailed, WorkflowValidationError
-from fleet.workflow.builder import Workflow
 from tests.support import usertasks
 
 pytestmark = pytest.mark.integration

@@ -388,8 +388,8 @@ def test_plan_check_says_what_drifted(local_fleet: LocalFleet, tmp_path: Path) -
     the rate drifted (exit 1) while the p95 held."""
     import threading
 
+    from fleet import Workflow
     from fleet.client.client import Fleet
-    from fleet.workflow.builder import Workflow
 
     plan_file = tmp_path / "plan.toml"
     plan_file.write_text(

@@ -21,13 +21,13 @@ import httpx
 import pytest
 import redis
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig, load_config
 from fleet.deploy.local import free_port
-from fleet.examples.demo import EXAMPLES
+from fleet.messaging.app import create_app
+from fleet.paths import EXAMPLES
 from fleet.routing.state import StateReader
-from fleet.worker.app import create_app
-from fleet.workflow.builder import Workflow
 from tests.support import containers
 from tests.support.containers import CLASSES, Played
 from tests.support.voice import ask_voice_agent, order_api_server

@@ -45,10 +45,10 @@ def test_flower_shows_a_workflow_signature_end_to_end(
 ) -> None:
     """A workflow started as a Celery signature: Flower sees its task succeed (the fleet
     announces the end the task itself does not reach) and the run's steps by name."""
+    from fleet import Workflow
     from fleet.client.client import Fleet
-    from fleet.worker.app import app as default_app
-    from fleet.worker.app import create_app
-    from fleet.workflow.builder import Workflow
+    from fleet.messaging.app import app as default_app
+    from fleet.messaging.app import create_app
 
     cfg = fleet_cfg.model_copy(
         update={"broker_url": f"redis://127.0.0.1:{free_port()}/0", "flower_port": free_port()}

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import load_config
 from fleet.constants import ASSUME_CUDA_ENV, LANE_ENV
+from fleet.demo.speech import speak_to_file
 from fleet.deploy.local import LocalFleet, free_port
-from fleet.examples.demo import EXAMPLES, speak_to_file
-from fleet.worker.app import create_app
-from fleet.workflow.builder import Workflow
+from fleet.messaging.app import create_app
+from fleet.paths import EXAMPLES
 from tests.support.voice import QUESTION, ask_voice_agent, order_api_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

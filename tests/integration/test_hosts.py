@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig
 from fleet.deploy.local import LocalFleet, free_port
-from fleet.worker.app import create_app
-from fleet.workflow.builder import Workflow
+from fleet.messaging.app import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

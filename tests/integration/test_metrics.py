@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from fleet.config import FleetConfig
 from fleet.deploy.local import LocalFleet
-from fleet.deploy.metrics import FleetCollector
+from fleet.measurement.metrics import FleetCollector
 
 pytestmark = pytest.mark.integration
 

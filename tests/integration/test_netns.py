@@ -23,8 +23,8 @@ from fleet.client.client import Fleet
 from fleet.config import FleetConfig
 from fleet.deploy.launch import native_threads
 from fleet.deploy.local import broker_reachable
+from fleet.messaging.app import create_app
 from fleet.routing.state import StateReader
-from fleet.worker.app import create_app
 from tests.support.netns import Network, namespaces_refused
 from tests.support.voice import ask_voice_agent
 

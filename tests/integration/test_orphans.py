@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import redis
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.constants import ACTIVE_RUNS_KEY, ORPHANS_SENT_KEY
 from fleet.engine.readiness import StepCall
-from fleet.workflow.builder import Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ import pytest
 from fleet.client.client import Fleet
 from fleet.config import load_config
 from fleet.deploy.local import free_port
-from fleet.worker.app import create_app
+from fleet.messaging.app import create_app
 from tests.support.servers import read_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -125,7 +125,7 @@ def test_fleet_up_plan_runs_the_planned_split(tmp_path: Path) -> None:
         assert steps["answer#1/decode"].cls == "cheap"
         assert steps["prompt"].cls == planned["routes"]["ask:prompt"]
     finally:
-        from fleet.worker.app import app
+        from fleet.messaging.app import app
 
         app.set_current()
         up.send_signal(signal.SIGINT)

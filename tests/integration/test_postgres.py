@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from fleet import Workflow
 from fleet.client.client import Fleet
-from fleet.ops.db import QueryError, db_query
-from fleet.workflow.builder import Workflow
 from tests.support.servers import start_postgres
+from workers.ops.db import QueryError, db_query
 
 pytestmark = pytest.mark.integration
 

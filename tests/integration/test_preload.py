@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import load_config
 from fleet.deploy.local import LocalFleet, free_port
-from fleet.worker.app import create_app
-from fleet.workflow.builder import Workflow
+from fleet.messaging.app import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LOADED = "loaded model llm:gemma3-270m"

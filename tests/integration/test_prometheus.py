@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.deploy.local import LocalFleet, free_port
-from fleet.workflow.builder import Workflow
 from tests.support.servers import Server, port_open, start_prometheus
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

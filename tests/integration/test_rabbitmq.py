@@ -15,8 +15,8 @@ import pytest
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig, load_config
 from fleet.deploy.local import LocalFleet
+from fleet.messaging.app import create_app
 from fleet.routing.state import StateReader
-from fleet.worker.app import create_app
 from tests.integration import test_priority
 from tests.integration.conftest import SERVED
 from tests.integration.test_spill import (

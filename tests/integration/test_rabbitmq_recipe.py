@@ -17,8 +17,8 @@ import pytest
 
 from fleet.config import FleetConfig, load_config
 from fleet.deploy.local import LocalFleet, free_port
-from fleet.worker.app import app as default_app
-from fleet.worker.app import create_app
+from fleet.messaging.app import app as default_app
+from fleet.messaging.app import create_app
 from tests.support.servers import need
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

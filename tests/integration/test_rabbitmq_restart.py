@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from kombu import Queue
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import load_config
 from fleet.deploy.local import LocalFleet
-from fleet.worker.app import create_app
-from fleet.workflow.builder import Workflow
+from fleet.messaging.app import create_app
 from tests.support.restarts import assert_every_step_ran
 from tests.support.servers import start_rabbitmq
 
@@ -68,6 +68,6 @@ def test_quorum_queues_lose_no_run_through_a_broker_restart(redis_url: str, tmp_
     finally:
         fleet.stop()
         server.stop()
-        from fleet.worker.app import app
+        from fleet.messaging.app import app
 
         app.set_current()

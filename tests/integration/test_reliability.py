@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig
 from fleet.constants import STEP_TASK
 from fleet.deploy.local import LocalFleet, free_port
 from fleet.errors import WorkflowFailed
+from fleet.messaging.app import create_app
 from fleet.routing.depth import PRIORITY_SEP, PRIORITY_STEPS
-from fleet.worker.app import create_app
-from fleet.workflow.builder import Workflow
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.routing.state import StateReader
-from fleet.workflow.builder import Workflow
 
 pytestmark = pytest.mark.integration
 N, SECONDS = 12, 0.3
@@ -73,7 +73,7 @@ def test_flooded_class_spills_to_another_eligible_class(client: Fleet) -> None:
 
 def test_a_queue_filled_by_another_client_is_read_from_the_broker(client: Fleet) -> None:
     """A router that sent nothing itself still sees the backlog: depth comes from the broker."""
-    from fleet.worker.app import create_app
+    from fleet.messaging.app import create_app
 
     _settle(client)
     wf = Workflow("backlog", inputs=["i"])

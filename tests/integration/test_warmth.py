@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from fleet import Workflow
 from fleet.client.client import Fleet
-from fleet.routing.policies import estimate
+from fleet.routing.estimate import estimate
 from fleet.routing.profiles import ProfileStore
 from fleet.routing.state import StateReader
-from fleet.workflow.builder import Workflow
 from tests.unit.routing.test_policies import req
 
 pytestmark = pytest.mark.integration

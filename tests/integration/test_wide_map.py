@@ -9,8 +9,8 @@ import time
 import pytest
 import redis
 
+from fleet import Workflow
 from fleet.client.client import Fleet
-from fleet.workflow.builder import Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ITEMS = 3000

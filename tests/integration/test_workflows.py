@@ -7,12 +7,12 @@ import time
 
 import pytest
 
+from fleet import Ref, Workflow
 from fleet.client.client import Fleet
 from fleet.errors import WorkflowFailed, WorkflowValidationError
 from fleet.sdk.devices import cuda_available
 from fleet.store.records import TraceEntry
-from fleet.worker.tasks import CPU_FALLBACK
-from fleet.workflow.builder import Ref, Workflow
+from workers.tasks import CPU_FALLBACK
 
 pytestmark = pytest.mark.integration
 
@@ -253,7 +253,7 @@ def test_a_worker_refuses_sensitive_work_its_own_config_does_not_trust(
     """A client whose configuration trusts io with confidential data can place such a step
     there; the io worker's own configuration (tests/fleet-test.toml: no class is trusted)
     refuses it, naming the node and the rule, instead of running it."""
-    from fleet.worker.app import create_app
+    from fleet.messaging.app import create_app
 
     base = Fleet().cfg
     classes = {

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fleet.examples.demo import EXAMPLES, speak_to_file
+from fleet.demo.speech import speak_to_file
+from fleet.paths import EXAMPLES
 
 QUESTION = "Hello. Where is my order 1042? It has not arrived yet."
 

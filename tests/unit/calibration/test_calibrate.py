@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from fleet.bench.arrivals import jobs
 from fleet.calibration.calibrate import compare, flow_for, key, profile
+from fleet.loadtest.arrivals import jobs
 
 
 def test_trace_paths_become_planning_paths() -> None:

@@ -42,7 +42,7 @@ def test_help_lists_every_command_and_imports_none_of_their_dependencies() -> No
         "import sys; from fleet.cli.main import main; sys.argv = ['fleet', '--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('redis', 'celery', 'numpy', 'scipy', 'fleet.planning.planner',"
-        " 'fleet.bench.harness', 'fleet.worker.app') if m in sys.modules]\n"
+        " 'fleet.loadtest.harness', 'fleet.messaging.app') if m in sys.modules]\n"
         "print('loaded:', heavy)"
     )
     out = subprocess.run(

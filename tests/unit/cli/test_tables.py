@@ -96,7 +96,7 @@ def test_eval_tables_show_failed_checks_and_one_summary_row_per_voice_and_check(
 
 def test_the_doctor_says_what_each_runtime_can_do_with_the_gpu() -> None:
     from fleet.cli.tables import _gpu_word
-    from fleet.deploy.doctor import RuntimeReport
+    from fleet.diagnostics.doctor import RuntimeReport
 
     assert _gpu_word(RuntimeReport("llama.cpp", True, "0.3.36", gpu=False)) == "CPU build"
     assert _gpu_word(RuntimeReport("torch", True, "2.13", gpu=False, devices=0)) == "sees no GPU"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from fleet import Workflow
 from fleet.config import FleetConfig
 from fleet.engine.compiler import compile_workflow
 from fleet.sdk.registry import registry
-from fleet.workflow.builder import Workflow
 
 
 def _wf(name: str = "w") -> Workflow:

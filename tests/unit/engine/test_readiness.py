@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
+from fleet import Ref, Workflow
 from fleet.config import FleetConfig
 from fleet.constants import INPUTS
 from fleet.engine.compiler import compile_workflow
 from fleet.engine.readiness import decide
 from fleet.errors import ReadinessError
 from fleet.sdk.registry import registry
-from fleet.workflow.builder import Ref, Workflow
 from fleet.workflow.model import WorkflowSpec
 from fleet.workflow.validate import validate
 

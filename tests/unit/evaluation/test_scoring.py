@@ -132,7 +132,7 @@ def test_kb_answers_need_the_expected_fact_and_retrieval_is_scored() -> None:
 
 
 def test_answer_fingerprints_ignore_blob_ids_and_count_disagreements() -> None:
-    from fleet.bench.result import Result, answer_agreement, answer_digest
+    from fleet.loadtest.result import Result, answer_agreement, answer_digest
 
     a = answer_digest({"answer": "Order 1042 is shipped.", "audio": "fleet:blob:wav:1"})
     b = answer_digest({"answer": "Order 1042 is shipped.", "audio": "fleet:blob:wav:2"})

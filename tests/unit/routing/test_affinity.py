@@ -12,7 +12,8 @@ from kombu.entity import Queue
 from fleet.config import FleetConfig
 from fleet.constants import AFFINITY_FIELD
 from fleet.routing import affinity
-from fleet.routing.policies import LeastLatencyPolicy, RouteDecision, RouteRequest
+from fleet.routing.estimate import RouteRequest
+from fleet.routing.policies import LeastLatencyPolicy, RouteDecision
 from fleet.routing.router import FleetRouter
 from fleet.routing.state import CachedState, FleetState, WorkerInfo
 from fleet.sdk.registry import registry

@@ -8,13 +8,8 @@ import time
 import pytest
 
 from fleet.config import FleetConfig, load_config
-from fleet.routing.policies import (
-    CostSlaPolicy,
-    LeastLatencyPolicy,
-    PreferredPolicy,
-    RouteRequest,
-    estimate,
-)
+from fleet.routing.estimate import RouteRequest, estimate
+from fleet.routing.policies import CostSlaPolicy, LeastLatencyPolicy, PreferredPolicy
 from fleet.routing.profiles import OpProfile, ProfileStore
 from fleet.routing.router import FleetRouter
 from fleet.routing.state import CachedState, FleetState, WorkerInfo

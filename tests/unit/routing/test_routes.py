@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from fleet.config import FleetConfig
-from fleet.routing.policies import RouteRequest, StaticPolicy, make_policy, route_key
+from fleet.routing.estimate import RouteRequest
+from fleet.routing.policies import StaticPolicy, make_policy, route_key
 from fleet.routing.profiles import ProfileStore
 from fleet.routing.state import FleetState
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from fleet.config import FleetConfig
-from fleet.routing.policies import PreferredPolicy, RouteRequest, StaticPolicy, make_policy
+from fleet.routing.estimate import RouteRequest
+from fleet.routing.policies import PreferredPolicy, StaticPolicy, make_policy
 from fleet.routing.profiles import ProfileStore
 from fleet.routing.router import FleetRouter, take_decision
 from fleet.routing.state import CachedState, FleetState, WorkerInfo

@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from fleet.config import FleetConfig
-from fleet.routing.policies import CostSlaPolicy, LeastLatencyPolicy, estimate
+from fleet.routing.estimate import estimate
+from fleet.routing.policies import CostSlaPolicy, LeastLatencyPolicy
 from fleet.routing.state import FleetState, WorkerInfo
 from tests.unit.routing.test_policies import req, store
 

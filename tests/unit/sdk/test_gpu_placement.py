@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from fleet import Workflow
 from fleet.config import FleetConfig
 from fleet.errors import RuntimeRefused, WorkflowValidationError
 from fleet.routing.profiles import PACKAGED, ProfileStore, profiles_path
 from fleet.sdk import process as sdk
 from fleet.sdk.registry import registry
-from fleet.workflow.builder import Workflow
 from fleet.workflow.validate import validate
 
 

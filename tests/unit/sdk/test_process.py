@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet.ops.db import db_query
-from fleet.ops.memory import load_docs
-from fleet.ops.speech import load_audio, tts
 from fleet.sdk.process import EXAMPLES, data_dir, safe_path
+from workers.ops.db import db_query
+from workers.ops.memory import load_docs
+from workers.ops.speech import load_audio, tts
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "/proc/self/environ", "/etc/shadow", "/"])
@@ -70,7 +70,7 @@ def test_cuda_detection_imports_no_framework() -> None:
 def test_the_sweeper_picks_only_old_messages_nobody_holds() -> None:
     import json
 
-    from fleet.worker.sweeper import stranded
+    from workers.sweeper import stranded
 
     def message(task_id: str) -> str:
         return json.dumps([{"headers": {"id": task_id}, "body": ""}, "", "cpu"])

@@ -18,7 +18,7 @@ import redis
 
 from fleet.constants import RUN_KEY, RUN_LEASES_KEY, RUN_OUTPUTS_KEY, RUN_STARTS_KEY
 from fleet.store.leases import Leases, lease_field
-from fleet.worker.leases import Keeper
+from workers.lease_keeper import Keeper
 
 TTL = 60
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.workflow.builder import Workflow
+from fleet import Workflow
 from fleet.workflow.model import Condition, WorkflowSpec
 
 

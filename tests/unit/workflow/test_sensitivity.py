@@ -9,7 +9,8 @@ from fleet.config import FleetConfig
 from fleet.constants import INPUTS
 from fleet.engine.compiler import compile_workflow
 from fleet.errors import WorkflowValidationError
-from fleet.routing.policies import RouteRequest, make_policy
+from fleet.routing.estimate import RouteRequest
+from fleet.routing.policies import make_policy
 from fleet.routing.profiles import ProfileStore
 from fleet.routing.state import FleetState, WorkerInfo
 from fleet.sdk.registry import registry

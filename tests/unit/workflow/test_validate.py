@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from fleet import Ref, Workflow
 from fleet.config import FleetConfig, load_config
 from fleet.errors import WorkflowValidationError
 from fleet.sdk.registry import registry
-from fleet.workflow.builder import Ref, Workflow
 from fleet.workflow.loader import load_workflow
 from fleet.workflow.model import WorkflowSpec
 from fleet.workflow.validate import check_inputs, problems, validate

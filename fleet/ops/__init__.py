@@ -1,3 +1,0 @@
-"""The built-in ops, a plug-in like any other: found through the ``agent_fleet.ops`` entry
-points, importing only the op SDK (:mod:`fleet.sdk`). :mod:`fleet.ops.models` loads their
-models once per worker process. Nothing else in ``fleet`` imports this package."""

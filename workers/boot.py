@@ -1,0 +1,52 @@
+"""What a worker process adds to the fleet's Celery app when it starts.
+
+Celery imports this module (with the task modules: :data:`fleet.constants.WORKER_MODULES`)
+when a worker starts, before it builds its blueprints, and never in a client. Here:
+
+- the kombu and Celery work-arounds (:mod:`workers.compat`), patched once per process;
+- the heartbeat bootstep, added to the starting worker's own app (``worker_init``);
+- each pool process's runtime (:mod:`workers.runtime`) and its preloaded models, made after
+  the fork (``worker_process_init``: CUDA is not fork-safe) and before it takes a task.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import current_app
+from celery.signals import worker_init, worker_process_init
+
+from fleet.constants import LANE_ENV, WORKER_CLASS_ENV
+from fleet.messaging.app import fleet_config
+from fleet.sdk.registry import registry
+from workers.compat import patch_kombu_redis_restore, patch_thread_pool_flush
+from workers.heartbeat import Heartbeat
+from workers.runtime import runtime
+
+patch_kombu_redis_restore()  # workers must survive a broker restart (see compat.py)
+patch_thread_pool_flush()  # ...and not run a step twice after one
+
+
+@worker_init.connect
+def _start_worker(sender: Any = None, **_: Any) -> None:
+    """The starting worker (a ``WorkController``) announces itself through its own app, and
+    its main process (where a thread or solo pool runs the steps) gets its runtime."""
+    steps = sender.app.steps["consumer"]
+    if Heartbeat not in steps:
+        steps.add(Heartbeat)
+    runtime(sender.app)
+
+
+@worker_process_init.connect
+def _start_pool_process(**_: Any) -> None:
+    """Each forked pool process gets its runtime, and loads the class's preset models before
+    it takes a task; worker_proc_alive_timeout allows for this."""
+    app = current_app._get_current_object()
+    runtime(app)
+    cls = os.environ.get(WORKER_CLASS_ENV)
+    cfg = fleet_config(app)
+    spec = cfg.classes.get(cls) if cls else None
+    if spec is not None and spec.preload:
+        registry.load(cfg.op_modules, cfg.op_plugins)  # op modules register the preloaders
+        registry.preload(spec.preload, os.environ.get(LANE_ENV) or None)

@@ -1,0 +1,87 @@
+"""The start leases this worker process holds, renewed while their ops run.
+
+A step that took its lease (:mod:`fleet.store.leases`) is held here from its start to its
+end; a thread of this process renews every held lease each third of ``start_lease_s``, in one
+round trip (a step shorter than that is never renewed: its recorded outputs turn later copies
+away). If this process dies the renewals stop, the lease lapses, and a later copy of the step
+takes it over -- which is how a worker's death is told from a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+
+from fleet.store.leases import Leases
+
+log = logging.getLogger("fleet.leases")
+Held = tuple[str, str, str]  # (run id, lease field, holder token)
+
+
+class Keeper:
+    """One per process (on its :class:`workers.runtime.WorkerRuntime`): the leases held here
+    and the thread renewing them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, str], tuple[str, Leases]] = {}
+        self._thread: threading.Thread | None = None
+
+    def token(self, hostname: str | None) -> str:
+        """A new holder token: unique, and saying where the holder runs (for logs)."""
+        where = f"{hostname or '?'}/{os.getpid()}".replace("|", "_")
+        return f"{where}/{uuid.uuid4().hex[:12]}"
+
+    def hold(self, leases: Leases, run_id: str, field: str, token: str) -> None:
+        with self._lock:
+            self._held[(run_id, field)] = (token, leases)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._renew_forever, args=(leases.lease_s / 3,), daemon=True
+                )
+                self._thread.name = "fleet-leases"
+                self._thread.start()
+
+    def release(self, run_id: str, field: str) -> None:
+        with self._lock:
+            self._held.pop((run_id, field), None)
+
+    def held(self) -> list[Held]:
+        with self._lock:
+            return [(run, field, token) for (run, field), (token, _) in self._held.items()]
+
+    def renew_once(self) -> None:
+        """Renew every lease held now (one round trip per store); log the ones lost. The
+        round trip is made outside the lock: a step starting or ending meanwhile does not
+        wait for Redis (a lease renewed just after its step ended only lingers until it
+        lapses -- the step's recorded outputs turn copies away)."""
+        with self._lock:
+            by_store: dict[int, tuple[Leases, list[Held]]] = {}
+            for (run_id, field), (token, leases) in self._held.items():
+                by_store.setdefault(id(leases), (leases, []))[1].append((run_id, field, token))
+        for leases, held in by_store.values():
+            try:
+                lost = leases.renew(held)
+            except Exception as exc:  # Redis away: try again next time, never die
+                log.warning("could not renew %d start lease(s): %s", len(held), exc)
+                continue
+            with self._lock:
+                for run_id, field, token in lost:
+                    if self._held.get((run_id, field), ("", None))[0] != token:
+                        continue  # it ended meanwhile (a retry marks its lease done)
+                    log.warning(
+                        "run %s: step %s: another copy took over its start lease from %s "
+                        "(this process was taken for dead); it goes on, and may run twice",
+                        run_id,
+                        field,
+                        token,
+                    )
+                    del self._held[(run_id, field)]
+
+    def _renew_forever(self, interval: float) -> None:
+        while True:
+            time.sleep(interval)
+            self.renew_once()

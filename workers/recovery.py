@@ -1,0 +1,161 @@
+"""A step that may be a copy, or whose worker died: who runs it, and when to give up.
+
+``begin`` is what ``fleet.step`` does before its op: every copy checks the run and the
+step's start lease (:mod:`fleet.store.leases`) in one round trip and runs only if it takes the
+lease; the lease is renewed while the op runs (:mod:`workers.lease_keeper`). ``StepRequest``
+is the step's request in the worker's main process, where a dead pool child is noticed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from billiard.einfo import ExceptionInfo
+from celery import Task
+from celery.exceptions import Ignore, WorkerLostError
+from celery.worker.request import Request
+
+from fleet.engine.dispatch import Dispatcher
+from fleet.engine.readiness import StepCall
+from fleet.errors import StepFailed
+from fleet.messaging.app import fleet_config
+from fleet.store.leases import Leases, lease_field
+from workers.lease_keeper import Keeper
+from workers.runtime import WorkerRuntime, runtime
+
+log = logging.getLogger("fleet.tasks")
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The start lease a running copy of a step holds (renewed until ``release``)."""
+
+    leases: Leases
+    keeper: Keeper
+    run_id: str
+    field: str
+
+    def end_by_retry(self) -> None:
+        self.leases.mark(self.run_id, self.field, "done")
+
+    def release(self) -> None:
+        self.keeper.release(self.run_id, self.field)
+
+    def hand_over(self) -> None:
+        """Let go of the lease for a copy sent elsewhere: it takes it at once, uncounted."""
+        self.release()
+        self.leases.mark(self.run_id, self.field, "lost")
+
+
+REROUTES = 3  # a step whose runtime was refused this often fails its run
+
+
+def reroute(
+    task: Task, engine: Dispatcher, call: StepCall, run: dict[str, Any], lease: Lease, why: str
+) -> NoReturn:
+    """A process refused the step's runtime (:class:`fleet.errors.RuntimeRefused`) before
+    loading anything: send the step again through the router -- which sends it to the lane
+    of its class that serves the runtime, or another process -- instead of failing the run;
+    after ``REROUTES`` refusals, fail it naming the fix. Raises Ignore (or StepFailed)."""
+    refused = int(call.get("refused", 0)) + 1
+    path = call["path"]
+    if refused > REROUTES:
+        fix = f"node '{path}' (op {call['op']}): refused {refused - 1} times: {why}"
+        engine.store.fail(run["id"], path, fix)
+        raise StepFailed(path, call["op"], why)
+    log.warning("run %s: node %s routed again: %s", run["id"], path, why)
+    lease.hand_over()
+    again: StepCall = {**call, "refused": refused}
+    engine.send(again, run, task_id=task.request.id, retries=task.request.retries or 0)
+    raise Ignore()
+
+
+def begin(task: Task, rt: WorkerRuntime, call: StepCall, run: dict[str, Any]) -> Lease:
+    """Hold the step's start lease while its op runs; raise Ignore when this copy must not
+    run it. One round trip, which also reads the run's status: a copy that sat in a queue
+    does no work for a run that failed meanwhile."""
+    leases = rt.leases
+    field = lease_field(call["path"], task.request.retries or 0)
+    token = rt.keeper.token(task.request.hostname)
+    _check_begin(task, rt.engine, leases, call, run, token)
+    rt.keeper.hold(leases, run["id"], field, token)
+    return Lease(leases, rt.keeper, run["id"], field)
+
+
+def _check_begin(
+    task: Task, engine: Dispatcher, leases: Leases, call: StepCall, run: dict[str, Any], token: str
+) -> None:
+    """Raise Ignore when the run failed, or when this copy must not run the step: it
+    recorded its outputs already (swept back, or redelivered after its worker died past the
+    record) -- the op does not run again, but what it made ready is sent (the claims let
+    each successor out once); another live copy runs it now -- this one is sent again, under
+    its id, for when that copy's lease would lapse (a holder that dies later is covered); or
+    that attempt ended in a retry. A step whose lease was taken over from dead holders
+    ``max_worker_losses`` times fails its run: its worker died each time (any pool: a
+    thread-pool worker's whole process dies with it)."""
+    path, attempt = call["path"], task.request.retries or 0
+    found = leases.begin(run["id"], path, attempt, token, bool(call.get("group")))
+    if found.status == "failed" or found.verdict == "ended":
+        raise Ignore()  # another branch failed the run, or a retry carries the step on
+    if found.verdict == "skip":  # its outputs are recorded
+        if found.status == "running":
+            engine.advance(run, engine.store.state(run["id"]), owner=task.request.id or path)
+        raise Ignore()
+    if found.verdict == "held":
+        wait = found.wait_s
+        log.info("run %s: node %s runs in another copy; again in %.1fs", run["id"], path, wait)
+        engine.send(call, run, countdown=wait + 0.5, task_id=task.request.id)
+        raise Ignore()
+    if found.takeovers >= engine.cfg.max_worker_losses:
+        why = (
+            f"node '{path}' (op {call['op']}): its worker died running it {found.takeovers} "
+            f"times (its start lease lapsed each time); not run again"
+        )
+        engine.store.fail(run["id"], path, why)
+        raise Ignore()
+
+
+class StepRequest(Request):
+    """A step's request in the worker's main process, where a dead pool child is noticed.
+
+    acks_late + reject_on_worker_lost requeue a step whose process died -- forever, for a step
+    that kills its worker every time. Each loss is counted with the run (atomically, so any
+    host's worker counts the same step); at ``max_worker_losses`` the run fails naming the node
+    and how its worker died, the message is acknowledged, and the worker serves other runs.
+    """
+
+    def on_failure(
+        self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
+        cancelled = self._already_cancelled or self._already_revoked  # killed on purpose
+        lost = isinstance(exc, WorkerLostError) or (isinstance(exc, SystemExit) and not cancelled)
+        if lost and self._gave_up(str(exc) or type(exc).__name__):
+            self.acknowledge()
+            return
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def _gave_up(self, how: str) -> bool:
+        call, run = self.kwargs.get("call") or {}, self.kwargs.get("run") or {}
+        if not call.get("path") or not run.get("id"):
+            return False
+        store = runtime(self.task.app).store
+        cfg = fleet_config(self.task.app)
+        losses = store.count_loss(run["id"], call["path"])
+        log.warning(
+            "run %s: node %s lost its worker (%d): %s", run["id"], call["path"], losses, how
+        )
+        if losses < cfg.max_worker_losses:
+            # The death is counted: the requeued copy takes the lease at once, uncounted.
+            field = lease_field(call["path"], int(self.request_dict.get("retries") or 0))
+            runtime(self.task.app).leases.mark(run["id"], field, "lost")
+            return False
+        why = (
+            f"node '{call['path']}' (op {call.get('op')}): its worker died {losses} times "
+            f"running it ({how}); not delivered again"
+        )
+        store.fail(run["id"], call["path"], why)
+        return True
