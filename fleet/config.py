@@ -165,10 +165,15 @@ def default_classes() -> dict[str, ClassSpec]:
         ),
         "io": ClassSpec(
             name="io",
-            description="I/O waits: HTTP tools, databases; many threads, little CPU",
+            description="I/O waits: HTTP tools, LLM endpoints, databases; 1000 waits a process",
+            # A thousand threads, each blocked on a socket: ops that wait keep their own
+            # deadline (no helper thread) on pooled connections (workers/ops/httpclient.py).
+            # Measured against gevent x 1000 (bench/io_waits.py, docs/benchmarks.md): as
+            # fast, and a step that does not yield (a regex, SQLite, a large JSON body)
+            # cannot stall the others, nor is anything monkey-patched.
             pool="threads",
-            concurrency=16,
-            prefetch_multiplier=4,
+            concurrency=1000,
+            prefetch_multiplier=1,
             time_limit=120,
             soft_time_limit=110,
             price_per_hour=0.01,
@@ -275,6 +280,9 @@ class FleetConfig(BaseModel):
     # (a bare host means http/https on their default ports). The broker, the result backend,
     # Flower and the metrics port are refused whatever this says.
     http_allow: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"])
+    # Calls in flight to one host (scheme, host, port) from one worker process; a call past
+    # it waits for a slot within its own deadline.
+    http_per_host: int = Field(default=1000, ge=1)
     # Folders that ops taking a file path may read or write, besides data_dir and the
     # packaged examples; /proc, /sys and /dev never.
     file_roots: list[str] = Field(default_factory=list)

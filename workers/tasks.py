@@ -247,9 +247,12 @@ def _run_op(op: OpSpec, args: dict[str, Any], deadline: float | None) -> Any:
     """Call the op. In a thread or gevent pool (Celery's time limits work only in prefork),
     the deadline is kept here: the op runs in a helper thread, and the step fails when the
     deadline passes -- the pool's thread is free again, the op's thread is abandoned to
-    finish on its own."""
+    finish on its own. An op that keeps its deadline itself (``keeps_deadline``: the io
+    class's HTTP and database calls) runs directly: no thread per waiting step."""
     if deadline is None or threading.current_thread() is threading.main_thread():
         return op.func(**args)  # prefork and solo: Celery's soft/hard time limits apply
+    if op.keeps_deadline:
+        return op.func(**args)
 
     def late() -> StepDeadline:
         return StepDeadline(f"no result within its deadline of {deadline:g} s")

@@ -67,6 +67,10 @@ class OpSpec:
     # The op keeps KV state of the prompts it ran in its worker (an LLM's batch): a
     # run's next step of it goes back to that worker when it has room (prefix affinity).
     prefix_cache: bool = False
+    # The op ends by itself within its step's deadline (it reads ``time_left`` and bounds
+    # every wait by it): a thread or gevent pool runs it directly, without a helper thread
+    # to abandon it at the deadline -- what lets an io worker hold a thousand waits.
+    keeps_deadline: bool = False
 
     def units_of(self, args: dict[str, Any]) -> float:
         """The size of a call with ``args``; 1.0 when the op declares no units or they fail."""
@@ -282,6 +286,7 @@ def op(
     samples: Iterable[dict[str, Any]] = (),
     split: tuple[str, str, str] | None = None,
     prefix_cache: bool = False,
+    keeps_deadline: bool = False,
     registry_: Registry | None = None,
 ) -> Callable[[F], F]:
     """Register ``func`` as op ``name``.
@@ -294,6 +299,8 @@ def op(
     says how a node may run it as two steps on two classes (see :class:`OpSpec`).
     ``prefix_cache``: the op keeps its prompts' KV state in the worker, so a run's next
     step of it is routed back to the worker that ran the last one (prefix affinity).
+    ``keeps_deadline``: the op ends within its step's deadline by itself (see
+    :func:`fleet.sdk.time_left`), so no helper thread watches it in a thread pool.
     """
     if kind not in OP_KINDS:
         raise FleetError(f"op '{name}': kind must be one of {', '.join(OP_KINDS)}, not '{kind}'")
@@ -325,6 +332,7 @@ def op(
             samples=tuple(samples),
             split=split,
             prefix_cache=prefix_cache,
+            keeps_deadline=keeps_deadline,
         )
         (registry_ or registry).add(spec)
         return func

@@ -8,11 +8,14 @@ import json
 import socket
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 from urllib.parse import unquote, urljoin, urlparse
 
-from fleet.sdk import current_step, op, run_within, settings, time_left
+import httpx
+
+from fleet.sdk import current_step, op, settings, time_left
+from workers.ops import httpclient
+from workers.ops.httpclient import DeadlineExceeded
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_BODY = 1 << 20  # 1 MiB: a tool answer, not a download
@@ -164,23 +167,25 @@ def _json_or_none(reply: Reply) -> Any:
 def _exchange(
     url: str, method: str, params: Any, json_body: Any, headers: Any, timeout: float
 ) -> Reply:
-    """One attempt: redirects followed by hand (each hop checked), the body streamed and
-    capped at MAX_BODY bytes."""
-    import httpx
-
-    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+    """One attempt on the process's shared client, all of it within ``timeout`` (see
+    :mod:`workers.ops.httpclient`): redirects followed by hand (each hop checked), the body
+    streamed and capped at MAX_BODY bytes."""
+    clients = httpclient.shared()
+    end = time.monotonic() + timeout
+    with httpclient.deadline(timeout):
         for _ in range(MAX_REDIRECTS + 1):
             request = {"params": params, "json": json_body, "headers": headers}
-            with client.stream(method, url, **request) as response:
+            target = Target.of(url)
+            key = (target.scheme, target.host, target.port)
+            with (
+                clients.client(key, settings().http_per_host, end - time.monotonic()) as client,
+                client.stream(method, url, timeout=timeout, **request) as response,
+            ):
                 if response.is_redirect:
-                    before = Target.of(str(response.url))
                     url = urljoin(str(response.url), response.headers.get("location", ""))
                     after = check_url(url, method)
-                    if (after.scheme, after.host, after.port) != (
-                        before.scheme,
-                        before.host,
-                        before.port,
-                    ):  # credentials are for the origin they were given for, as browsers do
+                    if (after.scheme, after.host, after.port) != key:
+                        # credentials are for the origin they were given for, as browsers do
                         headers = _without_credentials(headers)
                     if response.status_code == 303 or (
                         response.status_code in (301, 302) and method not in ("GET", "HEAD")
@@ -229,15 +234,12 @@ def _without_credentials(headers: Any) -> dict[str, Any] | None:
     return {k: v for k, v in dict(headers).items() if str(k).lower() not in CREDENTIALS}
 
 
-class DeadlineExceeded(TimeoutError):
-    """An attempt ran past its whole deadline (a slow-drip server, a hung connect)."""
-
-
 @op(
     "http.request",
     kind="tool",
     classes=("io", "cpu"),
     outputs=("status", "json", "text", "attempts"),
+    keeps_deadline=True,  # every attempt and backoff is cut to the step's time left
 )
 def http_request(
     url: str,
@@ -258,8 +260,6 @@ def http_request(
 
     ``timeout`` is the whole deadline of one attempt (connect, redirects, body), not per read.
     """
-    import httpx
-
     method = method.upper()
     check_url(url, method)
     headers = _with_idempotency_key(method, headers)
@@ -269,14 +269,12 @@ def http_request(
     for attempt in range(1, retries + 2):
         limit = _attempt_limit(timeout)  # no attempt starts, or runs on, past the step
         try:
-            # httpx's timeouts are per read: a server that drips a byte at a time would hold
-            # the thread forever, so the whole attempt has a deadline.
-            reply = run_within(
-                limit,
-                partial(_exchange, url, method, params, json_body, headers, limit),
-                partial(DeadlineExceeded, f"no complete answer within {limit:g} s"),
-            )
-        except (httpx.TransportError, DeadlineExceeded) as exc:  # timeouts, refused, drips
+            # The whole attempt has a deadline (httpx's timeouts are per read: a server that
+            # drips a byte at a time would hold the call forever), kept without a thread.
+            reply = _exchange(url, method, params, json_body, headers, limit)
+        except DeadlineExceeded as exc:  # a drip, a hung connect, no slot for the host
+            last = f"DeadlineExceeded: {exc} ({limit:g} s)"
+        except httpx.TransportError as exc:  # timeouts, refused
             last = f"{type(exc).__name__}: {exc or 'no answer'}"
         else:
             if reply.status not in RETRY_STATUS:
@@ -290,5 +288,5 @@ def http_request(
                 }
             last = f"status {reply.status}"
         if attempt <= retries:
-            time.sleep(backoff * 2 ** (attempt - 1))
+            time.sleep(max(0.0, time_left(backoff * 2 ** (attempt - 1))))
     raise ToolError(f"{method} {url} failed after {retries + 1} attempt(s): {last}")

@@ -232,3 +232,30 @@ def test_an_op_knows_the_step_it_runs_for(stub: tuple[Fleet, StubBroker]) -> Non
     run = client.submit(wf, {"v": 1})
     broker.drain()
     assert run.get(timeout=1) == {"key": f"{run.id}:here"}
+
+
+def test_only_ops_that_keep_their_deadline_run_without_a_helper_thread() -> None:
+    """On a thread pool a step's deadline is kept by a helper thread that abandons the op;
+    an op that bounds its own waits (``keeps_deadline``: http.request, llm.chat) runs on the
+    pool's thread directly, so a thousand waits are a thousand threads, not two thousand."""
+    from fleet.sdk.registry import OpSpec
+
+    seen: list[str] = []
+
+    def where() -> dict[str, Any]:
+        seen.append(threading.current_thread().name)
+        return {"result": 1}
+
+    plain = OpSpec("t.plain", "compute", where, ("cpu",), "cpu", ("result",))
+    keeps = OpSpec("t.keeps", "tool", where, ("io",), "io", ("result",), keeps_deadline=True)
+    out: list[Any] = []
+    pool_thread = threading.Thread(
+        target=lambda: out.extend([tasks._run_op(plain, {}, 5.0), tasks._run_op(keeps, {}, 5.0)]),
+        name="pool-thread",
+    )
+    pool_thread.start()
+    pool_thread.join()
+    assert out == [{"result": 1}, {"result": 1}]
+    assert seen == ["fleet-deadline", "pool-thread"]
+    registry.load([], [])  # the built-in ops, through their entry points
+    assert registry.get("http.request").keeps_deadline and registry.get("llm.chat").keeps_deadline
