@@ -79,9 +79,7 @@ def test_calls_wait_at_once_beyond_a_pools_default_size(server: str) -> None:
     assert _KeepAlive.gathered == [True] * 20
 
 
-def test_many_calls_are_held_in_small_pools(
-    server: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_many_calls_are_held_in_small_pools(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """httpcore's pool scans all its connections on every request: 20 calls at once with
     pools of 5 open 4 pools, and every call still reaches the server at once."""
     monkeypatch.setattr(httpclient, "SHARD_SIZE", 5)

@@ -1,0 +1,270 @@
+"""llm.chat against llama-cpp-python's own OpenAI-compatible server (``python -m
+llama_cpp.server``, what a fleet would point it at), serving the fleet's Gemma 3 270M GGUF
+behind an API key: called directly, and as a step on a fleet of real workers.
+
+Why llm.chat is compared with the server's raw completion and not with llm.generate alone:
+llm.generate completes a raw prompt (no chat template; its text tokenized as plain text),
+while /chat/completions renders the conversation with a chat template whose turn markers
+(``<start_of_turn>``) are special tokens -- tokens no llm.generate prompt can contain. No chat
+format renders a user message as itself, so the two cannot see the same tokens. The chain is
+therefore checked link by link, each link token-identical: llm.chat's answer is the server's
+greedy completion of the chat-templated prompt (the same prompt tokens), and the server's raw
+completion of a prompt is llm.generate's on that prompt (same GGUF, same greedy decode).
+
+llama.cpp is not batch-invariant: a prompt evaluated whole (cold) and one whose cached prefix
+is reused (warm: only the last token evaluated) may break a greedy near-tie differently, and
+this small base model has many. So the raw completion that llm.chat is compared with runs in
+the same state as the call: both right after the same prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fleet import Workflow
+from fleet.client.client import Fleet
+from fleet.config import FleetConfig
+from fleet.deploy.local import LocalFleet, free_port
+from fleet.errors import WorkflowFailed
+from fleet.messaging.app import create_app
+from fleet.sdk.process import settings
+from workers.ops import tools
+from workers.ops.chat import chat
+from workers.ops.models import DEFAULT_LLM, gguf_path
+from workers.ops.tools import ToolError
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SECRET = "local-llm"  # the secret's NAME: its key is in FLEET_SECRET_LOCAL_LLM on a worker
+VARIABLE = "FLEET_SECRET_LOCAL_LLM"
+PROMPT = "Question: What is the capital of France?\nAnswer:"
+MAX_TOKENS = 12
+ORDER_SCHEMA = {
+    "type": "object",
+    "properties": {"order_id": {"type": "integer"}},
+    "required": ["order_id"],
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str  # the base URL: http://127.0.0.1:PORT/v1
+    port: int
+    key: str
+    log: Path
+
+
+def _wait_until_up(proc: subprocess.Popen[bytes], server: Server, within: float) -> None:
+    deadline = time.monotonic() + within
+    auth = {"Authorization": f"Bearer {server.key}"}
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"llama_cpp.server exited: {server.log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{server.url}/models", headers=auth, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"llama_cpp.server did not answer in {within} s: {server.log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """llama-cpp-python's server on a free port, with Gemma's chat format (the GGUF has no
+    chat template; the server's fallback would be llama-2's) and an API key."""
+    try:
+        import llama_cpp.server.app  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(f"llama-cpp-python's server extras are missing ({exc}): the dev extras")
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    found = Server(f"http://127.0.0.1:{port}/v1", port, secrets.token_urlsafe(24), log)
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path(DEFAULT_LLM))]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--chat_format", "gemma"]
+    argv += ["--api_key", found.key]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_up(proc, found, within=60)
+        yield found
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture()
+def allowed(server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
+    """This process may call the server (its port alone), and holds its key as a worker
+    would; the key is sent by llm.chat, never passed to it."""
+    cfg = settings().model_copy(update={"http_allow": [f"127.0.0.1:{server.port}"]})
+    monkeypatch.setattr(tools, "settings", lambda: cfg)
+    monkeypatch.setenv(VARIABLE, server.key)
+    return server
+
+
+def _templated(prompt: str) -> tuple[str, str]:
+    """The server's rendering of a one-user-message conversation, and its stop string."""
+    from llama_cpp.llama_chat_format import format_gemma
+
+    rendered = format_gemma(messages=[{"role": "user", "content": prompt}])
+    assert isinstance(rendered.stop, str)
+    return rendered.prompt, rendered.stop
+
+
+def _raw(server: Server, prompt: str, **params: Any) -> dict[str, Any]:
+    """The server's own completion of ``prompt`` as text (no template), greedy."""
+    body = {"prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, **params}
+    auth = {"Authorization": f"Bearer {server.key}"}
+    reply = httpx.post(f"{server.url}/completions", json=body, headers=auth, timeout=60)
+    reply.raise_for_status()
+    data: dict[str, Any] = reply.json()
+    return data
+
+
+def _raw_of_chat(server: Server, prompt: str) -> dict[str, Any]:
+    text, stop = _templated(prompt)
+    return _raw(server, text, stop=[stop])
+
+
+def test_chat_is_the_servers_greedy_completion_of_the_templated_prompt(allowed: Server) -> None:
+    _raw_of_chat(allowed, PROMPT)  # the prompt's KV in the server: the next two run warm
+    out = chat(
+        allowed.url, "gemma", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0, api_key=SECRET
+    )
+    raw = _raw_of_chat(allowed, PROMPT)
+    assert out["text"] == raw["choices"][0]["text"] and out["text"].strip()
+    assert out["usage"]["prompt_tokens"] == raw["usage"]["prompt_tokens"] > 0  # the same tokens
+    assert out["usage"]["completion_tokens"] == raw["usage"]["completion_tokens"] <= MAX_TOKENS
+    assert out["finish_reason"] in ("stop", "length") and out["tool_calls"] == []
+
+
+def test_the_servers_raw_completion_is_llm_generates(allowed: Server) -> None:
+    """The other link: the same prompt, the same tokens, the same greedy text. The server's
+    repeat penalty (1.1 by default) is turned off: llm.generate has none."""
+    from workers.ops.llm import generate
+
+    local = generate(PROMPT, max_tokens=MAX_TOKENS, temperature=0.0)
+    raw = _raw(allowed, PROMPT, repeat_penalty=1.0)
+    assert raw["choices"][0]["text"].strip() == local["text"] and local["text"]
+    assert raw["usage"]["prompt_tokens"] == local["prompt_tokens"]
+    assert raw["usage"]["completion_tokens"] == local["tokens"]
+
+
+def test_a_forced_tool_call_and_a_json_schema_on_the_real_server(allowed: Server) -> None:
+    """The request forms llm.chat sends (tools with a named tool_choice; response_format
+    json_object with a schema) are the ones llama-cpp-python turns into grammars."""
+    function = {"name": "order_status", "description": "An order's status"}
+    tool: dict[str, Any] = {
+        "type": "function",
+        "function": {**function, "parameters": ORDER_SCHEMA},
+    }
+    called = chat(
+        allowed.url,
+        "gemma",
+        prompt="Where is my order 1042?",
+        tools=[tool],
+        tool_choice="order_status",
+        max_tokens=32,
+        api_key=SECRET,
+    )
+    (call,) = called["tool_calls"]
+    assert call["function"]["name"] == "order_status" and called["finish_reason"] == "tool_calls"
+    assert isinstance(json.loads(call["function"]["arguments"])["order_id"], int)
+    assert called["text"] == ""
+    shaped = chat(
+        allowed.url,
+        "gemma",
+        prompt="My order 1042 is late. Which order is it?",
+        json_schema=ORDER_SCHEMA,
+        max_tokens=32,
+        api_key=SECRET,
+    )
+    assert isinstance(json.loads(shaped["text"])["order_id"], int)
+
+
+def test_the_server_refuses_a_missing_or_wrong_key(
+    allowed: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ToolError, match="answered 401: no API key was sent"):
+        chat(allowed.url, "gemma", prompt=PROMPT, max_tokens=2)
+    monkeypatch.setenv("FLEET_SECRET_STALE", "not-the-key-9f8e7d")
+    with pytest.raises(ToolError) as err:
+        chat(allowed.url, "gemma", prompt=PROMPT, max_tokens=2, api_key="stale")
+    assert "secret 'stale' (FLEET_SECRET_STALE) was refused" in str(err.value)
+    assert "not-the-key-9f8e7d" not in str(err.value)
+
+
+def test_a_step_on_a_fleet_whose_worker_holds_the_key(
+    server: Server, fleet_cfg: FleetConfig, tmp_path: Path
+) -> None:
+    """A one-step workflow on an io worker of a fleet of its own (its own broker): the worker
+    loads llm.chat (FLEET_OP_MODULES, until the entry point lists it), may reach the server's
+    port alone, and holds the key; the client has neither. The key is in no output, trace or
+    worker log; a run without it fails at its node with the server's 401."""
+    cfg = fleet_cfg.model_copy(
+        update={
+            "broker_url": f"redis://127.0.0.1:{free_port()}/0",
+            "op_modules": ["workers.ops.chat"],
+        }
+    )
+    env = {
+        "FLEET_OP_MODULES": "workers.ops.chat",
+        "FLEET_HTTP_ALLOW": f"127.0.0.1:{server.port}",
+        VARIABLE: server.key,
+    }
+    with LocalFleet(cfg, ["io"], False, tmp_path, "INFO", lambda _: None, env) as fleet:
+        client = Fleet(create_app(cfg), cfg)
+        wf = Workflow("ask-llm", inputs=["question"])
+        ask = wf.step(
+            "ask",
+            "llm.chat",
+            classes=["io"],
+            base_url=server.url,
+            model="gemma",
+            prompt=wf.input("question"),
+            max_tokens=MAX_TOKENS,
+            api_key=SECRET,
+        )
+        wf.output("text", ask["text"])
+        wf.output("usage", ask["usage"])
+        raw = _raw_of_chat(server, PROMPT)  # the state the step's call then finds
+        run = client.submit(wf, {"question": PROMPT})
+        result = run.get(timeout=60)
+        assert result["text"] == raw["choices"][0]["text"]
+        assert result["usage"]["prompt_tokens"] == raw["usage"]["prompt_tokens"]
+        (step,) = [e for e in run.trace() if e.node == "ask"]
+        assert (step.worker or "").startswith("io@") and step.status == "succeeded"
+
+        keyless = Workflow("ask-llm-keyless", inputs=["question"])
+        bare = keyless.step(
+            "ask",
+            "llm.chat",
+            classes=["io"],
+            base_url=server.url,
+            model="gemma",
+            prompt=keyless.input("question"),
+            max_tokens=2,
+        )
+        keyless.output("text", bare["text"])
+        with pytest.raises(WorkflowFailed, match=r"ask.*answered 401: no API key was sent"):
+            client.submit(keyless, {"question": PROMPT}).get(timeout=60)
+
+        seen = json.dumps(result) + repr(run.trace())
+        logs = "".join(c.log.read_text(errors="replace") for c in fleet.children)
+        assert server.key not in seen and server.key not in logs
