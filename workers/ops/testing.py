@@ -40,6 +40,18 @@ def sleep(seconds: float, value: Any = None) -> dict[str, Any]:
     return {"value": value, "slept": round(time.perf_counter() - start, 4)}
 
 
+@op("test.spin", classes=("io", "cpu"), outputs=("value", "loops"))
+def spin(seconds: float, value: Any = None) -> dict[str, Any]:
+    """Compute in pure Python for ``seconds`` without waiting on anything (it holds the GIL
+    but for the interpreter's switches), then pass ``value`` on: work that does not yield."""
+    if not 0 <= seconds <= 60:
+        raise ValueError(f"seconds must be within 0..60, got {seconds}")
+    end, loops = time.perf_counter() + seconds, 0
+    while time.perf_counter() < end:
+        loops += 1
+    return {"value": value, "loops": loops}
+
+
 class InjectedFailure(RuntimeError):
     """Raised on purpose by test.fail."""
 
