@@ -181,6 +181,21 @@ def default_classes() -> dict[str, ClassSpec]:
     }
 
 
+class EndpointSpec(BaseModel):
+    """An LLM endpoint the fleet's ``llm.chat`` steps call, and what its tokens cost."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The OpenAI-compatible base URL, as llm.chat's ``base_url`` names it (.../v1)
+    base_url: str
+    # US dollars per million prompt (input) and completion (output) tokens
+    price_in: float = Field(default=0.0, ge=0)
+    price_out: float = Field(default=0.0, ge=0)
+
+    def dollars(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
+
+
 class AutoscaleSpec(BaseModel):
     """How `fleet up --autoscale` resizes each class within its min/max_workers."""
 
@@ -283,6 +298,9 @@ class FleetConfig(BaseModel):
     # Calls in flight to one host (scheme, host, port) from one worker process; a call past
     # it waits for a slot within its own deadline.
     http_per_host: int = Field(default=1000, ge=1)
+    # LLM endpoints by name, with their prices per token: an llm.chat step to one of them is
+    # charged its tokens (trace, run cost, Prometheus) besides its io class's time.
+    endpoints: dict[str, EndpointSpec] = Field(default_factory=dict)
     # Folders that ops taking a file path may read or write, besides data_dir and the
     # packaged examples; /proc, /sys and /dev never.
     file_roots: list[str] = Field(default_factory=list)
@@ -322,6 +340,14 @@ class FleetConfig(BaseModel):
     @property
     def backend_url(self) -> str:
         return self.result_backend or self.broker_url
+
+    def endpoint_for(self, base_url: str) -> tuple[str, EndpointSpec] | None:
+        """The configured endpoint (name, spec) whose base URL is ``base_url``."""
+        wanted = base_url.rstrip("/")
+        for name, spec in self.endpoints.items():
+            if spec.base_url.rstrip("/") == wanted:
+                return name, spec
+        return None
 
     def class_for_queue(self, queue: str) -> str | None:
         """The class ``queue`` belongs to: its own queue, or one of its lanes'."""

@@ -87,6 +87,8 @@ class _Trace:
         self.shared = spec is not None and spec.batches
         self.occupancy = 1
         self.cold_s: float | None = None  # model loads this step waited for
+        self.tokens: int | None = None  # what it spent on a priced service (note_spend)
+        self.spent_usd: float | None = None
         self.base = {
             "node": call["path"],
             "op": call["op"],
@@ -119,6 +121,8 @@ class _Trace:
             cpu_s=round(cpu, 6),
             occupancy=self.occupancy,
             cold_s=self.cold_s,
+            tokens=self.tokens,
+            spent_usd=self.spent_usd,
         )
 
 
@@ -189,6 +193,9 @@ def execute(
         _failed(task, store, op, call, run, trace, exc)
     trace.occupancy = max(1, round((at_start + running_now.leave()) / 2))
     trace.cold_s = round(sum(here.loads), 4) if here.loads else None
+    if here.spent:
+        trace.tokens = sum(tokens for _, tokens in here.spent)
+        trace.spent_usd = round(sum(dollars for dollars, _ in here.spent), 8)
     entry = trace.entry("succeeded")
     units = op.units_of(call["args"])
     status, state = store.record_step(
@@ -284,7 +291,10 @@ def observe(
     pipe: Any, call: StepCall, units: float, entry: TraceEntry, rt: WorkerRuntime, run_id: str
 ) -> None:
     """Feed the run time into the shared moving averages the router estimates from, and add
-    the step's cost (run time x its class's price) to the run's."""
+    the step's cost (run time x its class's price, plus what it spent on a priced service:
+    an LLM endpoint's tokens) to the run's."""
+    if entry.spent_usd:
+        pipe.hincrbyfloat(RUN_KEY.format(id=run_id), "cost", entry.spent_usd)
     if entry.cls is None:
         return
     cfg = rt.cfg

@@ -13,7 +13,8 @@ counters survive a restart of this exporter), each from zero (see ``from_zero``)
 ``fleet_workflow_runs_total{status}``, the ``fleet_workflow_seconds`` histogram (submission
 to end), ``fleet_workflow_sla_runs_total`` and ``fleet_workflow_sla_misses_total`` (runs with
 an SLA, and those that ended late or failed), and ``fleet_workflow_cost_dollars_total`` (run
-time x class price, summed over the steps).
+time x class price, summed over the steps, plus what steps spent on priced services: an LLM
+endpoint's tokens at the prices of the config's ``endpoints``).
 ``fleet up --autoscale`` adds ``fleet_autoscale_workers`` and
 ``fleet_autoscale_changes_total{direction}`` per class.
 The dashboard in docs/grafana/fleet.json plots them.
@@ -123,7 +124,9 @@ def workflow_families(counters: dict[str, str]) -> Iterator[Metric]:
         labels=["workflow"],
     )
     cost = CounterMetricFamily(
-        "fleet_workflow_cost_dollars", "Step run time x class price, summed", labels=["workflow"]
+        "fleet_workflow_cost_dollars",
+        "Step run time x class price, plus what steps spent on priced services (LLM tokens)",
+        labels=["workflow"],
     )
     per_wf: dict[str, dict[str, float]] = {}
     for field, value in counters.items():

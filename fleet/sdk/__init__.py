@@ -22,7 +22,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from fleet.sdk.registry import OpSpec, Registry, RuntimeSpec, op, preloader
-from fleet.sdk.step import StepContext, current_step, note_load, time_left
+from fleet.sdk.step import StepContext, current_step, note_load, note_spend, time_left
 
 if TYPE_CHECKING:
     from fleet.constants import BLOB_PREFIX
@@ -110,6 +110,7 @@ __all__ = [
     "ensure_memory",
     "file_roots",
     "note_load",
+    "note_spend",
     "op",
     "preloader",
     "run_within",

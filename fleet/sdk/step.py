@@ -27,6 +27,8 @@ class StepContext:
     deadline: float | None = None  # wall-clock time (time.time()) the step must end by
     # seconds this step spent loading models into its process (note_load): a cold start
     loads: list[float] = field(default_factory=list, compare=False)
+    # what the step spent beyond its class's time (note_spend): dollars, and tokens
+    spent: list[tuple[float, int]] = field(default_factory=list, compare=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -65,6 +67,15 @@ def note_load(seconds: float) -> None:
     step = _CURRENT.get()
     if step is not None:
         step.loads.append(seconds)
+
+
+def note_spend(dollars: float, tokens: int = 0) -> None:
+    """Say that the current step spent ``dollars`` (and ``tokens``) on a priced service --
+    an LLM endpoint's tokens: the worker adds it to the step's trace and to its run's cost,
+    besides the class's time. Outside a step: nothing."""
+    step = _CURRENT.get()
+    if step is not None:
+        step.spent.append((float(dollars), int(tokens)))
 
 
 @contextmanager

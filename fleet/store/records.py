@@ -38,6 +38,9 @@ class TraceEntry:
     # where it computed when that was not its class's device: "cpu (no GPU usable here)"
     # for a step of a class that binds to a GPU, on a worker that has none
     device: str | None = None
+    # what the step spent on a priced service (an LLM endpoint), beyond its class's time
+    tokens: int | None = None
+    spent_usd: float | None = None
 
     @property
     def wait_s(self) -> float | None:
@@ -69,6 +72,8 @@ class TraceEntry:
             "occupancy": self.occupancy,
             "cold_s": self.cold_s,
             **({"device": self.device} if self.device else {}),
+            **({"tokens": self.tokens} if self.tokens is not None else {}),
+            **({"spent_usd": self.spent_usd} if self.spent_usd is not None else {}),
         }
 
     @classmethod
@@ -92,6 +97,8 @@ class TraceEntry:
             occupancy=int(d.get("occupancy") or 1),
             cold_s=d.get("cold_s"),
             device=d.get("device"),
+            tokens=d.get("tokens"),
+            spent_usd=d.get("spent_usd"),
         )
 
 

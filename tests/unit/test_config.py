@@ -123,3 +123,19 @@ def test_a_planned_gpu_class_takes_the_runtimes_of_the_classes_it_serves(
     assert cfg.classes["a100"].queues == ["a100", "a100.ctranslate2"]
     assert cfg.classes["a40"].runtimes == ["llama.cpp"]  # its own list wins
     assert cfg.classes["cpu-16"].runtimes is None  # not a GPU class: may load anything
+
+
+def test_endpoints_are_priced_as_docs_operations_shows(tmp_path: Path) -> None:
+    """The [endpoints.NAME] block of docs/operations.md, as written there."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    block = text.split("```toml\n[endpoints.", 1)[1].split("```", 1)[0]
+    path = tmp_path / "fleet.toml"
+    path.write_text("[endpoints." + block)
+    cfg = load_config(path, env={})
+    found = cfg.endpoint_for("http://127.0.0.1:8080/v1/")
+    assert found is not None and found[0] == "local-llm"
+    assert found[1].dollars(1_000_000, 100_000) == pytest.approx(0.15 + 0.06)
+    assert cfg.endpoint_for("http://127.0.0.1:9999/v1") is None
+    path.write_text('[endpoints.x]\nbase_url = "http://h/v1"\nprice_in = -1\n')
+    with pytest.raises(ConfigError, match="price_in"):
+        load_config(path, env={})

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from fleet.sdk import op, settings, time_left
+from fleet.sdk import note_spend, op, settings, time_left
 from workers.ops import httpclient
 from workers.ops.httpclient import DeadlineExceeded
 from workers.ops.tools import (
@@ -423,4 +423,15 @@ def chat(
         raise ToolError(f"POST {url} failed after {retries + 1} attempt(s): {last}")
     if answer.status >= 300:
         raise _refused(answer, url, api_key, key)
-    return _outputs(answer, url)
+    outputs = _outputs(answer, url)
+    _charge(base_url, outputs["usage"])
+    return outputs
+
+
+def _charge(base_url: str, usage: dict[str, int]) -> None:
+    """The step's tokens, and their dollars at the endpoint's configured prices (``endpoints``
+    in the fleet config; an endpoint not configured costs nothing but its tokens are kept)."""
+    prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+    found = settings().endpoint_for(base_url)
+    dollars = found[1].dollars(prompt, completion) if found is not None else 0.0
+    note_spend(dollars, prompt + completion)

@@ -259,3 +259,29 @@ def test_only_ops_that_keep_their_deadline_run_without_a_helper_thread() -> None
     assert seen == ["fleet-deadline", "pool-thread"]
     registry.load([], [])  # the built-in ops, through their entry points
     assert registry.get("http.request").keeps_deadline and registry.get("llm.chat").keeps_deadline
+
+
+def test_what_a_step_spends_is_in_its_trace_and_its_runs_cost(
+    stub: tuple[Fleet, StubBroker],
+) -> None:
+    """An op that pays for a service (llm.chat: an endpoint's tokens) says so with
+    note_spend; the step's trace carries the tokens and dollars, and the run's cost adds them."""
+    from fleet.constants import RUN_KEY
+    from fleet.sdk import note_spend, op
+
+    @op("t.spender", classes=("cpu",), outputs=("n",))
+    def spender(n: int) -> dict[str, Any]:
+        note_spend(0.0025, 1200)
+        note_spend(0.0005, 300)
+        return {"n": n}
+
+    client, broker = stub
+    wf = Workflow("spend", inputs=["n"])
+    wf.output("n", wf.step("pay", "t.spender", n=wf.input("n"), classes=["cpu"])["n"])
+    run = client.submit(wf, {"n": 3})
+    broker.drain()
+    assert run.get(timeout=1) == {"n": 3}
+    (entry,) = run.trace()
+    assert (entry.tokens, entry.spent_usd) == (1500, 0.003)
+    cost = float(client.store.redis.hget(RUN_KEY.format(id=run.id), "cost") or 0)
+    assert cost >= 0.003

@@ -276,3 +276,25 @@ def test_units_are_the_prompts_tokens_and_max_tokens() -> None:
     assert spec.units_of({"prompt": "x" * 400, "max_tokens": 100}) == 200.0
     messages = [{"role": "user", "content": "x" * 40}, {"role": "assistant", "content": "y" * 40}]
     assert spec.units_of({"messages": messages, "max_tokens": 10}) == 30.0
+
+
+def test_a_step_is_charged_its_endpoints_tokens(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the prices the fleet config gives the endpoint ($ per million tokens, in and out),
+    the step notes its tokens and dollars (the worker puts them in its trace and run cost);
+    an endpoint not configured is charged nothing but its tokens."""
+    from fleet.config import EndpointSpec
+    from workers.ops import chat as chat_module
+
+    priced = EndpointSpec(base_url=_url(server, "ok") + "/", price_in=2.0, price_out=10.0)
+    cfg = settings().model_copy(update={"endpoints": {"local": priced}})
+    monkeypatch.setattr(chat_module, "settings", lambda: cfg)
+    step = StepContext("run1", "ask", 0)
+    with running(step):
+        chat(_url(server, "ok"), "gemma", prompt="Where is my order?", max_tokens=16)
+    assert step.spent == [(pytest.approx((12 * 2.0 + 3 * 10.0) / 1e6), 15)]
+    other = StepContext("run1", "ask2", 0)
+    with running(other):
+        chat(_url(server, "unpriced"), "gemma", prompt="Hi", max_tokens=16)
+    assert other.spent == [(0.0, 15)]
