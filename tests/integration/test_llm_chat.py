@@ -38,6 +38,7 @@ from fleet.config import FleetConfig
 from fleet.deploy.local import LocalFleet, free_port
 from fleet.errors import WorkflowFailed
 from fleet.messaging.app import create_app
+from fleet.paths import EXAMPLES
 from fleet.sdk.process import settings
 from workers.ops import tools
 from workers.ops.chat import chat
@@ -67,7 +68,7 @@ class Server:
 
 def _wait_until_up(proc: subprocess.Popen[bytes], server: Server, within: float) -> None:
     deadline = time.monotonic() + within
-    auth = {"Authorization": f"Bearer {server.key}"}
+    auth = {"Authorization": f"Bearer {server.key}"} if server.key else {}
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"llama_cpp.server exited: {server.log.read_text()[-2000:]}")
@@ -80,20 +81,18 @@ def _wait_until_up(proc: subprocess.Popen[bytes], server: Server, within: float)
     pytest.fail(f"llama_cpp.server did not answer in {within} s: {server.log.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def _serve(log: Path, key: str | None) -> Iterator[Server]:
     """llama-cpp-python's server on a free port, with Gemma's chat format (the GGUF has no
-    chat template; the server's fallback would be llama-2's) and an API key."""
+    chat template; the server's fallback would be llama-2's), behind ``key`` if given."""
     try:
         import llama_cpp.server.app  # noqa: F401
     except ImportError as exc:
         pytest.fail(f"llama-cpp-python's server extras are missing ({exc}): the dev extras")
     port = free_port()
-    log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    found = Server(f"http://127.0.0.1:{port}/v1", port, secrets.token_urlsafe(24), log)
+    found = Server(f"http://127.0.0.1:{port}/v1", port, key or "", log)
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path(DEFAULT_LLM))]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--chat_format", "gemma"]
-    argv += ["--api_key", found.key]
+    argv += ["--api_key", key] if key else []
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -106,6 +105,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The server behind an API key."""
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    yield from _serve(log, secrets.token_urlsafe(24))
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The server without a key: what the session's test fleet, holding no secret, may call
+    (its workers allow any local port)."""
+    yield from _serve(tmp_path_factory.mktemp("llama-open") / "server.log", None)
 
 
 @pytest.fixture()
@@ -268,3 +281,26 @@ def test_a_step_on_a_fleet_whose_worker_holds_the_key(
         seen = json.dumps(result) + repr(run.trace())
         logs = "".join(c.log.read_text(errors="replace") for c in fleet.children)
         assert server.key not in seen and server.key not in logs
+
+
+def test_the_rag_example_answers_from_the_endpoint_when_given_one(
+    client: Fleet, open_server: Server
+) -> None:
+    """fleet/examples/rag.yaml with ``llm_url``: the same retrieval on the fleet's workers,
+    the answer from the endpoint -- llm.chat on io, charged its tokens -- and no local model
+    step; without it, llm.generate answers (test_ai_ops.py)."""
+    kb = client.submit(
+        EXAMPLES / "kb_build.yaml", {"docs": client.upload(EXAMPLES / "kb"), "index": "kb-chat"}
+    )
+    assert kb.get(timeout=300)["count"] >= 4
+    question = "Can I return a kettle after three weeks?"
+    run = client.submit(
+        EXAMPLES / "rag.yaml",
+        {"question": question, "index": "kb-chat", "llm_url": open_server.url},
+    )
+    out = run.get(timeout=300)
+    assert any(s.startswith("returns#") for s in out["sources"]), out["sources"]
+    assert isinstance(out["answer"], str) and out["answer"].strip(), out
+    ran = {e.node: e for e in run.trace() if e.status == "succeeded"}
+    assert "answer" not in ran and ran["answer_remote"].cls == "io"
+    assert ran["answer_remote"].tokens and ran["answer_remote"].tokens > 0
