@@ -307,6 +307,9 @@ class FleetConfig(BaseModel):
     # PostgreSQL servers db.query may connect to: "host:port" entries (none by default; SQLite
     # databases come through the artifact store and need no entry).
     db_allow: list[str] = Field(default_factory=list)
+    # Connections db.query keeps open per PostgreSQL server (and credentials) in one worker
+    # process: an io worker's thousand threads share them, waiting within their deadline.
+    db_pool_size: int = Field(default=16, ge=1)
     # A placement for the static policy (`fleet plan --out` writes it): "workflow:node" (node
     # path without loop/map indexes) or an op name -> class.
     routes: dict[str, str] = Field(default_factory=dict)

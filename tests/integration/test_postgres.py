@@ -4,6 +4,7 @@ op directly (read-only session, statement timeout, grants) and as a step on the 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 
 import psycopg
@@ -11,7 +12,9 @@ import pytest
 
 from fleet import Workflow
 from fleet.client.client import Fleet
+from fleet.sdk.process import settings
 from tests.support.servers import start_postgres
+from workers.ops import db
 from workers.ops.db import QueryError, db_query
 
 pytestmark = pytest.mark.integration
@@ -63,6 +66,37 @@ def test_writes_other_tables_and_runaways_are_refused(reader_url: str) -> None:
     with pytest.raises(QueryError, match="statement timeout"):
         db_query("SELECT pg_sleep(5)", reader_url, timeout=0.5)
     assert db_query("SELECT count(*) AS n FROM orders", reader_url)["rows"] == [{"n": 2}]
+
+
+def test_calls_share_a_pool_of_connections(
+    reader_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sequential calls reuse one server connection; each keeps its own statement timeout
+    (a short one does not stay on the pooled connection for the next call); twelve calls at
+    once use at most db_pool_size connections."""
+    pids = {
+        db_query("SELECT pg_backend_pid() AS pid", reader_url)["rows"][0]["pid"] for _ in range(10)
+    }
+    assert len(pids) == 1
+    with pytest.raises(QueryError, match="statement timeout"):
+        db_query("SELECT pg_sleep(2)", reader_url, timeout=0.3)
+    slow = db_query("SELECT pg_sleep(0.5) AS s, pg_backend_pid() AS pid", reader_url, timeout=5)
+    assert slow["count"] == 1  # the 0.3-s timeout stayed with its own transaction
+    cfg = settings().model_copy(update={"db_pool_size": 3})
+    monkeypatch.setattr(db, "settings", lambda: cfg)
+    monkeypatch.setattr(db, "_pools", db._Pools())  # a pool of three for this server
+    seen: list[int] = []
+
+    def call() -> None:
+        out = db_query("SELECT pg_backend_pid() AS pid, pg_sleep(0.3) AS s", reader_url)
+        seen.append(out["rows"][0]["pid"])
+
+    threads = [threading.Thread(target=call) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 12 and len(set(seen)) <= 3  # twelve waits, three connections
 
 
 def test_a_server_not_in_db_allow_is_refused(reader_url: str) -> None:

@@ -17,8 +17,10 @@ itself refuses writes (SQLite's authorizer and ``mode=ro``; PostgreSQL's read-on
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -152,21 +154,68 @@ def _query_postgres(
     url: str, sql: str, params: Any, max_rows: int, timeout: float
 ) -> list[dict[str, Any]]:
     import psycopg
-    from psycopg.conninfo import make_conninfo
+    import psycopg_pool
     from psycopg.rows import dict_row
 
     server = check_db_url(url)
     ms = max(1, int(timeout * 1000))
     try:
-        with psycopg.connect(
-            make_conninfo("", **server),  # exactly what was checked
-            row_factory=dict_row,
-            connect_timeout=max(1, int(timeout)),
-            options=f"-c statement_timeout={ms} -c default_transaction_read_only=on",
-        ) as conn:
-            conn.read_only = True
-            with conn.cursor() as cur:
+        with _pools.get(server).connection(timeout=timeout) as conn:
+            # the statement's own timeout, for this transaction only (a pooled connection
+            # serves calls with other deadlines)
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{ms}ms",))
+            with conn.cursor(row_factory=dict_row) as cur:
                 cur.execute(cast(Any, sql), params or None)
                 return _take(cur, max_rows, dict)
     except psycopg.Error as exc:
         raise QueryError(f"query failed: {str(exc).strip()}") from None
+    except psycopg_pool.PoolTimeout:
+        raise QueryError(
+            f"no connection to {server['host']}:{server.get('port', '5432')} within "
+            f"{timeout:g} s ({settings().db_pool_size} in use by this worker process: "
+            "db_pool_size)"
+        ) from None
+
+
+class _Pools:
+    """One pool of PostgreSQL connections per server and credentials, per process: a
+    thousand io threads share ``db_pool_size`` connections each instead of opening one per
+    call (TCP, TLS and authentication every time, and as many backends as waits). Every
+    connection is read-only for its life; a forked child makes its own pools."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._pools: dict[str, Any] = {}
+
+    def get(self, server: dict[str, str]) -> Any:
+        from psycopg.conninfo import make_conninfo
+
+        conninfo = make_conninfo("", **server)  # exactly what was checked
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+                self._pid, self._pools = os.getpid(), {}
+            pool = self._pools.get(conninfo)
+            if pool is None:
+                pool = self._pools[conninfo] = _open_pool(conninfo)
+        return pool
+
+
+def _open_pool(conninfo: str) -> Any:
+    import psycopg_pool
+
+    def configure(conn: Any) -> None:
+        conn.read_only = True  # every transaction on it, whatever a statement tries
+
+    return psycopg_pool.ConnectionPool(
+        conninfo,
+        min_size=0,
+        max_size=settings().db_pool_size,
+        kwargs={"options": "-c default_transaction_read_only=on", "connect_timeout": 10},
+        configure=configure,
+        open=True,
+        name="fleet-db",
+    )
+
+
+_pools = _Pools()
