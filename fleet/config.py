@@ -22,7 +22,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fleet.constants import AMQP_SCHEMES
 from fleet.errors import ConfigError
@@ -65,6 +72,10 @@ class ClassSpec(BaseModel):
     # Data classifications this class may hold (a workflow or node marked e.g.
     # `sensitivity: confidential` runs only on classes that list it).
     trusted_for: list[str] = Field(default_factory=list)
+    # The endpoint (a name in `endpoints`) this class runs its LLM generations on: its
+    # workers call the endpoint instead of loading a model, and routing prices its steps at
+    # the endpoint's per-token prices -- a remote model as a class the router may choose.
+    endpoint: str | None = None
     # Classes whose ops this one runs too (a planned "a100" class serves "gpu"): op
     # declarations name the built-in classes, deployments add their own devices.
     serves: list[str] = Field(default_factory=list)
@@ -182,7 +193,8 @@ def default_classes() -> dict[str, ClassSpec]:
 
 
 class EndpointSpec(BaseModel):
-    """An LLM endpoint the fleet's ``llm.chat`` steps call, and what its tokens cost."""
+    """An LLM endpoint: what the fleet's ``llm.chat`` steps call, what an endpoint class's
+    LLM generations run on, and what its tokens cost."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -191,6 +203,13 @@ class EndpointSpec(BaseModel):
     # US dollars per million prompt (input) and completion (output) tokens
     price_in: float = Field(default=0.0, ge=0)
     price_out: float = Field(default=0.0, ge=0)
+    # For an endpoint class's generations: the model to ask for, the NAME of the secret
+    # holding its API key (FLEET_SECRET_<NAME> on the workers), the whole deadline of one
+    # attempt, and extra request fields the server takes (llama.cpp: repeat_penalty, top_k)
+    model: str = "default"
+    api_key: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0, le=600)
+    extra: dict[str, Any] = Field(default_factory=dict)
 
     def dollars(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
@@ -339,6 +358,17 @@ class FleetConfig(BaseModel):
         if not v:
             raise ValueError("at least one hardware class is required")
         return v
+
+    @model_validator(mode="after")
+    def _endpoints_exist(self) -> FleetConfig:
+        for name, spec in self.classes.items():
+            if spec.endpoint is not None and spec.endpoint not in self.endpoints:
+                known = ", ".join(self.endpoints) or "none"
+                raise ValueError(
+                    f"classes.{name}.endpoint: '{spec.endpoint}' is not in endpoints "
+                    f"(configured: {known})"
+                )
+        return self
 
     @property
     def backend_url(self) -> str:

@@ -14,7 +14,8 @@ Every policy (:mod:`fleet.routing.policies`) sees the same estimate per eligible
                  step would join: k steps sharing a process each take k / speedup(k) as long
                  (the profile's measured ``batch``; not measured, a model op takes turns)
     movement   = input bytes / class bandwidth + class latency
-    cost       = class price per hour * service time
+    cost       = class price per hour * service time, plus on an endpoint class its tokens:
+                 units (completion tokens) * price out + input bytes / 4 * price in
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ class ClassModel:
     cold_share: float = 0.0  # of the class's processes, those that have not run the op
     first_s: float = 0.0  # how long a process's first step of the op took
     running: int = 0  # of the backlog, the steps running (at most the slots)
+    # an endpoint class's per-token prices: $ per unit of the op (its completion tokens)
+    # and per byte of input (a prompt token is about four bytes)
+    unit_price: float = 0.0
+    byte_price: float = 0.0
 
 
 def cached_models(state: FleetState, store: ProfileStore) -> dict[Any, Any]:
@@ -157,6 +162,7 @@ def class_model(
     else:
         fixed, per_unit, source = cfg.default_service_s, 0.0, "default"
     spec = cfg.classes[cls]
+    remote = cfg.endpoints.get(spec.endpoint) if spec.endpoint else None
     model = ClassModel(
         fixed,
         per_unit,
@@ -172,6 +178,8 @@ def class_model(
         profile.batch if profile is not None else None,
         *(state.cold_start(cls, op) if cfg.count_cold_starts else (0.0, 0.0)),
         min(state.busy(cls), state.slots(cls)),
+        remote.price_out / 1e6 if remote is not None else 0.0,
+        remote.price_in / 4e6 if remote is not None else 0.0,
     )
     cache[(op, cls)] = model
     return model
@@ -227,4 +235,6 @@ def estimate_with(
     cold = m.cold_share * max(0.0, m.first_s - service) if m.cold_share else 0.0
     # the process's time is shared by the batch; a cold start is the process's time too
     cost = m.price_per_s * (service / occupancy + cold)
+    if m.unit_price or m.byte_price:  # an endpoint's tokens, on top of the class's time
+        cost += m.unit_price * req.units + m.byte_price * req.size
     return Estimate(cls, m.slots > 0, wait, service, move, cost, m.source, occupancy, cold)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from fleet.config import EndpointSpec
 from fleet.sdk.registry import OpSpec, Registry, RuntimeSpec, op, preloader
 from fleet.sdk.step import StepContext, current_step, note_load, note_spend, time_left
 
@@ -92,6 +93,7 @@ __all__ = [
     "SQLITE_KIND",
     "ArtifactStore",
     "BlobStore",
+    "EndpointSpec",
     "GpuReport",
     "OpSpec",
     "Registry",

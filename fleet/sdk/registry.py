@@ -71,6 +71,9 @@ class OpSpec:
     # every wait by it): a thread or gevent pool runs it directly, without a helper thread
     # to abandon it at the deadline -- what lets an io worker hold a thousand waits.
     keeps_deadline: bool = False
+    # The op can run on an endpoint class (a class with ``endpoint``: its workers call an LLM
+    # endpoint instead of loading a model), besides its own classes: an LLM generation.
+    on_endpoint: bool = False
 
     def units_of(self, args: dict[str, Any]) -> float:
         """The size of a call with ``args``; 1.0 when the op declares no units or they fail."""
@@ -84,16 +87,23 @@ class OpSpec:
     def eligible(self, configured: Iterable[str] | Mapping[str, Any]) -> list[str]:
         """Configured classes that can run this op, preferred first (a class whose
         ``runtimes`` leave out this op's runtime cannot). A class that ``serves`` another
-        (a planned ``a100`` serving ``gpu``) can run that class's ops, right after it."""
+        (a planned ``a100`` serving ``gpu``) can run that class's ops, right after it. An
+        endpoint class (one with ``endpoint``) runs only the ops that can run there
+        (``on_endpoint``), after the op's own classes."""
         serves: dict[str, list[str]] = {}
+        remote: list[str] = []
         if isinstance(configured, Mapping):
             serves = {n: list(getattr(s, "serves", None) or []) for n, s in configured.items()}
+            remote = [n for n, s in configured.items() if getattr(s, "endpoint", None)]
             configured = [
                 name
                 for name, spec in configured.items()
-                if self.runtime is None
-                or getattr(spec, "runtimes", None) is None
-                or self.runtime in spec.runtimes
+                if name not in remote
+                and (
+                    self.runtime is None
+                    or getattr(spec, "runtimes", None) is None
+                    or self.runtime in spec.runtimes
+                )
             ]
         configured = list(configured)
         allowed = configured if self.classes == (ANY_CLASS,) else list(self.classes)
@@ -103,7 +113,7 @@ class OpSpec:
             if c in configured and c in allowed:
                 out.append(c)
             out += [s for s in configured if c in serves.get(s, ()) and s not in out]
-        return out
+        return out + (remote if self.on_endpoint else [])
 
 
 # A Celery task name as people write them: dotted (or colon-separated) identifiers.
@@ -287,6 +297,7 @@ def op(
     split: tuple[str, str, str] | None = None,
     prefix_cache: bool = False,
     keeps_deadline: bool = False,
+    on_endpoint: bool = False,
     registry_: Registry | None = None,
 ) -> Callable[[F], F]:
     """Register ``func`` as op ``name``.
@@ -301,6 +312,7 @@ def op(
     step of it is routed back to the worker that ran the last one (prefix affinity).
     ``keeps_deadline``: the op ends within its step's deadline by itself (see
     :func:`fleet.sdk.time_left`), so no helper thread watches it in a thread pool.
+    ``on_endpoint``: the op also runs on endpoint classes (it calls the class's endpoint there).
     """
     if kind not in OP_KINDS:
         raise FleetError(f"op '{name}': kind must be one of {', '.join(OP_KINDS)}, not '{kind}'")
@@ -333,6 +345,7 @@ def op(
             split=split,
             prefix_cache=prefix_cache,
             keeps_deadline=keeps_deadline,
+            on_endpoint=on_endpoint,
         )
         (registry_ or registry).add(spec)
         return func

@@ -20,6 +20,7 @@ the same state as the call: both right after the same prompt.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -34,7 +35,7 @@ import pytest
 
 from fleet import Workflow
 from fleet.client.client import Fleet
-from fleet.config import FleetConfig
+from fleet.config import FleetConfig, load_config
 from fleet.deploy.local import LocalFleet, free_port
 from fleet.errors import WorkflowFailed
 from fleet.messaging.app import create_app
@@ -304,3 +305,43 @@ def test_the_rag_example_answers_from_the_endpoint_when_given_one(
     ran = {e.node: e for e in run.trace() if e.status == "succeeded"}
     assert "answer" not in ran and ran["answer_remote"].cls == "io"
     assert ran["answer_remote"].tokens and ran["answer_remote"].tokens > 0
+
+
+def test_an_endpoint_class_generates_what_the_local_model_does(
+    open_server: Server, tmp_path: Path
+) -> None:
+    """A class whose model is the endpoint (``endpoint = "local"``): its worker loads no
+    model, completes llm.generate's raw prompt at the server, and answers token for token as
+    llm.generate does in-process (the server's repeat penalty turned off through the
+    endpoint's ``extra``); the step is charged its tokens at the endpoint's prices."""
+    from workers.ops.llm import generate
+
+    config = tmp_path / "fleet.toml"
+    test_config = (Path(__file__).resolve().parents[1] / "fleet-test.toml").read_text()
+    config.write_text(
+        test_config
+        + f'\n[endpoints.local]\nbase_url = "{open_server.url}"\nprice_in = 1.0\n'
+        + "price_out = 4.0\nextra = { repeat_penalty = 1.0 }\n"
+        + '\n[classes.llm-api]\npool = "threads"\nconcurrency = 4\nendpoint = "local"\n'
+    )
+    env = {"FLEET_CONFIG": str(config), "FLEET_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    cfg = load_config(config, env={**os.environ, **env})
+    with LocalFleet(cfg, ["io", "llm-api"], False, tmp_path, "INFO", lambda _: None, env):
+        client = Fleet(app=create_app(cfg), cfg=cfg)
+        wf = Workflow("remote-generate", inputs=["prompt"])
+        gen = wf.step(
+            "gen",
+            "llm.generate",
+            prompt=wf.input("prompt"),
+            max_tokens=MAX_TOKENS,
+            classes=["llm-api"],
+        )
+        wf.output("text", gen["text"])
+        run = client.submit(wf, {"prompt": PROMPT})
+        out = run.get(timeout=120)
+        (step,) = run.trace()
+    local = generate(PROMPT, max_tokens=MAX_TOKENS, temperature=0.0)
+    assert out["text"] == local["text"] and local["text"]
+    assert step.cls == "llm-api" and step.tokens == local["prompt_tokens"] + local["tokens"]
+    expected = (local["prompt_tokens"] * 1.0 + local["tokens"] * 4.0) / 1e6
+    assert step.spent_usd == pytest.approx(expected)

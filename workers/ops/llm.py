@@ -22,6 +22,7 @@ from typing import Any
 
 from fleet.sdk import blobs, op, time_left
 from workers.ops.batcher import Request, token_piece
+from workers.ops.endpoint import complete, this_workers_endpoint
 from workers.ops.general import SAMPLE_TEXT
 from workers.ops.models import DEFAULT_LLM, LLAMA_CPP, LOADS, batcher, device_lock, llm
 
@@ -212,6 +213,7 @@ def _complete(
     # `split: {prefill: CLASS, decode: CLASS}` on a node runs it as these two steps
     split=("llm.prefill", "llm.decode", "state"),
     prefix_cache=True,  # the batch keeps each slot's tokens: a run's next round reuses them
+    on_endpoint=True,  # an endpoint class completes it remotely (workers/ops/endpoint.py)
     samples=[
         {"prompt": SAMPLE_PROMPT, "max_tokens": 4, "stop": []},
         {"prompt": SAMPLE_PROMPT, "max_tokens": 24, "stop": []},
@@ -235,7 +237,18 @@ def generate(
     ``choices`` (the text must be exactly one of them) constrain the decode, e.g.
     ``choices: [yes, no]`` for a decision, a JSON grammar for tool arguments.
     ``cached_tokens``: the prompt tokens whose KV an earlier step left in the batch.
+
+    On an endpoint class the endpoint completes the prompt (no model is loaded here);
+    ``grammar`` and ``choices`` are not sent there: such a node runs on a local class.
     """
+    remote = this_workers_endpoint()
+    if remote is not None:
+        if grammar is not None or choices is not None:
+            raise ValueError(
+                "grammar and choices constrain a local decode and are not sent to an "
+                "endpoint: pin this node to a local class (classes: [gpu, cpu])"
+            )
+        return complete(remote, prompt, max_tokens, temperature, stop, seed, prefix)
     engine = llm(model, n_ctx)
     request = _request(engine, prompt, max_tokens, temperature, stop, seed, grammar, choices)
     batch = batcher(model, n_ctx)

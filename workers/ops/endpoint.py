@@ -1,0 +1,88 @@
+"""``llm.generate`` on an endpoint class: the same prompt completed by an LLM endpoint.
+
+A class with ``endpoint = "NAME"`` (fleet config) is a remote model the router may choose for
+an ``llm.generate`` step, beside the local llama.cpp classes: its workers load no model and
+send the step's raw prompt to ``{base_url}/completions`` of ``endpoints.NAME`` -- the
+OpenAI-compatible raw completion, which is what llm.generate computes locally (same prompt,
+no chat template). The call goes the way llm.chat's does (the allowlist, the process's
+shared clients, a whole-attempt deadline, retries honouring Retry-After, the key read from
+the worker's environment by its secret's name), and the step is charged its tokens at the
+endpoint's prices.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fleet.sdk import EndpointSpec, note_spend, settings, worker_class
+from workers.ops.chat import _attempts, _refused, read_secret
+from workers.ops.tools import ToolError, _with_idempotency_key, check_url
+
+RETRIES = 2
+BACKOFF_S = 0.5
+
+
+def this_workers_endpoint() -> EndpointSpec | None:
+    """The endpoint of the class this worker process serves, if it is an endpoint class."""
+    cls = worker_class()
+    cfg = settings()
+    spec = cfg.classes.get(cls) if cls else None
+    if spec is None or spec.endpoint is None:
+        return None
+    return cfg.endpoints[spec.endpoint]
+
+
+def complete(
+    endpoint: EndpointSpec,
+    prompt: str,
+    max_tokens: int,
+    temperature: float,
+    stop: list[str] | None,
+    seed: int,
+    prefix: str,
+) -> dict[str, Any]:
+    """llm.generate's outputs, from ``endpoint``'s raw completion of ``prompt``."""
+    url = endpoint.base_url.rstrip("/") + "/completions"
+    target = check_url(url, "POST")
+    body: dict[str, Any] = {
+        "model": endpoint.model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        **({"stop": stop} if stop else {}),
+        **endpoint.extra,
+    }
+    key = read_secret(endpoint.api_key) if endpoint.api_key else None
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    headers = _with_idempotency_key("POST", headers)
+    data = json.dumps(body).encode()
+    answer, last = _attempts(
+        target, url, data, headers, endpoint.timeout_s, RETRIES, BACKOFF_S, key
+    )
+    if answer is None:
+        raise ToolError(f"POST {url} failed after {RETRIES + 1} attempt(s): {last}")
+    if answer.status >= 300:
+        raise _refused(answer, url, endpoint.api_key, key)
+    try:
+        reply = json.loads(answer.body)
+        choice = reply["choices"][0]
+        text = str(choice.get("text") or "")
+        usage = reply.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        tokens = int(usage.get("completion_tokens") or 0)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        snippet = answer.body[:120].decode(errors="replace")
+        raise ToolError(f"POST {url}: not a completion: {snippet!r}") from None
+    note_spend(endpoint.dollars(prompt_tokens, tokens), prompt_tokens + tokens)
+    return {
+        "text": f"{prefix}{text}".strip(),
+        "tokens": tokens,
+        "prompt_tokens": prompt_tokens,
+        "cached_tokens": 0,
+        "finish_reason": choice.get("finish_reason"),
+        "loads": 0,
+    }
