@@ -81,6 +81,11 @@ class Device:
     serves: list[str] = field(default_factory=list)
     # the operator's utilisation ceiling for this class (planning); None: the plan's default
     ceiling: float | None = None
+    # a per-unit device that is an LLM endpoint: { base_url, model?, api_key?, price_in? }
+    # (price_in: $ per million prompt tokens; its completion tokens are price_per_unit's);
+    # the plan's class for it is an endpoint class, whose workers call it (fleet config's
+    # `endpoints`)
+    endpoint: dict[str, Any] | None = None
 
     @property
     def kind(self) -> str:
@@ -163,7 +168,27 @@ def _device(path: Path, name: str, raw: dict[str, Any]) -> Device:
         raise ConfigError(
             f"{where}: price_per_call, price_per_unit and capacity need pricing = 'unit'"
         )
+    _check_endpoint(where, device)
     return device
+
+
+ENDPOINT_KEYS = {"base_url", "model", "api_key", "price_in"}
+
+
+def _check_endpoint(where: str, device: Device) -> None:
+    found = device.endpoint
+    if found is None:
+        return
+    if not device.per_unit:
+        raise ConfigError(f"{where}: endpoint needs pricing = 'unit' (it is paid per token)")
+    if not isinstance(found, dict) or not isinstance(found.get("base_url"), str):
+        raise ConfigError(f'{where}: endpoint: expected a table with base_url = "https://..."')
+    unknown = set(found) - ENDPOINT_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{where}: endpoint: unknown key(s) {', '.join(sorted(unknown))} "
+            f"(expected {', '.join(sorted(ENDPOINT_KEYS))})"
+        )
 
 
 def _check_rules(path: Path, ops: dict[str, Any], devices: dict[str, Device]) -> None:

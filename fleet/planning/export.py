@@ -25,6 +25,8 @@ def plan_toml(plan: Plan, cat: Catalogue, rates: dict[str, float] | None = None)
     ]
     for j in plan.used():
         lines += _class(j, plan, cat)
+    for j in plan.used():
+        lines += _endpoint(j, cat)
     budgets: dict[str, float] = {}
     for flow, budget in plan.budgets.items():
         for path, seconds in budget.items():  # an LLM call's two halves: one node's budget
@@ -66,8 +68,27 @@ def _class(j: str, plan: Plan, cat: Catalogue) -> list[str]:
         f"workers = {n}",
         f"max_workers = {n}",  # `fleet up --autoscale` may go down to one, back to n
         f"description = {json.dumps(why)}",
+        *([f"endpoint = {json.dumps(j)}"] if d.endpoint else []),
         "",
     ]
+
+
+def _endpoint(j: str, cat: Catalogue) -> list[str]:
+    """A device that is an LLM endpoint, as the fleet's ``[endpoints.J]``: its class's
+    workers complete generations there, charged at the device's prices."""
+    d = cat.devices[j]
+    if not d.endpoint:
+        return []
+    given = d.endpoint
+    per_token = d.step_price("llm.generate", 1.0) - d.price_per_call  # $ per completion token
+    lines = [
+        f"[endpoints.{json.dumps(j)}]",
+        f"base_url = {json.dumps(given['base_url'])}",
+        f"price_out = {per_token * 1e6:.6f}",
+        f"price_in = {float(given.get('price_in', 0.0)):.6f}",
+    ]
+    lines += [f"{k} = {json.dumps(given[k])}" for k in ("model", "api_key") if k in given]
+    return [*lines, ""]
 
 
 def _predicted(plan: Plan, rates: dict[str, float]) -> list[str]:

@@ -160,8 +160,65 @@ def test_per_unit_prices_on_an_owned_device_are_refused() -> None:
 
 def test_the_per_unit_device_docs_planning_md_shows_loads() -> None:
     doc = (PLANS.parents[2] / "docs" / "planning.md").read_text()
-    (snippet,) = [b for b in re.findall(r"```toml\n(.*?)```", doc, re.S) if "pricing" in b]
-    api = Catalogue.loads(snippet).devices["api"]
+    snippets = [b for b in re.findall(r"```toml\n(.*?)```", doc, re.S) if "pricing" in b]
+    api_block, hosted_block = snippets
+    api = Catalogue.loads(api_block).devices["api"]
     assert api.per_unit and api.capacity == 64
     assert api.step_price("llm.decode", 100) == pytest.approx(0.0001 + 100 * 1e-6)
     assert api.step_price("http.request", 1) == pytest.approx(0.0001)
+    hosted = Catalogue.loads(hosted_block).devices["hosted"]  # an endpoint as a device
+    assert hosted.endpoint is not None and hosted.endpoint["api_key"] == "hosted"
+    assert hosted.step_price("llm.generate", 1_000_000) == pytest.approx(2.0)
+
+
+ENDPOINT_CATALOGUE = """
+[network]
+hop_s = 0.0
+
+[devices.hosted]
+pricing = "unit"
+network_gbs = 1
+price_per_unit = { "llm.generate" = 0.000002 }
+
+[devices.hosted.endpoint]
+base_url = "https://llm.example/v1"
+model = "gemma"
+api_key = "hosted"
+price_in = 0.5
+
+[ops."llm.generate"]
+hosted = { fixed_s = 0.3, per_unit_s = 0.01, source = "assumed: the endpoint's own speed" }
+"""
+
+
+def test_a_plan_that_rents_an_endpoint_runs_its_llm_steps_there(tmp_path: Path) -> None:
+    """A per-unit device that names an endpoint becomes, in the plan's fleet configuration,
+    an endpoint class with its [endpoints] entry (completion tokens at the device's price
+    per unit), and the plan's route sends the LLM node to it: its workers call the endpoint."""
+    from fleet.config import load_config
+    from fleet.sdk.registry import registry
+
+    cat = Catalogue.loads(ENDPOINT_CATALOGUE)
+    flows = [replace(f, sla_s=5.0) for f in load_workload(PLANS / "per-unit.yaml", cat.splits)]
+    text = plan_toml(plan(flows, cat), cat)
+    config = tmp_path / "plan.toml"
+    config.write_text(text)
+    cfg = load_config(config, env={})
+    assert cfg.classes["hosted"].endpoint == "hosted"
+    endpoint = cfg.endpoints["hosted"]
+    assert endpoint.base_url == "https://llm.example/v1" and endpoint.api_key == "hosted"
+    assert endpoint.dollars(0, 1_000_000) == pytest.approx(2.0)  # $2 per M completion tokens
+    assert endpoint.price_in == 0.5 and endpoint.model == "gemma"
+    assert cfg.routes["answer:generate"] == "hosted"
+    registry.load(cfg.op_modules, cfg.op_plugins)
+    assert "hosted" in registry.get("llm.generate").eligible(cfg.classes)
+
+
+def test_an_endpoint_device_is_paid_per_unit_and_has_a_base_url() -> None:
+    hourly = ENDPOINT_CATALOGUE.replace('pricing = "unit"', 'pricing = "hour"').replace(
+        'price_per_unit = { "llm.generate" = 0.000002 }\n', ""
+    )
+    with pytest.raises(ConfigError, match="endpoint needs pricing = 'unit'"):
+        Catalogue.loads(hourly)
+    with pytest.raises(ConfigError, match="endpoint: expected a table with base_url"):
+        Catalogue.loads(ENDPOINT_CATALOGUE.replace('base_url = "https', 'url = "https'))
