@@ -80,7 +80,8 @@ def _endpoint(j: str, cat: Catalogue) -> list[str]:
     if not d.endpoint:
         return []
     given = d.endpoint
-    per_token = d.step_price("llm.generate", 1.0) - d.price_per_call  # $ per completion token
+    # $ per completion token: the device's per-unit price (its generations' units are tokens)
+    per_token = max(d.price_per_unit.values(), default=0.0)
     lines = [
         f"[endpoints.{json.dumps(j)}]",
         f"base_url = {json.dumps(given['base_url'])}",
