@@ -215,6 +215,16 @@ class EndpointSpec(BaseModel):
         return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
 
 
+def _same_url(url: str) -> tuple[str, str, int | None, str]:
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port, parts.path.rstrip("/")
+
+
 class AutoscaleSpec(BaseModel):
     """How `fleet up --autoscale` resizes each class within its min/max_workers."""
 
@@ -375,10 +385,11 @@ class FleetConfig(BaseModel):
         return self.result_backend or self.broker_url
 
     def endpoint_for(self, base_url: str) -> tuple[str, EndpointSpec] | None:
-        """The configured endpoint (name, spec) whose base URL is ``base_url``."""
-        wanted = base_url.rstrip("/")
+        """The configured endpoint (name, spec) whose base URL is ``base_url``: the same
+        scheme, host, port and path, however spelt (case, a default port, a final slash)."""
+        wanted = _same_url(base_url)
         for name, spec in self.endpoints.items():
-            if spec.base_url.rstrip("/") == wanted:
+            if _same_url(spec.base_url) == wanted:
                 return name, spec
         return None
 

@@ -51,6 +51,7 @@ SECRET_PREFIX = "FLEET_SECRET_"
 # A secret's name: short, and no key (an "sk-..." key given by mistake is never printed back).
 _SECRET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
 _ERROR_SNIPPET = 300
+_KEY_CHARS = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space: a header-safe token
 
 
 def secret_variable(name: str) -> str:
@@ -79,7 +80,19 @@ def read_secret(name: str) -> str:
             f"secret {name!r} is not set on this worker: set the environment variable "
             f"{variable} where the worker runs"
         )
+    if not _KEY_CHARS.fullmatch(value):
+        # A key that is no header value would make the HTTP library's error quote the
+        # whole header -- the key -- into the step's error and the worker's log.
+        raise ToolError(
+            f"secret {name!r} ({variable}) holds characters an API key cannot have "
+            "(only printable ASCII without spaces): check the variable's value"
+        )
     return value
+
+
+def redact(text: str, key: str | None) -> str:
+    """``text`` with every copy of ``key`` blanked: before any cut, so no part of it stays."""
+    return text.replace(key, "***") if key else text
 
 
 def _check_message(index: int, message: Any) -> dict[str, Any]:
@@ -268,8 +281,8 @@ def _detail(body: bytes, key: str | None) -> str:
         text = found if isinstance(found, str) else json.dumps(found)
     else:
         text = body.decode(errors="replace")
-    text = " ".join(text.split())[:_ERROR_SNIPPET] or "(no reason given)"
-    return text.replace(key, "***") if key else text
+    text = " ".join(redact(text, key).split())[:_ERROR_SNIPPET]
+    return text or "(no reason given)"
 
 
 def _refused(answer: Answer, url: str, api_key: str | None, key: str | None) -> ToolError:
@@ -290,7 +303,7 @@ def _refused(answer: Answer, url: str, api_key: str | None, key: str | None) -> 
     return ToolError(f"POST {url} answered {status}: {_detail(answer.body, key)}")
 
 
-def _outputs(answer: Answer, url: str) -> dict[str, Any]:
+def _outputs(answer: Answer, url: str, key: str | None = None) -> dict[str, Any]:
     """The op's outputs from an OpenAI chat completion: the first choice's text, its tool
     calls as the server gave them (each ``{id, type, function: {name, arguments}}``, the
     arguments JSON text: json.parse reads them; they go back as an assistant message as
@@ -302,9 +315,9 @@ def _outputs(answer: Answer, url: str) -> dict[str, Any]:
         content = message.get("content")
         calls = list(message.get("tool_calls") or [])
         usage = data.get("usage") or {}
-        counts = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
+        counts = {k: max(0, int(usage.get(k) or 0)) for k in ("prompt_tokens", "completion_tokens")}
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        snippet = answer.body[:120].decode(errors="replace")
+        snippet = redact(answer.body.decode(errors="replace"), key)[:120]
         raise ToolError(f"POST {url}: not a chat completion: {snippet!r}") from None
     return {
         "text": content if isinstance(content, str) else "",
@@ -423,7 +436,7 @@ def chat(
         raise ToolError(f"POST {url} failed after {retries + 1} attempt(s): {last}")
     if answer.status >= 300:
         raise _refused(answer, url, api_key, key)
-    outputs = _outputs(answer, url)
+    outputs = _outputs(answer, url, key)
     _charge(base_url, outputs["usage"])
     return outputs
 

@@ -22,6 +22,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
@@ -158,35 +159,42 @@ def _query_postgres(
     from psycopg.rows import dict_row
 
     server = check_db_url(url)
-    ms = max(1, int(timeout * 1000))
+    end = time.monotonic() + timeout
     try:
         with _pools.get(server).connection(timeout=timeout) as conn:
             # the statement's own timeout, for this transaction only (a pooled connection
-            # serves calls with other deadlines)
+            # serves calls with other deadlines): what is left after waiting for it
+            ms = max(1, int((end - time.monotonic()) * 1000))
             conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{ms}ms",))
             with conn.cursor(row_factory=dict_row) as cur:
                 cur.execute(cast(Any, sql), params or None)
                 return _take(cur, max_rows, dict)
-    except psycopg.Error as exc:
-        raise QueryError(f"query failed: {str(exc).strip()}") from None
-    except psycopg_pool.PoolTimeout:
+    except psycopg_pool.PoolTimeout:  # (an OperationalError: caught first)
         raise QueryError(
             f"no connection to {server['host']}:{server.get('port', '5432')} within "
             f"{timeout:g} s ({settings().db_pool_size} in use by this worker process: "
-            "db_pool_size)"
+            "db_pool_size), or the server refused every connection (see the worker's log)"
         ) from None
+    except psycopg.Error as exc:
+        raise QueryError(f"query failed: {str(exc).strip()}") from None
+
+
+MAX_POOLS = 8  # PostgreSQL servers and credential sets with a pool, per worker process
 
 
 class _Pools:
     """One pool of PostgreSQL connections per server and credentials, per process: a
     thousand io threads share ``db_pool_size`` connections each instead of opening one per
     call (TCP, TLS and authentication every time, and as many backends as waits). Every
-    connection is read-only for its life; a forked child makes its own pools."""
+    connection is read-only for its life and is reset (``DISCARD ALL``) before it serves
+    another call, so no session setting, role or lock of one query reaches the next; at most
+    ``MAX_POOLS`` pools are kept (the least recently used is closed); a forked child makes
+    its own pools."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._pools: dict[str, Any] = {}
+        self._pools: OrderedDict[str, Any] = OrderedDict()
 
     def get(self, server: dict[str, str]) -> Any:
         from psycopg.conninfo import make_conninfo
@@ -194,11 +202,22 @@ class _Pools:
         conninfo = make_conninfo("", **server)  # exactly what was checked
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's sockets are not ours
-                self._pid, self._pools = os.getpid(), {}
+                self._pid, self._pools = os.getpid(), OrderedDict()
             pool = self._pools.get(conninfo)
             if pool is None:
                 pool = self._pools[conninfo] = _open_pool(conninfo)
+                while len(self._pools) > MAX_POOLS:  # each pool holds threads and sockets
+                    _, old = self._pools.popitem(last=False)
+                    old.close(timeout=0)
+            self._pools.move_to_end(conninfo)
         return pool
+
+    def close(self) -> None:
+        """Close every pool (their connections and threads)."""
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), OrderedDict()
+        for pool in pools:
+            pool.close()
 
 
 def _open_pool(conninfo: str) -> Any:
@@ -207,12 +226,20 @@ def _open_pool(conninfo: str) -> Any:
     def configure(conn: Any) -> None:
         conn.read_only = True  # every transaction on it, whatever a statement tries
 
+    def reset(conn: Any) -> None:
+        # A read-only statement can still change the session (set_config(..., false),
+        # SET ROLE through a function, an advisory lock): none of it outlives its call.
+        conn.autocommit = True
+        conn.execute("DISCARD ALL")
+        conn.autocommit = False
+
     return psycopg_pool.ConnectionPool(
         conninfo,
         min_size=0,
         max_size=settings().db_pool_size,
         kwargs={"options": "-c default_transaction_read_only=on", "connect_timeout": 10},
         configure=configure,
+        reset=reset,
         open=True,
         name="fleet-db",
     )

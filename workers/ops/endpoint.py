@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from fleet.sdk import EndpointSpec, note_spend, settings, worker_class
-from workers.ops.chat import _attempts, _refused, read_secret
+from workers.ops.chat import _attempts, _refused, read_secret, redact
 from workers.ops.tools import ToolError, _with_idempotency_key, check_url
 
 RETRIES = 2
@@ -72,10 +72,10 @@ def complete(
         choice = reply["choices"][0]
         text = str(choice.get("text") or "")
         usage = reply.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        tokens = int(usage.get("completion_tokens") or 0)
+        prompt_tokens = max(0, int(usage.get("prompt_tokens") or 0))  # a server's negative
+        tokens = max(0, int(usage.get("completion_tokens") or 0))  # counts lower no cost
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        snippet = answer.body[:120].decode(errors="replace")
+        snippet = redact(answer.body.decode(errors="replace"), key)[:120]
         raise ToolError(f"POST {url}: not a completion: {snippet!r}") from None
     note_spend(endpoint.dollars(prompt_tokens, tokens), prompt_tokens + tokens)
     return {

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpcore
 import httpx
+from httpx._utils import get_environment_proxies  # httpx is pinned: its env rules
 
 _DEADLINE: ContextVar[float | None] = ContextVar("fleet_http_deadline", default=None)
 KEEPALIVE_S = 30.0  # an idle keep-alive connection is closed after this
@@ -126,7 +127,14 @@ def _make_client(ssl_context: Any) -> httpx.Client:
         keepalive_expiry=KEEPALIVE_S,
         network_backend=_Backend(),
     )
-    return httpx.Client(transport=transport, follow_redirects=False, trust_env=False)
+    # HTTP(S)_PROXY / ALL_PROXY / NO_PROXY are honoured as httpx does by default (it ignores
+    # them once a transport is given): a proxied call goes through httpx's own proxy
+    # transport, where the attempt's deadline is kept per read, not whole.
+    mounts: dict[str, httpx.BaseTransport | None] = {
+        pattern: httpx.HTTPTransport(proxy=url, verify=ssl_context) if url else None
+        for pattern, url in get_environment_proxies().items()
+    }
+    return httpx.Client(transport=transport, mounts=mounts, follow_redirects=False, trust_env=True)
 
 
 class Clients:

@@ -65,9 +65,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(500, {"error": {"message": "overloaded"}})
         elif scenario == "bad":
             self._reply(400, {"error": {"message": "max_tokens is too large for this model"}})
-        elif scenario == "echo":  # a careless server that quotes the request's key back
-            auth = self.headers.get("Authorization", "")
-            self._reply(400, {"error": {"message": f"bad request with {auth}"}})
+        elif self._echoes(scenario):
+            pass
         elif scenario == "refused":
             self._reply(401, {"error": {"message": f"Incorrect API key {KEY[:6]}..."}})
         elif scenario == "moved":
@@ -79,8 +78,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, _completion(None, [TOOL_CALL]))
         elif scenario == "junk":
             self._reply(200, {"not": "a completion"})
+
         else:
             self._reply(200, _completion(f"answer #{n}"))
+
+    def _echoes(self, scenario: str) -> bool:
+        """Careless servers that quote the request's key back: in a 400 (where a
+        300-character cut of it falls, for longecho), or in a 200 that is no completion."""
+        auth = self.headers.get("Authorization", "")
+        if scenario == "echo":
+            self._reply(400, {"error": {"message": f"bad request with {auth}"}})
+        elif scenario == "longecho":
+            self._reply(400, {"error": {"message": "x" * 280 + f" {auth}"}})
+        elif scenario == "proxypage":
+            self._reply(200, {"page": f"proxy saw {auth}"})
+        else:
+            return False
+        return True
 
     def _reply(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
@@ -215,6 +229,31 @@ def test_a_refused_key_names_the_secret_never_the_key(
     with pytest.raises(ToolError) as echoed:  # a server that quotes the key back in a 400
         chat(_url(server, "echo"), "m", prompt="hi", api_key="x")
     assert KEY not in str(echoed.value) and "Bearer ***" in str(echoed.value)
+
+
+@pytest.mark.parametrize("scenario", ["longecho", "proxypage"])
+def test_no_part_of_an_echoed_key_reaches_the_error(
+    server: str, monkeypatch: pytest.MonkeyPatch, scenario: str
+) -> None:
+    """The key is blanked before an error's text is cut, and in every snippet of a body."""
+    monkeypatch.setenv("FLEET_SECRET_X", KEY)
+    with pytest.raises(ToolError) as err:
+        chat(_url(server, scenario), "m", prompt="hi", api_key="x")
+    text = str(err.value)
+    assert not any(KEY[i : i + 5] in text for i in range(len(KEY) - 4)), text
+
+
+@pytest.mark.parametrize("bad", ["sk-line\nbreak", "sk-caf\u00e9", "sk with space"])
+def test_a_key_that_is_no_header_value_is_refused_without_printing_it(
+    server: str, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    """The HTTP library's error for such a header quotes the header -- the key -- whole."""
+    monkeypatch.setenv("FLEET_SECRET_X", bad)
+    with pytest.raises(ToolError) as err:
+        chat(_url(server, "ok"), "m", prompt="hi", api_key="x")
+    text = f"{err.value!s} {err.value!r}"
+    assert "FLEET_SECRET_X" in text and "characters an API key cannot have" in text
+    assert bad.strip() not in text and bad.strip()[:6] not in text
 
 
 def test_a_missing_secret_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:

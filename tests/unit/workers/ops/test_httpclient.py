@@ -151,3 +151,39 @@ def test_a_forked_child_makes_its_own_client(server: str) -> None:
     os.close(write)
     assert os.read(read, 1) == b"1"
     os.waitpid(pid, 0)
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """A forward proxy that answers itself: it records the absolute URL it was asked for."""
+
+    asked: list[str] = []
+
+    def do_GET(self) -> None:
+        self.asked.append(self.path)
+        data = json.dumps({"via": "proxy"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_http_proxy_in_the_environment_is_used(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY is honoured as httpx does by default (a worker behind an egress proxy)."""
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+    monkeypatch.setattr(httpclient, "_shared", None)  # clients made with this environment
+    try:
+        assert http_request(f"{server}/ok")["json"] == {"via": "proxy"}
+        assert _Proxy.asked == [f"{server}/ok"]
+    finally:
+        proxy.shutdown()
+        monkeypatch.setattr(httpclient, "_shared", None)
