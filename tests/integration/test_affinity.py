@@ -113,6 +113,10 @@ def test_a_step_waiting_for_a_dead_worker_is_routed_again(
     assert broker.sismember(DIRECT_WORKERS_KEY, dead)
     os.kill(dead_child.proc.pid, signal.SIGKILL)
     fleet.children.remove(dead_child)  # not restarted: its queue must be drained
+    # Gone before the step is sent: a BRPOP the dying worker left waiting at Redis would
+    # otherwise take the message into its closed connection (seen: 1 run in 3 here).
+    dead_child.proc.wait(10)
+    time.sleep(0.5)
     wf = Workflow("affinity-orphan", inputs=["p"])
     g = wf.step("g", "llm.generate", prompt=wf.input("p"), max_tokens=4, model=tiny_gguf)
     wf.output("t", g["text"])

@@ -149,7 +149,7 @@ def test_status_lists_workers_per_class(local_fleet: LocalFleet) -> None:
 def test_worker_dry_run_shows_preset() -> None:
     res = fleet("worker", "io", "--dry-run")
     assert res.returncode == 0
-    assert "-Q io -P threads -c 8" in res.stdout and "--prefetch-multiplier 4" in res.stdout
+    assert "-Q io -P threads -c 8" in res.stdout and "--prefetch-multiplier 1" in res.stdout
     assert fleet("worker", "quantum").returncode == 2
     # --device names a GPU the host has, for a class that binds to one (this host has none)
     res = fleet("worker", "gpu", "--device", "7", "--dry-run")
