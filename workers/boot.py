@@ -3,10 +3,13 @@
 Celery imports this module (with the task modules: :data:`fleet.constants.WORKER_MODULES`)
 when a worker starts, before it builds its blueprints, and never in a client. Here:
 
-- the kombu and Celery work-arounds (:mod:`workers.compat`), patched once per process;
-- the heartbeat bootstep, added to the starting worker's own app (``worker_init``);
-- each pool process's runtime (:mod:`workers.runtime`) and its preloaded models, made after
-  the fork (``worker_process_init``: CUDA is not fork-safe) and before it takes a task.
+- the kombu and Celery work-arounds (:mod:`workers.compat`) and the heartbeat bootstep,
+  when a worker starts (``worker_init``) -- not on import: Flower imports this module too;
+- each forked pool process's runtime (:mod:`workers.runtime`) and its preloaded models,
+  made after the fork (``worker_process_init``: CUDA is not fork-safe) and before it takes
+  a task. The main process makes its runtime when it first needs one (its steps on a
+  thread or solo pool, the orphan check): a prefork master imports no op plug-in before
+  it forks its children.
 """
 
 from __future__ import annotations
@@ -24,18 +27,16 @@ from workers.compat import patch_kombu_redis_restore, patch_thread_pool_flush
 from workers.heartbeat import Heartbeat
 from workers.runtime import runtime
 
-patch_kombu_redis_restore()  # workers must survive a broker restart (see compat.py)
-patch_thread_pool_flush()  # ...and not run a step twice after one
-
 
 @worker_init.connect
 def _start_worker(sender: Any = None, **_: Any) -> None:
-    """The starting worker (a ``WorkController``) announces itself through its own app, and
-    its main process (where a thread or solo pool runs the steps) gets its runtime."""
+    """The starting worker (a ``WorkController``): the work-arounds in its process, and its
+    heartbeat through its own app."""
+    patch_kombu_redis_restore()  # workers must survive a broker restart (see compat.py)
+    patch_thread_pool_flush()  # ...and not run a step twice after one
     steps = sender.app.steps["consumer"]
     if Heartbeat not in steps:
         steps.add(Heartbeat)
-    runtime(sender.app)
 
 
 @worker_process_init.connect
