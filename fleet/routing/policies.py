@@ -1,20 +1,8 @@
 """Routing policies: which eligible class a step goes to, from its profile and the fleet.
 
-Every policy sees the same estimate per eligible class (:mod:`fleet.routing.estimate`)::
-
-    completion = queue wait + service time + data movement
-    queue wait = when the step starts, first come first served, behind the queued steps (the
-                 class's mean step time each) and the running ones (half done, on average):
-                 rounds of (queued // slots) mean times, plus half a mean time when its turn
-                 falls to a running step's slot; or the wait this process expects from the
-                 steps it sent itself, if longer
-    service    = profile(op, class).predict(units) * online correction   (or the online
-                 average, or default_service_s when the op was never seen on that class);
-                 on a batching class (a thread pool on an accelerator) at the occupancy the
-                 step would join: k steps sharing a process each take k / speedup(k) as long
-                 (the profile's measured ``batch``; not measured, a model op takes turns)
-    movement   = input bytes / class bandwidth + class latency
-    cost       = class price per hour * service time
+Every policy sees the same estimate per eligible class -- expected completion (queue wait,
+service time, data movement, cold start) and cost -- computed as :mod:`fleet.routing.estimate`
+describes. The policies:
 
 - ``static``: the preferred class, always (what hand-written ``task_routes`` do);
 - ``preferred``: the preferred class if it has live workers, else the next that has;
