@@ -37,6 +37,7 @@ from workers.ops.tools import (
     _attempt_limit,
     _with_idempotency_key,
     check_url,
+    read_capped,
 )
 
 MAX_REQUEST = 4 << 20  # 4 MiB of JSON: a long conversation with its tools, not a dump
@@ -254,15 +255,10 @@ def _post(target: Target, url: str, data: bytes, headers: dict[str, str], limit:
         ) as client,
         client.stream("POST", url, content=data, headers=headers, timeout=limit) as response,
     ):
-        body = bytearray()
-        if not response.is_redirect:
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_RESPONSE:
-                    raise ToolError(f"POST {url}: response body over {MAX_RESPONSE} bytes")
+        body = b"" if response.is_redirect else read_capped(response, MAX_RESPONSE, f"POST {url}")
         return Answer(
             response.status_code,
-            bytes(body),
+            body,
             _retry_after(response.headers.get("retry-after")),
             response.headers.get("location"),
         )
@@ -372,6 +368,32 @@ def _attempts(
     return None, last
 
 
+def post(
+    target: Target,
+    url: str,
+    data: bytes,
+    api_key: str | None,
+    timeout: float,
+    retries: int,
+    backoff: float,
+) -> tuple[Answer, str | None]:
+    """POST ``data`` (JSON) to an endpoint already checked against the allowlist, with the
+    key of secret ``api_key`` and the step's idempotency key, retrying as the module says:
+    the answer, and the key (for redacting what is quoted of the answer). Raises when the
+    attempts run out or the endpoint refuses."""
+    key = read_secret(api_key) if api_key is not None else None
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    headers = _with_idempotency_key("POST", headers)
+    answer, last = _attempts(target, url, data, headers, timeout, retries, backoff, key)
+    if answer is None:
+        raise ToolError(f"POST {url} failed after {retries + 1} attempt(s): {last}")
+    if answer.status >= 300:
+        raise _refused(answer, url, api_key, key)
+    return answer, key
+
+
 @op(
     "llm.chat",
     kind="tool",
@@ -426,16 +448,7 @@ def chat(
         checked_tools,
         _tool_choice(tool_choice, checked_tools),
     )
-    key = read_secret(api_key) if api_key is not None else None
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    headers = _with_idempotency_key("POST", headers)
-    answer, last = _attempts(target, url, data, headers, timeout, retries, backoff, key)
-    if answer is None:
-        raise ToolError(f"POST {url} failed after {retries + 1} attempt(s): {last}")
-    if answer.status >= 300:
-        raise _refused(answer, url, api_key, key)
+    answer, key = post(target, url, data, api_key, timeout, retries, backoff)
     outputs = _outputs(answer, url, key)
     _charge(base_url, outputs["usage"])
     return outputs

@@ -16,8 +16,8 @@ import json
 from typing import Any
 
 from fleet.sdk import EndpointSpec, note_spend, settings, worker_class
-from workers.ops.chat import _attempts, _refused, read_secret, redact
-from workers.ops.tools import ToolError, _with_idempotency_key, check_url
+from workers.ops.chat import post, redact
+from workers.ops.tools import ToolError, check_url
 
 RETRIES = 2
 BACKOFF_S = 0.5
@@ -54,19 +54,10 @@ def complete(
         **({"stop": stop} if stop else {}),
         **endpoint.extra,
     }
-    key = read_secret(endpoint.api_key) if endpoint.api_key else None
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    headers = _with_idempotency_key("POST", headers)
     data = json.dumps(body).encode()
-    answer, last = _attempts(
-        target, url, data, headers, endpoint.timeout_s, RETRIES, BACKOFF_S, key
+    answer, key = post(
+        target, url, data, endpoint.api_key or None, endpoint.timeout_s, RETRIES, BACKOFF_S
     )
-    if answer is None:
-        raise ToolError(f"POST {url} failed after {RETRIES + 1} attempt(s): {last}")
-    if answer.status >= 300:
-        raise _refused(answer, url, endpoint.api_key, key)
     try:
         reply = json.loads(answer.body)
         choice = reply["choices"][0]

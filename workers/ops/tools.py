@@ -193,13 +193,19 @@ def _exchange(
                         method, json_body = "GET", None
                     params = None  # the new location carries its own query
                     continue
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_BODY:
-                        raise ToolError(f"{method} {url}: response body over {MAX_BODY} bytes")
-                return Reply(response.status_code, bytes(body), url, method)
+                body = read_capped(response, MAX_BODY, f"{method} {url}")
+                return Reply(response.status_code, body, url, method)
     raise ToolError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
+
+
+def read_capped(response: httpx.Response, cap: int, what: str) -> bytes:
+    """A streamed response's body, failing as soon as it grows past ``cap`` bytes."""
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > cap:
+            raise ToolError(f"{what}: response body over {cap} bytes")
+    return bytes(body)
 
 
 CREDENTIALS = {"authorization", "cookie", "proxy-authorization"}
