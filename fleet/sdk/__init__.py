@@ -21,11 +21,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from fleet.config import EndpointSpec
 from fleet.sdk.registry import OpSpec, Registry, RuntimeSpec, op, preloader
 from fleet.sdk.step import StepContext, current_step, note_load, note_spend, time_left
 
 if TYPE_CHECKING:
+    from fleet.config import EndpointSpec
     from fleet.constants import BLOB_PREFIX
     from fleet.sdk.devices import GpuReport, cuda_available, detect_gpus
     from fleet.sdk.process import (
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 # Loaded on first use: registering ops (`fleet.sdk.registry`) must not import redis.
 _LAZY = {
     "BLOB_PREFIX": "fleet.constants",
+    "EndpointSpec": "fleet.config",
     "GpuReport": "fleet.sdk.devices",
     "cuda_available": "fleet.sdk.devices",
     "detect_gpus": "fleet.sdk.devices",

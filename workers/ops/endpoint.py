@@ -13,11 +13,14 @@ endpoint's prices.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fleet.sdk import EndpointSpec, note_spend, settings, worker_class
+from fleet.sdk import note_spend, settings, worker_class
 from workers.ops.chat import post, redact
 from workers.ops.tools import ToolError, check_url
+
+if TYPE_CHECKING:
+    from fleet.sdk import EndpointSpec
 
 RETRIES = 2
 BACKOFF_S = 0.5
