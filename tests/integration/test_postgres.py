@@ -143,3 +143,12 @@ def test_a_workflow_step_queries_postgres_on_the_io_class(reader_url: str, clien
     assert run.get(timeout=30)["rows"] == [{"status": "processing"}]
     (entry,) = run.trace()
     assert entry.cls == "io"
+
+
+def test_a_statement_repeated_across_resets_still_runs(reader_url: str) -> None:
+    """The same statement, called many times on the pool's reset connections, keeps running: a
+    connection prepares nothing on the server, which DISCARD ALL would drop under psycopg's
+    cache (CI met "prepared statement _pg3_0 does not exist" on the sixth call)."""
+    for _ in range(30):
+        out = db_query("SELECT status FROM orders WHERE id = %s", reader_url, [1042])
+        assert out["rows"] == [{"status": "shipped"}]

@@ -237,7 +237,14 @@ def _open_pool(conninfo: str) -> Any:
         conninfo,
         min_size=0,
         max_size=settings().db_pool_size,
-        kwargs={"options": "-c default_transaction_read_only=on", "connect_timeout": 10},
+        # prepare_threshold None: no server-side prepared statements. DISCARD ALL drops them on
+        # the server while psycopg's cache still names them ("prepared statement _pg3_0 does
+        # not exist" on a call that repeats a statement after a reset).
+        kwargs={
+            "options": "-c default_transaction_read_only=on",
+            "connect_timeout": 10,
+            "prepare_threshold": None,
+        },
         configure=configure,
         reset=reset,
         open=True,
