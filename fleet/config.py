@@ -18,7 +18,7 @@ import os
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -64,6 +64,11 @@ class ClassSpec(BaseModel):
     # Native threads per process (llama.cpp, BLAS, torch); None: from what the class runs
     # on this host (fleet.deploy.launch.native_threads).
     threads: int | None = Field(default=None, ge=1)
+    # What an LLM step may make this class's processes allocate: the largest `n_ctx` a step
+    # may ask for (each sequence of a batch holds that many tokens of KV cache), and the
+    # (model, n_ctx) pairs a process keeps loaded (the least recently used idle one is closed)
+    llm_max_ctx: int = Field(default=8192, ge=64)
+    llm_models: int = Field(default=2, ge=1)
     # Hourly price of one worker slot of this class (cost model; see docs/routing.md).
     price_per_hour: float = Field(default=0.0, ge=0)
     # Moving a step's inputs to this class: bandwidth and fixed latency (data movement cost).
@@ -241,14 +246,17 @@ class AutoscaleSpec(BaseModel):
     cooldown_s: float = Field(default=10.0, ge=0)
 
 
+Figure = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class PlanPrediction(BaseModel):
     """What a plan predicted (`fleet plan --save` writes it; `fleet plan --check` compares)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # workflow -> {rate, p50_s, p95_s, sla_s}
-    workflows: dict[str, dict[str, float]] = Field(default_factory=dict)
-    classes: dict[str, float] = Field(default_factory=dict)  # class -> utilisation
+    # workflow -> {rate, p50_s, p95_s, sla_s}; every figure a number (no nan, no inf)
+    workflows: dict[str, dict[str, Figure]] = Field(default_factory=dict)
+    classes: dict[str, Figure] = Field(default_factory=dict)  # class -> utilisation
 
 
 class FleetConfig(BaseModel):
@@ -443,10 +451,12 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The file's own settings (TOML, or YAML by its suffix), before defaults and the
+    environment."""
     try:
-        text = path.read_text()
-    except OSError as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     try:
         data = yaml.safe_load(text) if path.suffix in {".yaml", ".yml"} else tomllib.loads(text)
@@ -535,7 +545,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         file = Path(env["FLEET_CONFIG"])
     if file is None and Path("fleet.toml").is_file():
         file = Path("fleet.toml")
-    data: dict[str, Any] = _read_file(file) if file else {}
+    data: dict[str, Any] = read_config_file(file) if file else {}
     data["classes"] = _merge_classes(data.get("classes") or {})
     _env_overrides(data, env)
     try:

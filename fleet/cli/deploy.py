@@ -7,7 +7,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
-import yaml
 from pydantic import ValidationError
 
 from fleet.cli.common import config, fail
@@ -50,6 +49,7 @@ def kube(
     from Secrets you create (fleet-broker, fleet-redis, fleet-flower: docs/operations.md).
     """
     from fleet.deploy.kubernetes import KubeTarget, KubeValues, manifests, render
+    from fleet.workflow.loader import load_data_file
 
     cfg = config(ctx)
     text = None
@@ -60,8 +60,11 @@ def kube(
         for name in ("broker_url", "result_backend"):
             if urlsplit(getattr(own, name)).password:
                 fail(f"{path}: {name} holds a password: put it in the fleet-broker Secret", 2)
+    try:  # read as a workflow file is: bounded, UTF-8, an alias bomb refused
+        raw = load_data_file(values_file, ConfigError) if values_file else {}
+    except ConfigError as exc:
+        fail(str(exc), 2)
     try:
-        raw = yaml.safe_load(Path(values_file).read_text()) if values_file else {}
         values = KubeValues.model_validate(raw or {})
         target = KubeTarget(values=values, config_text=text, local=local, redis_port=redis_port)
         docs = render(manifests(cfg, target))
@@ -69,7 +72,7 @@ def kube(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         fail(f"{values_file}: {where}: {first['msg']}", 2)
-    except (ConfigError, yaml.YAMLError) as exc:
+    except ConfigError as exc:
         fail(f"{values_file or 'fleet kube'}: {exc}", 2)
     if output:
         Path(output).write_text(docs)

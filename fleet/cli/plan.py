@@ -7,6 +7,7 @@ What a command needs beyond click is imported inside it: `fleet --help` loads no
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,28 @@ CATALOGUE = click.option(
     help="The device classes: price, slots, speed per op.",
 )
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+def _seconds(value: float) -> float:
+    """A window in seconds: above 0 and finite (``nan`` would watch for ever)."""
+    if not 0 < value < math.inf:
+        raise click.BadParameter(f"{value} is not a number of seconds above 0")
+    return value
+
+
+def _as_saved(toml_text: str, path: Path) -> str:
+    """The plan as its file's suffix says: YAML for .yaml/.yml (the configuration is read by
+    its suffix, so `fleet up --plan plan.yaml` reads it back), else TOML."""
+    if path.suffix not in (".yaml", ".yml"):
+        return toml_text
+    import tomllib
+
+    import yaml
+
+    lines = toml_text.splitlines()
+    head = lines[: next(i for i, line in enumerate(lines) if line[:1] != "#")]
+    doc = yaml.safe_dump(tomllib.loads(toml_text), sort_keys=False, width=100)
+    return "\n".join([*head, doc])
 
 
 def _load(workload: str | None, catalogue: str | None) -> tuple[Catalogue, list[WorkflowLoad]]:
@@ -65,7 +88,12 @@ def _load(workload: str | None, catalogue: str | None) -> tuple[Catalogue, list[
     type=click.Path(dir_okay=False),
     help="Instead: hold the running fleet to this saved plan and say what drifted (exit 1).",
 )
-@click.option("--window", default=30.0, help="With --check: seconds to watch the fleet.")
+@click.option(
+    "--window",
+    default=30.0,
+    callback=lambda ctx, param, value: _seconds(value),
+    help="With --check: seconds to watch the fleet.",
+)
 @AS_JSON
 def plan(
     workload: str | None,
@@ -104,7 +132,8 @@ def plan(
     baselines, skipped = sizing.baselines(workflows, cat, ceiling)
     result.notes += skipped
     if save:
-        Path(save).write_text(plan_toml(result, cat, {f.name: f.rate for f in workflows}))
+        text = plan_toml(result, cat, {f.name: f.rate for f in workflows})
+        Path(save).write_text(_as_saved(text, Path(save)))
     if as_json:
         doc = {
             "workers": {j: n for j, n in result.workers.items() if n},
@@ -269,7 +298,10 @@ def calibrate(
     from fleet.loadtest.deployments import deployments as all_deployments
 
     if source:
-        doc = json.loads(Path(source).read_text())
+        try:
+            doc = json.loads(Path(source).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            fail(f"{source}: cannot read a calibration (JSON): {exc}", 2)
     else:
         names = split(deployments) or [d.name for d in all_deployments()]
         arrivals = Arrivals(rate=rate, duration_s=duration or (30.0 if quick else 60.0), seed=seed)

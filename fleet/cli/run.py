@@ -28,7 +28,7 @@ from fleet.cli.common import (
     save_outputs,
 )
 from fleet.config import FleetConfig, redact
-from fleet.errors import FleetError, WorkflowValidationError
+from fleet.errors import ConfigError, FleetError, WorkflowValidationError
 
 
 def submit_hint(cfg: FleetConfig) -> str:
@@ -303,10 +303,15 @@ def compile_(file: str, as_canvas: bool) -> None:
 
 
 def _planned_classes(plan_file: str) -> list[str]:
-    """The classes a plan file defines (a configuration also has the built-in ones)."""
-    import tomllib
+    """The classes a plan file defines (a configuration also has the built-in ones), read
+    as the configuration is: TOML, or YAML by its suffix."""
+    from fleet.config import read_config_file
 
     try:
-        return list(tomllib.loads(Path(plan_file).read_text()).get("classes", {}))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        tables = read_config_file(Path(plan_file)).get("classes") or {}
+    except ConfigError as exc:
         fail(f"{plan_file}: {exc}", 2)
+    if not isinstance(tables, dict):
+        fail(f"{plan_file}: classes must be a table of classes", 2)
+    off = [n for n, t in tables.items() if isinstance(t, dict) and t.get("enabled") is False]
+    return [name for name in tables if name not in off]

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fleet.errors import FleetError
 from fleet.paths import example
+from fleet.workflow.loader import load_data_file
 
 SETS = {
     "shipped": example("eval", "questions.yaml"),
@@ -103,10 +103,8 @@ def resolve(name_or_path: str | Path) -> Path:
 def load_questions(path: str | Path = EVAL_SET, quick: bool = False) -> list[Question]:
     """The questions of a set (only those marked ``quick`` if asked), validated."""
     path = resolve(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise QuestionSetError(f"{path}: not valid YAML: {exc}") from None
+    # read as a workflow file is: bounded in size, UTF-8, an alias bomb measured, not built
+    doc = load_data_file(path, QuestionSetError)
     try:
         spec = _QuestionSet.model_validate(doc)
     except ValidationError as exc:

@@ -14,6 +14,7 @@ Over a window, the check reads what the fleet did -- each workflow's runs (rate)
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -66,6 +67,8 @@ def observe(
     cfg: FleetConfig, seconds: float, tick: Callable[[float], None] = time.sleep
 ) -> Observed:
     """Watch the fleet for ``seconds``: runs ended, their p95, each class's utilisation."""
+    if not 0 < seconds < math.inf:  # nan too: a window that never ends
+        raise ValueError(f"the window must be a number of seconds above 0, not {seconds}")
     reader = StateReader(cfg)
     before = _histograms(reader.client.hgetall(WORKFLOW_METRICS_KEY))
     start = time.monotonic()
@@ -110,7 +113,7 @@ def compare(predicted: PlanPrediction, seen: Observed, tolerance: float = 0.25) 
         subject = f"workflow {wf}"
         if "rate" in plan:
             rate, want = seen.rate(wf), plan["rate"]
-            off = abs(rate - want) > tolerance * want
+            off = not abs(rate - want) <= tolerance * want  # a nan planned: drifted
             why = f"{rate:.2f}/s against {want:g}/s planned" if off else "as planned"
             found.append(Finding(subject, "rate", want, rate, off, why))
         p95 = seen.p95_s.get(wf)
@@ -118,8 +121,8 @@ def compare(predicted: PlanPrediction, seen: Observed, tolerance: float = 0.25) 
             found.append(Finding(subject, "p95", plan.get("p95_s"), None, False, "no runs ended"))
             continue
         sla, planned = plan.get("sla_s"), plan.get("p95_s")
-        late = sla is not None and p95 > sla
-        slower = planned is not None and p95 > planned * (1 + tolerance)
+        late = sla is not None and not p95 <= sla
+        slower = planned is not None and not p95 <= planned * (1 + tolerance)
         why = (
             f"{p95:.3f} s is over its SLA {sla:g} s"
             if late
@@ -133,7 +136,7 @@ def compare(predicted: PlanPrediction, seen: Observed, tolerance: float = 0.25) 
         if used is None:
             found.append(Finding(f"class {cls}", "utilisation", want, None, True, "no live worker"))
             continue
-        off = abs(used - want) > tolerance
+        off = not abs(used - want) <= tolerance
         why = (
             f"{used:.2f} busy against {want:.2f} planned"
             + (": too few workers" if used > want else ": idle capacity")

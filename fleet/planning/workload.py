@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
-import yaml
 
 from fleet.errors import ConfigError, WorkflowValidationError
 from fleet.paths import EXAMPLES
 from fleet.planning.catalogue import Split
-from fleet.workflow.loader import load_workflow
+from fleet.workflow.loader import load_data_file, load_workflow
 from fleet.workflow.model import NodeSpec, WorkflowSpec, alternatives
 
 EDGE_BYTES = 2_000  # a step's JSON outputs
@@ -228,10 +227,7 @@ def load_workload(path: Path, splits: dict[str, Split] | None = None) -> list[Wo
     name; ``shape: {chance: {node: chance}, loops: {node: mean iterations}, maps: {node: items}}``
     (node paths as in ``tokens``, loop iterations and map items left out). Every mistake is a
     :class:`ConfigError` naming the file and the field."""
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the workload: {exc}") from None
+    doc = load_data_file(path, ConfigError)  # bounded, UTF-8, alias bombs refused
     if doc is None:
         raise ConfigError(f"{path}: no workflows")
     if not isinstance(doc, dict) or not isinstance(doc.get("workflows"), list):

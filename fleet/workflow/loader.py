@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from fleet.errors import Problem, WorkflowValidationError
+from fleet.errors import FleetError, Problem, WorkflowValidationError
 from fleet.workflow.model import WorkflowSpec
 
 
@@ -175,13 +175,28 @@ def _check_shape(data: Any, source: str, limit: int = MAX_VALUES) -> None:
 
 def load_workflow(path: str | Path) -> WorkflowSpec:
     """Read ``path`` (.yaml/.yml/.json) into a spec. Structural checks only; see validate."""
-    path = Path(path)
+    data = _read_data(Path(path), MAX_VALUES)
+    return spec_from_data(data, source=str(path))
+
+
+def load_data_file(path: str | Path, error: type[FleetError], max_values: int = MAX_VALUES) -> Any:
+    """A YAML (or .json) file of data -- a question set, a workload, a values file -- read
+    as a workflow file is: at most MAX_FILE_BYTES, UTF-8, a safe loader, and measured with
+    its aliases expanded before anything expands them (an alias bomb is refused, not built).
+    A problem raises ``error`` naming the file (and the line, where there is one)."""
+    try:
+        return _read_data(Path(path), max_values)
+    except WorkflowValidationError as exc:
+        raise error("; ".join(str(p) for p in exc.problems)) from None
+
+
+def _read_data(path: Path, max_values: int) -> Any:
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             raise WorkflowValidationError(
                 [Problem(f"file is larger than {MAX_FILE_BYTES} bytes", file=str(path))]
             )
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise WorkflowValidationError(
             [Problem(f"cannot read file: {exc}", file=str(path))]
@@ -204,5 +219,5 @@ def load_workflow(path: str | Path) -> WorkflowSpec:
         raise WorkflowValidationError(
             [Problem(f"nested deeper than {MAX_DEPTH} levels", file=str(path))]
         ) from None
-    _check_shape(data, str(path))
-    return spec_from_data(data, source=str(path))
+    _check_shape(data, str(path), max_values)
+    return data

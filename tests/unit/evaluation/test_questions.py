@@ -58,7 +58,7 @@ def test_each_problem_is_named_with_its_question_and_field(
 def test_a_missing_file_or_bad_yaml_is_named(tmp_path: Path) -> None:
     with pytest.raises(QuestionSetError, match=r"no such file \(or a shipped set: shipped, "):
         load_questions(tmp_path / "nope.yaml")
-    with pytest.raises(QuestionSetError, match="not valid YAML"):
+    with pytest.raises(QuestionSetError, match="invalid YAML"):
         load_questions(_write(tmp_path, "voices: [a\n"))
 
 
