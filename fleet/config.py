@@ -15,6 +15,7 @@ A class that is not built in can be added by configuration alone (a ``[classes.N
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -438,17 +439,35 @@ _ENV_SCALARS = {
 }
 
 
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``****``: for anything printed or logged."""
+# A URL's query parameters that carry a credential (redis-py reads ``?password=``)
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|auth|credential|api[_-]?key", re.IGNORECASE)
+
+
+def url_secrets(url: str) -> list[str]:
+    """Where ``url`` carries a credential: ``password`` (``user:password@``) and each query
+    parameter named like one."""
     parts = urlsplit(url)
-    if parts.password is None:
+    found = ["password"] if parts.password is not None else []
+    names = (pair.partition("=")[0] for pair in parts.query.split("&") if pair)
+    return found + [f"?{name}" for name in names if _SECRET_PARAM.search(name)]
+
+
+def redact(url: str) -> str:
+    """``url`` with its password, and any query parameter named like a credential, replaced
+    by ``****``: for anything printed or logged."""
+    parts = urlsplit(url)
+    if not url_secrets(url):
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    pairs = [p.partition("=") for p in parts.query.split("&")] if parts.query else []
+    query = "&".join(k + s + ("****" if _SECRET_PARAM.search(k) else v) for k, s, v in pairs)
+    return urlunsplit(parts._replace(query=query))
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import click
 from pydantic import ValidationError
@@ -48,18 +47,25 @@ def kube(
     ConfigMap; its classes, their sizes and replica bounds come from it. Credentials come
     from Secrets you create (fleet-broker, fleet-redis, fleet-flower: docs/operations.md).
     """
-    from fleet.deploy.kubernetes import KubeTarget, KubeValues, manifests, render
+    from fleet.deploy.kubernetes import (
+        KubeTarget,
+        KubeValues,
+        check_no_credentials,
+        manifests,
+        render,
+    )
     from fleet.workflow.loader import load_data_file
 
     cfg = config(ctx)
     text = None
     path = os.environ.get("FLEET_CONFIG")
     if path:
-        text = Path(path).read_text()
-        own = load_config(path, env={})  # the file alone: what the ConfigMap would carry
-        for name in ("broker_url", "result_backend"):
-            if urlsplit(getattr(own, name)).password:
-                fail(f"{path}: {name} holds a password: put it in the fleet-broker Secret", 2)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            own = load_config(path, env={})  # the file alone: what the ConfigMap would carry
+            check_no_credentials(own, path)
+        except (OSError, UnicodeDecodeError, ConfigError) as exc:
+            fail(str(exc), 2)
     try:  # read as a workflow file is: bounded, UTF-8, an alias bomb refused
         raw = load_data_file(values_file, ConfigError) if values_file else {}
     except ConfigError as exc:

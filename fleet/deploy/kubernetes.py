@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.config import ClassSpec, FleetConfig
+from fleet.config import ClassSpec, FleetConfig, url_secrets
 from fleet.constants import AMQP_SCHEMES
 from fleet.errors import ConfigError
 from fleet.routing.depth import PRIORITY_SEP, PRIORITY_STEPS
@@ -31,8 +31,17 @@ Doc = dict[str, Any]
 
 # The Secrets the manifests refer to (created by the operator, never rendered here).
 BROKER_SECRET = "fleet-broker"  # key FLEET_BROKER_URL: the workers' broker URL, password in it
+# (and, optional, FLEET_RESULT_BACKEND: a result backend apart from the broker, with its own)
 REDIS_SECRET = "fleet-redis"  # key password: the in-cluster Redis's password
 FLOWER_SECRET = "fleet-flower"  # key FLOWER_BASIC_AUTH: "user:password"
+# (and, optional, FLOWER_BROKER_API: RabbitMQ's management API URL, credentials in it)
+# Where each setting that may carry a credential goes instead of the ConfigMap.
+SECRET_HOMES = {
+    "broker_url": f"the {BROKER_SECRET} Secret, key FLEET_BROKER_URL",
+    "result_backend": f"the {BROKER_SECRET} Secret, key FLEET_RESULT_BACKEND",
+    "flower_auth": f"the {FLOWER_SECRET} Secret, key FLOWER_BASIC_AUTH",
+    "flower_broker_api": f"the {FLOWER_SECRET} Secret, key FLOWER_BROKER_API",
+}
 CONFIG_MAP = "fleet-config"
 CONFIG_PATH = "/etc/fleet/fleet.toml"
 DATA_DIR = "/var/lib/fleet"
@@ -71,6 +80,27 @@ class KubeTarget:
     config_text: str | None = None  # the fleet config file, carried as a ConfigMap
     local: bool = False
     redis_port: int = 6379  # local: the port Redis listens on, on the host's loopback
+
+
+def check_no_credentials(own: FleetConfig, source: str) -> None:
+    """Refuse a configuration file that holds a credential: it would travel as the
+    ``fleet-config`` ConfigMap, which is not a Secret (anyone who may read the namespace's
+    ConfigMaps reads it). ``own`` is the file alone, without the environment."""
+    found = [
+        f"{name} holds a password ({', '.join(where)}): put it in {SECRET_HOMES[name]}"
+        for name in ("broker_url", "result_backend", "flower_broker_api")
+        if (where := url_secrets(getattr(own, name)))
+    ]
+    if own.flower_auth:
+        found.append(f"flower_auth holds a password: put it in {SECRET_HOMES['flower_auth']}")
+    found += [
+        f"endpoints.{name}.base_url holds a password ({', '.join(where)}): give the "
+        "endpoint's key by the name of a secret (api_key)"
+        for name, spec in own.endpoints.items()
+        if (where := url_secrets(spec.base_url))
+    ]
+    if found:
+        raise ConfigError(f"{source}: " + "; ".join(found))
 
 
 def manifests(cfg: FleetConfig, target: KubeTarget) -> list[Doc]:
@@ -148,12 +178,15 @@ def _service(name: str, part: str, port: int) -> Doc:
     }
 
 
-def _secret_env(name: str, secret: str, key: str) -> Doc:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> Doc:
+    ref: Doc = {"name": secret, "key": key, **({"optional": True} if optional else {})}
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
 def _fleet_env(target: KubeTarget) -> list[Doc]:
     env = [_secret_env("FLEET_BROKER_URL", BROKER_SECRET, "FLEET_BROKER_URL")]
+    if not target.local:  # optional keys (podman's kube play is given only what it needs)
+        env.append(_secret_env("FLEET_RESULT_BACKEND", BROKER_SECRET, "FLEET_RESULT_BACKEND", True))
     env.append({"name": "FLEET_DATA_DIR", "value": DATA_DIR})
     if target.config_text is not None:
         env.append({"name": "FLEET_CONFIG", "value": CONFIG_PATH})
@@ -298,6 +331,9 @@ def _flower(cfg: FleetConfig, target: KubeTarget) -> list[Doc]:
         "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
         "_fleet": True,
     }
+    if not target.local:
+        api = _secret_env("FLOWER_BROKER_API", FLOWER_SECRET, "FLOWER_BROKER_API", True)
+        container["env"].append(api)
     docs = [_deployment("flower", "flower", _pod(target, [container], []))]
     if not target.local:
         docs.append(_service("flower", "flower", cfg.flower_port))

@@ -171,8 +171,11 @@ class LocalFleet:
         # Persistent by default: a restarted broker keeps queued steps and run records.
         argv = [binary, "--port", port, "--bind", "127.0.0.1", "--save", ""]
         argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.workdir)]
-        if parsed.password:  # the URL carries one: the server must ask for it
-            argv += ["--requirepass", parsed.password]
+        # the URL carries one (user:password@, or ?password= as redis-py reads it): the
+        # server must ask for it
+        password = redis.Redis.from_url(url).connection_pool.connection_kwargs.get("password")
+        if password:
+            argv += ["--requirepass", password]
         self._spawn("redis", argv, dict(os.environ))
         self.redis_started = True
         deadline = time.monotonic() + 10

@@ -77,6 +77,9 @@ def test_redact_hides_passwords_only() -> None:
     assert redact("redis://:pw@10.0.0.5:6380/0") == "redis://:****@10.0.0.5:6380/0"
     assert redact("amqp://fleet:pw@rabbit/vhost") == "amqp://fleet:****@rabbit/vhost"
     assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    # redis-py reads a password from the query string too (issue 41, finding 9)
+    hidden = "redis://redis:6379/0?db=1&password=****"
+    assert redact("redis://redis:6379/0?db=1&password=pw") == hidden
 
 
 def test_native_threads_follow_what_the_class_runs() -> None:

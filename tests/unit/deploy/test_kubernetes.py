@@ -145,6 +145,51 @@ def test_a_config_with_a_password_in_it_is_refused(tmp_path: Path) -> None:
     assert "hunter2" not in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ('broker_url = "redis://redis:6379/0?password=hunter2"', "broker_url"),
+        ('result_backend = "redis://redis:6379/1?password=hunter2"', "result_backend"),
+        ('flower_auth = "admin:hunter2"', "flower_auth"),
+        ('flower_broker_api = "http://admin:hunter2@rabbit:15672/api/"', "flower_broker_api"),
+        (
+            '[endpoints.llm]\nbase_url = "http://llm:8080/v1?api_key=hunter2"',
+            "endpoints.llm.base_url",
+        ),
+    ],
+)
+def test_no_credential_of_the_config_reaches_the_config_map(
+    tmp_path: Path, line: str, field: str
+) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(line + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "fleet.cli.main", "--config", str(config), "kube"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and f"{field} holds a password" in said, said
+    assert "Secret" in said or "api_key" in said
+    assert "hunter2" not in done.stdout + done.stderr and "fleet-config" not in done.stdout
+
+
+def test_the_secrets_each_setting_moves_to_are_referred_to() -> None:
+    docs = _kinds(_docs(KUBE / "fleet.toml"), "Deployment")
+    flower = docs["flower"]["spec"]["template"]["spec"]["containers"][0]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in flower["env"] if "valueFrom" in e}
+    assert refs["FLOWER_BROKER_API"] == {
+        "name": "fleet-flower",
+        "key": "FLOWER_BROKER_API",
+        "optional": True,
+    }
+    worker = docs["worker-cpu"]["spec"]["template"]["spec"]["containers"][0]
+    names = {e["name"]: e for e in worker["env"]}
+    assert names["FLEET_RESULT_BACKEND"]["valueFrom"]["secretKeyRef"]["name"] == "fleet-broker"
+
+
 def test_metrics_are_annotated_for_prometheus() -> None:
     pod = _kinds(_docs(), "Deployment")["metrics"]["spec"]["template"]
     notes = pod["metadata"]["annotations"]
