@@ -1,7 +1,9 @@
 """Resize a local fleet's classes from their queues: ``fleet up --autoscale``.
 
 Every ``interval_s`` the controller reads the fleet state (queue depth, busy steps, the moving
-average of step time per class) and, per class, within ``min_workers``..``max_workers``:
+average of step time per class) and, per class, within ``min_workers``..``max_workers`` and
+within what this host holds (``LocalFleet.bounds`` and ``room``: the cut ``fleet up`` made to
+two worker processes per core):
 
 - **up** one worker when the expected queue wait -- steps waiting (queued, or prefetched by a
   worker beyond its slots) x mean step time / slots -- is over ``up_wait_s`` at two looks in
@@ -81,7 +83,7 @@ class Autoscaler:
     def _look(self, cls: str, state: FleetState, now: float) -> Change | None:
         spec, auto = self.cfg.classes[cls], self.cfg.autoscale
         n = len(self.fleet.workers_of(cls))
-        low, high = spec.min_workers, max(spec.min_workers, spec.max_workers or spec.workers)
+        low, high = self.fleet.bounds(cls)  # within the host's ceiling (`up --plan`)
         slots = n * spec.concurrency
         depth, busy = state.depth.get(cls, 0), state.busy(cls)
         step_s = state.online.get(f"*|{cls}|s") or self.cfg.default_service_s
@@ -95,9 +97,9 @@ class Autoscaler:
             self.idle_since.pop(cls, None)
         if now - self.changed_at.get(cls, -1e18) < auto.cooldown_s:
             return None
-        if n < low:
+        if n < low and self.fleet.room():
             return self._grow(cls, n, f"below min_workers ({low})", now)
-        if self.pressure[cls] >= UP_LOOKS and n < high:
+        if self.pressure[cls] >= UP_LOOKS and n < high and self.fleet.room():
             why = (
                 f"{queued} waiting x {step_s:.2f} s / {slots} slots: expected wait {wait:.1f} s "
                 f"> {auto.up_wait_s:g} s"

@@ -80,6 +80,7 @@ class LocalFleet:
     flower_auth: str = ""  # "user:password" Flower asks for, once started
     # Worker processes per class, when not the configured `workers` (see fit_to_host).
     counts: dict[str, int] = field(default_factory=dict)
+    most: int | None = None  # worker processes this host holds in all (see fit_to_host)
     stopping: list[Child] = field(default_factory=list)  # warm shutdowns under way
 
     def __post_init__(self) -> None:
@@ -92,7 +93,9 @@ class LocalFleet:
     def fit_to_host(self, most: int) -> str | None:
         """Start at most ``most`` worker processes in all: fewer of each class than its
         ``workers`` (in proportion, at least one each) when the classes ask for more.
-        Returns what was cut, for the operator, or None when all fit."""
+        Returns what was cut, for the operator, or None when all fit. The autoscaler keeps
+        within the same ceiling (bounds, room)."""
+        self.most = most
         wanted = {c: self.cfg.classes[c].workers for c in self.classes}
         total = sum(wanted.values())
         if total <= most:
@@ -102,6 +105,19 @@ class LocalFleet:
         asked = ", ".join(f"{n} {c}" for c, n in wanted.items())
         got = ", ".join(f"{n} {c}" for c, n in self.counts.items())
         return f"the plan asks for {total} worker processes ({asked}); this host runs {got}"
+
+    def bounds(self, cls: str) -> tuple[int, int]:
+        """How few and how many worker processes of ``cls`` to run: min_workers..max_workers
+        (``workers`` when unset), within what fit_to_host left the class on this host."""
+        spec = self.cfg.classes[cls]
+        low, high = spec.min_workers, max(spec.min_workers, spec.max_workers or spec.workers)
+        cap = self.counts.get(cls)
+        return (low, high) if cap is None else (min(low, cap), min(high, cap))
+
+    def room(self) -> bool:
+        """Another worker process fits under this host's ceiling (fit_to_host)."""
+        running = sum(len(self.workers_of(c)) for c in self.classes)
+        return self.most is None or running < self.most
 
     # -- lifecycle ---------------------------------------------------------------------
     def __enter__(self) -> LocalFleet:

@@ -4,10 +4,12 @@ time, never within the cooldown, never outside min/max_workers."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fleet.config import AutoscaleSpec, FleetConfig
 from fleet.deploy.autoscale import Autoscaler
+from fleet.deploy.local import Child, LocalFleet
 from fleet.routing.state import FleetState, WorkerInfo
 
 
@@ -16,6 +18,11 @@ class StubFleet:
     cfg: FleetConfig
     classes: list[str]
     count: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # no host cut
+    bounds = LocalFleet.bounds
+
+    def room(self) -> bool:
+        return True
 
     def workers_of(self, cls: str) -> list[int]:
         return list(range(self.count.get(cls, 1)))
@@ -66,3 +73,64 @@ def test_the_rule_look_by_look(cfg: FleetConfig) -> None:
     assert scaler.step(31.0) == []  # one look over: not yet
     (again,) = scaler.step(32.0)
     assert again.after == 2
+
+
+class SleepingFleet(LocalFleet):
+    """A real local fleet whose worker processes are `sleep`s: its counting, bounds and
+    ceiling are the real ones, without starting Celery."""
+
+    def _spawn_worker(self, cls: str, index: int, only: str | None = None) -> Child:
+        child = self._spawn(f"worker-{cls}-{index}", ["sleep", "60"], {})
+        child.cls, child.index = cls, index
+        return child
+
+
+def _busy_io(depth: int) -> FleetState:
+    worker = WorkerInfo("io@h", ("io",), 1, "threads", 1, 0.0, 1)
+    return FleetState(workers={"io": [worker]}, depth={"io": depth}, online={"*|io|s": 1.0})
+
+
+def _sleeping_fleet(cfg: FleetConfig, tmp_path: Path, cpu: int, **io: int) -> SleepingFleet:
+    classes = dict(cfg.classes)
+    classes["cpu"] = classes["cpu"].model_copy(update={"workers": cpu})
+    classes["io"] = classes["io"].model_copy(update={"concurrency": 1, **io})
+    spec = AutoscaleSpec(interval_s=1.0, up_wait_s=0.5, down_idle_s=60.0, cooldown_s=0.0)
+    sized = cfg.model_copy(update={"classes": classes, "autoscale": spec})
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    return SleepingFleet(sized, ["cpu", "io"], flower=False, workdir=tmp_path, say=print)
+
+
+def _scale(fleet: SleepingFleet, looks: int) -> list[tuple[int, int]]:
+    """Start the fleet's workers, look ``looks`` times at a deep io queue: (cpu, io) after each."""
+    for cls in fleet.classes:
+        fleet._start_worker(cls)
+    scaler = Autoscaler(fleet, say=lambda _: None, reader=StubReader(_busy_io(depth=50)))
+    scaler._record = lambda change: None  # type: ignore[method-assign]
+    seen = []
+    for t in range(looks):
+        scaler.step(float(t))
+        seen.append((len(fleet.workers_of("cpu")), len(fleet.workers_of("io"))))
+    return seen
+
+
+def test_the_autoscaler_keeps_to_the_cut_up_made_for_the_host(
+    cfg: FleetConfig, tmp_path: Path
+) -> None:
+    # a plan's 2 cpu and 7 io (min_workers 7) on a host of 6 worker processes: 1 cpu, 4 io
+    fleet = _sleeping_fleet(cfg, tmp_path, 2, workers=7, min_workers=7, max_workers=7)
+    assert fleet.fit_to_host(6) is not None and fleet.counts == {"cpu": 1, "io": 4}
+    try:  # below min_workers and a deep queue: io stays at the cut (was: grown to 7)
+        assert set(_scale(fleet, 10)) == {(1, 4)} and fleet.bounds("io") == (4, 4)
+    finally:
+        fleet.stop()
+
+
+def test_the_autoscaler_grows_a_class_up_to_the_hosts_ceiling(
+    cfg: FleetConfig, tmp_path: Path
+) -> None:
+    fleet = _sleeping_fleet(cfg, tmp_path, 1, workers=1, max_workers=7)
+    assert fleet.fit_to_host(3) is None  # 2 processes fit as planned; the host holds 3
+    try:  # the queue calls for 7 io workers; the host has room for one more
+        assert _scale(fleet, 10)[-1] == (1, 2) and not fleet.room()
+    finally:
+        fleet.stop()
