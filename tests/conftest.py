@@ -48,11 +48,13 @@ def cfg() -> FleetConfig:
 
 
 @pytest.fixture(scope="session")
-def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> str:
+def tiny_gguf() -> str:
     """A ~0.5 MB random-weight llama GGUF: the real llama.cpp path in milliseconds."""
+    from fleet.sdk.process import data_dir
     from tests.support.tinyllm import write_tiny_gguf
 
-    return str(write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf"))
+    # under the data folder: a model named by path must lie under the file roots
+    return str(write_tiny_gguf(data_dir("test-models") / "tiny.gguf"))
 
 
 @pytest.fixture(scope="session")

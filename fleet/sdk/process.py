@@ -40,6 +40,12 @@ def class_spec() -> ClassSpec | None:
     return settings().classes.get(cls) if cls else None
 
 
+def class_limits() -> ClassSpec:
+    """What this worker's class lets an op allocate (``llm_max_ctx``, ``llm_models``): its
+    configured preset, else the built-in defaults (a process that serves no class)."""
+    return class_spec() or ClassSpec(name=worker_class() or "local")
+
+
 def threads() -> int:
     """Threads one op may use: set per worker so that workers share the cores."""
     try:

@@ -21,10 +21,9 @@ from tests.unit.routing.test_policies import req
 pytestmark = pytest.mark.integration
 
 
-def test_a_model_load_is_reported_and_counted(
-    client: Fleet, tiny_gguf: str, tmp_path: Path
-) -> None:
-    model = tmp_path / f"cold-{uuid.uuid4().hex[:8]}.gguf"  # a model no process holds yet
+def test_a_model_load_is_reported_and_counted(client: Fleet, tiny_gguf: str) -> None:
+    # a model no process holds yet, under the file roots (beside the tiny one)
+    model = Path(tiny_gguf).with_name(f"cold-{uuid.uuid4().hex[:8]}.gguf")
     shutil.copy(tiny_gguf, model)
     wf = Workflow("cold-start", inputs=["p"])
     params = {"max_tokens": 4, "model": str(model), "n_ctx": 256, "classes": ["gpu"]}

@@ -26,9 +26,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from workers.ops.llm_sampling import GREEDY_EPSILON, GrammarDeadEnd, Sampler
+
 log = logging.getLogger("fleet.batcher")
 
-GREEDY_EPSILON = 1e-6
 # Once other model work of the process waits for the device, the batch keeps it this long
 # at most before letting that work run (then it queues again behind it).
 SLICE_S = 0.5
@@ -36,7 +37,6 @@ SLICE_S = 0.5
 # starts mid-prompt sums in another order (llama.cpp is not batch-invariant), which can flip
 # a greedy near-tie against the cold text.
 MIN_REUSE = 32
-TOP_K, TOP_P, MIN_P = 40, 0.95, 0.05  # llama-cpp-python's completion defaults
 
 
 class DeviceSlot(Protocol):
@@ -116,8 +116,7 @@ class _Slot:
     cached: list[int] = field(default_factory=list)  # tokens whose KV the sequence holds
     used: float = 0.0
     request: Request | None = None
-    sampler: Any = None
-    grammar: Any = None  # the grammar sampler inside ``sampler`` (greedy requests only)
+    sampler: Sampler | None = None
     pos: int = 0
     pending: int = -1  # token sampled but not yet decoded
     todo: list[int] = field(default_factory=list)  # prompt tokens not yet in the KV cache
@@ -207,12 +206,15 @@ class Batcher:
         self.waiting: deque[Request] = deque()
         self.cond = threading.Condition()
         self.decodes = 0
+        self.closed = False
         self.thread = threading.Thread(target=self._loop, name="llm-batcher", daemon=True)
         self.thread.start()
 
     # -- the callers' side ------------------------------------------------------------------
 
     def submit(self, request: Request) -> Request:
+        if self.closed:
+            raise BatchError("the LLM was unloaded from this process")
         if len(request.tokens) + request.max_tokens > self.n_ctx:
             raise ValueError(
                 f"prompt is {len(request.tokens)} tokens; with max_tokens={request.max_tokens} "
@@ -235,6 +237,31 @@ class Batcher:
         """Sequences running now (the batch occupancy)."""
         return sum(1 for s in self.slots if s.request is not None)
 
+    def idle(self) -> bool:
+        """Nothing waiting and no sequence running: it may be closed."""
+        with self.cond:
+            return not self._work()
+
+    def close(self) -> None:
+        """Stop the scheduler thread and free the context (a model the process unloads).
+        A request still inside fails; a closed batch takes none."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.thread.join()
+        with self.cond:
+            left = list(self.waiting) + [s.request for s in self.slots if s.request]
+            self.waiting.clear()
+        for slot in self.slots:
+            if slot.sampler is not None:
+                slot.sampler.close()
+            slot.request, slot.sampler = None, None
+        for request in left:
+            request.error = BatchError("the LLM was unloaded from this process")
+            request.done.set()
+        self._lc.llama_batch_free(self.batch)
+        self._lc.llama_free(self.ctx)
+
     # -- the scheduler thread -----------------------------------------------------------------
 
     def _work(self) -> bool:
@@ -245,6 +272,7 @@ class Batcher:
         while True:
             if held_since is not None and (
                 not self._work()
+                or self.closed
                 or (
                     self.lock is not None
                     and self.lock.waiting()
@@ -255,8 +283,10 @@ class Batcher:
                 self.lock.release()  # the other model work's turn
                 held_since = None
             with self.cond:
-                while not self._work():
+                while not self._work() and not self.closed:
                     self.cond.wait()
+                if self.closed:
+                    return
             if held_since is None and self.lock is not None:
                 self.lock.acquire()
                 held_since = time.monotonic()
@@ -344,7 +374,7 @@ class Batcher:
         shared = _common_prefix(slot.cached, request.tokens)
         return shared if shared >= self.min_reuse else 0
 
-    def _start(self, slot: _Slot, request: Request, sampler: tuple[Any, Any]) -> None:
+    def _start(self, slot: _Slot, request: Request, sampler: Sampler | None) -> None:
         """The prompt up to its last token is prefilled (in chunks); the last token goes in
         with the next step's decoding tokens, and its logits start the answer. So the
         first token's logits come from the same shape of batch however much of the prompt
@@ -357,38 +387,20 @@ class Batcher:
         if not self._lc.llama_memory_seq_rm(self.memory, slot.seq, keep, -1):
             self._lc.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
             keep = 0
-        slot.request, (slot.sampler, slot.grammar) = request, sampler
+        slot.request, slot.sampler = request, sampler
         request.reused = keep
         slot.cached = list(request.tokens[:keep])
         slot.todo = list(request.tokens[keep:-1])
         slot.pending = request.tokens[-1]
         slot.pos = keep
 
-    def _sampler(self, request: Request) -> tuple[Any, Any]:
-        """The request's sampler chain (None for plain greedy decoding: an argmax, as
+    def _sampler(self, request: Request) -> Sampler | None:
+        """The request's :class:`Sampler` (None for plain greedy decoding: an argmax, as
         building llama.cpp's candidate array over a 262k vocabulary costs more than the
-        argmax) and, for a greedy request, its grammar sampler inside the chain."""
-        lc = self._lc
+        argmax). A grammar that does not parse is a ValueError: its own request fails."""
         if not request.grammar and request.temperature <= GREEDY_EPSILON:
-            return None, None
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        grammar = None
-        if request.grammar:
-            grammar = lc.llama_sampler_init_grammar(self.vocab, request.grammar.encode(), b"root")
-            if not grammar:
-                lc.llama_sampler_free(chain)
-                raise ValueError("the grammar does not parse (GBNF)")
-            lc.llama_sampler_chain_add(chain, grammar)
-        if request.temperature <= GREEDY_EPSILON:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-        else:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(TOP_K))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(TOP_P, 1))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(MIN_P, 1))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(request.temperature))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(request.seed))
-            grammar = None  # sampled through the whole chain
-        return chain, grammar
+            return None
+        return Sampler(self.vocab, self.n_vocab, request.grammar, request.temperature, request.seed)
 
     def _sample(self, slot: _Slot, index: int) -> None:
         request = slot.request
@@ -399,20 +411,13 @@ class Batcher:
                 lc.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)
             )
             token = int(logits.argmax())
-        elif slot.grammar is not None:
-            # Greedy under a grammar: when the grammar allows the plain argmax, it is the
-            # argmax of the allowed tokens too -- the grammar checks one token instead of the
-            # whole vocabulary (33 ms a token for Gemma's 262k); else the full path.
-            logits = np.ctypeslib.as_array(
-                lc.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)
-            )
-            token = int(logits.argmax())
-            if self._allows(slot.grammar, token, float(logits[token])):
-                lc.llama_sampler_accept(slot.sampler, token)
-            else:
-                token = int(lc.llama_sampler_sample(slot.sampler, self.ctx, index))
         else:
-            token = int(lc.llama_sampler_sample(slot.sampler, self.ctx, index))
+            try:
+                token = slot.sampler.sample(self.ctx, index)
+            except GrammarDeadEnd as exc:  # this request alone cannot go on
+                request.error = exc
+                self._retire(slot, "error")
+                return
         end = bool(lc.llama_vocab_is_eog(self.vocab, token))
         reason = request.take(token, b"" if end else token_piece(self.vocab, token), end)
         if reason is not None:
@@ -420,26 +425,13 @@ class Batcher:
         else:
             slot.pending = token
 
-    def _allows(self, grammar: Any, token: int, logit: float) -> bool:
-        lc = self._lc
-        data = (lc.llama_token_data * 1)()
-        data[0].id, data[0].logit, data[0].p = token, logit, 0.0
-        one = lc.llama_token_data_array(
-            data=ctypes.cast(data, ctypes.POINTER(lc.llama_token_data)),
-            size=1,
-            selected=-1,
-            sorted=False,
-        )
-        lc.llama_sampler_apply(grammar, ctypes.byref(one))
-        return bool(np.isfinite(data[0].logit))
-
     def _retire(self, slot: _Slot, reason: str) -> None:
         request = slot.request
         slot.request, slot.todo = None, []
         slot.used = time.monotonic()
         if slot.sampler is not None:
-            self._lc.llama_sampler_free(slot.sampler)  # the grammar sampler with it
-            slot.sampler = slot.grammar = None
+            slot.sampler.close()
+            slot.sampler = None
         if request is not None:
             request.finish_reason = reason
             request.done.set()

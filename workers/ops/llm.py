@@ -17,14 +17,15 @@ import json
 import re
 import time
 import zlib
-from functools import lru_cache
 from typing import Any
 
 from fleet.sdk import blobs, op, time_left
-from workers.ops.batcher import Request, token_piece
+from workers.ops.batcher import Request, kv_cache_mb, token_piece
 from workers.ops.endpoint import complete, this_workers_endpoint
 from workers.ops.general import SAMPLE_TEXT
-from workers.ops.models import DEFAULT_LLM, LLAMA_CPP, LOADS, batcher, device_lock, llm
+from workers.ops.llm_models import check_ctx, llm_lease
+from workers.ops.llm_sampling import Sampler, check_grammar
+from workers.ops.models import DEFAULT_LLM, LLAMA_CPP, LOADS, device_lock
 
 SAMPLE_PROMPT = (
     f"Context:\n{SAMPLE_TEXT}\n\nQuestion: How long does standard shipping take?\nAnswer:"
@@ -89,7 +90,6 @@ def _tokens(model: Any, prompt: Any, max_tokens: int) -> list[int]:
 
 
 MAX_CHOICES = 200
-MAX_GRAMMAR_CHARS = 64_000
 
 
 def gbnf_choices(choices: list[str]) -> str:
@@ -107,23 +107,16 @@ def gbnf_choices(choices: list[str]) -> str:
     return 'root ::= " "? (' + " | ".join(alts) + ")"
 
 
-@lru_cache(maxsize=64)
-def _grammar(text: str) -> Any:
-    """One grammar object per grammar text and process."""
-    from llama_cpp.llama_grammar import LlamaGrammar
-
-    if len(text) > MAX_GRAMMAR_CHARS:
-        raise ValueError(f"grammar is {len(text)} characters (limit {MAX_GRAMMAR_CHARS})")
-    return LlamaGrammar.from_string(text, verbose=False)
-
-
 def _constraint(
     model: Any, grammar: str | None, choices: list[str] | None, max_tokens: int
 ) -> tuple[str | None, int]:
     """(the GBNF text or None, max_tokens enough for the longest choice); the grammar is
-    parsed here, so that a bad one fails its own step before it reaches a batch."""
+    checked here against the model's vocabulary (:func:`check_grammar`), so that a bad one
+    fails its own step before it reaches a batch."""
     if grammar and choices:
         raise ValueError("give grammar or choices, not both")
+    if grammar is not None and not isinstance(grammar, str):
+        raise ValueError("grammar must be a GBNF text")
     text: str | None = None
     if choices:
         longest = max(len(model.tokenize(c.encode(), add_bos=False)) for c in choices)
@@ -132,7 +125,7 @@ def _constraint(
     else:
         text = grammar or None
     if text is not None:
-        _grammar(text)
+        check_grammar(model._model.vocab, model.n_vocab(), text)
     return text, max_tokens
 
 
@@ -185,20 +178,28 @@ def _complete(
     import llama_cpp as lc
 
     request = _request(model, prompt, max_tokens, temperature, stop, seed, grammar, choices)
-    model.set_seed(seed)
     vocab = model._model.vocab
-    generator = model.generate(
-        request.tokens,
-        temp=temperature,
-        grammar=None if request.grammar is None else _grammar(request.grammar),
-        reset=True,  # keeps the restored prompt's KV: only its last token is evaluated
-    )
-    for token in generator:
-        end = bool(lc.llama_vocab_is_eog(vocab, token))
-        reason = request.take(token, b"" if end else token_piece(vocab, token), end)
-        if reason is not None:
-            request.finish_reason = reason
-            break
+    tokens = request.tokens
+    # What the context holds already (a restored prompt) is kept; its last token is
+    # evaluated again, so its logits start the answer
+    held = model.input_ids[: model.n_tokens].tolist()
+    keep = 0
+    while keep < min(len(held), len(tokens) - 1) and held[keep] == tokens[keep]:
+        keep += 1
+    model.n_tokens = keep  # eval() drops the KV past it
+    sampler = Sampler(vocab, model.n_vocab(), request.grammar, temperature, seed)
+    try:
+        model.eval(tokens[keep:])
+        while True:
+            token = sampler.sample(model._ctx.ctx, -1)
+            end = bool(lc.llama_vocab_is_eog(vocab, token))
+            reason = request.take(token, b"" if end else token_piece(vocab, token), end)
+            if reason is not None:
+                request.finish_reason = reason
+                break
+            model.eval([token])
+    finally:
+        sampler.close()
     return _result(request, prefix)
 
 
@@ -249,12 +250,14 @@ def generate(
                 "endpoint: pin this node to a local class (classes: [gpu, cpu])"
             )
         return complete(remote, prompt, max_tokens, temperature, stop, seed, prefix)
-    engine = llm(model, n_ctx)
-    request = _request(engine, prompt, max_tokens, temperature, stop, seed, grammar, choices)
-    batch = batcher(model, n_ctx)
-    batch.submit(request)
-    left = time_left(float("inf"))
-    batch.wait(request, None if left == float("inf") else left)
+    with llm_lease(model, check_ctx(n_ctx), batch=True) as entry:
+        assert entry.batch is not None
+        request = _request(
+            entry.engine, prompt, max_tokens, temperature, stop, seed, grammar, choices
+        )
+        entry.batch.submit(request)
+        left = time_left(float("inf"))
+        entry.batch.wait(request, None if left == float("inf") else left)
     return {
         **_result(request, prefix),
         "cached_tokens": request.reused,
@@ -276,9 +279,9 @@ def prefill(prompt: str, model: str = DEFAULT_LLM, n_ctx: int = 2048) -> dict[st
     """Evaluate the prompt and hand llama.cpp's state over by reference (for llm.decode)."""
     import numpy as np
 
-    engine = llm(model, n_ctx)
     start = time.perf_counter()
-    with device_lock():
+    with llm_lease(model, check_ctx(n_ctx)) as entry, device_lock():
+        engine = entry.engine
         tokens = _tokens(engine, prompt, 1)
         engine.reset()
         # All but the last token, as the batch prefills a prompt: llm.decode evaluates the
@@ -313,7 +316,13 @@ def _restore(engine: Any, payload: bytes, model: str) -> str:
     header = json.loads(raw_header)
     if header.get("format") != STATE_FORMAT or header.get("model") != model:
         raise ValueError(f"state was saved by model {header.get('model')!r}, not {model!r}")
-    data = zlib.decompress(body)
+    # A state holds at most its context's KV cache: a blob that inflates past it is refused
+    # as it inflates (a small blob of zeros could otherwise grow to gigabytes)
+    most = int(kv_cache_mb(engine._model.model, engine.n_ctx()) * 2**20 * 1.5) + 2**24
+    inflate = zlib.decompressobj()
+    data = inflate.decompress(body, most)
+    if inflate.unconsumed_tail:
+        raise ValueError(f"state inflates past {most} bytes, more than a context of its n_ctx")
     ids = np.zeros(engine.n_ctx(), dtype=np.intc)
     ids[: header["n_tokens"]] = header["input_ids"]
     engine.load_state(
@@ -352,10 +361,11 @@ def decode(
 ) -> dict[str, Any]:
     """Restore a prefilled state (from llm.prefill) and generate the completion (``grammar``
     and ``choices`` as for llm.generate). ``handover_s``: fetching and restoring the state."""
-    engine = llm(model, n_ctx)
+    n_ctx = check_ctx(n_ctx)
     start = time.perf_counter()
     payload = blobs().get(state)
-    with device_lock():
+    with llm_lease(model, n_ctx) as entry, device_lock():
+        engine = entry.engine
         prompt = _restore(engine, payload, model)
         handover = time.perf_counter() - start
         result = _complete(

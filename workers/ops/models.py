@@ -18,27 +18,21 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from fleet.sdk import (
     RuntimeSpec,
     claim_runtime,
-    computes_on_cpu,
-    concurrent_steps,
     data_dir,
     ensure_gpu_memory,
-    ensure_memory,
     note_load,
     preloader,
     threads,
     wants_cuda,
 )
 from fleet.sdk.registry import registry
-
-if TYPE_CHECKING:
-    from workers.ops.batcher import Batcher
 
 log = logging.getLogger("fleet.models")
 T = TypeVar("T")
@@ -261,113 +255,6 @@ def gguf_path(model: str) -> Path:
     return _atomic_build(data_dir("models") / "gemma-3-270m-q4_k_m.gguf", build)
 
 
-def llm(model: str = DEFAULT_LLM, n_ctx: int = 2048) -> Any:
-    """A llama.cpp model; on a CUDA class with a GPU present every layer is offloaded."""
-    return _llm(model, n_ctx)  # one cache key however the arguments were passed
-
-
-@_once
-def _llm(model: str, n_ctx: int) -> Any:
-    claim_runtime(LLAMA_CPP)
-    from llama_cpp import Llama
-
-    path = gguf_path(model)
-    gpu_layers = -1 if wants_cuda() else 0
-    if gpu_layers and not _llama_offloads():
-        computes_on_cpu(
-            LLAMA_CPP, "this llama-cpp-python is a CPU build (bash scripts/setup-gpu.sh)"
-        )
-        gpu_layers = 0
-    # weights, plus the KV cache and compute buffers (about a quarter more for small models)
-    ensure_gpu_memory(path.stat().st_size / 2**20 * 1.25 + 64, f"LLM {path.name}")
-
-    def load() -> Any:
-        with _plain_weight_buffers(_has_amx()):
-            return Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=threads(),
-                n_threads_batch=threads(),
-                n_gpu_layers=gpu_layers,
-                verbose=False,
-            )
-
-    return _loaded(f"llm:{model}", load)
-
-
-def _llama_offloads() -> bool:
-    import llama_cpp
-
-    return bool(llama_cpp.llama_supports_gpu_offload())
-
-
-@functools.cache
-def _has_amx() -> bool:
-    """Whether this CPU has AMX tiles, on which llama.cpp (as llama-cpp-python 0.3.36 builds
-    it natively) puts quantised weights in AMX buffers -- and Gemma 3's first llama_decode
-    crashes there (SIGSEGV, measured on a Xeon with amx_tile/amx_int8)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return any(line.startswith("flags") and " amx_tile" in line for line in info)
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _plain_weight_buffers(plain: bool) -> Iterator[None]:
-    """Load with llama.cpp's extra weight buffer types (AMX, repacking) off when ``plain``:
-    Llama() has no argument for it, so the defaults it starts from are changed while it
-    loads (models load one at a time: see _once)."""
-    if not plain:
-        yield
-        return
-    import llama_cpp.llama_cpp as lib
-
-    default = lib.llama_model_default_params
-
-    def params() -> Any:
-        made = default()
-        made.use_extra_bufts = False
-        return made
-
-    lib.llama_model_default_params = params
-    log.warning("this CPU has AMX: llama.cpp loads weights without extra buffer types")
-    try:
-        yield
-    finally:
-        lib.llama_model_default_params = default
-
-
-def batcher(model: str = DEFAULT_LLM, n_ctx: int = 2048) -> Batcher:
-    """The continuous batch that serves ``model``'s completions in this process: one
-    sequence of ``n_ctx`` tokens per step the process runs at once (its class's concurrency
-    on a thread pool), on the weights :func:`llm` loaded."""
-    return _batcher(model, n_ctx)
-
-
-@_once
-def _batcher(model: str, n_ctx: int) -> Batcher:
-    from workers.ops.batcher import Batcher, kv_cache_mb
-
-    engine = llm(model, n_ctx)
-    weights = engine._model.model  # llama-cpp-python's model pointer: one copy of the weights
-    sequences = concurrent_steps()
-    ensure_memory(
-        kv_cache_mb(weights, n_ctx * sequences) * 1.1 + 32,  # + compute buffers
-        f"the KV cache of LLM {model} ({sequences} sequences x {n_ctx} tokens)",
-        "lower the class's concurrency (one sequence per step) or the step's n_ctx",
-    )
-    log.warning("LLM %s serves %d sequences of %d tokens in one batch", model, sequences, n_ctx)
-    return Batcher(
-        weights,
-        sequences=sequences,
-        n_ctx=n_ctx,
-        threads=threads(),
-        owner=engine,
-        lock=device_lock(),
-    )
-
-
 def embedder(model: str = DEFAULT_EMBEDDER) -> Any:
     return _embedder(model)
 
@@ -435,13 +322,6 @@ def _stt(model: str) -> Any:
         f"stt:{model}",
         lambda: WhisperModel(path, device=device, compute_type=compute, cpu_threads=threads()),
     )
-
-
-@preloader("llm", runtime=LLAMA_CPP)
-def _warm_llm() -> None:
-    # One short completion: the first inference of a process pays for page faults and
-    # buffer allocation, which would otherwise land on the first real request.
-    llm().create_completion("Hello", max_tokens=1)
 
 
 @preloader("embed", runtime=TORCH)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from workers.ops import models
+from workers.ops import llm_models, models
 from workers.ops.batcher import Batcher, Request, kv_cache_mb
 from workers.ops.llm import gbnf_choices
 
@@ -19,7 +19,7 @@ PROMPTS = [f"the order {i} is late" + " yes" * i for i in range(6)]
 
 @pytest.fixture(scope="module")
 def engine(tiny_gguf: str) -> Any:
-    return models.llm(tiny_gguf, 256)
+    return llm_models.llm(tiny_gguf, 256)
 
 
 @pytest.fixture
@@ -157,9 +157,9 @@ def test_the_kv_cache_must_fit_before_the_batch_is_made(
     tiny_gguf: str, engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert kv_cache_mb(engine._model.model, 1024) == pytest.approx(2 * 4 * 32 * 2 * 1024 / 2**20)
-    monkeypatch.setattr(models, "concurrent_steps", lambda: 10**6)
+    monkeypatch.setattr(llm_models, "concurrent_steps", lambda: 10**6)
     with pytest.raises(MemoryError, match=r"1000000 sequences x 256 tokens.*concurrency"):
-        models._batcher.__wrapped__(tiny_gguf, 256)
+        llm_models._make_batcher(tiny_gguf, 256, engine)
 
 
 def test_the_op_runs_in_the_batch_and_reports_the_reused_prefix(tiny_gguf: str) -> None:
@@ -185,7 +185,7 @@ def test_one_step_alone_gets_the_tokens_of_a_plain_llama_context(tiny_gguf: str)
 
     prompt = "the order is late yes no refund"
     batched = generate(prompt, max_tokens=12, model=tiny_gguf, n_ctx=256)
-    engine = models.llm(tiny_gguf, 256)
+    engine = llm_models.llm(tiny_gguf, 256)
     with models.device_lock():
         engine.reset()
         plain = _complete(engine, prompt, 12, 0.0, [], 0)
@@ -210,17 +210,17 @@ def test_a_request_that_can_reuse_nothing_takes_the_least_recently_used_slot(
 
 
 def test_threads_taking_their_first_step_at_once_share_one_model_and_batch(
-    tiny_gguf: str, tmp_path: Path
+    tiny_gguf: str,
 ) -> None:
     """An 8-thread gpu worker's first steps all arrive together: one load, one batch."""
-    model = str(tmp_path / "fresh.gguf")  # a model this process has not loaded yet
+    model = str(Path(tiny_gguf).with_name("fresh.gguf"))  # a model not loaded yet
     shutil.copy(tiny_gguf, model)
     got: list[Any] = []
     start = threading.Barrier(8)
 
     def first_step() -> None:
         start.wait()
-        got.append(models.batcher(model, 192))
+        got.append(llm_models.batcher(model, 192))
 
     threads = [threading.Thread(target=first_step) for _ in range(8)]
     for t in threads:
@@ -229,4 +229,4 @@ def test_threads_taking_their_first_step_at_once_share_one_model_and_batch(
         t.join()
     assert len(got) == 8 and all(b is got[0] for b in got)
     assert models.LOADS[f"llm:{model}"] == 1
-    assert models.llm(model, 192) is got[0].owner
+    assert llm_models.llm(model, 192) is got[0].owner

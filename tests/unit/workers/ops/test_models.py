@@ -8,14 +8,14 @@ import pytest
 
 from fleet.errors import FleetError
 from fleet.sdk.registry import registry
-from workers.ops import models
+from workers.ops import llm_models, models
 
 
 def test_llm_is_loaded_once_per_process_however_called(tiny_gguf: str) -> None:
     before = models.LOADS[f"llm:{tiny_gguf}"]  # n_ctx 320: a size no other test loads
-    first = models.llm(tiny_gguf, 320)
-    assert models.llm(model=tiny_gguf, n_ctx=320) is first
-    assert models.llm(tiny_gguf, n_ctx=320) is first
+    first = llm_models.llm(tiny_gguf, 320)
+    assert llm_models.llm(model=tiny_gguf, n_ctx=320) is first
+    assert llm_models.llm(tiny_gguf, n_ctx=320) is first
     assert models.LOADS[f"llm:{tiny_gguf}"] == before + 1
 
 
@@ -40,14 +40,14 @@ def test_weights_load_without_extra_buffer_types_on_an_amx_cpu() -> None:
     import llama_cpp.llama_cpp as lib
 
     assert lib.llama_model_default_params().use_extra_bufts  # llama.cpp's own default
-    with models._plain_weight_buffers(True):
+    with llm_models._plain_weight_buffers(True):
         assert not lib.llama_model_default_params().use_extra_bufts
     assert lib.llama_model_default_params().use_extra_bufts  # restored
-    with models._plain_weight_buffers(False):
+    with llm_models._plain_weight_buffers(False):
         assert lib.llama_model_default_params().use_extra_bufts
     lines = Path("/proc/cpuinfo").read_text().splitlines()
     flags = next((ln for ln in lines if ln.startswith("flags")), "")
-    assert models._has_amx() == (" amx_tile" in flags)
+    assert llm_models._has_amx() == (" amx_tile" in flags)
 
 
 def test_a_cpu_build_on_a_gpu_class_is_said_not_hidden(
@@ -57,11 +57,11 @@ def test_a_cpu_build_on_a_gpu_class_is_said_not_hidden(
     log, and every LLM step's trace says where it computed."""
     from fleet.sdk import process
 
-    monkeypatch.setattr(models, "wants_cuda", lambda: True)
+    monkeypatch.setattr(llm_models, "wants_cuda", lambda: True)
     monkeypatch.setattr(process, "_ON_CPU", {})
     with caplog.at_level("WARNING", logger="fleet.process"):
-        models.llm(tiny_gguf, 336)  # a size no other test loads: a fresh load
-    assert models._llama_offloads() is False  # this machine's build
+        llm_models.llm(tiny_gguf, 336)  # a size no other test loads: a fresh load
+    assert llm_models._llama_offloads() is False  # this machine's build
     why = process.cpu_fallback("llama.cpp")
     assert why is not None and "CPU build" in why and "setup-gpu.sh" in why
     assert "llama.cpp runs on the CPU, not the GPU" in caplog.text
