@@ -24,6 +24,8 @@ CELERY_DONE_TASK = "fleet.celery_done"
 CELERY_FAILED_TASK = "fleet.celery_failed"
 CELERY_OP_PREFIX = "celery:"  # an op that is an existing Celery task, sent by name
 CELERY_STEP_HEADER = "fleet_step"  # on a `celery:` step's message: its node path
+# ops the engine keeps itself (a run parks on them: no message, no worker slot)
+WAIT_OP_PREFIX = "wait."
 
 # Message headers stamped at publish time.
 SENT_AT_HEADER = "fleet_sent_at"
@@ -45,6 +47,12 @@ RUN_STARTS_KEY = "fleet:run:{id}:starts"
 # hash: "*" (the run) or a node path -> the Celery task waiting for it (its request, JSON)
 RUN_REPLIES_KEY = "fleet:run:{id}:replies"
 RUN_MAP_KEY = "fleet:run:{id}:map:{node}"  # set: finished items of a mapped node
+# hash: node path -> JSON {name, since, until, on_timeout} of each node the run waits on
+RUN_WAITS_KEY = "fleet:run:{id}:waits"
+# hash: signal name -> JSON list of payloads sent before a node waited for them (kept, FIFO)
+RUN_SIGNALS_KEY = "fleet:run:{id}:signals"
+# sorted set: "run id|node path" -> when that wait times out (the sweep releases it)
+WAITS_DUE_KEY = "fleet:waits:due"
 # a `celery:` step's task as its worker started it: {started_at, worker} (JSON)
 CELERY_START_KEY = "fleet:celery-start:{task_id}"
 SPEC_KEY = "fleet:spec:{digest}"  # a workflow spec (JSON), content-addressed

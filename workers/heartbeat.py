@@ -18,10 +18,12 @@ from typing import Any, cast
 import redis
 from celery import bootsteps
 
-from fleet.constants import TASK_PREFIX, THREADS_ENV, WARM_KEY
+from fleet.constants import TASK_PREFIX, THREADS_ENV, WAITS_DUE_KEY, WARM_KEY
+from fleet.engine.waits import release_due
 from fleet.routing.state import beat, forget
 from fleet.sdk.devices import detect_gpus
 from workers.orphans import check as check_orphans
+from workers.runtime import runtime
 from workers.sweeper import sweep, take_turn
 
 log = logging.getLogger("fleet.worker")
@@ -39,6 +41,7 @@ class Heartbeat(bootsteps.StartStopStep):
         self.grace_s = 0.0
         self.next_sweep = 0.0
         self.orphans: threading.Thread | None = None
+        self.releaser: threading.Thread | None = None
         self.pool: Any = None
         self.direct = False
         self.warm_key = ""
@@ -106,6 +109,7 @@ class Heartbeat(bootsteps.StartStopStep):
             with contextlib.suppress(ValueError, TypeError):  # the beat goes out regardless
                 details.update(self._warmth())
             beat(self.client, hostname, self.classes, details, ttl, direct=self.direct)
+            self._release_waits()
             if time.monotonic() >= self.next_sweep:
                 self.next_sweep = time.monotonic() + self.grace_s
                 if take_turn(self.client, self.grace_s):
@@ -133,6 +137,25 @@ class Heartbeat(bootsteps.StartStopStep):
                 warm[op] = warm.get(op, 0) + 1
             cold[op] = max(cold.get(op, 0.0), float(seconds))
         return {"warm": warm, "cold": cold}
+
+    def _release_waits(self) -> None:
+        """Parked runs whose wait has come to its end (a timer, a signal's timeout) go on:
+        looked for every beat (one cheap read), ended in a thread of its own (each moves a
+        run on), one at a time per worker; the script that ends a wait lets one worker do it."""
+        client = self.client
+        if client is None or (self.releaser is not None and self.releaser.is_alive()):
+            return
+        if not client.zrangebyscore(WAITS_DUE_KEY, "-inf", time.time(), start=0, num=1):
+            return
+
+        def release() -> None:
+            try:
+                release_due(runtime(self.app).engine)
+            except Exception as exc:  # never take the worker down
+                log.exception("releasing due waits failed: %s", exc)
+
+        self.releaser = threading.Thread(target=release, name="fleet-waits", daemon=True)
+        self.releaser.start()
 
     def _look_for_orphans(self, ttl: float) -> None:
         """The orphan check reads whole queues: in a thread of its own, one at a time, so

@@ -143,9 +143,10 @@ def _check_run(
         log.warning("orphan check: run %s: %s", run_id, exc)
         return 0
     sent = 0
+    parked = {w.path for w in engine.waits.waits(run_id)}  # held by the run store
     for call in decision.ready:
         key = f"{run_id}|{call['path']}"
-        if (run_id, call["path"]) in seen:
+        if (run_id, call["path"]) in seen or call["path"] in parked:
             client.hdel(ORPHAN_SUSPECTS_KEY, key)
             continue
         first = client.hget(ORPHAN_SUSPECTS_KEY, key)

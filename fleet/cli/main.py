@@ -23,6 +23,7 @@ from fleet.errors import ConfigError
 # name -> "module:attribute", by family (the sections of `fleet --help`).
 FAMILIES: dict[str, str] = {
     "fleet.cli.run": "Run a fleet and its workflows",
+    "fleet.cli.signal": "Run a fleet and its workflows",
     "fleet.cli.host": "This host and its live workers",
     "fleet.cli.plan": "Plan a fleet",
     "fleet.cli.measure": "Measure",
@@ -32,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "up": "fleet.cli.run:up",
     "submit": "fleet.cli.run:submit",
     "trace": "fleet.cli.run:trace",
+    "signal": "fleet.cli.signal:signal",
     "status": "fleet.cli.run:status",
     "validate": "fleet.cli.run:validate",
     "compile": "fleet.cli.run:compile_",

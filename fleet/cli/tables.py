@@ -8,6 +8,7 @@ command that draws one table does not load what the others describe.
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 from rich import box
@@ -73,6 +74,8 @@ def trace_table(trace: list[TraceEntry], t0: float | None = None, why: bool = Fa
             _ms(e.started_at - base) if e.status != "skipped" else "-",
             *((_estimate(e),) if why else ()),
         )
+        if e.status == "waiting":
+            errors.append(_waiting(e))
         if why and e.route.get("reason"):
             reasons.append(f"why {e.node} -> {e.cls or '-'}: {e.route['reason']}")
     fallbacks = sorted({f"class {e.cls} ran on {e.device}" for e in trace if e.device})
@@ -81,6 +84,15 @@ def trace_table(trace: list[TraceEntry], t0: float | None = None, why: bool = Fa
         table.caption = Text("\n".join(errors + reasons))
         table.caption_justify = "left"
     return table
+
+
+def _waiting(e: TraceEntry) -> str:
+    """What a parked node waits for, since when and until when (UTC)."""
+    what = f"signal '{e.signal}'" if e.signal else "its time"
+    stamp = "%Y-%m-%d %H:%M:%S UTC"
+    since = time.strftime(stamp, time.gmtime(e.started_at))
+    until = time.strftime(stamp, time.gmtime(e.until)) if e.until else "no end"
+    return f"{e.node} waits for {what} since {since}, until {until}"
 
 
 def _estimate(e: TraceEntry) -> str:

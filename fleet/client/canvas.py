@@ -29,6 +29,8 @@ from fleet.constants import CANVAS_FINISH_TASK, CANVAS_START_TASK, CELERY_OP_PRE
 from fleet.engine.compiler import CompiledWorkflow, Scope
 from fleet.engine.dispatch import new_run
 from fleet.engine.readiness import StepCall
+from fleet.errors import FleetError
+from fleet.workflow.waits import wait_nodes
 
 ENGINE = "engine"  # what Flower shows for a node the engine runs inside the canvas
 ENGINE_NODES = ("map", "agent", "celery")  # kinds of node the engine runs (workers.canvas_tasks)
@@ -83,7 +85,16 @@ def build(
     values: dict[str, Any],
     options: dict[str, Any],
 ) -> Signature:
-    """The canvas of one run of ``workflow`` with inputs ``values`` (checked already)."""
+    """The canvas of one run of ``workflow`` with inputs ``values`` (checked already). A
+    workflow with a wait node is refused: a canvas task would hold a worker slot for the
+    whole wait, which is what parking a run avoids."""
+    if found := wait_nodes(workflow.spec):
+        path, op = found[0]
+        raise FleetError(
+            f"node '{path}' waits ({op}): a Celery canvas cannot park a run without holding a "
+            "worker slot; submit this workflow (Fleet.submit, or Fleet.signature in your "
+            "canvas) instead of to_canvas"
+        )
     control = cfg.classes[cfg.control_class].queue_name
     run = new_run(workflow, uuid.uuid4().hex, options)
     extra = {"priority": cfg.message_priority(run.get("priority"))}

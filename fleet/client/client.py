@@ -29,6 +29,7 @@ from fleet.config import FleetConfig, redact
 from fleet.constants import WORKFLOW_TASK
 from fleet.engine.compiler import CompiledWorkflow, compile_workflow
 from fleet.engine.dispatch import Dispatcher, new_run
+from fleet.engine.waits import signal as signal_run
 from fleet.errors import FleetError, WorkflowFailed, WorkflowTimeout
 from fleet.messaging.app import default_app
 from fleet.routing.policies import make_policy
@@ -36,6 +37,7 @@ from fleet.sdk.registry import registry
 from fleet.store.artifacts import ArtifactStore, BlobStore
 from fleet.store.records import RunInfo, TraceEntry
 from fleet.store.runs import RunStore
+from fleet.store.waits import Signalled
 from fleet.workflow.builder import WorkflowBuilder
 from fleet.workflow.chaining import check_given
 from fleet.workflow.loader import load_workflow
@@ -69,9 +71,10 @@ def _check_run_options(sla_s: float | None, policy: str | None) -> None:
 class RunHandle:
     """A submitted run: wait for it, poll it, read its trace."""
 
-    def __init__(self, run_id: str, store: RunStore) -> None:
+    def __init__(self, run_id: str, store: RunStore, engine: Dispatcher | None = None) -> None:
         self.id = run_id
         self._store = store
+        self._engine = engine
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.id} {self.status()}>"
@@ -97,6 +100,12 @@ class RunHandle:
         if info.status != "succeeded":
             raise WorkflowTimeout(f"run {self.id} did not finish within {timeout} s")
         return info.outputs or {}
+
+    def signal(self, name: str, data: Any = None) -> Signalled:
+        """Send signal ``name`` (with JSON ``data``) to this run: see :meth:`Fleet.signal`."""
+        if self._engine is None:
+            raise FleetError("this handle cannot signal: get it from Fleet.handle or submit")
+        return signal_run(self._engine, self.id, name, data)
 
 
 class Fleet:
@@ -151,7 +160,7 @@ class Fleet:
                     ) from exc
                 log.warning("submit %s: %s; retrying in %.1f s", run_id, exc, pause)
                 time.sleep(pause)
-        return RunHandle(run_id, self.store)
+        return RunHandle(run_id, self.store, self.dispatcher)
 
     def run(
         self, workflow: WorkflowLike, inputs: dict[str, Any] | None = None, timeout: float = 60.0
@@ -254,8 +263,17 @@ class Fleet:
     def _blobs(self) -> BlobStore:
         return BlobStore(redis.Redis.from_url(self.cfg.backend_url), self.cfg.run_ttl)
 
+    def signal(self, run_id: str, name: str, data: Any = None) -> Signalled:
+        """Send signal ``name`` with ``data`` (JSON, at most 64 KiB) to run ``run_id``: the
+        node that waits on it (``op: wait.signal``) goes on with ``data`` as its output, or,
+        with none waiting yet, the signal is kept for the node that will. Raises SignalError
+        (nothing changed) for an unknown or ended run, a name the run's workflow does not
+        wait on, or data that is not JSON or too large. It writes into the run: it needs
+        the fleet's credentials, as a submit does."""
+        return signal_run(self.dispatcher, run_id, name, data)
+
     def handle(self, run_id: str) -> RunHandle:
-        return RunHandle(run_id, self.store)
+        return RunHandle(run_id, self.store, self.dispatcher)
 
 
 @cache

@@ -27,13 +27,18 @@ from fleet.constants import (
     CELERY_STEP_HEADER,
     INPUTS,
     STEP_TASK,
+    WAIT_OP_PREFIX,
 )
 from fleet.engine.compiler import CompiledWorkflow, compile_workflow
 from fleet.engine.readiness import Decision, Outputs, StepCall, decide
 from fleet.errors import FleetError, ReadinessError
 from fleet.sdk.registry import Registry
+from fleet.sdk.waits import FOR_OP, SIGNAL_OP
+from fleet.store.records import TraceEntry
 from fleet.store.runs import RunStore
+from fleet.store.waits import Wait, WaitStore
 from fleet.workflow.model import WorkflowSpec
+from fleet.workflow.waits import moment, seconds
 
 log = logging.getLogger("fleet.dispatch")
 CACHE_SIZE = 256  # compiled workflows kept per process
@@ -163,9 +168,56 @@ class Dispatcher:
         if call["op"].startswith(CELERY_OP_PREFIX):
             self._send_celery(call, run, options)
             return
+        if call["op"].startswith(WAIT_OP_PREFIX):  # no message: the run parks on it
+            self.park(call, run)
+            return
         # What Flower and `celery inspect` show instead of a wall of fleet.step.
         options["shadow"] = f"{run.get('workflow', '?')}:{call['path']} [{call['op']}]"
         self.app.send_task(STEP_TASK, kwargs={"call": call, "run": run}, **options)
+
+    @property
+    def waits(self) -> WaitStore:
+        return WaitStore(self.store.redis, self.store.ttl)
+
+    def park(self, call: StepCall, run: dict[str, Any]) -> None:
+        """Park ``run`` on wait node ``call``: no message, no worker slot; a signal (kept
+        for it, or sent later) or its time moves it on (see :mod:`fleet.engine.waits`)."""
+        now = time.time()
+        op, args, path = call["op"], call["args"], call["path"]
+        try:
+            if op == SIGNAL_OP:
+                limit = args.get("timeout_s")
+                until = None if limit is None else now + seconds(limit, "timeout_s")
+            elif op == FOR_OP:
+                until = now + seconds(args.get("seconds"), "seconds")
+            else:
+                until = moment(args.get("at"), "at")
+        except ValueError as exc:  # a value from an input: the validator saw only params
+            self.fail_wait(run["id"], path, op, now, f"node '{path}' ({op}): {exc}")
+            return
+        name = str(args["name"]) if op == SIGNAL_OP else None
+        wait = Wait(path, op, name, now, until, call.get("on_timeout", "fail"))
+        if self.waits.park(run["id"], wait) == 2:  # a signal kept for it: on at once
+            self.resume(run["id"], path, op, now)
+        else:
+            log.info("run %s: %s waits for %s", run["id"], path, name or f"time {until}")
+
+    def resume(self, run_id: str, path: str, op: str, since: float) -> None:
+        """A wait ended and its outputs are written: trace it and move the run on."""
+        entry = TraceEntry(path, op, "wait", None, None, None, "succeeded", None, since,
+                           time.time())  # fmt: skip
+        self.store.add_trace(run_id, entry)
+        run = self.store.run_message(run_id)
+        if run is not None:  # (else it ended meanwhile: another branch failed it)
+            self.advance(run, self.store.state(run_id), owner=f"wait:{path}")
+
+    def fail_wait(self, run_id: str, path: str, op: str, since: float, why: str) -> None:
+        """A wait that cannot go on fails its run, naming the node."""
+        entry = TraceEntry(path, op, "wait", None, None, None, "failed", None, since,
+                           time.time(), error=why)  # fmt: skip
+        self.store.add_trace(run_id, entry)
+        self.store.fail(run_id, path, why)
+        log.warning("run %s: %s", run_id, why)
 
     def _send_celery(self, call: StepCall, run: dict[str, Any], options: dict[str, Any]) -> None:
         """A ``celery:`` step: send that task by name, the node's inputs as its keyword

@@ -24,6 +24,7 @@ from fleet.errors import ReadinessError
 from fleet.sdk.registry import OpSpec
 from fleet.workflow.model import NodeSpec, Source, alternatives, parse_ref
 from fleet.workflow.rules import LOOP_OUTPUT
+from fleet.workflow.waits import timeout_handled
 
 Outputs = Mapping[str, Mapping[str, Any]]
 
@@ -51,6 +52,8 @@ class StepCall(TypedDict):
     runtime: NotRequired[str]
     # how often a process refused the step's runtime and it was routed again
     refused: NotRequired[int]
+    # a wait node's timeout: "branch" (something reads its timed_out) or "fail" (the run)
+    on_timeout: NotRequired[str]
 
 
 @dataclass
@@ -214,6 +217,8 @@ def _call(sc: Scope, node: NodeSpec, path: str, args: dict[str, Any], remaining:
     call = _base_call(sc, node, op, path, args, remaining)
     if node.outputs:
         call["outputs"] = list(node.outputs)
+    if op.kind == "wait":
+        call["on_timeout"] = "branch" if timeout_handled(sc.wf, node.name) else "fail"
     return call
 
 

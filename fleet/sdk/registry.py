@@ -25,7 +25,8 @@ from typing import Any, Literal, TypeVar
 from fleet.constants import CELERY_OP_PREFIX, OPS_GROUP
 from fleet.errors import FleetError, UnknownOpError
 
-OpKind = Literal["model", "tool", "memory", "compute"]
+# "wait": the engine's own wait ops (fleet.sdk.waits); an op module cannot declare one
+OpKind = Literal["model", "tool", "memory", "compute", "wait"]
 OP_KINDS: tuple[str, ...] = ("model", "tool", "memory", "compute")
 ANY_CLASS = "*"
 
@@ -146,6 +147,30 @@ def celery_op(name: str) -> OpSpec:
     )
 
 
+def wait_ops() -> list[OpSpec]:
+    """The engine's wait ops (``wait.signal``, ``wait.for``, ``wait.until``): every registry
+    holds them; no class runs them (the run parks)."""
+    from fleet.sdk.waits import WAIT_OPS
+
+    specs = []
+    for name, (func, outputs, required) in WAIT_OPS.items():
+        params = tuple(inspect.signature(func).parameters)
+        specs.append(
+            OpSpec(
+                name=name,
+                kind="wait",
+                func=func,
+                classes=(ANY_CLASS,),
+                prefers="io",
+                outputs=outputs,
+                description=(inspect.getdoc(func) or "").split("\n")[0],
+                params=params,
+                required=required,
+            )
+        )
+    return specs
+
+
 @dataclass(frozen=True)
 class RuntimeSpec:
     """A native runtime that op modules load models with, as ``fleet doctor`` checks it."""
@@ -167,6 +192,8 @@ class Registry:
         self._runtimes: dict[str, RuntimeSpec] = {}
         self._plugins_loaded = False
         self._lock = threading.RLock()
+        for spec in wait_ops():
+            self._ops[spec.name] = spec
 
     def add(self, spec: OpSpec) -> None:
         existing = self._ops.get(spec.name)

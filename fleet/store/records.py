@@ -41,6 +41,9 @@ class TraceEntry:
     # what the step spent on a priced service (an LLM endpoint), beyond its class's time
     tokens: int | None = None
     spent_usd: float | None = None
+    # a node the run waits on (status "waiting"): the signal it waits for, and until when
+    signal: str | None = None
+    until: float | None = None
 
     @property
     def wait_s(self) -> float | None:
@@ -74,6 +77,8 @@ class TraceEntry:
             **({"device": self.device} if self.device else {}),
             **({"tokens": self.tokens} if self.tokens is not None else {}),
             **({"spent_usd": self.spent_usd} if self.spent_usd is not None else {}),
+            **({"signal": self.signal} if self.signal is not None else {}),
+            **({"until": self.until} if self.until is not None else {}),
         }
 
     @classmethod
@@ -99,6 +104,8 @@ class TraceEntry:
             device=d.get("device"),
             tokens=d.get("tokens"),
             spent_usd=d.get("spent_usd"),
+            signal=d.get("signal"),
+            until=d.get("until"),
         )
 
 

@@ -32,12 +32,15 @@ from fleet.constants import (
     RUN_MAP_KEY,
     RUN_OUTPUTS_KEY,
     RUN_REPLIES_KEY,
+    RUN_SIGNALS_KEY,
     RUN_STARTS_KEY,
     RUN_TRACE_KEY,
+    RUN_WAITS_KEY,
     SPEC_KEY,
     WORKFLOW_METRICS_KEY,
 )
 from fleet.store.records import Ending, RunInfo, TraceEntry
+from fleet.store.waits import Wait
 
 STATE_AFTER_END_S = 600  # how long a finished run's step outputs and claims are kept
 
@@ -323,6 +326,7 @@ class RunStore:
         keys += [self._key(run_id, "replies"), ACTIVE_RUNS_KEY]
         keys += [self._key(run_id, part) for part in ("out", "claims")]
         keys += [self._key(run_id, part) for part in ("losses", "starts", "leases")]
+        keys += [RUN_WAITS_KEY.format(id=run_id), RUN_SIGNALS_KEY.format(id=run_id)]
         # The run's working state (every step's outputs, claims) is not what the client reads
         # once the run ended: it goes after STATE_AFTER_END_S, the record and trace stay.
         short = min(self.ttl, STATE_AFTER_END_S)
@@ -365,8 +369,19 @@ class RunStore:
         )
 
     def trace(self, run_id: str) -> list[TraceEntry]:
-        raw = self.redis.lrange(self._key(run_id, "trace"), 0, -1)
-        return [TraceEntry.from_dict(json.loads(r)) for r in raw]
+        """The run's steps in completion order, then the nodes it waits on now (status
+        ``waiting``, since when and until when)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lrange(self._key(run_id, "trace"), 0, -1)
+        pipe.hgetall(RUN_WAITS_KEY.format(id=run_id))
+        raw, parked = pipe.execute()
+        now = time.time()
+        waiting = sorted((Wait.from_json(p, r) for p, r in parked.items()), key=lambda w: w.since)
+        return [TraceEntry.from_dict(json.loads(r)) for r in raw] + [
+            TraceEntry(w.path, w.op, "wait", None, None, None, "waiting", None, w.since, now,
+                       signal=w.name, until=w.until)
+            for w in waiting
+        ]  # fmt: skip
 
     def wait(self, run_id: str, timeout: float | None) -> RunInfo | None:
         """Block until the run ends or ``timeout`` passes; returns the latest info."""

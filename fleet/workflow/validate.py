@@ -19,6 +19,7 @@ from fleet.sdk.registry import OpSpec, Registry
 from fleet.workflow.model import NAME_RE, NodeSpec, WorkflowSpec, alternatives, parse_ref
 from fleet.workflow.rules import LOOP_OUTPUT, dependency_graph, eligible_classes
 from fleet.workflow.split import expand_splits
+from fleet.workflow.waits import problems as wait_problems
 
 
 def node_outputs(node: NodeSpec, registry: Registry) -> tuple[str, ...] | None:
@@ -148,6 +149,15 @@ class _Checker:
             self.add(why, node, "split")
         if node.outputs is not None:
             self._declared_outputs(node, op)
+        self._params(node, op)
+        if op.kind == "wait":  # kept by the engine: no class runs it
+            for message, field in wait_problems(node):
+                self.add(message, node, field)
+            return
+        self._classes(node, op)
+
+    def _params(self, node: NodeSpec, op: OpSpec) -> None:
+        """What the node gives the op (inputs and params) against what the op takes."""
         given = set(node.inputs) | set(node.params)
         for both in sorted(set(node.inputs) & set(node.params)):
             self.add(f"'{both}' is given both as an input and as a param", node)
@@ -158,7 +168,6 @@ class _Checker:
             for name in sorted(given - set(op.params)):
                 known = ", ".join(op.params) or "none"
                 self.add(f"op {op.name} takes no '{name}' (it takes: {known})", node, name)
-        self._classes(node, op)
 
     def _declared_outputs(self, node: NodeSpec, op: OpSpec) -> None:
         """``outputs:`` names the dict keys of a ``celery:`` step's result; ops declare
