@@ -189,7 +189,12 @@ def run_check(
         built = f"no GPU ({gpus.note}): CPU build kept"
     report = CheckReport(names, llama_offloads(), built)
     cfg = cfg.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
-    with LocalFleet(cfg, ["gpu", "cpu", "io"], False, workdir, "WARNING", say=say):
+    # a model the operator names by path: its folder is one the workers may read from
+    roots = list(cfg.file_roots)
+    if model.endswith(".gguf"):
+        roots.append(str(Path(model).expanduser().resolve().parent))
+    env = {"FLEET_FILE_ROOTS": ",".join(roots)} if roots else {}
+    with LocalFleet(cfg, ["gpu", "cpu", "io"], False, workdir, "WARNING", say=say, env=env):
         client = Fleet(app=create_app(cfg), cfg=cfg)
         wf = _pd_workflow(model, tokens)
         say("warming up (model loads on each class)...")
