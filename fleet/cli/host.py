@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from fleet.cli.common import config, console, fail, split
+from fleet.deploy.signals import stops_on_signals
 from fleet.errors import FleetError
 
 
@@ -139,6 +140,7 @@ def profile(ops: str | None, classes: str | None, reps: int, save: str | None, m
     help="Folder for gpu-check.json, the profiles measured and the logs.",
 )
 @click.pass_context
+@stops_on_signals
 def gpu_check(
     ctx: click.Context, skip_build: bool, model: str, tokens: int, profile: bool, out: str
 ) -> None:

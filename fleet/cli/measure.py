@@ -22,6 +22,7 @@ from fleet.cli.common import (
     split,
 )
 from fleet.config import FleetConfig
+from fleet.deploy.signals import stops_on_signals
 from fleet.errors import FleetError
 from fleet.paths import EXAMPLES
 
@@ -42,6 +43,7 @@ DEMO_INPUT = (
 @click.option("--workdir", default=".fleet", help="Folder for logs, audio and databases.")
 @click.option("--flower/--no-flower", default=False, help="Start Flower beside the fleet.")
 @click.pass_context
+@stops_on_signals
 def demo(ctx: click.Context, question: str, triage: bool, workdir: str, flower: bool) -> None:
     """The main job: a local fleet answers a spoken question with real models.
 
@@ -73,9 +75,9 @@ def _triage_demo(cfg: FleetConfig, workdir: Path, flower: bool) -> None:
 
     client, spec = load_and_validate(str(DEMO_FILE))
     fleet = LocalFleet(cfg, [], flower, workdir, "WARNING", say=console.print)
-    with console.status("starting the local fleet..."):
-        fleet.start()
-    try:
+    try:  # a signal at any moment (stops_on_signals): stopped
+        with console.status("starting the local fleet..."):
+            fleet.start()
         _show(client.submit(spec, {"ticket": DEMO_INPUT}), 0.0)
     finally:
         fleet.stop()
@@ -112,6 +114,7 @@ def _triage_demo(cfg: FleetConfig, workdir: Path, flower: bool) -> None:
     type=click.Path(file_okay=False),
     help="Folder for bench.json, bench.csv, the plots and the fleets' logs.",
 )
+@stops_on_signals
 def bench(
     quick: bool,
     rate: float | None,
@@ -209,6 +212,7 @@ def bench(
     help="Questions in flight at a time (above 1, their LLM steps share a batch).",
 )
 @click.pass_context
+@stops_on_signals
 def evaluate(
     ctx: click.Context,
     question_set: str,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from fleet.cli.common import console, fail, split
+from fleet.deploy.signals import stops_on_signals
 from fleet.errors import ConfigError
 from fleet.loadtest import MIXES
 from fleet.paths import example
@@ -271,6 +272,7 @@ def simulate(
     help="Compare again from a saved calibration.json (no live runs).",
 )
 @AS_JSON
+@stops_on_signals
 def calibrate(
     quick: bool,
     mix: str | None,

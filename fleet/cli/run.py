@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from fleet.cli.common import (
     save_outputs,
 )
 from fleet.config import FleetConfig, redact
+from fleet.deploy.signals import stops_on_signals
 from fleet.errors import ConfigError, FleetError, WorkflowValidationError
 
 
@@ -74,6 +74,7 @@ def submit_hint(cfg: FleetConfig) -> str:
     help="A plan (`fleet plan --save`): its classes, worker counts, routes, budgets, splits.",
 )
 @click.pass_context
+@stops_on_signals
 def up(
     ctx: click.Context,
     classes: str | None,
@@ -102,20 +103,21 @@ def up(
     wanted = [c.strip() for c in classes.split(",")] if classes else []
     if plan_file is not None and not wanted:  # the plan's classes, not the built-in ones
         wanted = _planned_classes(plan_file)
-    # Ctrl-C and SIGTERM both stop the fleet, also while it starts (a shell starts background
-    # jobs with SIGINT ignored, so the handler is installed rather than inherited).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         fleet = LocalFleet(cfg, wanted, flower, Path(workdir), loglevel, say=console.print)
-        cut = fleet.fit_to_host(2 * (os.cpu_count() or 1))
-        if cut:
-            console.print(f"[yellow]note[/]: {cut}")
-        with console.status("starting workers..."):
-            fleet.start()
     except FleetError as exc:
         fail(str(exc))
-    try:  # from here on, Ctrl-C at any moment stops what was started
+    cut = fleet.fit_to_host(2 * (os.cpu_count() or 1))
+    if cut:
+        console.print(f"[yellow]note[/]: {cut}")
+    # Ctrl-C and SIGTERM (stops_on_signals) stop what was started, at any moment: also while
+    # it starts
+    try:
+        try:
+            with console.status("starting workers..."):
+                fleet.start()
+        except FleetError as exc:
+            fail(str(exc))
         console.print(f"[green]fleet is up[/]: {len(fleet.classes)} class(es). Ctrl-C stops it.")
         console.print(f"submit with: {submit_hint(cfg)}")
         scaler = Autoscaler(fleet, say=console.print) if autoscale else None

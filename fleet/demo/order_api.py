@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from fleet.deploy.local import free_port
+from fleet.deploy.signals import deferred
 from fleet.errors import FleetError
 from fleet.paths import EXAMPLES
 
@@ -24,7 +25,15 @@ class OrderAPI:
         argv = [sys.executable, str(EXAMPLES / "shop_api.py"), "--port", str(self.port)]
         argv += ["--db", str(workdir / "shop.sqlite")]
         self.log = (workdir / "logs" / "shop-api.log").open("ab")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        with deferred():  # a signal now: raised once self.proc is there to stop
+            self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_until_up()
+        except BaseException:  # not up, or the command was stopped meanwhile
+            self.stop()
+            raise
+
+    def _wait_until_up(self) -> None:
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -33,12 +42,12 @@ class OrderAPI:
             except httpx.TransportError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
                 raise FleetError("the example order API did not start (see logs/shop-api.log)")
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.log.close()
+        with deferred():
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                self.proc.wait(10)
+            self.log.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,15 @@ def run_voice_demo(
     client = Fleet()
     for name in ("kb_build.yaml", "voice_agent.yaml"):
         client.validate(EXAMPLES / name)  # before starting anything
-    api = OrderAPI(workdir)
-    say(f"order API: {api.url} (SQLite {workdir / 'shop.sqlite'})")
-    # The workers may call this API; they read nothing from this machine's disk: the
-    # documents and the question go in by reference, the spoken answer comes back by one.
-    env = {"FLEET_HTTP_ALLOW": f"127.0.0.1:{api.port}"}
-    fleet = LocalFleet(cfg, [], flower, workdir, "WARNING", say=say, env=env)
-    try:
+    with ExitStack() as started:  # stopped, the fleet first, however this ends
+        api = OrderAPI(workdir)
+        started.callback(api.stop)
+        say(f"order API: {api.url} (SQLite {workdir / 'shop.sqlite'})")
+        # The workers may call this API; they read nothing from this machine's disk: the
+        # documents and the question go in by reference, the spoken answer comes back by one.
+        env = {"FLEET_HTTP_ALLOW": f"127.0.0.1:{api.port}"}
+        fleet = LocalFleet(cfg, [], flower, workdir, "WARNING", say=say, env=env)
+        started.callback(fleet.stop)
         fleet.start()
         say("building the knowledge-base index (embeddings on npu-lite, FAISS on cpu)...")
         start = time.monotonic()
@@ -56,6 +59,3 @@ def run_voice_demo(
             answer = workdir / "answer.wav"
             client.download(info.outputs["audio"], answer)
             say(f"spoken answer: {answer}")
-    finally:
-        api.stop()
-        fleet.stop()

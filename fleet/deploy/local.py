@@ -21,6 +21,7 @@ import redis
 from fleet.config import FleetConfig, redact
 from fleet.constants import AMQP_SCHEMES
 from fleet.deploy.launch import host_lanes, lane_name, worker_argv, worker_env
+from fleet.deploy.signals import deferred
 from fleet.errors import FleetError
 from fleet.routing.depth import amqp_connection
 from fleet.routing.state import StateReader
@@ -149,12 +150,14 @@ class LocalFleet:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         log = self.workdir / "logs" / f"{name}.log"
-        with log.open("ab") as out:
+        # in a session of its own (a terminal's Ctrl-C is for the command, which stops it):
+        # recorded before a signal may stop the command, so that stop() finds it
+        with log.open("ab") as out, deferred():
             proc = subprocess.Popen(
                 argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        child = Child(name, proc, log)
-        self.children.append(child)
+            child = Child(name, proc, log)
+            self.children.append(child)
         return child
 
     def _ensure_broker(self) -> None:
@@ -249,11 +252,12 @@ class LocalFleet:
         if len(workers) <= 1:
             return None
         child = workers[-1]
-        for lane in [c for c in self.children if c.cls == cls and c.index == child.index]:
-            self.children.remove(lane)  # stopped on purpose: supervise() must not restart it
-            lane.proc.send_signal(signal.SIGTERM)
-            lane.restart_at = time.monotonic() + grace  # killed then if still running
-            self.stopping.append(lane)
+        with deferred():  # from one list to the other: never in neither
+            for lane in [c for c in self.children if c.cls == cls and c.index == child.index]:
+                self.children.remove(lane)  # stopped on purpose: supervise() must not restart
+                lane.proc.send_signal(signal.SIGTERM)
+                lane.restart_at = time.monotonic() + grace  # killed then if still running
+                self.stopping.append(lane)
         return child
 
     def _reap(self, now: float) -> None:
@@ -349,11 +353,13 @@ class LocalFleet:
             time.sleep(0.2)
 
     def stop(self, grace: float = 15.0) -> None:
-        """Warm shutdown (SIGTERM) of workers and Flower, SIGKILL after ``grace`` s; Redis last."""
-        _terminate([c for c in self.children + self.stopping if c.name != "redis"], grace)
-        self.stopping.clear()
-        _terminate([c for c in self.children if c.name == "redis"], 5.0)
-        self.children.clear()
+        """Warm shutdown (SIGTERM) of workers and Flower, SIGKILL after ``grace`` s; Redis
+        last. A signal that arrives meanwhile is raised once all of it is stopped."""
+        with deferred():
+            _terminate([c for c in self.children + self.stopping if c.name != "redis"], grace)
+            self.stopping.clear()
+            _terminate([c for c in self.children if c.name == "redis"], 5.0)
+            self.children.clear()
 
 
 def _terminate(children: list[Child], grace: float) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +38,22 @@ def run_eval(
 
     client = Fleet()
     client.validate(workflow)
-    api = OrderAPI(workdir)
-    env = {"FLEET_HTTP_ALLOW": f"127.0.0.1:{api.port}"}
-    fleet = LocalFleet(cfg, [], False, workdir, "WARNING", say=say, env=env)
-    try:
+    with ExitStack() as started:  # stopped, the fleet first, however this ends
+        api = OrderAPI(workdir)
+        started.callback(api.stop)
+        env = {"FLEET_HTTP_ALLOW": f"127.0.0.1:{api.port}"}
+        fleet = LocalFleet(cfg, [], False, workdir, "WARNING", say=say, env=env)
+        started.callback(fleet.stop)
         fleet.start()
         docs = client.upload(EXAMPLES / "kb")
         client.submit(EXAMPLES / "kb_build.yaml", {"docs": docs, "index": INDEX}).get(600)
-        with ThreadPoolExecutor(max(1, concurrency)) as pool:
-            verdicts = list(
-                pool.map(lambda q: _ask(client, q, workflow, api.url, workdir, advance), questions)
-            )
-            rag = list(
-                pool.map(lambda q: _rag(client, q), [q for q in questions if q.kind == "kb"])
-            )
-    finally:
-        api.stop()
-        fleet.stop()
+        pool = ThreadPoolExecutor(max(1, concurrency))
+        # stopped (a signal): the questions in flight are not waited for
+        started.callback(pool.shutdown, wait=False, cancel_futures=True)
+        verdicts = list(
+            pool.map(lambda q: _ask(client, q, workflow, api.url, workdir, advance), questions)
+        )
+        rag = list(pool.map(lambda q: _rag(client, q), [q for q in questions if q.kind == "kb"]))
     return verdicts, {"rag_answer_accuracy": round(sum(rag) / len(rag), 3) if rag else None}
 
 
