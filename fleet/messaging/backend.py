@@ -30,6 +30,10 @@ class FleetRedisBackend(RedisBackend):  # type: ignore[misc]
         return result  # promise bookkeeping (result.then, barriers): not a waiter
 
     def _track(self, result: Any, start_drainer: bool = True) -> Any:
+        if not hasattr(result, "_cache"):  # a nested GroupResult: what Celery waits on is
+            for node in result.results:  # its members (stock iter_native yields its children)
+                self._track(node, start_drainer=False)
+            return result
         super().add_pending_result(result, weak=False, start_drainer=start_drainer)
         # Subscribed late (not at send time): a result stored before now sent its pub/sub
         # message to nobody, so read it once.
