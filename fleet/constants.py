@@ -10,6 +10,9 @@ from __future__ import annotations
 STEP_TASK = "fleet.step"  # runs one op node, then sends the steps it made ready
 PING_TASK = "fleet.ping"  # a plain task: health checks and the benchmark's baseline
 WORKFLOW_TASK = "fleet.workflow"  # a workflow as a Celery signature: starts a run
+# The keyword of a fleet.workflow message that carries the workflow and run options; its
+# other keywords are inputs (a name with ":" is never an input: fleet.workflow.model.NAME_RE).
+WORKFLOW_KWARG = "fleet:workflow"
 # A workflow compiled to canvas (Workflow.to_canvas): a chain that records the run, runs each
 # node (an op node itself, any other through the engine), and records the outputs.
 CANVAS_START_TASK = "fleet.canvas_start"

@@ -24,7 +24,13 @@ from typing import Any, NoReturn
 from celery import Task
 from celery.exceptions import Ignore
 
-from fleet.constants import CANVAS_FINISH_TASK, CANVAS_START_TASK, NODE_TASK, WORKFLOW_TASK
+from fleet.constants import (
+    CANVAS_FINISH_TASK,
+    CANVAS_START_TASK,
+    NODE_TASK,
+    WORKFLOW_KWARG,
+    WORKFLOW_TASK,
+)
 from fleet.engine.compiler import compile_workflow
 from fleet.engine.dispatch import RUN_OPTIONS, Dispatcher, new_run
 from fleet.engine.readiness import StepCall, decide
@@ -45,18 +51,19 @@ ENGINE_NODES = ("agent", "map", "celery")
 
 
 @app.task(name=WORKFLOW_TASK, bind=True)
-def start_workflow(
-    self: Task,
-    *args: Any,
-    workflow: dict[str, Any],
-    inputs: dict[str, Any] | None = None,
-    run_options: dict[str, Any] | None = None,
-) -> NoReturn:
-    """Start a run of ``workflow``; the run's outputs become this task's result."""
+def start_workflow(self: Task, *args: Any, **kwargs: Any) -> NoReturn:
+    """Start a run of the workflow under ``WORKFLOW_KWARG``; the run's outputs become this
+    task's result. The other keywords are inputs by name: the signature's, and any a caller
+    added (``apply_async(kwargs=...)``), merged by Celery as for any task."""
+    carried = kwargs.pop(WORKFLOW_KWARG, None)
+    if not isinstance(carried, dict):
+        raise FleetError(f"a {WORKFLOW_TASK} message without '{WORKFLOW_KWARG}' (the workflow)")
     engine = runtime(self.app).engine
-    spec = expand_splits(WorkflowSpec.model_validate(workflow), registry, engine.cfg.splits)
+    spec = WorkflowSpec.model_validate(carried["spec"])
+    spec = expand_splits(spec, registry, engine.cfg.splits)
     validate(spec, engine.cfg, registry)
-    values = {**spec.defaults, **chained_inputs(spec, args, inputs or {})}
+    run_options: dict[str, Any] | None = carried.get("run_options")
+    values = {**spec.defaults, **chained_inputs(spec, args, kwargs)}
     check_size(values, engine.cfg.max_value_bytes)
     run_id = str(self.request.id)
     if engine.store.status(run_id) is not None:

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from celery import Celery, Signature
+from celery import Celery, Signature, _state
 from kombu.exceptions import OperationalError
 
 from fleet.client.canvas import build as build_canvas
 from fleet.client.registered import RegisteredTasks
 from fleet.client.uploads import put_sqlite, upload
 from fleet.config import FleetConfig, redact
-from fleet.constants import WORKFLOW_TASK
+from fleet.constants import WORKFLOW_KWARG, WORKFLOW_TASK
 from fleet.engine.compiler import CompiledWorkflow, compile_workflow
 from fleet.engine.dispatch import Dispatcher, new_run
 from fleet.engine.waits import signal as signal_run
@@ -192,18 +192,28 @@ class Fleet:
         self.registered.check(compiled)
         _check_run_options(sla_s, policy)
         run_options = {"priority": priority, "sla_s": sla_s, "policy": policy}
-        kwargs = {
-            "workflow": to_spec(workflow).model_dump(mode="json"),
-            "inputs": given,
+        carried = {
+            "spec": to_spec(workflow).model_dump(mode="json"),
             "run_options": {k: v for k, v in run_options.items() if v is not None},
         }
+        # The inputs are the task's keywords, as a plain task's arguments are: keywords given
+        # later (apply_async(kwargs=...), delay(y=...), clone) merge with them by Celery's rule.
+        kwargs = {**given, WORKFLOW_KWARG: carried}
         # The control class starts runs; a queue of its own keeps the signature on the fleet
         # when another app (its own default queue) sends it.
         options: dict[str, Any] = {"queue": self.cfg.classes[self.cfg.control_class].queue_name}
         options["priority"] = self.cfg.message_priority(priority)
         return Signature(
-            WORKFLOW_TASK, kwargs=kwargs, options=options, immutable=immutable, app=self.app
+            WORKFLOW_TASK, kwargs=kwargs, options=options, immutable=immutable, app=self._bind()
         )
+
+    def _bind(self) -> Celery:
+        """The app a workflow signature belongs to: the current one, as a shared task's
+        signature does. That app sends it, and its backend waits on the result -- in a group of
+        the user's app, the user's backend, which subscribes to what its app sends. In a thread
+        where no app was made current, the fleet's (Celery's fallback app has no broker)."""
+        current: Celery | None = _state._tls.current_app
+        return current if current is not None else self.app
 
     def to_canvas(
         self,
