@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import redis
 
-from fleet.constants import CELERY_OP_PREFIX, WORKER_INFO_KEY
+from fleet.constants import CELERY_OP_PREFIX, TASK_PREFIX, WORKER_INFO_KEY
 from fleet.engine.compiler import CompiledWorkflow, Scope
 from fleet.errors import Problem, WorkflowValidationError
 
@@ -34,6 +34,14 @@ def _walk(scope: Scope, prefix: str) -> Iterator[tuple[str, str, list[str]]]:
             yield prefix + name, op.name[len(CELERY_OP_PREFIX) :], scope.classes[name]
     for name, child in scope.children.items():
         yield from _walk(child, f"{prefix}{name}/")
+
+
+def _internal(task: str) -> str:
+    """Whose internal task ``task`` is ("the fleet", "Celery"), or "" for anyone else's.
+    Workers never announce these (workers.heartbeat), so they would read as missing."""
+    if task.startswith(TASK_PREFIX):
+        return "the fleet"
+    return "Celery" if task.startswith("celery.") else ""
 
 
 class RegisteredTasks:
@@ -68,6 +76,18 @@ class RegisteredTasks:
         steps = celery_steps(workflow)
         if not steps:
             return
+        problems = [
+            Problem(
+                f"'{task}' is an internal task of {owner}, not one a `celery:` step may call: "
+                "name a task of your own (a module in task_modules)",
+                node=path,
+                field="op",
+            )
+            for path, task, _ in steps
+            if (owner := _internal(task))
+        ]
+        if problems:
+            raise WorkflowValidationError(problems, workflow=workflow.spec.name)
         have = self.by_class()
         problems = [
             Problem(
