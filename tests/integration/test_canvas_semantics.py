@@ -16,15 +16,18 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery, chain, chord, group
+from celery.exceptions import NotRegistered
 
 from fleet import Workflow
 from fleet.client.client import Fleet
+from fleet.constants import WORKFLOW_KWARG
 from fleet.deploy.local import LocalFleet
 from fleet.errors import WorkflowValidationError
 from tests.support import canvastasks as ct
@@ -168,3 +171,33 @@ def test_a_celery_step_naming_an_internal_task_says_so(client: Fleet) -> None:
         with pytest.raises(WorkflowValidationError, match=message) as caught:
             client.submit(wf, {"t": "x"})
         assert "no live worker" not in str(caught.value)
+
+
+# -- what docs/workflows.md says still differs ---------------------------------------------
+
+
+def test_the_signature_binds_as_a_shared_tasks_does(user_app: Celery, client: Fleet) -> None:
+    user_app.set_current()
+    sig = WORKFLOWS.add.s(n=1)
+    assert sig.app is user_app and ct.add.s(1).app is user_app
+    client.app.set_current()
+    assert WORKFLOWS.add.s(n=1).app is client.app
+    bound: list[Celery] = []
+    thread = threading.Thread(target=lambda: bound.append(WORKFLOWS.add.s(n=1).app))
+    thread.start()
+    thread.join()
+    assert bound == [client.app]  # no app current in that thread: not Celery's fallback app
+    assert sig.kwargs["n"] == 1 and set(sig.kwargs) == {"n", WORKFLOW_KWARG}
+    with pytest.raises(NotRegistered):
+        sig()  # only the fleet runs it
+
+
+def test_the_fleet_sends_what_follows_a_workflow(user_app: Celery, client: Fleet) -> None:
+    user_app.set_current()
+    mine = f"canvasuser{os.getpid()}@"
+    assert ct.where.si().apply_async().get(timeout=T).startswith(mine)
+    after = chain(WORKFLOWS.add.si(n=1), ct.where.si()).apply_async().get(timeout=T)
+    # routed by the fleet's router, to the control class's queue: a fleet worker runs it
+    assert after.startswith(client.cfg.control_class) and not after.startswith(mine)
+    there = chain(WORKFLOWS.add.si(n=1), ct.where.si().set(queue="celery")).apply_async()
+    assert there.get(timeout=T).startswith(mine)

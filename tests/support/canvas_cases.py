@@ -377,6 +377,53 @@ def error_in_a_chord_body(t: Twins) -> Any:
     return get(chord([ct.add.si(1, 1), t.add.si(n=1, y=1)], t.fail.s()).apply_async())
 
 
+# -- more of Celery's shapes: task ids, the | operator, links inside a chain ----------------
+
+
+@case
+def custom_task_id(t: Twins) -> Any:
+    task_id = uuid.uuid4().hex
+    result = t.add.s(n=2, y=3).apply_async(task_id=task_id)
+    return [result.id == task_id, get(current_app.AsyncResult(task_id))]
+
+
+@case
+def pipe_operator(t: Twins) -> Any:
+    return get((ct.identity.s(2) | t.add.s(y=5) | ct.pick.s()).apply_async())
+
+
+@case
+def link_on_a_chain(t: Twins) -> Any:
+    key = _key()
+    result = chain(ct.identity.s(1), t.add.s(y=1)).apply_async(link=ct.record.s(key=key))
+    return [get(result), recorded(key, 1)]
+
+
+@case
+def a_stand_ins_own_link_in_a_chain(t: Twins) -> Any:
+    key = _key()
+    linked = t.add.s(y=1)
+    linked.link(ct.record.s(key=key))
+    return [get(chain(ct.identity.s(1), linked, ct.pick.s()).apply_async()), recorded(key, 1)]
+
+
+@case
+def chord_partial_args(t: Twins) -> Any:
+    joined = chord([t.add.s(y=1), ct.add.s(1), t.echo.s()], ct.identity.s())
+    return get(joined.apply_async(args=(2,)))
+
+
+@case
+def chord_of_one(t: Twins) -> Any:
+    return get(chord([t.add.si(n=4, y=4)], ct.identity.s()).apply_async())
+
+
+@case
+def chain_group_into_group(t: Twins) -> Any:
+    first = group(t.add.si(n=1, y=1), ct.identity.si(3))
+    return get(chain(first, group(t.echo.s(), ct.identity.s())).apply_async())
+
+
 def run_all(twins: Twins, names: list[str] | None = None) -> dict[str, Any]:
     """Every case (or those named) on the current app, as JSON values."""
     out: dict[str, Any] = {}

@@ -100,3 +100,9 @@ def twin_echo(*args: Any, **given: Any) -> dict[str, Any]:
 def twin_fail(*args: Any, **given: Any) -> None:
     """The failing workflow's twin."""
     raise ValueError("expected failure")
+
+
+@shared_task(name="canvastasks.where", bind=True)
+def where(self: Any, *args: Any) -> str:
+    """The worker that ran it (its node name)."""
+    return str(self.request.hostname)
