@@ -56,6 +56,10 @@ RUN_WAITS_KEY = "fleet:run:{id}:waits"
 RUN_SIGNALS_KEY = "fleet:run:{id}:signals"
 # sorted set: "run id|node path" -> when that wait times out (the sweep releases it)
 WAITS_DUE_KEY = "fleet:waits:due"
+# stream of a run's events (fleet.store.events), written while the run's record holds
+# LISTEN_FIELD (until when somebody follows it)
+RUN_EVENTS_KEY = "fleet:run:{id}:events"
+LISTEN_FIELD = "listen"
 # a `celery:` step's task as its worker started it: {started_at, worker} (JSON)
 CELERY_START_KEY = "fleet:celery-start:{task_id}"
 SPEC_KEY = "fleet:spec:{digest}"  # a workflow spec (JSON), content-addressed

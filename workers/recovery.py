@@ -36,6 +36,7 @@ class Lease:
     keeper: Keeper
     run_id: str
     field: str
+    listened: bool = False  # somebody listens to the run's events (fleet.store.events)
 
     def end_by_retry(self) -> None:
         self.leases.mark(self.run_id, self.field, "done")
@@ -79,14 +80,14 @@ def begin(task: Task, rt: WorkerRuntime, call: StepCall, run: dict[str, Any]) ->
     leases = rt.leases
     field = lease_field(call["path"], task.request.retries or 0)
     token = rt.keeper.token(task.request.hostname)
-    _check_begin(task, rt.engine, leases, call, run, token)
+    listened = _check_begin(task, rt.engine, leases, call, run, token)
     rt.keeper.hold(leases, run["id"], field, token)
-    return Lease(leases, rt.keeper, run["id"], field)
+    return Lease(leases, rt.keeper, run["id"], field, listened)
 
 
 def _check_begin(
     task: Task, engine: Dispatcher, leases: Leases, call: StepCall, run: dict[str, Any], token: str
-) -> None:
+) -> bool:
     """Raise Ignore when the run failed, or when this copy must not run the step: it
     recorded its outputs already (swept back, or redelivered after its worker died past the
     record) -- the op does not run again, but what it made ready is sent (the claims let
@@ -96,7 +97,8 @@ def _check_begin(
     ``max_worker_losses`` times fails its run: its worker died each time (any pool: a
     thread-pool worker's whole process dies with it)."""
     path, attempt = call["path"], task.request.retries or 0
-    found = leases.begin(run["id"], path, attempt, token, bool(call.get("group")))
+    worker = task.request.hostname or ""
+    found = leases.begin(run["id"], path, attempt, token, bool(call.get("group")), worker)
     if found.status == "failed" or found.verdict == "ended":
         raise Ignore()  # another branch failed the run, or a retry carries the step on
     if found.verdict == "skip":  # its outputs are recorded
@@ -115,6 +117,7 @@ def _check_begin(
         )
         engine.store.fail(run["id"], path, why)
         raise Ignore()
+    return found.listened
 
 
 class StepRequest(Request):

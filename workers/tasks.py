@@ -34,6 +34,7 @@ from fleet.sdk.devices import cuda_available
 from fleet.sdk.process import cpu_fallback, run_within
 from fleet.sdk.registry import OpSpec, registry
 from fleet.sdk.step import StepContext, running
+from fleet.store.events import Publisher
 from fleet.store.records import TraceEntry
 from fleet.store.runs import RunStore
 from workers.recovery import StepRequest, begin, reroute
@@ -142,7 +143,7 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     engine = rt.engine
     lease = begin(self, rt, call, run)  # raises Ignore when this copy must not run
     try:
-        status, state, _ = execute(self, rt, call, run)
+        status, state, _ = execute(self, rt, call, run, lease.listened)
     except Retry:  # the next attempt was sent: a late copy of this one must not run
         lease.end_by_retry()
         raise
@@ -158,10 +159,11 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
 
 
 def execute(
-    task: Task, rt: WorkerRuntime, call: StepCall, run: dict[str, Any]
+    task: Task, rt: WorkerRuntime, call: StepCall, run: dict[str, Any], listened: bool = False
 ) -> tuple[str | None, dict[str, dict[str, Any]] | None, dict[str, Any]]:
     """Run the op of one step and record its outputs and trace: (the run's status, its state
-    when read back, the outputs). Retries, or fails the run naming the node, by raising."""
+    when read back, the outputs). Retries, or fails the run naming the node, by raising.
+    ``listened``: somebody follows the run (the op's streamed text is published)."""
     engine, store, running_now = rt.engine, rt.store, rt.running
     trace = _Trace(task, call)
     _check_trust(task, store, call, run, trace)
@@ -178,6 +180,9 @@ def execute(
         call["path"],
         task.request.retries or 0,
         None if deadline is None else time.time() + deadline,
+        publish=Publisher(store.redis, run["id"], call["path"], store.ttl).text
+        if listened
+        else None,
     )
     at_start = running_now.enter()
     try:

@@ -26,6 +26,7 @@ from fleet.cli.common import (
     print_outcome,
     save_outputs,
 )
+from fleet.cli.follow import print_events
 from fleet.config import FleetConfig, redact
 from fleet.deploy.signals import stops_on_signals
 from fleet.errors import ConfigError, FleetError, WorkflowValidationError
@@ -154,6 +155,12 @@ def up(
 @click.option("--timeout", default=120.0, help="Seconds to wait.")
 @click.option("--no-wait", is_flag=True, help="Print the run id and return at once.")
 @click.option(
+    "--follow",
+    is_flag=True,
+    help="Print each step as it starts and ends, and the text of LLM steps with "
+    "stream: true as it is written; then the result.",
+)
+@click.option(
     "--priority",
     type=click.IntRange(0, 9),
     help="0-9: a higher priority is served sooner from each queue (none: 0).",
@@ -172,6 +179,7 @@ def submit(
     saves: tuple[str, ...],
     timeout: float,
     no_wait: bool,
+    follow: bool,
     priority: int | None,
     sla_s: float | None,
     policy: str | None,
@@ -189,7 +197,9 @@ def submit(
     try:
         for key, path in to_upload.items():
             inputs[key] = client.upload(path)
-        handle = client.submit(spec, inputs, priority=priority, sla_s=sla_s, policy=policy)
+        handle = client.submit(
+            spec, inputs, priority=priority, sla_s=sla_s, policy=policy, follow=follow
+        )
     except (WorkflowValidationError, ValueError, FileNotFoundError) as exc:
         fail(str(exc), 2)
     except redis.RedisError as exc:
@@ -200,6 +210,8 @@ def submit(
     if no_wait:
         console.print(handle.id)
         return
+    if follow:
+        print_events(handle, timeout)
     code = print_outcome(handle, timeout, as_json, why)
     if code == 0 and to_save:
         save_outputs(client, handle, to_save)

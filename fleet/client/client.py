@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from fleet.messaging.app import default_app
 from fleet.routing.policies import make_policy
 from fleet.sdk.registry import registry
 from fleet.store.artifacts import ArtifactStore, BlobStore
+from fleet.store.events import follow
 from fleet.store.records import RunInfo, TraceEntry
 from fleet.store.runs import RunStore
 from fleet.store.waits import Signalled
@@ -101,6 +103,22 @@ class RunHandle:
             raise WorkflowTimeout(f"run {self.id} did not finish within {timeout} s")
         return info.outputs or {}
 
+    def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """The run's events as they happen, until it ends (an ``end`` event, last) or
+        ``timeout`` passes: ``started`` (node, worker), ``step`` (a trace entry: node, op,
+        status, class, times), ``text`` (node, text: a chunk an LLM step with ``stream: true``
+        writes) and ``end`` (status). Only while somebody follows a run are its events
+        published: the steps that ended before come first, from the run's trace; a run that
+        ended already gives its ``end`` at once."""
+        return follow(self._store.redis, self.id, self._ended, timeout, self._history)
+
+    def _history(self) -> list[dict[str, Any]]:
+        return [{"event": "step", **e.to_dict()} for e in self.trace()]
+
+    def _ended(self) -> str | None:
+        status = self._store.status(self.id)
+        return None if status == "running" else (status or "unknown")
+
     def signal(self, name: str, data: Any = None) -> Signalled:
         """Send signal ``name`` (with JSON ``data``) to this run: see :meth:`Fleet.signal`."""
         if self._engine is None:
@@ -134,12 +152,15 @@ class Fleet:
         priority: int | None = None,
         sla_s: float | None = None,
         policy: str | None = None,
+        follow: bool = False,
     ) -> RunHandle:
         """Validate, compile, and send the first ready steps. Returns at once.
 
         ``sla_s`` is the run's end-to-end latency target (the cost-sla policy budgets each
         step from what is left of it); ``policy`` overrides the configured routing policy for
         this run; ``priority`` (0-9, none: 0): a higher one is served sooner from a queue.
+        ``follow``: the run's events are kept from its first step on, for
+        :meth:`RunHandle.events` (which must then start within a minute).
         """
         compiled, values = self._prepare(workflow, inputs, sla_s, policy)
         run_id = uuid.uuid4().hex
@@ -148,7 +169,7 @@ class Fleet:
         start = time.monotonic()
         for attempt, pause in enumerate((*SUBMIT_RETRY_PAUSES, None), start=1):
             try:  # idempotent: the same run id, and the claims let each step be sent once
-                self.dispatcher.start(compiled, run, values, force=attempt > 1)
+                self.dispatcher.start(compiled, run, values, force=attempt > 1, follow=follow)
                 break
             except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
                 waited = time.monotonic() - start

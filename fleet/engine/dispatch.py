@@ -10,6 +10,7 @@ lets exactly one task send each ready step.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ from fleet.engine.readiness import Decision, Outputs, StepCall, decide
 from fleet.errors import FleetError, ReadinessError
 from fleet.sdk.registry import Registry
 from fleet.sdk.waits import FOR_OP, SIGNAL_OP
+from fleet.store.events import notify
 from fleet.store.records import TraceEntry
 from fleet.store.runs import RunStore
 from fleet.store.waits import Wait, WaitStore
@@ -103,14 +105,18 @@ class Dispatcher:
         *,
         force: bool = False,
         reply: dict[str, Any] | None = None,
+        follow: bool = False,
     ) -> None:
         """Record a new run and send its first ready steps. Idempotent for one run id (the
         claims let each step out once), so a caller may try again after a broker error;
-        ``reply``: the Celery task whose result the run's outcome is (see RunStore.create)."""
+        ``reply``: the Celery task whose result the run's outcome is (see RunStore.create);
+        ``follow``: somebody will follow its events (they are kept from the start)."""
         self.register(workflow, force=force)
         meta = {k: run.get(k) for k in RUN_OPTIONS}
         name = workflow.spec.name
-        self.store.create(run["id"], name, meta, inputs=values, reply=reply, spec=workflow.digest)
+        self.store.create(
+            run["id"], name, meta, inputs=values, reply=reply, spec=workflow.digest, follow=follow
+        )
         self.advance(run, {INPUTS: values}, owner=f"submit:{run['id']}")
 
     def advance(self, run: dict[str, Any], state: Outputs, owner: str) -> Decision | None:
@@ -201,6 +207,12 @@ class Dispatcher:
             self.resume(run["id"], path, op, now)
         else:
             log.info("run %s: %s waits for %s", run["id"], path, name or f"time {until}")
+            entry = TraceEntry(path, op, "wait", None, None, None, "waiting", None, now, now,
+                               signal=name, until=until)  # fmt: skip
+            pipe = self.store.redis.pipeline(transaction=False)
+            event = json.dumps({"event": "step", **entry.to_dict()})
+            notify(pipe, run["id"], self.store.ttl, [event])
+            pipe.execute()
 
     def resume(self, run_id: str, path: str, op: str, since: float) -> None:
         """A wait ended and its outputs are written: trace it and move the run on."""

@@ -22,7 +22,15 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from fleet.sdk.registry import OpSpec, Registry, RuntimeSpec, op, preloader
-from fleet.sdk.step import StepContext, current_step, note_load, note_spend, time_left
+from fleet.sdk.step import (
+    StepContext,
+    current_step,
+    note_load,
+    note_spend,
+    stream_text,
+    streaming,
+    time_left,
+)
 
 if TYPE_CHECKING:
     from fleet.config import EndpointSpec
@@ -122,6 +130,8 @@ __all__ = [
     "run_within",
     "safe_path",
     "settings",
+    "stream_text",
+    "streaming",
     "threads",
     "time_left",
     "wants_cuda",

@@ -13,7 +13,7 @@ it as ``Idempotency-Key`` on every method that is not safe).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -29,6 +29,8 @@ class StepContext:
     loads: list[float] = field(default_factory=list, compare=False)
     # what the step spent beyond its class's time (note_spend): dollars, and tokens
     spent: list[tuple[float, int]] = field(default_factory=list, compare=False)
+    # publishes a text chunk to whoever follows the run (None: nobody did when it started)
+    publish: Callable[[str], None] | None = field(default=None, compare=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -67,6 +69,24 @@ def note_load(seconds: float) -> None:
     step = _CURRENT.get()
     if step is not None:
         step.loads.append(seconds)
+
+
+def stream_text(chunk: str) -> bool:
+    """Send ``chunk`` of the text the current step is writing to whoever follows its run
+    (``RunHandle.events``, ``fleet submit --follow``) as it is written. False, and nothing
+    sent, when nobody followed the run as the step started, or outside a step: an op may
+    skip its streaming work then."""
+    step = _CURRENT.get()
+    if step is None or step.publish is None:
+        return False
+    step.publish(chunk)
+    return True
+
+
+def streaming() -> bool:
+    """Whether somebody follows the current step's run (its text chunks would be sent)."""
+    step = _CURRENT.get()
+    return step is not None and step.publish is not None
 
 
 def note_spend(dollars: float, tokens: int = 0) -> None:

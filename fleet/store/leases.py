@@ -31,13 +31,16 @@ from typing import Literal, cast
 import redis
 
 from fleet.constants import RUN_KEY, RUN_LEASES_KEY, RUN_OUTPUTS_KEY, RUN_STARTS_KEY
+from fleet.store.events import events_key, lua_append
 
 Verdict = Literal["run", "held", "ended", "skip"]
 
 # KEYS: run, out, leases, starts. ARGV: path, field, token, lease_s, ttl, group (1: an item
-# of a map, which runs again even when recorded). Returns {status, ran, verdict, takeovers,
-# seconds until a live lease lapses}.
-_BEGIN = """
+# of a map, which runs again even when recorded), the worker; KEYS[5]: the run's events.
+# Returns {status, ran, verdict, takeovers, seconds until a live lease lapses, listened to}:
+# a copy that runs the step publishes its start while somebody listens (fleet.store.events).
+_BEGIN = (
+    """
 local status = redis.call('HGET', KEYS[1], 'status') or ''
 local ran = redis.call('HEXISTS', KEYS[2], ARGV[1])
 if status == 'failed' or (ran == 1 and ARGV[6] == '0') then
@@ -58,8 +61,20 @@ if cur and ran == 0 then
 end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. '|' .. string.format('%.3f', now + ARGV[4]))
 redis.call('EXPIRE', KEYS[3], ARGV[5])
-return {status, ran, 'run', taken, '0'}
+local listened = 0
 """
+    + lua_append(
+        "KEYS[1]",
+        "KEYS[5]",
+        "{event = 'started', node = ARGV[1], worker = ARGV[7], at = now}",
+        "ARGV[5]",
+        "now",
+        then="listened = 1",
+    )
+    + """
+return {status, ran, 'run', taken, '0', listened}
+"""
+)
 
 # KEYS: one leases hash per lease. ARGV: lease_s, ttl, then (field, token) per key. A lease
 # held by its token, or gone (its run's state expired), is extended; the indexes (1-based)
@@ -104,6 +119,7 @@ class Begin:
     verdict: Verdict
     takeovers: int  # leases of this attempt taken over from a holder that stopped renewing
     wait_s: float
+    listened: bool = False  # somebody listens to the run's events (the start was published)
 
 
 def lease_field(path: str, attempt: int) -> str:
@@ -121,24 +137,31 @@ class Leases:
         self._renew = client.register_script(_RENEW)
         self._mark = client.register_script(_MARK)
 
-    def begin(self, run_id: str, path: str, attempt: int, token: str, group: bool) -> Begin:
+    def begin(
+        self, run_id: str, path: str, attempt: int, token: str, group: bool, worker: str = ""
+    ) -> Begin:
         """For a copy of step ``path`` about to run, in one round trip: the run's status,
-        whether the step recorded its outputs, and whether this copy runs it."""
+        whether the step recorded its outputs, whether this copy runs it, and whether
+        somebody listens to the run (its start is published then)."""
         keys = [
             RUN_KEY.format(id=run_id),
             RUN_OUTPUTS_KEY.format(id=run_id),
             RUN_LEASES_KEY.format(id=run_id),
             RUN_STARTS_KEY.format(id=run_id),
+            events_key(run_id),
         ]
         field = lease_field(path, attempt)
         args: list[str | float | int] = [path, field, token, self.lease_s, self.ttl, int(group)]
-        status, ran, verdict, taken, wait = cast(list[str], self._begin(keys=keys, args=args))
+        args.append(worker)
+        found = cast(list[str], self._begin(keys=keys, args=args))
+        status, ran, verdict, taken, wait = found[:5]
         return Begin(
             status=str(status) or None,
             ran=bool(int(ran)),
             verdict=cast(Verdict, str(verdict)),
             takeovers=int(taken),
             wait_s=float(wait),
+            listened=len(found) > 5 and bool(int(found[5])),
         )
 
     def renew(self, held: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

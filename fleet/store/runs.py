@@ -39,6 +39,7 @@ from fleet.constants import (
     SPEC_KEY,
     WORKFLOW_METRICS_KEY,
 )
+from fleet.store.events import events_key, lua_append, mark, notify
 from fleet.store.records import Ending, RunInfo, TraceEntry
 from fleet.store.waits import Wait
 
@@ -48,7 +49,8 @@ STATE_AFTER_END_S = 600  # how long a finished run's step outputs and claims are
 # the replies owed to Celery (KEYS[4]), leaves the active runs (KEYS[5], the orphan check's)
 # and adds the run to its workflow's counters (KEYS[3], read by `fleet metrics`) -- exactly
 # once. Returns 0, or {1, reply field, reply, ...}.
-_END = """
+_END = (
+    """
 if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
 for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('RPUSH', KEYS[2], '1')
@@ -76,9 +78,19 @@ if ok and type(meta) == 'table' and type(meta['sla_s']) == 'number' then
   end
 end
 if tonumber(run[5]) then redis.call('HINCRBYFLOAT', m, 'cost||' .. wf, run[5]) end
+"""
+    + lua_append(
+        "KEYS[1]",
+        "KEYS[#KEYS]",
+        "{event = 'end', status = status, at = tonumber(ARGV[2])}",
+        "ARGV[3]",
+        "tonumber(ARGV[2])",
+    )
+    + """
 table.insert(replies, 1, 1)
 return replies
 """
+)
 _BUCKETS = ",".join(repr(b) for b in LATENCY_BUCKETS)
 RUN_ENDINGS = ("succeeded", "failed")
 
@@ -160,10 +172,11 @@ class RunStore:
         inputs: dict[str, Any] | None = None,
         reply: dict[str, Any] | None = None,
         spec: str | None = None,
+        follow: bool = False,
     ) -> None:
         """Record a new run; ``reply``: the Celery task whose result is this run's outcome;
         ``spec``: its workflow's digest, for a run the engine drives (the orphan check
-        watches those until they end)."""
+        watches those until they end); ``follow``: mark it followed (fleet.store.events)."""
         key = self._key(run_id)
         now = time.time()
         fields = {"workflow": workflow, "status": "running", "submitted_at": repr(now)}
@@ -178,6 +191,8 @@ class RunStore:
             pipe.expire(self._key(run_id, "out"), self.ttl)
         if reply is not None:
             self._owe(pipe, run_id, RUN_REPLY, reply)
+        if follow:
+            mark(pipe, run_id)
         if spec is not None:
             pipe.zadd(ACTIVE_RUNS_KEY, {run_id: now})
         if workflow not in self._counted:  # its counters exist from zero before its first end
@@ -239,9 +254,13 @@ class RunStore:
         pipe.execute()
 
     def _trace(self, pipe: Any, run_id: str, entries: list[TraceEntry]) -> None:
+        """Queue trace ``entries`` on ``pipe``; they are the run's step events too (published
+        only while somebody listens)."""
         key = self._key(run_id, "trace")
-        pipe.rpush(key, *[json.dumps(e.to_dict()) for e in entries])
+        docs = [json.dumps(e.to_dict()) for e in entries]
+        pipe.rpush(key, *docs)
         pipe.expire(key, self.ttl)
+        notify(pipe, run_id, self.ttl, ['{"event": "step", ' + d[1:] for d in docs])
 
     def add_skips(self, run_id: str, paths: list[str]) -> None:
         """Trace the nodes a condition (or a skipped dependency) ruled out."""
@@ -327,6 +346,7 @@ class RunStore:
         keys += [self._key(run_id, part) for part in ("out", "claims")]
         keys += [self._key(run_id, part) for part in ("losses", "starts", "leases")]
         keys += [RUN_WAITS_KEY.format(id=run_id), RUN_SIGNALS_KEY.format(id=run_id)]
+        keys.append(events_key(run_id))  # last: the end goes in it while the run is followed
         # The run's working state (every step's outputs, claims) is not what the client reads
         # once the run ended: it goes after STATE_AFTER_END_S, the record and trace stay.
         short = min(self.ttl, STATE_AFTER_END_S)

@@ -265,6 +265,22 @@ def test_a_step_on_a_fleet_whose_worker_holds_the_key(
         (step,) = [e for e in run.trace() if e.node == "ask"]
         assert (step.worker or "").startswith("io@") and step.status == "succeeded"
 
+        # stream: true, followed: the text comes piece by piece before the step ends, and the
+        # pieces make the step's output
+        streamed = Workflow("ask-llm-streamed", inputs=["question"])
+        told = streamed.step("ask", "llm.chat", classes=["io"], base_url=server.url,
+                             model="gemma", prompt=streamed.input("question"),
+                             max_tokens=MAX_TOKENS, api_key=SECRET, stream=True)  # fmt: skip
+        streamed.output("text", told["text"])
+        followed = client.submit(streamed, {"question": PROMPT}, follow=True)
+        events = list(followed.events(timeout=60))
+        pieces = [e["text"] for e in events if e["event"] == "text"]
+        kinds = [e["event"] if e["event"] != "step" else e["status"] for e in events]
+        assert len(pieces) >= 2 and "".join(pieces) == followed.get(timeout=5)["text"]
+        assert kinds.index("text") > kinds.index("started")
+        assert kinds.index("succeeded") > max(i for i, k in enumerate(kinds) if k == "text")
+        assert kinds[-1] == "end"
+
         keyless = Workflow("ask-llm-keyless", inputs=["question"])
         bare = keyless.step(
             "ask",

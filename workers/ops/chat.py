@@ -27,8 +27,9 @@ from typing import Any
 
 import httpx
 
-from fleet.sdk import note_spend, op, settings, time_left
+from fleet.sdk import note_spend, op, settings, streaming, time_left
 from workers.ops import httpclient
+from workers.ops.chat_stream import collect, is_stream
 from workers.ops.httpclient import DeadlineExceeded
 from workers.ops.tools import (
     RETRY_STATUS,
@@ -192,6 +193,7 @@ def _payload(
     json_schema: dict[str, Any] | None,
     tools: list[dict[str, Any]] | None,
     tool_choice: Any,
+    stream: bool = False,
 ) -> bytes:
     """The request body, within MAX_REQUEST. A JSON schema goes in the form llama.cpp's
     servers take (``response_format: {type: json_object, schema}``): they turn it into a
@@ -201,8 +203,10 @@ def _payload(
         "messages": conversation,
         "max_tokens": max_tokens,
         "temperature": temperature,
-        "stream": False,
+        "stream": stream,
     }
+    if stream:  # the token counts come in the last event (servers that know the option)
+        body["stream_options"] = {"include_usage": True}
     optional = {"stop": stop, "tools": tools, "tool_choice": tool_choice}
     body.update({k: v for k, v in optional.items() if v is not None})
     if json_schema is not None:
@@ -255,7 +259,12 @@ def _post(target: Target, url: str, data: bytes, headers: dict[str, str], limit:
         ) as client,
         client.stream("POST", url, content=data, headers=headers, timeout=limit) as response,
     ):
-        body = b"" if response.is_redirect else read_capped(response, MAX_RESPONSE, f"POST {url}")
+        if response.is_redirect:
+            body = b""
+        elif is_stream(response):  # asked for while somebody follows the run
+            body = collect(response, MAX_RESPONSE, f"POST {url}")
+        else:
+            body = read_capped(response, MAX_RESPONSE, f"POST {url}")
         return Answer(
             response.status_code,
             body,
@@ -420,6 +429,7 @@ def chat(
     retries: int = 2,
     backoff: float = 0.5,
     api_key: str | None = None,
+    stream: bool = False,
 ) -> dict[str, Any]:
     """Ask an LLM behind an OpenAI-compatible endpoint (``POST {base_url}/chat/completions``).
 
@@ -433,6 +443,10 @@ def chat(
     transport errors, 429 and 5xx are retried (``retries`` more times, backoff doubling from
     ``backoff`` s, longer when the server's Retry-After says so, never past the step's
     deadline); any other 4xx fails the step with the status and the server's reason.
+
+    ``stream``: while somebody follows the run (``RunHandle.events``, ``fleet submit
+    --follow``), the server streams the answer and each piece of text is passed on as it
+    comes (not with ``tools``); the outputs are the same either way.
     """
     url = _endpoint(base_url)
     target = check_url(url, "POST")
@@ -447,6 +461,7 @@ def chat(
         json_schema,
         checked_tools,
         _tool_choice(tool_choice, checked_tools),
+        stream=bool(stream) and not checked_tools and streaming(),
     )
     answer, key = post(target, url, data, api_key, timeout, retries, backoff)
     outputs = _outputs(answer, url, key)

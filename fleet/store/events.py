@@ -1,0 +1,143 @@
+"""A run's events as they happen: steps starting and ending, text an LLM step streams, the
+run's end -- appended to the run's Redis stream, only while somebody follows the run.
+
+A follower marks the run (``LISTEN_FIELD`` in its record: until when, refreshed while it
+follows) -- at submission (``Fleet.submit(..., follow=True)``), or when it starts to follow.
+Writers check the mark inside the commands they send anyway: a step's start lease
+(:mod:`fleet.store.leases`), every trace entry (the pipeline that writes it) and the run's
+end (its script). With nobody following, nothing is written and no round trip is added; with
+a follower, an event is one ``XADD`` on the server. A stream rather than pub/sub: what was
+written before the follower read it is still there (read from the first event), so a run
+followed from its submission misses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import redis
+from redis.commands.core import Script
+
+from fleet.constants import LISTEN_FIELD, RUN_EVENTS_KEY, RUN_KEY
+
+LISTEN_S = 60  # how long a follower's mark lasts; it refreshes it every third of that
+MAX_EVENTS = 10_000  # kept per run (about: the stream is trimmed lazily)
+EVENT_FIELD = "e"  # each stream entry holds one event, JSON, in this field
+
+# KEYS: run, events. ARGV: ttl, then events (JSON). Appended while the run is followed.
+NOTIFY = f"""
+local mark = redis.call('HGET', KEYS[1], '{LISTEN_FIELD}')
+if not mark then return 0 end
+local t = redis.call('TIME')
+if tonumber(mark) < tonumber(t[1]) then return 0 end
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', {MAX_EVENTS}, '*', '{EVENT_FIELD}', ARGV[i])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return #ARGV - 1
+"""
+
+
+def lua_append(run: str, events: str, event: str, ttl: str, now: str, then: str = "") -> str:
+    """The same as NOTIFY, as Lua for another script: ``run``, ``events``, ``ttl`` and
+    ``now`` (seconds) are Lua expressions of that script, ``event`` a Lua table; ``then``:
+    more Lua run when the event was appended."""
+    return f"""
+local mark = tonumber(redis.call('HGET', {run}, '{LISTEN_FIELD}'))
+if mark and mark >= {now} then
+  redis.call('XADD', {events}, 'MAXLEN', '~', {MAX_EVENTS}, '*', '{EVENT_FIELD}',
+             cjson.encode({event}))
+  redis.call('EXPIRE', {events}, {ttl})
+  {then}
+end
+"""
+
+
+def events_key(run_id: str) -> str:
+    return RUN_EVENTS_KEY.format(id=run_id)
+
+
+_notify: list[Script] = []  # the script, registered once per process
+
+
+def notify(pipe: redis.client.Pipeline, run_id: str, ttl: int, events: list[str]) -> None:
+    """Queue on ``pipe`` the appending of ``events`` (JSON): appended only while somebody
+    follows the run."""
+    if not _notify:
+        _notify.append(pipe.register_script(NOTIFY))
+    keys = [RUN_KEY.format(id=run_id), events_key(run_id)]
+    _notify[0](keys=keys, args=[ttl, *events], client=pipe)
+
+
+def mark(pipe: Any, run_id: str) -> None:
+    """Queue the mark that says somebody follows the run (for LISTEN_S seconds)."""
+    pipe.hset(RUN_KEY.format(id=run_id), LISTEN_FIELD, repr(time.time() + LISTEN_S))
+
+
+class Publisher:
+    """Appends what one step streams (text chunks) to its followed run's events."""
+
+    def __init__(self, client: redis.Redis, run_id: str, node: str, ttl: int) -> None:
+        self.client, self.run_id, self.node, self.ttl = client, run_id, node, ttl
+
+    def text(self, chunk: str) -> None:
+        event = {"event": "text", "node": self.node, "text": chunk, "at": time.time()}
+        data = json.dumps(event, separators=(",", ":"))
+        key = events_key(self.run_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xadd(key, {EVENT_FIELD: data}, maxlen=MAX_EVENTS, approximate=True)
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+
+def follow(
+    client: redis.Redis,
+    run_id: str,
+    ended: Callable[[], str | None],
+    timeout: float | None = None,
+    history: Callable[[], list[dict[str, Any]]] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield the run's events until it ends (its ``end`` event, last) or ``timeout`` passes.
+    ``history()`` -> the step events of before the run was followed (its trace): yielded
+    first, and not again from the stream. ``ended()`` -> the run's final status, or None
+    while it runs: a run that ended before it was followed gives its ``end`` at once."""
+    pipe = client.pipeline(transaction=False)
+    mark(pipe, run_id)
+    pipe.execute()
+    marked = time.monotonic()
+    seen: set[tuple[Any, ...]] = set()
+    for event in history() if history is not None else ():
+        seen.add(_identity(event))
+        yield event
+    last = "0"
+    end = None if timeout is None else time.monotonic() + timeout
+    while end is None or time.monotonic() < end:
+        if time.monotonic() - marked > LISTEN_S / 3:
+            pipe = client.pipeline(transaction=False)
+            mark(pipe, run_id)
+            pipe.execute()
+            marked = time.monotonic()
+        wait_ms = 1000 if end is None else max(1, min(1000, int((end - time.monotonic()) * 1000)))
+        found = client.xread({events_key(run_id): last}, block=wait_ms, count=500)
+        entries = cast(list[Any], found)[0][1] if found else []
+        if not entries:
+            status = ended()  # it ended before it was followed (or its end was trimmed)
+            if status is not None:
+                yield {"event": "end", "status": status, "at": time.time()}
+                return
+            continue
+        for entry_id, fields in entries:
+            last = entry_id
+            event = json.loads(fields[EVENT_FIELD])
+            if event.get("event") == "step" and _identity(event) in seen:
+                continue  # in the history already
+            yield event
+            if event.get("event") == "end":
+                return
+
+
+def _identity(event: dict[str, Any]) -> tuple[Any, ...]:
+    return (event.get("node"), event.get("status"), event.get("started_at"), event.get("attempt"))
