@@ -84,3 +84,28 @@ def test_submit_follow_prints_each_step_then_the_result(client: Fleet) -> None:
     assert any("started    clean" in line for line in lines)
     assert any("run succeeded" in line for line in lines)
     assert "ESCALATE" in done.stdout  # the result, printed after the events
+
+
+def test_an_llm_step_streams_its_text_while_it_writes_it(client: Fleet) -> None:
+    """llm.generate with stream: true, followed: the text comes in pieces between the step's
+    start and end, and the pieces make the step's output."""
+    wf = Workflow("streamed", inputs=["p"])
+    g = wf.step("g", "llm.generate", prompt=wf.input("p"), max_tokens=40, prefix="A:",
+                stream=True)  # fmt: skip
+    wf.output("text", g["text"])
+    prompt = "Question: Name three colours of the rainbow.\nAnswer:"
+    run = client.submit(wf, {"p": prompt}, follow=True)
+    events = list(run.events(timeout=120))
+    out = run.get(timeout=5)["text"]
+    pieces = [e for e in events if e["event"] == "text"]
+    assert pieces and pieces[0]["text"] == "A:" and all(e["node"] == "g" for e in pieces)
+    assert "".join(str(e["text"]) for e in pieces).strip() == out
+    assert len(pieces) >= 3, pieces  # written over about a second, read every 20 ms
+    kinds = [e["event"] if e["event"] != "step" else e["status"] for e in events]
+    first, last = kinds.index("text"), len(kinds) - 1 - kinds[::-1].index("text")
+    assert kinds.index("started") < first and last < kinds.index("succeeded")
+    spread = float(str(pieces[-1]["at"])) - float(str(pieces[0]["at"]))
+    print(f"{len(pieces)} pieces over {spread:.3f} s")
+    # the same prompt unfollowed: the same text (greedy), and nothing written
+    quiet = client.submit(wf, {"p": prompt})
+    assert quiet.get(timeout=120)["text"] == out

@@ -19,12 +19,13 @@ import time
 import zlib
 from typing import Any
 
-from fleet.sdk import blobs, op, time_left
+from fleet.sdk import blobs, op, streaming, time_left
 from workers.ops.batcher import Request, kv_cache_mb, token_piece
 from workers.ops.endpoint import complete, this_workers_endpoint
 from workers.ops.general import SAMPLE_TEXT
 from workers.ops.llm_models import check_ctx, llm_lease
 from workers.ops.llm_sampling import Sampler, check_grammar
+from workers.ops.llm_stream import wait_streaming
 from workers.ops.models import DEFAULT_LLM, LLAMA_CPP, LOADS, device_lock
 
 SAMPLE_PROMPT = (
@@ -231,6 +232,7 @@ def generate(
     prefix: str = "",
     grammar: str | None = None,
     choices: list[str] | None = None,
+    stream: bool = False,
 ) -> dict[str, Any]:
     """Complete ``prompt`` (the returned text is stripped, and starts with ``prefix``).
 
@@ -238,6 +240,8 @@ def generate(
     ``choices`` (the text must be exactly one of them) constrain the decode, e.g.
     ``choices: [yes, no]`` for a decision, a JSON grammar for tool arguments.
     ``cached_tokens``: the prompt tokens whose KV an earlier step left in the batch.
+    ``stream``: while somebody follows the run, the text is passed on as it is written
+    (``RunHandle.events``); the outputs are the same either way.
 
     On an endpoint class the endpoint completes the prompt (no model is loaded here);
     ``grammar`` and ``choices`` are not sent there: such a node runs on a local class.
@@ -257,7 +261,11 @@ def generate(
         )
         entry.batch.submit(request)
         left = time_left(float("inf"))
-        entry.batch.wait(request, None if left == float("inf") else left)
+        limit = None if left == float("inf") else left
+        if stream and streaming():
+            wait_streaming(entry.batch, request, limit, prefix)
+        else:
+            entry.batch.wait(request, limit)
     return {
         **_result(request, prefix),
         "cached_tokens": request.reused,
