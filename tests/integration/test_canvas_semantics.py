@@ -31,7 +31,7 @@ from fleet.constants import WORKFLOW_KWARG
 from fleet.deploy.local import LocalFleet
 from fleet.errors import WorkflowValidationError
 from tests.support import canvastasks as ct
-from tests.support.canvas_cases import CASES, PLAIN, T, Twins, run_all
+from tests.support.canvas_cases import PLAIN, T, Twins, all_cases, run_all
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +57,7 @@ def _fail() -> Workflow:
 
 
 WORKFLOWS = Twins(add=_add(), echo=_echo(), fail=_fail())
+CASES = all_cases()
 
 
 @pytest.fixture(scope="module")
