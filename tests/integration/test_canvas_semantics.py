@@ -1,9 +1,10 @@
 """Celery semantics, exactly: a workflow signature behaves as any task in every canvas, and
 adopting the fleet changes nothing in a user's own canvases.
 
-A differential suite (the cases: tests/support/canvas_cases.py, adapted from Celery's
-t/integration/test_canvas.py). Every case runs with plain tasks on the user's own app and
-worker in a process that never imports the fleet: what it observes is the expected value of
+A differential suite (the cases: tests/support/canvas_chains.py and canvas_chords.py, adapted
+from Celery's t/integration/test_canvas.py; the harness: canvas_cases.py). Every case runs
+with plain tasks on the user's own app and worker in a process that never imports the fleet:
+what it observes is the expected value of
 
 - the same case with workflows in the plain twins' places, once with the user's app current
   and once with the fleet's (as ``Fleet()`` leaves it);
