@@ -26,6 +26,7 @@ from fleet.constants import LISTEN_FIELD, RUN_EVENTS_KEY, RUN_KEY
 LISTEN_S = 60  # how long a follower's mark lasts; it refreshes it every third of that
 MAX_EVENTS = 10_000  # kept per run (about: the stream is trimmed lazily)
 EVENT_FIELD = "e"  # each stream entry holds one event, JSON, in this field
+EVENT_OUTPUTS_MAX = 4096  # a step event carries the step's outputs up to this much JSON
 
 # KEYS: run, events. ARGV: ttl, then events (JSON). Appended while the run is followed.
 NOTIFY = f"""

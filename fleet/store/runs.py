@@ -39,7 +39,7 @@ from fleet.constants import (
     SPEC_KEY,
     WORKFLOW_METRICS_KEY,
 )
-from fleet.store.events import events_key, lua_append, mark, notify
+from fleet.store.events import EVENT_OUTPUTS_MAX, events_key, lua_append, mark, notify
 from fleet.store.records import Ending, RunInfo, TraceEntry
 from fleet.store.waits import Wait
 
@@ -253,14 +253,20 @@ class RunStore:
         self._trace(pipe, run_id, [entry])
         pipe.execute()
 
-    def _trace(self, pipe: Any, run_id: str, entries: list[TraceEntry]) -> None:
-        """Queue trace ``entries`` on ``pipe``; they are the run's step events too (published
-        only while somebody listens)."""
+    def _trace(
+        self, pipe: Any, run_id: str, entries: list[TraceEntry], outputs: str | None = None
+    ) -> None:
+        """Queue trace ``entries`` on ``pipe``; they are the run's step events too (written
+        only while somebody follows the run), with the step's ``outputs`` (JSON) when they
+        are small (EVENT_OUTPUTS_MAX: a blob reference, a sentence; not a document)."""
         key = self._key(run_id, "trace")
         docs = [json.dumps(e.to_dict()) for e in entries]
         pipe.rpush(key, *docs)
         pipe.expire(key, self.ttl)
-        notify(pipe, run_id, self.ttl, ['{"event": "step", ' + d[1:] for d in docs])
+        head = '{"event": "step", '
+        if outputs is not None and len(outputs) <= EVENT_OUTPUTS_MAX:
+            head += f'"outputs": {outputs}, '
+        notify(pipe, run_id, self.ttl, [head + d[1:] for d in docs])
 
     def add_skips(self, run_id: str, paths: list[str]) -> None:
         """Trace the nodes a condition (or a skipped dependency) ruled out."""
@@ -297,9 +303,10 @@ class RunStore:
         The state is None when it was not read."""
         out_key = self._key(run_id, "out")
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(out_key, path, json.dumps(outputs))
+        written = json.dumps(outputs)
+        pipe.hset(out_key, path, written)
         pipe.expire(out_key, self.ttl)
-        self._trace(pipe, run_id, [entry])
+        self._trace(pipe, run_id, [entry], written)
         if extra is not None:
             extra(pipe)
         if group is not None:
