@@ -58,3 +58,35 @@ def test_canvas_example_runs(local_fleet: LocalFleet, capsys: pytest.CaptureFixt
         "ONE / TWO",
         "{'answer': 'HELLO CANVAS', 'words': 2}",
     ]
+
+
+def test_waits_example_parks_and_resumes(
+    local_fleet: LocalFleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runpy.run_path(str(EXAMPLES / "waits.py"), run_name="__main__")
+    assert capsys.readouterr().out.splitlines() == [
+        "approval waits for signal 'approval'",
+        "{'outcome': 'refunded 250 for order A-17, approved by ana'}",
+    ]
+
+
+def test_webhook_example_signals_only_what_is_signed(
+    local_fleet: LocalFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+    import hmac
+    import json
+
+    from fleet import Fleet
+    from fleet.paths import EXAMPLES as WORKFLOWS
+
+    monkeypatch.setenv("APPROVALS_WEBHOOK_SECRET", "s3cret")
+    hook = runpy.run_path(str(EXAMPLES / "webhook.py"))["approvals_webhook"]
+    run = Fleet().submit(WORKFLOWS / "refund_approval.yaml", {"order": "W-1", "amount": 300})
+    body = json.dumps({"run": run.id, "approved": True, "by": "ops"}).encode()
+    signed = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert hook(body, "0" * 64) == (401, "bad signature")
+    assert hook(body, signed) == (202, "accepted")
+    assert run.get(timeout=30) == {"outcome": "refunded 300 for order W-1, approved by ops"}
+    status, why = hook(body, signed)  # a replay: the run has ended
+    assert status == 409 and "has ended" in why
