@@ -47,13 +47,8 @@ def kube(
     ConfigMap; its classes, their sizes and replica bounds come from it. Credentials come
     from Secrets you create (fleet-broker, fleet-redis, fleet-flower: docs/operations.md).
     """
-    from fleet.deploy.kubernetes import (
-        KubeTarget,
-        KubeValues,
-        check_no_credentials,
-        manifests,
-        render,
-    )
+    from fleet.deploy.kube_security import check_no_credentials
+    from fleet.deploy.kubernetes import KubeTarget, KubeValues, manifests, render
     from fleet.workflow.loader import load_data_file
 
     cfg = config(ctx)

@@ -6,6 +6,8 @@ Prometheus to scrape, and a KEDA ``ScaledObject`` per class that scales its work
 class's queue length between the class's ``min_workers`` and ``max_workers`` -- the bounds a
 plan writes (``fleet plan --save``). The configuration travels as a ConfigMap; credentials
 only ever as references to Secrets the operator creates (docs/operations.md), never as values.
+Every pod runs as the "restricted" Pod Security Standard asks, behind NetworkPolicies
+(kube_security.py says what and why).
 
 ``local=True`` renders the same fleet for ``podman kube play`` on one host: host networking on
 loopback, no Services or autoscaler (podman has neither), the same Secrets (as podman secrets).
@@ -22,32 +24,29 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.config import ClassSpec, FleetConfig, url_secrets
+from fleet.config import ClassSpec, FleetConfig
 from fleet.constants import AMQP_SCHEMES
+from fleet.deploy.kube_security import (
+    APP_LABEL,
+    BROKER_SECRET,
+    FLEET_UID,
+    FLOWER_SECRET,
+    PART_LABEL,
+    REDIS_SECRET,
+    REDIS_UID,
+    harden,
+    network_policies,
+    secret_env,
+)
 from fleet.errors import ConfigError
 from fleet.routing.depth import PRIORITY_SEP, PRIORITY_STEPS
 
 Doc = dict[str, Any]
 
-# The Secrets the manifests refer to (created by the operator, never rendered here).
-BROKER_SECRET = "fleet-broker"  # key FLEET_BROKER_URL: the workers' broker URL, password in it
-# (and, optional, FLEET_RESULT_BACKEND: a result backend apart from the broker, with its own)
-REDIS_SECRET = "fleet-redis"  # key password: the in-cluster Redis's password
-FLOWER_SECRET = "fleet-flower"  # key FLOWER_BASIC_AUTH: "user:password"
-# (and, optional, FLOWER_BROKER_API: RabbitMQ's management API URL, credentials in it)
-# Where each setting that may carry a credential goes instead of the ConfigMap.
-SECRET_HOMES = {
-    "broker_url": f"the {BROKER_SECRET} Secret, key FLEET_BROKER_URL",
-    "result_backend": f"the {BROKER_SECRET} Secret, key FLEET_RESULT_BACKEND",
-    "flower_auth": f"the {FLOWER_SECRET} Secret, key FLOWER_BASIC_AUTH",
-    "flower_broker_api": f"the {FLOWER_SECRET} Secret, key FLOWER_BROKER_API",
-}
 CONFIG_MAP = "fleet-config"
 CONFIG_PATH = "/etc/fleet/fleet.toml"
 DATA_DIR = "/var/lib/fleet"
 REDIS_START = 'exec redis-server - "$@" <<EOF\nrequirepass $REDIS_PASSWORD\nEOF\n'
-APP_LABEL = "app.kubernetes.io/name"
-PART_LABEL = "app.kubernetes.io/component"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
@@ -82,27 +81,6 @@ class KubeTarget:
     redis_port: int = 6379  # local: the port Redis listens on, on the host's loopback
 
 
-def check_no_credentials(own: FleetConfig, source: str) -> None:
-    """Refuse a configuration file that holds a credential: it would travel as the
-    ``fleet-config`` ConfigMap, which is not a Secret (anyone who may read the namespace's
-    ConfigMaps reads it). ``own`` is the file alone, without the environment."""
-    found = [
-        f"{name} holds a password ({', '.join(where)}): put it in {SECRET_HOMES[name]}"
-        for name in ("broker_url", "result_backend", "flower_broker_api")
-        if (where := url_secrets(getattr(own, name)))
-    ]
-    if own.flower_auth:
-        found.append(f"flower_auth holds a password: put it in {SECRET_HOMES['flower_auth']}")
-    found += [
-        f"endpoints.{name}.base_url holds a password ({', '.join(where)}): give the "
-        "endpoint's key by the name of a secret (api_key)"
-        for name, spec in own.endpoints.items()
-        if (where := url_secrets(spec.base_url))
-    ]
-    if found:
-        raise ConfigError(f"{source}: " + "; ".join(found))
-
-
 def manifests(cfg: FleetConfig, target: KubeTarget) -> list[Doc]:
     """Every resource, in the order ``kubectl apply -f`` wants them."""
     unknown = sorted(set(target.values.classes) - set(cfg.classes))
@@ -116,7 +94,7 @@ def manifests(cfg: FleetConfig, target: KubeTarget) -> list[Doc]:
         docs.append(_worker(spec, cfg, target))
     docs += _flower(cfg, target) + _metrics(cfg, target)
     if not target.local:
-        docs += _autoscalers(cfg, target)
+        docs += _autoscalers(cfg, target) + network_policies(cfg)
     return docs
 
 
@@ -178,22 +156,19 @@ def _service(name: str, part: str, port: int) -> Doc:
     }
 
 
-def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> Doc:
-    ref: Doc = {"name": secret, "key": key, **({"optional": True} if optional else {})}
-    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
-
-
 def _fleet_env(target: KubeTarget) -> list[Doc]:
-    env = [_secret_env("FLEET_BROKER_URL", BROKER_SECRET, "FLEET_BROKER_URL")]
+    env = [secret_env("FLEET_BROKER_URL", BROKER_SECRET, "FLEET_BROKER_URL")]
     if not target.local:  # optional keys (podman's kube play is given only what it needs)
-        env.append(_secret_env("FLEET_RESULT_BACKEND", BROKER_SECRET, "FLEET_RESULT_BACKEND", True))
+        env.append(secret_env("FLEET_RESULT_BACKEND", BROKER_SECRET, "FLEET_RESULT_BACKEND", True))
     env.append({"name": "FLEET_DATA_DIR", "value": DATA_DIR})
     if target.config_text is not None:
         env.append({"name": "FLEET_CONFIG", "value": CONFIG_PATH})
     return env
 
 
-def _pod(target: KubeTarget, containers: list[Doc], volumes: list[Doc], **spec: Any) -> Doc:
+def _pod(
+    target: KubeTarget, containers: list[Doc], volumes: list[Doc], uid: int = FLEET_UID, **spec: Any
+) -> Doc:
     pod: Doc = {"containers": containers, **spec}
     if target.local:  # podman maps no ports on the host network: each listens there itself
         pod["hostNetwork"] = True
@@ -209,6 +184,8 @@ def _pod(target: KubeTarget, containers: list[Doc], volumes: list[Doc], **spec: 
         c.pop("_fleet", None)
     if volumes:
         pod["volumes"] = volumes
+    if not target.local:  # podman: on the host network, outside every restricted pod
+        harden(pod, uid)
     return pod
 
 
@@ -232,10 +209,13 @@ def _redis(target: KubeTarget) -> list[Doc]:
         # in the command line (ps), and no $(VAR) expansion needed (podman has none)
         "command": ["sh", "-c", REDIS_START, "redis-server"],
         "args": args,
-        "env": [_secret_env("REDIS_PASSWORD", REDIS_SECRET, "password")],
+        "env": [secret_env("REDIS_PASSWORD", REDIS_SECRET, "password")],
         "ports": [{"containerPort": 6379}],
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "512Mi"},
+            "limits": {"cpu": "1", "memory": "1Gi"},
+        },
     }
     volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": "redis-data"}}]
     claim = {
@@ -248,9 +228,8 @@ def _redis(target: KubeTarget) -> list[Doc]:
         },
     }
     # one Redis: a second replica would be a second, empty broker (Recreate, not rolling)
-    deploy = _deployment(
-        "redis", "redis", _pod(target, [container], volumes), strategy={"type": "Recreate"}
-    )
+    pod = _pod(target, [container], volumes, uid=REDIS_UID)  # its image's own user
+    deploy = _deployment("redis", "redis", pod, strategy={"type": "Recreate"})
     docs = [claim, deploy]
     if not target.local:
         docs.append(_service("redis", "redis", 6379))
@@ -325,14 +304,17 @@ def _flower(cfg: FleetConfig, target: KubeTarget) -> list[Doc]:
         "args": [f"--port={cfg.flower_port}", f"--address={address}"],
         "env": [
             *_fleet_env(target),
-            _secret_env("FLOWER_BASIC_AUTH", FLOWER_SECRET, "FLOWER_BASIC_AUTH"),
+            secret_env("FLOWER_BASIC_AUTH", FLOWER_SECRET, "FLOWER_BASIC_AUTH"),
         ],
         "ports": [{"containerPort": cfg.flower_port}],
-        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "512Mi"},
+            "limits": {"cpu": "1", "memory": "512Mi"},
+        },
         "_fleet": True,
     }
     if not target.local:
-        api = _secret_env("FLOWER_BROKER_API", FLOWER_SECRET, "FLOWER_BROKER_API", True)
+        api = secret_env("FLOWER_BROKER_API", FLOWER_SECRET, "FLOWER_BROKER_API", True)
         container["env"].append(api)
     docs = [_deployment("flower", "flower", _pod(target, [container], []))]
     if not target.local:
@@ -349,7 +331,10 @@ def _metrics(cfg: FleetConfig, target: KubeTarget) -> list[Doc]:
         "command": ["fleet", "metrics", "--address", address, "--port", str(port)],
         "env": _fleet_env(target),
         "ports": [{"containerPort": port, "name": "metrics"}],
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"cpu": "500m", "memory": "256Mi"},
+        },
         "_fleet": True,
     }
     scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port)}
