@@ -16,10 +16,12 @@ from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.constants import BLOB_PREFIX
 from fleet.demo.speech import speak_to_file
-from fleet.errors import WorkflowFailed
+from fleet.errors import FleetError, WorkflowFailed
 from fleet.evaluation import scoring
 from fleet.sdk.process import blobs
 from fleet.store.records import TraceEntry
+from fleet.workflow.loader import load_workflow
+from fleet.workflow.waits import wait_nodes
 from tests.support.voice import QUESTION, ask_voice_agent, order_api_server
 
 pytestmark = pytest.mark.integration
@@ -251,7 +253,8 @@ def test_every_example_gives_the_same_outputs_as_its_canvas(
     client: Fleet, knowledge_base: dict[str, Any], order_api: str, tmp_path: Path
 ) -> None:
     """Each example workflow, submitted and compiled to a Celery canvas, on the same workers:
-    the same outputs (models are greedy; blobs compared by content)."""
+    the same outputs (models are greedy; blobs compared by content). One that waits (a
+    wait node) runs submitted, and to_canvas refuses it naming the node."""
     question = speak_to_file(QUESTION, tmp_path / "q.wav")
     cases = {
         "kb_build.yaml": {"docs": client.upload(EXAMPLES / "kb"), "index": "kb-canvas"},
@@ -260,6 +263,7 @@ def test_every_example_gives_the_same_outputs_as_its_canvas(
         "pd_split.yaml": {"prompt": "Say hello to the support team."},
         "triage.yaml": {"ticket": "My blender arrived broken, refund please"},
         "sleeps.yaml": {"tag": "x"},
+        "refund_approval.yaml": {"order": "R-1", "amount": 40},  # under the limit: no wait
         "voice_agent.yaml": {
             "audio": client.upload(question),
             "api": order_api,
@@ -269,6 +273,11 @@ def test_every_example_gives_the_same_outputs_as_its_canvas(
     assert set(cases) == {p.name for p in EXAMPLES.glob("*.yaml")}, "an example is left out"
     for name, inputs in cases.items():
         submitted = client.submit(EXAMPLES / name, inputs).get(timeout=300)
+        if wait_nodes(load_workflow(EXAMPLES / name)):
+            assert submitted == {"outcome": "refunded 40 for order R-1 (under the limit)"}
+            with pytest.raises(FleetError, match=r"node 'approval' waits \(wait.signal\)"):
+                client.to_canvas(EXAMPLES / name, inputs)
+            continue
         as_canvas = client.to_canvas(EXAMPLES / name, inputs).apply_async().get(timeout=300)
         if name == "summarize.yaml":
             # Its four generations decode together in the gpu worker's batch, whose make-up
