@@ -56,6 +56,7 @@ class Autoscaler:
     pressure: dict[str, int] = field(default_factory=dict)  # looks in a row over up_wait_s
     idle_since: dict[str, float] = field(default_factory=dict)
     changed_at: dict[str, float] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)  # classes said to be held at the ceiling
 
     @property
     def cfg(self) -> FleetConfig:
@@ -97,9 +98,16 @@ class Autoscaler:
             self.idle_since.pop(cls, None)
         if now - self.changed_at.get(cls, -1e18) < auto.cooldown_s:
             return None
-        if n < low and self.fleet.room():
+        wants = n < low or (self.pressure[cls] >= UP_LOOKS and n < high)
+        if wants and not self.fleet.room():
+            if cls not in self.held:  # said once, not at every look
+                self.say(f"autoscale: {cls} stays at {n} workers: {self.fleet.ceiling()}")
+                self.held.add(cls)
+            return None
+        self.held.discard(cls)
+        if n < low:
             return self._grow(cls, n, f"below min_workers ({low})", now)
-        if self.pressure[cls] >= UP_LOOKS and n < high and self.fleet.room():
+        if self.pressure[cls] >= UP_LOOKS and n < high:
             why = (
                 f"{queued} waiting x {step_s:.2f} s / {slots} slots: expected wait {wait:.1f} s "
                 f"> {auto.up_wait_s:g} s"

@@ -120,6 +120,10 @@ class LocalFleet:
         running = sum(len(self.workers_of(c)) for c in self.classes)
         return self.most is None or running < self.most
 
+    def ceiling(self) -> str:
+        """The host's ceiling, said."""
+        return f"this host runs at most {self.most} worker processes (two per core)"
+
     # -- lifecycle ---------------------------------------------------------------------
     def __enter__(self) -> LocalFleet:
         self.start()

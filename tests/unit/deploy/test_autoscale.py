@@ -24,6 +24,9 @@ class StubFleet:
     def room(self) -> bool:
         return True
 
+    def ceiling(self) -> str:
+        return "none"
+
     def workers_of(self, cls: str) -> list[int]:
         return list(range(self.count.get(cls, 1)))
 
@@ -104,7 +107,7 @@ def _scale(fleet: SleepingFleet, looks: int) -> list[tuple[int, int]]:
     """Start the fleet's workers, look ``looks`` times at a deep io queue: (cpu, io) after each."""
     for cls in fleet.classes:
         fleet._start_worker(cls)
-    scaler = Autoscaler(fleet, say=lambda _: None, reader=StubReader(_busy_io(depth=50)))
+    scaler = Autoscaler(fleet, say=fleet.say, reader=StubReader(_busy_io(depth=50)))
     scaler._record = lambda change: None  # type: ignore[method-assign]
     seen = []
     for t in range(looks):
@@ -130,7 +133,12 @@ def test_the_autoscaler_grows_a_class_up_to_the_hosts_ceiling(
 ) -> None:
     fleet = _sleeping_fleet(cfg, tmp_path, 1, workers=1, max_workers=7)
     assert fleet.fit_to_host(3) is None  # 2 processes fit as planned; the host holds 3
+    said: list[str] = []
+    fleet.say = said.append
     try:  # the queue calls for 7 io workers; the host has room for one more
         assert _scale(fleet, 10)[-1] == (1, 2) and not fleet.room()
+        held = [s for s in said if "stays at" in s]  # why, once
+        assert held == [f"autoscale: io stays at 2 workers: {fleet.ceiling()}"]
+        assert "at most 3 worker processes" in held[0]
     finally:
         fleet.stop()
