@@ -212,10 +212,7 @@ def _redis(target: KubeTarget) -> list[Doc]:
         "env": [secret_env("REDIS_PASSWORD", REDIS_SECRET, "password")],
         "ports": [{"containerPort": 6379}],
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-        "resources": {
-            "requests": {"cpu": "250m", "memory": "512Mi"},
-            "limits": {"cpu": "1", "memory": "1Gi"},
-        },
+        "resources": _sized(target, cpu=("250m", "1"), memory=("512Mi", "1Gi")),
     }
     volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": "redis-data"}}]
     claim = {
@@ -234,6 +231,15 @@ def _redis(target: KubeTarget) -> list[Doc]:
     if not target.local:
         docs.append(_service("redis", "redis", 6379))
     return docs
+
+
+def _sized(target: KubeTarget, cpu: tuple[str, str], memory: tuple[str, str]) -> Doc:
+    """Requests and, on a cluster, limits (each pair: request, limit); podman on one host
+    gets the requests alone, as before (a rootless podman may not set limits)."""
+    sized: Doc = {"requests": {"cpu": cpu[0], "memory": memory[0]}}
+    if not target.local:
+        sized["limits"] = {"cpu": cpu[1], "memory": memory[1]}
+    return sized
 
 
 def _resources(spec: ClassSpec) -> dict[str, dict[str, str]]:
@@ -307,10 +313,7 @@ def _flower(cfg: FleetConfig, target: KubeTarget) -> list[Doc]:
             secret_env("FLOWER_BASIC_AUTH", FLOWER_SECRET, "FLOWER_BASIC_AUTH"),
         ],
         "ports": [{"containerPort": cfg.flower_port}],
-        "resources": {
-            "requests": {"cpu": "250m", "memory": "512Mi"},
-            "limits": {"cpu": "1", "memory": "512Mi"},
-        },
+        "resources": _sized(target, cpu=("250m", "1"), memory=("512Mi", "512Mi")),
         "_fleet": True,
     }
     if not target.local:
@@ -331,10 +334,7 @@ def _metrics(cfg: FleetConfig, target: KubeTarget) -> list[Doc]:
         "command": ["fleet", "metrics", "--address", address, "--port", str(port)],
         "env": _fleet_env(target),
         "ports": [{"containerPort": port, "name": "metrics"}],
-        "resources": {
-            "requests": {"cpu": "100m", "memory": "256Mi"},
-            "limits": {"cpu": "500m", "memory": "256Mi"},
-        },
+        "resources": _sized(target, cpu=("100m", "500m"), memory=("256Mi", "256Mi")),
         "_fleet": True,
     }
     scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port)}
