@@ -41,6 +41,13 @@ def _seconds(value: float) -> float:
     return value
 
 
+def _ceiling(value: float) -> float:
+    """A utilisation ceiling: a share of a class's capacity, above 0 and at most 1."""
+    if not 0 < value <= 1:
+        raise click.BadParameter(f"{value:g} is not a utilisation above 0 and at most 1")
+    return value
+
+
 def _as_saved(toml_text: str, path: Path) -> str:
     """The plan as its file's suffix says: YAML for .yaml/.yml (the configuration is read by
     its suffix, so `fleet up --plan plan.yaml` reads it back), else TOML."""
@@ -71,7 +78,12 @@ def _load(workload: str | None, catalogue: str | None) -> tuple[Catalogue, list[
 @click.command()
 @WORKLOAD
 @CATALOGUE
-@click.option("--ceiling", default=0.7, help="Utilisation ceiling per class.")
+@click.option(
+    "--ceiling",
+    default=0.7,
+    callback=lambda ctx, param, value: _ceiling(value),
+    help="Utilisation ceiling per class: above 0, at most 1.",
+)
 @click.option(
     "--violation-price",
     type=click.FloatRange(min=0),
@@ -174,7 +186,12 @@ def plan(
     "--steps", type=int, help="Simulate about this many steps per policy (instead of --duration)."
 )
 @click.option("--seed", default=0, help="Seed of the arrivals and service times.")
-@click.option("--cv", default=0.2, help="Service-time coefficient of variation.")
+@click.option(
+    "--cv",
+    type=click.FloatRange(min=0),
+    show_default="the catalogue's: each rule's or device's cv, else 0.2",
+    help="Service-time coefficient of variation for every step.",
+)
 @AS_JSON
 def simulate(
     workload: str | None,
@@ -183,7 +200,7 @@ def simulate(
     duration: float,
     steps: int | None,
     seed: int,
-    cv: float,
+    cv: float | None,
     as_json: bool,
 ) -> None:
     """Simulate the planned fleet serving the workload, routed by the live fleet's own

@@ -221,7 +221,7 @@ def plan_tables(plan: Plan, cat: Catalogue, baselines: dict[str, Plan]) -> list[
     fleet.caption = f"total {plan.cost_per_hour:.3f} $/h, {plan.cost_per_request:.6f} $ per run"
     if plan.costs.get("egress"):
         fleet.caption += f" (data movement {plan.costs['egress']:.3f} $/h)"
-    flows = Table(title="workflows (M/M/c estimates)", title_justify="left", box=box.SIMPLE_HEAD)
+    flows = Table(title="workflows (M/G/c estimates)", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("workflow", "p50 s", "p95 s", "SLA s", "placement"):
         flows.add_column(col, overflow="fold")
     for name, p in plan.predicted.items():

@@ -5,6 +5,8 @@ See fleet/data/catalogue.toml for the format and where every figure comes from.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +14,12 @@ from typing import Any
 
 from fleet.errors import ConfigError
 from fleet.paths import DATA
+from fleet.planning.devices import Device, Rule, device, rule
 from fleet.routing.profiles import ProfileStore, shared_time
 
 CATALOGUE = DATA / "catalogue.toml"
 PROFILE_SETS = {"default": DATA / "profiles.json", "h100": DATA / "profiles-h100.json"}
-HOURS_PER_YEAR = 8760.0
-GPU_TFLOPS = 20.0  # above this, a device is a GPU-class accelerator for the op rules
+__all__ = ["CATALOGUE", "Catalogue", "Device", "LatencyModel", "Split"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class LatencyModel:
     # throughput with k steps at once in one process over one at a time ({"8": 2.07}), for
     # a device whose slots are one process's batch (Device.batches)
     batch: dict[str, float] | None = None
+    cv: float | None = None  # the service time's coefficient of variation (None: the device's)
 
     def time(self, units: float) -> float:
         return self.fixed_s + self.per_unit_s * units
@@ -41,82 +44,6 @@ class LatencyModel:
 
 
 @dataclass(frozen=True)
-class Device:
-    """A device class. Priced by the hour (``pricing = "hour"``: owned, its total cost of
-    ownership from capex and power) or by the unit (``pricing = "unit"``: rented capacity
-    or an external model API, paid per call and per unit of work -- tokens for the LLM ops
-    -- with no workers to size; ``capacity`` caps its concurrent steps, none by default).
-    Data leaving it may cost ``egress_per_gb`` as well as time."""
-
-    name: str
-    network_gbs: float
-    lifetime_years: float = 4.0
-    interest: float = 0.08
-    electricity_per_kwh: float = 0.40
-    utilisation: float = 1.0
-    capex: float = 0.0
-    power_w: float = 0.0
-    memory_gb: float = 0.0
-    bandwidth_gbs: float = 0.0
-    tflops: float = 0.0
-    slots: int = 1
-    pricing: str = "hour"
-    price_per_call: float = 0.0
-    # $ per unit of work, per op (an op, its family, or "any"), e.g. {"llm.decode" = 1e-6}
-    price_per_unit: dict[str, float] = field(default_factory=dict)
-    # a worker's slots are one process's batch (an accelerator's sequences): a step takes
-    # slots / speedup(slots) as long as alone where its op has a batch curve
-    batches: bool = False
-    # what its workers' ops bind to (ClassSpec.device): "cuda" on an NVIDIA GPU
-    device: str = "cpu"
-    capacity: int | None = None  # per-unit pricing: the most steps it runs at once
-    egress_per_gb: float = 0.0  # $ per GB of data leaving the device for another class
-    measured: dict[str, Any] = field(default_factory=dict)
-    like: str | None = None
-    # data classifications this device may hold (e.g. "confidential"): placement constraint
-    trusted_for: list[str] = field(default_factory=list)
-    # only these ops (or op families: "text" for text.*) run here, e.g. an I/O thread pool
-    only: list[str] = field(default_factory=list)
-    # the live fleet's classes whose ops this device runs (its class `serves` them)
-    serves: list[str] = field(default_factory=list)
-    # the operator's utilisation ceiling for this class (planning); None: the plan's default
-    ceiling: float | None = None
-    # a per-unit device that is an LLM endpoint: { base_url, model?, api_key?, price_in? }
-    # (price_in: $ per million prompt tokens; its completion tokens are price_per_unit's);
-    # the plan's class for it is an endpoint class, whose workers call it (fleet config's
-    # `endpoints`)
-    endpoint: dict[str, Any] | None = None
-
-    @property
-    def kind(self) -> str:
-        return "gpu" if self.tflops >= GPU_TFLOPS else "cpu"
-
-    @property
-    def per_unit(self) -> bool:
-        return self.pricing == "unit"
-
-    def step_price(self, op: str, units: float) -> float:
-        """$ per step of ``op`` on a device priced by the unit (0 on an owned device)."""
-        if not self.per_unit:
-            return 0.0
-        table = self.price_per_unit
-        rate = table.get(op, table.get(op.split(".")[0], table.get("any", 0.0)))
-        return self.price_per_call + rate * units
-
-    @property
-    def price_per_hour(self) -> float:
-        """Amortised purchase (an annuity at ``interest``) plus power at rated TDP; 0 for a
-        device priced by the unit."""
-        if self.per_unit:
-            return 0.0
-        r, n = self.interest, self.lifetime_years
-        yearly = self.capex * r / (1 - (1 + r) ** -n) if r > 0 else self.capex / n
-        return yearly / (HOURS_PER_YEAR * self.utilisation) + self.power_w / 1000 * (
-            self.electricity_per_kwh
-        )
-
-
-@dataclass(frozen=True)
 class Split:
     """An op planned as two parts on possibly different classes (e.g. prefill, decode)."""
 
@@ -127,49 +54,26 @@ class Split:
     default_param_units: float
 
 
-RULE_FIELDS = {"fixed_s", "per_unit_s", "source"}
-RULE_OPTIONAL = {"batch"}
-OWNED_ONLY = ("capex", "power_w")  # a device priced by the unit is not bought
+OWNED_ONLY = ("capex", "power_w", "price_per_hour")  # a device priced by the unit is not bought
+UNIT_ONLY = ("price_per_call", "price_per_unit", "capacity")
 
 
 def _device(path: Path, name: str, raw: dict[str, Any]) -> Device:
     where = f"{path}: device '{name}'"
-    prices = raw.get("price_per_unit", {})
-    if isinstance(prices, int | float) and not isinstance(prices, bool):
-        raw["price_per_unit"] = {"any": float(prices)}
-    elif not isinstance(prices, dict):
-        raise ConfigError(f"{where}: price_per_unit: a number, or a table of op = $ per unit")
-    try:
-        device = Device(name=name, **raw)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    if device.pricing not in ("hour", "unit"):
-        raise ConfigError(f"{where}: pricing = {device.pricing!r}: expected 'hour' or 'unit'")
-    numbers = {
-        "price_per_call": device.price_per_call,
-        "egress_per_gb": device.egress_per_gb,
-        **{f"price_per_unit.{op}": v for op, v in device.price_per_unit.items()},
-    }
-    for key, value in numbers.items():
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"{where}: {key} = {value!r}: expected a number >= 0")
-    if device.network_gbs <= 0:
-        raise ConfigError(f"{where}: network_gbs = {device.network_gbs!r}: must be > 0")
-    if device.per_unit:
+    found = device(where, name, raw)
+    if found.per_unit:
         bought = [k for k in OWNED_ONLY if raw.get(k)]
         if bought:
             raise ConfigError(
                 f"{where}: pricing = 'unit' is paid per use, but {', '.join(bought)} is set "
-                "(a purchase): remove it, or price the device by the hour"
+                "(a purchase or a rent by the hour): remove it, or price the device by the hour"
             )
-        if device.capacity is not None and device.capacity < 1:
-            raise ConfigError(f"{where}: capacity = {device.capacity}: expected at least 1")
-    elif device.price_per_call or device.price_per_unit or device.capacity is not None:
+    elif any(k in raw for k in UNIT_ONLY):
         raise ConfigError(
             f"{where}: price_per_call, price_per_unit and capacity need pricing = 'unit'"
         )
-    _check_endpoint(where, device)
-    return device
+    _check_endpoint(where, found)
+    return found
 
 
 ENDPOINT_KEYS = {"base_url", "model", "api_key", "price_in"}
@@ -191,37 +95,63 @@ def _check_endpoint(where: str, device: Device) -> None:
         )
 
 
-def _check_rules(path: Path, ops: dict[str, Any], devices: dict[str, Device]) -> None:
+def _rules(path: Path, ops: Any, devices: dict[str, Device]) -> dict[str, dict[str, Rule]]:
     """Each ``[ops.OP]`` rule is for a device, a kind (gpu, cpu) or ``any``, and has a
     latency: a rule for an unknown device would be ignored, silently."""
     kinds = {"gpu", "cpu", "any"}
+    if not isinstance(ops, dict):
+        raise ConfigError(f'{path}: [ops]: expected tables [ops."OP"]')
+    found: dict[str, dict[str, Rule]] = {}
     for op, rules in ops.items():
         if not isinstance(rules, dict):
             raise ConfigError(f'{path}: [ops."{op}"]: expected a table of rules')
-        for key, rule in rules.items():
+        found[op] = {}
+        for key, raw in rules.items():
             where = f'{path}: [ops."{op}".{key}]'
             if key not in devices and key not in kinds:
                 known = ", ".join([*sorted(devices), "gpu", "cpu", "any"])
                 raise ConfigError(f"{where}: '{key}' is not a device or kind ({known})")
-            if (
-                not isinstance(rule, dict)
-                or not RULE_FIELDS <= set(rule) <= RULE_FIELDS | RULE_OPTIONAL
-            ):
-                raise ConfigError(f"{where}: expected fixed_s, per_unit_s and source [, batch]")
-            try:
-                if float(rule["fixed_s"]) < 0 or float(rule["per_unit_s"]) < 0:
-                    raise ValueError("a time is negative")
-                for k, v in (rule.get("batch") or {}).items():
-                    if int(k) < 2 or float(v) <= 0:
-                        raise ValueError(f"batch: {k} = {v}: k >= 2 steps, a speed-up > 0")
-            except (TypeError, ValueError, AttributeError) as exc:
-                raise ConfigError(f"{where}: {exc}") from None
+            found[op][key] = rule(where, raw)
+    return found
+
+
+def _op_names(doc: dict[str, Any]) -> set[str]:
+    """The ops a catalogue document names: its rules, its splits and their parts, and the
+    ops its devices have measurements of."""
+    splits = doc.get("split", {})
+    ops = set(doc.get("ops", {})) | set(splits)
+    ops |= {p for s in splits.values() if isinstance(s, dict) for p in s.get("parts", ())}
+    for d in doc.get("devices", {}).values():
+        if isinstance(d, dict) and isinstance(d.get("measured"), dict):
+            ops |= set(d["measured"].get("ops", ()))
+    return {str(op) for op in ops}
+
+
+@functools.cache
+def _packaged_ops() -> frozenset[str]:
+    return frozenset(_op_names(tomllib.loads(CATALOGUE.read_text())))
+
+
+def _check_prices(path: Path, doc: dict[str, Any], devices: dict[str, Device]) -> None:
+    """A ``price_per_unit`` key must be an op this catalogue or the packaged one knows (or
+    its family, or ``any``): a misspelt one would price its steps at $0, silently."""
+    ops = _op_names(doc) | _packaged_ops()
+    known = ops | {op.split(".")[0] for op in ops} | {"any"}
+    for d in devices.values():
+        for key in d.price_per_unit:
+            if key not in known:
+                near = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                raise ConfigError(
+                    f"{path}: device '{d.name}': price_per_unit: '{key}' is not an op{hint}; "
+                    f"known ops: {', '.join(sorted(ops))} (or an op family, or 'any')"
+                )
 
 
 @dataclass
 class Catalogue:
     devices: dict[str, Device]
-    ops: dict[str, dict[str, dict[str, Any]]]
+    ops: dict[str, dict[str, Rule]]
     splits: dict[str, Split] = field(default_factory=dict)
     compute_bound: frozenset[str] = frozenset()
     hop_s: float = 0.0005  # one network hop between classes, on top of bytes / bandwidth
@@ -243,8 +173,13 @@ class Catalogue:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: cannot read the catalogue: {exc}") from None
         defaults = doc.get("defaults", {})
+        tables = doc.get("devices", {})
+        if not isinstance(defaults, dict) or not isinstance(tables, dict):
+            raise ConfigError(f"{path}: [defaults] and [devices.NAME] must be tables")
         devices = {}
-        for name, raw in doc.get("devices", {}).items():
+        for name, raw in tables.items():
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{path}: device '{name}': expected a table [devices.{name}]")
             devices[name] = _device(path, name, {**defaults, **raw})
         for d in devices.values():
             if d.like is not None and d.like not in devices:
@@ -263,14 +198,14 @@ class Catalogue:
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: [split]: {exc}") from None
         bound = frozenset(doc.get("scaling", {}).get("compute_bound", ()))
-        ops = doc.get("ops", {})
-        _check_rules(path, ops, devices)
+        ops = _rules(path, doc.get("ops", {}), devices)
         try:
             hop = float(doc.get("network", {}).get("hop_s", 0.0005))
             if hop < 0:
                 raise ValueError("must be >= 0")
         except (TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{path}: [network] hop_s: {exc}") from None
+        _check_prices(path, doc, devices)
         return cls(devices, ops, splits, bound, hop_s=hop)
 
     def owned(self) -> list[str]:
@@ -292,8 +227,9 @@ class Catalogue:
         where = f"{PROFILE_SETS[m['set']].name} class {m['cls']}"
         return LatencyModel(p.fixed_s, p.per_unit_s, f"measured: {where}", p.batch)
 
-    def latency(self, device: str, op: str) -> LatencyModel | None:
-        """How long ``op`` takes on ``device``; None where it cannot run (no figure)."""
+    def latency(self, device: str, op: str, kind: str | None = None) -> LatencyModel | None:
+        """How long ``op`` takes on ``device`` (for a request of ``kind``, where a rule gives
+        figures per kind); None where it cannot run (no figure)."""
         d = self.devices[device]
         if d.only and op not in d.only and op.split(".")[0] not in d.only:
             return None
@@ -305,28 +241,49 @@ class Catalogue:
             base = self._measured(ref, op)
             if base is not None:
                 if op in self.compute_bound:
-                    ratio, rule = ref.tflops / d.tflops, "FP16 TFLOPS"
+                    ratio, how = ref.tflops / d.tflops, "FP16 TFLOPS"
                 else:  # memory-bound
-                    ratio, rule = ref.bandwidth_gbs / d.bandwidth_gbs, "memory bandwidth"
-                why = f"derived: {ref.name} ({base.source}) scaled by {rule}, x{ratio:.2f}"
+                    ratio, how = ref.bandwidth_gbs / d.bandwidth_gbs, "memory bandwidth"
+                why = f"derived: {ref.name} ({base.source}) scaled by {how}, x{ratio:.2f}"
                 return LatencyModel(base.fixed_s * ratio, base.per_unit_s * ratio, why, base.batch)
         rules = self.ops.get(op) or self.ops.get(op.split(".")[0]) or {}
         if op.startswith("json."):
             rules = rules or self.ops.get("text", {})
         for key in (device, d.kind, "any"):
             if key in rules:
-                r = rules[key]
-                batch = {str(k): float(v) for k, v in (r.get("batch") or {}).items()} or None
-                return LatencyModel(
-                    float(r["fixed_s"]), float(r["per_unit_s"]), str(r["source"]), batch
-                )
+                return _figures(rules[key], kind)
         return None
 
-    def step_time(self, device: str, op: str, units: float) -> float | None:
+    def kinds(self) -> set[str]:
+        """The request kinds some rule gives figures for."""
+        return {k for rules in self.ops.values() for r in rules.values() for k in r.kinds}
+
+    def cv(self, device: str, op: str, kind: str | None = None) -> float:
+        """The coefficient of variation of a step's service time: its rule's (or its
+        kind's), else its device's (``cv``, 0.2 unless stated)."""
+        model = self.latency(device, op, kind)
+        found = model.cv if model is not None else None
+        return self.devices[device].cv if found is None else found
+
+    def step_time(
+        self, device: str, op: str, units: float, kind: str | None = None
+    ) -> float | None:
         """What the planner holds a step to: its time on ``device`` with a full batch where
         the device batches (throughput at batch), else alone; None where it cannot run."""
-        model = self.latency(device, op)
+        model = self.latency(device, op, kind)
         if model is None:
             return None
         d = self.devices[device]
         return model.at_batch(units, d.slots) if d.batches else model.time(units)
+
+
+def _figures(r: Rule, kind: str | None) -> LatencyModel | None:
+    """A rule's figures for a request of ``kind``: the kind's own where it has them, else the
+    rule's; None where the rule has figures for other kinds only."""
+    if kind is not None and kind in r.kinds:
+        k = r.kinds[kind]
+        cv = r.cv if k.cv is None else k.cv
+        return LatencyModel(k.fixed_s, k.per_unit_s, k.source or r.source, r.batch, cv)
+    if r.fixed_s is None:
+        return None
+    return LatencyModel(r.fixed_s, r.per_unit_s, r.source, r.batch, r.cv)

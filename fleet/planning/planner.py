@@ -2,7 +2,7 @@
 workflow, at the lowest cost per hour that meets every workflow's p95 SLA.
 
 The program (:mod:`fleet.planning.program`) places steps and sizes the owned classes for the
-service times; its solution is then checked with M/M/c queueing estimates
+service times; its solution is then checked with M/G/c queueing estimates
 (:mod:`fleet.planning.predict`). Where a workflow's predicted p95 misses its SLA, capacity is
 added to the classes on its paths until the prediction meets it (a candidate,
 :func:`fleet.planning.sizing.grow`), and the program is solved again with a tighter service
@@ -36,6 +36,9 @@ def plan(
     The SLA is hard. With ``violation_price`` ($/h for each second a workflow's p95 is over
     its SLA) a cheaper fleet that misses an SLA wins when its price plus that penalty is
     lower; its notes say by how much each workflow is over."""
+    if not 0 < ceiling <= 1:
+        raise ConfigError(f"ceiling = {ceiling!r}: a utilisation above 0 and at most 1")
+    check_kinds(flows, cat)
     ceilings = {j: d.ceiling or ceiling for j, d in cat.devices.items()}
     try:
         hard: Plan | None = _hard(flows, cat, ceilings)
@@ -68,6 +71,19 @@ def plan(
         if hard is not None:
             best.notes.append(f"meeting every SLA would cost {hard.cost_per_hour:.3f} $/h")
     return best
+
+
+def check_kinds(flows: list[WorkflowLoad], cat: Catalogue) -> None:
+    """A workflow's request kind must be one the catalogue has figures for: a misspelt kind
+    would be timed by the rules' general figures, silently."""
+    known = cat.kinds()
+    for f in flows:
+        if f.kind is not None and f.kind not in known:
+            have = ", ".join(sorted(known)) or "none: no rule has kinds"
+            raise ConfigError(
+                f"workflow '{f.name}': kind '{f.kind}' has no figures in the catalogue "
+                f"(its kinds: {have})"
+            )
 
 
 def _hard(flows: list[WorkflowLoad], cat: Catalogue, ceilings: dict[str, float]) -> Plan:

@@ -1,5 +1,6 @@
-"""A fleet and placement's cost and M/M/c-predicted latency: the check every candidate plan
-passes, and what `fleet plan` reports."""
+"""A fleet and placement's cost and queueing-predicted latency (M/G/c, Allen-Cunneen: see
+:mod:`fleet.planning.queueing`): the check every candidate plan passes, and what `fleet plan`
+reports."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from fleet.planning.catalogue import Catalogue
-from fleet.planning.queueing import Wait, erlang_c
+from fleet.planning.queueing import NO_WAIT, Wait, erlang_c, mixed_cv, quantiles
 from fleet.planning.workload import WorkflowLoad
 
 SECONDS_PER_HOUR = 3600.0
@@ -20,7 +21,7 @@ class Plan:
     placement: dict[str, dict[str, str]]  # flow -> step path -> device
     cost_per_hour: float  # all of it: owned classes, per-unit charges and egress at the rates
     utilisation: dict[str, float]
-    predicted: dict[str, dict[str, float]]  # flow -> p50_s, p95_s, sla_s
+    predicted: dict[str, dict[str, float]]  # flow -> p50_s (median), mean_s, p95_s, sla_s
     budgets: dict[str, dict[str, float]]  # flow -> step -> latency budget (s)
     notes: list[str] = field(default_factory=list)
     # $/h by kind: "owned" (workers x price/h), "per_unit" (calls and units), "egress"
@@ -42,26 +43,28 @@ def _waits(
     cat: Catalogue,
     workers: dict[str, int],
     placement: dict[str, dict[str, str]],
-) -> tuple[dict[tuple[str, str], float], dict[str, Wait]]:
-    load: dict[str, list[tuple[float, float]]] = {j: [] for j in cat.devices}  # (rate, time)
-    step_time: dict[tuple[str, str], float] = {}
+) -> tuple[dict[tuple[str, str], tuple[float, float]], dict[str, Wait]]:
+    """Each step's service time and its coefficient of variation; each class's wait."""
+    load: dict[str, list[tuple[float, float, float]]] = {j: [] for j in cat.devices}
+    step_time: dict[tuple[str, str], tuple[float, float]] = {}
     for f in flows:
         for s in f.steps():
             j = placement[f.name][s.path]
-            t = cat.step_time(j, s.op, s.units)
+            t = cat.step_time(j, s.op, s.units, f.kind)
             assert t is not None
-            step_time[(f.name, s.path)] = t
-            load[j].append((f.rate * s.chance, t))
+            cv = cat.cv(j, s.op, f.kind)
+            step_time[(f.name, s.path)] = (t, cv)
+            load[j].append((f.rate * s.chance, t, cv))  # (rate, time, cv)
     waits = {}
     for j, items in load.items():
-        rate = sum(r for r, _ in items)
-        mean = sum(r * t for r, t in items) / rate if rate else 0.0
+        rate = sum(r for r, _, _ in items)
+        mean = sum(r * t for r, t, _ in items) / rate if rate else 0.0
         d = cat.devices[j]
         if d.per_unit and d.capacity is None:
-            waits[j] = Wait(0.0, 0.0, 0.0, 0.0)  # elastic: a step never waits for a slot
+            waits[j] = NO_WAIT  # elastic: a step never waits for a slot
             continue
         servers = d.capacity if d.per_unit and d.capacity else workers.get(j, 0) * d.slots
-        waits[j] = erlang_c(rate, mean, servers)
+        waits[j] = erlang_c(rate, mean, servers, mixed_cv(items))
     return step_time, waits
 
 
@@ -98,28 +101,38 @@ def predict(
     workers: dict[str, int],
     placement: dict[str, dict[str, str]],
 ) -> Plan:
-    """Cost, utilisation and M/M/c-predicted p50/p95 of a given fleet and placement."""
+    """Cost, utilisation and the queueing-predicted median, mean and p95 of each workflow's
+    latency (its slowest path's) for a given fleet and placement."""
     step_time, waits = _waits(flows, cat, workers, placement)
     predicted, budgets = {}, {}
     for f in flows:
-        best50 = best95 = 0.0
+        best = {"p50_s": 0.0, "mean_s": 0.0, "p95_s": 0.0}
         for path in f.paths():
-            p50 = p95 = 0.0
+            fixed = mean = var = 0.0
+            visits: dict[str, int] = {}
             for a in path:
                 j = placement[f.name][a]
-                p50 += step_time[(f.name, a)] + waits[j].mean_s
-                p95 += step_time[(f.name, a)] + waits[j].p95_s
+                t, cv = step_time[(f.name, a)]
+                if cv > 0:
+                    mean, var = mean + t, var + (cv * t) ** 2
+                else:
+                    fixed += t
+                mean += waits[j].mean_s
+                visits[j] = visits.get(j, 0) + 1
+            # a path's waits at one class go together (the same busy spell): their spreads add
+            var += sum(k * k * waits[j].var_s for j, k in visits.items())
             for a, b in itertools.pairwise(path):
                 ja, jb = placement[f.name][a], placement[f.name][b]
                 if ja != jb:
                     size = f.graph.edges[a, b].get("bytes", 0)
-                    move = size / (cat.devices[ja].network_gbs * 1e9) + cat.hop_s
-                    p50, p95 = p50 + move, p95 + move
-            best50, best95 = max(best50, p50), max(best95, p95, p50)
-        predicted[f.name] = {"p50_s": best50, "p95_s": best95, "sla_s": f.sla_s}
-        total = sum(step_time[(f.name, s.path)] for s in f.steps()) or 1.0
+                    fixed += size / (cat.devices[ja].network_gbs * 1e9) + cat.hop_s
+            p50, p95 = quantiles(fixed, mean, var)
+            for key, value in (("p50_s", p50), ("mean_s", fixed + mean), ("p95_s", p95)):
+                best[key] = max(best[key], value)
+        predicted[f.name] = {**best, "sla_s": f.sla_s}
+        total = sum(step_time[(f.name, s.path)][0] for s in f.steps()) or 1.0
         budgets[f.name] = {
-            s.path: round(f.sla_s * step_time[(f.name, s.path)] / total, 4) for s in f.steps()
+            s.path: round(f.sla_s * step_time[(f.name, s.path)][0] / total, 4) for s in f.steps()
         }
     kinds, per_class = costs(flows, cat, workers, placement)
     total_cost = sum(kinds.values())

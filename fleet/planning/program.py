@@ -49,7 +49,7 @@ class _Index:
 def eligible(cat: Catalogue, flow: WorkflowLoad, op: str) -> list[str]:
     out = []
     for name, dev in cat.devices.items():
-        if cat.latency(name, op) is None:
+        if cat.latency(name, op, flow.kind) is None:
             continue
         if flow.sensitivity and flow.sensitivity not in dev.trusted_for:
             continue
@@ -95,7 +95,7 @@ class Program:
                         why += f" among those trusted for '{f.sensitivity}'"
                     raise ConfigError(f"workflow '{f.name}', step '{s.path}' ({s.op}): {why}")
                 for j in options:
-                    t = self.cat.step_time(j, s.op, s.units)
+                    t = self.cat.step_time(j, s.op, s.units, f.kind)
                     assert t is not None
                     self.times[(f.name, s.path, j)] = t
                     self.prices[(f.name, s.path, j)] = self.cat.devices[j].step_price(s.op, s.units)

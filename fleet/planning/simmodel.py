@@ -71,9 +71,10 @@ def simulated_config(classes: dict[str, SimClass], policy: str = "least-latency"
 
 
 def catalogue_model(
-    flows: list[WorkflowLoad], cat: Catalogue, workers: dict[str, int], cv: float = 0.2
+    flows: list[WorkflowLoad], cat: Catalogue, workers: dict[str, int], cv: float | None = None
 ) -> SimModel:
-    """A planned fleet of catalogue devices, each its own host (no shared cores)."""
+    """A planned fleet of catalogue devices, each its own host (no shared cores). Service
+    times vary by the catalogue's coefficient of variation per (op, device), or ``cv``."""
     classes = {
         j: SimClass(j, n * d.slots, d.price_per_hour, n, d.network_gbs * 1e9, batches=d.batches)
         for j, n in workers.items()
@@ -88,13 +89,16 @@ def catalogue_model(
     for f in flows:
         for s in f.steps():
             for j in cat.devices:
-                m = cat.latency(j, s.op)
+                m = cat.latency(j, s.op, f.kind)
                 if m is not None:
                     store.put(OpProfile(s.op, j, m.fixed_s, m.per_unit_s, samples=1, batch=m.batch))
 
     def service(f: WorkflowLoad, s: StepLoad, j: str) -> float | None:
-        m = cat.latency(j, s.op)
+        m = cat.latency(j, s.op, f.kind)
         return None if m is None else m.time(s.units)
+
+    def spread(f: WorkflowLoad, s: StepLoad, j: str) -> float:
+        return cat.cv(j, s.op, f.kind) if cv is None else cv
 
     return SimModel(
         classes,
@@ -102,5 +106,5 @@ def catalogue_model(
         lambda f, s: eligible(cat, f, s.op),
         simulated_config(classes),
         store,
-        spread=lambda f, s, j: cv,
+        spread=spread,
     )

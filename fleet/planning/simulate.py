@@ -386,12 +386,13 @@ def simulate(
     policy: str = "plan",
     duration_s: float = 60.0,
     seed: int = 0,
-    cv: float = 0.2,
+    cv: float | None = None,
     snapshot_s: float = 0.2,
     warmup_s: float | None = None,
 ) -> SimResult:
     """Simulate a fleet of catalogue devices (``workers`` of each) for ``duration_s``
-    seconds of Poisson arrivals; see :func:`simulate_model`."""
+    seconds of Poisson arrivals; see :func:`simulate_model`. Service times vary by each
+    (op, device)'s coefficient of variation in the catalogue, or by ``cv`` for all."""
     model = catalogue_model(flows, cat, workers, cv)
     return simulate_model(flows, model, placement, policy, duration_s, seed, snapshot_s, warmup_s)
 

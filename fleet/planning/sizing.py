@@ -60,7 +60,7 @@ def cheapest(cat: Catalogue, flow: WorkflowLoad, step: StepLoad) -> str:
         d = cat.devices[j]
         if d.per_unit:
             return d.step_price(step.op, step.units)
-        t = cat.step_time(j, step.op, step.units)
+        t = cat.step_time(j, step.op, step.units, flow.kind)
         assert t is not None
         return d.price_per_hour / 3600 / d.slots * t
 
@@ -118,7 +118,7 @@ def sized(
         placement[f.name] = {}
         for s in f.steps():
             j = choose(f, s)
-            t = cat.step_time(j, s.op, s.units) if j in cat.devices else None
+            t = cat.step_time(j, s.op, s.units, f.kind) if j in cat.devices else None
             if t is None:
                 raise ConfigError(f"{j} cannot run {s.op} ('{f.name}', step '{s.path}')")
             placement[f.name][s.path] = j

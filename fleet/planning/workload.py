@@ -83,6 +83,8 @@ class WorkflowLoad:
     graph: nx.DiGraph = field(repr=False)
     sensitivity: str | None = None
     chances: dict[str, float] = field(default_factory=dict)  # guard -> its chance
+    # the request kind of its runs: catalogue rules may time each kind apart (``kinds``)
+    kind: str | None = None
 
     def steps(self) -> list[StepLoad]:
         return [self.graph.nodes[n]["step"] for n in nx.topological_sort(self.graph)]
@@ -223,10 +225,12 @@ def flatten(
 
 def load_workload(path: Path, splits: dict[str, Split] | None = None) -> list[WorkflowLoad]:
     """A workload file: ``workflows: [{file, rate, sla_p95_s, [sensitivity], [tokens],
-    [shape]}]``; ``file`` is a path, relative to the workload file, or a packaged example's
-    name; ``shape: {chance: {node: chance}, loops: {node: mean iterations}, maps: {node: items}}``
-    (node paths as in ``tokens``, loop iterations and map items left out). Every mistake is a
-    :class:`ConfigError` naming the file and the field."""
+    [shape], [name], [kind]}]``; ``file`` is a path, relative to the workload file, or a
+    packaged example's name; ``name`` is the entry's own (to list a file twice, e.g. once
+    per request ``kind``); ``shape: {chance: {node: chance}, loops: {node: mean
+    iterations}, maps: {node: items}}`` (node paths as in ``tokens``, loop iterations and
+    map items left out). Every mistake is a :class:`ConfigError` naming the file and the
+    field."""
     doc = load_data_file(path, ConfigError)  # bounded, UTF-8, alias bombs refused
     if doc is None:
         raise ConfigError(f"{path}: no workflows")
@@ -242,7 +246,7 @@ def load_workload(path: Path, splits: dict[str, Split] | None = None) -> list[Wo
     return flows
 
 
-KNOWN = {"file", "rate", "sla_p95_s", "sensitivity", "tokens", "shape"}
+KNOWN = {"file", "rate", "sla_p95_s", "sensitivity", "tokens", "shape", "name", "kind"}
 
 
 def _entry(path: Path, i: int, w: Any, splits: dict[str, Split]) -> WorkflowLoad:
@@ -254,7 +258,10 @@ def _entry(path: Path, i: int, w: Any, splits: dict[str, Split]) -> WorkflowLoad
         raise ConfigError(f"{where}: missing {', '.join(missing)}")
     unknown = sorted(set(w) - KNOWN)
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; "
+            f"the fields are {', '.join(sorted(KNOWN))}"
+        )
     rate, sla = _positive(w, "rate", where), _positive(w, "sla_p95_s", where)
     spec = _workflow(path, str(w["file"]), where)
     if w.get("tokens") is not None and not isinstance(w["tokens"], dict):
@@ -262,7 +269,11 @@ def _entry(path: Path, i: int, w: Any, splits: dict[str, Split]) -> WorkflowLoad
     shape = Shape.parse(w.get("shape"), where)
     graph, chances = flatten(spec, splits, w.get("tokens"), shape)
     sensitivity = w.get("sensitivity") or spec.sensitivity
-    return WorkflowLoad(spec.name, rate, sla, graph, sensitivity, chances)
+    for key in ("name", "kind"):
+        if key in w and (not isinstance(w[key], str) or not w[key]):
+            raise ConfigError(f"{where}: {key}: {w[key]!r}: expected a name (text)")
+    name = w.get("name") or spec.name
+    return WorkflowLoad(name, rate, sla, graph, sensitivity, chances, w.get("kind"))
 
 
 def _positive(w: dict[str, Any], key: str, where: str) -> float:

@@ -17,6 +17,7 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "fleet" / "examples" / "plans" /
 
 TWO = """
 [defaults]
+cv = 0  # fixed service times: the planner's mechanics, not variability, under test here
 lifetime_years = 4
 interest = 0.08
 electricity_per_kwh = 0.40
