@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,15 @@ def test_the_fleet_sends_what_follows_a_workflow(user_app: Celery, client: Fleet
     assert after.startswith(client.cfg.control_class) and not after.startswith(mine)
     there = chain(WORKFLOWS.add.si(n=1), ct.where.si().set(queue="celery")).apply_async()
     assert there.get(timeout=T).startswith(mine)
+
+
+def test_a_started_run_outlives_revoking_its_task(client: Fleet) -> None:
+    client.app.set_current()
+    wf = Workflow("cs-slow", inputs=["v"])
+    wf.output("v", wf.step("nap", "test.sleep", seconds=1.0, value=wf.input("v"))["value"])
+    result = wf.s(v="kept").apply_async()
+    deadline = time.monotonic() + T
+    while client.handle(result.id).status() != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result.revoke(terminate=True)
+    assert result.get(timeout=T) == {"v": "kept"}

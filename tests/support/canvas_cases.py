@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from tests.support import canvastasks as ct
@@ -64,6 +65,15 @@ def get(result: Any, **kwargs: Any) -> Any:
         return _value(result.get(timeout=T, **kwargs))
     except Exception as exc:
         return {"error": _kind(exc)}
+
+
+def settled(result: Any) -> str:
+    """A result's state once it is ready (waited for, up to ``T``): a chain's ``get`` raises
+    as soon as an earlier task failed, before the failure reaches the later ones."""
+    deadline = time.monotonic() + T
+    while result.state not in states.READY_STATES and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return str(result.state)
 
 
 def recorded(key: str, count: int) -> list[Any]:

@@ -3,13 +3,14 @@ errbacks and errors, and more of Celery's shapes, after Celery's t/integration/t
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 from celery import chain, chord, current_app, group
 
 from tests.support import canvastasks as ct
-from tests.support.canvas_cases import Twins, case, get, new_key, recorded
+from tests.support.canvas_cases import Twins, case, get, new_key, recorded, settled
 
 # -- chords (test_chord_in_chain_with_args, test_chain_chord_chain, test_nested_chord, ...) --
 
@@ -94,7 +95,7 @@ def error_in_a_chain(t: Twins) -> Any:
     result = chain(t.add.s(n=1, y=1), t.fail.s(), ct.identity.s()).apply_async()
     value = get(result)
     nodes = [result.parent.parent, result.parent, result]
-    return [value, [n.state for n in nodes], get(result.parent.parent)]
+    return [value, [settled(n) for n in nodes], get(result.parent.parent)]
 
 
 @case
@@ -102,7 +103,7 @@ def on_error_in_a_chain(t: Twins) -> Any:
     key = new_key()
     failing = t.fail.s().on_error(ct.record_id.s(key=key))
     result = chain(ct.identity.s(1), failing, ct.identity.s()).apply_async()
-    return [get(result), recorded(key, 1) == [result.parent.id], result.parent.state]
+    return [get(result), recorded(key, 1) == [result.parent.id], settled(result.parent)]
 
 
 @case
@@ -176,3 +177,11 @@ def chord_of_one(t: Twins) -> Any:
 def chain_group_into_group(t: Twins) -> Any:
     first = group(t.add.si(n=1, y=1), ct.identity.si(3))
     return get(chain(first, group(t.echo.s(), ct.identity.s())).apply_async())
+
+
+@case
+def revoked_before_its_countdown(t: Twins) -> Any:
+    result = t.add.s(n=1, y=1).apply_async(countdown=1)
+    result.revoke()
+    time.sleep(1.5)
+    return [get(result), result.state]
