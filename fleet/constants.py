@@ -27,6 +27,8 @@ CELERY_DONE_TASK = "fleet.celery_done"
 CELERY_FAILED_TASK = "fleet.celery_failed"
 CELERY_OP_PREFIX = "celery:"  # an op that is an existing Celery task, sent by name
 CELERY_STEP_HEADER = "fleet_step"  # on a `celery:` step's message: its node path
+CELERY_RUN_HEADER = "fleet_run"  # ...its run's id (the orphan check, the start lease)
+CELERY_LEVEL_HEADER = "fleet_sensitivity"  # ...its data's sensitivity (the worker's trust check)
 # ops the engine keeps itself (a run parks on them: no message, no worker slot)
 WAIT_OP_PREFIX = "wait."
 

@@ -61,6 +61,11 @@ class RuntimeRefused(FleetError, RuntimeError):
     its lane's): it would crash, so the step goes to a process that serves that runtime."""
 
 
+class Unroutable(FleetError):
+    """A step has no class it may be sent to: this configuration leaves its node no eligible
+    class, or no live worker of one has its Celery task. Its run fails naming the node."""
+
+
 class ReadinessError(FleetError):
     """The run cannot go on: a node's inputs are not what it needs (names the node)."""
 

@@ -23,6 +23,7 @@ from celery.signals import worker_init, worker_process_init
 from fleet.constants import LANE_ENV, WORKER_CLASS_ENV
 from fleet.messaging.app import fleet_config
 from fleet.sdk.registry import registry
+from workers.celery_steps import guard_tasks
 from workers.compat import patch_kombu_redis_restore, patch_thread_pool_flush
 from workers.heartbeat import Heartbeat
 from workers.runtime import runtime
@@ -37,6 +38,7 @@ def _start_worker(sender: Any = None, **_: Any) -> None:
     steps = sender.app.steps["consumer"]
     if Heartbeat not in steps:
         steps.add(Heartbeat)
+    guard_tasks(sender.app)  # plain tasks run as `celery:` steps pass a step's checks
 
 
 @worker_process_init.connect

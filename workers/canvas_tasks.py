@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 
 from fleet.constants import (
     CANVAS_FINISH_TASK,
@@ -42,7 +42,7 @@ from fleet.workflow.chaining import chained_inputs
 from fleet.workflow.model import WorkflowSpec
 from fleet.workflow.split import expand_splits
 from fleet.workflow.validate import check_size, validate
-from workers.recovery import StepRequest
+from workers.recovery import StepRequest, begin
 from workers.runtime import runtime
 from workers.tasks import execute
 
@@ -115,7 +115,15 @@ def canvas_node(self: Task, *_: Any, call: StepCall, run: dict[str, Any]) -> Any
     ready = next((c for c in decision.ready if c["path"] == path), None)
     if ready is None:
         raise FleetError(f"node '{path}' is not ready: the nodes it reads have not run")
-    outputs = execute(self, runtime(self.app), ready, run)[2]
+    rt = runtime(self.app)
+    lease = begin(self, rt, ready, run, canvas=True)  # Ignore: another copy runs it
+    try:
+        outputs = execute(self, rt, ready, run, lease.listened)[2]
+    except Retry:  # the next attempt was sent: a late copy of this one must not run
+        lease.end_by_retry()
+        raise
+    finally:
+        lease.release()
     return outputs
 
 

@@ -18,7 +18,14 @@ from typing import Any, cast
 import redis
 from celery import bootsteps
 
-from fleet.constants import TASK_PREFIX, THREADS_ENV, WAITS_DUE_KEY, WARM_KEY
+from fleet.constants import (
+    CELERY_RUN_HEADER,
+    CELERY_STEP_HEADER,
+    TASK_PREFIX,
+    THREADS_ENV,
+    WAITS_DUE_KEY,
+    WARM_KEY,
+)
 from fleet.engine.waits import release_due
 from fleet.routing.state import beat, forget
 from fleet.sdk.devices import detect_gpus
@@ -199,12 +206,17 @@ def _say_cpu_fallback(cfg: Any, classes: list[str], hostname: str) -> None:
 
 
 def _steps(requests: list[Any]) -> list[tuple[str, str]]:
-    """(run id, node path) of the fleet steps among held requests: the orphan check's view
-    of what this worker has (a message acknowledged on receipt is in no broker list)."""
+    """(run id, node path) of the fleet steps among held requests -- ``celery:`` steps too,
+    named by their headers: the orphan check's view of what this worker has (a message
+    acknowledged on receipt is in no broker list)."""
     found = []
     for request in requests:
         with contextlib.suppress(AttributeError, KeyError, TypeError):
             kwargs = request.kwargs or {}
             if "call" in kwargs and "run" in kwargs:
                 found.append((str(kwargs["run"]["id"]), str(kwargs["call"]["path"])))
+                continue
+            headers = request.request_dict
+            if headers.get(CELERY_STEP_HEADER) and headers.get(CELERY_RUN_HEADER):
+                found.append((str(headers[CELERY_RUN_HEADER]), str(headers[CELERY_STEP_HEADER])))
     return found

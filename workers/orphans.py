@@ -33,6 +33,8 @@ from celery import Celery
 from fleet.constants import (
     ACTIVE_RUNS_KEY,
     AMQP_SCHEMES,
+    CELERY_RUN_HEADER,
+    CELERY_STEP_HEADER,
     ORPHAN_SUSPECTS_KEY,
     ORPHANS_SENT_KEY,
     STEP_TASK,
@@ -50,16 +52,20 @@ Step = tuple[str, str]  # (run id, node path)
 
 
 def step_of(message: Any) -> Step | None:
-    """The (run, path) a kombu Redis message of ``fleet.step`` carries, else None."""
+    """The (run, path) a kombu Redis message of ``fleet.step`` carries, or a ``celery:``
+    step's message (its headers name them), else None."""
     try:
-        if message["headers"]["task"] != STEP_TASK:
+        headers = message["headers"]
+        if headers.get(CELERY_STEP_HEADER) and headers.get(CELERY_RUN_HEADER):
+            return str(headers[CELERY_RUN_HEADER]), str(headers[CELERY_STEP_HEADER])
+        if headers["task"] != STEP_TASK:
             return None
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
         _, kwargs, _ = json.loads(body)
         return str(kwargs["run"]["id"]), str(kwargs["call"]["path"])
-    except (KeyError, TypeError, ValueError, IndexError):
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         return None
 
 

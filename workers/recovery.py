@@ -73,20 +73,29 @@ def reroute(
     raise Ignore()
 
 
-def begin(task: Task, rt: WorkerRuntime, call: StepCall, run: dict[str, Any]) -> Lease:
+def begin(
+    task: Task, rt: WorkerRuntime, call: StepCall, run: dict[str, Any], canvas: bool = False
+) -> Lease:
     """Hold the step's start lease while its op runs; raise Ignore when this copy must not
     run it. One round trip, which also reads the run's status: a copy that sat in a queue
-    does no work for a run that failed meanwhile."""
+    does no work for a run that failed meanwhile. ``canvas``: the step is a canvas's node
+    (``fleet.node``), whose canvas sends what follows it: a copy does neither."""
     leases = rt.leases
     field = lease_field(call["path"], task.request.retries or 0)
     token = rt.keeper.token(task.request.hostname)
-    listened = _check_begin(task, rt.engine, leases, call, run, token)
+    listened = _check_begin(task, rt.engine, leases, call, run, token, canvas)
     rt.keeper.hold(leases, run["id"], field, token)
     return Lease(leases, rt.keeper, run["id"], field, listened)
 
 
 def _check_begin(
-    task: Task, engine: Dispatcher, leases: Leases, call: StepCall, run: dict[str, Any], token: str
+    task: Task,
+    engine: Dispatcher,
+    leases: Leases,
+    call: StepCall,
+    run: dict[str, Any],
+    token: str,
+    canvas: bool = False,
 ) -> bool:
     """Raise Ignore when the run failed, or when this copy must not run the step: it
     recorded its outputs already (swept back, or redelivered after its worker died past the
@@ -102,13 +111,16 @@ def _check_begin(
     if found.status == "failed" or found.verdict == "ended":
         raise Ignore()  # another branch failed the run, or a retry carries the step on
     if found.verdict == "skip":  # its outputs are recorded
-        if found.status == "running":
+        if found.status == "running" and not canvas:
             engine.advance(run, engine.store.state(run["id"]), owner=task.request.id or path)
         raise Ignore()
     if found.verdict == "held":
         wait = found.wait_s
         log.info("run %s: node %s runs in another copy; again in %.1fs", run["id"], path, wait)
-        engine.send(call, run, countdown=wait + 0.5, task_id=task.request.id)
+        if not canvas:  # (a canvas's copy is dropped: the running one carries the canvas on,
+            # and its message comes back if its worker dies -- a copy that went on too
+            # would send what follows twice)
+            engine.send(call, run, countdown=wait + 0.5, task_id=task.request.id)
         raise Ignore()
     if found.takeovers >= engine.cfg.max_worker_losses:
         why = (

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 from celery import Task
 from celery.exceptions import Retry
 
+from fleet.config import FleetConfig
 from fleet.constants import (
     PING_TASK,
     ROUTE_HEADER,
@@ -219,17 +220,24 @@ def _check_trust(
 ) -> None:
     """A step whose data is sensitive runs only where this worker's own configuration trusts
     its class for it: the sender's (a client's) configuration cannot widen the rule."""
-    level = call.get("sensitivity")
+    why = untrusted(fleet_config(task.app), trace.cls, call.get("sensitivity"), call["path"])
+    if why:
+        _fail_run(store, call, run, trace, why, why)
+
+
+def untrusted(cfg: FleetConfig, cls: str | None, level: str | None, path: str) -> str | None:
+    """Why this worker must not run node ``path``'s step, whose data is ``level``, for class
+    ``cls`` (its own configuration's ``trusted_for``); None when it may. Every kind of step
+    a worker runs asks this: fleet.step, a canvas node, a `celery:` step's task."""
     if not level:
-        return
-    spec = fleet_config(task.app).classes.get(trace.cls or "")
+        return None
+    spec = cfg.classes.get(cls or "")
     if spec is not None and level in spec.trusted_for:
-        return
-    why = (
-        f"node '{call['path']}' holds '{level}' data, and this worker's configuration does "
-        f"not trust class '{trace.cls}' with it (classes.{trace.cls}.trusted_for): not run"
+        return None
+    return (
+        f"node '{path}' holds '{level}' data, and this worker's configuration does "
+        f"not trust class '{cls}' with it (classes.{cls}.trusted_for): not run"
     )
-    _fail_run(store, call, run, trace, why, why)
 
 
 def _fail_run(

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +25,9 @@ from fleet.config import FleetConfig
 from fleet.constants import (
     CELERY_DONE_TASK,
     CELERY_FAILED_TASK,
+    CELERY_LEVEL_HEADER,
     CELERY_OP_PREFIX,
+    CELERY_RUN_HEADER,
     CELERY_STEP_HEADER,
     INPUTS,
     STEP_TASK,
@@ -32,7 +35,7 @@ from fleet.constants import (
 )
 from fleet.engine.compiler import CompiledWorkflow, compile_workflow
 from fleet.engine.readiness import Decision, Outputs, StepCall, decide
-from fleet.errors import FleetError, ReadinessError
+from fleet.errors import FleetError, ReadinessError, Unroutable
 from fleet.sdk.registry import Registry
 from fleet.sdk.waits import FOR_OP, SIGNAL_OP
 from fleet.store.events import notify
@@ -171,15 +174,21 @@ class Dispatcher:
             options["soft_time_limit"] = call["timeout"]
             options["time_limit"] = call["timeout"] + 5
         options["priority"] = self.cfg.message_priority(run.get("priority"))
-        if call["op"].startswith(CELERY_OP_PREFIX):
-            self._send_celery(call, run, options)
-            return
         if call["op"].startswith(WAIT_OP_PREFIX):  # no message: the run parks on it
             self.park(call, run)
             return
-        # What Flower and `celery inspect` show instead of a wall of fleet.step.
-        options["shadow"] = f"{run.get('workflow', '?')}:{call['path']} [{call['op']}]"
-        self.app.send_task(STEP_TASK, kwargs={"call": call, "run": run}, **options)
+        try:
+            if not call["classes"]:  # this process's configuration leaves it none
+                raise Unroutable(no_class(call))
+            if call["op"].startswith(CELERY_OP_PREFIX):
+                self._send_celery(call, run, options)
+                return
+            # What Flower and `celery inspect` show instead of a wall of fleet.step.
+            options["shadow"] = f"{run.get('workflow', '?')}:{call['path']} [{call['op']}]"
+            self.app.send_task(STEP_TASK, kwargs={"call": call, "run": run}, **options)
+        except Unroutable as exc:  # the run fails naming the node, instead of hanging
+            log.warning("run %s: %s", run["id"], exc)
+            self.store.fail(run["id"], call["path"], str(exc))
 
     @property
     def waits(self) -> WaitStore:
@@ -245,15 +254,40 @@ class Dispatcher:
             "queue": getattr(queue, "name", queue),
         }
         control = {"queue": self.cfg.classes[self.cfg.control_class].queue_name}
+        # Which step, for the orphan check and the start lease; the data's sensitivity, for
+        # the trust check of the worker that runs it (workers.celery_steps).
+        headers = {CELERY_STEP_HEADER: call["path"], CELERY_RUN_HEADER: run["id"]}
+        if call.get("sensitivity"):
+            headers[CELERY_LEVEL_HEADER] = str(call.get("sensitivity"))
+        options.setdefault("task_id", celery_task_id(run["id"], call["path"]))
         self.app.send_task(
             task,
             kwargs=call["args"],
             link=Signature(CELERY_DONE_TASK, kwargs=end, options=control, app=self.app),
             link_error=Signature(CELERY_FAILED_TASK, kwargs=end, options=control, app=self.app),
-            headers={CELERY_STEP_HEADER: call["path"]},
+            headers=headers,
             **route,
             **options,
         )
+
+
+CELERY_IDS = uuid.UUID("5f3c1e0a-41f2-4c5e-9d0b-6a2e7c1d4b10")  # namespace of the ids below
+
+
+def celery_task_id(run_id: str, path: str) -> str:
+    """A `celery:` step's task id: the same each time the step is sent (the orphan check's
+    copy too), so the task may use its ``request.id`` as an idempotency key."""
+    return str(uuid.uuid5(CELERY_IDS, f"{run_id}:{path}"))
+
+
+def no_class(call: StepCall) -> str:
+    """Why a step whose node this configuration leaves no eligible class cannot be sent."""
+    rule = call.get("rule")
+    why = f" ({rule})" if rule else ""
+    return (
+        f"node '{call['path']}' (op {call['op']}): no class of this process's configuration "
+        f"may run it{why}; the configuration the run was checked against allowed one"
+    )
 
 
 def _under(path: str, node: str) -> bool:

@@ -19,8 +19,9 @@ from dataclasses import replace
 from typing import Any
 
 from fleet.config import FleetConfig
-from fleet.constants import NODE_TASK, STEP_TASK
+from fleet.constants import CELERY_OP_PREFIX, NODE_TASK, STEP_TASK
 from fleet.engine.readiness import StepCall
+from fleet.errors import Unroutable
 from fleet.routing import affinity
 from fleet.routing.estimate import Estimate, RouteRequest
 from fleet.routing.policies import RouteDecision, RoutingPolicy, StaticPolicy, make_policy
@@ -44,7 +45,10 @@ def take_decision(task_name: str) -> RouteDecision | None:
 
 
 def step_request(name: str, call: StepCall, run: dict[str, Any]) -> RouteRequest:
-    """What the policy needs to know about one step, from its message."""
+    """What the policy needs to know about one step, from its message (Unroutable when it
+    has no eligible class: a policy chooses among them)."""
+    if not call["classes"]:
+        raise Unroutable(f"node '{call['path']}' (op {call['op']}): no eligible class")
     args = call.get("args") or {}
     units = registry.units_of(call["op"], args)
     sla_left = None
@@ -61,6 +65,22 @@ def step_request(name: str, call: StepCall, run: dict[str, Any]) -> RouteRequest
         remaining_steps=int(call.get("remaining", 1) or 1),
         workflow=run.get("workflow"),
         path=call.get("path"),
+    )
+
+
+def with_task(req: RouteRequest, state: FleetState) -> RouteRequest:
+    """A `celery:` step goes only to the classes some live worker of which has its task
+    registered; Unroutable when a class is live but none of its workers has it (while no
+    class is live, it waits like any step). The submit check read the same announcements."""
+    task = (req.op or "")[len(CELERY_OP_PREFIX) :]
+    have = tuple(c for c in req.classes if any(task in w.tasks for w in state.workers.get(c, ())))
+    if have:
+        return replace(req, classes=have)
+    if state.stale or not any(state.live(c) for c in req.classes):
+        return req
+    raise Unroutable(
+        f"node '{req.path}' ({req.op}): no live worker of class(es) {', '.join(req.classes)} "
+        f"has the Celery task '{task}' registered (task_modules in the workers' configuration)"
     )
 
 
@@ -159,6 +179,8 @@ class FleetRouter:
         run = kwargs.get("run") or {}
         start = time.perf_counter()
         state = self.current_state()
+        if req.op and req.op.startswith(CELERY_OP_PREFIX):
+            req = with_task(req, state)
         decision = self.choose(req, state, run.get("policy"))
         decision.decide_us = round((time.perf_counter() - start) * 1e6, 1)
         rule = kwargs.get("call", {}).get("rule")

@@ -39,6 +39,7 @@ class WorkerInfo:
     # each took (op -> s: the model load, imports and caches on top of the service time)
     warm: dict[str, int] = field(default_factory=dict)
     cold: dict[str, float] = field(default_factory=dict)
+    tasks: frozenset[str] = frozenset()  # the plain Celery tasks it has (`celery:` steps)
 
     @property
     def processes(self) -> int:
@@ -154,6 +155,7 @@ def _worker(hostname: str, raw: str | None) -> WorkerInfo:
         busy=int(data.get("busy", 0)),
         warm={str(k): int(v) for k, v in (data.get("warm") or {}).items()},
         cold={str(k): float(v) for k, v in (data.get("cold") or {}).items()},
+        tasks=frozenset(str(t) for t in data.get("tasks") or ()),
     )
 
 

@@ -55,3 +55,24 @@ def note_failure(task_id: str, key: str) -> None:
     from fleet.config import load_config
 
     redis.Redis.from_url(load_config().backend_url).set(key, task_id, ex=60)
+
+
+@shared_task(name="usertasks.nap", bind=True)
+def nap(self: Any, text: str, seconds: float) -> str:
+    """Sleep ``seconds``, noting each start -- its task id and the idempotency key of the step
+    it runs for -- in the list ``usertasks:nap:<text>``, where a test counts them."""
+    import json
+    import time
+
+    import redis
+
+    from fleet.config import load_config
+    from fleet.sdk import current_step
+
+    step = current_step()
+    note = {"id": self.request.id, "key": step.idempotency_key if step else None}
+    client = redis.Redis.from_url(load_config().backend_url)
+    client.rpush(f"usertasks:nap:{text}", json.dumps(note))
+    client.expire(f"usertasks:nap:{text}", 600)
+    time.sleep(seconds)
+    return text
