@@ -52,29 +52,10 @@ def run_voice_demo(
         say(f"question ({audio}): {question!r}")
         start = time.monotonic()
         inputs = {"audio": client.upload(audio), "api": api.url}
-        run = client.submit(EXAMPLES / "voice_agent.yaml", inputs, follow=True)
-        first = _first_audio(client, run, workdir / "answer-first.wav")
-        if first is not None:
-            say(f"first spoken part ready after {time.monotonic() - start:.2f} s: {first}")
+        run = client.submit(EXAMPLES / "voice_agent.yaml", inputs)
         show(run, time.monotonic() - start)
         info = run.info()
         if info is not None and info.outputs and info.outputs.get("audio"):
             answer = workdir / "answer.wav"
             client.download(info.outputs["audio"], answer)
             say(f"spoken answer: {answer}")
-
-
-SPOKEN = ("speak_first", "speak_rest", "speak")  # the voice agent's speech steps
-
-
-def _first_audio(client: Fleet, run: Any, to: Path) -> Path | None:
-    """Follow the run until its first speech step ends (the tools' facts, spoken while the
-    rest of the answer is still being found), and save that audio; None if none ran."""
-    for event in run.events(timeout=300):
-        outputs = event.get("outputs") or {}
-        if event.get("node") in SPOKEN and event.get("status") == "succeeded" and outputs:
-            client.download(outputs["audio"], to)
-            return to
-        if event.get("event") == "end":
-            return None
-    return None

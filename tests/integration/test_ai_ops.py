@@ -231,20 +231,6 @@ def test_voice_agent_end_to_end(
     assert "tools#2/call" not in steps  # the facts were in hand: no second tool round
     assert steps["embed_question"].cls == "npu-lite" and steps["retrieve"].cls == "cpu"
     assert steps["tools#1/lookup"].cls == "io"
-    # the answer in parts too, for a caller who follows: the facts spoken alone (while the
-    # quote is still being chosen), then the quote
-    state = client.store.state(run.id)
-    assert ("speak_rest" in state) == bool(rest)  # the quote, when one was chosen
-    for part in ("speak_first", "speak_rest")[: 1 + bool(rest)]:
-        with wave.open(BytesIO(blobs().get(state[part]["audio"]))) as w:
-            assert w.getnframes() / w.getframerate() > 0.5, part
-    assert steps["speak_first"].started_at >= steps["tools#1/found"].ended_at
-    print(
-        "first spoken part after",
-        round(steps["speak_first"].ended_at - steps["transcribe"].started_at, 2),
-        "s; the whole answer after",
-        round(steps["speak"].ended_at - steps["transcribe"].started_at, 2),
-    )
     answer = tmp_path / "answer.wav"
     client.download(out["audio"], answer)
     assert answer.read_bytes().startswith(b"RIFF")
