@@ -305,6 +305,11 @@ class FleetConfig(BaseModel):
     # `fleet metrics` read them from the broker itself).
     flower_broker_api: str = ""
     metrics_port: int = 9808  # `fleet metrics`; like Flower's, denied to http.request
+    # Celery's task events (task-sent from clients, task-received/started/succeeded from
+    # workers): what Flower shows tasks from. About 1 ms a step on a busy host: a fleet
+    # watched without Flower may turn them off (`fleet status`, `fleet metrics` and traces
+    # do not use them).
+    task_events: bool = True
     heartbeat_interval: float = Field(default=1.0, gt=0)
     worker_ttl: float = Field(default=10.0, gt=0)
     # The orphan check looks at runs older than this for steps a broker lost (seconds).
@@ -436,6 +441,7 @@ _ENV_SCALARS = {
     "FLEET_METRICS_PORT": "metrics_port",
     "FLEET_DATA_DIR": "data_dir",
     "FLEET_AMQP_QUEUES": "amqp_queues",
+    "FLEET_TASK_EVENTS": "task_events",
 }
 
 

@@ -86,6 +86,7 @@ def worker(
                 loglevel=loglevel,
                 extra=list(celery_args),
                 lane=lane,
+                events=cfg.task_events,
             ),
             worker_env(cfg, cls, concurrency=concurrency, lane=lane),
         )

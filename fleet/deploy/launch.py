@@ -37,9 +37,12 @@ def worker_argv(
     loglevel: str = "INFO",
     extra: list[str] | None = None,
     lane: str | None = None,
+    events: bool = True,
 ) -> list[str]:
     """``celery worker`` arguments for one class (run as ``python -m celery ...``), or for
-    one lane of it: that lane's queue only."""
+    one lane of it: that lane's queue only. ``events``: task events (``-E``, for Flower; the
+    configuration's ``task_events``: celery's command line would turn them off without it,
+    whatever the app's settings say)."""
     queues = spec.queues if lane is None else [spec.queue_for(lane)]
     node = lane_name(name or f"{spec.name}-{os.getpid()}@%h", spec, lane)
     argv = [
@@ -61,7 +64,7 @@ def worker_argv(
         str(spec.prefetch_multiplier),
         "-l",
         loglevel,
-        "-E",  # task events, for Flower
+        *(["-E"] if events else []),  # task events, for Flower
         # Heartbeats in Redis replace gossip; mingle only delays start-up by about a second.
         "--without-mingle",
         "--without-gossip",

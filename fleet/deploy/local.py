@@ -223,7 +223,9 @@ class LocalFleet:
         lanes = [only] if only is not None else host_lanes(spec)
         started = []
         for lane in lanes:
-            argv = worker_argv(spec, name=name, loglevel=self.loglevel, lane=lane)
+            argv = worker_argv(
+                spec, name=name, loglevel=self.loglevel, lane=lane, events=self.cfg.task_events
+            )
             env = {**self._env(), **worker_env(self.cfg, cls, self._env(), lane=lane)}
             label = lane_name(f"{cls}{suffix}", spec, lane)
             child = self._spawn(f"worker-{label}", argv, env)

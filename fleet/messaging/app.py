@@ -87,8 +87,9 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
         # Each worker also consumes a queue of its own (<hostname>.dq2): prefix affinity
         # sends a run's next LLM round there (fleet.routing.affinity).
         worker_direct=True,
-        task_send_sent_event=True,
-        worker_send_task_events=True,
+        # Task events, for Flower: one setting (task_events) for clients and workers alike.
+        task_send_sent_event=cfg.task_events,
+        worker_send_task_events=cfg.task_events,
         # Model loading in worker_process_init may take longer than the 4 s default.
         worker_proc_alive_timeout=120,
         broker_connection_retry_on_startup=True,

@@ -1,0 +1,62 @@
+"""task_events (FLEET_TASK_EVENTS): one setting turns Celery's task events off for the
+fleet's workers and its clients alike -- what a fleet watched without Flower saves."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from fleet import Workflow
+from fleet.client.client import Fleet
+from fleet.config import FleetConfig
+from fleet.deploy.local import LocalFleet, free_port
+from fleet.messaging.app import create_app
+
+pytestmark = pytest.mark.integration
+
+
+def _task_events(url: str, stop: threading.Event, seen: list[str]) -> None:
+    client = redis.Redis.from_url(url)
+    pubsub = client.pubsub()
+    pubsub.psubscribe("*celeryev*")
+    while not stop.is_set():
+        message = pubsub.get_message(timeout=0.1)
+        if message and message["type"] == "pmessage":
+            seen.append(message["channel"].decode())
+    pubsub.close()
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["events on", "events off"])
+def test_one_setting_turns_task_events_on_or_off(
+    fleet_cfg: FleetConfig, tmp_path: Path, on: bool
+) -> None:
+    cfg = fleet_cfg.model_copy(
+        update={"broker_url": f"redis://127.0.0.1:{free_port()}/0", "task_events": on}
+    )
+    env = {"FLEET_TASK_EVENTS": "1" if on else "0"}
+    wf = Workflow("two", inputs=["t"])
+    a = wf.step("a", "text.upper", text=wf.input("t"), classes=["cpu"])
+    wf.output("t", wf.step("b", "text.upper", text=a["text"], classes=["cpu"])["text"])
+    with LocalFleet(cfg, ["cpu"], False, tmp_path, "INFO", lambda _: None, env):
+        client = Fleet(create_app(cfg), cfg)
+        client.submit(wf, {"t": "warm"}).get(timeout=30)
+        seen: list[str] = []
+        stop = threading.Event()
+        listener = threading.Thread(target=_task_events, args=(cfg.broker_url, stop, seen))
+        listener.start()
+        time.sleep(0.3)
+        for i in range(3):
+            assert client.submit(wf, {"t": f"x{i}"}).get(timeout=30) == {"t": f"X{i}"}
+        time.sleep(0.5)
+        stop.set()
+        listener.join(5)
+    task = [c for c in seen if "celeryev/task." in c]
+    if on:  # each step's task-sent (from its sender), and the workers' own (grouped: multi)
+        assert task.count("/0.celeryev/task.sent") >= 6, seen
+        assert any(c != "/0.celeryev/task.sent" for c in task), seen
+    else:
+        assert task == [], seen
