@@ -1,0 +1,110 @@
+"""The fleet's hot path against plain Celery, with and without task events, in one run.
+
+For each setting of ``task_events`` (on: what Flower needs; off), a local fleet (Redis, one
+cpu and one io worker) is started with it, and in interleaved rounds:
+
+- **per step**: a 5-step workflow (text.upper, alternating cpu / io) against a plain Celery
+  5-task chain alternating the same two queues on the same workers, runs one at a time;
+  milliseconds per step (per hop), median over the runs of a round, then over rounds;
+- **one-step throughput**: ``--tasks`` one-step workflows (test.echo) against as many plain
+  tasks (fleet.ping), all sent at once; per second.
+
+The plain tasks run on the fleet's own workers, with the same settings (events included).
+
+    python bench/hop_latency.py [--rounds 3] [--hops 40] [--tasks 300] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from routing_overhead import _sequence, fleet_hops, fleet_round, plain_hops, plain_round  # noqa: E402
+
+
+def measure(events: bool, args: argparse.Namespace) -> dict[str, Any]:
+    from fleet import Workflow
+    from fleet.client.client import Fleet
+    from fleet.config import load_config
+    from fleet.deploy.local import LocalFleet, free_port
+    from fleet.messaging.app import create_app
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    cfg = load_config().model_copy(update={"broker_url": url, "task_events": events})
+    env = {"FLEET_BROKER_URL": url, "FLEET_TASK_EVENTS": "1" if events else "0"}
+    workdir = args.out / f"hop-latency-{'events' if events else 'quiet'}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    fleet = LocalFleet(cfg, ["cpu", "io"], False, workdir, "WARNING", lambda _: None, env)
+    fleet.start()
+    try:
+        client = Fleet(create_app(cfg), cfg)
+        one = Workflow("trivial", inputs=["v"])
+        one.output(
+            "v", one.step("echo", "test.echo", value=one.input("v"), classes=["cpu"])["value"]
+        )
+        seq = _sequence(5)
+        fleet_round(client, one, 20)  # warm-up: imports, connections
+        plain_round(client.app, 20, False)
+        fleet_hops(client, seq, 5, 5)
+        plain_hops(client.app, 5, 5)
+        hop: dict[str, list[float]] = {"fleet": [], "plain": []}
+        rate: dict[str, list[float]] = {"fleet": [], "plain": []}
+        for _ in range(args.rounds):  # interleaved, so drift favours neither
+            hop["fleet"].append(fleet_hops(client, seq, args.hops, 5))
+            hop["plain"].append(plain_hops(client.app, args.hops, 5))
+            rate["fleet"].append(fleet_round(client, one, args.tasks))
+            rate["plain"].append(plain_round(client.app, args.tasks, False))
+        med_hop = {k: round(statistics.median(v), 3) for k, v in hop.items()}
+        med_rate = {k: round(statistics.median(v), 1) for k, v in rate.items()}
+        return {
+            "hop_ms": med_hop,
+            "hop_ratio": round(med_hop["fleet"] / med_hop["plain"], 3),
+            "one_step_per_s": med_rate,
+            "one_step_ratio": round(med_rate["fleet"] / med_rate["plain"], 3),
+            "samples": {"hop_ms": hop, "per_s": rate},
+        }
+    finally:
+        fleet.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--hops", type=int, default=40, help="5-step runs per latency round")
+    parser.add_argument("--tasks", type=int, default=300, help="one-step runs per round")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {}
+    for events in (True, False):
+        result["events_on" if events else "events_off"] = measure(events, args)
+    result |= {"rounds": args.rounds, "hops": args.hops, "tasks": args.tasks}
+    result |= {"cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (args.out / "hop_latency.json").write_text(json.dumps(result, indent=1))
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    for key, label in (("events_on", "task events on"), ("events_off", "task events off")):
+        r = result[key]
+        print(f"{label}:")
+        hop, per = r["hop_ms"], r["one_step_per_s"]
+        print(f"  per step  fleet {hop['fleet']:7.3f} ms  plain hop {hop['plain']:7.3f} ms", end="")
+        print(f"  ratio {r['hop_ratio']:.3f}")
+        print(
+            f"  one step  fleet {per['fleet']:7.1f} /s  plain task {per['plain']:7.1f} /s", end=""
+        )
+        print(f"  ratio {r['one_step_ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
