@@ -18,7 +18,7 @@ from fleet.errors import ConfigError
 from fleet.planning.catalogue import Catalogue
 from fleet.planning.predict import Plan, predict
 from fleet.planning.program import solve
-from fleet.planning.sizing import grow
+from fleet.planning.sizing import grow, improve
 from fleet.planning.workload import WorkflowLoad
 
 MAX_ROUNDS = 8
@@ -41,7 +41,7 @@ def plan(
     check_kinds(flows, cat)
     ceilings = {j: d.ceiling or ceiling for j, d in cat.devices.items()}
     try:
-        hard: Plan | None = _hard(flows, cat, ceilings)
+        hard: Plan | None = improve(flows, cat, _hard(flows, cat, ceilings), ceiling)
     except ConfigError:
         if violation_price is None:
             raise

@@ -124,7 +124,9 @@ def sized(
             placement[f.name][s.path] = j
             busy[j] = busy.get(j, 0.0) + f.rate * s.chance * t
     workers = {
-        j: max(1, math.ceil(b / ((cat.devices[j].ceiling or ceiling) * cat.devices[j].slots)))
+        j: max(
+            1, math.ceil(b / ((cat.devices[j].ceiling or ceiling) * cat.devices[j].slots) - 1e-9)
+        )
         for j, b in busy.items()
         if not cat.devices[j].per_unit
     }
@@ -138,3 +140,41 @@ def sized(
         f"the placement ({', '.join(sorted(busy))}) cannot meet the SLA of '{name}': its p95 "
         f"stays {over[name]:.3f} s over with any number of workers"
     )
+
+
+MOVES = 400  # placements a local search may size, at most (each a few milliseconds)
+
+
+def _follow(
+    placement: dict[str, dict[str, str]],
+) -> Callable[[WorkflowLoad, StepLoad], str]:
+    return lambda flow, step: placement[flow.name][step.path]
+
+
+def improve(flows: list[WorkflowLoad], cat: Catalogue, start: Plan, ceiling: float) -> Plan:
+    """The plan with single steps moved to another class while that makes it cheaper, each
+    placement sized by the same queueing estimates (:func:`sized`). The program sizes for
+    service times and the queueing check only adds workers, so a plan where two kinds of
+    work queue behind each other on one class may be beaten by one that keeps them apart."""
+    best, tries = start, 0
+    better = True
+    while better and tries < MOVES:
+        better = False
+        for f in flows:
+            for s in f.steps():
+                here = best.placement[f.name][s.path]
+                for j in eligible(cat, f, s.op):
+                    if j == here or tries >= MOVES:
+                        continue
+                    tries += 1
+                    moved = {**best.placement, f.name: {**best.placement[f.name], s.path: j}}
+                    try:
+                        found = sized(flows, cat, _follow(moved), ceiling)
+                    except ConfigError:
+                        continue
+                    if found.cost_per_hour < best.cost_per_hour - 1e-9:
+                        found.workers = {k: found.workers.get(k, 0) for k in cat.owned()}
+                        best, better = found, True
+    if best is not start:
+        best.notes = [*start.notes, "steps moved to other classes after the program: cheaper"]
+    return best
