@@ -185,6 +185,10 @@ class Dispatcher:
                 return
             # What Flower and `celery inspect` show instead of a wall of fleet.step.
             options["shadow"] = f"{run.get('workflow', '?')}:{call['path']} [{call['op']}]"
+            # What Flower and the task events show of the arguments: the run and the node,
+            # not a repr of the whole call (Celery's saferepr of it cost more than routing).
+            options["argsrepr"] = "()"
+            options["kwargsrepr"] = repr({"run": run["id"], "node": call["path"]})
             self.app.send_task(STEP_TASK, kwargs={"call": call, "run": run}, **options)
         except Unroutable as exc:  # the run fails naming the node, instead of hanging
             log.warning("run %s: %s", run["id"], exc)

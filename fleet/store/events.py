@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import redis
-from redis.commands.core import Script
 
 from fleet.constants import LISTEN_FIELD, RUN_EVENTS_KEY, RUN_KEY
 
@@ -61,16 +60,12 @@ def events_key(run_id: str) -> str:
     return RUN_EVENTS_KEY.format(id=run_id)
 
 
-_notify: list[Script] = []  # the script, registered once per process
-
-
 def notify(pipe: redis.client.Pipeline, run_id: str, ttl: int, events: list[str]) -> None:
     """Queue on ``pipe`` the appending of ``events`` (JSON): appended only while somebody
-    follows the run."""
-    if not _notify:
-        _notify.append(pipe.register_script(NOTIFY))
+    follows the run. As EVAL, not a registered script: a pipeline holding one asks the
+    server whether it knows the script first (SCRIPT EXISTS), a round trip on every step."""
     keys = [RUN_KEY.format(id=run_id), events_key(run_id)]
-    _notify[0](keys=keys, args=[ttl, *events], client=pipe)
+    pipe.eval(NOTIFY, 2, *keys, ttl, *events)
 
 
 def mark(pipe: Any, run_id: str) -> None:
