@@ -231,7 +231,15 @@ def solve(
     if res.x is None:
         if res.status == 2:  # infeasible: some service budget is out of reach
             return None
-        raise ConfigError(f"the planning program has no solution: {res.message}")
+        if res.status == 1:  # the time or iteration limit
+            raise ConfigError(
+                "the planning program found no fleet within its 60 s limit: "
+                "plan fewer workflows or devices at once"
+            )
+        raise ConfigError(  # unbounded or numerically broken: figures out of their ranges
+            "the planning program has no usable solution: check that the catalogue's "
+            "prices and times are numbers of a sensible size"
+        )
     x = res.x
     workers = {j: round(x[idx.cols[("n", j)]]) for j in cat.owned()}
     placement: dict[str, dict[str, str]] = {f.name: {} for f in flows}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -143,3 +144,22 @@ def test_the_worked_example_runs_from_the_command_line() -> None:
     doc = json.loads(res.output)
     assert doc["workers"] == {"a10g": 6} and doc["cost_per_hour"] == pytest.approx(6.06)
     assert set(doc["predicted"]) == set(RATES)
+
+
+def test_the_catalogue_and_kinds_docs_planning_md_shows_plan(tmp_path: Path) -> None:
+    doc = (PLANS.parents[2] / "docs" / "planning.md").read_text()
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", doc, re.S) if "pricing" not in b]
+    devices = next(b for b in blocks if "[devices.a10g]" in b)
+    kinds = next(b for b in blocks if "kinds = {" in b)
+    small = Catalogue.loads(devices)  # the minimal catalogue alone
+    assert small.devices["a10g"].price_per_hour == pytest.approx(1.01)
+    assert small.latency("a100", "llm.chat") is not None
+    cat = Catalogue.loads(devices + kinds)
+    (tmp_path / "serve.yaml").write_text((PLANS / "serve.yaml").read_text())
+    workload = re.findall(r"```yaml\n(workflows:\n  - \{file: serve.yaml.*?)```", doc, re.S)
+    (tmp_path / "load.yaml").write_text(workload[0])
+    flows = load_workload(tmp_path / "load.yaml", cat.splits)
+    assert [(f.name, f.kind) for f in flows] == [("short", "short"), ("long", "long")]
+    result = plan(flows, cat)
+    assert result.placement["long"]["generate"] == "a100"  # 1 s on an A10G: over 0.9 s
+    assert not result.late(flows)
