@@ -33,6 +33,8 @@ from celery import Celery
 from fleet.constants import (
     ACTIVE_RUNS_KEY,
     AMQP_SCHEMES,
+    CELERY_DONE_TASK,
+    CELERY_FAILED_TASK,
     CELERY_RUN_HEADER,
     CELERY_STEP_HEADER,
     ORPHAN_SUSPECTS_KEY,
@@ -49,16 +51,19 @@ from workers.runtime import runtime
 
 log = logging.getLogger("fleet.orphans")
 Step = tuple[str, str]  # (run id, node path)
+# the fleet's messages whose kwargs carry a step (call, run): the step itself, and the end of
+# a `celery:` step on its way to be recorded (its task is done, its outputs not yet written)
+CARRY_STEPS = (STEP_TASK, CELERY_DONE_TASK, CELERY_FAILED_TASK)
 
 
 def step_of(message: Any) -> Step | None:
     """The (run, path) a kombu Redis message of ``fleet.step`` carries, or a ``celery:``
-    step's message (its headers name them), else None."""
+    step's message (its headers name them) or the link that records its end, else None."""
     try:
         headers = message["headers"]
         if headers.get(CELERY_STEP_HEADER) and headers.get(CELERY_RUN_HEADER):
             return str(headers[CELERY_RUN_HEADER]), str(headers[CELERY_STEP_HEADER])
-        if headers["task"] != STEP_TASK:
+        if headers["task"] not in CARRY_STEPS:
             return None
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":

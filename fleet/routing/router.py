@@ -45,10 +45,7 @@ def take_decision(task_name: str) -> RouteDecision | None:
 
 
 def step_request(name: str, call: StepCall, run: dict[str, Any]) -> RouteRequest:
-    """What the policy needs to know about one step, from its message (Unroutable when it
-    has no eligible class: a policy chooses among them)."""
-    if not call["classes"]:
-        raise Unroutable(f"node '{call['path']}' (op {call['op']}): no eligible class")
+    """What the policy needs to know about one step, from its message."""
     args = call.get("args") or {}
     units = registry.units_of(call["op"], args)
     sla_left = None
@@ -176,6 +173,8 @@ class FleetRouter:
         req = self.request_for(name, args, kwargs)
         if req is None or options.get("queue") or options.get("routing_key"):
             return None  # not ours, or an explicit destination (queue=, a retry) wins
+        if not req.classes:  # a policy chooses among them: none is no choice (IndexError)
+            raise Unroutable(f"node '{req.path}' (op {req.op}): no eligible class")
         run = kwargs.get("run") or {}
         start = time.perf_counter()
         state = self.current_state()
