@@ -5,9 +5,12 @@ a `celery:` step's end -- published by the fleet's app through kombu onto a real
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import redis
+from celery.worker.request import Request
+from kombu.message import Message
 
 from fleet.config import FleetConfig
 from fleet.constants import (
@@ -16,8 +19,11 @@ from fleet.constants import (
     CELERY_STEP_HEADER,
     STEP_TASK,
 )
+from fleet.messaging.app import app as fleet_app
 from fleet.messaging.app import create_app
+from workers.heartbeat import _steps
 from workers.orphans import in_flight
+from workers.tasks import ping
 
 
 def test_every_message_that_carries_a_step_is_seen(redis_url: str, cfg: FleetConfig) -> None:
@@ -39,3 +45,30 @@ def test_every_message_that_carries_a_step_is_seen(redis_url: str, cfg: FleetCon
         assert in_flight(client, [queue], "unacked-none") == {("r1", "a"), ("r1", "b"), ("r1", "c")}
     finally:
         client.delete(queue)
+
+
+def _request(name: str, kwargs: dict[str, object], headers: dict[str, str]) -> Request:
+    """A request as a worker holds it, from a message the fleet's app made."""
+    made = fleet_app.amqp.as_task_v2(uuid.uuid4().hex, name, kwargs=kwargs)
+    message = Message(  # type: ignore[no-untyped-call]
+        body=json.dumps(made.body),
+        headers={**made.headers, **headers},
+        content_type="application/json",
+        content_encoding="utf-8",
+        delivery_info={"routing_key": "cpu", "exchange": ""},
+        properties=made.properties,
+    )
+    return Request(message, app=fleet_app, task=ping)
+
+
+def test_a_workers_heartbeat_names_the_celery_steps_it_holds() -> None:
+    """A message acknowledged on receipt, or waiting in the worker's timer for its retry's
+    countdown, is in no broker list: the heartbeat's list is what the check sees of it."""
+    held = [
+        _request(STEP_TASK, {"call": {"path": "a"}, "run": {"id": "r1"}}, {}),
+        _request(
+            "usertasks.nap", {"text": "x"}, {CELERY_STEP_HEADER: "b", CELERY_RUN_HEADER: "r1"}
+        ),
+        _request("usertasks.shout", {"text": "plain"}, {}),
+    ]
+    assert _steps(held) == [("r1", "a"), ("r1", "b")]
