@@ -102,6 +102,9 @@ class Device(BaseModel):
     batches: bool = False
     # what its workers' ops bind to (ClassSpec.device): "cuda" on an NVIDIA GPU
     device: str = "cpu"
+    # its workers' pool (ClassSpec.pool); None: threads for a batching or endpoint device,
+    # else the pool of the built-in classes it serves (io: threads), else prefork
+    pool: Literal["prefork", "threads", "gevent", "solo"] | None = None
     capacity: int | None = Field(default=None, ge=1)  # per unit: the most steps at once
     egress_per_gb: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     measured: dict[str, Any] = Field(default_factory=dict)

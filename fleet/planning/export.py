@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from fleet.planning.catalogue import Catalogue
+from fleet.config import default_classes
+from fleet.planning.catalogue import Catalogue, Device
 from fleet.planning.predict import Plan
 
 
@@ -25,6 +26,12 @@ def plan_toml(plan: Plan, cat: Catalogue, rates: dict[str, float] | None = None)
     ]
     for j in plan.used():
         lines += _class(j, plan, cat)
+    unused = [c for c in default_classes() if c not in plan.used()]
+    if unused:  # only the plan's classes: a built-in class would have no worker
+        lines.append("# The built-in classes the plan does not use: left out (their ops run")
+        lines.append("# on the planned classes that serve them, or are refused at submit).")
+    for c in unused:
+        lines += [f"[classes.{json.dumps(c)}]", "enabled = false", ""]
     for j in plan.used():
         lines += _endpoint(j, cat)
     budgets: dict[str, float] = {}
@@ -60,6 +67,7 @@ def _class(j: str, plan: Plan, cat: Catalogue) -> list[str]:
         why = f"planned: {n} worker(s), utilisation {plan.utilisation[j]:.2f}"
     return [
         f"[classes.{json.dumps(j)}]",
+        f"pool = {json.dumps(pool(d))}",
         f"concurrency = {slots}",
         f"price_per_hour = {d.price_per_hour / slots:.6f}",  # a slot's (the device's / slots)
         f"network_mb_s = {d.network_gbs * 1000:.0f}",
@@ -71,6 +79,19 @@ def _class(j: str, plan: Plan, cat: Catalogue) -> list[str]:
         *([f"endpoint = {json.dumps(j)}"] if d.endpoint else []),
         "",
     ]
+
+
+def pool(d: Device) -> str:
+    """The pool a planned class's workers need: the device's own, else threads where its
+    slots are one process's batch or its steps wait on an endpoint, else the pool of the
+    built-in classes it serves when they agree (an I/O pool's threads), else prefork."""
+    if d.pool is not None:
+        return d.pool
+    if d.batches or d.endpoint:
+        return "threads"
+    presets = default_classes()
+    served = {presets[c].pool for c in d.serves if c in presets}
+    return served.pop() if len(served) == 1 else "prefork"
 
 
 def _endpoint(j: str, cat: Catalogue) -> list[str]:
