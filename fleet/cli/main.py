@@ -147,7 +147,12 @@ def cli(
 
 
 def main() -> None:
-    cli(prog_name="fleet")
+    from fleet.sdk.registry import OpModuleError
+
+    try:
+        cli(prog_name="fleet")
+    except OpModuleError as exc:  # FLEET_OP_MODULES / op_modules names what is not there
+        fail(str(exc), 2)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -286,14 +288,39 @@ class Registry:
             for mod in modules:
                 if mod in self._loaded:
                     continue
-                try:
-                    importlib.import_module(mod)
-                except ImportError as exc:
-                    raise FleetError(f"cannot import op module '{mod}': {exc}") from exc
+                _import(mod)
                 self._loaded.add(mod)
 
 
 registry = Registry()
+
+
+class OpModuleError(FleetError):
+    """An op module the configuration names cannot be imported (a user's mistake: the
+    command line says so in one line, exit 2)."""
+
+
+def _import(mod: str) -> None:
+    """Import an op module; one beside the current folder is found as the workers find it
+    (Celery and ``python -m`` look in the current folder, the ``fleet`` script does not)."""
+    try:
+        importlib.import_module(mod)
+        return
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != mod.split(".")[0] or here in sys.path:
+            raise OpModuleError(f"cannot import op module '{mod}': {exc}") from exc
+    except ImportError as exc:
+        raise OpModuleError(f"cannot import op module '{mod}': {exc}") from exc
+    sys.path.append(here)
+    try:
+        importlib.import_module(mod)
+    except ImportError as exc:
+        raise OpModuleError(
+            f"cannot import op module '{mod}': {exc} (looked on sys.path and in {here}; "
+            "the client imports op modules too, to validate workflows: set PYTHONPATH to "
+            "the module's folder)"
+        ) from exc
 
 
 def _signature(func: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
