@@ -25,6 +25,7 @@ from fleet.constants import (
     STEP_TASK,
     WARM_KEY,
 )
+from fleet.engine.compiler import only_after
 from fleet.engine.readiness import StepCall
 from fleet.errors import RuntimeRefused, StepFailed, UnknownOpError
 from fleet.messaging.app import app, fleet_config
@@ -36,7 +37,7 @@ from fleet.sdk.process import cpu_fallback, run_within
 from fleet.sdk.registry import OpSpec, registry
 from fleet.sdk.step import StepContext, running
 from fleet.store.events import Publisher
-from fleet.store.records import TraceEntry
+from fleet.store.records import Claim, TraceEntry
 from fleet.store.runs import RunStore
 from workers.recovery import StepRequest, begin, reroute
 from workers.runtime import WorkerRuntime, runtime
@@ -143,8 +144,11 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     rt = runtime(self.app)
     engine = rt.engine
     lease = begin(self, rt, call, run)  # raises Ignore when this copy must not run
+    owner = self.request.id or call["path"]
+    # the steps this one alone makes ready: claimed in the round trip that records it
+    claim = Claim(owner, only_after(engine.workflow(run["spec"]), call["path"]))
     try:
-        status, state, _ = execute(self, rt, call, run, lease.listened)
+        status, state, _ = execute(self, rt, call, run, lease.listened, claim)
     except Retry:  # the next attempt was sent: a late copy of this one must not run
         lease.end_by_retry()
         raise
@@ -155,16 +159,22 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     if status == "running" and state is not None:
         if registry.get(call["op"]).prefix_cache and self.request.hostname:
             run = affinity.remember(run, call["op"], self.request.hostname)  # its next round
-        engine.advance(run, state, owner=self.request.id or call["path"])
+        engine.advance(run, state, owner=owner, claimed=claim)
     return {"node": call["path"]}
 
 
 def execute(
-    task: Task, rt: WorkerRuntime, call: StepCall, run: dict[str, Any], listened: bool = False
+    task: Task,
+    rt: WorkerRuntime,
+    call: StepCall,
+    run: dict[str, Any],
+    listened: bool = False,
+    claim: Claim | None = None,
 ) -> tuple[str | None, dict[str, dict[str, Any]] | None, dict[str, Any]]:
     """Run the op of one step and record its outputs and trace: (the run's status, its state
     when read back, the outputs). Retries, or fails the run naming the node, by raising.
-    ``listened``: somebody follows the run (the op's streamed text is published)."""
+    ``listened``: somebody follows the run (the op's streamed text is published); ``claim``:
+    claims to take as the outputs are recorded (``RunStore.record_step``)."""
     engine, store, running_now = rt.engine, rt.store, rt.running
     trace = _Trace(task, call)
     _check_trust(task, store, call, run, trace)
@@ -211,6 +221,7 @@ def execute(
         entry,
         lambda pipe: observe(pipe, call, units, entry, rt, run["id"]),
         call.get("group"),
+        claim,
     )
     return status, state, outputs
 

@@ -37,6 +37,9 @@ class Scope:
     children: dict[str, Scope] = field(default_factory=dict)  # sub-workflow node -> body
     levels: dict[str, str] = field(default_factory=dict)  # op node -> its data sensitivity
     rules: dict[str, str] = field(default_factory=dict)  # op node -> what narrowed its classes
+    # op node -> the op nodes (no map) that read it and nothing else of their scope: they
+    # become ready, or are ruled out, when it ends -- and only then (see ``only_after``)
+    sole: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,29 @@ def compile_scope(
                 levels[node.name] = level
             if note := constraint_note(node, op, cfg, level):
                 rules[node.name] = note
-    return Scope(wf, order, deps, height, classes, ops, children, levels, rules)
+    sole: dict[str, list[str]] = {}
+    for node in order:
+        if node.op is not None and node.map is None and len(deps[node.name]) == 1:
+            (parent,) = deps[node.name]
+            sole.setdefault(parent, []).append(node.name)
+    lone = {p: tuple(c) for p, c in sole.items() if p in ops and wf.node(p).map is None}
+    return Scope(wf, order, deps, height, classes, ops, children, levels, rules, lone)
+
+
+def only_after(workflow: CompiledWorkflow, path: str) -> list[str]:
+    """The steps that step ``path`` alone makes ready (or rules out) when it ends: op nodes of
+    its scope instance that read it and nothing else of their scope. Their claims can be
+    taken as the step records its outputs (one round trip fewer): no other step can make
+    them ready. None for a map item, whose node ends with its last item."""
+    *scopes, name = path.split("/")
+    scope = workflow.root
+    for part in scopes:  # "loop#2": the second iteration of node loop's body
+        child = scope.children.get(part.partition("#")[0])
+        if child is None:
+            return []
+        scope = child
+    prefix = path[: len(path) - len(name)]
+    return [prefix + c for c in scope.sole.get(name, ())]
 
 
 def compile_workflow(spec: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> CompiledWorkflow:

@@ -39,7 +39,7 @@ from fleet.errors import FleetError, ReadinessError, Unroutable
 from fleet.sdk.registry import Registry
 from fleet.sdk.waits import FOR_OP, SIGNAL_OP
 from fleet.store.events import notify
-from fleet.store.records import TraceEntry
+from fleet.store.records import Claim, TraceEntry
 from fleet.store.runs import RunStore
 from fleet.store.waits import Wait, WaitStore
 from fleet.workflow.model import WorkflowSpec
@@ -122,9 +122,13 @@ class Dispatcher:
         )
         self.advance(run, {INPUTS: values}, owner=f"submit:{run['id']}")
 
-    def advance(self, run: dict[str, Any], state: Outputs, owner: str) -> Decision | None:
+    def advance(
+        self, run: dict[str, Any], state: Outputs, owner: str, claimed: Claim | None = None
+    ) -> Decision | None:
         """Send the steps that ``state`` makes ready (those ``owner`` wins), trace the nodes it
-        rules out, and record the outputs once the workflow is complete."""
+        rules out, and record the outputs once the workflow is complete. ``claimed``: claims
+        ``owner`` took already (as it recorded its outputs): only the other paths are claimed
+        now -- in a chain of steps, none, and no round trip."""
         try:
             decision = decide(self.workflow(run["spec"]), state)
         except ReadinessError as exc:
@@ -139,7 +143,10 @@ class Dispatcher:
             c["path"]: c for c in decision.ready if within is None or _under(c["path"], within)
         }
         skipped = [p for p in decision.skipped if within is None or _under(p, within)]
-        won = self.store.claim(run["id"], owner, [*ready, *skipped])
+        taken = set(claimed.paths) if claimed is not None else set()
+        won = [p for p in (claimed.won or []) if p in ready or p in skipped] if claimed else []
+        rest = [p for p in [*ready, *skipped] if p not in taken]
+        won += self.store.claim(run["id"], owner, rest)
         self.store.add_skips(run["id"], [p for p in won if p not in ready])
         for path in won:
             if path in ready:

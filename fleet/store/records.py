@@ -109,6 +109,16 @@ class TraceEntry:
         )
 
 
+@dataclass
+class Claim:
+    """Claims a step takes as it records its outputs (``RunStore.record_step``): ``paths``
+    for ``owner``; ``won`` is filled with those it holds (see ``RunStore.claim``)."""
+
+    owner: str
+    paths: list[str]
+    won: list[str] | None = None
+
+
 @dataclass(frozen=True)
 class RunInfo:
     id: str

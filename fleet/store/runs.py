@@ -40,7 +40,7 @@ from fleet.constants import (
     WORKFLOW_METRICS_KEY,
 )
 from fleet.store.events import EVENT_OUTPUTS_MAX, events_key, lua_append, mark, notify
-from fleet.store.records import Ending, RunInfo, TraceEntry
+from fleet.store.records import Claim, Ending, RunInfo, TraceEntry
 from fleet.store.waits import Wait
 
 STATE_AFTER_END_S = 600  # how long a finished run's step outputs and claims are kept
@@ -291,6 +291,7 @@ class RunStore:
         entry: TraceEntry,
         extra: Any = None,
         group: list[Any] | None = None,
+        claim: Claim | None = None,
     ) -> tuple[str | None, dict[str, dict[str, Any]] | None]:
         """Write a finished step's outputs and trace and read back the run's status and the
         outputs of every step so far -- one round trip. ``extra(pipe)`` may queue more
@@ -300,7 +301,9 @@ class RunStore:
         node's set of finished items instead, and the state is read (a second round trip) only
         by the item that completes the set -- no other item can make anything ready, and
         reading every item's outputs after each item would be quadratic in the map's width.
-        The state is None when it was not read."""
+        The state is None when it was not read. ``claim``: claims taken in the same round
+        trip (the steps this one alone makes ready: fleet.engine.compiler.only_after); those
+        won are put in ``claim.won``."""
         out_key = self._key(run_id, "out")
         pipe = self.redis.pipeline(transaction=False)
         written = json.dumps(outputs)
@@ -309,6 +312,8 @@ class RunStore:
         self._trace(pipe, run_id, [entry], written)
         if extra is not None:
             extra(pipe)
+        if claim is not None and claim.paths:
+            pipe.eval(_CLAIM, 1, self._key(run_id, "claims"), claim.owner, self.ttl, *claim.paths)
         if group is not None:
             done_key = RUN_MAP_KEY.format(id=run_id, node=group[0])
             pipe.sadd(done_key, path)  # a set: a redelivered item counts once
@@ -318,6 +323,9 @@ class RunStore:
         if group is None:
             pipe.hgetall(out_key)
         results = pipe.execute()
+        if claim is not None:
+            won = results[-3 if group is None else -5] if claim.paths else []
+            claim.won = [str(p) for p in won]
         if group is not None:
             status, finished = results[-1], int(results[-2])
             return status, self.state(run_id) if finished >= int(group[1]) else None

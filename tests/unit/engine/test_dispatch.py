@@ -50,3 +50,49 @@ def test_priority_and_deadline_travel_with_every_step(cfg: FleetConfig) -> None:
     assert first["shadow"] == "?:a [text.upper]"  # Flower shows workflow:node [op]
     assert second["priority"] == 9 and "soft_time_limit" not in second  # none: the lowest
     assert second["shadow"] == "triage:a [text.upper]"
+
+
+def test_a_step_claims_what_it_alone_makes_ready_as_it_records(
+    cfg: FleetConfig, redis_url: str
+) -> None:
+    """In a chain, a step's successor is claimed in the round trip that records the step:
+    advance then sends it with no claim of its own. A join (two parents) and the first step
+    of a loop's next iteration are still claimed apart; a claim held by another owner keeps
+    the step from being sent twice."""
+    import uuid
+
+    from fleet import Workflow
+    from fleet.constants import INPUTS
+    from fleet.engine.compiler import compile_workflow, only_after
+    from fleet.store.records import Claim, TraceEntry
+
+    registry.load(cfg.op_modules, cfg.op_plugins)
+    wf = Workflow("chain", inputs=["t"])
+    a = wf.step("a", "text.upper", text=wf.input("t"))
+    b = wf.step("b", "text.upper", text=a["text"])
+    c = wf.step("c", "text.upper", text=a["text"])
+    d = wf.step("d", "text.upper", text=b["text"], when=c["text"] == "X")  # a join
+    wf.output("t", d["text"])
+    compiled = compile_workflow(wf.spec(), cfg, registry)
+    assert only_after(compiled, "a") == ["b", "c"] and only_after(compiled, "b") == []
+    assert only_after(compiled, "d") == [] and only_after(compiled, "m[3]") == []
+
+    store = RunStore(redis_url)
+    app = Recorder()
+    dispatcher = Dispatcher(app, cfg, store, registry)  # type: ignore[arg-type]
+    dispatcher.register(compiled)
+    run_id = uuid.uuid4().hex
+    run = {"id": run_id, "workflow": "chain", "spec": compiled.digest}
+    store.create(run_id, "chain", inputs={"t": "x"}, spec=compiled.digest)
+    store.claim(run_id, "someone-else", ["c"])  # c is sent by another owner already
+    claimed: list[list[str]] = []
+    real = store.claim
+    store.claim = lambda r, o, p: claimed.append(p) or real(r, o, p)  # type: ignore[method-assign]
+    claim = Claim("task-a", only_after(compiled, "a"))
+    entry = TraceEntry("a", "text.upper", "compute", "cpu", None, None, "succeeded", None, 0, 1)
+    status, state = store.record_step(run_id, "a", {"text": "X"}, entry, claim=claim)
+    assert claim.won == ["b"] and status == "running" and state is not None
+    dispatcher.advance(run, state, owner="task-a", claimed=claim)
+    assert [o["kwargs"]["call"]["path"] for _, o in app.sent] == ["b"]  # c: the other's
+    assert claimed == [[]]  # nothing left to claim apart: no round trip
+    assert INPUTS in state
