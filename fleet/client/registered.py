@@ -13,12 +13,14 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 
 from fleet.constants import CELERY_OP_PREFIX, TASK_PREFIX, WORKER_INFO_KEY
 from fleet.engine.compiler import CompiledWorkflow, Scope
 from fleet.errors import Problem, WorkflowValidationError
+from fleet.workflow.model import WorkflowSpec
 
 CACHE_S = 2.0
 
@@ -34,6 +36,20 @@ def _walk(scope: Scope, prefix: str) -> Iterator[tuple[str, str, list[str]]]:
             yield prefix + name, op.name[len(CELERY_OP_PREFIX) :], scope.classes[name]
     for name, child in scope.children.items():
         yield from _walk(child, f"{prefix}{name}/")
+
+
+def _where(spec: WorkflowSpec, path: str) -> dict[str, Any]:
+    """The file and line of the node at ``path`` (``loop/inner``), as every other problem
+    carries them; nothing where the workflow was not read from a file."""
+    file, node = spec.source, None
+    for name in path.split("/"):
+        if node is not None and node.workflow is not None:
+            spec = node.workflow
+            file = spec.source or file
+        node = next((n for n in spec.nodes if n.name == name), None)
+        if node is None:
+            return {}
+    return {"file": file, "line": node.line} if file and node is not None else {}
 
 
 def _internal(task: str) -> str:
@@ -82,6 +98,7 @@ class RegisteredTasks:
                 "name a task of your own (a module in task_modules)",
                 node=path,
                 field="op",
+                **_where(workflow.spec, path),
             )
             for path, task, _ in steps
             if (owner := _internal(task))
@@ -96,6 +113,7 @@ class RegisteredTasks:
                 "of tasks on every worker)",
                 node=path,
                 field="op",
+                **_where(workflow.spec, path),
             )
             for path, task, classes in steps
             if not any(task in have.get(cls, ()) for cls in classes)

@@ -79,6 +79,7 @@ class LocalFleet:
     children: list[Child] = field(default_factory=list)
     redis_started: bool = False
     flower_auth: str = ""  # "user:password" Flower asks for, once started
+    _auth_made_now: bool = field(default=False, init=False)  # made here, not read back
     # Worker processes per class, when not the configured `workers` (see fit_to_host).
     counts: dict[str, int] = field(default_factory=dict)
     most: int | None = None  # worker processes this host holds in all (see fit_to_host)
@@ -288,11 +289,11 @@ class LocalFleet:
         if not first:
             return  # a restart: the same address and password as before
         user = self.flower_auth.split(":", 1)[0]
-        shown = (
-            f"{self.flower_auth}  (kept in {self.workdir / FLOWER_AUTH_FILE})"
-            if made
-            else f"{user}:**** (flower_auth)"
-        )
+        kept = self.workdir / FLOWER_AUTH_FILE
+        if made and self._auth_made_now:  # the password is shown once, when it is made
+            shown = f"{self.flower_auth}  (kept in {kept})"
+        else:
+            shown = f"{user}:**** ({f'in {kept}' if made else 'flower_auth'})"
         self.say(f"flower: http://127.0.0.1:{port}  basic auth {shown}  (API: /api/workers)")
 
     def _flower_auth(self) -> bool:
@@ -309,6 +310,7 @@ class LocalFleet:
                 self.flower_auth = found
             else:
                 self.flower_auth = f"fleet:{secrets.token_urlsafe(12)}"
+                self._auth_made_now = True
                 kept.touch(mode=0o600)
                 kept.chmod(0o600)
                 kept.write_text(self.flower_auth + "\n")

@@ -44,7 +44,7 @@ class _Fields(dict[str, Any]):
         self.budget = budget
 
     def __getitem__(self, key: str) -> Any:
-        value = super().__getitem__(key)
+        value = _shown(super().__getitem__(key))  # a dotted key: through __missing__
         self.budget -= len(str(value))
         if self.budget < 0:
             raise ValueError(f"the filled template would be over {MAX_TEXT} characters")
@@ -53,10 +53,18 @@ class _Fields(dict[str, Any]):
     def __missing__(self, key: str) -> Any:
         head, _, rest = key.partition(".")
         if rest and head in self:
-            found, value = _walk(self[head], rest)
+            found, value = _walk(dict.__getitem__(self, head), rest)
             if found:
                 return value
         raise KeyError(key)
+
+
+def _shown(value: Any) -> Any:
+    """A list in a template reads as its items, comma-separated (``refund, broken``), not
+    as Python writes a list (``['refund', 'broken']``)."""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return value
 
 
 @op(
