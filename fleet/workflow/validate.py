@@ -109,11 +109,21 @@ class _Checker:
         required = set(body.inputs) - set(body.defaults)
         missing = required - set(node.inputs)
         for name in sorted(missing):
-            self.add(f"sub-workflow input '{name}' is not provided", node, "inputs")
+            self.add(
+                f"sub-workflow input '{name}' is not provided (a reference in the node's "
+                f"inputs, or a constant in the sub-workflow's defaults: {{{name}: ...}})",
+                node,
+                "inputs",
+            )
         for name in sorted(set(node.inputs) - set(body.inputs)):
             self.add(f"sub-workflow '{body.name}' has no input '{name}'", node, f"inputs.{name}")
         if node.params:
-            self.add("agent nodes take 'inputs', not 'params'", node, "params")
+            self.add(
+                "agent nodes take 'inputs', not 'params' (a constant input: the "
+                "sub-workflow's defaults)",
+                node,
+                "params",
+            )
         if node.map is not None:
             self.add("'map' applies to op nodes, not agent nodes", node, "map")
         sub = _Checker(self.cfg, self.registry, self.file, node.sensitivity or self.sensitivity)

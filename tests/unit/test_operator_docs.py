@@ -20,6 +20,7 @@ from fleet.engine.compiler import compile_workflow
 from fleet.errors import WorkflowValidationError
 from fleet.sdk.registry import registry
 from fleet.workflow.loader import load_workflow
+from fleet.workflow.validate import validate
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATIONS = (ROOT / "docs" / "operations.md").read_text()
@@ -93,3 +94,22 @@ def test_the_readmes_triage_template_reads_as_text() -> None:
     (escalate,) = [n for n in spec["nodes"] if n["name"] == "escalate"]
     out = template(escalate["params"]["template"], matched=["refund", "broken"])
     assert out == {"text": "ESCALATE: refund, broken"}
+
+
+def test_a_loop_given_a_constant_the_wrong_way_is_told_the_right_one(tmp_path: Path) -> None:
+    flow = tmp_path / "count.yaml"
+    flow.write_text(
+        "name: count\nnodes:\n  - name: rounds\n    params: {n: 0}\n    workflow:\n"
+        "      name: round\n      inputs: [n]\n"
+        "      nodes: [{name: add, op: math.add, inputs: {a: inputs.n}, params: {b: 1}}]\n"
+        "      outputs: {n: add.result}\n"
+        "    loop: {max_iterations: 5, until: 'add.result >= 3'}\n"
+        "outputs: {n: rounds.n}\n"
+    )
+    cfg = load_config(env={})
+    registry.load(cfg.op_modules, cfg.op_plugins)
+    with pytest.raises(WorkflowValidationError) as err:
+        validate(load_workflow(flow), cfg, registry)
+    text = " ".join(str(err.value).split())
+    assert "a constant in the sub-workflow's defaults: {n: ...}" in text
+    assert "not 'params' (a constant input: the sub-workflow's defaults)" in text
