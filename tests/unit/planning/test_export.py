@@ -5,10 +5,14 @@ those classes with requests that fit them."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
+from fleet.cli.main import cli
 from fleet.config import FleetConfig, default_classes, load_config
 from fleet.deploy.kubernetes import KubeTarget, manifests
 from fleet.errors import WorkflowValidationError
@@ -20,6 +24,8 @@ from fleet.planning.workload import load_workload
 from fleet.sdk.registry import registry
 from fleet.workflow.loader import load_workflow
 from fleet.workflow.validate import validate
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _validate(flow: Path, cfg: FleetConfig) -> None:
@@ -105,3 +111,30 @@ def test_kube_renders_exactly_the_plans_classes(saved: tuple[Path, list[str]]) -
     assert sorted(workers) == sorted(f"worker-{j}" for j in used)
     io = workers["worker-io-32"]["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert io["requests"] == {"cpu": "250m", "memory": "1Gi"}  # threads: no 32 processes
+
+
+def test_the_plan_and_kube_commands_operations_md_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/operations.md, "The autoscaler's bounds from a plan": both commands as written,
+    in a folder of their own (the packaged examples linked in), and the manifests hold
+    exactly the plan's worker classes."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    start = "```bash\nfleet plan fleet/examples/plans/voice-20.yaml"
+    block = text[text.index(start) + len("```bash\n") :].split("```", 1)[0]
+    commands = [shlex.split(line.split("#")[0]) for line in block.splitlines()]
+    (tmp_path / "fleet").symlink_to(ROOT / "fleet")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLEET_CONFIG", raising=False)
+    for argv in commands:
+        assert argv[0] == "fleet"
+        res = CliRunner().invoke(cli, argv[1:])
+        assert res.exit_code == 0, (argv, res.output)
+    planned = load_config(tmp_path / "plan.toml", env={})
+    docs = list(yaml.safe_load_all((tmp_path / "fleet.yaml").read_text()))
+    workers = {
+        d["metadata"]["name"]
+        for d in docs
+        if d and d["kind"] == "Deployment" and d["metadata"]["name"].startswith("worker-")
+    }
+    assert workers == {f"worker-{j}" for j in planned.classes}
