@@ -27,7 +27,8 @@ class Keeper:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: dict[tuple[str, str], tuple[str, Leases]] = {}
+        # (run id, field) -> (token, its leases, when it was last known to hold: monotonic)
+        self._held: dict[tuple[str, str], tuple[str, Leases, float]] = {}
         self._thread: threading.Thread | None = None
 
     def token(self, hostname: str | None) -> str:
@@ -37,7 +38,7 @@ class Keeper:
 
     def hold(self, leases: Leases, run_id: str, field: str, token: str) -> None:
         with self._lock:
-            self._held[(run_id, field)] = (token, leases)
+            self._held[(run_id, field)] = (token, leases, time.monotonic())
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._renew_forever, args=(leases.lease_s / 3,), daemon=True
@@ -46,12 +47,22 @@ class Keeper:
                 self._thread.start()
 
     def release(self, run_id: str, field: str) -> None:
+        """The step ended. One that went unrenewed for longer than its lease (this process
+        stalled: it was paused, or a thread held the GIL) asks once whether another copy
+        took its lease over meanwhile, so that the takeover is not counted as its death
+        (:meth:`Leases.renew`); any other release costs nothing."""
         with self._lock:
-            self._held.pop((run_id, field), None)
+            found = self._held.pop((run_id, field), None)
+        if found is None or time.monotonic() - found[2] <= found[1].lease_s:
+            return
+        try:
+            found[1].renew([(run_id, field, found[0])])
+        except Exception as exc:  # Redis away: the takeover stays counted
+            log.warning("run %s: step %s: could not check its start lease: %s", run_id, field, exc)
 
     def held(self) -> list[Held]:
         with self._lock:
-            return [(run, field, token) for (run, field), (token, _) in self._held.items()]
+            return [(run, field, token) for (run, field), (token, _, _) in self._held.items()]
 
     def renew_once(self) -> None:
         """Renew every lease held now (one round trip per store); log the ones lost. The
@@ -60,21 +71,28 @@ class Keeper:
         lapses -- the step's recorded outputs turn copies away)."""
         with self._lock:
             by_store: dict[int, tuple[Leases, list[Held]]] = {}
-            for (run_id, field), (token, leases) in self._held.items():
+            for (run_id, field), (token, leases, _) in self._held.items():
                 by_store.setdefault(id(leases), (leases, []))[1].append((run_id, field, token))
         for leases, held in by_store.values():
+            asked = time.monotonic()
             try:
                 lost = leases.renew(held)
             except Exception as exc:  # Redis away: try again next time, never die
                 log.warning("could not renew %d start lease(s): %s", len(held), exc)
                 continue
             with self._lock:
+                for run_id, field, token in held:
+                    now = self._held.get((run_id, field))
+                    if now is not None and now[0] == token:
+                        self._held[(run_id, field)] = (token, leases, asked)
                 for run_id, field, token in lost:
-                    if self._held.get((run_id, field), ("", None))[0] != token:
+                    now = self._held.get((run_id, field))
+                    if now is None or now[0] != token:
                         continue  # it ended meanwhile (a retry marks its lease done)
                     log.warning(
                         "run %s: step %s: another copy took over its start lease from %s "
-                        "(this process was taken for dead); it goes on, and may run twice",
+                        "(this process stalled and was taken for dead; not counted as a "
+                        "death); it goes on, and may run twice",
                         run_id,
                         field,
                         token,

@@ -13,7 +13,10 @@ copies that arrive *while* another runs, and tells a dead holder from a live one
   again for when the lease would lapse, so that a holder that dies later is still covered);
 - a copy that finds a lapsed lease takes it over: the holder stopped renewing -- its process
   died (or hung past the lease). Each takeover is counted with the run (``starts``): past
-  ``max_worker_losses`` the step fails its run instead of killing worker after worker;
+  ``max_worker_losses`` the step fails its run instead of killing worker after worker. A
+  holder that was only stalled (paused, or a thread held the GIL) finds, when it renews or
+  ends, that its lease was taken: its takeover is not counted any more -- a dead holder never
+  comes back to say so, so stalls one after another no longer add up to a "death";
 - a pool child's death is seen by its worker's main process, which counts it as a loss
   (``RunStore.count_loss``) and marks the lease ``lost``: the requeued copy takes it at
   once, without counting the same death twice;
@@ -76,14 +79,17 @@ return {status, ran, 'run', taken, '0', listened}
 """
 )
 
-# KEYS: one leases hash per lease. ARGV: lease_s, ttl, then (field, token) per key. A lease
-# held by its token, or gone (its run's state expired), is extended; the indexes (1-based)
-# of those another copy took over are returned.
+# KEYS: the leases and starts hashes of each lease, in pairs. ARGV: lease_s, ttl, then (field,
+# token) per lease. A lease held by its token, or gone (its run's state expired), is
+# extended; the indexes (1-based) of those another copy took over are returned. A holder that
+# renews a lease taken over from it was alive: it stalled (paused, or a thread held the GIL
+# past the lease), it did not die -- the takeover's count is taken back.
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local lost = {}
-for i, key in ipairs(KEYS) do
+for i = 1, #KEYS / 2 do
+  local key, starts = KEYS[2 * i - 1], KEYS[2 * i]
   local field, token = ARGV[2 * i + 1], ARGV[2 * i + 2]
   local cur = redis.call('HGET', key, field)
   if not cur or string.sub(cur, 1, #token + 1) == token .. '|' then
@@ -91,6 +97,10 @@ for i, key in ipairs(KEYS) do
     redis.call('EXPIRE', key, ARGV[2])
   else
     lost[#lost + 1] = i
+    local counted = tonumber(redis.call('HGET', starts, field) or '0')
+    if string.find(cur, '|', 1, true) and counted > 0 then
+      redis.call('HINCRBY', starts, field, -1)
+    end
   end
 end
 return lost
@@ -166,10 +176,13 @@ class Leases:
 
     def renew(self, held: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         """Extend the leases ``held`` as (run id, field, token); those another copy took
-        over (this holder was taken for dead) are returned."""
+        over (this holder was taken for dead) are returned, and their takeovers are not
+        counted as deaths any more: this holder is alive (``max_worker_losses``)."""
         if not held:
             return []
-        keys = [RUN_LEASES_KEY.format(id=run_id) for run_id, _, _ in held]
+        keys = []
+        for run_id, _, _ in held:
+            keys += [RUN_LEASES_KEY.format(id=run_id), RUN_STARTS_KEY.format(id=run_id)]
         args: list[str | float | int] = [self.lease_s, self.ttl]
         for _, field, token in held:
             args += [field, token]

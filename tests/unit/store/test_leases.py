@@ -155,3 +155,40 @@ def test_the_keeper_lets_go_of_a_lease_another_copy_took_over(
     assert f"another copy took over its start lease from {mine}" in caplog.text
     assert client.hget(RUN_LEASES_KEY.format(id=run_id), "a@0").startswith(theirs)
     keeper.release(run_id, "b@0")
+
+
+def test_a_holder_that_stalled_and_came_back_is_not_counted_as_dead(
+    client: redis.Redis, run_id: str
+) -> None:
+    """Two pauses of live workers (SIGSTOP), one after the other, failed a healthy run as
+    "its worker died 2 times": each lapse was counted as a death. A holder that renews after
+    a takeover was alive, and its takeover is taken back; one that never comes back stays
+    counted (test_a_lapsed_lease_is_taken_over_and_counted)."""
+    leases = Leases(client, TTL, lease_s=0.5)
+    assert leases.begin(run_id, "s", 0, "a/1/x", group=False).verdict == "run"
+    time.sleep(0.6)  # a stalls past its lease
+    assert leases.begin(run_id, "s", 0, "b/1/y", group=False).takeovers == 1
+    assert leases.renew([(run_id, "s@0", "a/1/x")]) == [(run_id, "s@0", "a/1/x")]  # a is back
+    assert client.hget(RUN_STARTS_KEY.format(id=run_id), "s@0") == "0"
+    time.sleep(0.6)  # now b stalls
+    third = leases.begin(run_id, "s", 0, "c/1/z", group=False)
+    assert (third.verdict, third.takeovers) == ("run", 1)  # not 2: max_worker_losses
+
+
+def test_a_stalled_holder_that_ends_before_renewing_is_not_counted_as_dead(
+    client: redis.Redis, run_id: str
+) -> None:
+    """A holder that comes back and ends before its next renewal asks once, at release,
+    whether its lease was taken over; a holder renewed in time asks nothing."""
+    keeper = Keeper()
+    slow = Leases(client, TTL, lease_s=30.0)  # the keeper's thread renews every 10 s
+    keeper.hold(slow, run_id, "other@0", keeper.token("w1"))
+    leases = Leases(client, TTL, lease_s=0.3)
+    mine = keeper.token("w1")
+    leases.begin(run_id, "s", 0, mine, group=False)
+    keeper.hold(leases, run_id, "s@0", mine)
+    time.sleep(0.4)  # unrenewed past its lease: this process stalled
+    assert leases.begin(run_id, "s", 0, "w2/1/y", group=False).takeovers == 1
+    keeper.release(run_id, "s@0")  # it came back and ended
+    assert client.hget(RUN_STARTS_KEY.format(id=run_id), "s@0") == "0"
+    keeper.release(run_id, "other@0")
