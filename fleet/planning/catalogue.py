@@ -14,7 +14,7 @@ from typing import Any
 
 from fleet.errors import ConfigError
 from fleet.paths import DATA
-from fleet.planning.devices import Device, Rule, device, rule
+from fleet.planning.devices import Device, Measured, Rule, SplitSpec, device, parse, rule
 from fleet.routing.profiles import ProfileStore, shared_time
 
 CATALOGUE = DATA / "catalogue.toml"
@@ -58,9 +58,25 @@ OWNED_ONLY = ("capex", "power_w", "price_per_hour")  # a device priced by the un
 UNIT_ONLY = ("price_per_call", "price_per_unit", "capacity")
 
 
+TABLES = {"defaults", "devices", "ops", "split", "scaling", "network"}
+
+
+def _table(path: Path, doc: dict[str, Any], key: str) -> dict[str, Any]:
+    found = doc.get(key, {})
+    if not isinstance(found, dict):
+        raise ConfigError(f"{path}: [{key}]: expected a table")
+    return found
+
+
 def _device(path: Path, name: str, raw: dict[str, Any]) -> Device:
     where = f"{path}: device '{name}'"
     found = device(where, name, raw)
+    if found.measured:
+        m = parse(Measured, f"{where}: measured", found.measured)
+        if m.set not in PROFILE_SETS:
+            raise ConfigError(
+                f"{where}: measured.set = {m.set!r}: expected one of {', '.join(PROFILE_SETS)}"
+            )
     if found.per_unit:
         bought = [k for k in OWNED_ONLY if raw.get(k)]
         if bought:
@@ -172,6 +188,14 @@ class Catalogue:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: cannot read the catalogue: {exc}") from None
+        unknown = sorted(set(doc) - TABLES)
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], sorted(TABLES), n=1)
+            hint = f" (did you mean [{near[0]}]?)" if near else ""
+            raise ConfigError(
+                f"{path}: [{unknown[0]}]: unknown table{hint}; the tables are "
+                f"{', '.join(sorted(TABLES))}"
+            )
         defaults = doc.get("defaults", {})
         tables = doc.get("devices", {})
         if not isinstance(defaults, dict) or not isinstance(tables, dict):
@@ -184,20 +208,17 @@ class Catalogue:
         for d in devices.values():
             if d.like is not None and d.like not in devices:
                 raise ConfigError(f"{path}: device '{d.name}': like = '{d.like}' is not a device")
-        try:
-            splits = {
-                op: Split(
-                    tuple(raw["parts"]),
-                    float(raw["handover_bytes_per_unit"]),
-                    float(raw["default_units"]),
-                    str(raw["units_param"]),
-                    float(raw["default_param_units"]),
-                )
-                for op, raw in doc.get("split", {}).items()
-            }
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"{path}: [split]: {exc}") from None
-        bound = frozenset(doc.get("scaling", {}).get("compute_bound", ()))
+        splits = {}
+        for op, raw in _table(path, doc, "split").items():
+            spec = parse(SplitSpec, f'{path}: [split."{op}"]', raw)
+            splits[op] = Split(
+                (spec.parts[0], spec.parts[1]),
+                spec.handover_bytes_per_unit,
+                spec.default_units,
+                spec.units_param,
+                spec.default_param_units,
+            )
+        bound = frozenset(_table(path, doc, "scaling").get("compute_bound", ()))
         ops = _rules(path, doc.get("ops", {}), devices)
         try:
             hop = float(doc.get("network", {}).get("hop_s", 0.0005))

@@ -10,7 +10,7 @@ Python or solver text reaches the user. The fields are documented in docs/planni
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,7 @@ from fleet.errors import ConfigError
 HOURS_PER_YEAR = 8760.0
 GPU_TFLOPS = 20.0  # above this, a device is a GPU-class accelerator for the op rules
 DEFAULT_CV = 0.2  # a step's service-time coefficient of variation where nothing says
+Spec = TypeVar("Spec", bound=BaseModel)
 
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=False)
 
@@ -168,6 +169,28 @@ class Device(BaseModel):
         )
 
 
+class SplitSpec(BaseModel):
+    """``[split."OP"]``: an op planned as two parts (an LLM call as prefill, then decode)."""
+
+    model_config = STRICT
+
+    parts: list[str] = Field(min_length=2, max_length=2)
+    handover_bytes_per_unit: float = Field(ge=0, allow_inf_nan=False)
+    default_units: float = Field(ge=0, allow_inf_nan=False)
+    units_param: str
+    default_param_units: float = Field(ge=0, allow_inf_nan=False)
+
+
+class Measured(BaseModel):
+    """A device's ``measured``: which profile set, which class of it, for which ops."""
+
+    model_config = STRICT
+
+    set: str
+    cls: str
+    ops: list[str]
+
+
 def _fields(model: type[BaseModel]) -> list[str]:
     return sorted((f.alias or k) for k, f in model.model_fields.items() if k != "name")
 
@@ -182,7 +205,7 @@ def explain(exc: ValidationError, where: str, model: type[BaseModel]) -> ConfigE
     err = exc.errors(include_url=False)[0]
     loc = [str(p) for p in err["loc"]]
     key = ".".join(loc)
-    known = {Device: DEVICE_FIELDS, Rule: RULE_FIELDS}.get(model, FIGURE_FIELDS)
+    known = {Device: DEVICE_FIELDS, Rule: RULE_FIELDS}.get(model) or _fields(model)
     if "kinds" in loc[:1] and len(loc) > 2:
         known = FIGURE_FIELDS
     kind, msg = err["type"], str(err["msg"]).removeprefix("Value error, ")
@@ -208,6 +231,16 @@ def device(where: str, name: str, raw: dict[str, Any]) -> Device:
         raise explain(exc, where, Device) from None
     except TypeError as exc:  # a TOML key that is not a name (cannot be: keys are strings)
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def parse(model: type[Spec], where: str, raw: Any) -> Spec:
+    """``raw`` as ``model``, its mistakes named as :func:`explain` names them."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table of {', '.join(_fields(model))}")
+    try:
+        return model(**raw)
+    except ValidationError as exc:
+        raise explain(exc, where, model) from None
 
 
 def rule(where: str, raw: Any) -> Rule:

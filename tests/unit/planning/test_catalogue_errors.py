@@ -155,3 +155,37 @@ def test_a_ceiling_outside_0_to_1_is_refused(tmp_path: Path, ceiling: str) -> No
     with pytest.raises(ConfigError, match="ceiling = 0"):
         cat = Catalogue.load(cat_file)
         plan(load_workload(load, cat.splits), cat, ceiling=0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # a misspelt table would be ignored: its devices missing, silently
+        ("[device.b200]\nnetwork_gbs = 1\n", "[device]: unknown table (did you mean [devices]?)"),
+        (
+            '[split."text.echo"]\nparts = ["a"]\nhandover_bytes_per_unit = 1\n'
+            'default_units = 1\nunits_param = "n"\ndefault_param_units = 1\n',
+            "[split.\"text.echo\"]: parts = ['a']: ",
+        ),
+        (
+            '[split."text.echo"]\nparts = ["a", "b"]\n',
+            '[split."text.echo"]: handover_bytes_per_unit: required, missing',
+        ),
+        (
+            '[devices.h]\nnetwork_gbs = 1\nmeasured = { set = "h200", cls = "gpu", ops = [] }\n',
+            "device 'h': measured.set = 'h200': expected one of default, h100",
+        ),
+        (
+            '[devices.h]\nnetwork_gbs = 1\nmeasured = { set = "h100", ops = [] }\n',
+            "device 'h': measured: cls: required, missing",
+        ),
+    ],
+)
+def test_the_other_tables_are_held_to_their_fields(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    cat_file, load = _files(tmp_path, RENTED + extra)
+    code, out = _plan(str(load), "--catalogue", str(cat_file))
+    flat = " ".join(out.split())
+    assert code == 2 and f"{cat_file}: " in flat and message in flat, out
+    assert "Traceback" not in out and "KeyError" not in out
