@@ -10,6 +10,7 @@ lets exactly one task send each ready step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -117,10 +118,15 @@ class Dispatcher:
         self.register(workflow, force=force)
         meta = {k: run.get(k) for k in RUN_OPTIONS}
         name = workflow.spec.name
+        owner, state = f"submit:{run['id']}", {INPUTS: values}
+        claim = None
+        with contextlib.suppress(FleetError):  # else advance fails the run, naming why
+            first = decide(workflow, state)
+            claim = Claim(owner, [c["path"] for c in first.ready] + first.skipped)
         self.store.create(
-            run["id"], name, meta, inputs=values, reply=reply, spec=workflow.digest, follow=follow
+            run["id"], name, meta, values, reply, workflow.digest, follow=follow, claim=claim
         )
-        self.advance(run, {INPUTS: values}, owner=f"submit:{run['id']}")
+        self.advance(run, state, owner=owner, claimed=claim)
 
     def advance(
         self, run: dict[str, Any], state: Outputs, owner: str, claimed: Claim | None = None

@@ -173,10 +173,12 @@ class RunStore:
         reply: dict[str, Any] | None = None,
         spec: str | None = None,
         follow: bool = False,
+        claim: Claim | None = None,
     ) -> None:
         """Record a new run; ``reply``: the Celery task whose result is this run's outcome;
         ``spec``: its workflow's digest, for a run the engine drives (the orphan check
-        watches those until they end); ``follow``: mark it followed (fleet.store.events)."""
+        watches those until they end); ``follow``: mark it followed (fleet.store.events);
+        ``claim``: its first steps, claimed in the same round trip (``claim.won``)."""
         key = self._key(run_id)
         now = time.time()
         fields = {"workflow": workflow, "status": "running", "submitted_at": repr(now)}
@@ -199,7 +201,11 @@ class RunStore:
             for name in workflow_counters(workflow):
                 pipe.hsetnx(WORKFLOW_METRICS_KEY, name, 0)
             self._counted.add(workflow)
-        pipe.execute()
+        if claim is not None and claim.paths:
+            pipe.eval(_CLAIM, 1, self._key(run_id, "claims"), claim.owner, self.ttl, *claim.paths)
+        done = pipe.execute()
+        if claim is not None:
+            claim.won = [str(p) for p in done[-1]] if claim.paths else []
 
     def run_message(self, run_id: str) -> dict[str, Any] | None:
         """A running engine run as its step messages carry it (id, workflow, spec digest,

@@ -96,3 +96,32 @@ def test_a_step_claims_what_it_alone_makes_ready_as_it_records(
     assert [o["kwargs"]["call"]["path"] for _, o in app.sent] == ["b"]  # c: the other's
     assert claimed == [[]]  # nothing left to claim apart: no round trip
     assert INPUTS in state
+
+
+def test_a_submission_claims_its_first_steps_as_it_records_the_run(
+    cfg: FleetConfig, redis_url: str
+) -> None:
+    """The run record and the claims of its first steps go in one round trip; a submission
+    tried again (a broker error) gets its claims back and sends its first steps again."""
+    import uuid
+
+    from fleet import Workflow
+    from fleet.engine.compiler import compile_workflow
+    from fleet.engine.dispatch import new_run
+
+    registry.load(cfg.op_modules, cfg.op_plugins)
+    wf = Workflow("pair", inputs=["t"])
+    wf.output("a", wf.step("a", "text.upper", text=wf.input("t"))["text"])
+    wf.output("b", wf.step("b", "text.normalize", text=wf.input("t"))["text"])
+    compiled = compile_workflow(wf.spec(), cfg, registry)
+    store = RunStore(redis_url)
+    app = Recorder()
+    dispatcher = Dispatcher(app, cfg, store, registry)  # type: ignore[arg-type]
+    claimed: list[list[str]] = []
+    real = store.claim
+    store.claim = lambda r, o, p: claimed.append(p) or real(r, o, p)  # type: ignore[method-assign]
+    run = new_run(compiled, uuid.uuid4().hex, {})
+    dispatcher.start(compiled, run, {"t": "x"})
+    dispatcher.start(compiled, run, {"t": "x"}, force=True)  # tried again: the same run id
+    assert sorted(o["kwargs"]["call"]["path"] for _, o in app.sent) == ["a", "a", "b", "b"]
+    assert claimed == [[], []]  # no claim round trip of their own
