@@ -23,7 +23,6 @@ from redis.retry import Retry
 from fleet.constants import (
     ACTIVE_RUNS_KEY,
     INPUTS,
-    LATENCY_BUCKETS,
     RUN_CLAIMS_KEY,
     RUN_DONE_KEY,
     RUN_KEY,
@@ -39,84 +38,12 @@ from fleet.constants import (
     SPEC_KEY,
     WORKFLOW_METRICS_KEY,
 )
-from fleet.store.events import EVENT_OUTPUTS_MAX, events_key, lua_append, mark, notify
+from fleet.store.events import EVENT_OUTPUTS_MAX, events_key, mark, notify
 from fleet.store.records import Claim, Ending, RunInfo, TraceEntry
+from fleet.store.scripts import BUCKETS, CLAIM_SCRIPT, END_SCRIPT, workflow_counters
 from fleet.store.waits import Wait
 
 STATE_AFTER_END_S = 600  # how long a finished run's step outputs and claims are kept
-
-# End a run once: the first writer sets finished_at and its fields, wakes the waiters, takes
-# the replies owed to Celery (KEYS[4]), leaves the active runs (KEYS[5], the orphan check's)
-# and adds the run to its workflow's counters (KEYS[3], read by `fleet metrics`) -- exactly
-# once. Returns 0, or {1, reply field, reply, ...}.
-_END = (
-    """
-if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('RPUSH', KEYS[2], '1')
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-local replies = redis.call('HGETALL', KEYS[4])
-redis.call('DEL', KEYS[4])
-redis.call('ZREM', KEYS[5], ARGV[5])
-for i = 6, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-local run = redis.call('HMGET', KEYS[1], 'workflow', 'status', 'submitted_at', 'meta', 'cost')
-local wf, status = run[1] or '?', run[2] or '?'
-local secs = tonumber(ARGV[2]) - (tonumber(run[3]) or tonumber(ARGV[2]))
-local m = KEYS[3]
-redis.call('HINCRBY', m, 'runs|' .. status .. '|' .. wf, 1)
-redis.call('HINCRBY', m, 'count||' .. wf, 1)
-redis.call('HINCRBYFLOAT', m, 'sum||' .. wf, secs)
-for bound in string.gmatch(ARGV[4], '[^,]+') do
-  if secs <= tonumber(bound) then redis.call('HINCRBY', m, 'le|' .. bound .. '|' .. wf, 1) end
-end
-local ok, meta = pcall(cjson.decode, run[4] or '{}')
-if ok and type(meta) == 'table' and type(meta['sla_s']) == 'number' then
-  redis.call('HINCRBY', m, 'sla||' .. wf, 1)
-  if secs > meta['sla_s'] or status ~= 'succeeded' then
-    redis.call('HINCRBY', m, 'sla_miss||' .. wf, 1)
-  end
-end
-if tonumber(run[5]) then redis.call('HINCRBYFLOAT', m, 'cost||' .. wf, run[5]) end
-"""
-    + lua_append(
-        "KEYS[1]",
-        "KEYS[#KEYS]",
-        "{event = 'end', status = status, at = tonumber(ARGV[2])}",
-        "ARGV[3]",
-        "tonumber(ARGV[2])",
-    )
-    + """
-table.insert(replies, 1, 1)
-return replies
-"""
-)
-_BUCKETS = ",".join(repr(b) for b in LATENCY_BUCKETS)
-RUN_ENDINGS = ("succeeded", "failed")
-
-
-def workflow_counters(workflow: str) -> list[str]:
-    """The fields of a workflow's counters in WORKFLOW_METRICS_KEY, as ``_END`` writes them."""
-    names = [f"runs|{status}|{workflow}" for status in RUN_ENDINGS]
-    names += [f"{kind}||{workflow}" for kind in ("count", "sum", "sla", "sla_miss", "cost")]
-    return names + [f"le|{b!r}|{workflow}" for b in LATENCY_BUCKETS]
-
-
-# Claim each path for ARGV[1] unless another task holds it; the same task (a redelivered
-# message keeps its id) gets its claims back, so a step that died after claiming re-sends.
-_CLAIM = """
-local won = {}
-for i = 3, #ARGV do
-  local path = ARGV[i]
-  if redis.call('HSETNX', KEYS[1], path, ARGV[1]) == 1
-     or redis.call('HGET', KEYS[1], path) == ARGV[1] then
-    won[#won + 1] = path
-  end
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return won
-"""
-
 
 # Called by the store that ended a run, or the part of one that a Celery task waits on, once,
 # with (run id, ending, the replies to settle: field (RUN_REPLY: the run) -> reply (JSON)).
@@ -202,7 +129,7 @@ class RunStore:
                 pipe.hsetnx(WORKFLOW_METRICS_KEY, name, 0)
             self._counted.add(workflow)
         if claim is not None and claim.paths:
-            pipe.eval(_CLAIM, 1, self._key(run_id, "claims"), claim.owner, self.ttl, *claim.paths)
+            self._claim_in(pipe, run_id, claim)
         done = pipe.execute()
         if claim is not None:
             claim.won = [str(p) for p in done[-1]] if claim.paths else []
@@ -319,7 +246,7 @@ class RunStore:
         if extra is not None:
             extra(pipe)
         if claim is not None and claim.paths:
-            pipe.eval(_CLAIM, 1, self._key(run_id, "claims"), claim.owner, self.ttl, *claim.paths)
+            self._claim_in(pipe, run_id, claim)
         if group is not None:
             done_key = RUN_MAP_KEY.format(id=run_id, node=group[0])
             pipe.sadd(done_key, path)  # a set: a redelivered item counts once
@@ -351,11 +278,16 @@ class RunStore:
         pipe.expire(key, self.ttl)
         return int(pipe.execute()[0])
 
+    def _claim_in(self, pipe: Any, run_id: str, claim: Claim) -> None:
+        """Queue ``claim`` on ``pipe`` (its result: the paths won)."""
+        key = self._key(run_id, "claims")
+        pipe.eval(CLAIM_SCRIPT, 1, key, claim.owner, self.ttl, *claim.paths)
+
     def claim(self, run_id: str, owner: str, paths: list[str]) -> list[str]:
         """The paths among ``paths`` that ``owner`` may send (each path is sent by one task)."""
         if not paths:
             return []
-        won = self.redis.eval(_CLAIM, 1, self._key(run_id, "claims"), owner, self.ttl, *paths)
+        won = self.redis.eval(CLAIM_SCRIPT, 1, self._key(run_id, "claims"), owner, self.ttl, *paths)
         return [str(p) for p in cast(list[Any], won)]
 
     def _end(self, run_id: str, fields: dict[str, str], ending: Ending) -> bool:
@@ -372,8 +304,8 @@ class RunStore:
         # once the run ended: it goes after STATE_AFTER_END_S, the record and trace stay.
         short = min(self.ttl, STATE_AFTER_END_S)
         now = repr(time.time())
-        args: list[str | int] = [self.ttl, now, short, _BUCKETS, run_id, *flat]
-        won = self.redis.eval(_END, len(keys), *keys, *args)
+        args: list[str | int] = [self.ttl, now, short, BUCKETS, run_id, *flat]
+        won = self.redis.eval(END_SCRIPT, len(keys), *keys, *args)
         if not won:
             return False
         replies = cast(list[str], won)[1:]

@@ -1,0 +1,79 @@
+"""The run store's Lua scripts: a run's end, and the claims that let each step out once."""
+
+from __future__ import annotations
+
+from fleet.constants import LATENCY_BUCKETS
+from fleet.store.events import lua_append
+
+# End a run once: the first writer sets finished_at and its fields, wakes the waiters, takes
+# the replies owed to Celery (KEYS[4]), leaves the active runs (KEYS[5], the orphan check's)
+# and adds the run to its workflow's counters (KEYS[3], read by `fleet metrics`) -- exactly
+# once. Returns 0, or {1, reply field, reply, ...}.
+END_SCRIPT = (
+    """
+if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+local replies = redis.call('HGETALL', KEYS[4])
+redis.call('DEL', KEYS[4])
+redis.call('ZREM', KEYS[5], ARGV[5])
+for i = 6, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+local run = redis.call('HMGET', KEYS[1], 'workflow', 'status', 'submitted_at', 'meta', 'cost')
+local wf, status = run[1] or '?', run[2] or '?'
+local secs = tonumber(ARGV[2]) - (tonumber(run[3]) or tonumber(ARGV[2]))
+local m = KEYS[3]
+redis.call('HINCRBY', m, 'runs|' .. status .. '|' .. wf, 1)
+redis.call('HINCRBY', m, 'count||' .. wf, 1)
+redis.call('HINCRBYFLOAT', m, 'sum||' .. wf, secs)
+for bound in string.gmatch(ARGV[4], '[^,]+') do
+  if secs <= tonumber(bound) then redis.call('HINCRBY', m, 'le|' .. bound .. '|' .. wf, 1) end
+end
+local ok, meta = pcall(cjson.decode, run[4] or '{}')
+if ok and type(meta) == 'table' and type(meta['sla_s']) == 'number' then
+  redis.call('HINCRBY', m, 'sla||' .. wf, 1)
+  if secs > meta['sla_s'] or status ~= 'succeeded' then
+    redis.call('HINCRBY', m, 'sla_miss||' .. wf, 1)
+  end
+end
+if tonumber(run[5]) then redis.call('HINCRBYFLOAT', m, 'cost||' .. wf, run[5]) end
+"""
+    + lua_append(
+        "KEYS[1]",
+        "KEYS[#KEYS]",
+        "{event = 'end', status = status, at = tonumber(ARGV[2])}",
+        "ARGV[3]",
+        "tonumber(ARGV[2])",
+    )
+    + """
+table.insert(replies, 1, 1)
+return replies
+"""
+)
+BUCKETS = ",".join(repr(b) for b in LATENCY_BUCKETS)
+RUN_ENDINGS = ("succeeded", "failed")
+
+
+def workflow_counters(workflow: str) -> list[str]:
+    """The fields of a workflow's counters in WORKFLOW_METRICS_KEY, as END_SCRIPT writes
+    them."""
+    names = [f"runs|{status}|{workflow}" for status in RUN_ENDINGS]
+    names += [f"{kind}||{workflow}" for kind in ("count", "sum", "sla", "sla_miss", "cost")]
+    return names + [f"le|{b!r}|{workflow}" for b in LATENCY_BUCKETS]
+
+
+# Claim each path for ARGV[1] unless another task holds it; the same task (a redelivered
+# message keeps its id) gets its claims back, so a step that died after claiming re-sends.
+CLAIM_SCRIPT = """
+local won = {}
+for i = 3, #ARGV do
+  local path = ARGV[i]
+  if redis.call('HSETNX', KEYS[1], path, ARGV[1]) == 1
+     or redis.call('HGET', KEYS[1], path) == ARGV[1] then
+    won[#won + 1] = path
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return won
+"""
