@@ -19,6 +19,7 @@ from typing import Any
 
 import networkx as nx
 
+from fleet.constants import WAIT_OP_PREFIX
 from fleet.errors import ConfigError, WorkflowValidationError
 from fleet.paths import EXAMPLES
 from fleet.planning.catalogue import Split
@@ -212,10 +213,17 @@ def flatten(
     shape: Shape | None = None,
 ) -> tuple[nx.DiGraph, dict[str, float]]:
     """The planning graph of ``spec`` and the chances of its guards. A node that never runs
-    (chance 0) is left out; the steps after it keep their order."""
+    (chance 0) is left out; so is a wait node (``wait.*``: the run parks, holding no worker:
+    the time it waits for a person or a timer is not the fleet's to plan); the steps after
+    it keep their order."""
     b = _Builder(nx.DiGraph(), tokens or {}, splits, shape or Shape())
     b.scope(spec, "", set(), ())
-    for n in [n for n, d in b.g.nodes(data=True) if d["step"].chance <= 0]:
+    gone = [
+        n
+        for n, d in b.g.nodes(data=True)
+        if d["step"].chance <= 0 or d["step"].op.startswith(WAIT_OP_PREFIX)
+    ]
+    for n in gone:
         b.g.add_edges_from(
             (p, s, {"bytes": EDGE_BYTES}) for p in b.g.predecessors(n) for s in b.g.successors(n)
         )

@@ -70,6 +70,16 @@ def test_a_node_that_never_runs_is_left_out_and_the_order_kept(tmp_path: Path) -
     assert g.has_edge("rounds/think", "rounds/act")
 
 
+def test_a_wait_node_is_left_out_of_the_plan() -> None:
+    """A run parked on a wait holds no worker: wait nodes are not steps to place, and the
+    steps after one follow what came before it."""
+    from fleet.paths import EXAMPLES
+
+    g, _ = flatten(load_workflow(EXAMPLES / "refund_approval.yaml"), {})
+    assert "approval" not in g.nodes and "decision" in g.nodes
+    assert not any(str(d["step"].op).startswith("wait.") for _, d in g.nodes(data=True))
+
+
 def test_a_bad_shape_names_the_key(tmp_path: Path) -> None:
     _spec(tmp_path)
     (tmp_path / "w.yaml").write_text(
