@@ -98,8 +98,10 @@ def test_fleet_up_plan_runs_the_planned_split(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stdout + made.stderr
     planned = tomllib.loads(plan_file.read_text())
     assert planned["splits"] == {"ask:answer": {"prefill": "fast", "decode": "cheap"}}
-    workers = {c: spec["workers"] for c, spec in planned["classes"].items()}
+    running = {c: spec for c, spec in planned["classes"].items() if spec.get("enabled", True)}
+    workers = {c: spec["workers"] for c, spec in running.items()}
     assert workers["fast"] >= 1 and workers["cheap"] >= 1
+    assert set(running) == {"fast", "cheap"}  # the built-in classes are left out
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     env = {**os.environ, "FLEET_BROKER_URL": url, "COLUMNS": "200"}
