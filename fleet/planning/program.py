@@ -91,6 +91,8 @@ class Program:
                 options = eligible(self.cat, f, s.op)
                 if not options:
                     why = "no device has a latency figure for it"
+                    if f.kind is not None:
+                        why += f" for requests of kind '{f.kind}'"
                     if f.sensitivity:
                         why += f" among those trusted for '{f.sensitivity}'"
                     raise ConfigError(f"workflow '{f.name}', step '{s.path}' ({s.op}): {why}")

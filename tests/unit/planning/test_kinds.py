@@ -163,3 +163,14 @@ def test_the_catalogue_and_kinds_docs_planning_md_shows_plan(tmp_path: Path) -> 
     result = plan(flows, cat)
     assert result.placement["long"]["generate"] == "a100"  # 1 s on an A10G: over 0.9 s
     assert not result.late(flows)
+
+
+def test_a_kind_no_device_has_figures_for_is_named() -> None:
+    """k11 is a kind of the catalogue (another op times it), but no rule of llm.generate
+    has figures for it: the error names the step and the kind."""
+    text = CATALOGUE.read_text().replace("k11 = { fixed_s = 0.2 }", "k12 = { fixed_s = 0.2 }")
+    text = text.replace("k11 = { fixed_s = 0.05 }", "k12 = { fixed_s = 0.05 }")
+    text += '[ops."text.other".a10g]\nsource = "assumed: test"\nkinds = { k11 = { fixed_s = 1 } }\n'
+    cat = Catalogue.loads(text)
+    with pytest.raises(ConfigError, match=r"step 'generate' .*for requests of kind 'k11'"):
+        plan(_flows(cat), cat)
