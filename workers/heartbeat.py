@@ -111,6 +111,7 @@ class Heartbeat(bootsteps.StartStopStep):
             "busy": len(taken),
             "held": held,
             "steps": _steps(taken + waiting),
+            "pids": self._pids(),  # its processes: a lapsed lease's holder among them stalled
         }
         try:
             with contextlib.suppress(ValueError, TypeError):  # the beat goes out regardless
@@ -126,6 +127,12 @@ class Heartbeat(bootsteps.StartStopStep):
             log.warning("heartbeat failed: %s", exc)
         except Exception as exc:  # the sweep must never take the worker down
             log.exception("sweeper failed: %s", exc)
+
+    def _pids(self) -> list[int]:
+        """This worker's process and its pool's children (workers.holders)."""
+        info = getattr(self.pool, "info", None)
+        alive = info.get("processes") if isinstance(info, dict) else None
+        return [os.getpid(), *(int(p) for p in alive or [])]
 
     def _warmth(self) -> dict[str, Any]:
         """Which model ops this worker's processes hold ("warm": op -> processes) and how

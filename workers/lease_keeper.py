@@ -10,12 +10,11 @@ takes it over -- which is how a worker's death is told from a duplicate.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import uuid
 
 from fleet.store.leases import Leases
+from workers import holders
 
 log = logging.getLogger("fleet.leases")
 Held = tuple[str, str, str]  # (run id, lease field, holder token)
@@ -32,9 +31,10 @@ class Keeper:
         self._thread: threading.Thread | None = None
 
     def token(self, hostname: str | None) -> str:
-        """A new holder token: unique, and saying where the holder runs (for logs)."""
-        where = f"{hostname or '?'}/{os.getpid()}".replace("|", "_")
-        return f"{where}/{uuid.uuid4().hex[:12]}"
+        """A new holder token: unique, and saying where the holder runs -- its worker, its
+        machine and process -- so a copy that finds its lease lapsed can tell whether it
+        died or stalled (:mod:`workers.holders`)."""
+        return holders.token(hostname)
 
     def hold(self, leases: Leases, run_id: str, field: str, token: str) -> None:
         with self._lock:

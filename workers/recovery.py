@@ -116,7 +116,10 @@ def _check_begin(
         raise Ignore()
     if found.verdict == "held":
         wait = found.wait_s
-        log.info("run %s: node %s runs in another copy; again in %.1fs", run["id"], path, wait)
+        how = f" (its holder {found.stalled} stalled: alive, not renewing)" if found.stalled else ""
+        log.info(
+            "run %s: node %s runs in another copy%s; again in %.1fs", run["id"], path, how, wait
+        )
         if not canvas:  # (a canvas's copy is dropped: the running one carries the canvas on,
             # and its message comes back if its worker dies -- a copy that went on too
             # would send what follows twice)

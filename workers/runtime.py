@@ -24,6 +24,7 @@ from fleet.messaging.replies import replier
 from fleet.sdk.registry import registry
 from fleet.store.leases import Leases
 from fleet.store.runs import RunStore
+from workers.holders import Holders
 from workers.lease_keeper import Keeper
 
 
@@ -54,7 +55,8 @@ class WorkerRuntime:
         registry.load(self.cfg.op_modules, self.cfg.op_plugins)
         store = RunStore(self.cfg.backend_url, self.cfg.run_ttl, on_end=replier(app))
         self.engine = Dispatcher(app, self.cfg, store, registry)
-        self.leases = Leases(store.redis, self.cfg.run_ttl, self.cfg.start_lease_s)
+        judge = Holders(store.redis, self.cfg.worker_ttl)  # a lapsed lease's holder: dead?
+        self.leases = Leases(store.redis, self.cfg.run_ttl, self.cfg.start_lease_s, judge)
         self.keeper = Keeper()  # the leases this process holds, renewed while their ops run
         self.running = Running()
         self.warm: set[str] = set()  # the model ops this process has run (announced once)

@@ -11,12 +11,16 @@ copies that arrive *while* another runs, and tells a dead holder from a live one
   (:mod:`workers.lease_keeper`), every third of ``start_lease_s``;
 - a copy that finds a live lease is a duplicate: it does not run the op now (it is sent
   again for when the lease would lapse, so that a holder that dies later is still covered);
-- a copy that finds a lapsed lease takes it over: the holder stopped renewing -- its process
-  died (or hung past the lease). Each takeover is counted with the run (``starts``): past
-  ``max_worker_losses`` the step fails its run instead of killing worker after worker. A
-  holder that was only stalled (paused, or a thread held the GIL) finds, when it renews or
-  ends, that its lease was taken: its takeover is not counted any more -- a dead holder never
-  comes back to say so, so stalls one after another no longer add up to a "death";
+- a copy that finds a lapsed lease asks first whether its holder is alive (a ``judge``:
+  :mod:`workers.holders` looks its process up on the same machine, its worker's heartbeat
+  on another). A holder known alive only stalled (paused, or a thread held the GIL past the
+  lease): the copy is held as beside a live lease, and does not run the op beside it;
+- otherwise the copy takes the lease over: the holder stopped renewing -- its process died
+  (or cannot be told from a dead one). Each takeover is counted with the run (``starts``):
+  past ``max_worker_losses`` the step fails its run instead of killing worker after worker.
+  A holder taken for dead that was only stalled finds, when it renews or ends, that its
+  lease was taken: its takeover is not counted any more -- a dead holder never comes back to
+  say so, so stalls one after another no longer add up to a "death";
 - a pool child's death is seen by its worker's main process, which counts it as a loss
   (``RunStore.count_loss``) and marks the lease ``lost``: the requeued copy takes it at
   once, without counting the same death twice;
@@ -28,6 +32,8 @@ Times are the Redis server's (``TIME``), so workers' clocks need not agree.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -36,12 +42,15 @@ import redis
 from fleet.constants import RUN_KEY, RUN_LEASES_KEY, RUN_OUTPUTS_KEY, RUN_STARTS_KEY
 from fleet.store.events import events_key, lua_append
 
+log = logging.getLogger("fleet.leases")
 Verdict = Literal["run", "held", "ended", "skip"]
 
 # KEYS: run, out, leases, starts. ARGV: path, field, token, lease_s, ttl, group (1: an item
-# of a map, which runs again even when recorded), the worker; KEYS[5]: the run's events.
-# Returns {status, ran, verdict, takeovers, seconds until a live lease lapses, listened to}:
-# a copy that runs the step publishes its start while somebody listens (fleet.store.events).
+# of a map, which runs again even when recorded), the worker, ask (1: a lapsed lease is not
+# taken over but returned -- 'lapsed', with its value -- for its holder to be judged first);
+# KEYS[5]: the run's events. Returns {status, ran, verdict, takeovers, seconds until a live
+# lease lapses, listened to}: a copy that runs the step publishes its start while somebody
+# listens (fleet.store.events).
 _BEGIN = (
     """
 local status = redis.call('HGET', KEYS[1], 'status') or ''
@@ -58,6 +67,7 @@ if cur and ran == 0 then
   if cur ~= 'lost' then
     local expiry = tonumber(string.match(cur, '|([^|]*)$')) or 0
     if expiry > now then return {status, ran, 'held', 0, string.format('%.3f', expiry - now)} end
+    if ARGV[8] == '1' then return {status, ran, 'lapsed', 0, '0', 0, cur} end
     taken = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
     redis.call('EXPIRE', KEYS[4], ARGV[5])
   end
@@ -130,6 +140,7 @@ class Begin:
     takeovers: int  # leases of this attempt taken over from a holder that stopped renewing
     wait_s: float
     listened: bool = False  # somebody listens to the run's events (the start was published)
+    stalled: str = ""  # held: the holder whose lease lapsed, known alive (it stalled)
 
 
 def lease_field(path: str, attempt: int) -> str:
@@ -139,10 +150,20 @@ def lease_field(path: str, attempt: int) -> str:
 class Leases:
     """The start leases of steps, in the run store's Redis."""
 
-    def __init__(self, client: redis.Redis, ttl: int, lease_s: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        ttl: int,
+        lease_s: float,
+        judge: Callable[[str], bool | None] | None = None,
+    ) -> None:
+        """``judge``: given the token of a lapsed lease's holder, True if it is known alive
+        (it stalled: its lease is not taken over), False if known dead, None if it cannot be
+        told (both taken over, and counted). Without one every lapse counts as a death."""
         self.redis = client
         self.ttl = ttl
         self.lease_s = lease_s
+        self.judge = judge
         self._begin = client.register_script(_BEGIN)
         self._renew = client.register_script(_RENEW)
         self._mark = client.register_script(_MARK)
@@ -162,8 +183,21 @@ class Leases:
         ]
         field = lease_field(path, attempt)
         args: list[str | float | int] = [path, field, token, self.lease_s, self.ttl, int(group)]
-        args.append(worker)
+        args += [worker, int(self.judge is not None)]
         found = cast(list[str], self._begin(keys=keys, args=args))
+        if found[2] == "lapsed":  # rare: a holder stopped renewing; is it dead?
+            holder = str(found[6]).rpartition("|")[0]
+            if self._alive(run_id, field, holder):
+                return Begin(
+                    status=str(found[0]) or None,
+                    ran=bool(int(found[1])),
+                    verdict="held",
+                    takeovers=0,
+                    wait_s=self.lease_s / 2,  # asked again then: it may have come back
+                    stalled=holder,
+                )
+            args[-1] = 0  # take it over (the script looks again: it may be back meanwhile)
+            found = cast(list[str], self._begin(keys=keys, args=args))
         status, ran, verdict, taken, wait = found[:5]
         return Begin(
             status=str(status) or None,
@@ -173,6 +207,22 @@ class Leases:
             wait_s=float(wait),
             listened=len(found) > 5 and bool(int(found[5])),
         )
+
+    def _alive(self, run_id: str, field: str, holder: str) -> bool:
+        assert self.judge is not None
+        try:
+            alive = self.judge(holder)
+        except Exception as exc:  # cannot be told: taken for dead, as without a judge
+            log.warning(
+                "run %s: step %s: could not judge holder %s: %s", run_id, field, holder, exc
+            )
+            return False
+        if alive is not True:
+            how = "dead" if alive is False else "not known to be alive"
+            log.warning(
+                "run %s: step %s: its holder %s is %s: taken over", run_id, field, holder, how
+            )
+        return alive is True
 
     def renew(self, held: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         """Extend the leases ``held`` as (run id, field, token); those another copy took

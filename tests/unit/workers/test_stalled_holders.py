@@ -1,0 +1,194 @@
+"""A stalled holder is not a dead one (issue 41, finding 8): start leases on a real Redis,
+with holders that are real processes -- paused (SIGSTOP) and killed on purpose -- and leases
+short enough to lapse in the test.
+
+What was seen: an op that held the GIL for 30 s ran twice (a copy took its lapsed lease
+over and ran beside it), and two pauses of live workers failed a healthy run as "its worker
+died 2 times". The rule checked here (workers/holders.py): a lapsed lease's holder known
+alive -- its process still there on this machine, or among the processes its worker still
+announces -- stalled: no copy runs beside it and nothing is counted; a holder known dead,
+or one that cannot be told from a dead one (its whole worker silent on another machine), is
+taken over and counted, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from fleet.constants import (
+    RUN_KEY,
+    RUN_LEASES_KEY,
+    RUN_OUTPUTS_KEY,
+    RUN_STARTS_KEY,
+    WORKER_INFO_KEY,
+)
+from fleet.messaging.app import app
+from fleet.store.leases import Leases
+from workers import holders
+from workers.holders import Holders
+from workers.lease_keeper import Keeper
+from workers.runtime import WorkerRuntime
+
+TTL = 60
+LEASE = 0.3
+pytestmark = pytest.mark.skipif(not holders.MACHINE, reason="needs /proc to find processes")
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def run_id(client: redis.Redis) -> Iterator[str]:
+    rid = f"stall-test-{uuid.uuid4().hex[:8]}"
+    client.hset(RUN_KEY.format(id=rid), "status", "running")
+    yield rid
+    for key in (RUN_KEY, RUN_LEASES_KEY, RUN_OUTPUTS_KEY, RUN_STARTS_KEY):
+        client.delete(key.format(id=rid))
+
+
+@pytest.fixture
+def paused() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes started here and paused (SIGSTOP): stalled holders. Killed at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def pause_one(procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(["sleep", "120"])
+    os.kill(proc.pid, signal.SIGSTOP)
+    procs.append(proc)
+    return proc
+
+
+def holder_of(pid: int, worker: str = "io1@host") -> str:
+    """The token a step's holder in process ``pid`` gives (Keeper.token's format)."""
+    return f"{worker}/{holders.process(pid)}/{uuid.uuid4().hex[:12]}"
+
+
+def starts(client: redis.Redis, run_id: str) -> int:
+    return int(client.hget(RUN_STARTS_KEY.format(id=run_id), "s@0") or 0)
+
+
+def test_no_copy_runs_beside_a_paused_holder_until_it_really_dies(
+    client: redis.Redis, run_id: str, paused: list[subprocess.Popen[bytes]]
+) -> None:
+    """Finding 8 (a): the holder is paused past its lease; copies arriving meanwhile are
+    held, uncounted, for as long as its process is there. Killed, it is taken over and
+    counted (a poison step still fails its run at max_worker_losses)."""
+    leases = Leases(client, TTL, LEASE, Holders(client, worker_ttl=10.0))
+    proc = pause_one(paused)
+    holder = holder_of(proc.pid)
+    assert leases.begin(run_id, "s", 0, holder, group=False).verdict == "run"
+    time.sleep(LEASE + 0.1)  # the holder never renews: paused
+    for _ in range(3):
+        copy = leases.begin(run_id, "s", 0, holder_of(os.getpid(), "io2@host"), group=False)
+        assert (copy.verdict, copy.takeovers, copy.stalled) == ("held", 0, holder)
+        assert copy.wait_s == pytest.approx(LEASE / 2)  # asked again then
+        time.sleep(0.1)
+    assert client.hget(RUN_LEASES_KEY.format(id=run_id), "s@0").startswith(holder + "|")
+    assert starts(client, run_id) == 0
+    proc.kill()
+    proc.wait()  # reaped: gone (a zombie would count as dead too)
+    taken = leases.begin(run_id, "s", 0, holder_of(os.getpid(), "io2@host"), group=False)
+    assert (taken.verdict, taken.takeovers) == ("run", 1)
+
+
+def test_two_holders_paused_at_once_do_not_fail_the_run(
+    client: redis.Redis, run_id: str, paused: list[subprocess.Popen[bytes]]
+) -> None:
+    """Finding 8 (b): 'worker died 2 times' with no worker dead. The first holder dies for
+    real (counted: 1); its successor is paused, and so is every copy's worker after it --
+    none of them takes the lease from a live holder, so the count stays at the one death
+    and the run is not failed at max_worker_losses (2)."""
+    judge = Holders(client, worker_ttl=10.0)
+    leases = Leases(client, TTL, LEASE, judge)
+    dead = pause_one(paused)
+    leases.begin(run_id, "s", 0, holder_of(dead.pid), group=False)
+    dead.kill()
+    dead.wait()
+    time.sleep(LEASE + 0.1)
+    second = holder_of(pause_one(paused).pid, "io2@host")
+    assert leases.begin(run_id, "s", 0, second, group=False).takeovers == 1  # a real death
+    time.sleep(LEASE + 0.1)  # the second holder is paused past its lease
+    third = holder_of(pause_one(paused).pid, "io3@host")  # its worker is paused too
+    found = leases.begin(run_id, "s", 0, third, group=False)
+    assert (found.verdict, found.takeovers, found.stalled) == ("held", 0, second)
+    assert starts(client, run_id) == 1  # old code: 2, and the run failed
+    os.kill(paused[1].pid, signal.SIGCONT)  # the second holder comes back: its lease is kept
+    assert leases.renew([(run_id, "s@0", second)]) == []
+    assert client.hget(RUN_KEY.format(id=run_id), "status") == "running"
+
+
+def test_a_holder_on_another_machine_is_judged_by_its_workers_heartbeat(
+    client: redis.Redis, run_id: str
+) -> None:
+    """A holder on another host is alive while its worker beats with the holder's process
+    among its own (a prefork child paused while its main process beats); a worker that beats
+    without it lost it (dead); a worker that stopped beating cannot be told from a dead one
+    -- taken for dead, as the copy of a worker that never comes back must run."""
+    judge = Holders(client, worker_ttl=10.0)
+    leases = Leases(client, TTL, LEASE, judge)
+    worker = f"gpu-{uuid.uuid4().hex[:6]}@elsewhere"
+    holder = f"{worker}/0123-boot:4026531836/4242.99/abc"  # not this machine
+    try:
+        for beat, pids, verdict, counted in (
+            (time.time(), [4100, 4242], "held", 0),  # beats, the holder among its pids
+            (time.time(), [4100, 4243], "run", 1),  # beats without it: the holder died
+            (time.time() - 60, [4100, 4242], "run", 2),  # silent: cannot be told, counted
+        ):
+            info = {"pid": 4100, "pids": pids, "last_seen": beat}
+            client.hset(WORKER_INFO_KEY, worker, json.dumps(info))
+            client.hset(RUN_LEASES_KEY.format(id=run_id), "s@0", f"{holder}|1.000")  # lapsed
+            found = leases.begin(run_id, "s", 0, f"io1@here/x/1.1/{counted}", group=False)
+            assert (found.verdict, starts(client, run_id)) == (verdict, counted)
+        client.hdel(WORKER_INFO_KEY, worker)
+        assert judge(holder) is None  # never announced, or gone: cannot be told
+        assert judge("w1/1/x") is None  # an older worker's token says nothing of its process
+    finally:
+        client.hdel(WORKER_INFO_KEY, worker)
+
+
+def test_a_holder_token_names_its_process_and_outlives_no_reuse_of_its_pid(
+    client: redis.Redis, paused: list[subprocess.Popen[bytes]]
+) -> None:
+    judge = Holders(client, worker_ttl=10.0)
+    token = Keeper().token("io1@host/x|y")
+    worker, machine, proc, _ = token.split("/")
+    assert (worker, machine, proc.partition(".")[0]) == (
+        "io1@host_x_y",
+        holders.MACHINE,
+        str(os.getpid()),
+    )
+    assert judge(token) is True  # this process: alive
+    stopped = pause_one(paused)
+    assert judge(holder_of(stopped.pid)) is True  # paused is alive
+    pid, _, start = proc.partition(".")
+    reused = f"io1@host/{holders.MACHINE}/{pid}.{int(start) + 1}/abc"
+    assert judge(reused) is False  # same pid, another process: the holder is gone
+    stopped.kill()
+    stopped.wait()
+    assert judge(holder_of(stopped.pid)) is False
+
+
+def test_a_worker_runtime_judges_the_holders_of_lapsed_leases() -> None:
+    """The worker's own leases ask the judge (without one, every lapse counted as a death)."""
+    rt = WorkerRuntime(app)
+    assert isinstance(rt.leases.judge, Holders)
+    assert rt.leases.judge.worker_ttl == rt.cfg.worker_ttl
