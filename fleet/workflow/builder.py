@@ -125,18 +125,27 @@ class WorkflowBuilder:
         self._spec = WorkflowSpec(
             name=name, description=description, inputs=list(inputs), defaults=defaults or {}
         )
+        self._revision = 0
 
     @property
     def name(self) -> str:
         return self._spec.name
 
+    @property
+    def revision(self) -> int:
+        """How many changes the workflow has had: a client that checked and compiled this
+        revision (submitting it many times) need not do it again."""
+        return self._revision
+
     def input(self, name: str) -> Ref:
         if name not in self._spec.inputs:
             self._spec.inputs.append(name)
+            self._revision += 1
         return Ref(INPUTS, name)
 
     def _add(self, node: NodeSpec) -> Step:
         self._spec.nodes.append(node)
+        self._revision += 1
         return Step(node)
 
     @staticmethod
@@ -235,6 +244,7 @@ class WorkflowBuilder:
 
     def output(self, name: str, source: Ref | Alternatives) -> None:
         self._spec.outputs[name] = _source(source)
+        self._revision += 1
 
     def spec(self) -> WorkflowSpec:
         """A copy of the model built so far (validate it with fleet.workflow.validate)."""
