@@ -17,9 +17,10 @@ calling thread or greenlet set with :func:`deadline`), and one past it raises
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -80,8 +81,36 @@ class _Stream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+Guard = Callable[[str, int], "str | None"]  # (address, port) -> what it is, if refused
+_guards: list[Guard] = []
+
+
+class Refused(PermissionError):
+    """Every address a host resolved to is one a tool may not reach (a fleet service)."""
+
+
+def guard(check: Guard) -> None:
+    """Judge every address before a connection is made to it: ``check`` names what may not
+    be reached there (e.g. the broker), or returns None."""
+    if check not in _guards:
+        _guards.append(check)
+
+
+def _addresses(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to, in the resolver's order, once per connection."""
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise httpcore.ConnectError(f"{host}: {exc}") from exc
+    return list(dict.fromkeys(str(info[4][0]) for info in found))
+
+
 class _Backend(httpcore.NetworkBackend):
-    """httpcore's blocking backend (cooperative under gevent), with the deadline kept."""
+    """httpcore's blocking backend (cooperative under gevent), with the deadline kept and
+    the address judged: the host is resolved once, here, each address is judged by the
+    guards, and the connection is made to the address judged -- never to a second answer
+    of the resolver (a name that resolved to a public address when the URL was checked
+    and to the broker when it connects: DNS rebinding)."""
 
     def __init__(self) -> None:
         self._inner = httpcore.SyncBackend()
@@ -94,8 +123,25 @@ class _Backend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_tcp(host, port, _left(timeout), local_address, socket_options)
-        return _Stream(stream)
+        refused, failed = [], None
+        for address in _addresses(host, port):
+            why = next((w for check in _guards if (w := check(address, port))), None)
+            if why:
+                refused.append(f"{address} ({why})")
+                continue
+            try:  # TLS still checks, and names, the host (SNI is the URL's host)
+                stream = self._inner.connect_tcp(
+                    address, port, _left(timeout), local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failed = exc  # the next address, as socket.create_connection does
+                continue
+            return _Stream(stream)
+        if failed is not None:
+            raise failed
+        if refused:
+            raise Refused(f"{host}:{port} resolves to {', '.join(refused)}: tools may not call it")
+        raise httpcore.ConnectError(f"{host}: no address")
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None

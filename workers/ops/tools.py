@@ -4,6 +4,7 @@ cap; retries). Read-only SQL is in :mod:`workers.ops.db`."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import time
@@ -90,11 +91,31 @@ class Rule:
         )
 
 
-def _addresses(host: str, port: int) -> set[str]:
+def _canonical(address: str) -> str:
+    """One spelling per place an address reaches: an IPv4-mapped IPv6 address
+    (``::ffff:127.0.0.1``, ``::ffff:7f00:1``) is its IPv4 address, and every loopback or
+    unspecified address (127.0.0.0/8, ``::1``, ``0.0.0.0``, ``::``; ``localhost``) is this
+    host's own."""
+    if address.lower() in LOOPBACK:
+        return "this host"
     try:
-        return {str(info[4][0]) for info in socket.getaddrinfo(host, port)}
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+            address.strip("[]").split("%")[0]
+        )
+    except ValueError:
+        return address.lower()  # a name
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return "this host" if ip.is_loopback or ip.is_unspecified else str(ip)
+
+
+def _addresses(host: str, port: int) -> set[str]:
+    """``host`` as written and every address it resolves to, each :func:`_canonical`."""
+    try:
+        found = {str(info[4][0]) for info in socket.getaddrinfo(host, port)}
     except OSError:
-        return set()
+        found = set()
+    return {_canonical(a) for a in found | {host}}
 
 
 SERVICE_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "pyamqp": 5672, "amqps": 5671}
@@ -114,6 +135,23 @@ def _fleet_services() -> list[tuple[str, int, str]]:
     return found
 
 
+def _service_at(host: str, port: int) -> str | None:
+    """Which of the fleet's own services ``host:port`` reaches (by any address it resolves
+    to, in any spelling), if any. Judged for the URL, and again for the very address each
+    connection is made to (:func:`httpclient.guard`): a name's second answer is not trusted."""
+    mine: set[str] | None = None
+    for service, service_port, name in _fleet_services():
+        if port != service_port:
+            continue
+        mine = _addresses(host, port) if mine is None else mine
+        if mine & _addresses(service, service_port):
+            return name
+    return None
+
+
+httpclient.guard(_service_at)
+
+
 def check_url(url: str, method: str = "GET") -> Target:
     """Refuse what a workflow must not reach: other schemes, hosts, ports or paths than the
     allowlist names, non-HTTP methods, and the fleet's own services whatever the list says."""
@@ -121,12 +159,8 @@ def check_url(url: str, method: str = "GET") -> Target:
     if verb not in METHODS:
         raise PermissionError(f"method {method!r} is not an HTTP method ({', '.join(METHODS)})")
     target = Target.of(url)
-    for host, port, name in _fleet_services():
-        same_host = target.host == host or (target.host in LOOPBACK and host in LOOPBACK)
-        if target.port == port and (
-            same_host or _addresses(target.host, port) & _addresses(host, port)
-        ):
-            raise PermissionError(f"url {url!r} points at {name}: tools may not call it")
+    if name := _service_at(target.host, target.port):
+        raise PermissionError(f"url {url!r} points at {name}: tools may not call it")
     allow = settings().http_allow
     if not any(Rule.parse(entry).allows(target) for entry in allow):
         raise PermissionError(
