@@ -223,8 +223,8 @@ def evaluate(
     concurrency: int,
 ) -> None:
     """Measure the voice agent's answers: speech-to-text word error rate, tool decisions,
-    order-id extraction, retrieval hit@k, answer correctness (each check), tool rounds and
-    latency, per kind of question and per voice.
+    order-id extraction, retrieval hit@k, answer correctness (each check), the three outcomes
+    (right, asked back, wrong), tool rounds and latency, per kind of question and per voice.
 
     Each question is spoken with espeak-ng (its voice and speed), sent to a local fleet with
     real models, and scored against its ground truth. A question file is checked first:
@@ -261,7 +261,7 @@ def evaluate(
             )
         except FleetError as exc:  # WorkflowValidationError among them
             fail(str(exc))
-    result = {**summary(verdicts), **extra}
+    result = {"set": question_set, **summary(verdicts), **extra}  # each rate is per set
     if as_json:
         console.print_json(dumps({**result, "verdicts": [v.to_dict() for v in verdicts]}))
         return

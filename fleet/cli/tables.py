@@ -291,7 +291,7 @@ def eval_tables(verdicts: list[Verdict], result: dict[str, Any]) -> list[Table]:
             _mark(v.order_ok),
             _mark(v.retrieval_hit),
             escape(v.error or v.answer),
-            _mark(v.answer_ok) + ("" if v.answer_ok else " " + ", ".join(v.failed)),
+            _outcome(v),
             f"{v.seconds:.1f}",
         )
     stages = Table(title="per stage", title_justify="left", box=box.SIMPLE_HEAD)
@@ -306,9 +306,20 @@ def eval_tables(verdicts: list[Verdict], result: dict[str, Any]) -> list[Table]:
     return [rows, stages]
 
 
+def _outcome(v: Verdict) -> str:
+    """ok (right); asked (asked back: how); x and the failed checks (wrong)."""
+    if v.answer_ok:
+        return "ok"
+    if v.outcome == "asked_back":
+        return f"[yellow]asked[/] {v.asked}"
+    return "[red]x[/] " + ", ".join(v.failed)
+
+
 def _flat(value: Any) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {v}" for k, v in value.items())
+    if isinstance(value, dict):  # a dict within: "outcomes (right 0.9, ...)"
+        return ", ".join(
+            f"{k} ({_flat(v)})" if isinstance(v, dict) else f"{k} {v}" for k, v in value.items()
+        )
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     return str(value)

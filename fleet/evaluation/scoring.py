@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Any
 
+from fleet.evaluation.outcomes import OUTCOMES, asks_back, asks_order_number, outcome
 from fleet.evaluation.questions import Question
 from fleet.paths import EXAMPLES
 
@@ -128,6 +129,9 @@ class Verdict:
     tool_rounds: int = 0
     seconds: float = 0.0
     error: str | None = None
+    outcome: str = "wrong"  # right, asked_back or wrong (fleet.evaluation.outcomes)
+    asked: str | None = None  # how the answer asks back: repeat, order_number, hand_over
+    stt: dict[str, Any] = field(default_factory=dict)  # the transcript's confidence figures
 
     @property
     def failed(self) -> list[str]:
@@ -139,7 +143,16 @@ class Verdict:
 
 
 # The checks the answer must pass to be right; the others measure a stage on its own.
-ANSWER_CHECKS = ("status", "no_other_status", "expected", "quotes_relevant", "no_invented_lookup")
+ANSWER_CHECKS = (
+    "status",
+    "no_other_status",
+    "expected",
+    "quotes_relevant",
+    "no_invented_lookup",
+    "no_needless_question",
+)
+# what speech.stt says of its transcript, kept in each verdict (docs/quality.md, round 5)
+STT_FIGURES = ("avg_logprob", "no_speech_prob", "compression_ratio", "trusted", "model")
 
 
 def score(
@@ -186,8 +199,19 @@ def score(
         "quotes_relevant": all(doc == q.source for doc in v.quoted),
         # a lookup for a question that names no order is an invented one
         "no_invented_lookup": q.tool or not v.tool_used,
+        # an order number is asked for only on a question about an order
+        "no_needless_question": q.tool or not asks_order_number(answer),
     }
-    v.answer_ok = all(v.checks[c] is not False for c in ANSWER_CHECKS)
+    transcribed = steps.get("transcribe") or {}
+    v.stt = {k: transcribed[k] for k in STT_FIGURES if k in transcribed}
+    return judge(v, q)
+
+
+def judge(v: Verdict, q: Question) -> Verdict:
+    """Set the verdict's ``answer_ok``, ``outcome`` and ``asked`` from its checks."""
+    v.answer_ok = v.error is None and all(v.checks.get(c) is not False for c in ANSWER_CHECKS)
+    v.asked = asks_back(v.answer) if v.error is None else None
+    v.outcome = outcome(v, q)
     return v
 
 
@@ -215,10 +239,18 @@ def summary(verdicts: list[Verdict]) -> dict[str, Any]:
             kind: rate([v.answer_ok for v in verdicts if v.kind == kind])
             for kind in ("order", "kb", "both")
         },
+        # right / asked back / wrong: rates over all questions, per kind, per voice
+        "outcomes": outcome_rates(verdicts),
+        "outcome_counts": {o: sum(v.outcome == o for v in verdicts) for o in OUTCOMES},
+        "outcomes_by_kind": {
+            kind: outcome_rates([v for v in verdicts if v.kind == kind])
+            for kind in ("order", "kb", "both")
+        },
         "by_voice": {
             voice: {
                 "answer_accuracy": rate([v.answer_ok for v in verdicts if v.voice == voice]),
                 "wer": round(statistics.mean(v.wer for v in verdicts if v.voice == voice), 3),
+                "outcomes": outcome_rates([v for v in verdicts if v.voice == voice]),
             }
             for voice in sorted({v.voice for v in verdicts})
         },
@@ -226,13 +258,23 @@ def summary(verdicts: list[Verdict]) -> dict[str, Any]:
             name: rate([bool(v.checks[name]) for v in done if v.checks.get(name) is not None])
             for name in names
         },
-        "wrong": {v.id: v.failed for v in verdicts if not v.answer_ok},
+        # the wrong answers with the checks they failed; the asked-back ones, and how
+        "wrong": {v.id: v.failed for v in verdicts if v.outcome == "wrong"},
+        "asked_back": {v.id: v.asked for v in verdicts if v.outcome == "asked_back"},
+        # the speech-to-text model each run used (speech.stt's, as the worker host configured)
+        "stt_models": sorted({str(v.stt["model"]) for v in verdicts if v.stt.get("model")}),
         "tool_rounds_per_order_question": (
             round(statistics.mean(v.tool_rounds for v in orders), 2) if orders else None
         ),
         "latency_p50_s": _pct([v.seconds for v in done], 50),
         "latency_p95_s": _pct([v.seconds for v in done], 95),
     }
+
+
+def outcome_rates(verdicts: list[Verdict]) -> dict[str, float | None]:
+    """The share of each outcome (right, asked_back, wrong) among ``verdicts``."""
+    n = len(verdicts)
+    return {o: round(sum(v.outcome == o for v in verdicts) / n, 3) if n else None for o in OUTCOMES}
 
 
 def _pct(values: list[float], p: int) -> float | None:

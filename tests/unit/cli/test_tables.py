@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Console
 
 from fleet.cli.tables import trace_table
@@ -86,11 +88,14 @@ def test_eval_tables_show_failed_checks_and_one_summary_row_per_voice_and_check(
     right.checks = {"status": True, "quotes_relevant": True}
     wrong = Verdict("k1", "kb", "f", heard="returns", wer=0.5, answer="Once shipped, return it.")
     wrong.checks = {"status": None, "quotes_relevant": False}
+    asked = Verdict("o2", "order", "a", answer="Could you say your question again?")
+    asked.outcome, asked.asked = "asked_back", "repeat"
     console = Console(width=160, record=True)
-    for table in eval_tables([right, wrong], summary([right, wrong])):
+    for table in eval_tables([right, wrong, asked], summary([right, wrong, asked])):
         console.print(table)
     out = console.export_text()
     assert "x quotes_relevant" in out and "by_voice f" in out and "by_voice a" in out
+    assert "asked repeat" in out and re.search(r"outcomes asked_back +0\.333", out)
     assert "checks quotes_relevant" in out and "wrong k1" in out and "{" not in out
 
 

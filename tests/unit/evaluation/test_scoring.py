@@ -143,3 +143,60 @@ def test_answer_fingerprints_ignore_blob_ids_and_count_disagreements() -> None:
     assert answer_agreement([one, one])["voice"]["agree"]
     split = answer_agreement([one, two])["voice"]
     assert split["distinct"] == 2 and split["by_answer"][c] == ["cost-sla"]
+
+
+ASK_NUMBER = "I did not catch your order number. Could you tell me the number again?"
+REPEAT = "Sorry, I did not catch that. Could you say your question again?"
+HAND_OVER = (
+    "I could not find an answer to that in our help pages. A colleague will get back to you."
+)
+
+
+def test_three_outcomes_right_asked_back_and_wrong() -> None:
+    """Right; asked back (acceptable, not right); wrong: a false fact, a wrong status, an
+    irrelevant quote, an unnecessary question."""
+    right = score(ORDER, {"answer": "Your order 1042 (blender) is shipped."}, LOOKED_UP, 1.0)
+    assert (right.outcome, right.asked) == ("right", None)
+    # asking back on an order question: not right, acceptable
+    for answer, how in ((REPEAT, "repeat"), (ASK_NUMBER, "order_number")):
+        v = score(ORDER, {"answer": answer}, {}, 1.0)
+        assert not v.answer_ok and (v.outcome, v.asked) == ("asked_back", how), v
+    v = score(KB, {"answer": HAND_OVER, "sources": ["returns#0"]}, {}, 1.0)
+    assert (v.outcome, v.asked) == ("asked_back", "hand_over")
+    # the issue's case: an order number asked for on a warranty question is wrong
+    needless = score(KB, {"answer": f"{ASK_NUMBER} {RETURNS}", "sources": ["returns#0"]}, {}, 1.0)
+    assert needless.failed == ["no_needless_question"] and needless.outcome == "wrong"
+    # asking back does not excuse what is false or irrelevant
+    for answer in (f"{REPEAT} {CANCEL}", f"Your order 1042 (blender) is processing. {REPEAT}"):
+        assert score(ORDER, {"answer": answer}, LOOKED_UP, 1.0).outcome == "wrong", answer
+    other = {"tools#1/order_id": {"value": 1045}, "tools#1/lookup": {"status": 200}}
+    v = score(ORDER, {"answer": f"Your order 1045 (kettle) is shipped. {REPEAT}"}, other, 1.0)
+    assert v.outcome == "wrong"  # the facts of an order the customer did not name
+    # neither right nor asking back: wrong
+    assert score(KB, {"answer": "Thanks!"}, {}, 1.0).outcome == "wrong"
+
+
+def test_the_summary_reports_each_outcome_per_set_kind_and_voice() -> None:
+    verdicts = [
+        score(ORDER, {"answer": "Your order 1042 (blender) is shipped."}, LOOKED_UP, 1.0),
+        score(ORDER, {"answer": REPEAT}, {}, 1.0),
+        score(KB, {"answer": f"{ASK_NUMBER} {RETURNS}", "sources": ["returns#0"]}, {}, 1.0),
+        score(KB, {"answer": RETURNS, "sources": ["returns#0"]}, {"transcribe": {"x": 1}}, 1.0),
+    ]
+    figures = summary(verdicts)
+    assert figures["outcomes"] == {"right": 0.5, "asked_back": 0.25, "wrong": 0.25}
+    assert figures["outcome_counts"] == {"right": 2, "asked_back": 1, "wrong": 1}
+    assert figures["outcomes_by_kind"]["order"] == {"right": 0.5, "asked_back": 0.5, "wrong": 0.0}
+    assert figures["outcomes_by_kind"]["kb"] == {"right": 0.5, "asked_back": 0.0, "wrong": 0.5}
+    assert figures["outcomes_by_kind"]["both"] == dict.fromkeys(("right", "asked_back", "wrong"))
+    assert figures["by_voice"]["en-us"]["outcomes"] == figures["outcomes"]
+    assert figures["wrong"] == {"k": ["no_needless_question"]}
+    assert figures["asked_back"] == {"o": "repeat"}
+
+
+def test_a_verdict_keeps_what_speech_to_text_said_of_its_transcript() -> None:
+    stt = {"avg_logprob": -0.9, "no_speech_prob": 0.1, "compression_ratio": 0.8}
+    steps = {"transcribe": {**stt, "trusted": False, "model": "/m", "text": "x"}}
+    v = score(ORDER, {"answer": REPEAT}, steps, 1.0)
+    assert v.stt == {**stt, "trusted": False, "model": "/m"} and v.outcome == "asked_back"
+    assert summary([v])["stt_models"] == ["/m"]
