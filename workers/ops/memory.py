@@ -14,7 +14,7 @@ import io
 import json
 import re
 import tarfile
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +105,19 @@ def search(
     k: int = 3,
     min_score: float | None = None,
     version: str | None = None,
+    text: str | None = None,
+    rrf_k: int = 60,
 ) -> dict[str, Any]:
     """Top-k documents by cosine similarity to ``vector`` (a list of one vector is accepted),
     in index ``version`` (default: the latest). ``context`` joins their texts; ``texts``
-    lists them, one per hit."""
+    lists them, one per hit.
+
+    Hybrid with ``text`` (the query's words): the documents are also ranked by BM25 on
+    ``text`` (``bm25s``, English stop words), and the two rankings are fused by reciprocal
+    rank (each document scores the sum of 1 / (``rrf_k`` + its rank) in each ranking it is
+    in; a document BM25 finds no query word in is not in BM25's): a document that names what
+    the customer said ("lost", "parcel") is found where the embedding alone ranks it low.
+    ``min_score`` applies to the cosine similarity (``dense_score`` of each hit)."""
     import numpy as np
 
     if isinstance(vector, list) and vector and isinstance(vector[0], list):
@@ -117,11 +126,23 @@ def search(
     query = np.asarray([vector], dtype="float32")
     if query.shape[1] != index.d:
         raise ValueError(f"query has dimension {query.shape[1]}, index '{name}' has {index.d}")
-    scores, ids = index.search(query, max(1, min(int(k), len(docs))))
+    if not 1 <= rrf_k <= 1000:
+        raise ValueError(f"rrf_k must be within 1..1000, got {rrf_k}")
+    k = max(1, min(int(k), len(docs)))
+    dense: dict[int, float] = {}
+    scores, ids = index.search(query, len(docs) if text else k)
+    for s, i in zip(scores[0], ids[0], strict=True):
+        if i >= 0:
+            dense[int(i)] = float(s)
+    if text and text.strip():
+        score_of = fuse([list(dense), bm25_ranking([d["text"] for d in docs], text)], rrf_k)
+        order = list(score_of)[:k]
+    else:
+        order, score_of = list(dense)[:k], dense
     hits = [
-        {**docs[i], "score": round(float(s), 4)}
-        for s, i in zip(scores[0], ids[0], strict=True)
-        if i >= 0 and (min_score is None or s >= min_score)
+        {**docs[i], "score": round(score_of[i], 4), "dense_score": round(dense.get(i, 0.0), 4)}
+        for i in order
+        if min_score is None or dense.get(i, -1.0) >= min_score
     ]
     return {
         "hits": hits,
@@ -129,6 +150,38 @@ def search(
         "ids": [h["id"] for h in hits],
         "texts": [h["text"] for h in hits],
     }
+
+
+def fuse(rankings: list[list[int]], rrf_k: int = 60) -> dict[int, float]:
+    """Reciprocal rank fusion: each item scores the sum of 1 / (``rrf_k`` + its 1-based rank)
+    over the rankings it is in; best first (ties: the earlier ranking's order)."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank_, i in enumerate(ranking, 1):
+            fused[i] = fused.get(i, 0.0) + 1.0 / (rrf_k + rank_)
+    return dict(sorted(fused.items(), key=lambda item: -item[1]))
+
+
+def bm25_ranking(texts: list[str], query: str) -> list[int]:
+    """The indices of ``texts`` that share a word with ``query``, best BM25 score first
+    (``bm25s``; English stop words)."""
+    import bm25s
+
+    retriever = _bm25(tuple(texts))
+    words = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)
+    ids, scores = retriever.retrieve(words, k=len(texts), show_progress=False)
+    return [int(i) for i, s in zip(ids[0], scores[0], strict=True) if s > 0]
+
+
+@lru_cache(maxsize=32)
+def _bm25(texts: tuple[str, ...]) -> Any:
+    """A BM25 index of ``texts`` (an index version's documents never change: kept)."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    words = bm25s.tokenize(list(texts), stopwords="en", show_progress=False)
+    retriever.index(words, show_progress=False)
+    return retriever
 
 
 @op("memory.rank", kind="memory", classes=("cpu", "io"), outputs=("items", "scores", "text"))
@@ -141,6 +194,8 @@ def rank(
     away_weight: float = 1.0,
     min_score: float | None = None,
     groups: list[Any] | None = None,
+    text: str | None = None,
+    rrf_k: int = 60,
 ) -> dict[str, Any]:
     """The ``k`` items whose vectors are most similar (cosine) to ``vector``, best first --
     e.g. the sentences of the retrieved documents that answer a question, to quote them.
@@ -152,7 +207,9 @@ def rank(
     question asks beyond that, and a sentence close to every order question ("have your
     order number ready") no longer wins; ``min_score`` drops items below it (none may
     remain); ``groups`` (one label per item, e.g. the passage it came from) keeps only items
-    of the best item's group."""
+    of the best item's group. Hybrid with ``text`` (the query's words): the cosine ranking
+    is fused with the items' BM25 ranking by reciprocal rank, as in ``memory.search``
+    (``min_score`` still applies to the cosine score)."""
     import numpy as np
 
     matrix, query = _vectors(vectors, items), _query(vector)
@@ -167,7 +224,10 @@ def rank(
         query = query / (np.linalg.norm(query) or 1.0)
         query = query - away_weight * float(query @ unit) * unit
     scores = _cosine(matrix, query)
-    best = [int(i) for i in np.argsort(-scores)[:k]]
+    order = [int(i) for i in np.argsort(-scores, kind="stable")]
+    if text and text.strip():
+        order = list(fuse([order, bm25_ranking([str(x) for x in items], text)], rrf_k))
+    best = order[:k]
     if min_score is not None:
         best = [i for i in best if scores[i] >= min_score]
     if groups is not None:

@@ -83,3 +83,42 @@ def test_an_index_is_read_on_another_host_and_by_version(
     cached = tmp_path / "host-b" / "index" / "t-hosts"
     assert sorted(p.name for p in cached.iterdir() if p.is_dir()) == sorted([first, second])
     assert (cached / "LATEST").read_text() == second  # a version fetched by name stays put
+
+
+def test_hybrid_search_fuses_bm25_with_the_embedding() -> None:
+    """With ``text``, a document that names the customer's words is found though the
+    embedding ranks it last; without, the dense ranking is as before."""
+    from workers.ops.memory import bm25_ranking, fuse
+
+    docs = [
+        {"id": "faq#0", "text": "After it ships, the carrier can redirect the parcel."},
+        {"id": "returns#0", "text": "You can return any item within 30 days."},
+        {"id": "shipping#0", "text": "If it is lost, we trace the parcel and send a replacement."},
+    ]
+    vecs = _unit(3, seed=3)
+    index_documents("t-hybrid", docs, vecs)
+    query = vecs[1]  # the embedding alone: returns first
+    dense = search("t-hybrid", query, k=3)["ids"]
+    assert dense[0] == "returns#0" and search("t-hybrid", query, k=3, text="  ")["ids"] == dense
+    assert bm25_ranking([d["text"] for d in docs], "What if my parcel is lost?") == [2, 0]
+    hybrid = search("t-hybrid", query, k=3, text="What if my parcel is lost?")
+    ranks = {i: dense.index(d["id"]) + 1 for i, d in enumerate(docs)}
+    expected = fuse([sorted(ranks, key=ranks.__getitem__), [2, 0]])
+    assert hybrid["ids"] == [docs[i]["id"] for i in expected]
+    assert hybrid["ids"][0] == "shipping#0"  # BM25 first, dense not last: 1/61 + 1/63 wins
+    assert hybrid["hits"][0]["score"] == pytest.approx(round(expected[2], 4))
+    assert {"dense_score", "score"} <= set(hybrid["hits"][0])
+    # min_score is on the cosine similarity; a word no document has changes nothing
+    assert search("t-hybrid", query, k=3, text="zzz")["ids"] == dense
+    assert search("t-hybrid", query, k=3, text="parcel", min_score=0.99)["ids"] == ["returns#0"]
+    with pytest.raises(ValueError, match="rrf_k must be within"):
+        search("t-hybrid", query, text="lost", rrf_k=0)
+
+
+def test_reciprocal_rank_fusion() -> None:
+    from workers.ops.memory import fuse
+
+    fused = fuse([[0, 1, 2], [2, 1]], rrf_k=60)
+    assert list(fused) == [2, 1, 0]  # in both rankings beats first in one only
+    assert fused[2] == pytest.approx(1 / 63 + 1 / 61) and fused[0] == pytest.approx(1 / 61)
+    assert list(fuse([[3, 4], []])) == [3, 4]
