@@ -82,6 +82,8 @@ AUTOSCALE_KEY = "fleet:autoscale"
 SWEEP_LOCK_KEY = "fleet:sweeper"  # one worker at a time restores stranded messages
 # sorted set: engine runs under way (id -> start time), watched by the orphan check
 ACTIVE_RUNS_KEY = "fleet:runs:active"
+# hash: canvas run -> JSON {since, finish: its canvas_finish task id}, watched by the orphan check
+CANVAS_RUNS_KEY = "fleet:runs:canvas"
 ORPHAN_SUSPECTS_KEY = "fleet:orphans:suspects"  # hash: "run|path" -> first seen nowhere
 ORPHANS_SENT_KEY = "fleet:orphans:sent"  # hash: "run|path" -> when it was sent again
 # set: workers that consume a direct queue of their own (Celery's worker_direct: prefix

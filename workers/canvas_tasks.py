@@ -42,6 +42,7 @@ from fleet.workflow.chaining import chained_inputs
 from fleet.workflow.model import WorkflowSpec
 from fleet.workflow.split import expand_splits
 from fleet.workflow.validate import check_size, validate
+from workers.canvas_orphans import watch
 from workers.recovery import StepRequest, begin
 from workers.runtime import runtime
 from workers.tasks import execute
@@ -89,6 +90,8 @@ def canvas_start(
         engine.register(compile_workflow(spec, engine.cfg, registry))
         meta = {k: run.get(k) for k in RUN_OPTIONS}
         engine.store.create(run["id"], spec.name, meta, inputs=inputs)
+        # watched by the orphan check: a lost message fails the run and the canvas's result
+        watch(engine.store.redis, run["id"], self.request.chain)
     return {"run": run["id"]}
 
 

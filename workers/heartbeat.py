@@ -19,6 +19,8 @@ import redis
 from celery import bootsteps
 
 from fleet.constants import (
+    CANVAS_FINISH_TASK,
+    CANVAS_START_TASK,
     CELERY_RUN_HEADER,
     CELERY_STEP_HEADER,
     TASK_PREFIX,
@@ -222,6 +224,9 @@ def _steps(requests: list[Any]) -> list[tuple[str, str]]:
             kwargs = request.kwargs or {}
             if "call" in kwargs and "run" in kwargs:
                 found.append((str(kwargs["run"]["id"]), str(kwargs["call"]["path"])))
+                continue
+            if "run" in kwargs and request.name in (CANVAS_START_TASK, CANVAS_FINISH_TASK):
+                found.append((str(kwargs["run"]["id"]), ""))  # a canvas's run, no step
                 continue
             headers = request.request_dict
             if headers.get(CELERY_STEP_HEADER) and headers.get(CELERY_RUN_HEADER):

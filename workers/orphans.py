@@ -33,10 +33,13 @@ from celery import Celery
 from fleet.constants import (
     ACTIVE_RUNS_KEY,
     AMQP_SCHEMES,
+    CANVAS_FINISH_TASK,
+    CANVAS_START_TASK,
     CELERY_DONE_TASK,
     CELERY_FAILED_TASK,
     CELERY_RUN_HEADER,
     CELERY_STEP_HEADER,
+    NODE_TASK,
     ORPHAN_SUSPECTS_KEY,
     ORPHANS_SENT_KEY,
     STEP_TASK,
@@ -46,6 +49,7 @@ from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import decide
 from fleet.errors import FleetError
 from fleet.routing.affinity import DIRECT_QUEUE
+from workers import canvas_orphans
 from workers.direct import drain_gone
 from workers.runtime import runtime
 
@@ -53,7 +57,9 @@ log = logging.getLogger("fleet.orphans")
 Step = tuple[str, str]  # (run id, node path)
 # the fleet's messages whose kwargs carry a step (call, run): the step itself, and the end of
 # a `celery:` step on its way to be recorded (its task is done, its outputs not yet written)
-CARRY_STEPS = (STEP_TASK, CELERY_DONE_TASK, CELERY_FAILED_TASK)
+CARRY_STEPS = (STEP_TASK, CELERY_DONE_TASK, CELERY_FAILED_TASK, NODE_TASK)
+# a canvas's own tasks that carry its run but no step (workers.canvas_orphans): (run, "")
+CARRY_RUNS = (CANVAS_START_TASK, CANVAS_FINISH_TASK)
 
 
 def step_of(message: Any) -> Step | None:
@@ -63,12 +69,14 @@ def step_of(message: Any) -> Step | None:
         headers = message["headers"]
         if headers.get(CELERY_STEP_HEADER) and headers.get(CELERY_RUN_HEADER):
             return str(headers[CELERY_RUN_HEADER]), str(headers[CELERY_STEP_HEADER])
-        if headers["task"] not in CARRY_STEPS:
+        if headers["task"] not in CARRY_STEPS + CARRY_RUNS:
             return None
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
         _, kwargs, _ = json.loads(body)
+        if headers["task"] in CARRY_RUNS:
+            return str(kwargs["run"]["id"]), ""
         return str(kwargs["run"]["id"]), str(kwargs["call"]["path"])
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         return None
@@ -121,7 +129,8 @@ def check(app: Celery, client: redis.Redis, worker_ttl: float, grace_s: float) -
         return moved
     older = max(grace_s, app.fleet_config.orphan_after_s)
     runs = [str(r) for r in client.zrangebyscore(ACTIVE_RUNS_KEY, "-inf", now - older)]
-    if not runs:
+    canvases = canvas_orphans.watched(client, now - older)
+    if not runs and not canvases:
         return moved
     queues = [q for spec in cfg.classes.values() for q in spec.queues]
     queues += [DIRECT_QUEUE.format(worker=host) for host in live]
@@ -133,7 +142,8 @@ def check(app: Celery, client: redis.Redis, worker_ttl: float, grace_s: float) -
     sent = moved
     for run_id in runs:
         sent += _check_run(engine, client, run_id, seen, now, grace_s)
-    return sent
+    seen_runs = {run_id for run_id, _ in seen}
+    return sent + canvas_orphans.check(app, engine, client, canvases, seen_runs, now, grace_s)
 
 
 def _check_run(
