@@ -24,7 +24,12 @@ from typing import Any
 import redis
 from celery import Celery
 
-from fleet.constants import CANVAS_FINISH_TASK, CANVAS_RUNS_KEY, ORPHAN_SUSPECTS_KEY
+from fleet.constants import (
+    AMQP_SCHEMES,
+    CANVAS_FINISH_TASK,
+    CANVAS_RUNS_KEY,
+    ORPHAN_SUSPECTS_KEY,
+)
 from fleet.engine.dispatch import Dispatcher
 from fleet.errors import WorkflowFailed
 
@@ -47,8 +52,11 @@ def finish_id(chain: Any, run_id: str) -> str:
     return next((found for v in chain.values() if (found := finish_id(v, run_id))), "")
 
 
-def watch(client: redis.Redis, run_id: str, chain: Any) -> None:
-    """Record a canvas run for the orphan check (``fleet.canvas_start``, once per run)."""
+def watch(client: redis.Redis, broker_url: str, run_id: str, chain: Any) -> None:
+    """Record a canvas run for the orphan check (``fleet.canvas_start``, once per run): on a
+    Redis broker only, the one the check looks into (and which removes the entry again)."""
+    if broker_url.startswith(AMQP_SCHEMES):
+        return
     entry = {"since": time.time(), "finish": finish_id(chain, run_id)}
     client.hset(CANVAS_RUNS_KEY, run_id, json.dumps(entry))
 

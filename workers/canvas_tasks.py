@@ -91,7 +91,7 @@ def canvas_start(
         meta = {k: run.get(k) for k in RUN_OPTIONS}
         engine.store.create(run["id"], spec.name, meta, inputs=inputs)
         # watched by the orphan check: a lost message fails the run and the canvas's result
-        watch(engine.store.redis, run["id"], self.request.chain)
+        watch(engine.store.redis, engine.cfg.broker_url, run["id"], self.request.chain)
     return {"run": run["id"]}
 
 
