@@ -10,8 +10,11 @@ takes it over -- which is how a worker's death is told from a duplicate.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
+
+from celery.exceptions import Ignore, Retry
 
 from fleet.store.leases import Leases
 from workers import holders
@@ -50,10 +53,21 @@ class Keeper:
         """The step ended. One that went unrenewed for longer than its lease (this process
         stalled: it was paused, or a thread held the GIL) asks once whether another copy
         took its lease over meanwhile, so that the takeover is not counted as its death
-        (:meth:`Leases.renew`); any other release costs nothing."""
+        (:meth:`Leases.renew`). One that ends by an error (called while it propagates)
+        marks its lease ``lost``: this process lives on, so a later copy would find its
+        holder alive (:mod:`workers.holders`) and wait on a step nobody runs; it takes it at
+        once, uncounted, instead. Any other release costs nothing."""
         with self._lock:
             found = self._held.pop((run_id, field), None)
-        if found is None or time.monotonic() - found[2] <= found[1].lease_s:
+        if found is None:
+            return
+        error = sys.exc_info()[1]
+        if error is not None and not isinstance(error, Retry | Ignore):  # (those mark it)
+            try:
+                found[1].mark(run_id, field, "lost", found[0])  # if it is still its own
+            except Exception as exc:  # Redis away: a copy waits until this process ends
+                log.warning("run %s: step %s: could not let its lease go: %s", run_id, field, exc)
+        if time.monotonic() - found[2] <= found[1].lease_s:
             return
         try:
             found[1].renew([(run_id, field, found[0])])

@@ -116,10 +116,12 @@ end
 return lost
 """
 
-# KEYS: leases. ARGV: field, mark ('done' or 'lost'), ttl. 'lost' leaves a 'done' alone.
+# KEYS: leases. ARGV: field, mark ('done' or 'lost'), ttl, holder token ('' for any). 'lost'
+# leaves a 'done' alone; given a token, only that holder's lease is marked.
 _MARK = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if ARGV[2] == 'lost' and (not cur or cur == 'done') then return 0 end
+if ARGV[4] ~= '' and string.sub(cur or '', 1, #ARGV[4] + 1) ~= ARGV[4] .. '|' then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
@@ -239,7 +241,10 @@ class Leases:
         lost = cast(list[int], self._renew(keys=keys, args=args))
         return [held[int(i) - 1] for i in lost]
 
-    def mark(self, run_id: str, field: str, mark: Literal["done", "lost"]) -> None:
+    def mark(self, run_id: str, field: str, mark: Literal["done", "lost"], token: str = "") -> None:
         """``done``: that attempt ended (a retry was sent); ``lost``: its holder died and the
-        death was counted already (a pool child: ``RunStore.count_loss``)."""
-        self._mark(keys=[RUN_LEASES_KEY.format(id=run_id)], args=[field, mark, self.ttl])
+        death was counted already (a pool child: ``RunStore.count_loss``), or it let go of
+        the step unfinished. Given ``token``, only while that holder holds it (not a lease
+        another copy took over)."""
+        args: list[str | int] = [field, mark, self.ttl, token]
+        self._mark(keys=[RUN_LEASES_KEY.format(id=run_id)], args=args)

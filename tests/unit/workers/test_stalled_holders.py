@@ -192,3 +192,31 @@ def test_a_worker_runtime_judges_the_holders_of_lapsed_leases() -> None:
     rt = WorkerRuntime(app)
     assert isinstance(rt.leases.judge, Holders)
     assert rt.leases.judge.worker_ttl == rt.cfg.worker_ttl
+
+
+def test_a_holder_that_ends_by_an_error_lets_the_step_go(client: redis.Redis, run_id: str) -> None:
+    """Its process lives on, so a later copy would find the holder alive and wait on a step
+    nobody runs: a step that ends by an error marks its lease lost (the copy runs at once,
+    uncounted) -- but not a lease another copy took over from it meanwhile."""
+    leases = Leases(client, TTL, LEASE, Holders(client, worker_ttl=10.0))
+    keeper = Keeper()
+    mine = keeper.token("io1@host")
+    leases.begin(run_id, "s", 0, mine, group=False)
+    keeper.hold(leases, run_id, "s@0", mine)
+    with pytest.raises(RuntimeError):
+        try:
+            raise RuntimeError("the record failed")
+        finally:
+            keeper.release(run_id, "s@0")
+    copy = leases.begin(run_id, "s", 0, holder_of(os.getpid(), "io2@host"), group=False)
+    assert (copy.verdict, copy.takeovers) == ("run", 0)  # at once, not held behind a live pid
+    theirs = holder_of(os.getpid(), "io3@host")
+    client.hset(RUN_LEASES_KEY.format(id=run_id), "t@0", f"{theirs}|9999999999.000")
+    keeper.hold(leases, run_id, "t@0", mine)  # taken over from it while it stalled
+    with pytest.raises(RuntimeError):
+        try:
+            raise RuntimeError("late")
+        finally:
+            keeper.release(run_id, "t@0")
+    assert client.hget(RUN_LEASES_KEY.format(id=run_id), "t@0").startswith(theirs + "|")
+    keeper.release(run_id, "s@0")  # a plain end: nothing marked
