@@ -10,6 +10,7 @@ and the copy is sent only after the lease has lapsed; no step of it races a time
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ import pytest
 from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig
-from fleet.constants import RUN_LEASES_KEY, RUN_STARTS_KEY, STEP_TASK
+from fleet.constants import RUN_LEASES_KEY, RUN_STARTS_KEY, STEP_TASK, WORKER_INFO_KEY
 from fleet.deploy.local import LocalFleet, free_port
 from fleet.messaging.app import create_app
 
@@ -72,6 +73,9 @@ def test_a_copy_does_not_run_beside_a_paused_holder(fleet_cfg: FleetConfig, tmp_
         lease = _wait("the lease", lambda: redis.hget(RUN_LEASES_KEY.format(id=run.id), "nap@0"))
         holder = lease.rpartition("|")[0]
         pid = int(holder.split("/")[2].partition(".")[0])  # the process that runs the op
+        # its worker announces it among its processes: from another host it is judged alive
+        beat = json.loads(redis.hget(WORKER_INFO_KEY, holder.split("/")[0]))
+        assert pid in beat["pids"]
         os.kill(pid, signal.SIGSTOP)
         try:
             time.sleep(LEASE_S + 0.5)  # unrenewed past its lease: lapsed
