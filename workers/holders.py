@@ -75,12 +75,18 @@ def process(pid: int) -> str:
     return f"{MACHINE}/{pid}.{found[1] if found else ''}"
 
 
+_me: tuple[int, str] = (0, "")  # this process, as process() names it (read once per pid)
+
+
 def token(hostname: str | None) -> str:
     """A new holder token for a step started by this process: its worker, where the process
     runs, and a unique part. ``|`` and ``/`` separate fields, so they are left out of the
     worker's name."""
+    global _me
     where = (hostname or "?").replace("|", "_").replace("/", "_")
-    return f"{where}/{process(os.getpid())}/{uuid.uuid4().hex[:12]}"
+    if _me[0] != os.getpid():  # a forked pool child is a process of its own
+        _me = (os.getpid(), process(os.getpid()))
+    return f"{where}/{_me[1]}/{uuid.uuid4().hex[:12]}"
 
 
 def local_alive(pid: int, start: str) -> bool:
