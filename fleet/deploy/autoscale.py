@@ -116,7 +116,9 @@ class Autoscaler:
         idle = now - self.idle_since.get(cls, now)
         if n > low and idle >= auto.down_idle_s:
             why = f"nothing queued, {busy} of {slots} slots busy for {idle:.0f} s"
-            if self.fleet.remove_worker(cls) is not None:
+            # one whose heartbeats say it runs nothing: never a worker in the middle of a step
+            idle_pids = {w.pid for w in state.workers.get(cls, []) if w.busy == 0}
+            if self.fleet.remove_worker(cls, idle_pids) is not None:
                 return self._changed(cls, n, n - 1, why, now)
         return None
 

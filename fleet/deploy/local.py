@@ -28,6 +28,8 @@ from fleet.routing.state import StateReader
 
 Say = Callable[[str], None]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
+# how long a worker stopped on purpose may finish its step when its class sets no time limit
+STOP_GRACE_S = 600.0
 
 
 def free_port() -> int:
@@ -251,14 +253,27 @@ class LocalFleet:
         taken = {c.index for c in self.workers_of(cls)}
         return self._spawn_worker(cls, next(i for i in range(1, len(taken) + 2) if i not in taken))
 
-    def remove_worker(self, cls: str, grace: float = 60.0) -> Child | None:
-        """Stop the class's last-numbered worker process with a warm shutdown: it finishes
-        what it runs; what it had taken but not started goes back to the queue. None when
-        the class has one worker left."""
+    def remove_worker(self, cls: str, idle: set[int] | None = None) -> Child | None:
+        """Stop one of the class's worker processes with a warm shutdown: the last-numbered
+        of those whose processes are all in ``idle`` (pids its heartbeats say run nothing),
+        or the last-numbered when ``idle`` is None. It finishes what it runs, within its
+        class's time limit -- it is killed only past that, when its step would have been
+        anyway; what it had taken but not started goes back to the queue. None when the
+        class has one worker left, or no idle one."""
         workers = self.workers_of(cls)
         if len(workers) <= 1:
             return None
+        if idle is not None:
+            lanes = {
+                w.index: [c.proc.pid for c in self.children if c.cls == cls and c.index == w.index]
+                for w in workers
+            }
+            workers = [w for w in workers if all(pid in idle for pid in lanes[w.index])]
+            if not workers:
+                return None
         child = workers[-1]
+        spec = self.cfg.classes[cls]
+        grace = (spec.time_limit or spec.soft_time_limit or STOP_GRACE_S) + 10.0
         with deferred():  # from one list to the other: never in neither
             for lane in [c for c in self.children if c.cls == cls and c.index == child.index]:
                 self.children.remove(lane)  # stopped on purpose: supervise() must not restart

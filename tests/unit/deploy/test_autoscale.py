@@ -3,6 +3,7 @@ time, never within the cooldown, never outside min/max_workers."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ class StubFleet:
     def add_worker(self, cls: str) -> None:
         self.count[cls] = self.count.get(cls, 1) + 1
 
-    def remove_worker(self, cls: str) -> object:
+    def remove_worker(self, cls: str, idle: set[int] | None = None) -> object:
         self.count[cls] -= 1
         return object()
 
@@ -140,5 +141,43 @@ def test_the_autoscaler_grows_a_class_up_to_the_hosts_ceiling(
         held = [s for s in said if "stays at" in s]  # why, once
         assert held == [f"autoscale: io stays at 2 workers: {fleet.ceiling()}"]
         assert "at most 3 worker processes" in held[0]
+    finally:
+        fleet.stop()
+
+
+def test_the_autoscaler_stops_an_idle_worker_and_lets_it_finish_its_step(
+    cfg: FleetConfig, tmp_path: Path
+) -> None:
+    """Down: the worker stopped is one whose heartbeat says it runs nothing, never the
+    last-numbered one in the middle of a step; none is stopped while every one is busy; a
+    worker stopped is killed only past its class's time limit (was: the last-numbered
+    worker, busy or not, killed after a fixed 60 s -- a 90-s step killed 77 s in)."""
+    fleet = _sleeping_fleet(cfg, tmp_path, 1, workers=3, max_workers=3)
+    classes = dict(fleet.cfg.classes)
+    classes["io"] = classes["io"].model_copy(update={"time_limit": 300.0})
+    fleet.cfg = fleet.cfg.model_copy(update={"classes": classes})
+    for cls in fleet.classes:
+        fleet._start_worker(cls)
+    try:
+        pids = [w.proc.pid for w in fleet.workers_of("io")]
+        infos = [
+            WorkerInfo(f"io-{i}@h", ("io",), 1, "threads", p, 0.0, 0) for i, p in enumerate(pids)
+        ]
+        infos[2] = WorkerInfo("io-2@h", ("io",), 1, "threads", pids[2], 0.0, 1)  # runs a step
+        idle = FleetState(workers={"io": infos}, depth={"io": 0}, online={"*|io|s": 1.0})
+        scaler = Autoscaler(fleet, say=fleet.say, reader=StubReader(idle))
+        scaler._record = lambda change: None  # type: ignore[method-assign]
+        assert scaler.step(0.0) == []  # idle from now
+        (down,) = scaler.step(61.0)
+        left = [w.proc.pid for w in fleet.workers_of("io")]
+        assert down.after == 2 and pids[2] in left and pids[1] not in left  # the busy one stays
+        (stopped,) = [c for c in fleet.stopping if c.proc.pid == pids[1]]
+        assert stopped.restart_at - time.monotonic() > 300  # its class's time limit, and more
+        busy = [
+            WorkerInfo(f"io-{i}@h", ("io",), 1, "threads", p, 0.0, 1) for i, p in enumerate(left)
+        ]
+        scaler.reader = StubReader(FleetState({"io": busy}, {"io": 0}, {"*|io|s": 1.0}))
+        assert all(scaler.step(t) == [] for t in (200.0, 300.0, 400.0))  # all busy: none stops
+        assert fleet.remove_worker("io", set()) is None
     finally:
         fleet.stop()
