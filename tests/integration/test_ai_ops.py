@@ -231,6 +231,12 @@ def test_voice_agent_end_to_end(
     assert "tools#2/call" not in steps  # the facts were in hand: no second tool round
     assert steps["embed_question"].cls == "npu-lite" and steps["retrieve"].cls == "cpu"
     assert steps["tools#1/lookup"].cls == "io"
+    # Whisper was sure enough of what it heard: answered, not asked to repeat; retrieval was
+    # hybrid (the embedding and BM25 on the words heard, fused)
+    state = client.store.state(run.id)
+    assert state["transcribe"]["trusted"] and state["transcribe"]["avg_logprob"] > -0.8
+    assert "repeat" not in steps and "heard" in steps
+    assert all("dense_score" in hit for hit in state["retrieve"]["hits"]), state["retrieve"]
     answer = tmp_path / "answer.wav"
     client.download(out["audio"], answer)
     assert answer.read_bytes().startswith(b"RIFF")
