@@ -97,18 +97,26 @@ def follow(
     history: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the run's events until it ends (its ``end`` event, last) or ``timeout`` passes.
-    ``history()`` -> the step events of before the run was followed (its trace): yielded
-    first, and not again from the stream. ``ended()`` -> the run's final status, or None
-    while it runs: a run that ended before it was followed gives its ``end`` at once."""
+    ``history()`` -> the run's step events so far (its trace): those the stream does not hold
+    (they came before anybody followed) are yielded first, then the stream's, in order.
+    ``ended()`` -> the run's final status, or None while it runs: a run that ended before it
+    was followed gives its ``end`` at once."""
     pipe = client.pipeline(transaction=False)
     mark(pipe, run_id)
     pipe.execute()
     marked = time.monotonic()
-    seen: set[tuple[Any, ...]] = set()
+    held = cast(list[Any], client.xrange(events_key(run_id), "-", "+"))  # kept since marked
+    kept = [(entry_id, json.loads(fields[EVENT_FIELD])) for entry_id, fields in held]
+    seen = {_identity(e) for _, e in kept if e.get("event") == "step"}
     for event in history() if history is not None else ():
-        seen.add(_identity(event))
+        if _identity(event) not in seen:  # before the run was followed
+            seen.add(_identity(event))
+            yield event
+    for _, event in kept:
         yield event
-    last = "0"
+        if event.get("event") == "end":
+            return
+    last = kept[-1][0] if kept else "0"
     end = None if timeout is None else time.monotonic() + timeout
     while end is None or time.monotonic() < end:
         if time.monotonic() - marked > LISTEN_S / 3:

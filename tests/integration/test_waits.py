@@ -34,15 +34,20 @@ def parked(run: RunHandle, timeout: float = 20.0) -> list[str]:
     raise AssertionError(f"run {run.id} never waited: {run.status()}, {run.trace()}")
 
 
-def queued(broker: redis.Redis, cfg: FleetConfig) -> int:
-    """Messages in every class queue, and taken by a worker (unacked)."""
-    total = sum(int(broker.llen(q)) for spec in cfg.classes.values() for q in spec.queues)
-    return total + int(broker.hlen("unacked"))
-
-
-def busy(broker: redis.Redis) -> int:
-    infos = [json.loads(v) for v in broker.hvals(WORKER_INFO_KEY)]
-    return sum(int(i.get("busy", 0)) for i in infos if time.time() - i["last_seen"] < 5)
+def held(broker: redis.Redis, cfg: FleetConfig, run_id: str) -> list[str]:
+    """Where a message or a worker slot of run ``run_id`` is: a class queue (any priority),
+    the unacknowledged hash, or a live worker's announced steps (its heartbeat)."""
+    found = []
+    for spec in cfg.classes.values():
+        for queue in spec.queues:
+            names = [queue, *broker.scan_iter(match=f"{queue}\x06\x16*")]
+            found += [n for n in names for m in broker.lrange(n, 0, -1) if run_id in m]
+    found += ["unacked" for m in broker.hvals("unacked") if run_id in m]
+    for raw in broker.hvals(WORKER_INFO_KEY):
+        info = json.loads(raw)
+        if time.time() - info["last_seen"] < 5:
+            found += [info.get("pid", "?") for r, _ in info.get("steps", ()) if r == run_id]
+    return [str(f) for f in found]
 
 
 def test_a_refund_over_the_limit_waits_for_approval_holding_nothing(
@@ -52,7 +57,7 @@ def test_a_refund_over_the_limit_waits_for_approval_holding_nothing(
     assert parked(run) == ["approval"]
     time.sleep(1.5)  # a heartbeat or two: what the workers hold now
     assert run.status() == "running"
-    assert queued(broker, fleet_cfg) == 0 and busy(broker) == 0  # no message, no slot
+    assert held(broker, fleet_cfg, run.id) == []  # no message, no worker slot
     (entry,) = [e for e in run.trace() if e.status == "waiting"]
     assert entry.signal == "approval" and entry.until is not None
     assert 86000 < entry.until - entry.started_at <= 86400
