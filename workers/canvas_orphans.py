@@ -28,10 +28,10 @@ from fleet.constants import (
     AMQP_SCHEMES,
     CANVAS_FINISH_TASK,
     CANVAS_RUNS_KEY,
-    ORPHAN_SUSPECTS_KEY,
 )
 from fleet.engine.dispatch import Dispatcher
 from fleet.errors import WorkflowFailed
+from workers.suspects import lost
 
 log = logging.getLogger("fleet.orphans")
 LOST = "a message of its canvas was lost by the broker, and the rest of the canvas with it"
@@ -90,17 +90,8 @@ def check(
         if info is None or info.status != "running":  # ended, or expired: not watched
             client.hdel(CANVAS_RUNS_KEY, run_id)
             continue
-        key = f"{run_id}|canvas"
-        if run_id in seen_runs:
-            client.hdel(ORPHAN_SUSPECTS_KEY, key)
+        if not lost(client, f"{run_id}|canvas", run_id in seen_runs, now, grace_s):
             continue
-        first = client.hget(ORPHAN_SUSPECTS_KEY, key)
-        if first is None:
-            client.hset(ORPHAN_SUSPECTS_KEY, key, repr(now))
-            continue
-        if now - float(first) < grace_s:
-            continue
-        client.hdel(ORPHAN_SUSPECTS_KEY, key)
         log.warning("canvas run %s: no message of it anywhere: failed (%s)", run_id, LOST)
         if engine.store.fail(run_id, None, LOST) and entry.get("finish"):
             app.backend.mark_as_failure(entry["finish"], WorkflowFailed(run_id, None, LOST))

@@ -40,7 +40,6 @@ from fleet.constants import (
     CELERY_RUN_HEADER,
     CELERY_STEP_HEADER,
     NODE_TASK,
-    ORPHAN_SUSPECTS_KEY,
     ORPHANS_SENT_KEY,
     STEP_TASK,
     WORKER_INFO_KEY,
@@ -52,6 +51,7 @@ from fleet.routing.affinity import DIRECT_QUEUE
 from workers import canvas_orphans
 from workers.direct import drain_gone
 from workers.runtime import runtime
+from workers.suspects import lost
 
 log = logging.getLogger("fleet.orphans")
 Step = tuple[str, str]  # (run id, node path)
@@ -167,16 +167,9 @@ def _check_run(
     parked = {w.path for w in engine.waits.waits(run_id)}  # held by the run store
     for call in decision.ready:
         key = f"{run_id}|{call['path']}"
-        if (run_id, call["path"]) in seen or call["path"] in parked:
-            client.hdel(ORPHAN_SUSPECTS_KEY, key)
+        found = (run_id, call["path"]) in seen or call["path"] in parked
+        if not lost(client, key, found, now, grace_s):
             continue
-        first = client.hget(ORPHAN_SUSPECTS_KEY, key)
-        if first is None:
-            client.hset(ORPHAN_SUSPECTS_KEY, key, repr(now))
-            continue
-        if now - float(first) < grace_s:
-            continue
-        client.hdel(ORPHAN_SUSPECTS_KEY, key)
         if not client.hsetnx(ORPHANS_SENT_KEY, key, repr(now)):
             continue  # sent again once already
         client.expire(ORPHANS_SENT_KEY, engine.store.ttl)
