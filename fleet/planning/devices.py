@@ -244,9 +244,4 @@ def parse(model: type[Spec], where: str, raw: Any) -> Spec:
 
 
 def rule(where: str, raw: Any) -> Rule:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a table of {', '.join(RULE_FIELDS)}")
-    try:
-        return Rule(**raw)
-    except ValidationError as exc:
-        raise explain(exc, where, Rule) from None
+    return parse(Rule, where, raw)
