@@ -332,6 +332,10 @@ class FleetConfig(BaseModel):
     # death is seen later on RabbitMQ; shorter: more renewals, and a stalled process is
     # taken for dead sooner.
     start_lease_s: float = Field(default=10.0, ge=1)
+    # Connections one process opens to the run store's Redis, at most, however many threads
+    # it runs (an io worker runs a thousand): a thread that finds them all in use waits for
+    # one. Redis serves 10,000 clients by default: workers x this should stay under it.
+    redis_max_connections: int = Field(default=256, ge=4)
     # Where workers keep assembled models and vector indexes (shared by the workers of a host).
     data_dir: str = "~/.cache/agent-fleet"
     # Where http.request may go: entries "host", "host:port" or "scheme://host[:port][/path]"
@@ -442,6 +446,7 @@ _ENV_SCALARS = {
     "FLEET_DATA_DIR": "data_dir",
     "FLEET_AMQP_QUEUES": "amqp_queues",
     "FLEET_TASK_EVENTS": "task_events",
+    "FLEET_REDIS_MAX_CONNECTIONS": "redis_max_connections",
 }
 
 

@@ -31,6 +31,9 @@ class Keeper:
         self._lock = threading.Lock()
         # (run id, field) -> (token, its leases, when it was last known to hold: monotonic)
         self._held: dict[tuple[str, str], tuple[str, Leases, float]] = {}
+        # Leases of steps that ended by an error, not yet marked ``lost`` (Redis refused the
+        # mark): marked by the renewing thread as soon as Redis answers.
+        self._unmarked: list[tuple[Leases, Held]] = []
         self._thread: threading.Thread | None = None
 
     def token(self, hostname: str | None) -> str:
@@ -42,12 +45,15 @@ class Keeper:
     def hold(self, leases: Leases, run_id: str, field: str, token: str) -> None:
         with self._lock:
             self._held[(run_id, field)] = (token, leases, time.monotonic())
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._renew_forever, args=(leases.lease_s / 3,), daemon=True
-                )
-                self._thread.name = "fleet-leases"
-                self._thread.start()
+            self._start(leases)
+
+    def _start(self, leases: Leases) -> None:  # (with the lock held)
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._renew_forever, args=(leases.lease_s / 3,), daemon=True
+            )
+            self._thread.name = "fleet-leases"
+            self._thread.start()
 
     def release(self, run_id: str, field: str) -> None:
         """The step ended. One that went unrenewed for longer than its lease (this process
@@ -56,7 +62,10 @@ class Keeper:
         (:meth:`Leases.renew`). One that ends by an error (called while it propagates)
         marks its lease ``lost``: this process lives on, so a later copy would find its
         holder alive (:mod:`workers.holders`) and wait on a step nobody runs; it takes it at
-        once, uncounted, instead. Any other release costs nothing."""
+        once, uncounted, instead. A mark Redis refuses (the error was Redis's) is made
+        again by the renewing thread until it is taken: unmarked, the lease would keep
+        every later copy waiting on this live process for good. Any other release costs
+        nothing."""
         with self._lock:
             found = self._held.pop((run_id, field), None)
         if found is None:
@@ -65,8 +74,17 @@ class Keeper:
         if error is not None and not isinstance(error, Retry | Ignore):  # (those mark it)
             try:
                 found[1].mark(run_id, field, "lost", found[0])  # if it is still its own
-            except Exception as exc:  # Redis away: a copy waits until this process ends
-                log.warning("run %s: step %s: could not let its lease go: %s", run_id, field, exc)
+            except Exception as exc:  # Redis away or busy: marked again from the thread
+                log.warning(
+                    "run %s: step %s: could not let its lease go yet (tried again each "
+                    "renewal): %s",
+                    run_id,
+                    field,
+                    exc,
+                )
+                with self._lock:
+                    self._unmarked.append((found[1], (run_id, field, found[0])))
+                    self._start(found[1])
         if time.monotonic() - found[2] <= found[1].lease_s:
             return
         try:
@@ -79,10 +97,12 @@ class Keeper:
             return [(run, field, token) for (run, field), (token, _, _) in self._held.items()]
 
     def renew_once(self) -> None:
-        """Renew every lease held now (one round trip per store); log the ones lost. The
-        round trip is made outside the lock: a step starting or ending meanwhile does not
-        wait for Redis (a lease renewed just after its step ended only lingers until it
+        """Renew every lease held now (one round trip per store); log the ones lost; mark
+        ``lost`` the leases of steps that ended by an error and could not be marked then.
+        The round trips are made outside the lock: a step starting or ending meanwhile does
+        not wait for Redis (a lease renewed just after its step ended only lingers until it
         lapses -- the step's recorded outputs turn copies away)."""
+        self._mark_unmarked()
         with self._lock:
             by_store: dict[int, tuple[Leases, list[Held]]] = {}
             for (run_id, field), (token, leases, _) in self._held.items():
@@ -112,6 +132,18 @@ class Keeper:
                         token,
                     )
                     del self._held[(run_id, field)]
+
+    def _mark_unmarked(self) -> None:
+        with self._lock:
+            todo, self._unmarked = self._unmarked, []
+        for n, (leases, (run_id, field, token)) in enumerate(todo):
+            try:
+                leases.mark(run_id, field, "lost", token)
+            except Exception:  # still refused: next time
+                with self._lock:
+                    self._unmarked.extend(todo[n:])
+                return
+            log.warning("run %s: step %s: its lease let go (marked lost)", run_id, field)
 
     def _renew_forever(self, interval: float) -> None:
         while True:

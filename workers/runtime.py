@@ -53,7 +53,12 @@ class WorkerRuntime:
         self.app = app
         self.cfg: FleetConfig = fleet_config(app)
         registry.load(self.cfg.op_modules, self.cfg.op_plugins)
-        store = RunStore(self.cfg.backend_url, self.cfg.run_ttl, on_end=replier(app))
+        store = RunStore(
+            self.cfg.backend_url,
+            self.cfg.run_ttl,
+            on_end=replier(app),
+            max_connections=self.cfg.redis_max_connections,
+        )
         self.engine = Dispatcher(app, self.cfg, store, registry)
         judge = Holders(store.redis, self.cfg.worker_ttl)  # a lapsed lease's holder: dead?
         self.leases = Leases(store.redis, self.cfg.run_ttl, self.cfg.start_lease_s, judge)

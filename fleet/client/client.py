@@ -37,6 +37,7 @@ from fleet.messaging.app import default_app
 from fleet.routing.policies import make_policy
 from fleet.sdk.registry import registry
 from fleet.store.artifacts import ArtifactStore, BlobStore
+from fleet.store.connection import connect
 from fleet.store.events import follow
 from fleet.store.records import RunInfo, TraceEntry
 from fleet.store.runs import RunStore
@@ -133,7 +134,9 @@ class Fleet:
     def __init__(self, app: Celery | None = None, cfg: FleetConfig | None = None) -> None:
         self.app = app or default_app()
         self.cfg: FleetConfig = cfg or self.app.fleet_config
-        self.store = RunStore(self.cfg.backend_url, self.cfg.run_ttl)
+        self.store = RunStore(
+            self.cfg.backend_url, self.cfg.run_ttl, max_connections=self.cfg.redis_max_connections
+        )
         registry.load(self.cfg.op_modules, self.cfg.op_plugins)
         self.dispatcher = Dispatcher(self.app, self.cfg, self.store, registry)
         self.registered = RegisteredTasks(self.store.redis, self.cfg.worker_ttl)
@@ -308,7 +311,8 @@ class Fleet:
         return put_sqlite(store, name, path)
 
     def _blobs(self) -> BlobStore:
-        return BlobStore(redis.Redis.from_url(self.cfg.backend_url), self.cfg.run_ttl)
+        client = connect(self.cfg.backend_url, max_connections=self.cfg.redis_max_connections)
+        return BlobStore(client, self.cfg.run_ttl)
 
     def signal(self, run_id: str, name: str, data: Any = None) -> Signalled:
         """Send signal ``name`` with ``data`` (JSON, at most 64 KiB) to run ``run_id``: the

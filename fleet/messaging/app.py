@@ -59,7 +59,8 @@ def _run_failer(app: Celery, cfg: FleetConfig) -> Callable[[str, str | None, str
 
     def fail(run_id: str, node: str | None, why: str) -> None:
         if not stores:
-            stores.append(RunStore(cfg.backend_url, cfg.run_ttl, on_end=replier(app)))
+            max_conn = cfg.redis_max_connections
+            stores.append(RunStore(cfg.backend_url, cfg.run_ttl, replier(app), max_conn))
         stores[0].fail(run_id, node, why)
 
     return fail

@@ -16,6 +16,7 @@ import redis
 
 from fleet.config import redact
 from fleet.constants import AMQP_SCHEMES
+from fleet.store.connection import connect
 
 log = logging.getLogger("fleet.routing.depth")
 
@@ -105,7 +106,7 @@ def depth_reader(
     if broker_url.startswith(REDIS_SCHEMES):
         if broker_url == backend_url and backend is not None:
             return RedisDepth(backend)
-        return RedisDepth(redis.Redis.from_url(broker_url))
+        return RedisDepth(connect(broker_url))
     if broker_url.startswith(AMQP_SCHEMES):
         return AmqpDepth(broker_url)
     return None

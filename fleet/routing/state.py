@@ -22,6 +22,7 @@ from fleet.constants import DIRECT_WORKERS_KEY, WORKERS_KEY
 from fleet.constants import ONLINE_PROFILE_KEY as ONLINE_KEY
 from fleet.constants import WORKER_INFO_KEY as INFO_KEY
 from fleet.routing.depth import DepthReader, depth_reader
+from fleet.store.connection import connect
 
 log = logging.getLogger("fleet.routing.state")
 
@@ -110,7 +111,11 @@ class StateReader:
     @property
     def client(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis.Redis.from_url(self.cfg.backend_url, decode_responses=True)
+            self._client = connect(
+                self.cfg.backend_url,
+                max_connections=self.cfg.redis_max_connections,
+                decode_responses=True,
+            )
         return self._client
 
     def read(self) -> FleetState:

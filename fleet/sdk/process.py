@@ -20,6 +20,7 @@ from fleet.errors import RuntimeRefused
 from fleet.paths import EXAMPLES, PACKAGE
 from fleet.sdk.devices import cuda_available, detect_gpus, gpu_layout
 from fleet.store.artifacts import ArtifactStore, BlobStore
+from fleet.store.connection import connect
 
 log = logging.getLogger("fleet.process")
 
@@ -239,7 +240,7 @@ def data_dir(*parts: str) -> Path:
 
 @cache
 def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+    return connect(url, max_connections=settings().redis_max_connections)
 
 
 def blobs() -> BlobStore:

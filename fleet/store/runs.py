@@ -16,10 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
-
 from fleet.constants import (
     ACTIVE_RUNS_KEY,
     INPUTS,
@@ -38,6 +34,7 @@ from fleet.constants import (
     SPEC_KEY,
     WORKFLOW_METRICS_KEY,
 )
+from fleet.store.connection import MAX_CONNECTIONS, connect
 from fleet.store.events import EVENT_OUTPUTS_MAX, events_key, mark, notify
 from fleet.store.records import Claim, Ending, RunInfo, TraceEntry
 from fleet.store.scripts import BUCKETS, CLAIM_SCRIPT, END_SCRIPT, workflow_counters
@@ -52,15 +49,17 @@ RUN_REPLY = "*"  # the reply field of the run as a whole (others: a node's path)
 
 
 class RunStore:
-    def __init__(self, url: str, ttl: int = 86400, on_end: EndHook | None = None) -> None:
-        # A broker restart is a few seconds without Redis: wait it out (about 13 s in all)
-        # instead of failing the step or the submission whose bookkeeping hit it.
-        retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=10)
-        self.redis = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            retry=retry,
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    def __init__(
+        self,
+        url: str,
+        ttl: int = 86400,
+        on_end: EndHook | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        # A broker restart is a few seconds without Redis: it is waited out (about 13 s in
+        # all) instead of failing the step or the submission whose bookkeeping hit it.
+        self.redis = connect(
+            url, max_connections=max_connections, decode_responses=True, ride_out_restarts=True
         )
         self.ttl = ttl
         # What to do with the replies a run owes Celery when this store ends it (a run started

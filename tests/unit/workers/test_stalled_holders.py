@@ -216,3 +216,32 @@ def test_a_holder_that_ends_by_an_error_lets_the_step_go(client: redis.Redis, ru
     assert client.hget(RUN_LEASES_KEY.format(id=run_id), "t@0").startswith(theirs + "|")
     leases.mark(run_id, "t@0", "lost", theirs)  # its own holder lets it go
     assert client.hget(RUN_LEASES_KEY.format(id=run_id), "t@0") == "lost"
+
+
+def test_a_lease_redis_refused_to_let_go_is_let_go_when_redis_answers(
+    client: redis.Redis, run_id: str, redis_url: str
+) -> None:
+    """Seen in the io-waits bench (a thousand threads, redis-py's pool of 100): a step's
+    bookkeeping failed with "Too many connections", and so did the mark that lets its lease
+    go. The run then hung for good: every later copy found the lapsed lease's holder alive
+    and waited on it. The keeper now marks it from its renewing thread once Redis answers."""
+    tight = redis.Redis.from_url(redis_url, decode_responses=True, max_connections=1)
+    leases = Leases(tight, TTL, LEASE, Holders(client, worker_ttl=10.0))
+    keeper = Keeper()
+    mine = keeper.token("io1@host")
+    leases.begin(run_id, "s", 0, mine, group=False)
+    keeper.hold(leases, run_id, "s@0", mine)
+    busy = tight.connection_pool.get_connection()  # the pool's one connection, in use
+    with pytest.raises(RuntimeError):
+        try:
+            raise RuntimeError("the record failed")
+        finally:
+            keeper.release(run_id, "s@0")  # its mark is refused: Too many connections
+    assert client.hget(RUN_LEASES_KEY.format(id=run_id), "s@0").startswith(mine + "|")
+    tight.connection_pool.release(busy)
+    deadline = time.monotonic() + 5
+    while client.hget(RUN_LEASES_KEY.format(id=run_id), "s@0") != "lost":
+        assert time.monotonic() < deadline, "the refused mark was never made again"
+        time.sleep(0.05)
+    copy = leases.begin(run_id, "s", 0, holder_of(os.getpid(), "io2@host"), group=False)
+    assert (copy.verdict, copy.takeovers) == ("run", 0)
