@@ -1,0 +1,74 @@
+"""The fleet's Redis transport (fleet/messaging/transport.py) on a real Redis: one client per
+channel instead of one per publish, for the fleet's app only, and messages that still go
+through as kombu's own transport sends them."""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+from celery import Celery
+from kombu import Exchange, Queue
+
+from fleet.config import load_config
+from fleet.messaging.app import create_app
+from fleet.messaging.transport import Transport, transport_for
+
+
+def test_only_redis_brokers_get_it() -> None:
+    assert transport_for("redis://localhost:6379/0") is Transport
+    assert transport_for("rediss://localhost:6380/0") is None
+    assert transport_for("amqp://guest@localhost//") is None
+
+
+def _publish_and_count(app: Celery, n: int) -> tuple[int, list[int]]:
+    """Publish ``n`` messages through ``app``'s broker connection; how many redis clients
+    that made, and what came back off the queue, in order."""
+    made: list[int] = []
+    real_init = redis.Redis.__init__
+
+    def counting(self: redis.Redis, *args: object, **kwargs: object) -> None:
+        made.append(1)
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    name = f"transport-test-{uuid.uuid4().hex[:8]}"
+    queue = Queue(name, Exchange("transport-test"), routing_key=name)
+    with app.connection_for_write() as conn:
+        producer = conn.Producer()
+        producer.declare()
+        queue(conn.default_channel).declare()
+        redis.Redis.__init__ = counting  # type: ignore[method-assign]
+        try:
+            for i in range(n):
+                producer.publish({"n": i}, exchange=queue.exchange, routing_key=queue.name)
+        finally:
+            redis.Redis.__init__ = real_init  # type: ignore[method-assign]
+        with conn.SimpleQueue(queue) as simple:
+            got = []
+            for _ in range(n):
+                message = simple.get(timeout=5)
+                got.append(message.payload["n"])
+                message.ack()
+    return len(made), got
+
+
+def test_the_fleets_app_publishes_through_one_client_per_channel(redis_url: str) -> None:
+    app = create_app(load_config())
+    with app.connection_for_write() as conn:
+        assert isinstance(conn.transport, Transport)
+        # its URL still says redis (Flower reads the broker's address from it): kombu wrote
+        # the class there
+        assert conn.as_uri(include_password=True) == redis_url
+        assert conn.info()["transport"] == "redis"
+    made, got = _publish_and_count(app, 20)
+    assert made <= 1
+    assert got == list(range(20))
+
+
+def test_a_users_own_app_keeps_kombus_transport(redis_url: str) -> None:
+    user = Celery("user", broker=redis_url)
+    with user.connection_for_write() as conn:
+        assert not isinstance(conn.transport, Transport)
+    made, got = _publish_and_count(user, 20)
+    assert made >= 20  # kombu's own channel: a client per publish
+    assert got == list(range(20))
