@@ -160,12 +160,23 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (from /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Peak:
     """The highest RSS of a process tree while a block runs (sampled every 0.1 s)."""
 
     def __init__(self, pid: int) -> None:
         self.pid, self.mb, self._stop = pid, 0.0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.cpu_s = 0.0  # the process's CPU time over the block
+        self.client_cpu_s = 0.0  # this (the submitting) process's
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -173,12 +184,22 @@ class Peak:
             self._stop.wait(0.1)
 
     def __enter__(self) -> Peak:
+        self._cpu0, self._client0 = cpu_s(self.pid), time.process_time()
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.cpu_s = cpu_s(self.pid) - self._cpu0
+        self.client_cpu_s = time.process_time() - self._client0
+
+    def figures(self, runs: int) -> dict[str, float]:
+        return {
+            "rss_mb": self.mb,
+            "worker_cpu_ms_per_run": round(self.cpu_s / runs * 1000, 3),
+            "client_cpu_ms_per_run": round(self.client_cpu_s / runs * 1000, 3),
+        }
 
 
 def fleet_round(client: Any, wf: Any, url: str, runs: int, pid: int) -> dict[str, float]:
@@ -189,7 +210,7 @@ def fleet_round(client: Any, wf: Any, url: str, runs: int, pid: int) -> dict[str
         for h in handles:
             h.get(timeout=300)
         took = time.perf_counter() - start
-    return {"runs_per_s": runs / took, "seconds": took, "submit_s": sent, "rss_mb": peak.mb}
+    return {"runs_per_s": runs / took, "seconds": took, "submit_s": sent, **peak.figures(runs)}
 
 
 def plain_round(app: Any, url: str, runs: int, pid: int) -> dict[str, float]:
@@ -211,7 +232,7 @@ def plain_round(app: Any, url: str, runs: int, pid: int) -> dict[str, float]:
             if pending:
                 time.sleep(0.05)
         took = time.perf_counter() - start
-    return {"runs_per_s": runs / took, "seconds": took, "submit_s": submitted, "rss_mb": peak.mb}
+    return {"runs_per_s": runs / took, "seconds": took, "submit_s": submitted, **peak.figures(runs)}
 
 
 def measured(port: int, work: Any) -> dict[str, float]:
@@ -315,13 +336,17 @@ def main() -> None:
         return
     preset = result["io_preset"]
     print(f"{args.runs} one-step runs against an API answering in {args.delay:g} s")
-    print(f"{'':28}{'runs/s':>9}{'in flight':>11}{'RSS MB':>9}")
+    head = f"{'':28}{'runs/s':>9}{'in flight':>11}{'RSS MB':>9}"
+    print(f"{head}{'CPU ms/run: worker':>20}{'client':>8}")
     for side, label in (
         ("fleet", f"fleet io ({preset['pool']} x {preset['concurrency']})"),
         ("plain", "plain Celery (gevent x 1000)"),
     ):
         r = result[side]
-        print(f"{label:<28}{r['runs_per_s']:>9.1f}{r['in_flight']:>11.0f}{r['rss_mb']:>9.0f}")
+        print(
+            f"{label:<28}{r['runs_per_s']:>9.1f}{r['in_flight']:>11.0f}{r['rss_mb']:>9.0f}"
+            f"{r['worker_cpu_ms_per_run']:>20.2f}{r['client_cpu_ms_per_run']:>8.2f}"
+        )
     print(f"ratio fleet / plain: {result['ratio']:.3f}")
 
 
