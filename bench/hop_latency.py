@@ -10,6 +10,10 @@ cpu and one io worker) is started with it, and in interleaved rounds:
   tasks (fleet.ping), all sent at once; per second.
 
 The plain tasks run on the fleet's own workers, with the same settings (events included).
+A second baseline, **stock**, is the same chain and the same one-step tasks on stock Celery
+(bench/stock_celery.py: kombu's own Redis transport and Celery's own result backend, in
+workers of its own configured like the fleet's), on the same Redis: the fleet's app changes
+two things under every task it sends or runs, which its plain tasks get too.
 
     python bench/hop_latency.py [--rounds 3] [--hops 40] [--tasks 300] [--json]
 """
@@ -28,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import stock_celery  # noqa: E402
 from routing_overhead import _sequence, fleet_hops, fleet_round, plain_hops, plain_round  # noqa: E402
 
 
@@ -45,8 +50,11 @@ def measure(events: bool, args: argparse.Namespace) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     fleet = LocalFleet(cfg, ["cpu", "io"], False, workdir, "WARNING", lambda _: None, env)
     fleet.start()
+    stock = stock_celery.start_workers(url, events, workdir)
     try:
         client = Fleet(create_app(cfg), cfg)
+        stock_app = stock_celery.make_app(url, events)
+        stock_celery.wait_ready(stock_app)
         one = Workflow("trivial", inputs=["v"])
         one.output(
             "v", one.step("echo", "test.echo", value=one.input("v"), classes=["cpu"])["value"]
@@ -56,24 +64,58 @@ def measure(events: bool, args: argparse.Namespace) -> dict[str, Any]:
         plain_round(client.app, 20, False)
         fleet_hops(client, seq, 5, 5)
         plain_hops(client.app, 5, 5)
-        hop: dict[str, list[float]] = {"fleet": [], "plain": []}
-        rate: dict[str, list[float]] = {"fleet": [], "plain": []}
-        for _ in range(args.rounds):  # interleaved, so drift favours neither
+        stock_hops(stock_app, 5)
+        stock_round(stock_app, 20)
+        hop: dict[str, list[float]] = {"fleet": [], "plain": [], "stock": []}
+        rate: dict[str, list[float]] = {"fleet": [], "plain": [], "stock": []}
+        for _ in range(args.rounds):  # interleaved, so drift favours none
             hop["fleet"].append(fleet_hops(client, seq, args.hops, 5))
             hop["plain"].append(plain_hops(client.app, args.hops, 5))
+            hop["stock"].append(stock_hops(stock_app, args.hops))
             rate["fleet"].append(fleet_round(client, one, args.tasks))
             rate["plain"].append(plain_round(client.app, args.tasks, False))
+            rate["stock"].append(stock_round(stock_app, args.tasks))
         med_hop = {k: round(statistics.median(v), 3) for k, v in hop.items()}
         med_rate = {k: round(statistics.median(v), 1) for k, v in rate.items()}
         return {
             "hop_ms": med_hop,
             "hop_ratio": round(med_hop["fleet"] / med_hop["plain"], 3),
+            "hop_ratio_stock": round(med_hop["fleet"] / med_hop["stock"], 3),
             "one_step_per_s": med_rate,
             "one_step_ratio": round(med_rate["fleet"] / med_rate["plain"], 3),
+            "one_step_ratio_stock": round(med_rate["fleet"] / med_rate["stock"], 3),
             "samples": {"hop_ms": hop, "per_s": rate},
         }
     finally:
+        stock_celery.stop(stock)
         fleet.stop()
+
+
+def stock_hops(app: Any, n: int, steps: int = 5) -> float:
+    """Milliseconds per hop of a stock Celery chain alternating its cpu and io queues."""
+    from celery import chain
+
+    per_hop = []
+    for i in range(n):
+        sigs = [
+            app.signature("stock.ping", args=(i,) if k == 0 else (),
+                          queue=stock_celery.QUEUES[k % 2])
+            for k in range(steps)
+        ]  # fmt: skip
+        start = time.perf_counter()
+        chain(*sigs).apply_async().get(timeout=60)
+        per_hop.append((time.perf_counter() - start) * 1000 / steps)
+    return statistics.median(per_hop)
+
+
+def stock_round(app: Any, n: int) -> float:
+    """One-step stock tasks per second, all sent at once to its cpu queue."""
+    start = time.perf_counter()
+    sent = [app.signature("stock.ping", args=(i,)).apply_async(queue="stock-cpu")
+            for i in range(n)]  # fmt: skip
+    for r in sent:
+        r.get(timeout=120)
+    return n / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -99,11 +141,13 @@ def main() -> None:
         print(f"{label}:")
         hop, per = r["hop_ms"], r["one_step_per_s"]
         print(f"  per step  fleet {hop['fleet']:7.3f} ms  plain hop {hop['plain']:7.3f} ms", end="")
-        print(f"  ratio {r['hop_ratio']:.3f}")
+        print(f"  ratio {r['hop_ratio']:.3f}", end="")
+        print(f"   stock hop {hop['stock']:7.3f} ms  ratio {r['hop_ratio_stock']:.3f}")
         print(
             f"  one step  fleet {per['fleet']:7.1f} /s  plain task {per['plain']:7.1f} /s", end=""
         )
-        print(f"  ratio {r['one_step_ratio']:.3f}")
+        print(f"  ratio {r['one_step_ratio']:.3f}", end="")
+        print(f"   stock task {per['stock']:7.1f} /s  ratio {r['one_step_ratio_stock']:.3f}")
 
 
 if __name__ == "__main__":
