@@ -6,7 +6,8 @@ CPU each (the client fills a table of about 170 reply callbacks): a submission p
 twice (the step and its ``task-sent`` event), a step's worker three to four times (its task
 events and the next steps). This channel keeps the client and reuses it while the channel's
 connection pool is the same; a client is only a handle on that pool (it holds no
-connection), and redis-py clients are safe to share between threads.
+connection), and redis-py clients are safe to share between threads. And its pool waits for
+a free connection where kombu's fails (:meth:`Channel._get_pool`).
 
 Only the fleet's own Celery app uses it (``broker_transport``), on ``redis://`` brokers: a
 user's app keeps kombu's, and so do ``rediss://`` and RabbitMQ. Everything else -- the
@@ -19,12 +20,31 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from kombu import connection as kombu_connection
 from kombu.transport import redis as kombu_redis
+
+from fleet.store.connection import POOL_WAIT_S
 
 
 class Channel(kombu_redis.Channel):
     _fleet_client: Any = None
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        """kombu's pool for the channel's commands (publish, ack, restore), made to wait for a
+        free connection instead of failing: a thread-pool worker acknowledges each message
+        from the thread that ran it, and more than ``max_connections`` (10) acknowledging
+        at once failed with ``MaxConnectionsError`` -- the message stayed unacknowledged
+        until the broker gave it out again."""
+        pool = super()._get_pool(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+        if asynchronous:
+            return pool
+        return redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            max_connections=pool.max_connections,
+            timeout=POOL_WAIT_S,
+            connection_class=pool.connection_class,
+            **pool.connection_kwargs,
+        )
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:

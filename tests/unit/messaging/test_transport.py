@@ -4,7 +4,9 @@ through as kombu's own transport sends them."""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from typing import Any
 
 import redis
 from celery import Celery
@@ -72,3 +74,43 @@ def test_a_users_own_app_keeps_kombus_transport(redis_url: str) -> None:
     made, got = _publish_and_count(user, 20)
     assert made >= 20  # kombu's own channel: a client per publish
     assert got == list(range(20))
+
+
+def test_many_threads_acknowledge_at_once_without_failing(redis_url: str) -> None:
+    """A thread-pool worker (the io class: a thousand threads) acknowledges each message from
+    the thread that ran it. kombu's channel pool holds 10 connections and failed the rest
+    with MaxConnectionsError (388 of 400 acks at once, measured): the message stayed
+    unacknowledged until the broker gave it out again. The fleet's channel waits instead."""
+    app = create_app(load_config())
+    name = f"ack-test-{uuid.uuid4().hex[:8]}"
+    queue = Queue(name, Exchange(name), routing_key=name)
+    n = 200
+    with app.connection_for_write() as conn:
+        producer = conn.Producer()
+        queue(conn.default_channel).declare()
+        for i in range(n):
+            producer.publish({"n": i}, exchange=queue.exchange, routing_key=name)
+        got: list[Any] = []
+        consumer = conn.Consumer(queue, channel=conn.channel(), callbacks=[
+            lambda body, message: got.append(message)])  # fmt: skip
+        consumer.consume()
+        while len(got) < n:
+            conn.drain_events(timeout=5)
+        errors: list[BaseException] = []
+        together = threading.Barrier(n)
+
+        def ack(message: Any) -> None:
+            together.wait()
+            try:
+                message.ack()
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ack, args=(m,)) for m in got]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        held = redis.Redis.from_url(redis_url, decode_responses=True).hkeys("unacked")
+        assert not {m.delivery_tag for m in got} & set(held)  # kombu's index of unacked
