@@ -29,6 +29,8 @@ import httpcore
 import httpx
 from httpx._utils import get_environment_proxies  # httpx is pinned: its env rules
 
+from workers.ops.httppool import Pool
+
 _DEADLINE: ContextVar[float | None] = ContextVar("fleet_http_deadline", default=None)
 KEEPALIVE_S = 30.0  # an idle keep-alive connection is closed after this
 KEEPALIVE_MAX = 256  # idle connections kept open per pool
@@ -166,7 +168,7 @@ def _make_client(ssl_context: Any) -> httpx.Client:
     transport = httpx.HTTPTransport(verify=ssl_context)
     # httpx takes no network backend: its pool is replaced by the same pool with ours (the
     # shared TLS context kept; httpcore is pinned with httpx).
-    transport._pool = httpcore.ConnectionPool(
+    transport._pool = Pool(  # httpcore's, its bookkeeping linear (workers.ops.httppool)
         ssl_context=ssl_context,
         max_connections=None,  # calls in flight are bounded per host (``held``), not here
         max_keepalive_connections=KEEPALIVE_MAX,
@@ -185,11 +187,12 @@ def _make_client(ssl_context: Any) -> httpx.Client:
 
 class Clients:
     """This process's HTTP clients: one TLS context, and connection pools of at most about
-    ``SHARD_SIZE`` calls each, a call going to the least busy. httpcore's pool looks at every
-    connection it holds on each request and each response (measured: one pool of 500+
-    connections spent a whole core at about 70 calls a second), so a thousand waits are
-    held in pools small enough for that to stay cheap. Calls in flight are also bounded per
-    host (scheme, host, port)."""
+    ``SHARD_SIZE`` calls each, a call going to the least busy. A pool looks at every
+    connection it holds on each request and each response (httpcore's own did so
+    quadratically: one pool of 500+ connections spent a whole core at about 70 calls a
+    second; :mod:`workers.ops.httppool` is linear), and each takes a lock per request, so
+    a thousand waits are held in pools small enough for both to stay cheap. Calls in flight
+    are also bounded per host (scheme, host, port)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
