@@ -5,6 +5,7 @@ linear in the pool's connections instead of quadratic."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -99,3 +100,39 @@ def test_a_pool_at_its_connection_limit_makes_room_or_waits(server: str) -> None
         assert pool.request("GET", f"{server}/ok").status == 200
     assert len(pool.connections) <= 2
     pool.close()
+
+
+class _HangsUp(BaseHTTPRequestHandler):
+    """Answers keep-alive, then hangs up right away (as a server whose idle timeout is
+    short): the client holds an idle connection that the server has closed."""
+
+    protocol_version = "HTTP/1.1"
+    opened = 0
+
+    def setup(self) -> None:
+        type(self).opened += 1
+        super().setup()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _HangsUp)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    pool = Pool(max_connections=None, max_keepalive_connections=8)
+    try:
+        for _ in range(5):  # each call finds the last one's connection hung up: a new one
+            assert pool.request("GET", f"{url}/x").status == 200
+            time.sleep(0.05)
+        assert _HangsUp.opened == 5
+    finally:
+        pool.close()
+        httpd.shutdown()
