@@ -174,12 +174,12 @@ def bm25_ranking(texts: list[str], query: str) -> list[int]:
 
 
 @lru_cache(maxsize=32)
-def _bm25(texts: tuple[str, ...], stopwords: str = "en") -> Any:
+def _bm25(texts: tuple[str, ...]) -> Any:
     """A BM25 index of ``texts`` (an index version's documents never change: kept)."""
     import bm25s
 
     retriever = bm25s.BM25()
-    words = bm25s.tokenize(list(texts), stopwords=stopwords, show_progress=False)
+    words = bm25s.tokenize(list(texts), stopwords="en", show_progress=False)
     retriever.index(words, show_progress=False)
     return retriever
 
@@ -196,8 +196,6 @@ def rank(
     groups: list[Any] | None = None,
     text: str | None = None,
     rrf_k: int = 60,
-    fusion: str = "rrf",
-    lead_min_score: float | None = None,
 ) -> dict[str, Any]:
     """The ``k`` items whose vectors are most similar (cosine) to ``vector``, best first --
     e.g. the sentences of the retrieved documents that answer a question, to quote them.
@@ -209,16 +207,9 @@ def rank(
     question asks beyond that, and a sentence close to every order question ("have your
     order number ready") no longer wins; ``min_score`` drops items below it (none may
     remain); ``groups`` (one label per item, e.g. the passage it came from) keeps only items
-    of the best item's group. Hybrid with ``text`` (the query's words): with ``fusion="rrf"``
-    the cosine ranking is fused with the items' BM25 ranking by reciprocal rank, as in
-    ``memory.search`` (``min_score`` still applies to the cosine score); with
-    ``fusion="decisive"`` the words count only where they decide: the item BM25 ranks first
-    leads, below ``min_score`` too, if it holds more of the query's words than any other
-    item, two at least (``decisive``) -- "if it is lost, send a replacement" for "What if my
-    parcel is lost?", which the embedding ranks below "return the parcel" -- and the rest
-    follow by cosine, as without ``text``; ``lead_min_score``: a floor on the leader's cosine
-    score, lower than ``min_score`` (words shared by chance -- "status", "order" -- single
-    out a sentence about something else)."""
+    of the best item's group. Hybrid with ``text`` (the query's words): the cosine ranking
+    is fused with the items' BM25 ranking by reciprocal rank, as in ``memory.search``
+    (``min_score`` still applies to the cosine score)."""
     import numpy as np
 
     matrix, query = _vectors(vectors, items), _query(vector)
@@ -226,8 +217,6 @@ def rank(
         raise ValueError(f"need vectors of the query's size: {matrix.shape}, query {query.shape}")
     if not 1 <= k <= 100:
         raise ValueError(f"k must be within 1..100, got {k}")
-    if fusion not in ("rrf", "decisive"):
-        raise ValueError(f"fusion must be 'rrf' or 'decisive', not {fusion!r}")
     if away_from is not None and len(away_from):
         away = np.asarray(away_from, dtype="f4").reshape(-1, matrix.shape[1])
         unit = np.mean([a / (np.linalg.norm(a) or 1.0) for a in away], axis=0)
@@ -236,16 +225,11 @@ def rank(
         query = query - away_weight * float(query @ unit) * unit
     scores = _cosine(matrix, query)
     order = [int(i) for i in np.argsort(-scores, kind="stable")]
-    lead = None
-    if text and text.strip() and fusion == "decisive":
-        lead = decisive([str(x) for x in items], text)
-    elif text and text.strip():
+    if text and text.strip():
         order = list(fuse([order, bm25_ranking([str(x) for x in items], text)], rrf_k))
     best = order[:k]
     if min_score is not None:
         best = [i for i in best if scores[i] >= min_score]
-    if lead is not None and (lead_min_score is None or scores[lead] >= lead_min_score):
-        best = [lead, *(i for i in best if i != lead)][:k]
     if groups is not None:
         if len(groups) != len(items):
             raise ValueError(f"need one group per item: {len(items)} items, {len(groups)} groups")
@@ -255,31 +239,6 @@ def rank(
         "scores": [round(float(scores[i]), 4) for i in best],
         "text": " ".join(str(items[i]) for i in sorted(best)),
     }
-
-
-def decisive(items: list[str], query: str) -> int | None:
-    """The item BM25 ranks first for ``query`` (``bm25s``) if it holds more of the query's
-    words than any other item, two at least, else None: where the words single one item
-    out. Words are counted without NLTK's English stop words (``bm25s``' "en_plus": "what",
-    "when", "have" are no evidence), without stemming."""
-    import bm25s
-
-    if not items:
-        return None
-    words = bm25s.tokenize([query], stopwords="en_plus", show_progress=False, return_ids=False)
-    asked = set(words[0])
-    if len(asked) < 2:
-        return None
-    retriever = _bm25(tuple(items), "en_plus")
-    ids, scores = retriever.retrieve(words, k=1, show_progress=False)
-    if float(scores[0][0]) <= 0:
-        return None
-    best = int(ids[0][0])
-    tokens = bm25s.tokenize(items, stopwords="en_plus", show_progress=False, return_ids=False)
-    held = [len(asked & set(t)) for t in tokens]
-    if held[best] >= 2 and all(n < held[best] for i, n in enumerate(held) if i != best):
-        return best
-    return None
 
 
 def _query(vector: Any) -> Any:

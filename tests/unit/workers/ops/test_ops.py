@@ -146,39 +146,6 @@ def test_rank_quotes_what_is_relevant_or_nothing() -> None:
         rank(query, vectors, items, groups=[0])
 
 
-def test_rank_lets_the_words_lead_where_they_are_decisive() -> None:
-    """With ``fusion="decisive"`` the sentence BM25 ranks first leads, under ``min_score``
-    too, if it holds more of the question's words than any other (two at least) and scores
-    ``lead_min_score``; otherwise the cosine ranking stands."""
-    from workers.ops.memory import decisive, rank
-
-    items = [
-        "Once shipped, return the parcel instead.",
-        "After it ships, the carrier can redirect the parcel for a fee.",
-        "We trace the parcel and, if it is lost, send a replacement.",
-    ]
-    vectors = [[1.0, 0.1], [0.9, 0.3], [0.6, 0.8]]  # the embedding prefers the first two
-    query = [1.0, 0.2]
-    lost = "What if my parcel is lost?"
-    assert decisive(items, lost) == 2  # "parcel" and "lost"; the others hold "parcel" only
-    assert decisive(items, "Where is the parcel?") is None  # one word: no evidence
-    assert decisive(items, "What is it?") is None and decisive([], lost) is None
-    cosine = rank(query, vectors, items, k=2, min_score=0.9)
-    assert cosine["items"] == [items[0], items[1]]
-    words = rank(query, vectors, items, k=2, min_score=0.9, text=lost, fusion="decisive")
-    assert words["items"] == [items[2], items[0]] and words["scores"][0] < 0.9
-    assert words["text"] == f"{items[0]} {items[2]}"  # in document order
-    grouped = rank(query, vectors, items, k=2, text=lost, fusion="decisive", groups=[0, 0, 1])
-    assert grouped["items"] == [items[2]]  # the leader's passage only
-    floor = rank(query, vectors, items, k=2, text=lost, fusion="decisive", lead_min_score=0.95)
-    assert floor["items"] == cosine["items"]  # a leader too far from the question does not lead
-    assert rank(query, vectors, items, k=2, text="zzz yyy", fusion="decisive") == rank(
-        query, vectors, items, k=2
-    )
-    with pytest.raises(ValueError, match="fusion must be"):
-        rank(query, vectors, items, text=lost, fusion="max")
-
-
 def test_contains_takes_one_word_or_number() -> None:
     from workers.ops.general import contains
 
