@@ -33,6 +33,7 @@ def make_app(broker_url: str, events: bool) -> Any:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        task_track_started=True,  # as the fleet's app: a STARTED state for every task
         task_send_sent_event=events,
         worker_send_task_events=events,
         broker_connection_retry_on_startup=True,

@@ -101,8 +101,8 @@ class Keeper:
         ``lost`` the leases of steps that ended by an error and could not be marked then.
         The round trips are made outside the lock: a step starting or ending meanwhile does
         not wait for Redis (a lease renewed just after its step ended only lingers until it
-        lapses -- the step's recorded outputs turn copies away)."""
-        self._mark_unmarked()
+        lapses -- the step's recorded outputs turn copies away). The renewals go first: a
+        mark that waits on Redis does not hold them back."""
         with self._lock:
             by_store: dict[int, tuple[Leases, list[Held]]] = {}
             for (run_id, field), (token, leases, _) in self._held.items():
@@ -132,18 +132,20 @@ class Keeper:
                         token,
                     )
                     del self._held[(run_id, field)]
+        self._mark_unmarked()
 
     def _mark_unmarked(self) -> None:
         with self._lock:
             todo, self._unmarked = self._unmarked, []
         for n, (leases, (run_id, field, token)) in enumerate(todo):
             try:
-                leases.mark(run_id, field, "lost", token)
-            except Exception:  # still refused: next time
+                marked = leases.mark(run_id, field, "lost", token)
+            except Exception:  # still refused (Redis away: the rest would be too): next time
                 with self._lock:
                     self._unmarked.extend(todo[n:])
                 return
-            log.warning("run %s: step %s: its lease let go (marked lost)", run_id, field)
+            if marked:  # (else another copy had taken it over meanwhile: nothing to let go)
+                log.warning("run %s: step %s: its lease let go (marked lost)", run_id, field)
 
     def _renew_forever(self, interval: float) -> None:
         while True:

@@ -34,7 +34,7 @@ from fleet.constants import (
 )
 from fleet.messaging.backend import backend_setting
 from fleet.messaging.replies import replier
-from fleet.messaging.transport import Connection, transport_for
+from fleet.messaging.transport import Connection
 from fleet.routing.router import FleetRouter, take_decision
 from fleet.store.runs import RunStore
 
@@ -45,7 +45,8 @@ class FleetAMQP(AMQP):
     name there and the shadow in the worker's events, so a monitor that gets the sent event
     after the received one (Flower) showed the step as ``fleet.step``."""
 
-    # kombu's connection, naming the fleet's Redis transport "redis" (fleet.messaging.transport)
+    # kombu's connection, with the fleet's Redis transport for a redis:// broker: kombu's,
+    # less a new Redis client per publish, with pools that wait (fleet.messaging.transport)
     Connection = BrokerConnection = Connection
 
     def as_task_v2(self, task_id: str, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -74,8 +75,6 @@ def configure(app: Celery, cfg: FleetConfig) -> None:
     """Apply ``cfg`` to ``app`` (broker, serializers, reliability, routing)."""
     app.conf.update(
         broker_url=cfg.broker_url,
-        # kombu's Redis transport, less a new Redis client per publish (0.2 ms each).
-        broker_transport=transport_for(cfg.broker_url),
         result_backend=backend_setting(cfg.backend_url),
         # JSON only: nothing that crosses the broker may execute code when read.
         task_serializer="json",

@@ -9,11 +9,12 @@ connection pool is the same; a client is only a handle on that pool (it holds no
 connection), and redis-py clients are safe to share between threads. And its pool waits for
 a free connection where kombu's fails (:meth:`Channel._get_pool`).
 
-Only the fleet's own Celery app uses it (``broker_transport``), on ``redis://`` brokers: a
-user's app keeps kombu's, and so do ``rediss://`` and RabbitMQ. Everything else -- the
-messages, the queues, the fanout of events, acknowledgement and restore -- is kombu's,
-unchanged; its connections still call themselves ``redis://`` (:class:`Connection`: Flower
-reads the broker's address from there).
+Only the fleet's own Celery app uses it, for a ``redis://`` broker URL -- the one Celery
+actually connects to, ``-b`` and ``CELERY_BROKER_URL`` included (:class:`Connection`, the
+fleet app's connection class, picks it from the URL's scheme): a user's app keeps kombu's,
+and so do ``rediss://`` and RabbitMQ. Everything else -- the messages, the queues, the
+fanout of events, acknowledgement and restore -- is kombu's, unchanged; its connections
+still call themselves ``redis://`` (Flower reads the broker's address from there).
 """
 
 from __future__ import annotations
@@ -23,12 +24,24 @@ from typing import Any
 import redis
 from kombu import connection as kombu_connection
 from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
 
 from fleet.store.connection import POOL_WAIT_S
 
 
+def _waiting(pool: Any) -> redis.BlockingConnectionPool:
+    """A pool like ``pool`` (kombu's, with its size) that waits for a free connection."""
+    return redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+        max_connections=pool.max_connections,
+        timeout=POOL_WAIT_S,
+        connection_class=pool.connection_class,
+        **pool.connection_kwargs,
+    )
+
+
 class Channel(kombu_redis.Channel):
     _fleet_client: Any = None
+    _fleet_tables: tuple[Any, Any] | None = None  # (the channel's pool, the tables' client)
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
         """kombu's pool for the channel's commands (publish, ack, restore), made to wait for a
@@ -37,14 +50,27 @@ class Channel(kombu_redis.Channel):
         at once failed with ``MaxConnectionsError`` -- the message stayed unacknowledged
         until the broker gave it out again."""
         pool = super()._get_pool(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
-        if asynchronous:
-            return pool
-        return redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
-            max_connections=pool.max_connections,
-            timeout=POOL_WAIT_S,
-            connection_class=pool.connection_class,
-            **pool.connection_kwargs,
-        )
+        return pool if asynchronous else _waiting(pool)
+
+    def get_table(self, exchange: str) -> list[tuple[str, ...]]:
+        """kombu's, through a pool of its own. kombu reads a table inside the transaction
+        that restores a message (``QoS.restore_by_tag``: a reject with requeue, a restore
+        of unacknowledged ones), holding a connection of the channel's pool while it asks
+        for another: with that pool waiting for a free connection, as many threads
+        restoring at once as it had connections each held one and waited for a second,
+        until the wait ran out. A read of a table holds nothing while it waits."""
+        pool = self.pool
+        found = self._fleet_tables
+        if found is None or found[0] is not pool:
+            extra = {}
+            if (provider := pool.connection_kwargs.get("credential_provider")) is not None:
+                extra["credential_provider"] = provider
+            found = self._fleet_tables = (
+                pool,
+                self.Client(connection_pool=_waiting(pool), **extra),
+            )
+        values = found[1].smembers(self.keyprefix_queue % exchange)
+        return [tuple(bytes_to_str(v).split(self.sep)) for v in values]  # type: ignore[no-untyped-call]
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -61,14 +87,15 @@ class Transport(kombu_redis.Transport):
 
 
 class Connection(kombu_connection.Connection):
-    """kombu's connection, naming this transport ``redis`` in its URL and info (kombu would
+    """kombu's connection, with this transport wherever kombu would take its own Redis one
+    (a ``redis://`` URL, at the start and after a failover to an alternate: kombu sets the
+    transport from each URL), and naming it ``redis`` in its URL and info (kombu would
     write the class there)."""
 
     # kombu resolves by the transport it was given, a name or (here) a class
     resolve_aliases = {**kombu_connection.resolve_aliases, Transport: "redis"}  # type: ignore[dict-item]
 
-
-def transport_for(broker_url: str) -> type[Transport] | None:
-    """The transport class for ``broker_url``: this one for ``redis://``, kombu's own (None)
-    for anything else."""
-    return Transport if broker_url.partition("://")[0].lower() == "redis" else None
+    def _init_params(self, **params: Any) -> None:  # type: ignore[override]
+        if params.get("transport") == "redis":
+            params["transport"] = Transport
+        super()._init_params(**params)  # type: ignore[no-untyped-call]

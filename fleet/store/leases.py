@@ -48,9 +48,10 @@ Verdict = Literal["run", "held", "ended", "skip"]
 # KEYS: run, out, leases, starts. ARGV: path, field, token, lease_s, ttl, group (1: an item
 # of a map, which runs again even when recorded), the worker, ask (1: a lapsed lease is not
 # taken over but returned -- 'lapsed', with its value -- for its holder to be judged first);
-# KEYS[5]: the run's events. Returns {status, ran, verdict, takeovers, seconds until a live
-# lease lapses, listened to}: a copy that runs the step publishes its start while somebody
-# listens (fleet.store.events).
+# KEYS[5]: the run's events; ARGV[9] (1: the run's state too, for a copy that runs the step).
+# Returns {status, ran, verdict, takeovers, seconds until a live lease lapses, listened to
+# [, the outputs hash as a flat list]}: a copy that runs the step publishes its start while
+# somebody listens (fleet.store.events).
 _BEGIN = (
     """
 local status = redis.call('HGET', KEYS[1], 'status') or ''
@@ -85,6 +86,9 @@ local listened = 0
         then="listened = 1",
     )
     + """
+if ARGV[9] == '1' then
+  return {status, ran, 'run', taken, '0', listened, redis.call('HGETALL', KEYS[2])}
+end
 return {status, ran, 'run', taken, '0', listened}
 """
 )
@@ -143,6 +147,8 @@ class Begin:
     wait_s: float
     listened: bool = False  # somebody listens to the run's events (the start was published)
     stalled: str = ""  # held: the holder whose lease lapsed, known alive (it stalled)
+    # run, when asked: every step's outputs (and the inputs) as it began, JSON by path
+    state: dict[str, str] | None = None
 
 
 def lease_field(path: str, attempt: int) -> str:
@@ -171,11 +177,20 @@ class Leases:
         self._mark = client.register_script(_MARK)
 
     def begin(
-        self, run_id: str, path: str, attempt: int, token: str, group: bool, worker: str = ""
+        self,
+        run_id: str,
+        path: str,
+        attempt: int,
+        token: str,
+        group: bool,
+        worker: str = "",
+        state: bool = False,
     ) -> Begin:
         """For a copy of step ``path`` about to run, in one round trip: the run's status,
         whether the step recorded its outputs, whether this copy runs it, and whether
-        somebody listens to the run (its start is published then)."""
+        somebody listens to the run (its start is published then). ``state``: a copy that
+        runs the step also gets the run's outputs so far (a step that may be the run's last:
+        it can end the run as it records, :meth:`RunStore.record_step`)."""
         keys = [
             RUN_KEY.format(id=run_id),
             RUN_OUTPUTS_KEY.format(id=run_id),
@@ -185,7 +200,7 @@ class Leases:
         ]
         field = lease_field(path, attempt)
         args: list[str | float | int] = [path, field, token, self.lease_s, self.ttl, int(group)]
-        args += [worker, int(self.judge is not None)]
+        args += [worker, int(self.judge is not None), int(state)]
         found = cast(list[str], self._begin(keys=keys, args=args))
         if found[2] == "lapsed":  # rare: a holder stopped renewing; is it dead?
             holder = str(found[6]).rpartition("|")[0]
@@ -198,9 +213,10 @@ class Leases:
                     wait_s=self.lease_s / 2,  # asked again then: it may have come back
                     stalled=holder,
                 )
-            args[-1] = 0  # take it over (the script looks again: it may be back meanwhile)
+            args[-2] = 0  # take it over (the script looks again: it may be back meanwhile)
             found = cast(list[str], self._begin(keys=keys, args=args))
         status, ran, verdict, taken, wait = found[:5]
+        flat = cast(list[str], found[6]) if len(found) > 6 and verdict == "run" else None
         return Begin(
             status=str(status) or None,
             ran=bool(int(ran)),
@@ -208,6 +224,7 @@ class Leases:
             takeovers=int(taken),
             wait_s=float(wait),
             listened=len(found) > 5 and bool(int(found[5])),
+            state=None if flat is None else dict(zip(flat[::2], flat[1::2], strict=True)),
         )
 
     def _alive(self, run_id: str, field: str, holder: str) -> bool:
@@ -241,10 +258,10 @@ class Leases:
         lost = cast(list[int], self._renew(keys=keys, args=args))
         return [held[int(i) - 1] for i in lost]
 
-    def mark(self, run_id: str, field: str, mark: Literal["done", "lost"], token: str = "") -> None:
+    def mark(self, run_id: str, field: str, mark: Literal["done", "lost"], token: str = "") -> bool:
         """``done``: that attempt ended (a retry was sent); ``lost``: its holder died and the
         death was counted already (a pool child: ``RunStore.count_loss``), or it let go of
         the step unfinished. Given ``token``, only while that holder holds it (not a lease
-        another copy took over)."""
+        another copy took over). Whether it was marked."""
         args: list[str | int] = [field, mark, self.ttl, token]
-        self._mark(keys=[RUN_LEASES_KEY.format(id=run_id)], args=args)
+        return bool(self._mark(keys=[RUN_LEASES_KEY.format(id=run_id)], args=args))

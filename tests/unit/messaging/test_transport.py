@@ -5,22 +5,33 @@ through as kombu's own transport sends them."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any
 
+import pytest
 import redis
 from celery import Celery
 from kombu import Exchange, Queue
 
 from fleet.config import load_config
 from fleet.messaging.app import create_app
-from fleet.messaging.transport import Transport, transport_for
+from fleet.messaging.transport import Connection, Transport
 
 
-def test_only_redis_brokers_get_it() -> None:
-    assert transport_for("redis://localhost:6379/0") is Transport
-    assert transport_for("rediss://localhost:6380/0") is None
-    assert transport_for("amqp://guest@localhost//") is None
+def test_only_redis_brokers_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Connection("redis://localhost:6379/0").transport_cls is Transport
+    assert Connection("rediss://localhost:6380/0").transport_cls == "rediss"
+    assert Connection("amqp://guest@localhost//").transport_cls == "amqp"
+    # the URL Celery connects to decides, not the fleet's configuration: `celery -b URL`
+    # and CELERY_BROKER_URL override broker_url
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://guest@127.0.0.1:5999//")
+    app = create_app(load_config())
+    assert app.connection_for_write().transport_cls == "amqp"
+    # and after a failover to an alternate Redis, still this transport
+    conn = Connection("redis://127.0.0.1:1/0;redis://127.0.0.1:2/0")
+    conn.switch("redis://127.0.0.1:2/0")
+    assert conn.transport_cls is Transport
 
 
 def _publish_and_count(app: Celery, n: int) -> tuple[int, list[int]]:
@@ -114,3 +125,47 @@ def test_many_threads_acknowledge_at_once_without_failing(redis_url: str) -> Non
         assert errors == []
         held = redis.Redis.from_url(redis_url, decode_responses=True).hkeys("unacked")
         assert not {m.delivery_tag for m in got} & set(held)  # kombu's index of unacked
+
+
+def test_many_threads_requeue_at_once_without_waiting_on_each_other(redis_url: str) -> None:
+    """kombu restores a rejected message in a transaction that holds a connection of the
+    channel's pool while it reads the exchange's table: with that pool waiting for a free
+    connection, as many threads requeueing at once as it had connections each held one and
+    waited for another until the wait ran out (30 s), then failed. The table is read
+    through a pool of its own."""
+    app = create_app(load_config())
+    app.conf.broker_transport_options = {"max_connections": 4}
+    name = f"requeue-test-{uuid.uuid4().hex[:8]}"
+    queue = Queue(name, Exchange(name), routing_key=name)
+    n = 24
+    with app.connection_for_write() as conn:
+        producer = conn.Producer()
+        queue(conn.default_channel).declare()
+        for i in range(n):
+            producer.publish({"n": i}, exchange=queue.exchange, routing_key=name)
+        got: list[Any] = []
+        consumer = conn.Consumer(queue, channel=conn.channel(), callbacks=[
+            lambda body, message: got.append(message)])  # fmt: skip
+        consumer.consume()
+        while len(got) < n:
+            conn.drain_events(timeout=5)
+        assert conn.default_channel.pool.max_connections == 4
+        errors: list[BaseException] = []
+        together = threading.Barrier(n)
+
+        def requeue(message: Any) -> None:
+            together.wait()
+            try:
+                message.reject(requeue=True)
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=requeue, args=(m,)) for m in got]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and time.monotonic() - start < 10
+        client = redis.Redis.from_url(redis_url)
+        assert client.llen(name) == n  # every message back on its queue
