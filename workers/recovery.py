@@ -21,7 +21,7 @@ from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import StepCall
 from fleet.errors import StepFailed
 from fleet.messaging.app import fleet_config
-from fleet.store.leases import Leases, lease_field
+from fleet.store.leases import Begin, Leases, lease_field
 from workers.lease_keeper import Keeper
 from workers.runtime import WorkerRuntime, runtime
 
@@ -37,6 +37,7 @@ class Lease:
     run_id: str
     field: str
     listened: bool = False  # somebody listens to the run's events (fleet.store.events)
+    state: dict[str, str] | None = None  # the run's outputs as it began, when asked (JSON)
 
     def end_by_retry(self) -> None:
         self.leases.mark(self.run_id, self.field, "done")
@@ -74,18 +75,24 @@ def reroute(
 
 
 def begin(
-    task: Task, rt: WorkerRuntime, call: StepCall, run: dict[str, Any], canvas: bool = False
+    task: Task,
+    rt: WorkerRuntime,
+    call: StepCall,
+    run: dict[str, Any],
+    canvas: bool = False,
+    state: bool = False,
 ) -> Lease:
     """Hold the step's start lease while its op runs; raise Ignore when this copy must not
     run it. One round trip, which also reads the run's status: a copy that sat in a queue
     does no work for a run that failed meanwhile. ``canvas``: the step is a canvas's node
-    (``fleet.node``), whose canvas sends what follows it: a copy does neither."""
+    (``fleet.node``), whose canvas sends what follows it: a copy does neither. ``state``:
+    the same round trip reads the run's outputs so far (``Lease.state``)."""
     leases = rt.leases
     field = lease_field(call["path"], task.request.retries or 0)
     token = rt.keeper.token(task.request.hostname)
-    listened = _check_begin(task, rt.engine, leases, call, run, token, canvas)
+    found = _check_begin(task, rt.engine, leases, call, run, token, canvas, state)
     rt.keeper.hold(leases, run["id"], field, token)
-    return Lease(leases, rt.keeper, run["id"], field, listened)
+    return Lease(leases, rt.keeper, run["id"], field, found.listened, found.state)
 
 
 def _check_begin(
@@ -96,7 +103,8 @@ def _check_begin(
     run: dict[str, Any],
     token: str,
     canvas: bool = False,
-) -> bool:
+    state: bool = False,
+) -> Begin:
     """Raise Ignore when the run failed, or when this copy must not run the step: it
     recorded its outputs already (swept back, or redelivered after its worker died past the
     record) -- the op does not run again, but what it made ready is sent (the claims let
@@ -107,7 +115,7 @@ def _check_begin(
     thread-pool worker's whole process dies with it)."""
     path, attempt = call["path"], task.request.retries or 0
     worker = task.request.hostname or ""
-    found = leases.begin(run["id"], path, attempt, token, bool(call.get("group")), worker)
+    found = leases.begin(run["id"], path, attempt, token, bool(call.get("group")), worker, state)
     if found.status == "failed" or found.verdict == "ended":
         raise Ignore()  # another branch failed the run, or a retry carries the step on
     if found.verdict == "skip":  # its outputs are recorded
@@ -132,7 +140,7 @@ def _check_begin(
         )
         engine.store.fail(run["id"], path, why)
         raise Ignore()
-    return found.listened
+    return found
 
 
 class StepRequest(Request):

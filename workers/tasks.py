@@ -25,8 +25,8 @@ from fleet.constants import (
     STEP_TASK,
     WARM_KEY,
 )
-from fleet.engine.compiler import only_after
-from fleet.engine.readiness import StepCall
+from fleet.engine.compiler import CompiledWorkflow, may_end, only_after
+from fleet.engine.readiness import StepCall, decide
 from fleet.errors import RuntimeRefused, StepFailed, UnknownOpError
 from fleet.messaging.app import app, fleet_config
 from fleet.routing import affinity
@@ -37,7 +37,7 @@ from fleet.sdk.process import cpu_fallback, run_within
 from fleet.sdk.registry import OpSpec, registry
 from fleet.sdk.step import StepContext, running
 from fleet.store.events import Publisher
-from fleet.store.records import Claim, TraceEntry
+from fleet.store.records import Claim, Ending, TraceEntry
 from fleet.store.runs import RunStore
 from workers.recovery import StepRequest, begin, reroute
 from workers.runtime import WorkerRuntime, runtime
@@ -143,12 +143,15 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     """Run one op node, record its outputs and trace, then send the steps it made ready."""
     rt = runtime(self.app)
     engine = rt.engine
-    lease = begin(self, rt, call, run)  # raises Ignore when this copy must not run
+    workflow = engine.workflow(run["spec"])
+    # a step the run may end with reads the run's state as it begins, to end it as it records
+    last = may_end(workflow, call["path"]) and run.get("within") is None and not call.get("group")
+    lease = begin(self, rt, call, run, state=last)  # raises Ignore when this copy must not run
     owner = self.request.id or call["path"]
     # the steps this one alone makes ready: claimed in the round trip that records it
-    claim = Claim(owner, only_after(engine.workflow(run["spec"]), call["path"]))
+    claim = Claim(owner, only_after(workflow, call["path"]))
     try:
-        status, state, _ = execute(self, rt, call, run, lease.listened, claim)
+        status, state, _ = execute(self, rt, call, run, lease.listened, claim, lease.state)
     except Retry:  # the next attempt was sent: a late copy of this one must not run
         lease.end_by_retry()
         raise
@@ -170,11 +173,14 @@ def execute(
     run: dict[str, Any],
     listened: bool = False,
     claim: Claim | None = None,
+    before: dict[str, str] | None = None,
 ) -> tuple[str | None, dict[str, dict[str, Any]] | None, dict[str, Any]]:
     """Run the op of one step and record its outputs and trace: (the run's status, its state
     when read back, the outputs). Retries, or fails the run naming the node, by raising.
     ``listened``: somebody follows the run (the op's streamed text is published); ``claim``:
-    claims to take as the outputs are recorded (``RunStore.record_step``)."""
+    claims to take as the outputs are recorded (``RunStore.record_step``); ``before``: the
+    run's outputs as the step began (JSON by path), for a step the run may end with -- if
+    they and its own complete the run, it ends in the round trip that records the step."""
     engine, store, running_now = rt.engine, rt.store, rt.running
     trace = _Trace(task, call)
     _check_trust(task, store, call, run, trace)
@@ -222,8 +228,26 @@ def execute(
         lambda pipe: observe(pipe, call, units, entry, rt, run["id"]),
         call.get("group"),
         claim,
+        None if before is None else _ending(engine.workflow(run["spec"]), call, before, outputs),
     )
     return status, state, outputs
+
+
+def _ending(
+    workflow: CompiledWorkflow, call: StepCall, before: dict[str, str], outputs: dict[str, Any]
+) -> Ending | None:
+    """The run's ending, if the step's outputs complete it: decided from the run's outputs
+    as the step began and its own. A step still running beside it is missing from them, so
+    the run is then not complete here, and the engine decides after the record, as always."""
+    try:
+        state = {path: json.loads(raw) for path, raw in before.items()}
+        state[call["path"]] = outputs
+        decision = decide(workflow, state)
+    except Exception:  # (the engine decides after the record, and says what is wrong)
+        return None
+    if not decision.finished or decision.ready or decision.skipped:
+        return None
+    return Ending("succeeded", outputs=decision.outputs)
 
 
 def _check_trust(

@@ -126,6 +126,16 @@ def only_after(workflow: CompiledWorkflow, path: str) -> list[str]:
     return [prefix + c for c in scope.sole.get(name, ())]
 
 
+def may_end(workflow: CompiledWorkflow, path: str) -> bool:
+    """Whether the run may be complete when step ``path`` ends: a node of the workflow's top
+    level (not a map item, not in a loop's body) that no other node reads. Such a step asks
+    for the run's state as it begins, and ends the run as it records if that state and its
+    own outputs complete it (one round trip fewer for a one-step run, or a chain's end)."""
+    if any(mark in path for mark in "/#["):  # in a sub-workflow's body, or a map's item
+        return False
+    return not any(path in deps for deps in workflow.root.deps.values())
+
+
 def compile_workflow(spec: WorkflowSpec, cfg: FleetConfig, registry: Registry) -> CompiledWorkflow:
     """Compile a workflow that :func:`fleet.workflow.validate.validate` accepted."""
     return CompiledWorkflow(spec, compile_scope(spec, cfg, registry), cfg.max_map_items)

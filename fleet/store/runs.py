@@ -224,6 +224,7 @@ class RunStore:
         extra: Any = None,
         group: list[Any] | None = None,
         claim: Claim | None = None,
+        ending: Ending | None = None,
     ) -> tuple[str | None, dict[str, dict[str, Any]] | None]:
         """Write a finished step's outputs and trace and read back the run's status and the
         outputs of every step so far -- one round trip. ``extra(pipe)`` may queue more
@@ -235,7 +236,9 @@ class RunStore:
         reading every item's outputs after each item would be quadratic in the map's width.
         The state is None when it was not read. ``claim``: claims taken in the same round
         trip (the steps this one alone makes ready: fleet.engine.compiler.only_after); those
-        won are put in ``claim.won``."""
+        won are put in ``claim.won``. ``ending``: the step is the run's last (its caller
+        decided so from the run's state as the step began): the run ends in the same round
+        trip, as :meth:`succeed` would end it a round trip later -- the first ending wins."""
         out_key = self._key(run_id, "out")
         pipe = self.redis.pipeline(transaction=False)
         written = json.dumps(outputs)
@@ -244,8 +247,13 @@ class RunStore:
         self._trace(pipe, run_id, [entry], written)
         if extra is not None:
             extra(pipe)
+        claimed = ended = None  # where those results are in the pipeline's
         if claim is not None and claim.paths:
+            claimed = len(pipe)
             self._claim_in(pipe, run_id, claim)
+        if ending is not None and group is None:
+            ended = len(pipe)
+            self._end_in(pipe, run_id, ending)
         if group is not None:
             done_key = RUN_MAP_KEY.format(id=run_id, node=group[0])
             pipe.sadd(done_key, path)  # a set: a redelivered item counts once
@@ -256,8 +264,9 @@ class RunStore:
             pipe.hgetall(out_key)
         results = pipe.execute()
         if claim is not None:
-            won = results[-3 if group is None else -5] if claim.paths else []
-            claim.won = [str(p) for p in won]
+            claim.won = [str(p) for p in results[claimed]] if claimed is not None else []
+        if ending is not None and ended is not None:
+            self._settle(run_id, ending, results[ended])
         if group is not None:
             status, finished = results[-1], int(results[-2])
             return status, self.state(run_id) if finished >= int(group[1]) else None
@@ -292,6 +301,15 @@ class RunStore:
     def _end(self, run_id: str, fields: dict[str, str], ending: Ending) -> bool:
         """Record a terminal state once; the first writer wins (a late branch cannot undo it)
         and settles the replies the run owes (``on_end``)."""
+        keys, args = self._end_call(run_id, fields)
+        return self._settle(run_id, ending, self.redis.eval(END_SCRIPT, len(keys), *keys, *args))
+
+    def _end_in(self, pipe: Any, run_id: str, ending: Ending) -> None:
+        """Queue ``ending`` (a success) on ``pipe``; its result goes to :meth:`_settle`."""
+        keys, args = self._end_call(run_id, _fields(ending))
+        pipe.eval(END_SCRIPT, len(keys), *keys, *args)
+
+    def _end_call(self, run_id: str, fields: dict[str, str]) -> tuple[list[str], list[str | int]]:
         flat = [x for kv in fields.items() for x in kv]
         keys = [self._key(run_id), self._key(run_id, "done"), WORKFLOW_METRICS_KEY]
         keys += [self._key(run_id, "replies"), ACTIVE_RUNS_KEY]
@@ -304,7 +322,11 @@ class RunStore:
         short = min(self.ttl, STATE_AFTER_END_S)
         now = repr(time.time())
         args: list[str | int] = [self.ttl, now, short, BUCKETS, run_id, *flat]
-        won = self.redis.eval(END_SCRIPT, len(keys), *keys, *args)
+        return keys, args
+
+    def _settle(self, run_id: str, ending: Ending, won: Any) -> bool:
+        """After the end script: False if another ending came first; else settle the replies
+        the run owes (``on_end``)."""
         if not won:
             return False
         replies = cast(list[str], won)[1:]
@@ -314,8 +336,8 @@ class RunStore:
         return True
 
     def succeed(self, run_id: str, outputs: dict[str, Any]) -> bool:
-        fields = {"status": "succeeded", "outputs": json.dumps(outputs)}
-        return self._end(run_id, fields, Ending("succeeded", outputs=outputs))
+        ending = Ending("succeeded", outputs=outputs)
+        return self._end(run_id, _fields(ending), ending)
 
     def fail(self, run_id: str, node: str | None, error: str) -> bool:
         fields = {"status": "failed", "error": error, "error_node": node or ""}
@@ -372,3 +394,8 @@ class RunStore:
                 pipe.rpush(done, "1")
                 pipe.expire(done, self.ttl)
                 pipe.execute()
+
+
+def _fields(ending: Ending) -> dict[str, str]:
+    """The run record's fields for a successful ``ending``."""
+    return {"status": "succeeded", "outputs": json.dumps(ending.outputs)}

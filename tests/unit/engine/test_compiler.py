@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fleet import Workflow
 from fleet.config import FleetConfig
-from fleet.engine.compiler import compile_workflow
+from fleet.engine.compiler import compile_workflow, may_end
 from fleet.sdk.registry import registry
 
 
@@ -31,3 +31,11 @@ def test_digest_names_the_workflow_content(cfg: FleetConfig) -> None:
     other = compile_workflow(_wf("other").spec(), cfg, registry)
     assert one.digest == same.digest != other.digest
     assert len(one.digest) == 32 and '"name":"w"' in one.spec_json
+
+
+def test_the_steps_a_run_may_end_with(cfg: FleetConfig) -> None:
+    """Top-level nodes no other node reads; never a map item or a step of a loop's body."""
+    compiled = compile_workflow(_wf().spec(), cfg, registry)
+    assert may_end(compiled, "a") and not may_end(compiled, "b")
+    assert not may_end(compiled, "a[3]")  # a map's item: its node ends with its last item
+    assert not may_end(compiled, "sub/a") and not may_end(compiled, "loop#2/a")

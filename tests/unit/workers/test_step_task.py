@@ -285,3 +285,70 @@ def test_what_a_step_spends_is_in_its_trace_and_its_runs_cost(
     assert (entry.tokens, entry.spent_usd) == (1500, 0.003)
     cost = float(client.store.redis.hget(RUN_KEY.format(id=run.id), "cost") or 0)
     assert cost >= 0.003
+
+
+def _ends(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The runs ended by a round trip of their own (``RunStore.succeed``), from now on."""
+    ended: list[str] = []
+    succeed = RunStore.succeed
+    monkeypatch.setattr(
+        RunStore,
+        "succeed",
+        lambda self, run_id, outputs: ended.append(run_id) or succeed(self, run_id, outputs),
+    )
+    return ended
+
+
+def test_a_runs_last_step_ends_it_as_it_records(
+    stub: tuple[Fleet, StubBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-step run, and a chain's last step: the step read the run's state as it began,
+    so it knows it completes the run and ends it in the round trip that records it -- not
+    in a round trip of its own afterwards."""
+    client, broker = stub
+    ended = _ends(monkeypatch)
+    one = Workflow("one", inputs=["t"])
+    one.output("out", one.step("a", "text.upper", text=one.input("t"))["text"])
+    chain = Workflow("chain", inputs=["t"])
+    b = chain.step("b", "text.upper", text=chain.input("t"))
+    chain.output("out", chain.step("c", "text.stats", text=b["text"])["words"])
+    first, second = client.submit(one, {"t": "x y"}), client.submit(chain, {"t": "x y z"})
+    assert broker.drain() == ["a", "b", "c"]
+    assert first.get(timeout=1) == {"out": "X Y"}
+    assert second.get(timeout=1) == {"out": 3}
+    assert ended == []  # neither ended in a round trip of its own
+    assert [(e.node, e.status) for e in second.trace()] == [("b", "succeeded"), ("c", "succeeded")]
+
+
+def test_a_last_step_beside_a_running_branch_leaves_the_end_to_the_engine(
+    stub: tuple[Fleet, StubBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two branches nothing else reads: each may be the run's last. The first to finish
+    finds the other missing from the state it began with: it does not end the run; the
+    second, which began after the first had recorded, does."""
+    client, broker = stub
+    ended = _ends(monkeypatch)
+    wf = Workflow("fork", inputs=["t"])
+    up = wf.step("up", "text.upper", text=wf.input("t"))
+    stats = wf.step("stats", "text.stats", text=wf.input("t"))
+    wf.output("up", up["text"])
+    wf.output("words", stats["words"])
+    run = client.submit(wf, {"t": "a b"})
+    assert sorted(c["path"] for _, c, _ in broker.sent) == ["stats", "up"]
+    (id_a, call_a, run_a), (id_b, call_b, run_b) = broker.sent
+    broker.sent.clear()
+    # both begin before either records: each reads a state without the other
+    begun = {}
+    real_execute = tasks.execute
+
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        begun[args[2]["path"]] = args[6] if len(args) > 6 else kwargs.get("before")
+        return real_execute(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "execute", gated)
+    tasks.step.apply(kwargs={"call": call_a, "run": run_a}, task_id=id_a)
+    assert run.status() == "running"  # the other branch was not in its state
+    tasks.step.apply(kwargs={"call": call_b, "run": run_b}, task_id=id_b)
+    assert run.get(timeout=1) == {"up": "A B", "words": 2}
+    assert ended == []  # the second ended it as it recorded
+    assert all(state is not None for state in begun.values())

@@ -1,0 +1,45 @@
+"""A step that completes its run ends it in the round trip that records it
+(``RunStore.record_step(ending=...)``), on a real Redis: the first ending still wins, and
+the replies the run owes are settled as ``succeed`` settles them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from fleet.store.records import Ending, TraceEntry
+from fleet.store.runs import RunStore
+
+
+def _entry(path: str) -> TraceEntry:
+    now = time.time()
+    return TraceEntry(path, "text.upper", "tool", "cpu", "cpu", "w", "succeeded", None, now, now)
+
+
+def test_the_run_ends_with_the_record(redis_url: str) -> None:
+    settled: list[tuple[str, Ending, dict[str, str]]] = []
+    store = RunStore(redis_url, 600, on_end=lambda *a: settled.append(a))
+    run_id = uuid.uuid4().hex
+    reply: dict[str, Any] = {"task_id": "t1"}
+    store.create(run_id, "one", {}, {"t": "x"}, reply=reply, spec="digest")
+    ending = Ending("succeeded", outputs={"out": "X"})
+    status, state = store.record_step(run_id, "a", {"text": "X"}, _entry("a"), ending=ending)
+    assert status == "succeeded"
+    assert state is not None and state["a"] == {"text": "X"}
+    info = store.info(run_id)
+    assert info is not None and info.status == "succeeded" and info.outputs == {"out": "X"}
+    assert store.wait(run_id, timeout=1) is not None  # the done marker a client waits on
+    assert [(r, e.status) for r, e, _ in settled] == [(run_id, "succeeded")]
+
+
+def test_an_earlier_ending_wins(redis_url: str) -> None:
+    store = RunStore(redis_url, 600)
+    run_id = uuid.uuid4().hex
+    store.create(run_id, "two", {}, {"t": "x"}, spec="digest")
+    store.fail(run_id, "b", "node 'b' failed")
+    ending = Ending("succeeded", outputs={"out": "X"})
+    status, _ = store.record_step(run_id, "a", {"text": "X"}, _entry("a"), ending=ending)
+    assert status == "failed"
+    info = store.info(run_id)
+    assert info is not None and info.status == "failed" and info.error_node == "b"
