@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -87,44 +88,53 @@ def test_a_users_own_app_keeps_kombus_transport(redis_url: str) -> None:
     assert got == list(range(20))
 
 
+def _received(conn: Any, name: str, n: int) -> list[Any]:
+    """``n`` messages published to a new queue ``name`` and received, not yet acknowledged."""
+    queue = Queue(name, Exchange(name), routing_key=name)
+    producer = conn.Producer()
+    queue(conn.default_channel).declare()
+    for i in range(n):
+        producer.publish({"n": i}, exchange=queue.exchange, routing_key=name)
+    got: list[Any] = []
+    consumer = conn.Consumer(queue, channel=conn.channel(), callbacks=[
+        lambda body, message: got.append(message)])  # fmt: skip
+    consumer.consume()
+    while len(got) < n:
+        conn.drain_events(timeout=5)
+    return got
+
+
+def _all_at_once(messages: list[Any], settle: Callable[[Any], None]) -> list[BaseException]:
+    """``settle`` each message from a thread of its own, all released together; the errors."""
+    errors: list[BaseException] = []
+    together = threading.Barrier(len(messages))
+
+    def one(message: Any) -> None:
+        together.wait()
+        try:
+            settle(message)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(m,)) for m in messages]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def test_many_threads_acknowledge_at_once_without_failing(redis_url: str) -> None:
     """A thread-pool worker (the io class: a thousand threads) acknowledges each message from
     the thread that ran it. kombu's channel pool holds 10 connections and failed the rest
     with MaxConnectionsError (388 of 400 acks at once, measured): the message stayed
     unacknowledged until the broker gave it out again. The fleet's channel waits instead."""
     app = create_app(load_config())
-    name = f"ack-test-{uuid.uuid4().hex[:8]}"
-    queue = Queue(name, Exchange(name), routing_key=name)
-    n = 200
     with app.connection_for_write() as conn:
-        producer = conn.Producer()
-        queue(conn.default_channel).declare()
-        for i in range(n):
-            producer.publish({"n": i}, exchange=queue.exchange, routing_key=name)
-        got: list[Any] = []
-        consumer = conn.Consumer(queue, channel=conn.channel(), callbacks=[
-            lambda body, message: got.append(message)])  # fmt: skip
-        consumer.consume()
-        while len(got) < n:
-            conn.drain_events(timeout=5)
-        errors: list[BaseException] = []
-        together = threading.Barrier(n)
-
-        def ack(message: Any) -> None:
-            together.wait()
-            try:
-                message.ack()
-            except Exception as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=ack, args=(m,)) for m in got]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        held = redis.Redis.from_url(redis_url, decode_responses=True).hkeys("unacked")
-        assert not {m.delivery_tag for m in got} & set(held)  # kombu's index of unacked
+        got = _received(conn, f"ack-test-{uuid.uuid4().hex[:8]}", 200)
+        assert _all_at_once(got, lambda message: message.ack()) == []
+    held = redis.Redis.from_url(redis_url, decode_responses=True).hkeys("unacked")
+    assert not {m.delivery_tag for m in got} & set(held)  # kombu's index of unacked
 
 
 def test_many_threads_requeue_at_once_without_waiting_on_each_other(redis_url: str) -> None:
@@ -136,36 +146,10 @@ def test_many_threads_requeue_at_once_without_waiting_on_each_other(redis_url: s
     app = create_app(load_config())
     app.conf.broker_transport_options = {"max_connections": 4}
     name = f"requeue-test-{uuid.uuid4().hex[:8]}"
-    queue = Queue(name, Exchange(name), routing_key=name)
-    n = 24
     with app.connection_for_write() as conn:
-        producer = conn.Producer()
-        queue(conn.default_channel).declare()
-        for i in range(n):
-            producer.publish({"n": i}, exchange=queue.exchange, routing_key=name)
-        got: list[Any] = []
-        consumer = conn.Consumer(queue, channel=conn.channel(), callbacks=[
-            lambda body, message: got.append(message)])  # fmt: skip
-        consumer.consume()
-        while len(got) < n:
-            conn.drain_events(timeout=5)
+        got = _received(conn, name, 24)
         assert conn.default_channel.pool.max_connections == 4
-        errors: list[BaseException] = []
-        together = threading.Barrier(n)
-
-        def requeue(message: Any) -> None:
-            together.wait()
-            try:
-                message.reject(requeue=True)
-            except Exception as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=requeue, args=(m,)) for m in got]
         start = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == [] and time.monotonic() - start < 10
-        client = redis.Redis.from_url(redis_url)
-        assert client.llen(name) == n  # every message back on its queue
+        assert _all_at_once(got, lambda message: message.reject(requeue=True)) == []
+        assert time.monotonic() - start < 10
+    assert redis.Redis.from_url(redis_url).llen(name) == 24  # every message back on its queue
