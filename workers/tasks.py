@@ -38,7 +38,7 @@ from fleet.sdk.registry import OpSpec, registry
 from fleet.sdk.step import StepContext, running
 from fleet.store.events import Publisher
 from fleet.store.records import Claim, Ending, TraceEntry
-from fleet.store.runs import RunStore
+from fleet.store.runs import RunStore, decode_state
 from workers.recovery import StepRequest, begin, reroute
 from workers.runtime import WorkerRuntime, runtime
 
@@ -240,7 +240,7 @@ def _ending(
     as the step began and its own. A step still running beside it is missing from them, so
     the run is then not complete here, and the engine decides after the record, as always."""
     try:
-        state = {path: json.loads(raw) for path, raw in before.items()}
+        state = decode_state(before)
         state[call["path"]] = outputs
         decision = decide(workflow, state)
     except Exception:  # (the engine decides after the record, and says what is wrong)

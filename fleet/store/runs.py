@@ -271,12 +271,12 @@ class RunStore:
             status, finished = results[-1], int(results[-2])
             return status, self.state(run_id) if finished >= int(group[1]) else None
         status, raw = results[-2], results[-1]
-        return status, {k: json.loads(v) for k, v in raw.items()}
+        return status, decode_state(raw)
 
     def state(self, run_id: str) -> dict[str, dict[str, Any]]:
         """The outputs of every step of the run so far (and its inputs)."""
         raw = self.redis.hgetall(self._key(run_id, "out"))
-        return {k: json.loads(v) for k, v in cast(dict[str, str], raw).items()}
+        return decode_state(cast(dict[str, str], raw))
 
     def count_loss(self, run_id: str, path: str) -> int:
         """Count one more death of the worker process running ``path``; the new count."""
@@ -399,3 +399,8 @@ class RunStore:
 def _fields(ending: Ending) -> dict[str, str]:
     """The run record's fields for a successful ``ending``."""
     return {"status": "succeeded", "outputs": json.dumps(ending.outputs)}
+
+
+def decode_state(raw: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """A run's outputs hash as read from Redis (JSON by path) -> every step's outputs."""
+    return {path: json.loads(value) for path, value in raw.items()}
