@@ -310,6 +310,10 @@ class FleetConfig(BaseModel):
     # watched without Flower may turn them off (`fleet status`, `fleet metrics` and traces
     # do not use them).
     task_events: bool = True
+    # A worker publishes its task events in batches, at most this long after they happen
+    # (seconds): one publish for every event buffered meanwhile, instead of one or two
+    # events a publish. 0: Celery's own timing (a publish at each turn of the worker's loop).
+    event_flush_s: float = Field(default=0.05, ge=0, le=5)
     heartbeat_interval: float = Field(default=1.0, gt=0)
     worker_ttl: float = Field(default=10.0, gt=0)
     # The orphan check looks at runs older than this for steps a broker lost (seconds).
@@ -446,6 +450,7 @@ _ENV_SCALARS = {
     "FLEET_DATA_DIR": "data_dir",
     "FLEET_AMQP_QUEUES": "amqp_queues",
     "FLEET_TASK_EVENTS": "task_events",
+    "FLEET_EVENT_FLUSH_S": "event_flush_s",
     "FLEET_REDIS_MAX_CONNECTIONS": "redis_max_connections",
 }
 

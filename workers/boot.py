@@ -3,7 +3,8 @@
 Celery imports this module (with the task modules: :data:`fleet.constants.WORKER_MODULES`)
 when a worker starts, before it builds its blueprints, and never in a client. Here:
 
-- the kombu and Celery work-arounds (:mod:`workers.compat`) and the heartbeat bootstep,
+- the kombu and Celery work-arounds (:mod:`workers.compat`), the heartbeat bootstep and the
+  consumer that publishes task events in batches (:mod:`workers.consumer`),
   when a worker starts (``worker_init``) -- not on import: Flower imports this module too;
 - each forked pool process's runtime (:mod:`workers.runtime`) and its preloaded models,
   made after the fork (``worker_process_init``: CUDA is not fork-safe) and before it takes
@@ -19,12 +20,15 @@ from typing import Any
 
 from celery import current_app
 from celery.signals import worker_init, worker_process_init
+from celery.utils.imports import symbol_by_name
+from celery.worker.consumer import Consumer as CeleryConsumer
 
 from fleet.constants import LANE_ENV, WORKER_CLASS_ENV
 from fleet.messaging.app import fleet_config
 from fleet.sdk.registry import registry
 from workers.celery_steps import guard_tasks
 from workers.compat import patch_kombu_redis_restore, patch_thread_pool_flush
+from workers.consumer import Consumer
 from workers.heartbeat import Heartbeat
 from workers.runtime import runtime
 
@@ -33,12 +37,20 @@ from workers.runtime import runtime
 def _start_worker(sender: Any = None, **_: Any) -> None:
     """The starting worker (a ``WorkController``): the work-arounds in its process, and its
     heartbeat through its own app."""
+    _batch_task_events(sender)
     patch_kombu_redis_restore()  # workers must survive a broker restart (see compat.py)
     patch_thread_pool_flush()  # ...and not run a step twice after one
     steps = sender.app.steps["consumer"]
     if Heartbeat not in steps:
         steps.add(Heartbeat)
     guard_tasks(sender.app)  # plain tasks run as `celery:` steps pass a step's checks
+
+
+def _batch_task_events(worker: Any) -> None:
+    """The worker's consumer publishes its task events in batches (workers.consumer) --
+    unless the app was given a consumer class of its own."""
+    if symbol_by_name(worker.consumer_cls) is CeleryConsumer:
+        worker.consumer_cls = Consumer
 
 
 @worker_process_init.connect

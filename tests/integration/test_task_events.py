@@ -3,9 +3,12 @@ fleet's workers and its clients alike -- what a fleet watched without Flower sav
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -60,3 +63,55 @@ def test_one_setting_turns_task_events_on_or_off(
         assert any(c != "/0.celeryev/task.sent" for c in task), seen
     else:
         assert task == [], seen
+
+
+def _published(url: str, stop: threading.Event, out: list[list[dict[str, Any]]]) -> None:
+    """Each publish of a worker's task events, as the list of events it carried."""
+    client = redis.Redis.from_url(url)
+    pubsub = client.pubsub()
+    pubsub.psubscribe("*celeryev/task.multi*")
+    while not stop.is_set():
+        message = pubsub.get_message(timeout=0.1)
+        if message and message["type"] == "pmessage":
+            payload = json.loads(message["data"])
+            out.append(json.loads(base64.b64decode(payload["body"])))
+    pubsub.close()
+
+
+@pytest.mark.parametrize("flush_s", [0.05, 0.0], ids=["batched", "celery's timing"])
+def test_a_worker_publishes_its_task_events_in_batches_and_loses_none(
+    fleet_cfg: FleetConfig, tmp_path: Path, flush_s: float
+) -> None:
+    """event_flush_s: every event buffered within it goes in one publish (a busy worker's
+    loop published one or two at a time); every step's events still arrive, in order."""
+    cfg = fleet_cfg.model_copy(
+        update={"broker_url": f"redis://127.0.0.1:{free_port()}/0", "event_flush_s": flush_s}
+    )
+    env = {"FLEET_TASK_EVENTS": "1", "FLEET_EVENT_FLUSH_S": str(flush_s)}
+    wf = Workflow("one", inputs=["t"])
+    wf.output("t", wf.step("a", "text.upper", text=wf.input("t"), classes=["io"])["text"])
+    with LocalFleet(cfg, ["io"], False, tmp_path, "INFO", lambda _: None, env):
+        client = Fleet(create_app(cfg), cfg)
+        client.submit(wf, {"t": "warm"}).get(timeout=30)
+        time.sleep(0.5)
+        batches: list[list[dict[str, Any]]] = []
+        stop = threading.Event()
+        listener = threading.Thread(target=_published, args=(cfg.broker_url, stop, batches))
+        listener.start()
+        time.sleep(0.3)
+        for i in range(30):  # one at a time: the loop turns for each
+            assert client.submit(wf, {"t": f"x{i}"}).get(timeout=30) == {"t": f"X{i}"}
+        time.sleep(0.5 + flush_s)
+        stop.set()
+        listener.join(5)
+    events = [e for batch in batches for e in batch]
+    by_task: dict[str, list[str]] = {}
+    for event in events:
+        by_task.setdefault(event["uuid"], []).append(event["type"])
+    assert len(by_task) == 30, by_task
+    for types in by_task.values():
+        assert types == ["task-received", "task-started", "task-succeeded"], by_task
+    if flush_s:
+        assert len(batches) * 6 <= len(events), [len(b) for b in batches]
+    else:
+        assert len(batches) * 2 > len(events), [len(b) for b in batches]  # Celery's timing
