@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, Signature
+from kombu.exceptions import BatchPublishError
+from kombu.messaging import Producer
 
 from fleet.config import FleetConfig
 from fleet.constants import (
@@ -154,15 +156,35 @@ class Dispatcher:
         rest = [p for p in [*ready, *skipped] if p not in taken]
         won += self.store.claim(run["id"], owner, rest)
         self.store.add_skips(run["id"], [p for p in won if p not in ready])
-        for path in won:
-            if path in ready:
-                self.send(ready[path], run)
+        self.send_all([ready[path] for path in won if path in ready], run)
         if within is not None:
             if within in decision.settled:  # the canvas task waiting for it may go on
                 self.store.settle_part(run["id"], within, dict(decision.settled[within] or {}))
         elif decision.finished:
             self.store.succeed(run["id"], decision.outputs)
         return decision
+
+    def send_all(self, calls: list[StepCall], run: dict[str, Any]) -> None:
+        """Publish steps together: every message and its ``task-sent`` event in one round
+        trip to the broker (kombu's publish batch; a broker whose transport has none, such
+        as RabbitMQ, gets each at once, as :meth:`send` sends it). A lone step without
+        task events is one publish, sent as it is. A batch the broker may
+        not have taken whole is sent again a step at a time, with kombu's retries: a step
+        sent twice runs once (its start lease), a step not sent would wait for the orphan
+        check."""
+        if not calls:
+            return
+        if len(calls) == 1 and not self.app.conf.task_send_sent_event:
+            self.send(calls[0], run)  # one publish: a batch of one costs more (measured)
+            return
+        try:
+            with self.app.producer_or_acquire() as producer, producer.batch():
+                for call in calls:
+                    self.send(call, run, producer=producer)
+        except BatchPublishError as exc:
+            log.warning("run %s: %s (%s); sending each step again", run["id"], exc, exc.__cause__)
+            for call in calls:
+                self.send(call, run)
 
     def send(
         self,
@@ -172,11 +194,15 @@ class Dispatcher:
         countdown: float | None = None,
         task_id: str | None = None,
         retries: int = 0,
+        producer: Producer | None = None,
     ) -> None:
         """Publish one step; the router picks its queue now, from the live fleet.
         ``countdown``/``task_id``: a copy sent again for later, under its first id;
-        ``retries``: the attempt it carries on (a step routed again mid-retry)."""
+        ``retries``: the attempt it carries on (a step routed again mid-retry);
+        ``producer``: the one to publish with (a batch of :meth:`send_all`)."""
         options: dict[str, Any] = {}
+        if producer is not None:
+            options["producer"] = producer
         if countdown is not None:
             options["countdown"] = countdown
         if task_id is not None:

@@ -3,7 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
+import redis
+from kombu.exceptions import BatchPublishError
+from kombu.transport.redis import PublishBatch
 
 from fleet.config import FleetConfig
 from fleet.engine.dispatch import Dispatcher
@@ -21,10 +28,17 @@ class Recorder:
     def send_task(self, name: str, **options: Any) -> None:
         self.sent.append((name, options))
 
+    @contextlib.contextmanager
+    def producer_or_acquire(self) -> Iterator[Recorder]:
+        yield self
 
-def _call(timeout: float | None) -> StepCall:
+    def batch(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+
+def _call(timeout: float | None, path: str = "a") -> StepCall:
     return {
-        "path": "a",
+        "path": path,
         "op": "text.upper",
         "kind": "compute",
         "args": {"text": "x"},
@@ -125,3 +139,50 @@ def test_a_submission_claims_its_first_steps_as_it_records_the_run(
     dispatcher.start(compiled, run, {"t": "x"}, force=True)  # tried again: the same run id
     assert sorted(o["kwargs"]["call"]["path"] for _, o in app.sent) == ["a", "a", "b", "b"]
     assert claimed == [[], []]  # no claim round trip of their own
+
+
+def _published_steps(cfg: FleetConfig, redis_url: str, run_id: str) -> list[str]:
+    """The nodes of ``run_id`` whose step messages wait on the cpu queue."""
+    import base64
+    import json
+
+    client = redis.Redis.from_url(redis_url)
+    queue = cfg.classes["cpu"].queue_name
+    paths = []
+    for key in client.scan_iter(match=f"{queue}*"):
+        if client.type(key) != b"list":
+            continue
+        for raw in client.lrange(key, 0, -1):
+            body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+            if body[1]["run"]["id"] == run_id:
+                paths.append(body[1]["call"]["path"])
+    return sorted(paths)
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["together", "batch lost"])
+def test_steps_made_ready_together_go_to_the_broker_in_one_round_trip(
+    cfg: FleetConfig, redis_url: str, monkeypatch: pytest.MonkeyPatch, broken: bool
+) -> None:
+    """send_all: three steps and their task-sent events in one pipeline; a batch the broker
+    may not have taken (the connection lost as it flushed) is sent again a step at a time."""
+    import uuid
+
+    from fleet.messaging.app import create_app
+
+    flushes: list[int] = []
+    real_flush = PublishBatch.flush
+
+    def flush(batch: PublishBatch) -> None:
+        flushes.append(batch._buffered)
+        if broken:
+            batch.pipeline.reset()  # nothing reached Redis
+            raise BatchPublishError("Redis publish batch failed; delivery is uncertain")
+        real_flush(batch)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(PublishBatch, "flush", flush)
+    app = create_app(cfg.model_copy(update={"broker_url": redis_url, "task_events": True}))
+    dispatcher = Dispatcher(app, cfg, RunStore(redis_url), registry)
+    run_id = uuid.uuid4().hex
+    dispatcher.send_all([_call(None, p) for p in ("a", "b", "c")], {"id": run_id})
+    assert flushes == [6]  # 3 messages and 3 task-sent events: one round trip
+    assert _published_steps(cfg, redis_url, run_id) == ["a", "b", "c"]

@@ -44,6 +44,7 @@ class StubBroker(Dispatcher):
         *,
         countdown: float | None = None,
         task_id: str | None = None,
+        **_: Any,  # the producer of a batch: nothing is published
     ) -> None:
         self.sent.append((task_id or uuid.uuid4().hex, call, run))
         self.countdowns.append(countdown)
