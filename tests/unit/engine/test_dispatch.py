@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.conf = SimpleNamespace(task_send_sent_event=True)
 
     def send_task(self, name: str, **options: Any) -> None:
         self.sent.append((name, options))
