@@ -4,17 +4,19 @@ A local API (asyncio, keep-alive, in a process of its own) answers every request
 ``--delay`` seconds and counts the requests it holds at once. Then, in interleaved rounds:
 
 - **fleet**: ``--runs`` one-step workflows of ``http.request`` to that API, all submitted at
-  once, on one io worker with the shipped io preset (``--io-pool`` / ``--io-concurrency``
+  once (``Fleet.submit_many``; ``--submit each``: a loop of ``submit``), on one io worker
+  with the shipped io preset (``--io-pool`` / ``--io-concurrency``
   override it, to measure alternatives);
 - **plain**: plain Celery on the same Redis, one worker ``-P gevent -c 1000`` with task events
   on (as Flower needs, and as fleet workers run), a task that calls the API with one shared
-  ``httpx.Client``; ``--runs`` tasks sent at once.
+  ``httpx.Client``; ``--runs`` tasks sent at once (in one kombu publish batch, as
+  ``submit_many`` sends its steps; ``--submit each``: a loop of ``send_task``).
 
 For each: runs per second (first submit to last result), the most calls in flight at the
 API, and the io worker's peak RSS (all its processes) while it waits. Prints a table, or
 JSON with ``--json``, and writes bench/results/io_waits.json.
 
-    python bench/io_waits.py --runs 1000 --delay 1 [--rounds 1] [--json]
+    python bench/io_waits.py --runs 1000 --delay 1 [--rounds 1] [--submit batch|each] [--json]
 """
 
 from __future__ import annotations
@@ -202,10 +204,15 @@ class Peak:
         }
 
 
-def fleet_round(client: Any, wf: Any, url: str, runs: int, pid: int) -> dict[str, float]:
+def fleet_round(
+    client: Any, wf: Any, url: str, runs: int, pid: int, each: bool
+) -> dict[str, float]:
     with Peak(pid) as peak:
         start = time.perf_counter()
-        handles = [client.submit(wf, {"url": url}) for _ in range(runs)]
+        if each:
+            handles = [client.submit(wf, {"url": url}) for _ in range(runs)]
+        else:
+            handles = client.submit_many(wf, [{"url": url}] * runs)
         sent = time.perf_counter() - start
         for h in handles:
             h.get(timeout=300)
@@ -213,13 +220,22 @@ def fleet_round(client: Any, wf: Any, url: str, runs: int, pid: int) -> dict[str
     return {"runs_per_s": runs / took, "seconds": took, "submit_s": sent, **peak.figures(runs)}
 
 
-def plain_round(app: Any, url: str, runs: int, pid: int) -> dict[str, float]:
+def plain_round(app: Any, url: str, runs: int, pid: int, each: bool) -> dict[str, float]:
     """The baseline's results are read as the fleet's are, from Redis (one MGET of the
     pending ones every 50 ms), not through Celery's pub/sub result consumer, which spent a
     whole core here draining 1000 subscriptions and starved the worker it measured."""
     with Peak(pid) as peak:
         start = time.perf_counter()
-        sent = [app.send_task("plain.call", args=(url,), queue=PLAIN_QUEUE) for _ in range(runs)]
+        if each:
+            sent = [
+                app.send_task("plain.call", args=(url,), queue=PLAIN_QUEUE) for _ in range(runs)
+            ]
+        else:
+            with app.producer_or_acquire() as producer, producer.batch():
+                sent = [
+                    app.send_task("plain.call", args=(url,), queue=PLAIN_QUEUE, producer=producer)
+                    for _ in range(runs)
+                ]
         submitted = time.perf_counter() - start
         pending = [app.backend.get_key_for_task(r.id) for r in sent]
         client = app.backend.client
@@ -276,15 +292,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         url = f"http://127.0.0.1:{port}/wait"
         papp = plain_app()
         worker_pid = fleet.workers_of("io")[0].proc.pid
-        fleet_round(client, wf, url, 20, worker_pid)  # warm-up: imports, connections
-        plain_round(papp, url, 20, plain.pid)
+        each = args.submit == "each"
+        fleet_round(client, wf, url, 20, worker_pid, each)  # warm-up: imports, connections
+        plain_round(papp, url, 20, plain.pid, each)
         rounds: dict[str, list[dict[str, float]]] = {"fleet": [], "plain": []}
         for _ in range(args.rounds):  # interleaved, so drift favours neither
             rounds["fleet"].append(
-                measured(port, lambda: fleet_round(client, wf, url, args.runs, worker_pid))
+                measured(port, lambda: fleet_round(client, wf, url, args.runs, worker_pid, each))
             )
             rounds["plain"].append(
-                measured(port, lambda: plain_round(papp, url, args.runs, plain.pid))
+                measured(port, lambda: plain_round(papp, url, args.runs, plain.pid, each))
             )
         med = {
             side: {k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0]}
@@ -298,6 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "io_preset": {"pool": spec.pool, "concurrency": spec.concurrency},
             "baseline": "plain Celery 5.7, -P gevent -c 1000, one shared httpx.Client, -E",
             "runs": args.runs,
+            "submit": args.submit,
             "delay_s": args.delay,
             "cpus": os.cpu_count(),
             "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -318,6 +336,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--io-pool", choices=["threads", "gevent"], help="override the preset")
     parser.add_argument("--io-concurrency", type=int, help="override the preset")
+    parser.add_argument(
+        "--submit",
+        choices=["batch", "each"],
+        default="batch",
+        help="send the runs in one batch (submit_many; a publish batch for plain) or each alone",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the API's own process

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from weakref import WeakKeyDictionary
 
 import redis
 from celery import Celery, Signature, _state
-from kombu.exceptions import OperationalError
+from kombu.exceptions import BatchPublishError, OperationalError
 
 from fleet.client.canvas import build as build_canvas
 from fleet.client.registered import RegisteredTasks
@@ -54,6 +54,9 @@ SUBMIT_RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0)  # a broker restart takes a moment
 # No new attempt starts after this long: the run store already waits out a restart within
 # one attempt (about 13 s), so with the broker gone, submit gave up only after 79 s.
 SUBMIT_PATIENCE_S = 10.0
+# What a submission tries again after: the broker or the run store out of reach, or a batch
+# of steps it may not have taken
+BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError, BatchPublishError)
 log = logging.getLogger("fleet.client")
 
 
@@ -173,22 +176,63 @@ class Fleet:
         run_id = uuid.uuid4().hex
         options = {"priority": priority, "sla_s": sla_s, "policy": policy}
         run = new_run(compiled, run_id, options)
-        start = time.monotonic()
+        self._send(
+            f"run {run_id}",
+            lambda again: self.dispatcher.start(compiled, run, values, force=again, follow=follow),
+        )
+        return RunHandle(run_id, self.store, self.dispatcher)
+
+    def submit_many(
+        self,
+        workflow: WorkflowLike,
+        inputs: Iterable[dict[str, Any] | None],
+        *,
+        priority: int | None = None,
+        sla_s: float | None = None,
+        policy: str | None = None,
+    ) -> list[RunHandle]:
+        """One run of ``workflow`` for each inputs dict, submitted together: every inputs
+        dict is checked first (a wrong one raises, naming its position, and nothing is
+        sent); then the runs' records go to Redis in one round trip and their first steps,
+        with their task-sent events, in one more (a loop of :meth:`submit` makes two or
+        three a run). The handles come back in the order of ``inputs``."""
+        compiled = self._compiled(workflow)
+        self.registered.check(compiled)
+        runs: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]] = []
+        options = {"priority": priority, "sla_s": sla_s, "policy": policy}
+        for i, given in enumerate(inputs):
+            try:
+                values = self._values(compiled, given, sla_s, policy)
+            except (FleetError, ValueError) as exc:
+                exc.args = (f"inputs[{i}]: {exc}", *exc.args[1:])
+                raise
+            runs.append((new_run(compiled, uuid.uuid4().hex, options), values, None))
+        if runs:
+            self._send(
+                f"{len(runs)} runs",
+                lambda again: self.dispatcher.start_runs(compiled, runs, force=again),
+            )
+        return [RunHandle(run["id"], self.store, self.dispatcher) for run, _, _ in runs]
+
+    def _send(self, what: str, start: Callable[[bool], None]) -> None:
+        """``start(again)``, tried again after a broker error (``again``: True) for up to
+        SUBMIT_PATIENCE_S: it is idempotent (the same run ids, and the claims let each step
+        out once)."""
+        began = time.monotonic()
         for attempt, pause in enumerate((*SUBMIT_RETRY_PAUSES, None), start=1):
-            try:  # idempotent: the same run id, and the claims let each step be sent once
-                self.dispatcher.start(compiled, run, values, force=attempt > 1, follow=follow)
-                break
-            except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
-                waited = time.monotonic() - start
+            try:
+                start(attempt > 1)
+                return
+            except BROKER_ERRORS as exc:
+                waited = time.monotonic() - began
                 if pause is None or waited + pause > SUBMIT_PATIENCE_S:
                     where = redact(self.cfg.broker_url)
                     raise FleetError(
-                        f"could not submit run {run_id} after {attempt} attempt(s) in "
+                        f"could not submit {what} after {attempt} attempt(s) in "
                         f"{waited:.0f} s (broker/backend {where}): {exc}"
                     ) from exc
-                log.warning("submit %s: %s; retrying in %.1f s", run_id, exc, pause)
+                log.warning("submit %s: %s; retrying in %.1f s", what, exc, pause)
                 time.sleep(pause)
-        return RunHandle(run_id, self.store, self.dispatcher)
 
     def run(
         self, workflow: WorkflowLike, inputs: dict[str, Any] | None = None, timeout: float = 60.0
@@ -271,14 +315,25 @@ class Fleet:
         options, the Celery tasks its steps call): the compiled workflow and the run's input
         values, defaults filled in."""
         compiled = self._compiled(workflow)
+        values = self._values(compiled, inputs, sla_s, policy)
+        self.registered.check(compiled)
+        return compiled, values
+
+    def _values(
+        self,
+        compiled: CompiledWorkflow,
+        inputs: dict[str, Any] | None,
+        sla_s: float | None,
+        policy: str | None,
+    ) -> dict[str, Any]:
+        """One run's input values, defaults filled in, once every check passed."""
         spec = compiled.spec
         given = dict(inputs or {})
         check_inputs(spec, given)
         _check_run_options(sla_s, policy)
         values = {**spec.defaults, **given}
         check_size(values, self.cfg.max_value_bytes)
-        self.registered.check(compiled)
-        return compiled, values
+        return values
 
     def _compiled(self, workflow: WorkflowLike) -> CompiledWorkflow:
         """The workflow validated and compiled; a builder's once per revision, so a client

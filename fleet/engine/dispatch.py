@@ -14,10 +14,11 @@ import contextlib
 import json
 import logging
 import math
+import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from celery import Celery, Signature
@@ -42,7 +43,7 @@ from fleet.errors import FleetError, ReadinessError, Unroutable
 from fleet.sdk.registry import Registry
 from fleet.sdk.waits import FOR_OP, SIGNAL_OP
 from fleet.store.events import notify
-from fleet.store.records import Claim, TraceEntry
+from fleet.store.records import Claim, NewRun, TraceEntry
 from fleet.store.runs import RunStore
 from fleet.store.waits import Wait, WaitStore
 from fleet.workflow.model import WorkflowSpec
@@ -73,6 +74,7 @@ class Dispatcher:
         self.app, self.cfg, self.store, self.registry = app, cfg, store, registry
         self._compiled: OrderedDict[str, CompiledWorkflow] = OrderedDict()
         self._put_at: dict[str, float] = {}  # when this process last stored each spec
+        self._local = threading.local()  # .producer: the batch of sending_together
 
     def register(self, workflow: CompiledWorkflow, force: bool = False) -> None:
         """Remember a compiled workflow and store its spec for the workers: once per digest
@@ -117,18 +119,51 @@ class Dispatcher:
         claims let each step out once), so a caller may try again after a broker error;
         ``reply``: the Celery task whose result the run's outcome is (see RunStore.create);
         ``follow``: somebody will follow its events (they are kept from the start)."""
+        self.start_runs(workflow, [(run, values, reply)], force=force, follow=follow)
+
+    def start_runs(
+        self,
+        workflow: CompiledWorkflow,
+        runs: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]],
+        *,
+        force: bool = False,
+        follow: bool = False,
+    ) -> None:
+        """:meth:`start` for each (run, values, reply) of ``runs``: their records (with the
+        claims of their first steps) in one round trip, and, for two runs or more, every
+        first step with its task-sent event in one more."""
         self.register(workflow, force=force)
-        meta = {k: run.get(k) for k in RUN_OPTIONS}
-        name = workflow.spec.name
-        owner, state = f"submit:{run['id']}", {INPUTS: values}
-        claim = None
-        with contextlib.suppress(FleetError):  # else advance fails the run, naming why
-            first = decide(workflow, state)
-            claim = Claim(owner, [c["path"] for c in first.ready] + first.skipped)
-        self.store.create(
-            run["id"], name, meta, values, reply, workflow.digest, follow=follow, claim=claim
-        )
-        self.advance(run, state, owner=owner, claimed=claim)
+        records: list[NewRun] = []
+        starts: list[tuple[dict[str, Any], Outputs, str, Claim | None]] = []
+        for run, values, reply in runs:
+            meta = {k: run.get(k) for k in RUN_OPTIONS}
+            owner, state = f"submit:{run['id']}", {INPUTS: values}
+            claim = None
+            with contextlib.suppress(FleetError):  # else advance fails the run, naming why
+                first = decide(workflow, state)
+                claim = Claim(owner, [c["path"] for c in first.ready] + first.skipped)
+            name, digest = workflow.spec.name, workflow.digest
+            records.append(NewRun(run["id"], name, meta, values, reply, digest, follow, claim))
+            starts.append((run, state, owner, claim))
+        self.store.create_runs(records)
+        with self.sending_together() if len(starts) > 1 else contextlib.nullcontext():
+            for started, outputs, by, claimed in starts:
+                self.advance(started, outputs, owner=by, claimed=claimed)
+
+    @contextlib.contextmanager
+    def sending_together(self) -> Iterator[None]:
+        """Every step this thread sends inside goes in one publish batch with the others
+        (:meth:`send_all`); a broker that may not have taken the batch raises
+        ``BatchPublishError`` at the end, and the caller sends again (see Fleet.submit)."""
+        if getattr(self._local, "producer", None) is not None:
+            yield
+            return
+        with self.app.producer_or_acquire() as producer, producer.batch():
+            self._local.producer = producer
+            try:
+                yield
+            finally:
+                self._local.producer = None
 
     def advance(
         self, run: dict[str, Any], state: Outputs, owner: str, claimed: Claim | None = None
@@ -173,6 +208,11 @@ class Dispatcher:
         sent twice runs once (its start lease), a step not sent would wait for the orphan
         check."""
         if not calls:
+            return
+        together = getattr(self._local, "producer", None)
+        if together is not None:  # inside sending_together: its batch goes at its end
+            for call in calls:
+                self.send(call, run, producer=together)
             return
         if len(calls) == 1 and not self.app.conf.task_send_sent_event:
             self.send(calls[0], run)  # one publish: a batch of one costs more (measured)

@@ -120,6 +120,23 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class NewRun:
+    """A run to record (``RunStore.create_runs``): ``reply``: the Celery task whose result is
+    its outcome; ``spec``: its workflow's digest, for a run the engine drives (the orphan
+    check watches those until they end); ``follow``: mark it followed (fleet.store.events);
+    ``claim``: its first steps, claimed in the same round trip (``claim.won``)."""
+
+    run_id: str
+    workflow: str
+    meta: dict[str, Any] | None = None
+    inputs: dict[str, Any] | None = None
+    reply: dict[str, Any] | None = None
+    spec: str | None = None
+    follow: bool = False
+    claim: Claim | None = None
+
+
+@dataclass(frozen=True)
 class RunInfo:
     id: str
     workflow: str

@@ -36,7 +36,7 @@ from fleet.constants import (
 )
 from fleet.store.connection import MAX_CONNECTIONS, connect
 from fleet.store.events import EVENT_OUTPUTS_MAX, events_key, mark, notify
-from fleet.store.records import Claim, Ending, RunInfo, TraceEntry
+from fleet.store.records import Claim, Ending, NewRun, RunInfo, TraceEntry
 from fleet.store.scripts import BUCKETS, CLAIM_SCRIPT, END_SCRIPT, workflow_counters
 from fleet.store.waits import Wait
 
@@ -101,37 +101,46 @@ class RunStore:
         follow: bool = False,
         claim: Claim | None = None,
     ) -> None:
-        """Record a new run; ``reply``: the Celery task whose result is this run's outcome;
-        ``spec``: its workflow's digest, for a run the engine drives (the orphan check
-        watches those until they end); ``follow``: mark it followed (fleet.store.events);
-        ``claim``: its first steps, claimed in the same round trip (``claim.won``)."""
-        key = self._key(run_id)
+        """Record a new run (the arguments: :class:`NewRun`)."""
+        self.create_runs([NewRun(run_id, workflow, meta, inputs, reply, spec, follow, claim)])
+
+    def create_runs(self, runs: list[NewRun]) -> None:
+        """Record new runs, all in one round trip; each one's claims are filled in."""
         now = time.time()
-        fields = {"workflow": workflow, "status": "running", "submitted_at": repr(now)}
-        fields["meta"] = json.dumps(meta or {})
-        if spec is not None:
-            fields["spec"] = spec
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, mapping=cast(Any, fields))
-        pipe.expire(key, self.ttl)
-        if inputs is not None:
-            pipe.hset(self._key(run_id, "out"), INPUTS, json.dumps(inputs))
-            pipe.expire(self._key(run_id, "out"), self.ttl)
-        if reply is not None:
-            self._owe(pipe, run_id, RUN_REPLY, reply)
-        if follow:
-            mark(pipe, run_id)
-        if spec is not None:
-            pipe.zadd(ACTIVE_RUNS_KEY, {run_id: now})
-        if workflow not in self._counted:  # its counters exist from zero before its first end
-            for name in workflow_counters(workflow):
-                pipe.hsetnx(WORKFLOW_METRICS_KEY, name, 0)
-            self._counted.add(workflow)
-        if claim is not None and claim.paths:
-            self._claim_in(pipe, run_id, claim)
+        claims: list[tuple[Claim, int]] = []
+        for new in runs:
+            key = self._key(new.run_id)
+            fields = {"workflow": new.workflow, "submitted_at": repr(now)}
+            fields["meta"] = json.dumps(new.meta or {})
+            if new.spec is not None:
+                fields["spec"] = new.spec
+            pipe.hset(key, mapping=cast(Any, fields))
+            # Not over a status already there: a submission tried again after a broker error
+            # leaves a run that went on (or ended) meanwhile as it is.
+            pipe.hsetnx(key, "status", "running")
+            pipe.expire(key, self.ttl)
+            if new.inputs is not None:
+                pipe.hset(self._key(new.run_id, "out"), INPUTS, json.dumps(new.inputs))
+                pipe.expire(self._key(new.run_id, "out"), self.ttl)
+            if new.reply is not None:
+                self._owe(pipe, new.run_id, RUN_REPLY, new.reply)
+            if new.follow:
+                mark(pipe, new.run_id)
+            if new.spec is not None:
+                pipe.zadd(ACTIVE_RUNS_KEY, {new.run_id: now})
+            if new.workflow not in self._counted:  # its counters exist from zero before its end
+                for name in workflow_counters(new.workflow):
+                    pipe.hsetnx(WORKFLOW_METRICS_KEY, name, 0)
+                self._counted.add(new.workflow)
+            if new.claim is not None and new.claim.paths:
+                self._claim_in(pipe, new.run_id, new.claim)
+                claims.append((new.claim, len(pipe) - 1))
+            elif new.claim is not None:
+                new.claim.won = []
         done = pipe.execute()
-        if claim is not None:
-            claim.won = [str(p) for p in done[-1]] if claim.paths else []
+        for claim, at in claims:
+            claim.won = [str(p) for p in done[at]]
 
     def run_message(self, run_id: str) -> dict[str, Any] | None:
         """A running engine run as its step messages carry it (id, workflow, spec digest,

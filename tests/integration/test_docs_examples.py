@@ -31,6 +31,13 @@ def test_loop_runs_until_its_condition(
     assert capsys.readouterr().out.strip() == "{'n': 3, 'rounds': 3}"
 
 
+def test_submitting_many_runs_at_once(
+    local_fleet: LocalFleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runpy.run_path(str(EXAMPLES / "submit_many.py"), run_name="__main__")
+    assert capsys.readouterr().out.strip() == "[True, False, True]"
+
+
 def test_writing_ops_registers_ops_that_run() -> None:
     """In a process of its own (registering ops is global): the ops are there with what the
     router needs, and they compute."""

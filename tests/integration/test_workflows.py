@@ -177,6 +177,27 @@ def test_many_runs_in_parallel(client: Fleet) -> None:
     assert time.monotonic() - start < 30
 
 
+def test_many_runs_submitted_together(client: Fleet, broker) -> None:  # type: ignore[no-untyped-def]
+    """submit_many: every run ends with its own outputs, handles in the order of the inputs;
+    a branching workflow sends each run's first steps; a wrong inputs dict is named by its
+    position and nothing at all is sent."""
+    wf = Workflow("together", inputs=["i"])
+    a = wf.step("a", "math.add", a=wf.input("i"), b=1)
+    b = wf.step("b", "math.add", a=wf.input("i"), b=2)  # two first steps a run
+    wf.output("a", a["result"])
+    wf.output("b", b["result"])
+    runs = client.submit_many(wf, [{"i": i} for i in range(30)])
+    assert [r.get(timeout=60) for r in runs] == [{"a": i + 1, "b": i + 2} for i in range(30)]
+    assert len({r.id for r in runs}) == 30
+    before = {k for k in broker.keys("fleet:run:*")}
+    with pytest.raises(
+        WorkflowValidationError, match=r"(?s)inputs\[2\]: .*missing workflow input 'i'"
+    ):
+        client.submit_many(wf, [{"i": 1}, {"i": 2}, {}, {"i": 4}])
+    assert {k for k in broker.keys("fleet:run:*")} == before
+    assert client.submit_many(wf, []) == []
+
+
 def _napper(name: str, seconds: float, cls: str = "io") -> Workflow:
     body = Workflow(name, inputs=["v"])
     nap = body.step("nap", "test.sleep", seconds=seconds, value=body.input("v"), classes=[cls])

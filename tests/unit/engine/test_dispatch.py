@@ -169,6 +169,7 @@ def test_steps_made_ready_together_go_to_the_broker_in_one_round_trip(
     may not have taken (the connection lost as it flushed) is sent again a step at a time."""
     import uuid
 
+    from fleet.messaging.app import app as fleet_app
     from fleet.messaging.app import create_app
 
     flushes: list[int] = []
@@ -182,9 +183,11 @@ def test_steps_made_ready_together_go_to_the_broker_in_one_round_trip(
         real_flush(batch)  # type: ignore[no-untyped-call]
 
     monkeypatch.setattr(PublishBatch, "flush", flush)
-    app = create_app(cfg.model_copy(update={"broker_url": redis_url, "task_events": True}))
+    broker = redis_url.rsplit("/", 1)[0] + "/7"  # a database no test fleet's worker reads
+    app = create_app(cfg.model_copy(update={"broker_url": broker, "task_events": True}))
+    fleet_app.set_current()  # create_app made its app the current one
     dispatcher = Dispatcher(app, cfg, RunStore(redis_url), registry)
     run_id = uuid.uuid4().hex
     dispatcher.send_all([_call(None, p) for p in ("a", "b", "c")], {"id": run_id})
     assert flushes == [6]  # 3 messages and 3 task-sent events: one round trip
-    assert _published_steps(cfg, redis_url, run_id) == ["a", "b", "c"]
+    assert _published_steps(cfg, broker, run_id) == ["a", "b", "c"]
