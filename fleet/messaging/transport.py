@@ -19,14 +19,19 @@ still call themselves ``redis://`` (Flower reads the broker's address from there
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 import redis
 from kombu import connection as kombu_connection
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
 from fleet.store.connection import POOL_WAIT_S
+
+log = logging.getLogger(__name__)
 
 
 def _waiting(pool: Any) -> redis.BlockingConnectionPool:
@@ -39,7 +44,46 @@ def _waiting(pool: Any) -> redis.BlockingConnectionPool:
     )
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's, with the acknowledgements one turn of a worker's loop makes sent together.
+
+    A worker on Celery's event loop acknowledges every message from the loop's thread (the
+    pool's threads hand their acknowledgements to it): kombu sends each in a round trip of
+    its own, and an io worker finishing hundreds of calls a second spent a fifth of that
+    thread's time on them -- the thread that takes messages in. Here the loop's thread
+    holds them, and they go in one round trip before the loop next waits on the broker
+    (:meth:`Transport.register_with_event_loop`): within the same turn, so no message is
+    acknowledged later than the turn it was acknowledged in. Any other thread, or a
+    worker without the loop (gevent), acknowledges as kombu does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._held: list[str] = []
+
+    def ack(self, delivery_tag: str) -> None:
+        if getattr(self.channel.connection, "loop_thread", None) != threading.get_ident():
+            super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+            return
+        self._held.append(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]  # the prefetch count's share; Redis's: held
+
+    def send_held(self) -> None:
+        """Send the acknowledgements held, in one round trip."""
+        if not self._held:
+            return
+        tags, self._held = self._held, []
+        with self.pipe_or_acquire() as pipe:
+            for tag in tags:
+                self._remove_from_indices(tag, pipe)  # type: ignore[no-untyped-call]
+            pipe.execute()
+
+    def restore_unacked(self, client: Any = None) -> None:
+        self.send_held()  # a channel closing: what was acknowledged is not given out again
+        super().restore_unacked(client)  # type: ignore[no-untyped-call]
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
     _fleet_client: Any = None
     _fleet_tables: tuple[Any, Any] | None = None  # (the channel's pool, the tables' client)
 
@@ -84,6 +128,23 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+    loop_thread: int | None = None  # the thread of the event loop that sends held acks
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)  # type: ignore[no-untyped-call]
+        self.loop_thread = threading.get_ident()
+        loop.on_tick.add(self._send_held_acks)
+
+    def _send_held_acks(self) -> None:
+        """Each turn of the loop, before it waits: every channel's held acknowledgements. A
+        failure is logged as kombu's own acknowledgement logs one (the message stays
+        unacknowledged; the broker gives it out again after visibility_timeout)."""
+        cycle: Any = self.cycle  # kombu's MultiChannelPoller
+        for channel in list(cycle._channels):
+            try:
+                channel.qos.send_held()
+            except Exception:
+                log.exception("could not acknowledge messages")
 
 
 class Connection(kombu_connection.Connection):

@@ -121,7 +121,7 @@ def test_a_step_waiting_for_a_dead_worker_is_routed_again(
     g = wf.step("g", "llm.generate", prompt=wf.input("p"), max_tokens=4, model=tiny_gguf)
     wf.output("t", g["text"])
 
-    def to_dead_worker(call: Any, run: dict[str, Any]) -> None:  # what affinity did before
+    def to_dead_worker(call: Any, run: dict[str, Any], **_: Any) -> None:  # as affinity did
         client.app.send_task(
             STEP_TASK, kwargs={"call": call, "run": run}, queue=direct_queue(client.cfg, dead)
         )

@@ -28,7 +28,7 @@ def test_a_step_whose_message_was_lost_is_sent_again(client: Fleet, broker: redi
     wf.output("out", second["text"])
     lost: list[StepCall] = []
     send = client.dispatcher.send
-    client.dispatcher.send = lambda call, run: lost.append(call)  # type: ignore[method-assign]
+    client.dispatcher.send = lambda call, run, **_: lost.append(call)  # type: ignore[method-assign]
     try:
         run = client.submit(wf, {"t": " lost  message "})  # claimed, never published
     finally:

@@ -1,0 +1,46 @@
+"""A worker on Celery's event loop sends the acknowledgements of one turn of its loop in one
+round trip (fleet.messaging.transport.QoS), and leaves no message unacknowledged."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from fleet import Workflow
+from fleet.client.client import Fleet
+from fleet.config import FleetConfig
+from fleet.deploy.local import LocalFleet, free_port
+from fleet.messaging.app import create_app
+
+pytestmark = pytest.mark.integration
+
+
+def _transactions(client: redis.Redis) -> int:
+    """MULTI blocks Redis has run: kombu makes one for each message it takes in (its
+    unacknowledged record) and one for each acknowledgement it sends."""
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_multi", {}).get("calls", 0))
+
+
+def test_acknowledgements_of_a_turn_go_together_and_none_is_left(
+    fleet_cfg: FleetConfig, tmp_path: Path
+) -> None:
+    cfg = fleet_cfg.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    wf = Workflow("acks", inputs=["v"])
+    wf.output("v", wf.step("echo", "test.echo", value=wf.input("v"), classes=["io"])["value"])
+    with LocalFleet(cfg, ["io"], False, tmp_path, "INFO", lambda _: None):
+        client = Fleet(create_app(cfg), cfg)
+        assert client.submit(wf, {"v": -1}).get(timeout=30) == {"v": -1}
+        broker = redis.Redis.from_url(cfg.broker_url)
+        before = _transactions(broker)
+        runs = client.submit_many(wf, [{"v": i} for i in range(300)])
+        assert [r.get(timeout=60) for r in runs] == [{"v": i} for i in range(300)]
+        deadline = time.monotonic() + 10
+        while broker.hlen("unacked") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert broker.hlen("unacked") == 0  # every message acknowledged
+        sent_acks = _transactions(broker) - before - 300  # less one a message taken in
+        assert 0 < sent_acks < 300, sent_acks  # kombu alone: one round trip each
