@@ -12,8 +12,10 @@ Here the first event buffered after a publish asks for one publish ``event_flush
 (0.05 s by default); every event buffered meanwhile goes with it. Celery still publishes at
 once a buffer that reaches its limit (24 events), and the events still go in the order they
 happened, as Celery's ``task.multi`` batches that Flower and ``celery events`` read. A
-monitor sees an event at most ``event_flush_s`` later. ``event_flush_s = 0``: Celery's own
-behaviour. A worker that shuts down publishes what it still holds first.
+monitor sees an event about ``event_flush_s`` later (plus whatever the loop is busy with).
+``event_flush_s = 0``: Celery's own behaviour. A worker that stops, or loses its broker
+connection, publishes what it holds first (on a lost connection Celery's dispatcher keeps
+what it could not publish until it reconnects, as it does for its own buffer).
 """
 
 from __future__ import annotations
@@ -59,9 +61,26 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]  # Celery is untyped
         self._flush_due = 0.0  # first: an event buffered during the publish asks again
         self._flush_events()
 
-    def shutdown(self) -> Any:
+    def _flush_held(self) -> None:
+        """Publish what is held now. On a broken connection Celery's dispatcher keeps what
+        it could not publish and publishes it after the consumer reconnects."""
+        self._flush_due = 0.0
         try:
             self._flush_events()
-        except Exception:  # a broker already gone: Celery's own shutdown goes on
+        except Exception:  # a broker already gone: the consumer's own path goes on
             log.warning("could not publish the last task events", exc_info=True)
+
+    def on_close(self) -> None:
+        """The connection was lost: Celery publishes its buffered events here (its loop
+        runs its pending callbacks); the events held for later would be dropped with the
+        old dispatcher, and the timer that was to publish them is cancelled."""
+        self._flush_held()
+        super().on_close()
+
+    def stop(self) -> Any:
+        self._flush_held()  # before the heart stops: no task event after worker-offline
+        return super().stop()
+
+    def shutdown(self) -> Any:
+        self._flush_held()
         return super().shutdown()

@@ -23,7 +23,6 @@ from typing import Any
 
 from celery import Celery, Signature
 from kombu.exceptions import BatchPublishError
-from kombu.messaging import Producer
 
 from fleet.config import FleetConfig
 from fleet.constants import (
@@ -74,7 +73,7 @@ class Dispatcher:
         self.app, self.cfg, self.store, self.registry = app, cfg, store, registry
         self._compiled: OrderedDict[str, CompiledWorkflow] = OrderedDict()
         self._put_at: dict[str, float] = {}  # when this process last stored each spec
-        self._local = threading.local()  # .producer: the batch of sending_together
+        self._local = threading.local()  # .held: the messages sending_together holds
 
     def register(self, workflow: CompiledWorkflow, force: bool = False) -> None:
         """Remember a compiled workflow and store its spec for the workers: once per digest
@@ -130,8 +129,8 @@ class Dispatcher:
         follow: bool = False,
     ) -> None:
         """:meth:`start` for each (run, values, reply) of ``runs``: their records (with the
-        claims of their first steps) in one round trip, and, for two runs or more, every
-        first step with its task-sent event in one more."""
+        claims of their first steps) in one round trip, and every first step with its
+        task-sent event in one more (:meth:`sending_together`)."""
         self.register(workflow, force=force)
         records: list[NewRun] = []
         starts: list[tuple[dict[str, Any], Outputs, str, Claim | None]] = []
@@ -152,18 +151,42 @@ class Dispatcher:
 
     @contextlib.contextmanager
     def sending_together(self) -> Iterator[None]:
-        """Every step this thread sends inside goes in one publish batch with the others
-        (:meth:`send_all`); a broker that may not have taken the batch raises
-        ``BatchPublishError`` at the end, and the caller sends again (see Fleet.submit)."""
-        if getattr(self._local, "producer", None) is not None:
+        """The step messages this thread sends inside are held, then published together at
+        the end (:meth:`_publish_held`) -- also when the inside failed part way: what it
+        claimed and made ready still goes out. Nested, the outermost publishes. No producer
+        is held while the inside works (a reply or a nested send may need one)."""
+        if getattr(self._local, "held", None) is not None:
             yield
             return
-        with self.app.producer_or_acquire() as producer, producer.batch():
-            self._local.producer = producer
-            try:
-                yield
-            finally:
-                self._local.producer = None
+        held: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        self._local.held = held
+        try:
+            yield
+        finally:
+            self._local.held = None
+            self._publish_held(held)
+
+    def _publish_held(self, held: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+        """Every held message and its ``task-sent`` event in one round trip to the broker
+        (kombu's publish batch; a transport without one, such as RabbitMQ's, publishes each
+        at once). A lone message without task events is published as it is (a batch of one
+        costs more: measured). A batch the broker may not have taken whole is published
+        again message by message, with kombu's retries: a step sent twice runs once (its
+        start lease); one not sent would wait for the orphan check."""
+        if len(held) == 1 and not self.app.conf.task_send_sent_event:
+            name, kwargs, options = held[0]
+            self.app.send_task(name, kwargs=kwargs, **options)
+            return
+        if not held:
+            return
+        try:
+            with self.app.producer_or_acquire() as producer, producer.batch():
+                for name, kwargs, options in held:
+                    self.app.send_task(name, kwargs=kwargs, producer=producer, **options)
+        except BatchPublishError as exc:
+            log.warning("%s (%s); publishing %d step(s) again", exc, exc.__cause__, len(held))
+            for name, kwargs, options in held:
+                self.app.send_task(name, kwargs=kwargs, **options)
 
     def advance(
         self, run: dict[str, Any], state: Outputs, owner: str, claimed: Claim | None = None
@@ -200,29 +223,9 @@ class Dispatcher:
         return decision
 
     def send_all(self, calls: list[StepCall], run: dict[str, Any]) -> None:
-        """Publish steps together: every message and its ``task-sent`` event in one round
-        trip to the broker (kombu's publish batch; a broker whose transport has none, such
-        as RabbitMQ, gets each at once, as :meth:`send` sends it). A lone step without
-        task events is one publish, sent as it is. A batch the broker may
-        not have taken whole is sent again a step at a time, with kombu's retries: a step
-        sent twice runs once (its start lease), a step not sent would wait for the orphan
-        check."""
-        if not calls:
-            return
-        together = getattr(self._local, "producer", None)
-        if together is not None:  # inside sending_together: its batch goes at its end
-            for call in calls:
-                self.send(call, run, producer=together)
-            return
-        if len(calls) == 1 and not self.app.conf.task_send_sent_event:
-            self.send(calls[0], run)  # one publish: a batch of one costs more (measured)
-            return
-        try:
-            with self.app.producer_or_acquire() as producer, producer.batch():
-                for call in calls:
-                    self.send(call, run, producer=producer)
-        except BatchPublishError as exc:
-            log.warning("run %s: %s (%s); sending each step again", run["id"], exc, exc.__cause__)
+        """:meth:`send` each step, their messages published together
+        (:meth:`sending_together`)."""
+        with self.sending_together():
             for call in calls:
                 self.send(call, run)
 
@@ -234,15 +237,12 @@ class Dispatcher:
         countdown: float | None = None,
         task_id: str | None = None,
         retries: int = 0,
-        producer: Producer | None = None,
     ) -> None:
         """Publish one step; the router picks its queue now, from the live fleet.
         ``countdown``/``task_id``: a copy sent again for later, under its first id;
-        ``retries``: the attempt it carries on (a step routed again mid-retry);
-        ``producer``: the one to publish with (a batch of :meth:`send_all`)."""
+        ``retries``: the attempt it carries on (a step routed again mid-retry). Inside
+        :meth:`sending_together`, its message is held and published with the others."""
         options: dict[str, Any] = {}
-        if producer is not None:
-            options["producer"] = producer
         if countdown is not None:
             options["countdown"] = countdown
         if task_id is not None:
@@ -268,7 +268,7 @@ class Dispatcher:
             # not a repr of the whole call (Celery's saferepr of it cost more than routing).
             options["argsrepr"] = "()"
             options["kwargsrepr"] = repr({"run": run["id"], "node": call["path"]})
-            self.app.send_task(STEP_TASK, kwargs={"call": call, "run": run}, **options)
+            self._publish(STEP_TASK, {"call": call, "run": run}, options)
         except Unroutable as exc:  # the run fails naming the node, instead of hanging
             log.warning("run %s: %s", run["id"], exc)
             self.store.fail(run["id"], call["path"], str(exc))
@@ -343,15 +343,19 @@ class Dispatcher:
         if call.get("sensitivity"):
             headers[CELERY_LEVEL_HEADER] = str(call.get("sensitivity"))
         options.setdefault("task_id", celery_task_id(run["id"], call["path"]))
-        self.app.send_task(
-            task,
-            kwargs=call["args"],
-            link=Signature(CELERY_DONE_TASK, kwargs=end, options=control, app=self.app),
-            link_error=Signature(CELERY_FAILED_TASK, kwargs=end, options=control, app=self.app),
-            headers=headers,
-            **route,
-            **options,
+        options["link"] = Signature(CELERY_DONE_TASK, kwargs=end, options=control, app=self.app)
+        failed = Signature(CELERY_FAILED_TASK, kwargs=end, options=control, app=self.app)
+        self._publish(
+            task, call["args"], {**options, "link_error": failed, "headers": headers, **route}
         )
+
+    def _publish(self, name: str, kwargs: dict[str, Any], options: dict[str, Any]) -> None:
+        """Send task ``name`` now, or hold it for the end of :meth:`sending_together`."""
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            held.append((name, kwargs, options))
+        else:
+            self.app.send_task(name, kwargs=kwargs, **options)
 
 
 CELERY_IDS = uuid.UUID("5f3c1e0a-41f2-4c5e-9d0b-6a2e7c1d4b10")  # namespace of the ids below

@@ -111,14 +111,14 @@ class RunStore:
         claims: list[tuple[Claim, int]] = []
         for new in runs:
             key = self._key(new.run_id)
-            fields = {"workflow": new.workflow, "submitted_at": repr(now)}
-            fields["meta"] = json.dumps(new.meta or {})
+            fields = {"workflow": new.workflow, "meta": json.dumps(new.meta or {})}
             if new.spec is not None:
                 fields["spec"] = new.spec
             pipe.hset(key, mapping=cast(Any, fields))
-            # Not over a status already there: a submission tried again after a broker error
-            # leaves a run that went on (or ended) meanwhile as it is.
+            # Not over what is there: a submission tried again after a broker error leaves a
+            # run that went on (or ended) meanwhile as it is, and its latency from the first.
             pipe.hsetnx(key, "status", "running")
+            pipe.hsetnx(key, "submitted_at", repr(now))
             pipe.expire(key, self.ttl)
             if new.inputs is not None:
                 pipe.hset(self._key(new.run_id, "out"), INPUTS, json.dumps(new.inputs))
@@ -128,7 +128,7 @@ class RunStore:
             if new.follow:
                 mark(pipe, new.run_id)
             if new.spec is not None:
-                pipe.zadd(ACTIVE_RUNS_KEY, {new.run_id: now})
+                pipe.zadd(ACTIVE_RUNS_KEY, {new.run_id: now}, nx=True)
             if new.workflow not in self._counted:  # its counters exist from zero before its end
                 for name in workflow_counters(new.workflow):
                     pipe.hsetnx(WORKFLOW_METRICS_KEY, name, 0)
