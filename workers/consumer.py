@@ -71,10 +71,18 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]  # Celery is untyped
             log.warning("could not publish the last task events", exc_info=True)
 
     def on_close(self) -> None:
-        """The connection was lost: Celery publishes its buffered events here (its loop
-        runs its pending callbacks); the events held for later would be dropped with the
-        old dispatcher, and the timer that was to publish them is cancelled."""
-        self._flush_held()
+        """The connection was lost: the events held would be dropped with the old
+        dispatcher (Celery keeps only what it failed to publish, and publishes that once it
+        has reconnected), and the timer that was to publish them is cancelled. They join
+        what Celery keeps -- no publish here, on a connection that may hang."""
+        self._flush_due = 0.0
+        dispatcher = self.event_dispatcher
+        if dispatcher is not None:
+            with dispatcher.mutex:
+                for group, events in dispatcher._group_buffer.items():
+                    if events:
+                        dispatcher._outbound_buffer.append((list(events), f"{group}.multi"))
+                        events.clear()
         super().on_close()
 
     def stop(self) -> Any:

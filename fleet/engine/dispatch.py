@@ -14,15 +14,13 @@ import contextlib
 import json
 import logging
 import math
-import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, Signature
-from kombu.exceptions import BatchPublishError
 
 from fleet.config import FleetConfig
 from fleet.constants import (
@@ -37,6 +35,7 @@ from fleet.constants import (
     WAIT_OP_PREFIX,
 )
 from fleet.engine.compiler import CompiledWorkflow, compile_workflow
+from fleet.engine.publishing import Held, Publisher
 from fleet.engine.readiness import Decision, Outputs, StepCall, decide
 from fleet.errors import FleetError, ReadinessError, Unroutable
 from fleet.sdk.registry import Registry
@@ -73,7 +72,7 @@ class Dispatcher:
         self.app, self.cfg, self.store, self.registry = app, cfg, store, registry
         self._compiled: OrderedDict[str, CompiledWorkflow] = OrderedDict()
         self._put_at: dict[str, float] = {}  # when this process last stored each spec
-        self._local = threading.local()  # .held: the messages sending_together holds
+        self.publisher = Publisher(app, self._unroutable)
 
     def register(self, workflow: CompiledWorkflow, force: bool = False) -> None:
         """Remember a compiled workflow and store its spec for the workers: once per digest
@@ -149,44 +148,13 @@ class Dispatcher:
             for started, outputs, by, claimed in starts:
                 self.advance(started, outputs, owner=by, claimed=claimed)
 
-    @contextlib.contextmanager
-    def sending_together(self) -> Iterator[None]:
-        """The step messages this thread sends inside are held, then published together at
-        the end (:meth:`_publish_held`) -- also when the inside failed part way: what it
-        claimed and made ready still goes out. Nested, the outermost publishes. No producer
-        is held while the inside works (a reply or a nested send may need one)."""
-        if getattr(self._local, "held", None) is not None:
-            yield
-            return
-        held: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-        self._local.held = held
-        try:
-            yield
-        finally:
-            self._local.held = None
-            self._publish_held(held)
+    def sending_together(self) -> contextlib.AbstractContextManager[None]:
+        """The steps this thread sends inside are published together at its end
+        (:class:`fleet.engine.publishing.Publisher`)."""
+        return self.publisher.together()
 
-    def _publish_held(self, held: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
-        """Every held message and its ``task-sent`` event in one round trip to the broker
-        (kombu's publish batch; a transport without one, such as RabbitMQ's, publishes each
-        at once). A lone message without task events is published as it is (a batch of one
-        costs more: measured). A batch the broker may not have taken whole is published
-        again message by message, with kombu's retries: a step sent twice runs once (its
-        start lease); one not sent would wait for the orphan check."""
-        if len(held) == 1 and not self.app.conf.task_send_sent_event:
-            name, kwargs, options = held[0]
-            self.app.send_task(name, kwargs=kwargs, **options)
-            return
-        if not held:
-            return
-        try:
-            with self.app.producer_or_acquire() as producer, producer.batch():
-                for name, kwargs, options in held:
-                    self.app.send_task(name, kwargs=kwargs, producer=producer, **options)
-        except BatchPublishError as exc:
-            log.warning("%s (%s); publishing %d step(s) again", exc, exc.__cause__, len(held))
-            for name, kwargs, options in held:
-                self.app.send_task(name, kwargs=kwargs, **options)
+    def _unroutable(self, run_id: str, path: str, error: Unroutable) -> None:
+        self.store.fail(run_id, path, str(error))
 
     def advance(
         self, run: dict[str, Any], state: Outputs, owner: str, claimed: Claim | None = None
@@ -268,7 +236,9 @@ class Dispatcher:
             # not a repr of the whole call (Celery's saferepr of it cost more than routing).
             options["argsrepr"] = "()"
             options["kwargsrepr"] = repr({"run": run["id"], "node": call["path"]})
-            self._publish(STEP_TASK, {"call": call, "run": run}, options)
+            self.publisher.publish(
+                Held(STEP_TASK, {"call": call, "run": run}, options, run["id"], call["path"])
+            )
         except Unroutable as exc:  # the run fails naming the node, instead of hanging
             log.warning("run %s: %s", run["id"], exc)
             self.store.fail(run["id"], call["path"], str(exc))
@@ -344,18 +314,11 @@ class Dispatcher:
             headers[CELERY_LEVEL_HEADER] = str(call.get("sensitivity"))
         options.setdefault("task_id", celery_task_id(run["id"], call["path"]))
         options["link"] = Signature(CELERY_DONE_TASK, kwargs=end, options=control, app=self.app)
-        failed = Signature(CELERY_FAILED_TASK, kwargs=end, options=control, app=self.app)
-        self._publish(
-            task, call["args"], {**options, "link_error": failed, "headers": headers, **route}
+        options["link_error"] = Signature(
+            CELERY_FAILED_TASK, kwargs=end, options=control, app=self.app
         )
-
-    def _publish(self, name: str, kwargs: dict[str, Any], options: dict[str, Any]) -> None:
-        """Send task ``name`` now, or hold it for the end of :meth:`sending_together`."""
-        held = getattr(self._local, "held", None)
-        if held is not None:
-            held.append((name, kwargs, options))
-        else:
-            self.app.send_task(name, kwargs=kwargs, **options)
+        options = {**options, "headers": headers, **route}
+        self.publisher.publish(Held(task, call["args"], options, run["id"], call["path"]))
 
 
 CELERY_IDS = uuid.UUID("5f3c1e0a-41f2-4c5e-9d0b-6a2e7c1d4b10")  # namespace of the ids below

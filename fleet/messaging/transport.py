@@ -65,21 +65,42 @@ class QoS(kombu_redis.QoS):
             super().ack(delivery_tag)  # type: ignore[no-untyped-call]
             return
         self._held.append(delivery_tag)
-        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]  # the prefetch count's share; Redis's: held
+        # the prefetch count's share now; Redis's with the others
+        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
 
     def send_held(self) -> None:
-        """Send the acknowledgements held, in one round trip."""
+        """Send the acknowledgements held, in one round trip. If Redis refuses, they are
+        held again (removing an acknowledged message twice is harmless)."""
         if not self._held:
             return
         tags, self._held = self._held, []
-        with self.pipe_or_acquire() as pipe:
-            for tag in tags:
-                self._remove_from_indices(tag, pipe)  # type: ignore[no-untyped-call]
-            pipe.execute()
+        try:
+            with self.pipe_or_acquire() as pipe:
+                for tag in tags:
+                    self._remove_from_indices(tag, pipe)  # type: ignore[no-untyped-call]
+                pipe.execute()
+        except BaseException:
+            self._held[:0] = tags
+            raise
 
-    def restore_unacked(self, client: Any = None) -> None:
-        self.send_held()  # a channel closing: what was acknowledged is not given out again
-        super().restore_unacked(client)  # type: ignore[no-untyped-call]
+    def _send_held_quietly(self) -> None:
+        try:
+            self.send_held()
+        except Exception:
+            log.exception("could not acknowledge %d message(s)", len(self._held))
+
+    def restore_unacked_once(self, stderr: Any = None) -> Any:
+        """A channel closing (a worker stopping, a connection lost): what was acknowledged
+        is not given out again -- kombu restores only what was never acknowledged, and
+        with every message acknowledged it would not even come here."""
+        self._send_held_quietly()
+        return super().restore_unacked_once(stderr)  # type: ignore[no-untyped-call]
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        """What a message taken long ago needs before kombu gives it out again: if it was
+        acknowledged this turn, that acknowledgement."""
+        self._send_held_quietly()
+        return super().restore_visible(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 
 class Channel(kombu_redis.Channel):
@@ -133,18 +154,25 @@ class Transport(kombu_redis.Transport):
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)  # type: ignore[no-untyped-call]
         self.loop_thread = threading.get_ident()
+        previous = getattr(loop, "_fleet_send_held", None)  # a transport of an earlier connection
+        if previous is not None:
+            loop.on_tick.discard(previous)
+            loop.on_close.discard(previous)
+        loop._fleet_send_held = self._send_held_acks
         loop.on_tick.add(self._send_held_acks)
+        loop.on_close.add(self._send_held_acks)
 
-    def _send_held_acks(self) -> None:
-        """Each turn of the loop, before it waits: every channel's held acknowledgements. A
-        failure is logged as kombu's own acknowledgement logs one (the message stays
-        unacknowledged; the broker gives it out again after visibility_timeout)."""
+    def _send_held_acks(self, closing: Any = None) -> None:
+        """Each turn of the loop, before it waits: every channel's held acknowledgements.
+        When the loop closes (``closing``: the loop), also this transport's last hold:
+        what the loop still runs as it closes is acknowledged at once. A failure is logged
+        as kombu's own acknowledgement logs one (the message stays unacknowledged, and is
+        given out again after visibility_timeout); what failed stays held for next time."""
+        if closing is not None:
+            self.loop_thread = None
         cycle: Any = self.cycle  # kombu's MultiChannelPoller
         for channel in list(cycle._channels):
-            try:
-                channel.qos.send_held()
-            except Exception:
-                log.exception("could not acknowledge messages")
+            channel.qos._send_held_quietly()
 
 
 class Connection(kombu_connection.Connection):

@@ -44,3 +44,31 @@ def test_acknowledgements_of_a_turn_go_together_and_none_is_left(
         assert broker.hlen("unacked") == 0  # every message acknowledged
         sent_acks = _transactions(broker) - before - 300  # less one a message taken in
         assert 0 < sent_acks < 300, sent_acks  # kombu alone: one round trip each
+
+
+def test_a_warm_shutdown_leaves_no_finished_step_unacknowledged(
+    fleet_cfg: FleetConfig, tmp_path: Path, redis_url: str
+) -> None:
+    """Steps that finish while the worker stops are acknowledged as the loop closes (they
+    were held for a turn that never came, and given out again an hour later). The broker
+    is the tests' own Redis (a database of its own), so it outlives the fleet."""
+    url = redis_url.rsplit("/", 1)[0] + "/9"
+    redis.Redis.from_url(url).flushdb()
+    cfg = fleet_cfg.model_copy(update={"broker_url": url})
+    wf = Workflow("warm-stop", inputs=["v"])
+    nap = wf.step("nap", "test.sleep", seconds=2.0, value=wf.input("v"), classes=["io"])
+    wf.output("v", nap["value"])
+    fleet = LocalFleet(cfg, ["io"], False, tmp_path, "INFO", lambda _: None)
+    fleet.start()
+    try:
+        client = Fleet(create_app(cfg), cfg)
+        runs = client.submit_many(wf, [{"v": i} for i in range(6)])
+        broker = redis.Redis.from_url(cfg.broker_url)
+        deadline = time.monotonic() + 30
+        while broker.hlen("unacked") < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert broker.hlen("unacked") == 6  # all six running
+    finally:
+        fleet.stop(grace=20)  # warm: the steps finish, then the worker exits
+    assert [r.status() for r in runs] == ["succeeded"] * 6
+    assert broker.hlen("unacked") == 0

@@ -153,3 +153,35 @@ def test_many_threads_requeue_at_once_without_waiting_on_each_other(redis_url: s
         assert _all_at_once(got, lambda message: message.reject(requeue=True)) == []
         assert time.monotonic() - start < 10
     assert redis.Redis.from_url(redis_url).llen(name) == 24  # every message back on its queue
+
+
+def test_a_loops_acknowledgements_are_held_until_its_turn_ends(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the event loop's thread, acks are held and sent together at the end of the turn
+    (the loop's tick); if Redis refuses them they stay held for the next turn; a channel
+    closing sends what it holds, even when every message was acknowledged."""
+    index = redis.Redis.from_url(redis_url, decode_responses=True)
+    app = create_app(load_config())
+    with app.connection_for_write() as conn:
+        got = _received(conn, f"held-test-{uuid.uuid4().hex[:8]}", 4)
+        tags = {m.delivery_tag for m in got}
+        conn.transport.loop_thread = threading.get_ident()  # as a worker's loop sets it
+        for message in got[:2]:
+            message.ack()
+        assert tags <= set(index.hkeys("unacked"))  # held, not sent yet
+        with monkeypatch.context() as broken:
+            broken.setattr(redis.client.Pipeline, "execute", _refused)
+            conn.transport._send_held_acks()  # the tick, with Redis refusing: still held
+        assert tags <= set(index.hkeys("unacked"))
+        conn.transport._send_held_acks()  # the next tick
+        assert not {m.delivery_tag for m in got[:2]} & set(index.hkeys("unacked"))
+        for message in got[2:]:
+            message.ack()
+        channel = got[2].channel
+        channel.close()  # the worker stops before another tick
+    assert not tags & set(index.hkeys("unacked"))
+
+
+def _refused(*_: Any, **__: Any) -> Any:
+    raise redis.ConnectionError("Redis went away")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.events.dispatcher import EventDispatcher
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.events import Events
 from kombu.asynchronous import Hub
@@ -35,15 +36,17 @@ def test_events_wait_for_one_publish_and_a_lost_connection_publishes_them(
 ) -> None:
     consumer, step = _consumer(cfg)
     published: list[list[dict[str, Any]]] = []
+    record = lambda self, batch, *a, **k: published.append(list(batch))  # noqa: E731
+    monkeypatch.setattr(EventDispatcher, "_publish", record)  # every dispatcher's
     dispatcher = consumer.event_dispatcher
-    dispatcher._publish = lambda batch, *a, **k: published.append(list(batch))
     for i in range(3):
         dispatcher.send("task-succeeded", uuid=str(i))
     assert published == []  # held: one publish asked for, event_flush_s later
     assert len(consumer.hub._ready) == 1  # the one request to the loop, not one an event
     monkeypatch.setattr(CeleryConsumer, "on_close", lambda self: None)  # its request cleanup
     consumer.on_close()  # the broker connection was lost
-    step.start(consumer)  # Celery's reconnection: a new dispatcher
+    assert published == []  # nothing published on a connection that may hang
+    step.start(consumer)  # Celery's reconnection: a new dispatcher publishes what it kept
     assert [[e["uuid"] for e in batch] for batch in published] == [["0", "1", "2"]]
 
 

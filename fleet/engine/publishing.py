@@ -1,0 +1,117 @@
+"""Publishing step messages: at once, or held and published together in one round trip.
+
+A decision that makes several steps ready (a fan-out, a batch of submitted runs) publishes
+their messages, each with its ``task-sent`` event, in one of kombu's publish batches: one
+pipeline to a Redis broker instead of two round trips a step. While a caller works inside
+:meth:`Publisher.together` (claims, parked waits, a run failed or ended) its messages are
+held, and no producer is taken from the app's pool: a nested send, or a reply a run's end
+sends, may need one. They are published at the end -- also when the inside failed part way:
+what it claimed and made ready still goes out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from celery import Celery
+from kombu.exceptions import BatchPublishError
+from kombu.messaging import Producer
+
+from fleet.errors import Unroutable
+
+log = logging.getLogger("fleet.dispatch")
+
+
+class Held(NamedTuple):
+    """One message to publish: Celery's ``send_task(name, kwargs=..., **options)``, for node
+    ``path`` of run ``run_id``."""
+
+    name: str
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    run_id: str
+    path: str
+
+
+class Publisher:
+    """``unroutable(run_id, path, error)``: what happens when Celery's router finds no queue
+    for a step as it is published (the run fails, naming the node)."""
+
+    def __init__(self, app: Celery, unroutable: Callable[[str, str, Unroutable], None]) -> None:
+        self.app = app
+        self.unroutable = unroutable
+        self._local = threading.local()  # .held: what together() holds on this thread
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """The messages this thread publishes inside go together at the end; nested, the
+        outermost publishes. An error inside stays the error raised: one in publishing what
+        was held is then logged."""
+        if getattr(self._local, "held", None) is not None:
+            yield
+            return
+        held: list[Held] = []
+        self._local.held = held
+        try:
+            yield
+        except BaseException:
+            self._local.held = None
+            try:
+                self._publish_all(held)
+            except Exception:
+                log.exception("could not publish %d step(s) made ready before an error", len(held))
+            raise
+        self._local.held = None
+        self._publish_all(held)
+
+    def publish(self, message: Held) -> None:
+        """Now, or held for the end of :meth:`together`."""
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            held.append(message)
+        else:
+            self._one(message)
+
+    def _one(self, message: Held, producer: Producer | None = None) -> None:
+        extra = {} if producer is None else {"producer": producer}
+        try:
+            self.app.send_task(message.name, kwargs=message.kwargs, **message.options, **extra)
+        except Unroutable as exc:
+            log.warning("run %s: %s", message.run_id, exc)
+            self.unroutable(message.run_id, message.path, exc)
+
+    def _publish_all(self, held: list[Held]) -> None:
+        """Every message and its ``task-sent`` event in one batch (a transport without
+        batches, such as RabbitMQ's, publishes each at once). A lone message without task
+        events is published as it is: a batch of one costs more (measured). A message that
+        fails does not keep the others from going; the first error is raised after. A batch
+        the broker may not have taken whole is published again message by message, with
+        kombu's retries: a step sent twice runs once (its start lease)."""
+        if len(held) == 1 and not self.app.conf.task_send_sent_event:
+            self._one(held[0])
+            return
+        if not held:
+            return
+        try:
+            with self.app.producer_or_acquire() as producer, producer.batch():
+                error = _each(held, lambda message: self._one(message, producer))
+        except BatchPublishError as exc:
+            log.warning("%s (%s); publishing %d step(s) again", exc, exc.__cause__, len(held))
+            error = _each(held, self._one)
+        if error is not None:
+            raise error
+
+
+def _each(held: list[Held], publish: Callable[[Held], None]) -> Exception | None:
+    """``publish`` every message; the first error, after all were tried."""
+    first: Exception | None = None
+    for message in held:
+        try:
+            publish(message)
+        except Exception as exc:
+            first = first or exc
+    return first
