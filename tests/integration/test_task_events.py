@@ -7,6 +7,7 @@ import base64
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,15 @@ from fleet.messaging.app import create_app
 pytestmark = pytest.mark.integration
 
 
-def _task_events(url: str, stop: threading.Event, seen: list[str]) -> None:
+def _listen(url: str, pattern: str, stop: threading.Event, keep: Callable[[Any], None]) -> None:
+    """Every message published to a channel matching ``pattern``, until ``stop``."""
     client = redis.Redis.from_url(url)
     pubsub = client.pubsub()
-    pubsub.psubscribe("*celeryev*")
+    pubsub.psubscribe(pattern)
     while not stop.is_set():
         message = pubsub.get_message(timeout=0.1)
         if message and message["type"] == "pmessage":
-            seen.append(message["channel"].decode())
+            keep(message)
     pubsub.close()
 
 
@@ -49,7 +51,10 @@ def test_one_setting_turns_task_events_on_or_off(
         client.submit(wf, {"t": "warm"}).get(timeout=30)
         seen: list[str] = []
         stop = threading.Event()
-        listener = threading.Thread(target=_task_events, args=(cfg.broker_url, stop, seen))
+        channel = lambda m: seen.append(m["channel"].decode())  # noqa: E731
+        listener = threading.Thread(
+            target=_listen, args=(cfg.broker_url, "*celeryev*", stop, channel)
+        )
         listener.start()
         time.sleep(0.3)
         for i in range(3):
@@ -65,17 +70,9 @@ def test_one_setting_turns_task_events_on_or_off(
         assert task == [], seen
 
 
-def _published(url: str, stop: threading.Event, out: list[list[dict[str, Any]]]) -> None:
-    """Each publish of a worker's task events, as the list of events it carried."""
-    client = redis.Redis.from_url(url)
-    pubsub = client.pubsub()
-    pubsub.psubscribe("*celeryev/task.multi*")
-    while not stop.is_set():
-        message = pubsub.get_message(timeout=0.1)
-        if message and message["type"] == "pmessage":
-            payload = json.loads(message["data"])
-            out.append(json.loads(base64.b64decode(payload["body"])))
-    pubsub.close()
+def _events(data: bytes) -> list[dict[str, Any]]:
+    """The events one publish of a worker's carried (kombu's message, its body base64)."""
+    return list(json.loads(base64.b64decode(json.loads(data)["body"])))
 
 
 @pytest.mark.parametrize("flush_s", [0.05, 0.0], ids=["batched", "celery's timing"])
@@ -96,7 +93,10 @@ def test_a_worker_publishes_its_task_events_in_batches_and_loses_none(
         time.sleep(0.5)
         batches: list[list[dict[str, Any]]] = []
         stop = threading.Event()
-        listener = threading.Thread(target=_published, args=(cfg.broker_url, stop, batches))
+        events = lambda m: batches.append(_events(m["data"]))  # noqa: E731
+        listener = threading.Thread(
+            target=_listen, args=(cfg.broker_url, "*celeryev/task.multi*", stop, events)
+        )
         listener.start()
         time.sleep(0.3)
         for i in range(30):  # one at a time: the loop turns for each
