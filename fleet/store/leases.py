@@ -65,6 +65,11 @@ local cur = redis.call('HGET', KEYS[3], ARGV[2])
 local taken = 0
 if cur and ran == 0 then
   if cur == 'done' then return {status, ran, 'ended', 0, '0'} end
+  if string.sub(cur, 1, #ARGV[3] + 1) == ARGV[3] .. '|' then
+    cur = nil  -- this copy's own lease: a round trip tried again after its reply was lost
+  end
+end
+if cur and ran == 0 then
   if cur ~= 'lost' then
     local expiry = tonumber(string.match(cur, '|([^|]*)$')) or 0
     if expiry > now then return {status, ran, 'held', 0, string.format('%.3f', expiry - now)} end

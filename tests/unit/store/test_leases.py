@@ -51,6 +51,20 @@ def test_the_first_copy_runs_and_a_copy_beside_it_is_held(client: redis.Redis, r
     assert leases.begin(run_id, "b", 0, "w2/1/y", group=False).verdict == "run"
 
 
+def test_a_begin_tried_again_after_its_reply_was_lost_runs(
+    client: redis.Redis, run_id: str
+) -> None:
+    """A broker restart can take the reply of the round trip that took the lease; redis-py
+    sends it again, with the same token. That copy used to find its own lease, take itself
+    for another copy and leave: every later copy then waited on a live holder (itself)
+    that renewed nothing, for good (seen in tests/integration/test_broker_restart.py)."""
+    leases = Leases(client, TTL, lease_s=5.0)
+    assert leases.begin(run_id, "a", 0, "w1/1/x", group=False).verdict == "run"
+    again = leases.begin(run_id, "a", 0, "w1/1/x", group=False)  # the same call, again
+    assert (again.verdict, again.takeovers) == ("run", 0)
+    assert leases.begin(run_id, "a", 0, "w2/1/y", group=False).verdict == "held"
+
+
 def test_copies_that_arrive_together_run_the_step_once(client: redis.Redis, run_id: str) -> None:
     """RabbitMQ delivered two and three copies of one step in the same millisecond after a
     restart (a publish repeated for a lost confirm); each used to count as a start."""
