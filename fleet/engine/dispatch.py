@@ -133,6 +133,7 @@ class Dispatcher:
         self.register(workflow, force=force)
         records: list[NewRun] = []
         starts: list[tuple[dict[str, Any], Outputs, str, Claim | None]] = []
+        name, digest = workflow.spec.name, workflow.digest
         for run, values, reply in runs:
             meta = {k: run.get(k) for k in RUN_OPTIONS}
             owner, state = f"submit:{run['id']}", {INPUTS: values}
@@ -140,11 +141,10 @@ class Dispatcher:
             with contextlib.suppress(FleetError):  # else advance fails the run, naming why
                 first = decide(workflow, state)
                 claim = Claim(owner, [c["path"] for c in first.ready] + first.skipped)
-            name, digest = workflow.spec.name, workflow.digest
             records.append(NewRun(run["id"], name, meta, values, reply, digest, follow, claim))
             starts.append((run, state, owner, claim))
         self.store.create_runs(records)
-        with self.sending_together() if len(starts) > 1 else contextlib.nullcontext():
+        with self.sending_together():
             for started, outputs, by, claimed in starts:
                 self.advance(started, outputs, owner=by, claimed=claimed)
 
