@@ -7,7 +7,8 @@
 #   FLEET_REDIS_TAG    the Redis image's tag (default agent-fleet-redis:7)
 # Prebuilt wheels are used when present: .cache/wheels (llama-cpp-python, kept by
 # scripts/setup.sh) and pip's find-links folders (a CPU torch); pip's CA bundle (PIP_CERT) is
-# mounted into the build when set. Prints the two tags.
+# mounted into the build when set. Prints the two tags. The images a rebuild leaves untagged
+# (the previous image and its build stage, a few GB each) are pruned; the cached layers stay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tag=${FLEET_IMAGE_TAG:-agent-fleet:cpu}
@@ -33,4 +34,5 @@ if [ -n "${PIP_CERT:-}" ]; then
 fi
 podman build "${common[@]}" -f docker/Dockerfile.redis -t "$redis_tag" docker >&2
 podman build "${common[@]}" "${args[@]}" -f docker/Dockerfile -t "$tag" . >&2
+podman image prune -f --filter label=agent-fleet.image >/dev/null
 echo "$tag $redis_tag"

@@ -60,6 +60,11 @@ def played(
     containers.need_podman()
     built = containers.build_images()
     print(f"\nimage {built.image}: {built.size_mb:.0f} MB, built in {built.seconds:.0f} s")
+    # a rebuild leaves no untagged image behind (each is a few GB: the disk filled up once)
+    left = containers.podman(
+        "images", "-q", "--filter", "dangling=true", "--filter", "label=agent-fleet.image"
+    )
+    assert not left, f"untagged images left by the build: {left.split()}"
     folder = tmp_path_factory.mktemp("containers")
     port, flower_port, metrics_port = free_port(), free_port(), free_port()
     password, flower_auth = secrets.token_hex(12), f"admin:{secrets.token_hex(12)}"
