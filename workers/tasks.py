@@ -11,6 +11,7 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from celery import Task
@@ -25,7 +26,7 @@ from fleet.constants import (
     STEP_TASK,
     WARM_KEY,
 )
-from fleet.engine.compiler import CompiledWorkflow, may_end, only_after
+from fleet.engine.compiler import CompiledWorkflow, may_end, only_after, sends_alone
 from fleet.engine.readiness import StepCall, decide
 from fleet.errors import RuntimeRefused, StepFailed, UnknownOpError
 from fleet.messaging.app import app, fleet_config
@@ -144,14 +145,32 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     rt = runtime(self.app)
     engine = rt.engine
     workflow = engine.workflow(run["spec"])
-    # a step the run may end with reads the run's state as it begins, to end it as it records
-    last = may_end(workflow, call["path"]) and run.get("within") is None and not call.get("group")
-    lease = begin(self, rt, call, run, state=last)  # raises Ignore when this copy must not run
-    owner = self.request.id or call["path"]
+    path, engine_run = call["path"], run.get("within") is None and not call.get("group")
+    # a step the run may end with reads the run's state as it begins, to end it as it records;
+    # one whose readers all read it alone, to send them in that round trip
+    last = engine_run and may_end(workflow, path)
+    alone = engine_run and engine.sends_in_record and sends_alone(workflow, path)
+    lease = begin(self, rt, call, run, state=last or alone)  # Ignore: this copy must not run
+    owner = self.request.id or path
     # the steps this one alone makes ready: claimed in the round trip that records it
-    claim = Claim(owner, only_after(workflow, call["path"]))
+    claim = Claim(owner, only_after(workflow, path))
+
+    def prepare(outputs: dict[str, Any]) -> None:  # (they are sent if the claims are won)
+        state = decode_state(lease.state or {})
+        state[path] = outputs
+        claim.sends = engine.prepare_sends(_next_run(self, call, run), state, claim.paths)
+
     try:
-        status, state, _ = execute(self, rt, call, run, lease.listened, claim, lease.state)
+        status, state, _ = execute(
+            self,
+            rt,
+            call,
+            run,
+            lease.listened,
+            claim,
+            lease.state if last else None,
+            prepare if alone else None,
+        )
     except Retry:  # the next attempt was sent: a late copy of this one must not run
         lease.end_by_retry()
         raise
@@ -160,10 +179,16 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     finally:
         lease.release()
     if status == "running" and state is not None:
-        if registry.get(call["op"]).prefix_cache and self.request.hostname:
-            run = affinity.remember(run, call["op"], self.request.hostname)  # its next round
-        engine.advance(run, state, owner=owner, claimed=claim)
-    return {"node": call["path"]}
+        engine.advance(_next_run(self, call, run), state, owner=owner, claimed=claim)
+    return {"node": path}
+
+
+def _next_run(task: Task, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
+    """The run as the steps this one sends carry it: after a step of an op that keeps its
+    prompts' state, with this worker as where its next round goes (prefix affinity)."""
+    if registry.get(call["op"]).prefix_cache and task.request.hostname:
+        return affinity.remember(run, call["op"], task.request.hostname)
+    return run
 
 
 def execute(
@@ -174,13 +199,16 @@ def execute(
     listened: bool = False,
     claim: Claim | None = None,
     before: dict[str, str] | None = None,
+    prepare: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[str | None, dict[str, dict[str, Any]] | None, dict[str, Any]]:
     """Run the op of one step and record its outputs and trace: (the run's status, its state
     when read back, the outputs). Retries, or fails the run naming the node, by raising.
     ``listened``: somebody follows the run (the op's streamed text is published); ``claim``:
     claims to take as the outputs are recorded (``RunStore.record_step``); ``before``: the
     run's outputs as the step began (JSON by path), for a step the run may end with -- if
-    they and its own complete the run, it ends in the round trip that records the step."""
+    they and its own complete the run, it ends in the round trip that records the step.
+    ``prepare(outputs)``: called before the record, with the op's outputs (it may fill
+    ``claim.sends``, the messages the record's round trip sends)."""
     engine, store, running_now = rt.engine, rt.store, rt.running
     trace = _Trace(task, call)
     _check_trust(task, store, call, run, trace)
@@ -218,6 +246,8 @@ def execute(
     if here.spent:
         trace.tokens = sum(tokens for _, tokens in here.spent)
         trace.spent_usd = round(sum(dollars for dollars, _ in here.spent), 8)
+    if prepare is not None:
+        prepare(outputs)
     entry = trace.entry("succeeded")
     units = op.units_of(call["args"])
     status, state = store.record_step(

@@ -126,6 +126,20 @@ def only_after(workflow: CompiledWorkflow, path: str) -> list[str]:
     return [prefix + c for c in scope.sole.get(name, ())]
 
 
+def sends_alone(workflow: CompiledWorkflow, path: str) -> bool:
+    """Whether everything step ``path`` makes ready when it ends is known as it begins: a
+    node of the workflow's top level whose every reader reads it alone (``only_after``).
+    Such a step sends its successors in the round trip that records it: what they need is
+    its own outputs and those recorded before it began, and no other step can make them
+    ready. A join, a map or a sub-workflow among its readers: the state is read back after
+    the record, as always."""
+    if any(mark in path for mark in "/#["):
+        return False
+    readers = [name for name, deps in workflow.root.deps.items() if path in deps]
+    sole = workflow.root.sole.get(path, ())
+    return bool(readers) and all(name in sole for name in readers)
+
+
 def may_end(workflow: CompiledWorkflow, path: str) -> bool:
     """Whether the run may be complete when step ``path`` ends: a node of the workflow's top
     level (not a map item, not in a loop's body) that no other node reads. Such a step asks

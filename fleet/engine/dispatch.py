@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any
 
 from celery import Celery, Signature
@@ -41,8 +42,9 @@ from fleet.errors import FleetError, ReadinessError, Unroutable
 from fleet.sdk.registry import Registry
 from fleet.sdk.waits import FOR_OP, SIGNAL_OP
 from fleet.store.events import notify
-from fleet.store.records import Claim, NewRun, TraceEntry
+from fleet.store.records import Claim, Command, NewRun, TraceEntry
 from fleet.store.runs import RunStore
+from fleet.store.scripts import SENT_COMMANDS
 from fleet.store.waits import Wait, WaitStore
 from fleet.workflow.model import WorkflowSpec
 from fleet.workflow.waits import moment, seconds
@@ -197,6 +199,55 @@ class Dispatcher:
             for call in calls:
                 self.send(call, run)
 
+    def prepare_sends(
+        self, run: dict[str, Any], state: Outputs, paths: list[str]
+    ) -> list[list[Command]] | None:
+        """The broker commands that send steps ``paths`` -- the steps a step alone makes
+        ready (``only_after``), each made ready by ``state`` (its outputs, and the run's as
+        it began) -- for it to run in the round trip that records it (``Claim.sends``); None
+        where they must be sent as always, after the record (:meth:`advance`): a broker that
+        is not the store's Redis, a step that is not a plain message (a wait, a `celery:`
+        step, no class), one ruled out, or anything that would fail as it is sent."""
+        if not paths or not self.sends_in_record:
+            return None
+        try:
+            decision = decide(self.workflow(run["spec"]), state)
+        except FleetError:
+            return None
+        ready = {c["path"]: c for c in decision.ready}
+        calls = [ready.get(path) for path in paths]
+        if any(c is None or not _plain(c) for c in calls) or (
+            decision.skipped and any(p in decision.skipped for p in paths)
+        ):
+            return None
+        held = [_step_message(c, run, self._options(c, run)) for c in calls if c is not None]
+        try:
+            sends = self.publisher.prepare(held)
+        except Exception as exc:  # (sent as always, which fails the run naming the node)
+            log.debug("run %s: steps %s not prepared: %s", run["id"], paths, exc)
+            return None
+        if sends is None or any(n not in SENT_COMMANDS for m in sends for n, _ in m):
+            return None
+        return sends
+
+    def _options(self, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
+        """Celery's options for a step's message: its priority and time limits."""
+        options: dict[str, Any] = {"priority": self.cfg.message_priority(run.get("priority"))}
+        if call["timeout"]:
+            options["soft_time_limit"] = call["timeout"]
+            options["time_limit"] = call["timeout"] + 5
+        return options
+
+    @cached_property
+    def sends_in_record(self) -> bool:
+        """Whether a step's messages may go in the script that records it: the run store is
+        the broker's Redis server and database (the same URL), whose keys kombu does not
+        prefix."""
+        broker = str(self.app.conf.broker_url or "")
+        options = self.app.conf.broker_transport_options or {}
+        same = broker == self.cfg.backend_url and broker.startswith("redis://")
+        return same and not options.get("global_keyprefix")
+
     def send(
         self,
         call: StepCall,
@@ -210,17 +261,13 @@ class Dispatcher:
         ``countdown``/``task_id``: a copy sent again for later, under its first id;
         ``retries``: the attempt it carries on (a step routed again mid-retry). Inside
         :meth:`sending_together`, its message is held and published with the others."""
-        options: dict[str, Any] = {}
+        options = self._options(call, run)
         if countdown is not None:
             options["countdown"] = countdown
         if task_id is not None:
             options["task_id"] = task_id
         if retries:
             options["retries"] = retries
-        if call["timeout"]:
-            options["soft_time_limit"] = call["timeout"]
-            options["time_limit"] = call["timeout"] + 5
-        options["priority"] = self.cfg.message_priority(run.get("priority"))
         if call["op"].startswith(WAIT_OP_PREFIX):  # no message: the run parks on it
             self.park(call, run)
             return
@@ -230,15 +277,7 @@ class Dispatcher:
             if call["op"].startswith(CELERY_OP_PREFIX):
                 self._send_celery(call, run, options)
                 return
-            # What Flower and `celery inspect` show instead of a wall of fleet.step.
-            options["shadow"] = f"{run.get('workflow', '?')}:{call['path']} [{call['op']}]"
-            # What Flower and the task events show of the arguments: the run and the node,
-            # not a repr of the whole call (Celery's saferepr of it cost more than routing).
-            options["argsrepr"] = "()"
-            options["kwargsrepr"] = repr({"run": run["id"], "node": call["path"]})
-            self.publisher.publish(
-                Held(STEP_TASK, {"call": call, "run": run}, options, run["id"], call["path"])
-            )
+            self.publisher.publish(_step_message(call, run, options))
         except Unroutable as exc:  # the run fails naming the node, instead of hanging
             log.warning("run %s: %s", run["id"], exc)
             self.store.fail(run["id"], call["path"], str(exc))
@@ -343,3 +382,20 @@ def no_class(call: StepCall) -> str:
 def _under(path: str, node: str) -> bool:
     """Whether step ``path`` belongs to top-level ``node`` (its items, its body's steps)."""
     return path == node or path.startswith((f"{node}#", f"{node}["))
+
+
+def _step_message(call: StepCall, run: dict[str, Any], options: dict[str, Any]) -> Held:
+    """The ``fleet.step`` message of ``call`` (``options``: Celery's, for send_task)."""
+    # What Flower and `celery inspect` show instead of a wall of fleet.step.
+    options["shadow"] = f"{run.get('workflow', '?')}:{call['path']} [{call['op']}]"
+    # What Flower and the task events show of the arguments: the run and the node, not a
+    # repr of the whole call (Celery's saferepr of it cost more than routing).
+    options["argsrepr"] = "()"
+    options["kwargsrepr"] = repr({"run": run["id"], "node": call["path"]})
+    return Held(STEP_TASK, {"call": call, "run": run}, options, run["id"], call["path"])
+
+
+def _plain(call: StepCall) -> bool:
+    """A step sent as one ``fleet.step`` message (not a wait, not a `celery:` step)."""
+    op = call["op"]
+    return bool(call["classes"]) and not op.startswith((WAIT_OP_PREFIX, CELERY_OP_PREFIX))

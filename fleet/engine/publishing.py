@@ -7,6 +7,10 @@ pipeline to a Redis broker instead of two round trips a step. While a caller wor
 held, and no producer is taken from the app's pool: a nested send, or a reply a run's end
 sends, may need one. They are published at the end -- also when the inside failed part way:
 what it claimed and made ready still goes out.
+
+:meth:`Publisher.prepare` builds messages without publishing them: the Redis commands that
+would publish each (the fleet's broker transport keeps them inside :func:`capturing`), for
+a step that sends its successors in the script that records it.
 """
 
 from __future__ import annotations
@@ -22,8 +26,28 @@ from kombu.exceptions import BatchPublishError
 from kombu.messaging import Producer
 
 from fleet.errors import Unroutable
+from fleet.store.records import Command
 
 log = logging.getLogger("fleet.dispatch")
+_kept = threading.local()  # .commands: what capturing() keeps on this thread
+
+
+@contextlib.contextmanager
+def capturing() -> Iterator[list[Command]]:
+    """The Redis commands of the messages this thread publishes in a publish batch of the
+    fleet's broker transport inside (``producer.batch()``: fleet.messaging.transport), kept
+    in the list it gives instead of run."""
+    commands: list[Command] = []
+    _kept.commands = commands
+    try:
+        yield commands
+    finally:
+        _kept.commands = None
+
+
+def captured() -> list[Command] | None:
+    """Where this thread's publish batches keep their commands now (None: they run them)."""
+    return getattr(_kept, "commands", None)
 
 
 class Held(NamedTuple):
@@ -83,6 +107,24 @@ class Publisher:
         except Unroutable as exc:
             log.warning("run %s: %s", message.run_id, exc)
             self.unroutable(message.run_id, message.path, exc)
+
+    def prepare(self, held: list[Held]) -> list[list[Command]] | None:
+        """The Redis commands that publish each message of ``held`` (and its ``task-sent``
+        event), built as :meth:`publish` builds them, routed now, and not run; None when the
+        broker is not the fleet's Redis transport. Raises what sending would (Unroutable)."""
+        with self.app.producer_or_acquire() as producer:
+            if not getattr(producer.channel, "keeps_commands", False) or getattr(
+                producer._batch_local, "current", None
+            ):  # (a batch open on it would take the messages: never, from a step)
+                return None
+            out: list[list[Command]] = []
+            for message in held:
+                with capturing() as commands, producer.batch():
+                    self.app.send_task(
+                        message.name, kwargs=message.kwargs, **message.options, producer=producer
+                    )
+                out.append(commands)
+            return out
 
     def _publish_all(self, held: list[Held]) -> None:
         """Every message and its ``task-sent`` event in one batch (a transport without

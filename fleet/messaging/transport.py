@@ -15,6 +15,11 @@ fleet app's connection class, picks it from the URL's scheme): a user's app keep
 and so do ``rediss://`` and RabbitMQ. Everything else -- the messages, the queues, the
 fanout of events, acknowledgement and restore -- is kombu's, unchanged; its connections
 still call themselves ``redis://`` (Flower reads the broker's address from there).
+
+A publish batch opened inside :func:`fleet.engine.publishing.capturing` runs nothing: it
+keeps the Redis commands of each message (kombu's own: the queue's LPUSH, an event's
+PUBLISH) for the caller, which runs them in a script of its own -- a step sends its
+successors in the round trip that records it.
 """
 
 from __future__ import annotations
@@ -29,9 +34,34 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
+from fleet.engine.publishing import captured
 from fleet.store.connection import POOL_WAIT_S
+from fleet.store.records import Command
 
 log = logging.getLogger(__name__)
+
+
+class _Kept:
+    """A publish batch that keeps its commands (``capturing``): kombu's batch interface."""
+
+    def __init__(self, channel: Channel, commands: list[Command]) -> None:
+        self.channel = channel
+        self.commands = commands
+
+    def publish(self, message: Any, **kwargs: Any) -> Any:
+        return self.channel.basic_publish(message, _publish_batch=self, **kwargs)  # type: ignore[no-untyped-call]
+
+    def add(self, name: str, *args: Any) -> None:
+        self.commands.append((name, args))
+
+    def flush(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        self.commands.clear()
+
+    def close(self) -> None:
+        pass
 
 
 def _waiting(pool: Any) -> redis.BlockingConnectionPool:
@@ -107,6 +137,14 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
     _fleet_client: Any = None
     _fleet_tables: tuple[Any, Any] | None = None  # (the channel's pool, the tables' client)
+
+    keeps_commands = True  # a batch inside ``capturing`` keeps its commands (Publisher.prepare)
+
+    def create_publish_batch(self, max_size: int) -> Any:
+        commands = captured()
+        if commands is not None:
+            return _Kept(self, commands)
+        return super().create_publish_batch(max_size)  # type: ignore[no-untyped-call]
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
         """kombu's pool for the channel's commands (publish, ack, restore), made to wait for a

@@ -109,14 +109,21 @@ class TraceEntry:
         )
 
 
+Command = tuple[str, tuple[Any, ...]]  # a Redis command a broker would run: (name, arguments)
+
+
 @dataclass
 class Claim:
     """Claims a step takes as it records its outputs (``RunStore.record_step``): ``paths``
-    for ``owner``; ``won`` is filled with those it holds (see ``RunStore.claim``)."""
+    for ``owner``; ``won`` is filled with those it holds (see ``RunStore.claim``).
+    ``sends``: for each path, the broker commands that publish its step (a Redis broker
+    that is the store's server): run by the same script for each path won, while the run
+    is running -- the step sends its successors in the round trip that records it."""
 
     owner: str
     paths: list[str]
     won: list[str] | None = None
+    sends: list[list[Command]] | None = None
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,14 @@ from fleet.constants import (
 from fleet.store.connection import MAX_CONNECTIONS, connect
 from fleet.store.events import EVENT_OUTPUTS_MAX, events_key, mark, notify
 from fleet.store.records import Claim, Ending, NewRun, RunInfo, TraceEntry
-from fleet.store.scripts import BUCKETS, CLAIM_SCRIPT, END_SCRIPT, workflow_counters
+from fleet.store.scripts import (
+    BUCKETS,
+    CLAIM_SCRIPT,
+    CLAIM_SEND_SCRIPT,
+    END_SCRIPT,
+    SENT_COMMANDS,
+    workflow_counters,
+)
 from fleet.store.waits import Wait
 
 STATE_AFTER_END_S = 600  # how long a finished run's step outputs and claims are kept
@@ -245,9 +252,11 @@ class RunStore:
         reading every item's outputs after each item would be quadratic in the map's width.
         The state is None when it was not read. ``claim``: claims taken in the same round
         trip (the steps this one alone makes ready: fleet.engine.compiler.only_after); those
-        won are put in ``claim.won``. ``ending``: the step is the run's last (its caller
-        decided so from the run's state as the step began): the run ends in the same round
-        trip, as :meth:`succeed` would end it a round trip later -- the first ending wins."""
+        won are put in ``claim.won``; with ``claim.sends``, the won steps are sent by the
+        same round trip, and the state is not read (None). ``ending``: the step is the run's
+        last (its caller decided so from the run's state as the step began): the run ends in
+        the same round trip, as :meth:`succeed` would end it a round trip later -- the first
+        ending wins."""
         out_key = self._key(run_id, "out")
         pipe = self.redis.pipeline(transaction=False)
         written = json.dumps(outputs)
@@ -269,7 +278,8 @@ class RunStore:
             pipe.expire(done_key, self.ttl)
             pipe.scard(done_key)
         pipe.hget(self._key(run_id), "status")
-        if group is None:
+        read = group is None and (claim is None or claim.sends is None)
+        if read:
             pipe.hgetall(out_key)
         results = pipe.execute()
         if claim is not None:
@@ -279,6 +289,8 @@ class RunStore:
         if group is not None:
             status, finished = results[-1], int(results[-2])
             return status, self.state(run_id) if finished >= int(group[1]) else None
+        if not read:
+            return results[-1], None
         status, raw = results[-2], results[-1]
         return status, decode_state(raw)
 
@@ -298,7 +310,19 @@ class RunStore:
     def _claim_in(self, pipe: Any, run_id: str, claim: Claim) -> None:
         """Queue ``claim`` on ``pipe`` (its result: the paths won)."""
         key = self._key(run_id, "claims")
-        pipe.eval(CLAIM_SCRIPT, 1, key, claim.owner, self.ttl, *claim.paths)
+        if claim.sends is None:
+            pipe.eval(CLAIM_SCRIPT, 1, key, claim.owner, self.ttl, *claim.paths)
+            return
+        sent: list[Any] = []
+        for commands in claim.sends:
+            sent.append(len(commands))
+            for name, args in commands:
+                if name not in SENT_COMMANDS:  # (the script runs what it is given)
+                    raise ValueError(f"not a command that sends a message: {name}")
+                sent += [name, len(args), *args]
+        keys = (key, self._key(run_id))
+        count = len(claim.paths)
+        pipe.eval(CLAIM_SEND_SCRIPT, 2, *keys, claim.owner, self.ttl, count, *claim.paths, *sent)
 
     def claim(self, run_id: str, owner: str, paths: list[str]) -> list[str]:
         """The paths among ``paths`` that ``owner`` may send (each path is sent by one task)."""

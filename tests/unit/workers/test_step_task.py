@@ -32,6 +32,8 @@ from workers.runtime import WorkerRuntime
 class StubBroker(Dispatcher):
     """A dispatcher whose sends land in a list; :meth:`drain` runs them like a worker."""
 
+    sends_in_record = False  # (a step's record would send to the real broker, past the list)
+
     def __init__(self, cfg: FleetConfig, store: RunStore) -> None:
         super().__init__(app, cfg, store, registry)
         self.sent: list[tuple[str, StepCall, dict[str, Any]]] = []

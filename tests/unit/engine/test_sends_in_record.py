@@ -1,0 +1,160 @@
+"""A step whose readers all read it alone sends them in the round trip that records it: the
+fleet's broker transport builds their messages without publishing them, and the record's
+claim script publishes each one it wins while the run is running. On a real Redis that is
+both the broker and the run store, with the fleet's Celery app."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from fleet import Workflow
+from fleet.client.client import Fleet
+from fleet.config import FleetConfig
+from fleet.constants import INPUTS
+from fleet.engine.compiler import CompiledWorkflow, compile_workflow, only_after, sends_alone
+from fleet.engine.dispatch import Dispatcher, new_run
+from fleet.sdk.registry import registry
+from fleet.store.records import Claim, TraceEntry
+from fleet.store.runs import RunStore
+
+
+@pytest.fixture()
+def broker(redis_url: str, cfg: FleetConfig) -> Iterator[tuple[Dispatcher, FleetConfig]]:
+    """A dispatcher whose broker is its run store's Redis (a database no test fleet reads)."""
+    from fleet.messaging.app import app as fleet_app
+    from fleet.messaging.app import create_app
+
+    url = redis_url.rsplit("/", 1)[0] + "/8"
+    redis.Redis.from_url(url).flushdb()
+    cfg = cfg.model_copy(update={"broker_url": url, "task_events": True})
+    app = create_app(cfg)
+    fleet_app.set_current()  # create_app made its app the current one
+    yield Dispatcher(app, cfg, RunStore(url, 600), registry), cfg
+
+
+def _compiled(cfg: FleetConfig, wf: Workflow) -> CompiledWorkflow:
+    return compile_workflow(Fleet(None, cfg).validate(wf), cfg, registry)  # type: ignore[arg-type]
+
+
+def _chain(cfg: FleetConfig) -> CompiledWorkflow:
+    wf = Workflow("chain", inputs=["t"])
+    a = wf.step("a", "text.upper", text=wf.input("t"), classes=["cpu"])
+    b = wf.step("b", "text.upper", text=a["text"], classes=["cpu"])
+    wf.output("n", wf.step("c", "text.stats", text=b["text"], classes=["cpu"])["words"])
+    return _compiled(cfg, wf)
+
+
+def _entry(path: str) -> TraceEntry:
+    now = time.time()
+    return TraceEntry(path, "text.upper", "compute", "cpu", "cpu", "w", "succeeded", None, now, now)
+
+
+def _queued(url: str, run_id: str, queue: str = "cpu") -> list[str]:
+    """The nodes of ``run_id`` whose step messages wait on the cpu queue."""
+    client = redis.Redis.from_url(url)
+    paths = []
+    for key in client.scan_iter(match=f"{queue}*"):
+        if client.type(key) != b"list":
+            continue
+        for raw in client.lrange(key, 0, -1):
+            body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+            if body[1]["run"]["id"] == run_id:
+                paths.append(body[1]["call"]["path"])
+    return sorted(paths)
+
+
+def _started(dispatcher: Dispatcher, compiled: CompiledWorkflow) -> dict[str, Any]:
+    run = new_run(compiled, uuid.uuid4().hex, {})
+    dispatcher.start(compiled, run, {"t": "one two"})  # records it and sends a
+    return run
+
+
+def test_the_record_sends_the_successor_it_claims(broker: tuple[Dispatcher, FleetConfig]) -> None:
+    dispatcher, cfg = broker
+    compiled = _chain(cfg)
+    run = _started(dispatcher, compiled)
+    assert _queued(cfg.broker_url, run["id"]) == ["a"]
+    state = {INPUTS: {"t": "one two"}, "a": {"text": "ONE TWO"}}
+    sends = dispatcher.prepare_sends(run, state, only_after(compiled, "a"))
+    assert sends is not None and len(sends) == 1
+    # b's message on its queue and its task-sent event: kombu's own commands, not yet run
+    assert [name for name, _ in sends[0]] == ["lpush", "publish"]
+    assert _queued(cfg.broker_url, run["id"]) == ["a"]
+    claim = Claim("task-a", ["b"], sends=sends)
+    status, state_read = dispatcher.store.record_step(
+        run["id"], "a", {"text": "ONE TWO"}, _entry("a"), claim=claim
+    )
+    assert (status, state_read, claim.won) == ("running", None, ["b"])
+    assert _queued(cfg.broker_url, run["id"]) == ["a", "b"]
+    body = json.loads(base64.b64decode(json.loads(sends[0][0][1][1])["body"]))
+    assert body[1]["call"]["args"] == {"text": "ONE TWO"}  # b reads a's outputs
+
+
+def test_nothing_is_sent_for_a_run_that_failed_or_a_claim_another_holds(
+    broker: tuple[Dispatcher, FleetConfig],
+) -> None:
+    dispatcher, cfg = broker
+    compiled = _chain(cfg)
+    store = dispatcher.store
+    state = {INPUTS: {"t": "x"}, "a": {"text": "X"}}
+    failed = _started(dispatcher, compiled)
+    store.fail(failed["id"], "other", "another branch failed")
+    claim = Claim("task-a", ["b"], sends=dispatcher.prepare_sends(failed, state, ["b"]))
+    status, _ = store.record_step(failed["id"], "a", {"text": "X"}, _entry("a"), claim=claim)
+    assert status == "failed" and _queued(cfg.broker_url, failed["id"]) == ["a"]
+    taken = _started(dispatcher, compiled)
+    assert store.claim(taken["id"], "another-copy", ["b"]) == ["b"]
+    claim = Claim("task-a", ["b"], sends=dispatcher.prepare_sends(taken, state, ["b"]))
+    status, _ = store.record_step(taken["id"], "a", {"text": "X"}, _entry("a"), claim=claim)
+    assert (status, claim.won) == ("running", [])
+    assert _queued(cfg.broker_url, taken["id"]) == ["a"]
+    # the same task again (its message redelivered): its claim is its own, b is sent again
+    claim = Claim("another-copy", ["b"], sends=dispatcher.prepare_sends(taken, state, ["b"]))
+    store.record_step(taken["id"], "a", {"text": "X"}, _entry("a"), claim=claim)
+    assert claim.won == ["b"] and _queued(cfg.broker_url, taken["id"]) == ["a", "b"]
+
+
+def test_only_a_step_whose_readers_read_it_alone_sends_in_its_record(cfg: FleetConfig) -> None:
+    chain = _chain(cfg)
+    assert [sends_alone(chain, p) for p in ("a", "b", "c")] == [True, True, False]  # c: last
+    wf = Workflow("join", inputs=["t"])
+    x = wf.step("x", "text.upper", text=wf.input("t"))
+    y = wf.step("y", "text.upper", text=x["text"])
+    z = wf.step("z", "text.template", template="${p}${q}", p=x["text"], q=y["text"])
+    wf.output("out", wf.step("w", "text.upper", text=z["text"])["text"])
+    join = _compiled(cfg, wf)
+    # z reads x and y: whichever records last makes it ready, from the state read back after
+    # the record, as always; z's only reader w reads it alone
+    assert [sends_alone(join, p) for p in ("x", "y", "z", "w")] == [False, False, True, False]
+
+
+def test_steps_are_sent_as_always_where_the_record_cannot_send_them(
+    broker: tuple[Dispatcher, FleetConfig], redis_url: str
+) -> None:
+    dispatcher, cfg = broker
+    compiled = _chain(cfg)
+    run = _started(dispatcher, compiled)
+    state = {INPUTS: {"t": "x"}, "a": {"text": "X"}}
+    assert dispatcher.prepare_sends(run, state, ["b"]) is not None
+    assert dispatcher.prepare_sends(run, {INPUTS: {"t": "x"}}, ["b"]) is None  # b not ready
+    # a run store on another Redis database than the broker's: no script can reach the queue
+    other = cfg.model_copy(update={"result_backend": redis_url.rsplit("/", 1)[0] + "/9"})
+    elsewhere = Dispatcher(dispatcher.app, other, dispatcher.store, registry)
+    assert not elsewhere.sends_in_record
+    assert elsewhere.prepare_sends(run, state, ["b"]) is None
+    wf = Workflow("waits", inputs=["t"])
+    a = wf.step("a", "text.stats", text=wf.input("t"), classes=["cpu"])
+    wf.output("at", wf.step("w", "wait.for", seconds=a["words"])["at"])
+    waits = _compiled(cfg, wf)
+    parked = _started(dispatcher, waits)
+    assert sends_alone(waits, "a")
+    counted = {INPUTS: {"t": "x"}, "a": {"words": 1}}
+    assert dispatcher.prepare_sends(parked, counted, ["w"]) is None  # a wait parks: no message
