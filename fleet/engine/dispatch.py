@@ -143,12 +143,15 @@ class Dispatcher:
             with contextlib.suppress(FleetError):  # else advance fails the run, naming why
                 first = decide(workflow, state)
                 claim = Claim(owner, [c["path"] for c in first.ready] + first.skipped)
+                # sent by the round trip that records the run, where that can be done
+                claim.sends = self.prepare_sends(run, state, claim.paths, first)
             records.append(NewRun(run["id"], name, meta, values, reply, digest, follow, claim))
             starts.append((run, state, owner, claim))
         self.store.create_runs(records)
         with self.sending_together():
             for started, outputs, by, claimed in starts:
-                self.advance(started, outputs, owner=by, claimed=claimed)
+                if claimed is None or claimed.sends is None:
+                    self.advance(started, outputs, owner=by, claimed=claimed)
 
     def sending_together(self) -> contextlib.AbstractContextManager[None]:
         """The steps this thread sends inside are published together at its end
@@ -200,20 +203,26 @@ class Dispatcher:
                 self.send(call, run)
 
     def prepare_sends(
-        self, run: dict[str, Any], state: Outputs, paths: list[str]
+        self,
+        run: dict[str, Any],
+        state: Outputs,
+        paths: list[str],
+        decision: Decision | None = None,
     ) -> list[list[Command]] | None:
         """The broker commands that send steps ``paths`` -- the steps a step alone makes
         ready (``only_after``), each made ready by ``state`` (its outputs, and the run's as
         it began) -- for it to run in the round trip that records it (``Claim.sends``); None
         where they must be sent as always, after the record (:meth:`advance`): a broker that
         is not the store's Redis, a step that is not a plain message (a wait, a `celery:`
-        step, no class), one ruled out, or anything that would fail as it is sent."""
+        step, no class), one ruled out, or anything that would fail as it is sent.
+        ``decision``: already made from ``state`` (a submission's first steps)."""
         if not paths or not self.sends_in_record:
             return None
-        try:
-            decision = decide(self.workflow(run["spec"]), state)
-        except FleetError:
-            return None
+        if decision is None:
+            try:
+                decision = decide(self.workflow(run["spec"]), state)
+            except FleetError:
+                return None
         ready = {c["path"]: c for c in decision.ready}
         calls = [ready.get(path) for path in paths]
         if any(c is None or not _plain(c) for c in calls) or (
@@ -244,9 +253,9 @@ class Dispatcher:
         the broker's Redis server and database (the same URL), whose keys kombu does not
         prefix."""
         broker = str(self.app.conf.broker_url or "")
-        options = self.app.conf.broker_transport_options or {}
-        same = broker == self.cfg.backend_url and broker.startswith("redis://")
-        return same and not options.get("global_keyprefix")
+        if broker != self.cfg.backend_url or not broker.startswith("redis://"):
+            return False
+        return not (self.app.conf.broker_transport_options or {}).get("global_keyprefix")
 
     def send(
         self,

@@ -25,7 +25,8 @@ class Recorder:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
-        self.conf = SimpleNamespace(task_send_sent_event=True)
+        # (no broker URL: steps are never sent by the record's round trip, past the stub)
+        self.conf = SimpleNamespace(task_send_sent_event=True, broker_url=None)
 
     def send_task(self, name: str, **options: Any) -> None:
         self.sent.append((name, options))

@@ -158,3 +158,20 @@ def test_steps_are_sent_as_always_where_the_record_cannot_send_them(
     assert sends_alone(waits, "a")
     counted = {INPUTS: {"t": "x"}, "a": {"words": 1}}
     assert dispatcher.prepare_sends(parked, counted, ["w"]) is None  # a wait parks: no message
+
+
+def test_a_submission_sends_its_first_steps_in_the_round_trip_that_records_it(
+    broker: tuple[Dispatcher, FleetConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kombu.transport.redis import PublishBatch
+
+    dispatcher, cfg = broker
+    flushed: list[int] = []
+    real = PublishBatch.flush
+    monkeypatch.setattr(PublishBatch, "flush", lambda b: flushed.append(1) or real(b))
+    compiled = _chain(cfg)
+    runs = [new_run(compiled, uuid.uuid4().hex, {}) for _ in range(3)]
+    dispatcher.start_runs(compiled, [(run, {"t": "x"}, None) for run in runs])
+    assert flushed == []  # no publish of its own: the runs' record sent them
+    assert [_queued(cfg.broker_url, run["id"]) for run in runs] == [["a"]] * 3
+    assert all(dispatcher.store.status(run["id"]) == "running" for run in runs)
