@@ -177,7 +177,9 @@ def default_classes() -> dict[str, ClassSpec]:
             concurrency=_cores(),
             time_limit=300,
             soft_time_limit=280,
-            max_tasks_per_child=1000,
+            # (no recycling of pool processes by default, as in Celery: a child replaced
+            # after N tasks reloads its models, and the step handed to it as it left waited
+            # about a second for the next child: docs/operations.md)
             price_per_hour=0.05,
         ),
         "io": ClassSpec(
