@@ -27,6 +27,7 @@ from fleet.constants import (
     WARM_KEY,
 )
 from fleet.engine.compiler import CompiledWorkflow, may_end, only_after, sends_alone
+from fleet.engine.publishing import Prepared
 from fleet.engine.readiness import StepCall, decide
 from fleet.errors import RuntimeRefused, StepFailed, UnknownOpError
 from fleet.messaging.app import app, fleet_config
@@ -155,10 +156,13 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     # the steps this one alone makes ready: claimed in the round trip that records it
     claim = Claim(owner, only_after(workflow, path))
 
+    prepared: list[Prepared | None] = [None]
+
     def prepare(outputs: dict[str, Any]) -> None:  # (they are sent if the claims are won)
         state = decode_state(lease.state or {})
         state[path] = outputs
-        claim.sends = engine.prepare_sends(_next_run(self, call, run), state, claim.paths)
+        prepared[0] = engine.prepare_sends(_next_run(self, call, run), state, claim.paths)
+        claim.sends = prepared[0].commands if prepared[0] is not None else None
 
     try:
         status, state, _ = execute(
@@ -180,6 +184,8 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         lease.release()
     if status == "running" and state is not None:
         engine.advance(_next_run(self, call, run), state, owner=owner, claimed=claim)
+    elif status == "running" and claim.sends is not None:
+        engine.sent(claim, prepared[0])  # their task-sent events
     return {"node": path}
 
 

@@ -36,13 +36,13 @@ from fleet.constants import (
     WAIT_OP_PREFIX,
 )
 from fleet.engine.compiler import CompiledWorkflow, compile_workflow
-from fleet.engine.publishing import Held, Publisher
+from fleet.engine.publishing import Held, HeldEvent, Prepared, Publisher
 from fleet.engine.readiness import Decision, Outputs, StepCall, decide
 from fleet.errors import FleetError, ReadinessError, Unroutable
 from fleet.sdk.registry import Registry
 from fleet.sdk.waits import FOR_OP, SIGNAL_OP
 from fleet.store.events import notify
-from fleet.store.records import Claim, Command, NewRun, TraceEntry
+from fleet.store.records import Claim, NewRun, TraceEntry
 from fleet.store.runs import RunStore
 from fleet.store.scripts import SENT_COMMANDS
 from fleet.store.waits import Wait, WaitStore
@@ -134,24 +134,29 @@ class Dispatcher:
         task-sent event in one more (:meth:`sending_together`)."""
         self.register(workflow, force=force)
         records: list[NewRun] = []
-        starts: list[tuple[dict[str, Any], Outputs, str, Claim | None]] = []
+        starts: list[tuple[dict[str, Any], Outputs, str, Claim | None, Prepared | None]] = []
         name, digest = workflow.spec.name, workflow.digest
         for run, values, reply in runs:
             meta = {k: run.get(k) for k in RUN_OPTIONS}
             owner, state = f"submit:{run['id']}", {INPUTS: values}
-            claim = None
+            claim, prepared = None, None
             with contextlib.suppress(FleetError):  # else advance fails the run, naming why
                 first = decide(workflow, state)
                 claim = Claim(owner, [c["path"] for c in first.ready] + first.skipped)
                 # sent by the round trip that records the run, where that can be done
-                claim.sends = self.prepare_sends(run, state, claim.paths, first)
+                prepared = self.prepare_sends(run, state, claim.paths, first)
+                claim.sends = prepared.commands if prepared is not None else None
             records.append(NewRun(run["id"], name, meta, values, reply, digest, follow, claim))
-            starts.append((run, state, owner, claim))
+            starts.append((run, state, owner, claim, prepared))
         self.store.create_runs(records)
+        events: list[HeldEvent] = []
         with self.sending_together():
-            for started, outputs, by, claimed in starts:
-                if claimed is None or claimed.sends is None:
+            for started, outputs, by, claimed, ready in starts:
+                if claimed is None or ready is None:
                     self.advance(started, outputs, owner=by, claimed=claimed)
+                else:
+                    events += _events_of_won(claimed, ready)
+        self.publisher.announce(events)
 
     def sending_together(self) -> contextlib.AbstractContextManager[None]:
         """The steps this thread sends inside are published together at its end
@@ -208,7 +213,7 @@ class Dispatcher:
         state: Outputs,
         paths: list[str],
         decision: Decision | None = None,
-    ) -> list[list[Command]] | None:
+    ) -> Prepared | None:
         """The broker commands that send steps ``paths`` -- the steps a step alone makes
         ready (``only_after``), each made ready by ``state`` (its outputs, and the run's as
         it began) -- for it to run in the round trip that records it (``Claim.sends``); None
@@ -231,13 +236,20 @@ class Dispatcher:
             return None
         held = [_step_message(c, run, self._options(c, run)) for c in calls if c is not None]
         try:
-            sends = self.publisher.prepare(held)
+            prepared = self.publisher.prepare(held)
         except Exception as exc:  # (sent as always, which fails the run naming the node)
             log.debug("run %s: steps %s not prepared: %s", run["id"], paths, exc)
             return None
-        if sends is None or any(n not in SENT_COMMANDS for m in sends for n, _ in m):
+        if prepared is None or any(
+            name not in SENT_COMMANDS for m in prepared.commands for name, _ in m
+        ):
             return None
-        return sends
+        return prepared
+
+    def sent(self, claim: Claim, prepared: Prepared | None) -> None:
+        """The round trip that recorded ``claim`` sent the steps it won (``prepared`` for
+        ``claim.paths``): publish their ``task-sent`` events."""
+        self.publisher.announce(_events_of_won(claim, prepared))
 
     def _options(self, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         """Celery's options for a step's message: its priority and time limits."""
@@ -408,3 +420,13 @@ def _plain(call: StepCall) -> bool:
     """A step sent as one ``fleet.step`` message (not a wait, not a `celery:` step)."""
     op = call["op"]
     return bool(call["classes"]) and not op.startswith((WAIT_OP_PREFIX, CELERY_OP_PREFIX))
+
+
+def _events_of_won(claim: Claim, prepared: Prepared | None) -> list[HeldEvent]:
+    """The ``task-sent`` events of the steps of ``prepared`` (for ``claim.paths``) that the
+    claim won: those its round trip sent."""
+    if prepared is None or not claim.won:
+        return []
+    won = set(claim.won)
+    pairs = zip(claim.paths, prepared.events, strict=True)
+    return [event for path, events in pairs if path in won for event in events]

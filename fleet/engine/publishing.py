@@ -19,6 +19,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from celery import Celery
@@ -108,23 +109,54 @@ class Publisher:
             log.warning("run %s: %s", message.run_id, exc)
             self.unroutable(message.run_id, message.path, exc)
 
-    def prepare(self, held: list[Held]) -> list[list[Command]] | None:
-        """The Redis commands that publish each message of ``held`` (and its ``task-sent``
-        event), built as :meth:`publish` builds them, routed now, and not run; None when the
-        broker is not the fleet's Redis transport. Raises what sending would (Unroutable)."""
+    def prepare(self, held: list[Held]) -> Prepared | None:
+        """The Redis commands that publish each message of ``held``, built as
+        :meth:`publish` builds them, routed now, and not run; its ``task-sent`` events are
+        held for :meth:`announce`, once the messages went (after them, as Celery publishes
+        a message's event after it: their building is not on the way to the next step).
+        None when the broker is not the fleet's Redis transport. Raises what sending would
+        (Unroutable)."""
         with self.app.producer_or_acquire() as producer:
             if not getattr(producer.channel, "keeps_commands", False) or getattr(
                 producer._batch_local, "current", None
             ):  # (a batch open on it would take the messages: never, from a step)
                 return None
-            out: list[list[Command]] = []
+            prepared = Prepared([], [])
             for message in held:
+                later = _EventsLater()
                 with capturing() as commands, producer.batch():
                     self.app.send_task(
-                        message.name, kwargs=message.kwargs, **message.options, producer=producer
+                        message.name,
+                        kwargs=message.kwargs,
+                        **message.options,
+                        producer=producer,
+                        event_dispatcher=later,
                     )
-                out.append(commands)
-            return out
+                prepared.commands.append(commands)
+                prepared.events.append(later.held)
+            return prepared
+
+    def announce(self, events: list[HeldEvent]) -> None:
+        """Publish the ``task-sent`` events :meth:`prepare` held, of messages that went. An
+        event that cannot go is logged: the step it tells of runs all the same."""
+        if not events:
+            return
+        try:
+            # (one event alone is published as it is: a batch of one costs more)
+            with (
+                self.app.producer_or_acquire() as producer,
+                producer.batch() if len(events) > 1 else contextlib.nullcontext(),
+            ):
+                for kind, fields, options in events:
+                    self._events.publish(kind, fields, producer, **options)
+        except Exception as exc:
+            log.warning("could not publish %d task-sent event(s): %s", len(events), exc)
+
+    @cached_property
+    def _events(self) -> Any:
+        """Celery's own dispatcher for events published with a producer of one's own (the
+        app's clock; what ``send_task`` publishes ``task-sent`` with)."""
+        return self.app.events.Dispatcher(enabled=False)
 
     def _publish_all(self, held: list[Held]) -> None:
         """Every message and its ``task-sent`` event in one batch (a transport without
@@ -146,6 +178,27 @@ class Publisher:
             error = _each(held, self._one)
         if error is not None:
             raise error
+
+
+HeldEvent = tuple[str, dict[str, Any], dict[str, Any]]  # (type, fields, publish options)
+
+
+class Prepared(NamedTuple):
+    """Messages built and not published (:meth:`Publisher.prepare`): for each, the broker's
+    commands that publish it and the ``task-sent`` events to publish after."""
+
+    commands: list[list[Command]]
+    events: list[list[HeldEvent]]
+
+
+class _EventsLater:
+    """An event dispatcher for ``send_task`` that holds the events it is given."""
+
+    def __init__(self) -> None:
+        self.held: list[HeldEvent] = []
+
+    def publish(self, kind: str, fields: dict[str, Any], producer: Any, **options: Any) -> None:
+        self.held.append((kind, fields, options))
 
 
 def _each(held: list[Held], publish: Callable[[Held], None]) -> Exception | None:

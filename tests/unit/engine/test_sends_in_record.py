@@ -82,20 +82,42 @@ def test_the_record_sends_the_successor_it_claims(broker: tuple[Dispatcher, Flee
     compiled = _chain(cfg)
     run = _started(dispatcher, compiled)
     assert _queued(cfg.broker_url, run["id"]) == ["a"]
+    events = redis.Redis.from_url(cfg.broker_url).pubsub()
+    events.psubscribe("*task.sent")
+    events.get_message(timeout=1)  # (the subscription's own reply)
     state = {INPUTS: {"t": "one two"}, "a": {"text": "ONE TWO"}}
-    sends = dispatcher.prepare_sends(run, state, only_after(compiled, "a"))
-    assert sends is not None and len(sends) == 1
-    # b's message on its queue and its task-sent event: kombu's own commands, not yet run
-    assert [name for name, _ in sends[0]] == ["lpush", "publish"]
+    prepared = dispatcher.prepare_sends(run, state, only_after(compiled, "a"))
+    assert prepared is not None and len(prepared.commands) == 1
+    # b's message on its queue: kombu's own command, not yet run; its task-sent event held
+    assert [name for name, _ in prepared.commands[0]] == ["lpush"]
+    assert [kind for kind, _, _ in prepared.events[0]] == ["task-sent"]
     assert _queued(cfg.broker_url, run["id"]) == ["a"]
-    claim = Claim("task-a", ["b"], sends=sends)
+    assert events.get_message(timeout=0.2) is None
+    claim = Claim("task-a", ["b"], sends=prepared.commands)
     status, state_read = dispatcher.store.record_step(
         run["id"], "a", {"text": "ONE TWO"}, _entry("a"), claim=claim
     )
     assert (status, state_read, claim.won) == ("running", None, ["b"])
     assert _queued(cfg.broker_url, run["id"]) == ["a", "b"]
-    body = json.loads(base64.b64decode(json.loads(sends[0][0][1][1])["body"]))
+    body = json.loads(base64.b64decode(json.loads(prepared.commands[0][0][1][1])["body"]))
     assert body[1]["call"]["args"] == {"text": "ONE TWO"}  # b reads a's outputs
+    dispatcher.sent(claim, prepared)  # then its event, as Celery publishes one after its message
+    event = events.get_message(timeout=2)
+    assert event is not None
+    sent = json.loads(base64.b64decode(json.loads(event["data"])["body"]))
+    assert sent["type"] == "task-sent" and sent["uuid"] == body_id(prepared)
+    assert sent["queue"] == cfg.classes["cpu"].queue_name
+
+
+def body_id(prepared: Any) -> str:
+    """The task id of the first prepared message."""
+    return str(json.loads(prepared.commands[0][0][1][1])["headers"]["id"])
+
+
+def _commands(dispatcher: Dispatcher, run: dict[str, Any], state: Any) -> Any:
+    prepared = dispatcher.prepare_sends(run, state, ["b"])
+    assert prepared is not None
+    return prepared.commands
 
 
 def test_nothing_is_sent_for_a_run_that_failed_or_a_claim_another_holds(
@@ -107,17 +129,17 @@ def test_nothing_is_sent_for_a_run_that_failed_or_a_claim_another_holds(
     state = {INPUTS: {"t": "x"}, "a": {"text": "X"}}
     failed = _started(dispatcher, compiled)
     store.fail(failed["id"], "other", "another branch failed")
-    claim = Claim("task-a", ["b"], sends=dispatcher.prepare_sends(failed, state, ["b"]))
+    claim = Claim("task-a", ["b"], sends=_commands(dispatcher, failed, state))
     status, _ = store.record_step(failed["id"], "a", {"text": "X"}, _entry("a"), claim=claim)
     assert status == "failed" and _queued(cfg.broker_url, failed["id"]) == ["a"]
     taken = _started(dispatcher, compiled)
     assert store.claim(taken["id"], "another-copy", ["b"]) == ["b"]
-    claim = Claim("task-a", ["b"], sends=dispatcher.prepare_sends(taken, state, ["b"]))
+    claim = Claim("task-a", ["b"], sends=_commands(dispatcher, taken, state))
     status, _ = store.record_step(taken["id"], "a", {"text": "X"}, _entry("a"), claim=claim)
     assert (status, claim.won) == ("running", [])
     assert _queued(cfg.broker_url, taken["id"]) == ["a"]
     # the same task again (its message redelivered): its claim is its own, b is sent again
-    claim = Claim("another-copy", ["b"], sends=dispatcher.prepare_sends(taken, state, ["b"]))
+    claim = Claim("another-copy", ["b"], sends=_commands(dispatcher, taken, state))
     store.record_step(taken["id"], "a", {"text": "X"}, _entry("a"), claim=claim)
     assert claim.won == ["b"] and _queued(cfg.broker_url, taken["id"]) == ["a", "b"]
 
@@ -172,6 +194,8 @@ def test_a_submission_sends_its_first_steps_in_the_round_trip_that_records_it(
     compiled = _chain(cfg)
     runs = [new_run(compiled, uuid.uuid4().hex, {}) for _ in range(3)]
     dispatcher.start_runs(compiled, [(run, {"t": "x"}, None) for run in runs])
-    assert flushed == []  # no publish of its own: the runs' record sent them
+    # no publish batch of the messages: the runs' record sent them; their task-sent events
+    # then go together
+    assert flushed == [1]
     assert [_queued(cfg.broker_url, run["id"]) for run in runs] == [["a"]] * 3
     assert all(dispatcher.store.status(run["id"]) == "running" for run in runs)
