@@ -18,7 +18,7 @@ from functools import cached_property
 import networkx as nx
 
 from fleet.config import FleetConfig
-from fleet.constants import INPUTS
+from fleet.constants import CELERY_OP_PREFIX, INPUTS, WAIT_OP_PREFIX
 from fleet.sdk.registry import OpSpec, Registry
 from fleet.workflow.model import NodeSpec, WorkflowSpec, parse_ref
 from fleet.workflow.rules import constraint_note, dependency_graph, eligible_classes
@@ -137,7 +137,11 @@ def sends_alone(workflow: CompiledWorkflow, path: str) -> bool:
         return False
     readers = [name for name, deps in workflow.root.deps.items() if path in deps]
     sole = workflow.root.sole.get(path, ())
-    return bool(readers) and all(name in sole for name in readers)
+    if not readers or any(name not in sole for name in readers):
+        return False
+    # a wait (no message) or a `celery:` step (another task's message): sent as always
+    ops = [workflow.root.wf.node(name).op or "" for name in readers]
+    return not any(op.startswith((WAIT_OP_PREFIX, CELERY_OP_PREFIX)) for op in ops)
 
 
 def may_end(workflow: CompiledWorkflow, path: str) -> bool:

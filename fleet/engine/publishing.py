@@ -117,9 +117,15 @@ class Publisher:
         None when the broker is not the fleet's Redis transport. Raises what sending would
         (Unroutable)."""
         with self.app.producer_or_acquire() as producer:
-            if not getattr(producer.channel, "keeps_commands", False) or getattr(
-                producer._batch_local, "current", None
-            ):  # (a batch open on it would take the messages: never, from a step)
+            channel = producer.channel
+            if (
+                not getattr(channel, "keeps_commands", False)
+                # kombu publishes at once on a channel that does not batch (one whose
+                # commands retry themselves: broker_transport_options' retry_on_timeout)
+                or not getattr(channel, "supports_batch_publish", True)
+                or getattr(producer._batch_local, "current", None)  # (a batch open on it
+                # would take the messages: never, from a step)
+            ):
                 return None
             prepared = Prepared([], [])
             for message in held:
@@ -132,6 +138,8 @@ class Publisher:
                         producer=producer,
                         event_dispatcher=later,
                     )
+                if [name for name, _ in commands if name == "lpush"] != ["lpush"]:
+                    return None  # (one message onto one queue, or not sent this way)
                 prepared.commands.append(commands)
                 prepared.events.append(later.held)
             return prepared

@@ -313,6 +313,8 @@ class RunStore:
         if claim.sends is None:
             pipe.eval(CLAIM_SCRIPT, 1, key, claim.owner, self.ttl, *claim.paths)
             return
+        if len(claim.sends) != len(claim.paths):  # (the script reads them path by path)
+            raise ValueError(f"{len(claim.sends)} messages for {len(claim.paths)} claims")
         sent: list[Any] = []
         for commands in claim.sends:
             sent.append(len(commands))

@@ -177,7 +177,7 @@ def test_steps_are_sent_as_always_where_the_record_cannot_send_them(
     wf.output("at", wf.step("w", "wait.for", seconds=a["words"])["at"])
     waits = _compiled(cfg, wf)
     parked = _started(dispatcher, waits)
-    assert sends_alone(waits, "a")
+    assert not sends_alone(waits, "a")  # its reader parks: sent as always
     counted = {INPUTS: {"t": "x"}, "a": {"words": 1}}
     assert dispatcher.prepare_sends(parked, counted, ["w"]) is None  # a wait parks: no message
 
@@ -199,3 +199,89 @@ def test_a_submission_sends_its_first_steps_in_the_round_trip_that_records_it(
     assert flushed == [1]
     assert [_queued(cfg.broker_url, run["id"]) for run in runs] == [["a"]] * 3
     assert all(dispatcher.store.status(run["id"]) == "running" for run in runs)
+
+
+def test_a_channel_that_publishes_at_once_is_not_asked_to_hold_a_message(
+    broker: tuple[Dispatcher, FleetConfig],
+) -> None:
+    """kombu does not batch on a channel whose commands retry themselves: it publishes at
+    once, so nothing may be built there to be sent by a record later."""
+    from fleet.messaging.app import app as fleet_app
+    from fleet.messaging.app import create_app
+
+    dispatcher, cfg = broker
+    compiled = _chain(cfg)
+    run = _started(dispatcher, compiled)
+    app = create_app(cfg)
+    app.conf.broker_transport_options = {"retry_on_timeout": True}
+    fleet_app.set_current()
+    retrying = Dispatcher(app, cfg, dispatcher.store, registry)
+    state = {INPUTS: {"t": "x"}, "a": {"text": "X"}}
+    assert retrying.prepare_sends(run, state, ["b"]) is None
+    assert _queued(cfg.broker_url, run["id"]) == ["a"]  # b was not published meanwhile
+
+
+def test_a_submission_the_router_cannot_place_fails_once_it_is_recorded(
+    redis_url: str, cfg: FleetConfig
+) -> None:
+    """With ``no_worker = "fail"`` and no live worker, the router fails the run: not while
+    its first step is built to go with the record (the run does not exist yet), but as it
+    is sent after it -- the run ends failed, its reply settled, nothing left behind."""
+    from fleet.messaging.app import app as fleet_app
+    from fleet.messaging.app import create_app
+
+    url = redis_url.rsplit("/", 1)[0] + "/8"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.flushdb()
+    cfg = cfg.model_copy(update={"broker_url": url, "no_worker": "fail"})
+    app = create_app(cfg)
+    fleet_app.set_current()
+    dispatcher = Dispatcher(app, cfg, RunStore(url, 600), registry)
+    compiled = _chain(cfg)
+    run = new_run(compiled, uuid.uuid4().hex, {})
+    dispatcher.start(compiled, run, {"t": "x"}, reply={"id": "celery-task-1"})
+    info = dispatcher.store.info(run["id"])
+    assert info is not None and info.status == "failed" and info.error_node == "a"
+    assert info.finished_at is not None and info.finished_at >= (info.submitted_at or 0)
+    assert not client.exists(f"fleet:run:{run['id']}:replies")  # settled, not left owed
+    assert run["id"] not in client.zrange("fleet:runs:active", 0, -1)
+
+
+def test_a_chain_step_run_by_its_task_sends_the_next_with_its_record(
+    broker: tuple[Dispatcher, FleetConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fleet.step`` itself (run in this process): the state comes with its lease, the
+    successor goes with its record and is not sent again by ``advance``."""
+    from fleet.messaging.app import app as fleet_app
+    from fleet.store.leases import Leases
+    from workers import tasks
+    from workers.runtime import WorkerRuntime
+
+    dispatcher, cfg = broker
+    rt = WorkerRuntime(fleet_app)
+    rt.cfg, rt.engine = cfg, dispatcher
+    rt.leases = Leases(dispatcher.store.redis, cfg.run_ttl, cfg.start_lease_s)
+    monkeypatch.setattr(tasks, "runtime", lambda _app: rt)
+    advanced: list[str] = []
+    real = dispatcher.advance
+    monkeypatch.setattr(
+        dispatcher, "advance", lambda run, *a, **k: advanced.append(run["id"]) or real(run, *a, **k)
+    )
+    compiled = _chain(cfg)
+    run = _started(dispatcher, compiled)
+    call = compile_call(dispatcher, run, "a")
+    tasks.step.apply(kwargs={"call": call, "run": run}, task_id=uuid.uuid4().hex)
+    assert _queued(cfg.broker_url, run["id"]) == ["a", "b"]
+    assert dispatcher.store.state(run["id"])["a"] == {"text": "ONE TWO"}
+    assert advanced == []  # nothing left to send after the record
+
+
+def compile_call(dispatcher: Dispatcher, run: dict[str, Any], path: str) -> Any:
+    """The step call of ``path`` as its message carries it (from the queue)."""
+    client = redis.Redis.from_url(dispatcher.cfg.broker_url)
+    for key in client.scan_iter(match="cpu*"):
+        for raw in client.lrange(key, 0, -1):
+            body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+            if body[1]["run"]["id"] == run["id"] and body[1]["call"]["path"] == path:
+                return body[1]["call"]
+    raise AssertionError(f"no message of {path}")
