@@ -144,7 +144,7 @@ class Dispatcher:
                 first = decide(workflow, state)
                 claim = Claim(owner, [c["path"] for c in first.ready] + first.skipped)
                 # sent by the round trip that records the run, where that can be done
-                prepared = self.prepare_sends(run, state, claim.paths, first)
+                prepared = self.prepare_sends(run, state, claim.paths, first, False)
                 claim.sends = prepared.commands if prepared is not None else None
             records.append(NewRun(run["id"], name, meta, values, reply, digest, follow, claim))
             starts.append((run, state, owner, claim, prepared))
@@ -213,6 +213,7 @@ class Dispatcher:
         state: Outputs,
         paths: list[str],
         decision: Decision | None = None,
+        events_after: bool = True,
     ) -> Prepared | None:
         """The broker commands that send steps ``paths`` -- the steps a step alone makes
         ready (``only_after``), each made ready by ``state`` (its outputs, and the run's as
@@ -220,7 +221,9 @@ class Dispatcher:
         where they must be sent as always, after the record (:meth:`advance`): a broker that
         is not the store's Redis, a step that is not a plain message (a wait, a `celery:`
         step, no class), one ruled out, or anything that would fail as it is sent.
-        ``decision``: already made from ``state`` (a submission's first steps)."""
+        ``decision``: already made from ``state`` (a submission's first steps);
+        ``events_after``: their ``task-sent`` events are published after the record
+        (:meth:`sent`), else with it (a submission: its messages' way is not a chain's)."""
         if not paths or not self.sends_in_record:
             return None
         if decision is None:
@@ -236,7 +239,7 @@ class Dispatcher:
             return None
         held = [_step_message(c, run, self._options(c, run)) for c in calls if c is not None]
         try:
-            prepared = self.publisher.prepare(held)
+            prepared = self.publisher.prepare(held, events_after)
         except Exception as exc:  # (sent as always, which fails the run naming the node)
             log.debug("run %s: steps %s not prepared: %s", run["id"], paths, exc)
             return None

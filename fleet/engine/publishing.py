@@ -109,13 +109,13 @@ class Publisher:
             log.warning("run %s: %s", message.run_id, exc)
             self.unroutable(message.run_id, message.path, exc)
 
-    def prepare(self, held: list[Held]) -> Prepared | None:
+    def prepare(self, held: list[Held], events_after: bool = True) -> Prepared | None:
         """The Redis commands that publish each message of ``held``, built as
-        :meth:`publish` builds them, routed now, and not run; its ``task-sent`` events are
-        held for :meth:`announce`, once the messages went (after them, as Celery publishes
-        a message's event after it: their building is not on the way to the next step).
-        None when the broker is not the fleet's Redis transport. Raises what sending would
-        (Unroutable)."""
+        :meth:`publish` builds them, routed now, and not run. ``events_after``: their
+        ``task-sent`` events are held for :meth:`announce`, once the messages went (after
+        them, as Celery publishes a message's event after it: building them is not on the
+        way to the next step); else their commands go with the message's. None when the
+        broker is not the fleet's Redis transport. Raises what sending would (Unroutable)."""
         with self.app.producer_or_acquire() as producer:
             channel = producer.channel
             if (
@@ -130,13 +130,14 @@ class Publisher:
             prepared = Prepared([], [])
             for message in held:
                 later = _EventsLater()
+                extra = {"event_dispatcher": later} if events_after else {}
                 with capturing() as commands, producer.batch():
                     self.app.send_task(
                         message.name,
                         kwargs=message.kwargs,
                         **message.options,
                         producer=producer,
-                        event_dispatcher=later,
+                        **extra,
                     )
                 if [name for name, _ in commands if name == "lpush"] != ["lpush"]:
                     return None  # (one message onto one queue, or not sent this way)
