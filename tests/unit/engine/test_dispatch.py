@@ -9,7 +9,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import redis
 from kombu.exceptions import BatchPublishError
 from kombu.transport.redis import PublishBatch
 
@@ -18,6 +17,7 @@ from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import StepCall
 from fleet.sdk.registry import registry
 from fleet.store.runs import RunStore
+from tests.support.queues import queued_steps
 
 
 class Recorder:
@@ -144,24 +144,6 @@ def test_a_submission_claims_its_first_steps_as_it_records_the_run(
     assert claimed == [[], []]  # no claim round trip of their own
 
 
-def _published_steps(cfg: FleetConfig, redis_url: str, run_id: str) -> list[str]:
-    """The nodes of ``run_id`` whose step messages wait on the cpu queue."""
-    import base64
-    import json
-
-    client = redis.Redis.from_url(redis_url)
-    queue = cfg.classes["cpu"].queue_name
-    paths = []
-    for key in client.scan_iter(match=f"{queue}*"):
-        if client.type(key) != b"list":
-            continue
-        for raw in client.lrange(key, 0, -1):
-            body = json.loads(base64.b64decode(json.loads(raw)["body"]))
-            if body[1]["run"]["id"] == run_id:
-                paths.append(body[1]["call"]["path"])
-    return sorted(paths)
-
-
 @pytest.mark.parametrize("broken", [False, True], ids=["together", "batch lost"])
 def test_steps_made_ready_together_go_to_the_broker_in_one_round_trip(
     cfg: FleetConfig, redis_url: str, monkeypatch: pytest.MonkeyPatch, broken: bool
@@ -191,4 +173,4 @@ def test_steps_made_ready_together_go_to_the_broker_in_one_round_trip(
     run_id = uuid.uuid4().hex
     dispatcher.send_all([_call(None, p) for p in ("a", "b", "c")], {"id": run_id})
     assert flushes == [6]  # 3 messages and 3 task-sent events: one round trip
-    assert _published_steps(cfg, broker, run_id) == ["a", "b", "c"]
+    assert queued_steps(broker, run_id, cfg.classes["cpu"].queue_name) == ["a", "b", "c"]

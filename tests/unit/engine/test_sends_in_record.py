@@ -24,6 +24,7 @@ from fleet.engine.dispatch import Dispatcher, new_run
 from fleet.sdk.registry import registry
 from fleet.store.records import Claim, TraceEntry
 from fleet.store.runs import RunStore
+from tests.support.queues import queued_messages, queued_steps
 
 
 @pytest.fixture()
@@ -57,20 +58,6 @@ def _entry(path: str) -> TraceEntry:
     return TraceEntry(path, "text.upper", "compute", "cpu", "cpu", "w", "succeeded", None, now, now)
 
 
-def _queued(url: str, run_id: str, queue: str = "cpu") -> list[str]:
-    """The nodes of ``run_id`` whose step messages wait on the cpu queue."""
-    client = redis.Redis.from_url(url)
-    paths = []
-    for key in client.scan_iter(match=f"{queue}*"):
-        if client.type(key) != b"list":
-            continue
-        for raw in client.lrange(key, 0, -1):
-            body = json.loads(base64.b64decode(json.loads(raw)["body"]))
-            if body[1]["run"]["id"] == run_id:
-                paths.append(body[1]["call"]["path"])
-    return sorted(paths)
-
-
 def _started(dispatcher: Dispatcher, compiled: CompiledWorkflow) -> dict[str, Any]:
     run = new_run(compiled, uuid.uuid4().hex, {})
     dispatcher.start(compiled, run, {"t": "one two"})  # records it and sends a
@@ -81,7 +68,7 @@ def test_the_record_sends_the_successor_it_claims(broker: tuple[Dispatcher, Flee
     dispatcher, cfg = broker
     compiled = _chain(cfg)
     run = _started(dispatcher, compiled)
-    assert _queued(cfg.broker_url, run["id"]) == ["a"]
+    assert queued_steps(cfg.broker_url, run["id"]) == ["a"]
     events = redis.Redis.from_url(cfg.broker_url).pubsub()
     events.psubscribe("*task.sent")
     events.get_message(timeout=1)  # (the subscription's own reply)
@@ -91,14 +78,14 @@ def test_the_record_sends_the_successor_it_claims(broker: tuple[Dispatcher, Flee
     # b's message on its queue: kombu's own command, not yet run; its task-sent event held
     assert [name for name, _ in prepared.commands[0]] == ["lpush"]
     assert [kind for kind, _, _ in prepared.events[0]] == ["task-sent"]
-    assert _queued(cfg.broker_url, run["id"]) == ["a"]
+    assert queued_steps(cfg.broker_url, run["id"]) == ["a"]
     assert events.get_message(timeout=0.2) is None
     claim = Claim("task-a", ["b"], sends=prepared.commands)
     status, state_read = dispatcher.store.record_step(
         run["id"], "a", {"text": "ONE TWO"}, _entry("a"), claim=claim
     )
     assert (status, state_read, claim.won) == ("running", None, ["b"])
-    assert _queued(cfg.broker_url, run["id"]) == ["a", "b"]
+    assert queued_steps(cfg.broker_url, run["id"]) == ["a", "b"]
     body = json.loads(base64.b64decode(json.loads(prepared.commands[0][0][1][1])["body"]))
     assert body[1]["call"]["args"] == {"text": "ONE TWO"}  # b reads a's outputs
     dispatcher.sent(claim, prepared)  # then its event, as Celery publishes one after its message
@@ -131,17 +118,17 @@ def test_nothing_is_sent_for_a_run_that_failed_or_a_claim_another_holds(
     store.fail(failed["id"], "other", "another branch failed")
     claim = Claim("task-a", ["b"], sends=_commands(dispatcher, failed, state))
     status, _ = store.record_step(failed["id"], "a", {"text": "X"}, _entry("a"), claim=claim)
-    assert status == "failed" and _queued(cfg.broker_url, failed["id"]) == ["a"]
+    assert status == "failed" and queued_steps(cfg.broker_url, failed["id"]) == ["a"]
     taken = _started(dispatcher, compiled)
     assert store.claim(taken["id"], "another-copy", ["b"]) == ["b"]
     claim = Claim("task-a", ["b"], sends=_commands(dispatcher, taken, state))
     status, _ = store.record_step(taken["id"], "a", {"text": "X"}, _entry("a"), claim=claim)
     assert (status, claim.won) == ("running", [])
-    assert _queued(cfg.broker_url, taken["id"]) == ["a"]
+    assert queued_steps(cfg.broker_url, taken["id"]) == ["a"]
     # the same task again (its message redelivered): its claim is its own, b is sent again
     claim = Claim("another-copy", ["b"], sends=_commands(dispatcher, taken, state))
     store.record_step(taken["id"], "a", {"text": "X"}, _entry("a"), claim=claim)
-    assert claim.won == ["b"] and _queued(cfg.broker_url, taken["id"]) == ["a", "b"]
+    assert claim.won == ["b"] and queued_steps(cfg.broker_url, taken["id"]) == ["a", "b"]
 
 
 def test_only_a_step_whose_readers_read_it_alone_sends_in_its_record(cfg: FleetConfig) -> None:
@@ -201,7 +188,7 @@ def test_a_submission_sends_its_first_steps_in_the_round_trip_that_records_it(
     assert all(m is not None and m["type"] == "pmessage" for m in told)
     # no publish batch of its own: the runs' record sent them, task-sent events included
     assert flushed == []
-    assert [_queued(cfg.broker_url, run["id"]) for run in runs] == [["a"]] * 3
+    assert [queued_steps(cfg.broker_url, run["id"]) for run in runs] == [["a"]] * 3
     assert all(dispatcher.store.status(run["id"]) == "running" for run in runs)
 
 
@@ -222,7 +209,7 @@ def test_a_channel_that_publishes_at_once_is_not_asked_to_hold_a_message(
     retrying = Dispatcher(app, cfg, dispatcher.store, registry)
     state = {INPUTS: {"t": "x"}, "a": {"text": "X"}}
     assert retrying.prepare_sends(run, state, ["b"]) is None
-    assert _queued(cfg.broker_url, run["id"]) == ["a"]  # b was not published meanwhile
+    assert queued_steps(cfg.broker_url, run["id"]) == ["a"]  # b was not published meanwhile
 
 
 def test_a_submission_the_router_cannot_place_fails_once_it_is_recorded(
@@ -275,17 +262,14 @@ def test_a_chain_step_run_by_its_task_sends_the_next_with_its_record(
     run = _started(dispatcher, compiled)
     call = compile_call(dispatcher, run, "a")
     tasks.step.apply(kwargs={"call": call, "run": run}, task_id=uuid.uuid4().hex)
-    assert _queued(cfg.broker_url, run["id"]) == ["a", "b"]
+    assert queued_steps(cfg.broker_url, run["id"]) == ["a", "b"]
     assert dispatcher.store.state(run["id"])["a"] == {"text": "ONE TWO"}
     assert advanced == []  # nothing left to send after the record
 
 
 def compile_call(dispatcher: Dispatcher, run: dict[str, Any], path: str) -> Any:
     """The step call of ``path`` as its message carries it (from the queue)."""
-    client = redis.Redis.from_url(dispatcher.cfg.broker_url)
-    for key in client.scan_iter(match="cpu*"):
-        for raw in client.lrange(key, 0, -1):
-            body = json.loads(base64.b64decode(json.loads(raw)["body"]))
-            if body[1]["run"]["id"] == run["id"] and body[1]["call"]["path"] == path:
-                return body[1]["call"]
+    for message in queued_messages(dispatcher.cfg.broker_url, "cpu"):
+        if message["run"]["id"] == run["id"] and message["call"]["path"] == path:
+            return message["call"]
     raise AssertionError(f"no message of {path}")
