@@ -24,6 +24,7 @@ from fleet.deploy.local import LocalFleet, free_port
 from fleet.messaging.app import create_app
 from fleet.routing.affinity import direct_queue
 from fleet.routing.state import StateReader
+from tests.support.sends import sends_through
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROUNDS = 3
@@ -126,12 +127,8 @@ def test_a_step_waiting_for_a_dead_worker_is_routed_again(
             STEP_TASK, kwargs={"call": call, "run": run}, queue=direct_queue(client.cfg, dead)
         )
 
-    send = client.dispatcher.send
-    client.dispatcher.send = to_dead_worker
-    try:
+    with sends_through(client.dispatcher, to_dead_worker):
         run = client.submit(wf, {"p": "where is my parcel"})
-    finally:
-        client.dispatcher.send = send
     assert broker.llen(f"{dead}.dq2") == 1
     run.get(timeout=60)  # the check found it once the worker stopped beating
     (entry,) = [e for e in run.trace() if e.node == "g"]

@@ -13,6 +13,7 @@ from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.constants import ACTIVE_RUNS_KEY, ORPHANS_SENT_KEY
 from fleet.engine.readiness import StepCall
+from tests.support.sends import sends_through
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,12 +28,8 @@ def test_a_step_whose_message_was_lost_is_sent_again(client: Fleet, broker: redi
     second = wf.step("second", "text.normalize", text=first["text"], classes=["io"])
     wf.output("out", second["text"])
     lost: list[StepCall] = []
-    send = client.dispatcher.send
-    client.dispatcher.send = lambda call, run, **_: lost.append(call)  # type: ignore[method-assign]
-    try:
+    with sends_through(client.dispatcher, lambda call, run, **_: lost.append(call)):
         run = client.submit(wf, {"t": " lost  message "})  # claimed, never published
-    finally:
-        client.dispatcher.send = send  # type: ignore[method-assign]
     assert [c["path"] for c in lost] == ["first"] and run.status() == "running"
     assert run.get(timeout=60) == {"out": "LOST MESSAGE"}
     assert _succeeded(run, "first") == 1 and _succeeded(run, "second") == 1
