@@ -224,8 +224,8 @@ class Dispatcher:
         ``decision``: already made from ``state`` (a submission's first steps);
         ``events_after``: their ``task-sent`` events are published after the record
         (:meth:`sent`), else with it (a submission: its messages' way is not a chain's)."""
-        if not paths or not self.sends_in_record:
-            return None
+        if not paths or not self.sends_in_record or run.get("within") is not None:
+            return None  # (a canvas's node: only what is under it, sent by advance)
         if decision is None:
             try:
                 decision = decide(self.workflow(run["spec"]), state)
