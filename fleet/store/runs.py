@@ -40,7 +40,6 @@ from fleet.store.records import Claim, Ending, NewRun, RunInfo, TraceEntry
 from fleet.store.scripts import (
     BUCKETS,
     CLAIM_SCRIPT,
-    CLAIM_SEND_SCRIPT,
     END_SCRIPT,
     SENT_COMMANDS,
     workflow_counters,
@@ -309,29 +308,29 @@ class RunStore:
 
     def _claim_in(self, pipe: Any, run_id: str, claim: Claim) -> None:
         """Queue ``claim`` on ``pipe`` (its result: the paths won)."""
-        key = self._key(run_id, "claims")
-        if claim.sends is None:
-            pipe.eval(CLAIM_SCRIPT, 1, key, claim.owner, self.ttl, *claim.paths)
-            return
-        if len(claim.sends) != len(claim.paths):  # (the script reads them path by path)
-            raise ValueError(f"{len(claim.sends)} messages for {len(claim.paths)} claims")
-        sent: list[Any] = []
-        for commands in claim.sends:
-            sent.append(len(commands))
-            for name, args in commands:
-                if name not in SENT_COMMANDS:  # (the script runs what it is given)
-                    raise ValueError(f"not a command that sends a message: {name}")
-                sent += [name, len(args), *args]
-        keys = (key, self._key(run_id))
-        count = len(claim.paths)
-        pipe.eval(CLAIM_SEND_SCRIPT, 2, *keys, claim.owner, self.ttl, count, *claim.paths, *sent)
+        pipe.eval(CLAIM_SCRIPT, 2, *self._claim_call(run_id, claim))
 
     def claim(self, run_id: str, owner: str, paths: list[str]) -> list[str]:
         """The paths among ``paths`` that ``owner`` may send (each path is sent by one task)."""
         if not paths:
             return []
-        won = self.redis.eval(CLAIM_SCRIPT, 1, self._key(run_id, "claims"), owner, self.ttl, *paths)
+        won = self.redis.eval(CLAIM_SCRIPT, 2, *self._claim_call(run_id, Claim(owner, paths)))
         return [str(p) for p in cast(list[Any], won)]
+
+    def _claim_call(self, run_id: str, claim: Claim) -> list[Any]:
+        """CLAIM_SCRIPT's keys and arguments for ``claim`` (with the messages it sends)."""
+        sends = claim.sends if claim.sends is not None else [[] for _ in claim.paths]
+        if len(sends) != len(claim.paths):  # (the script reads them path by path)
+            raise ValueError(f"{len(sends)} messages for {len(claim.paths)} claims")
+        sent: list[Any] = []
+        for commands in sends:
+            sent.append(len(commands))
+            for name, args in commands:
+                if name not in SENT_COMMANDS:  # (the script runs what it is given)
+                    raise ValueError(f"not a command that sends a message: {name}")
+                sent += [name, len(args), *args]
+        keys = [self._key(run_id, "claims"), self._key(run_id)]
+        return [*keys, claim.owner, self.ttl, len(claim.paths), *claim.paths, *sent]
 
     def _end(self, run_id: str, fields: dict[str, str], ending: Ending) -> bool:
         """Record a terminal state once; the first writer wins (a late branch cannot undo it)

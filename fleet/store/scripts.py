@@ -63,13 +63,16 @@ def workflow_counters(workflow: str) -> list[str]:
     return names + [f"le|{b!r}|{workflow}" for b in LATENCY_BUCKETS]
 
 
-# CLAIM_SCRIPT, and the claimed steps' messages sent at once while the run is running (KEYS[2]:
-# its record): ARGV[3] paths, then for each path its commands, each as name, argument count,
-# arguments -- the broker's own (SENT_COMMANDS: a queue's LPUSH, an event's PUBLISH).
+# Claim each path for ARGV[1] unless another task holds it; the same task (a redelivered
+# message keeps its id) gets its claims back, so a step that died after claiming re-sends.
+# ARGV[3] paths, then for each path the messages that send it, run at once if it is won and
+# the run (KEYS[2]: its record) is running: a count of commands, then each command as name,
+# argument count, arguments -- the broker's own (SENT_COMMANDS: a queue's LPUSH, an event's
+# PUBLISH). Returns the paths won.
 SENT_COMMANDS = frozenset({"lpush", "pexpire", "publish"})
-CLAIM_SEND_SCRIPT = """
+CLAIM_SCRIPT = """
 local owner, n = ARGV[1], tonumber(ARGV[3])
-local running = redis.call('HGET', KEYS[2], 'status') == 'running'
+local running = nil  -- read once, if there is something to send
 local won = {}
 local at = 4 + n
 for i = 1, n do
@@ -79,27 +82,15 @@ for i = 1, n do
   if mine then won[#won + 1] = path end
   local count = tonumber(ARGV[at])
   at = at + 1
+  if mine and count > 0 and running == nil then
+    running = redis.call('HGET', KEYS[2], 'status') == 'running'
+  end
   for c = 1, count do
     local name, nargs = ARGV[at], tonumber(ARGV[at + 1])
     if mine and running then
       redis.call(name, unpack(ARGV, at + 2, at + 1 + nargs))
     end
     at = at + 2 + nargs
-  end
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return won
-"""
-
-# Claim each path for ARGV[1] unless another task holds it; the same task (a redelivered
-# message keeps its id) gets its claims back, so a step that died after claiming re-sends.
-CLAIM_SCRIPT = """
-local won = {}
-for i = 3, #ARGV do
-  local path = ARGV[i]
-  if redis.call('HSETNX', KEYS[1], path, ARGV[1]) == 1
-     or redis.call('HGET', KEYS[1], path) == ARGV[1] then
-    won[#won + 1] = path
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
