@@ -56,6 +56,21 @@ class CompiledWorkflow:
     def digest(self) -> str:
         return digest_of(self.spec_json)
 
+    @cached_property
+    def senders_alone(self) -> frozenset[str]:
+        """The steps that send their successors in their record (:func:`sends_alone`)."""
+        root = self.root
+        found = set()
+        for name, readers in _readers(root).items():
+            sole = root.sole.get(name, ())
+            if not readers or any(r not in sole for r in readers):
+                continue
+            # a wait (no message) or a `celery:` step (another task's message): sent as always
+            ops = [root.wf.node(r).op or "" for r in readers]
+            if not any(op.startswith((WAIT_OP_PREFIX, CELERY_OP_PREFIX)) for op in ops):
+                found.add(name)
+        return frozenset(found)
+
 
 def spec_json(spec: WorkflowSpec) -> str:
     return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -133,15 +148,16 @@ def sends_alone(workflow: CompiledWorkflow, path: str) -> bool:
     its own outputs and those recorded before it began, and no other step can make them
     ready. A join, a map or a sub-workflow among its readers: the state is read back after
     the record, as always."""
-    if any(mark in path for mark in "/#["):
-        return False
-    readers = [name for name, deps in workflow.root.deps.items() if path in deps]
-    sole = workflow.root.sole.get(path, ())
-    if not readers or any(name not in sole for name in readers):
-        return False
-    # a wait (no message) or a `celery:` step (another task's message): sent as always
-    ops = [workflow.root.wf.node(name).op or "" for name in readers]
-    return not any(op.startswith((WAIT_OP_PREFIX, CELERY_OP_PREFIX)) for op in ops)
+    return path in workflow.senders_alone
+
+
+def _readers(scope: Scope) -> dict[str, list[str]]:
+    """Each node of ``scope`` -> the nodes of the scope that read it."""
+    found: dict[str, list[str]] = {name: [] for name in scope.deps}
+    for name, deps in scope.deps.items():
+        for dep in deps:
+            found.setdefault(dep, []).append(name)
+    return found
 
 
 def may_end(workflow: CompiledWorkflow, path: str) -> bool:
