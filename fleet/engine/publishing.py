@@ -28,6 +28,7 @@ from kombu.messaging import Producer
 
 from fleet.errors import Unroutable
 from fleet.store.records import Command
+from fleet.store.scripts import SENT_COMMANDS
 
 log = logging.getLogger("fleet.dispatch")
 _kept = threading.local()  # .commands: what capturing() keeps on this thread
@@ -139,7 +140,8 @@ class Publisher:
                         producer=producer,
                         **extra,
                     )
-                if [name for name, _ in commands if name == "lpush"] != ["lpush"]:
+                names = [name for name, _ in commands]
+                if names.count("lpush") != 1 or not SENT_COMMANDS.issuperset(names):
                     return None  # (one message onto one queue, or not sent this way)
                 prepared.commands.append(commands)
                 prepared.events.append(later.held)
