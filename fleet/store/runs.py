@@ -382,19 +382,7 @@ class RunStore:
         return str(value) if value is not None else None
 
     def info(self, run_id: str) -> RunInfo | None:
-        h = cast(dict[str, str], self.redis.hgetall(self._key(run_id)))
-        if not h:
-            return None
-        return RunInfo(
-            id=run_id,
-            workflow=h.get("workflow", ""),
-            status=h.get("status", "unknown"),
-            submitted_at=float(h["submitted_at"]) if h.get("submitted_at") else None,
-            finished_at=float(h["finished_at"]) if h.get("finished_at") else None,
-            outputs=json.loads(h["outputs"]) if h.get("outputs") else None,
-            error=h.get("error") or None,
-            error_node=h.get("error_node") or None,
-        )
+        return _run_info(run_id, cast(dict[str, str], self.redis.hgetall(self._key(run_id))))
 
     def trace(self, run_id: str) -> list[TraceEntry]:
         """The run's steps in completion order, then the nodes it waits on now (status
@@ -412,22 +400,40 @@ class RunStore:
         ]  # fmt: skip
 
     def wait(self, run_id: str, timeout: float | None) -> RunInfo | None:
-        """Block until the run ends or ``timeout`` passes; returns the latest info."""
+        """Block until the run ends or ``timeout`` passes; returns the latest info.
+
+        One round trip a wake-up: the wait on the run's ``done`` list and the read of its
+        record go in one pipeline (Redis runs the read once the wait returns). The wait
+        rotates the list's one element (``BLMOVE`` onto itself), so that it stays for every
+        other waiter, with its lifetime."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            info = self.info(run_id)
-            if info is None or info.done:
-                return info
+        info = self.info(run_id)
+        done = self._key(run_id, "done")
+        while info is not None and not info.done:
             left = 1.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
-                return info
-            # BLPOP wakes us at once; re-push (with its lifetime) so that other waiters wake.
-            done = self._key(run_id, "done")
-            if self.redis.blpop([done], timeout=min(left, 1.0)):
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.rpush(done, "1")
-                pipe.expire(done, self.ttl)
-                pipe.execute()
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.blmove(done, done, min(left, 1.0), "LEFT", "RIGHT")  # type: ignore[arg-type]
+            pipe.hgetall(self._key(run_id))
+            info = _run_info(run_id, pipe.execute()[1])
+        return info
+
+
+def _run_info(run_id: str, h: dict[str, str]) -> RunInfo | None:
+    """A run's record as read from Redis (``HGETALL``); None when there is none."""
+    if not h:
+        return None
+    return RunInfo(
+        id=run_id,
+        workflow=h.get("workflow", ""),
+        status=h.get("status", "unknown"),
+        submitted_at=float(h["submitted_at"]) if h.get("submitted_at") else None,
+        finished_at=float(h["finished_at"]) if h.get("finished_at") else None,
+        outputs=json.loads(h["outputs"]) if h.get("outputs") else None,
+        error=h.get("error") or None,
+        error_node=h.get("error_node") or None,
+    )
 
 
 def _fields(ending: Ending) -> dict[str, str]:
