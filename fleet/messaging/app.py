@@ -57,6 +57,18 @@ class FleetAMQP(AMQP):
             message.sent_event["name"] = shadow
         return message
 
+    def _create_task_sender(self) -> Callable[..., Any]:
+        send = super()._create_task_sender()
+
+        def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
+            # Celery passes every send option on as a message property, ``argsrepr`` and
+            # ``kwargsrepr`` too, which the message's headers carry already: sent once.
+            options.pop("argsrepr", None)
+            options.pop("kwargsrepr", None)
+            return send(producer, name, message, **options)
+
+        return send_task_message
+
 
 def _run_failer(app: Celery, cfg: FleetConfig) -> Callable[[str, str | None, str], None]:
     """How the router fails a run (a policy found no class to run a step on)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, cast
 
 import redis
 from kombu import connection as kombu_connection
@@ -139,6 +139,16 @@ class Channel(kombu_redis.Channel):
     _fleet_tables: tuple[Any, Any] | None = None  # (the channel's pool, the tables' client)
 
     keeps_commands = True  # a batch inside ``capturing`` keeps its commands (Publisher.prepare)
+    # A JSON body travels as it is, where kombu base64-encodes every body (a third more
+    # bytes, each read and written again by Redis, the worker's main process and its pool
+    # child): a bytes body (compressed, binary) still is. ``transport_options``'
+    # ``body_encoding`` still sets one. Any kombu consumer reads both (``body_encoding``).
+    body_encoding = None  # type: ignore[assignment]
+
+    def encode_body(self, body: Any, encoding: str | None = None) -> tuple[Any, str | None]:
+        if encoding is None and isinstance(body, bytes | bytearray | memoryview):
+            encoding = "base64"
+        return cast(tuple[Any, str | None], super().encode_body(body, encoding))  # type: ignore[no-untyped-call]
 
     def create_publish_batch(self, max_size: int) -> Any:
         commands = captured()

@@ -3,7 +3,6 @@ fleet's workers and its clients alike -- what a fleet watched without Flower sav
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -19,6 +18,7 @@ from fleet.client.client import Fleet
 from fleet.config import FleetConfig
 from fleet.deploy.local import LocalFleet, free_port
 from fleet.messaging.app import create_app
+from tests.support.queues import message_body
 
 pytestmark = pytest.mark.integration
 
@@ -71,8 +71,8 @@ def test_one_setting_turns_task_events_on_or_off(
 
 
 def _events(data: bytes) -> list[dict[str, Any]]:
-    """The events one publish of a worker's carried (kombu's message, its body base64)."""
-    return list(json.loads(base64.b64decode(json.loads(data)["body"])))
+    """The events one publish of a worker's carried (kombu's message)."""
+    return list(message_body(json.loads(data)))
 
 
 @pytest.mark.parametrize("flush_s", [0.05, 0.0], ids=["batched", "celery's timing"])

@@ -9,6 +9,15 @@ from typing import Any
 import redis
 
 
+def message_body(message: dict[str, Any]) -> Any:
+    """The decoded body of a kombu Redis message (an envelope read with ``json.loads``):
+    the fleet's transport sends a JSON body as it is, kombu's base64-encodes it."""
+    body = message["body"]
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    return json.loads(body)
+
+
 def queued_messages(url: str, queue: str) -> list[dict[str, Any]]:
     """The ``fleet.step`` keyword arguments (call, run) of every message on ``queue`` (its
     priority lists included)."""
@@ -18,7 +27,7 @@ def queued_messages(url: str, queue: str) -> list[dict[str, Any]]:
         if client.type(key) != b"list":
             continue
         for raw in client.lrange(key, 0, -1):
-            found.append(json.loads(base64.b64decode(json.loads(raw)["body"]))[1])
+            found.append(message_body(json.loads(raw))[1])
     return found
 
 

@@ -5,7 +5,6 @@ both the broker and the run store, with the fleet's Celery app."""
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import uuid
@@ -24,7 +23,7 @@ from fleet.engine.dispatch import Dispatcher, new_run
 from fleet.sdk.registry import registry
 from fleet.store.records import Claim, TraceEntry
 from fleet.store.runs import RunStore
-from tests.support.queues import queued_messages, queued_steps
+from tests.support.queues import message_body, queued_messages, queued_steps
 
 
 @pytest.fixture()
@@ -86,12 +85,12 @@ def test_the_record_sends_the_successor_it_claims(broker: tuple[Dispatcher, Flee
     )
     assert (status, state_read, claim.won) == ("running", None, ["b"])
     assert queued_steps(cfg.broker_url, run["id"]) == ["a", "b"]
-    body = json.loads(base64.b64decode(json.loads(prepared.commands[0][0][1][1])["body"]))
+    body = message_body(json.loads(prepared.commands[0][0][1][1]))
     assert body[1]["call"]["args"] == {"text": "ONE TWO"}  # b reads a's outputs
     dispatcher.sent(claim, prepared)  # then its event, as Celery publishes one after its message
     event = events.get_message(timeout=2)
     assert event is not None
-    sent = json.loads(base64.b64decode(json.loads(event["data"])["body"]))
+    sent = message_body(json.loads(event["data"]))
     assert sent["type"] == "task-sent" and sent["uuid"] == body_id(prepared)
     assert sent["queue"] == cfg.classes["cpu"].queue_name
 

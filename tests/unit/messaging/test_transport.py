@@ -4,6 +4,7 @@ through as kombu's own transport sends them."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -86,6 +87,33 @@ def test_a_users_own_app_keeps_kombus_transport(redis_url: str) -> None:
     made, got = _publish_and_count(user, 20)
     assert made >= 20  # kombu's own channel: a client per publish
     assert got == list(range(20))
+
+
+def test_a_json_body_travels_as_it_is_and_once(redis_url: str) -> None:
+    """The fleet's messages: a JSON body is not base64-encoded, a compressed (bytes) one
+    is; ``argsrepr`` and ``kwargsrepr`` are in the headers only; a stock kombu consumer (a
+    user's app, Flower) reads both kinds."""
+    app = create_app(load_config())
+    queue = f"shape-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        app.send_task("fleet.ping", args=(1,), queue=queue, argsrepr="(one,)", kwargsrepr="{}")
+        app.send_task("fleet.ping", args=(2,), queue=queue, compression="zlib")
+        raw = [json.loads(m) for m in reversed(client.lrange(queue, 0, -1))]
+        plain, packed = raw
+        assert plain["properties"]["body_encoding"] is None
+        assert json.loads(plain["body"])[0] == [1]
+        assert plain["headers"]["argsrepr"] == "(one,)"
+        assert "argsrepr" not in plain["properties"] and "kwargsrepr" not in plain["properties"]
+        assert packed["properties"]["body_encoding"] == "base64"
+        user = Celery("user", broker=redis_url)  # kombu's own transport reads both
+        with user.connection_for_read() as conn, conn.SimpleQueue(queue) as simple:
+            bodies = [simple.get(timeout=5) for _ in range(2)]
+            assert [m.decode()[0] for m in bodies] == [[1], [2]]
+            for m in bodies:
+                m.ack()
+    finally:
+        client.delete(queue)
 
 
 def _received(conn: Any, name: str, n: int) -> list[Any]:

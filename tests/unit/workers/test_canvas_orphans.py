@@ -6,7 +6,6 @@ flight."""
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from typing import Any
@@ -19,6 +18,7 @@ from fleet.client.client import Fleet
 from fleet.config import FleetConfig
 from fleet.constants import CANVAS_FINISH_TASK
 from fleet.messaging.app import create_app
+from tests.support.queues import message_body
 from workers.canvas_orphans import finish_id
 from workers.orphans import in_flight
 
@@ -48,7 +48,7 @@ def test_the_canvas_finish_is_found_in_the_chain_its_first_task_carries(
     try:
         result = chain(first.clone(queue=queue), *rest).apply_async()
         (message,) = _published(client, queue)
-        body = json.loads(base64.b64decode(message["body"]))
+        body = message_body(message)
         _, _, embed = body
         assert finish_id(embed["chain"], run_id) == result.id  # the id the caller waits on
         assert finish_id(embed["chain"], "another-run") == ""
