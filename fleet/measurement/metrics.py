@@ -36,8 +36,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from fleet.config import FleetConfig
-from fleet.constants import AUTOSCALE_KEY, LATENCY_BUCKETS, WORKFLOW_METRICS_KEY
+from fleet.constants import AUTOSCALE_KEY, WORKFLOW_METRICS_KEY
 from fleet.routing.state import FleetState, StateReader
+from fleet.store.scripts import cumulative_buckets
 
 
 class FleetCollector(Collector):
@@ -135,13 +136,13 @@ def workflow_families(counters: dict[str, str]) -> Iterator[Metric]:
             runs.add_metric([wf, arg], float(value))
         elif kind in ("sla", "sla_miss", "cost"):
             {"sla": sla, "sla_miss": miss, "cost": cost}[kind].add_metric([wf], float(value))
-        else:  # le, sum, count: the histogram
+        else:  # bin (le), sum, count: the histogram
             per_wf.setdefault(wf, {})[f"{kind}|{arg}"] = float(value)
     seconds = HistogramMetricFamily(
         "fleet_workflow_seconds", "Run time from submission to end", labels=["workflow"]
     )
     for wf, h in sorted(per_wf.items()):
-        buckets = [(repr(b), h.get(f"le|{b!r}", 0.0)) for b in LATENCY_BUCKETS]
+        buckets = [(repr(b), n) for b, n in cumulative_buckets(h)]
         buckets.append(("+Inf", h.get("count|", 0.0)))
         seconds.add_metric([wf], buckets, sum_value=h.get("sum|", 0.0))
     yield from (runs, seconds, sla, miss, cost)

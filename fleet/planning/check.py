@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from fleet.config import FleetConfig, PlanPrediction
-from fleet.constants import LATENCY_BUCKETS, WORKFLOW_METRICS_KEY
+from fleet.constants import WORKFLOW_METRICS_KEY
 from fleet.routing.state import StateReader
+from fleet.store.scripts import cumulative_buckets
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,11 @@ def quantile(q: float, buckets: list[tuple[float, float]], count: float) -> floa
 
 
 def _histograms(raw: Any) -> dict[str, dict[str, float]]:
-    """Per workflow, the cumulative histogram counters (``le|bound``, ``count|``)."""
+    """Per workflow, the histogram counters (``bin|bound``, ``le|bound``, ``count|``)."""
     found: dict[str, dict[str, float]] = {}
     for name, value in cast(dict[str, str], raw).items():
         kind, arg, wf = name.split("|", 2)
-        if kind in ("le", "count"):
+        if kind in ("bin", "le", "count"):
             found.setdefault(wf, {})[f"{kind}|{arg}"] = float(value)
     return found
 
@@ -88,9 +89,8 @@ def observe(
     for wf, h in after.items():
         old = before.get(wf, {})
         count = h.get("count|", 0.0) - old.get("count|", 0.0)
-        buckets = [
-            (b, h.get(f"le|{b!r}", 0.0) - old.get(f"le|{b!r}", 0.0)) for b in LATENCY_BUCKETS
-        ]
+        was = dict(cumulative_buckets(old))
+        buckets = [(b, n - was[b]) for b, n in cumulative_buckets(h)]
         runs[wf], p95[wf] = count, quantile(0.95, buckets, count)
     used = {c: statistics.fmean(v) for c, v in busy.items() if v}
     return Observed(elapsed, runs, p95, used)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fleet.constants import LATENCY_BUCKETS
 from fleet.store.events import lua_append
 
@@ -27,8 +29,11 @@ local m = KEYS[3]
 redis.call('HINCRBY', m, 'runs|' .. status .. '|' .. wf, 1)
 redis.call('HINCRBY', m, 'count||' .. wf, 1)
 redis.call('HINCRBYFLOAT', m, 'sum||' .. wf, secs)
-for bound in string.gmatch(ARGV[4], '[^,]+') do
-  if secs <= tonumber(bound) then redis.call('HINCRBY', m, 'le|' .. bound .. '|' .. wf, 1) end
+for bound in string.gmatch(ARGV[4], '[^,]+') do  -- its bucket only: readers add them up
+  if secs <= tonumber(bound) then
+    redis.call('HINCRBY', m, 'bin|' .. bound .. '|' .. wf, 1)
+    break
+  end
 end
 local ok, meta = pcall(cjson.decode, run[4] or '{}')
 if ok and type(meta) == 'table' and type(meta['sla_s']) == 'number' then
@@ -60,7 +65,20 @@ def workflow_counters(workflow: str) -> list[str]:
     them."""
     names = [f"runs|{status}|{workflow}" for status in RUN_ENDINGS]
     names += [f"{kind}||{workflow}" for kind in ("count", "sum", "sla", "sla_miss", "cost")]
-    return names + [f"le|{b!r}|{workflow}" for b in LATENCY_BUCKETS]
+    return names + [f"bin|{b!r}|{workflow}" for b in LATENCY_BUCKETS]
+
+
+def cumulative_buckets(counters: Mapping[str, float]) -> list[tuple[float, float]]:
+    """A workflow's run-time histogram as Prometheus has one: for each bound of
+    LATENCY_BUCKETS, the runs that took at most that long. ``counters``: the workflow's
+    fields by ``kind|arg``. END_SCRIPT counts a run in its own bucket only (``bin|``: one
+    write, where a cumulative histogram takes one per bucket); ``le|`` (cumulative) is
+    what fleets before it wrote, added in."""
+    found, below = [], 0.0
+    for bound in LATENCY_BUCKETS:
+        below += counters.get(f"bin|{bound!r}", 0.0)
+        found.append((bound, below + counters.get(f"le|{bound!r}", 0.0)))
+    return found
 
 
 # Claim each path for ARGV[1] unless another task holds it; the same task (a redelivered
