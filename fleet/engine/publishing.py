@@ -138,6 +138,10 @@ class Publisher:
                         kwargs=message.kwargs,
                         **message.options,
                         producer=producer,
+                        # (no queue declared: the message goes to the anonymous exchange,
+                        # an LPUSH onto the queue's list, which needs no binding; kombu's
+                        # check that the queue was declared copied it on every message)
+                        declare=[],
                         **extra,
                     )
                 names = [name for name, _ in commands]
