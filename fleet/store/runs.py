@@ -18,7 +18,6 @@ from typing import Any, cast
 
 from fleet.constants import (
     ACTIVE_RUNS_KEY,
-    INPUTS,
     RUN_CLAIMS_KEY,
     RUN_DONE_KEY,
     RUN_KEY,
@@ -40,6 +39,7 @@ from fleet.store.records import Claim, Ending, NewRun, RunInfo, TraceEntry
 from fleet.store.scripts import (
     BUCKETS,
     CLAIM_SCRIPT,
+    CREATE_SCRIPT,
     END_SCRIPT,
     SENT_COMMANDS,
     workflow_counters,
@@ -112,41 +112,30 @@ class RunStore:
 
     def create_runs(self, runs: list[NewRun]) -> None:
         """Record new runs, all in one round trip; each one's claims are filled in."""
-        now = time.time()
+        now = repr(time.time())
         pipe = self.redis.pipeline(transaction=False)
-        claims: list[tuple[Claim, int]] = []
+        scripts: list[int] = []  # where each run's script is in the pipeline
         for new in runs:
-            key = self._key(new.run_id)
-            fields = {"workflow": new.workflow, "meta": json.dumps(new.meta or {})}
-            if new.spec is not None:
-                fields["spec"] = new.spec
-            pipe.hset(key, mapping=cast(Any, fields))
-            # Not over what is there: a submission tried again after a broker error leaves a
-            # run that went on (or ended) meanwhile as it is, and its latency from the first.
-            pipe.hsetnx(key, "status", "running")
-            pipe.hsetnx(key, "submitted_at", repr(now))
-            pipe.expire(key, self.ttl)
-            if new.inputs is not None:
-                pipe.hset(self._key(new.run_id, "out"), INPUTS, json.dumps(new.inputs))
-                pipe.expire(self._key(new.run_id, "out"), self.ttl)
             if new.reply is not None:
                 self._owe(pipe, new.run_id, RUN_REPLY, new.reply)
             if new.follow:
                 mark(pipe, new.run_id)
-            if new.spec is not None:
-                pipe.zadd(ACTIVE_RUNS_KEY, {new.run_id: now}, nx=True)
             if new.workflow not in self._counted:  # its counters exist from zero before its end
                 for name in workflow_counters(new.workflow):
                     pipe.hsetnx(WORKFLOW_METRICS_KEY, name, 0)
                 self._counted.add(new.workflow)
-            if new.claim is not None and new.claim.paths:
-                self._claim_in(pipe, new.run_id, new.claim)
-                claims.append((new.claim, len(pipe) - 1))
-            elif new.claim is not None:
-                new.claim.won = []
+            claim = new.claim or Claim("", [])
+            keys, args = self._claim_call(new.run_id, claim)
+            keys += [self._key(new.run_id, "out"), ACTIVE_RUNS_KEY]
+            inputs = "" if new.inputs is None else json.dumps(new.inputs)
+            run: list[str | int] = [self.ttl, now, new.workflow, json.dumps(new.meta or {})]
+            run += [new.spec or "", inputs, new.run_id]
+            pipe.eval(CREATE_SCRIPT, len(keys), *keys, *run, *args)
+            scripts.append(len(pipe) - 1)
         done = pipe.execute()
-        for claim, at in claims:
-            claim.won = [str(p) for p in done[at]]
+        for new, at in zip(runs, scripts, strict=True):
+            if new.claim is not None:
+                new.claim.won = [str(p) for p in done[at]]
 
     def run_message(self, run_id: str) -> dict[str, Any] | None:
         """A running engine run as its step messages carry it (id, workflow, spec digest,
@@ -308,16 +297,18 @@ class RunStore:
 
     def _claim_in(self, pipe: Any, run_id: str, claim: Claim) -> None:
         """Queue ``claim`` on ``pipe`` (its result: the paths won)."""
-        pipe.eval(CLAIM_SCRIPT, 2, *self._claim_call(run_id, claim))
+        keys, args = self._claim_call(run_id, claim)
+        pipe.eval(CLAIM_SCRIPT, 2, *keys, *args)
 
     def claim(self, run_id: str, owner: str, paths: list[str]) -> list[str]:
         """The paths among ``paths`` that ``owner`` may send (each path is sent by one task)."""
         if not paths:
             return []
-        won = self.redis.eval(CLAIM_SCRIPT, 2, *self._claim_call(run_id, Claim(owner, paths)))
+        keys, args = self._claim_call(run_id, Claim(owner, paths))
+        won = self.redis.eval(CLAIM_SCRIPT, 2, *keys, *args)
         return [str(p) for p in cast(list[Any], won)]
 
-    def _claim_call(self, run_id: str, claim: Claim) -> list[Any]:
+    def _claim_call(self, run_id: str, claim: Claim) -> tuple[list[str], list[Any]]:
         """CLAIM_SCRIPT's keys and arguments for ``claim`` (with the messages it sends)."""
         sends = claim.sends if claim.sends is not None else [[] for _ in claim.paths]
         if len(sends) != len(claim.paths):  # (the script reads them path by path)
@@ -330,7 +321,7 @@ class RunStore:
                     raise ValueError(f"not a command that sends a message: {name}")
                 sent += [name, len(args), *args]
         keys = [self._key(run_id, "claims"), self._key(run_id)]
-        return [*keys, claim.owner, self.ttl, len(claim.paths), *claim.paths, *sent]
+        return keys, [claim.owner, self.ttl, len(claim.paths), *claim.paths, *sent]
 
     def _end(self, run_id: str, fields: dict[str, str], ending: Ending) -> bool:
         """Record a terminal state once; the first writer wins (a late branch cannot undo it)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from fleet.constants import LATENCY_BUCKETS
+from fleet.constants import INPUTS, LATENCY_BUCKETS
 from fleet.store.events import lua_append
 
 # End a run once: the first writer sets finished_at and its fields, wakes the waiters, takes
@@ -81,20 +81,20 @@ def cumulative_buckets(counters: Mapping[str, float]) -> list[tuple[float, float
     return found
 
 
-# Claim each path for ARGV[1] unless another task holds it; the same task (a redelivered
+# Claim each path for ARGV[o + 1] unless another task holds it; the same task (a redelivered
 # message keeps its id) gets its claims back, so a step that died after claiming re-sends.
-# ARGV[3] paths, then for each path the messages that send it, run at once if it is won and
-# the run (KEYS[2]: its record) is running: a count of commands, then each command as name,
-# argument count, arguments -- the broker's own (SENT_COMMANDS: a queue's LPUSH, an event's
-# PUBLISH). Returns the paths won.
+# ARGV[o + 3] paths, then for each path the messages that send it, run at once if it is won
+# and the run (KEYS[2]: its record) is running: a count of commands, then each command as
+# name, argument count, arguments -- the broker's own (SENT_COMMANDS: a queue's LPUSH, an
+# event's PUBLISH). KEYS[1]: the claims; ARGV[o + 2]: their lifetime. Returns the paths won.
 SENT_COMMANDS = frozenset({"lpush", "pexpire", "publish"})
-CLAIM_SCRIPT = """
-local owner, n = ARGV[1], tonumber(ARGV[3])
+_CLAIM = """
+local owner, n = ARGV[o + 1], tonumber(ARGV[o + 3])
 local running = nil  -- read once, if there is something to send
 local won = {}
-local at = 4 + n
+local at = o + 4 + n
 for i = 1, n do
-  local path = ARGV[3 + i]
+  local path = ARGV[o + 3 + i]
   local mine = redis.call('HSETNX', KEYS[1], path, owner) == 1
      or redis.call('HGET', KEYS[1], path) == owner
   if mine then won[#won + 1] = path end
@@ -111,6 +111,32 @@ for i = 1, n do
     at = at + 2 + nargs
   end
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[o + 2])
 return won
 """
+CLAIM_SCRIPT = "local o = 0" + _CLAIM
+
+# Record a new run -- not over what is there: a submission tried again after a broker error
+# leaves a run that went on (or ended) meanwhile as it is, and its latency from the first --
+# then claim its first steps as CLAIM_SCRIPT does (its arguments after these). KEYS: claims,
+# run, its outputs, the active runs (the orphan check's). ARGV: lifetime, submission time,
+# workflow, meta (JSON), spec digest ('': none, and the run is not watched), inputs (JSON,
+# '': none), run id.
+CREATE_SCRIPT = (
+    f"""
+local run, ttl, now = KEYS[2], ARGV[1], ARGV[2]
+redis.call('HSET', run, 'workflow', ARGV[3], 'meta', ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('HSET', run, 'spec', ARGV[5])
+  redis.call('ZADD', KEYS[4], 'NX', now, ARGV[7])
+end
+redis.call('HSETNX', run, 'status', 'running')
+redis.call('HSETNX', run, 'submitted_at', now)
+redis.call('EXPIRE', run, ttl)
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[3], '{INPUTS}', ARGV[6])
+  redis.call('EXPIRE', KEYS[3], ttl)
+end
+local o = 7"""
+    + _CLAIM
+)
