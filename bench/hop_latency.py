@@ -7,7 +7,9 @@ cpu and one io worker) is started with it, and in interleaved rounds:
   5-task chain alternating the same two queues on the same workers, runs one at a time;
   milliseconds per step (per hop), median over the runs of a round, then over rounds;
 - **one-step throughput**: ``--tasks`` one-step workflows (test.echo) against as many plain
-  tasks (fleet.ping), all sent at once; per second.
+  tasks (fleet.ping), all sent at once; per second. Also split in two: the runs that ended
+  while the client was still sending (per second of sending: the workers share the machine
+  with a client busy sending) and those after (per second from then to the last end).
 
 The plain tasks run on the fleet's own workers, with the same settings (events included).
 A second baseline, **stock**, is the same chain and the same one-step tasks on stock Celery
@@ -68,12 +70,15 @@ def measure(events: bool, args: argparse.Namespace) -> dict[str, Any]:
         stock_round(stock_app, 20)
         hop: dict[str, list[float]] = {"fleet": [], "plain": [], "stock": []}
         rate: dict[str, list[float]] = {"fleet": [], "plain": [], "stock": []}
+        phases: dict[str, list[tuple[float, float]]] = {"fleet": [], "plain": []}
         for _ in range(args.rounds):  # interleaved, so drift favours none
             hop["fleet"].append(fleet_hops(client, seq, args.hops, 5))
             hop["plain"].append(plain_hops(client.app, args.hops, 5))
             hop["stock"].append(stock_hops(stock_app, args.hops))
-            rate["fleet"].append(fleet_round(client, one, args.tasks))
-            rate["plain"].append(plain_round(client.app, args.tasks, False))
+            for side, split in (("fleet", fleet_split(client, one, args.tasks)),
+                                ("plain", plain_split(client.app, args.tasks))):  # fmt: skip
+                rate[side].append(split[0])
+                phases[side].append(split[1:])
             rate["stock"].append(stock_round(stock_app, args.tasks))
         med_hop = {k: round(statistics.median(v), 3) for k, v in hop.items()}
         med_rate = {k: round(statistics.median(v), 1) for k, v in rate.items()}
@@ -84,11 +89,47 @@ def measure(events: bool, args: argparse.Namespace) -> dict[str, Any]:
             "one_step_per_s": med_rate,
             "one_step_ratio": round(med_rate["fleet"] / med_rate["plain"], 3),
             "one_step_ratio_stock": round(med_rate["fleet"] / med_rate["stock"], 3),
+            "one_step_while_sending_per_s": {
+                k: round(statistics.median(p[0] for p in v), 1) for k, v in phases.items()
+            },
+            "one_step_after_sending_per_s": {
+                k: round(statistics.median(p[1] for p in v), 1) for k, v in phases.items()
+            },
             "samples": {"hop_ms": hop, "per_s": rate},
         }
     finally:
         stock_celery.stop(stock)
         fleet.stop()
+
+
+def _split(start: float, sent: float, ended: list[float]) -> tuple[float, float, float]:
+    """(runs per second overall, ended per second while sending, after it)."""
+    last = max(ended)
+    during = sum(1 for t in ended if t <= sent)
+    after = (len(ended) - during) / (last - sent) if last > sent else 0.0
+    return len(ended) / (last - start), during / (sent - start), after
+
+
+def fleet_split(client: Any, wf: Any, n: int) -> tuple[float, float, float]:
+    """``n`` one-step workflows submitted one by one, then waited for (as fleet_round), with
+    when each ended (its record's finished_at)."""
+    start = time.time()
+    runs = [client.submit(wf, {"v": i}) for i in range(n)]
+    sent = time.time()
+    for r in runs:
+        r.get(timeout=120)
+    return _split(start, sent, [r.info().finished_at for r in runs])
+
+
+def plain_split(app: Any, n: int) -> tuple[float, float, float]:
+    """``n`` plain tasks sent one by one, then waited for (as plain_round), with when each
+    ended (its result's date_done)."""
+    start = time.time()
+    results = [app.signature("fleet.ping", args=(i,)).apply_async(queue="cpu") for i in range(n)]
+    sent = time.time()
+    for r in results:
+        r.get(timeout=120)
+    return _split(start, sent, [r.date_done.timestamp() for r in results])
 
 
 def stock_hops(app: Any, n: int, steps: int = 5) -> float:
@@ -148,6 +189,12 @@ def main() -> None:
         )
         print(f"  ratio {r['one_step_ratio']:.3f}", end="")
         print(f"   stock task {per['stock']:7.1f} /s  ratio {r['one_step_ratio_stock']:.3f}")
+        during, after = r["one_step_while_sending_per_s"], r["one_step_after_sending_per_s"]
+        print(
+            f"    while sending: fleet {during['fleet']:7.1f} /s  plain {during['plain']:7.1f} /s",
+            end="",
+        )
+        print(f"   after: fleet {after['fleet']:7.1f} /s  plain {after['plain']:7.1f} /s")
 
 
 if __name__ == "__main__":
