@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, cast
+from typing import Any
 
 import redis
 from kombu import connection as kombu_connection
@@ -145,10 +145,19 @@ class Channel(kombu_redis.Channel):
     # ``body_encoding`` still sets one. Any kombu consumer reads both (``body_encoding``).
     body_encoding = None  # type: ignore[assignment]
 
-    def encode_body(self, body: Any, encoding: str | None = None) -> tuple[Any, str | None]:
-        if encoding is None and isinstance(body, bytes | bytearray | memoryview):
+    def _inplace_augment_message(
+        self, message: dict[str, Any], exchange: str, routing_key: str
+    ) -> None:
+        """kombu's, for a message published: a bytes body is base64-encoded where no
+        encoding is set. (Not in ``encode_body``: kombu's restore of an unacknowledged
+        message encodes its decoded body with the encoding the message says it has.)"""
+        encoding = self.body_encoding
+        if encoding is None and not isinstance(message["body"], str):
             encoding = "base64"
-        return cast(tuple[Any, str | None], super().encode_body(body, encoding))  # type: ignore[no-untyped-call]
+        message["body"], encoding = self.encode_body(message["body"], encoding)  # type: ignore[no-untyped-call]
+        props = message["properties"]
+        props.update(body_encoding=encoding, delivery_tag=self._next_delivery_tag())  # type: ignore[no-untyped-call]
+        props["delivery_info"].update(exchange=exchange, routing_key=routing_key)
 
     def create_publish_batch(self, max_size: int) -> Any:
         commands = captured()

@@ -116,6 +116,26 @@ def test_a_json_body_travels_as_it_is_and_once(redis_url: str) -> None:
         client.delete(queue)
 
 
+def test_a_message_restored_without_ack_emulation_reads_as_sent(redis_url: str) -> None:
+    """kombu's restore of a message it gave out (``ack_emulation`` off: a reject with
+    requeue, a warm shutdown) re-encodes its decoded body with the encoding the message
+    says it has: a JSON body sent as it is comes back as it was, not base64 marked plain."""
+    app = create_app(load_config())
+    app.conf.broker_transport_options = {"ack_emulation": False}
+    queue = f"restore-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with app.connection_for_write() as conn, conn.SimpleQueue(queue) as simple:
+            simple.put({"n": 1})
+            message = simple.get(timeout=5)
+            message.channel._restore(message)  # what kombu's QoS does with it then
+            again = simple.get(timeout=5)
+            assert again.payload == {"n": 1}
+            again.ack()
+    finally:
+        client.delete(queue)
+
+
 def _received(conn: Any, name: str, n: int) -> list[Any]:
     """``n`` messages published to a new queue ``name`` and received, not yet acknowledged."""
     queue = Queue(name, Exchange(name), routing_key=name)
