@@ -71,9 +71,10 @@ WORKER_INFO_KEY = "fleet:worker-info"  # hash: worker -> JSON (class, slots, bus
 # model load, imports, caches); written by the pool processes, read by the heartbeat
 WARM_KEY = "fleet:warm:{worker}"
 ONLINE_PROFILE_KEY = "fleet:profile:online"  # hash: op|class -> moving averages
-# hash of cumulative per-workflow counters, written once per run as it ends (see runs._END):
-# "runs|<status>|<wf>", "le|<bucket s>|<wf>", "sum||<wf>", "count||<wf>", "sla||<wf>",
-# "sla_miss||<wf>", "cost||<wf>"
+# hash of per-workflow counters, written once per run as it ends (store.scripts.END_SCRIPT):
+# "runs|<status>|<wf>", "bin|<bucket s>|<wf>" (the runs of that bucket alone; "le|" ones,
+# cumulative, from earlier fleets: store.scripts.cumulative_buckets), "sum||<wf>",
+# "count||<wf>", "sla||<wf>", "sla_miss||<wf>", "cost||<wf>"
 WORKFLOW_METRICS_KEY = "fleet:metrics:workflows"
 # run-time buckets (s) of the per-workflow latency histogram: agent runs take 0.1 s to minutes
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

@@ -404,8 +404,10 @@ class RunStore:
             left = 1.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 break
+            # (at least 10 ms: a Redis before 7.0.8 reads a timeout under 1 ms as "forever")
+            block = max(min(left, 1.0), 0.01)
             pipe = self.redis.pipeline(transaction=False)
-            pipe.blmove(done, done, min(left, 1.0), "LEFT", "RIGHT")  # type: ignore[arg-type]
+            pipe.blmove(done, done, block, "LEFT", "RIGHT")  # type: ignore[arg-type]
             pipe.hgetall(self._key(run_id))
             info = _run_info(run_id, pipe.execute()[1])
         return info

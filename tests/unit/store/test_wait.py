@@ -47,7 +47,7 @@ def test_a_wait_gives_up_at_its_timeout(redis_url: str) -> None:
     start = time.monotonic()
     info = store.wait(run_id, timeout=0.5)
     assert info is not None and info.status == "running"
-    assert time.monotonic() - start >= 0.5
+    assert 0.5 <= time.monotonic() - start < 10  # (the upper bound: it did not hang)
 
 
 def test_no_record_no_wait(redis_url: str) -> None:
