@@ -20,7 +20,8 @@ from typing import Any
 import redis
 from celery import Celery
 
-from fleet.constants import SWEEP_LOCK_KEY, WORKER_INFO_KEY
+from fleet.constants import AMQP_SCHEMES, SWEEP_LOCK_KEY, WORKER_INFO_KEY
+from fleet.messaging.app import fleet_config
 
 log = logging.getLogger("fleet.sweeper")
 
@@ -64,7 +65,11 @@ def take_turn(backend: redis.Redis, grace_s: float) -> bool:
 
 
 def sweep(app: Celery, backend: redis.Redis, worker_ttl: float, grace_s: float) -> int:
-    """Restore stranded messages; returns how many. The caller took its turn (take_turn)."""
+    """Restore stranded messages; returns how many. The caller took its turn (take_turn).
+    A RabbitMQ broker has no ``unacked`` hash: it gives back itself what a closed channel
+    held, so there is nothing to sweep (and the orphan check after the sweep still runs)."""
+    if fleet_config(app).broker_url.startswith(AMQP_SCHEMES):
+        return 0
     now = time.time()
     held = held_by_live_workers(backend, now, worker_ttl)
     if held is None:
