@@ -93,7 +93,7 @@ def _serve(log: Path, key: str | None) -> Iterator[Server]:
     found = Server(f"http://127.0.0.1:{port}/v1", port, key or "", log)
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path(DEFAULT_LLM))]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--chat_format", "gemma"]
-    argv += ["--api_key", key] if key else []
+    argv += [f"--api_key={key}"] if key else []  # a key may begin with "-"
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
