@@ -40,7 +40,14 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   llama=$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)
   if ! ls .cache/wheels/llama_cpp_python-"${llama#*==}"-*.whl >/dev/null 2>&1; then
     echo "setup: compiling $llama into .cache/wheels (~7 min, once)"
-    .venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps -w .cache/wheels "$llama"
+    # Built for this CPU, less AMX: a CPU may list AMX while its kernel (a VM's) does not give
+    # processes the tile state, and AMX kernels then die on their first instruction (SIGILL,
+    # seen here). GCC keeps an explicit -mno-* over -march=native whatever the order.
+    noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    CFLAGS="${CFLAGS:-} $noamx" CXXFLAGS="${CXXFLAGS:-} $noamx" \
+      CMAKE_ARGS="${CMAKE_ARGS:-} -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+      .venv/bin/python -m pip wheel -q --disable-pip-version-check --no-cache-dir --no-deps \
+      -w .cache/wheels "$llama"
   fi
   # The full set: a worker host's models and runtimes (the `workers` extra) and the dev tools.
   # A host that only submits workflows needs neither: `pip install .` (see README.md).
