@@ -33,7 +33,8 @@ from fleet.errors import RuntimeRefused, StepFailed, UnknownOpError
 from fleet.messaging.app import app, fleet_config
 from fleet.routing import affinity
 from fleet.routing.affinity import DIRECT_QUEUE
-from fleet.routing.profiles import OnlineStats, current_store
+from fleet.routing.online import observed
+from fleet.routing.profiles import current_store
 from fleet.sdk.devices import cuda_available
 from fleet.sdk.process import cpu_fallback, run_within
 from fleet.sdk.registry import OpSpec, registry
@@ -398,7 +399,7 @@ def observe(
         rt.warm.add(call["op"])
         announce_warm(pipe, entry.worker, call["op"], entry.run_s, cfg.run_ttl)
         return
-    OnlineStats.queue(pipe, call["op"], entry.cls, entry.run_s, predicted)
+    observed(pipe, call["op"], entry.cls, entry.run_s, predicted)
 
 
 def announce_warm(pipe: Any, worker: str, op: str, first_s: float, ttl: int) -> None:

@@ -4,7 +4,8 @@ A profile is a latency model ``seconds = fixed_s + per_unit_s * units`` per (op,
 peak memory and throughput, fitted by ``fleet profile`` from runs on the live workers and kept
 in a JSON file (``FLEET_PROFILES``; the project ships ``fleet/data/profiles.json``). Completed
 steps refine it online: each keeps an exponential moving average, in Redis, of the ratio of
-observed to predicted run time per (op, class), shared by every process that routes.
+observed to predicted run time per (op, class), shared by every process that routes
+(:mod:`fleet.routing.online`).
 """
 
 from __future__ import annotations
@@ -15,16 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
 
-import redis
-
-from fleet.constants import ONLINE_PROFILE_KEY as ONLINE_KEY
 from fleet.constants import PROFILES_ENV
 from fleet.paths import DATA
 
 PACKAGED = DATA / "profiles.json"
-ALPHA = 0.2  # weight of the newest observation in the moving averages
 
 
 @dataclass(frozen=True)
@@ -152,48 +148,3 @@ def current_store() -> ProfileStore:
         _checked[:] = [(now, str(path), mtime)]
     _, path_text, mtime = _checked[0]
     return _cached(path_text, mtime)
-
-
-# Moving averages: for each (field, value) pair in ARGV[2..], new = a * value + (1 - a) * old.
-_OBSERVE = """
-local a = tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do
-  local old = redis.call('HGET', KEYS[1], ARGV[i])
-  local new = tonumber(ARGV[i + 1])
-  if old then new = a * new + (1 - a) * tonumber(old) end
-  redis.call('HSET', KEYS[1], ARGV[i], tostring(new))
-end
-return 1
-"""
-
-
-class OnlineStats:
-    """Moving averages of observed run times, shared through one Redis hash.
-
-    Fields: ``<op>|<cls>|s`` (seconds per step), ``<op>|<cls>|ratio`` (observed over the
-    profile's prediction) and ``*|<cls>|s``, updated atomically by one small Lua script.
-    """
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-
-    @staticmethod
-    def queue(pipe: Any, op: str, cls: str, seconds: float, predicted: float | None) -> None:
-        """Add the update to a pipeline (a finished step sends it with its other writes)."""
-        args: list[Any] = [ALPHA, f"{op}|{cls}|s", seconds, f"*|{cls}|s", seconds]
-        if predicted and predicted > 0:
-            args += [f"{op}|{cls}|ratio", min(max(seconds / predicted, 0.05), 20.0)]
-        pipe.eval(_OBSERVE, 1, ONLINE_KEY, *args)
-
-    def observe(self, op: str, cls: str, seconds: float, predicted: float | None) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        self.queue(pipe, op, cls, seconds, predicted)
-        pipe.execute()
-
-    def read(self) -> dict[str, float]:
-        raw = self.client.hgetall(ONLINE_KEY)
-        return {_s(k): float(v) for k, v in raw.items()}
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -52,7 +52,7 @@ class WorkerInfo:
 class FleetState:
     workers: dict[str, list[WorkerInfo]] = field(default_factory=dict)
     depth: dict[str, int] = field(default_factory=dict)  # messages waiting in the queue
-    online: dict[str, float] = field(default_factory=dict)  # see fleet.profiles.OnlineStats
+    online: dict[str, float] = field(default_factory=dict)  # see fleet.routing.online
     fetched_at: float = 0.0
     stale: bool = False  # the last refresh failed: this is older news
     # When this router process expects a slot of each class to free up, from the steps it
