@@ -190,11 +190,18 @@ class RunStore:
         pipe.execute()
 
     def _trace(
-        self, pipe: Any, run_id: str, entries: list[TraceEntry], outputs: str | None = None
-    ) -> None:
+        self,
+        pipe: Any,
+        run_id: str,
+        entries: list[TraceEntry],
+        outputs: str | None = None,
+        notify_here: bool = True,
+    ) -> list[str]:
         """Queue trace ``entries`` on ``pipe``; they are the run's step events too (written
         only while somebody follows the run), with the step's ``outputs`` (JSON) when they
-        are small (EVENT_OUTPUTS_MAX: a blob reference, a sentence; not a document)."""
+        are small (EVENT_OUTPUTS_MAX: a blob reference, a sentence; not a document). The
+        events, JSON; ``notify_here`` False: they are left to the caller (the run's end
+        appends them)."""
         key = self._key(run_id, "trace")
         docs = [json.dumps(e.to_dict()) for e in entries]
         pipe.rpush(key, *docs)
@@ -202,7 +209,10 @@ class RunStore:
         head = '{"event": "step", '
         if outputs is not None and len(outputs) <= EVENT_OUTPUTS_MAX:
             head += f'"outputs": {outputs}, '
-        notify(pipe, run_id, self.ttl, [head + d[1:] for d in docs])
+        events = [head + d[1:] for d in docs]
+        if notify_here:
+            notify(pipe, run_id, self.ttl, events)
+        return events
 
     def add_skips(self, run_id: str, paths: list[str]) -> None:
         """Trace the nodes a condition (or a skipped dependency) ruled out."""
@@ -244,29 +254,32 @@ class RunStore:
         same round trip, and the state is not read (None). ``ending``: the step is the run's
         last (its caller decided so from the run's state as the step began): the run ends in
         the same round trip, as :meth:`succeed` would end it a round trip later -- the first
-        ending wins."""
+        ending wins -- and the state is not read (None)."""
         out_key = self._key(run_id, "out")
         pipe = self.redis.pipeline(transaction=False)
         written = json.dumps(outputs)
         pipe.hset(out_key, path, written)
         pipe.expire(out_key, self.ttl)
-        self._trace(pipe, run_id, [entry], written)
+        ends = ending is not None and group is None
+        events = self._trace(pipe, run_id, [entry], written, notify_here=not ends)
         if extra is not None:
             extra(pipe)
         claimed = ended = None  # where those results are in the pipeline's
         if claim is not None and claim.paths:
             claimed = len(pipe)
             self._claim_in(pipe, run_id, claim)
-        if ending is not None and group is None:
+        if ending is not None and ends:
             ended = len(pipe)
-            self._end_in(pipe, run_id, ending)
+            self._end_in(pipe, run_id, ending, events)
         if group is not None:
             done_key = RUN_MAP_KEY.format(id=run_id, node=group[0])
             pipe.sadd(done_key, path)  # a set: a redelivered item counts once
             pipe.expire(done_key, self.ttl)
             pipe.scard(done_key)
         pipe.hget(self._key(run_id), "status")
-        read = group is None and (claim is None or claim.sends is None)
+        # a step that ends the run reads no state: its end won (the run no longer runs) or
+        # another ending came first (nor does it)
+        read = group is None and ending is None and (claim is None or claim.sends is None)
         if read:
             pipe.hgetall(out_key)
         results = pipe.execute()
@@ -329,24 +342,29 @@ class RunStore:
         keys, args = self._end_call(run_id, fields)
         return self._settle(run_id, ending, self.redis.eval(END_SCRIPT, len(keys), *keys, *args))
 
-    def _end_in(self, pipe: Any, run_id: str, ending: Ending) -> None:
-        """Queue ``ending`` (a success) on ``pipe``; its result goes to :meth:`_settle`."""
-        keys, args = self._end_call(run_id, _fields(ending))
+    def _end_in(self, pipe: Any, run_id: str, ending: Ending, events: list[str]) -> None:
+        """Queue ``ending`` (a success) on ``pipe``, with the step ``events`` of the step that
+        ends it (appended first, while the run is followed); its result goes to
+        :meth:`_settle`."""
+        keys, args = self._end_call(run_id, _fields(ending), events)
         pipe.eval(END_SCRIPT, len(keys), *keys, *args)
 
-    def _end_call(self, run_id: str, fields: dict[str, str]) -> tuple[list[str], list[str | int]]:
+    def _end_call(
+        self, run_id: str, fields: dict[str, str], events: list[str] | None = None
+    ) -> tuple[list[str], list[str | int]]:
         flat = [x for kv in fields.items() for x in kv]
         keys = [self._key(run_id), self._key(run_id, "done"), WORKFLOW_METRICS_KEY]
         keys += [self._key(run_id, "replies"), ACTIVE_RUNS_KEY]
-        keys += [self._key(run_id, part) for part in ("out", "claims")]
-        keys += [self._key(run_id, part) for part in ("losses", "starts", "leases")]
+        keys += [self._key(run_id, part) for part in ("out", "claims", "leases")]  # every run's
+        keys += [self._key(run_id, part) for part in ("losses", "starts")]  # a few runs'
         keys += [RUN_WAITS_KEY.format(id=run_id), RUN_SIGNALS_KEY.format(id=run_id)]
         keys.append(events_key(run_id))  # last: the end goes in it while the run is followed
         # The run's working state (every step's outputs, claims) is not what the client reads
         # once the run ended: it goes after STATE_AFTER_END_S, the record and trace stay.
         short = min(self.ttl, STATE_AFTER_END_S)
         now = repr(time.time())
-        args: list[str | int] = [self.ttl, now, short, BUCKETS, run_id, *flat]
+        sent = events or []
+        args: list[str | int] = [self.ttl, now, short, BUCKETS, run_id, len(sent), *sent, *flat]
         return keys, args
 
     def _settle(self, run_id: str, ending: Ending, won: Any) -> bool:

@@ -4,24 +4,46 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from fleet.constants import INPUTS, LATENCY_BUCKETS
-from fleet.store.events import lua_append
+from fleet.constants import INPUTS, LATENCY_BUCKETS, LISTEN_FIELD
+from fleet.store.events import EVENT_FIELD, MAX_EVENTS
 
 # End a run once: the first writer sets finished_at and its fields, wakes the waiters, takes
 # the replies owed to Celery (KEYS[4]), leaves the active runs (KEYS[5], the orphan check's)
 # and adds the run to its workflow's counters (KEYS[3], read by `fleet metrics`) -- exactly
-# once. Returns 0, or {1, reply field, reply, ...}.
+# once. KEYS[6..8]: the run's working state every run has (outputs, claims, leases), then what
+# few runs have (losses, starts, waits, signals), then its events (last): each kept for
+# ARGV[3] s more. ARGV: lifetime, now, that, buckets, run id, n, then n step events appended
+# before the end while the run is followed (the step that ends it: the record's own check
+# for followers, made here), then field, value, ... Returns 0, or {1, reply field, reply, ...}.
 END_SCRIPT = (
     """
+local n = tonumber(ARGV[6])
+local mark = tonumber(redis.call('HGET', KEYS[1], '"""
+    + LISTEN_FIELD
+    + """'))
+local followed = mark and mark >= tonumber(ARGV[2])
+if followed and n > 0 then
+  for i = 7, 6 + n do
+    redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', """
+    + str(MAX_EVENTS)
+    + """, '*', '"""
+    + EVENT_FIELD
+    + """', ARGV[i])
+  end
+  redis.call('EXPIRE', KEYS[#KEYS], ARGV[1])
+end
 if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if #ARGV > 6 + n then redis.call('HSET', KEYS[1], unpack(ARGV, 7 + n)) end
 redis.call('RPUSH', KEYS[2], '1')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 local replies = redis.call('HGETALL', KEYS[4])
 redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[5], ARGV[5])
-for i = 6, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+for i = 6, 8 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+if redis.call('EXISTS', unpack(KEYS, 9, #KEYS)) > 0 then  -- (most runs have none of these)
+  for i = 9, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+end
 local run = redis.call('HMGET', KEYS[1], 'workflow', 'status', 'submitted_at', 'meta', 'cost')
 local wf, status = run[1] or '?', run[2] or '?'
 local secs = tonumber(ARGV[2]) - (tonumber(run[3]) or tonumber(ARGV[2]))
@@ -43,15 +65,15 @@ if ok and type(meta) == 'table' and type(meta['sla_s']) == 'number' then
   end
 end
 if tonumber(run[5]) then redis.call('HINCRBYFLOAT', m, 'cost||' .. wf, run[5]) end
-"""
-    + lua_append(
-        "KEYS[1]",
-        "KEYS[#KEYS]",
-        "{event = 'end', status = status, at = tonumber(ARGV[2])}",
-        "ARGV[3]",
-        "tonumber(ARGV[2])",
-    )
-    + """
+if followed then
+  redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', """
+    + str(MAX_EVENTS)
+    + """, '*', '"""
+    + EVENT_FIELD
+    + """',
+             cjson.encode({event = 'end', status = status, at = tonumber(ARGV[2])}))
+  redis.call('EXPIRE', KEYS[#KEYS], ARGV[3])
+end
 table.insert(replies, 1, 1)
 return replies
 """
