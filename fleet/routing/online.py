@@ -16,6 +16,7 @@ observed in its last ``SEND_EVERY_S`` before a pause waits for its next step.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,40 +59,44 @@ class Pending:
 
 
 class OnlineStats:
-    """This process's observations not sent yet, and their sending (see the module)."""
+    """This process's observations not sent yet, and their sending (see the module). Safe
+    for the steps of a thread pool: one lock around what they share."""
 
     def __init__(self, every_s: float = SEND_EVERY_S) -> None:
         self.every_s = every_s
         self.pending: dict[str, Pending] = {}
         self.sent_at = float("-inf")
         self.pid = os.getpid()
+        self._lock = threading.Lock()
 
     def add(self, op: str, cls: str, seconds: float, predicted: float | None) -> None:
         """One step of ``op`` on ``cls`` took ``seconds`` (``predicted``: the profile's)."""
-        if os.getpid() != self.pid:  # a forked child: what its parent held is not its own
-            self.pending.clear()
-            self.pid, self.sent_at = os.getpid(), float("-inf")
-        self._field(f"{op}|{cls}|s").add(seconds)
-        self._field(f"*|{cls}|s").add(seconds)
-        if predicted and predicted > 0:
-            low, high = RATIO_RANGE
-            self._field(f"{op}|{cls}|ratio").add(min(max(seconds / predicted, low), high))
+        with self._lock:
+            if os.getpid() != self.pid:  # a forked child: what its parent held is not its own
+                self.pending = {}
+                self.pid, self.sent_at = os.getpid(), float("-inf")
+            self._field(f"{op}|{cls}|s").add(seconds)
+            self._field(f"*|{cls}|s").add(seconds)
+            if predicted and predicted > 0:
+                low, high = RATIO_RANGE
+                self._field(f"{op}|{cls}|ratio").add(min(max(seconds / predicted, low), high))
 
     def queue(self, pipe: Any, now: float | None = None) -> bool:
         """Add to ``pipe`` (a step's record) what was observed, if it is time to send it:
         whether it did."""
         now = time.monotonic() if now is None else now
-        if not self.pending or now - self.sent_at < self.every_s:
-            return False
+        with self._lock:
+            if not self.pending or now - self.sent_at < self.every_s:
+                return False
+            sending, self.pending = self.pending, {}
+            self.sent_at = now
         args: list[Any] = []
-        for name, pending in self.pending.items():
+        for name, pending in sending.items():
             args += [name, *pending.args()]
         pipe.eval(_OBSERVE, 1, ONLINE_KEY, *args)
-        self.pending.clear()
-        self.sent_at = now
         return True
 
-    def _field(self, name: str) -> Pending:
+    def _field(self, name: str) -> Pending:  # (with the lock held)
         found = self.pending.get(name)
         if found is None:
             found = self.pending[name] = Pending()

@@ -5,7 +5,10 @@ real Redis)."""
 from __future__ import annotations
 
 import math
+import sys
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -67,3 +70,57 @@ def test_nothing_observed_sends_nothing(client: redis.Redis) -> None:
     stats.add("text.upper", "cpu", 0.01, None)  # no prediction: no ratio
     assert _send(stats, client, now=6.0)
     assert set(client.hgetall(ONLINE_PROFILE_KEY)) == {"text.upper|cpu|s", "*|cpu|s"}
+
+
+def test_a_first_send_of_many_is_their_own_average(client: redis.Redis) -> None:
+    stats = OnlineStats(every_s=0.1)
+    seconds = [0.2, 0.1, 0.4]
+    for value in seconds:  # none sent yet: all go together, to fields that have no average
+        stats.add("text.upper", "cpu", value, None)
+    assert _send(stats, client, now=50.0)
+    found = float(client.hget(ONLINE_PROFILE_KEY, "text.upper|cpu|s") or 0)
+    assert math.isclose(found, _moved(None, seconds))  # not their mean (0.233), not the last
+
+
+class _Recorded:
+    """A pipeline that keeps what a send queued (the in-process part alone)."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[Any]] = []
+
+    def eval(self, script: str, numkeys: int, *args: Any) -> None:
+        self.sent.append(list(args[numkeys:]))
+
+
+def test_a_thread_pools_steps_lose_no_observation() -> None:
+    stats = OnlineStats(every_s=0.0)  # every step sends: the most contention there can be
+    pipe, errors = _Recorded(), []
+    per_thread, threads = 2000, 8
+
+    def steps(k: int) -> None:
+        try:
+            for i in range(per_thread):
+                stats.add(f"op{(k + i) % 5}", "io", 0.01, None)
+                stats.queue(pipe)
+        except Exception as exc:  # (reported below)
+            errors.append(exc)
+
+    workers = [threading.Thread(target=steps, args=(k,)) for k in range(threads)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads taking turns between any two bytecodes, nearly
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(switch)
+    stats.queue(pipe, now=float("inf"))
+    assert not errors
+    # each send moves a field by decay = (1 - ALPHA) ** n: the n's add up to every step
+    counted = 0.0
+    for args in pipe.sent:
+        for at in range(0, len(args), 4):
+            if args[at] == "*|io|s":
+                counted += math.log(args[at + 1]) / math.log(1 - ALPHA)
+    assert round(counted) == per_thread * threads
