@@ -71,14 +71,15 @@ def test_writes_other_tables_and_runaways_are_refused(reader_url: str) -> None:
 def test_calls_share_a_pool_of_connections(
     reader_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Sequential calls reuse the pool's connections (two at most: one is reset while the
-    next call runs); each keeps its own statement timeout
+    """Sequential calls reuse the pool's connections (four at most: one in use, and those
+    returned that the pool's three workers are still resetting -- on a busy machine a reset
+    can outlast the next calls); each keeps its own statement timeout
     (a short one does not stay on the pooled connection for the next call); twelve calls at
     once use at most db_pool_size connections."""
     pids = {
         db_query("SELECT pg_backend_pid() AS pid", reader_url)["rows"][0]["pid"] for _ in range(10)
     }
-    assert len(pids) <= 2  # a connection per call would be ten
+    assert len(pids) <= 4  # a connection per call would be ten (seen: 3, on a busy machine)
     with pytest.raises(QueryError, match="statement timeout"):
         db_query("SELECT pg_sleep(2)", reader_url, timeout=0.3)
     slow = db_query("SELECT pg_sleep(0.5) AS s, pg_backend_pid() AS pid", reader_url, timeout=5)
