@@ -27,6 +27,15 @@ MAX_EVENTS = 10_000  # kept per run (about: the stream is trimmed lazily)
 EVENT_FIELD = "e"  # each stream entry holds one event, JSON, in this field
 EVENT_OUTPUTS_MAX = 4096  # a step event carries the step's outputs up to this much JSON
 
+
+def lua_xadd(events: str, value: str) -> str:
+    """Lua that appends one event (``value``, JSON) to the stream ``events`` (both Lua
+    expressions), trimmed to about MAX_EVENTS."""
+    return (
+        f"redis.call('XADD', {events}, 'MAXLEN', '~', {MAX_EVENTS}, '*', '{EVENT_FIELD}', {value})"
+    )
+
+
 # KEYS: run, events. ARGV: ttl, then events (JSON). Appended while the run is followed.
 NOTIFY = f"""
 local mark = redis.call('HGET', KEYS[1], '{LISTEN_FIELD}')
@@ -34,7 +43,7 @@ if not mark then return 0 end
 local t = redis.call('TIME')
 if tonumber(mark) < tonumber(t[1]) then return 0 end
 for i = 2, #ARGV do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', {MAX_EVENTS}, '*', '{EVENT_FIELD}', ARGV[i])
+  {lua_xadd("KEYS[2]", "ARGV[i]")}
 end
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 return #ARGV - 1
@@ -48,8 +57,7 @@ def lua_append(run: str, events: str, event: str, ttl: str, now: str, then: str 
     return f"""
 local mark = tonumber(redis.call('HGET', {run}, '{LISTEN_FIELD}'))
 if mark and mark >= {now} then
-  redis.call('XADD', {events}, 'MAXLEN', '~', {MAX_EVENTS}, '*', '{EVENT_FIELD}',
-             cjson.encode({event}))
+  {lua_xadd(events, f"cjson.encode({event})")}
   redis.call('EXPIRE', {events}, {ttl})
   {then}
 end

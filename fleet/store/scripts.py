@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fleet.constants import INPUTS, LATENCY_BUCKETS, LISTEN_FIELD
-from fleet.store.events import EVENT_FIELD, MAX_EVENTS
+from fleet.store.events import lua_xadd
 
 # End a run once: the first writer sets finished_at and its fields, wakes the waiters, takes
 # the replies owed to Celery (KEYS[4]), leaves the active runs (KEYS[5], the orphan check's)
@@ -24,11 +24,9 @@ local mark = tonumber(redis.call('HGET', KEYS[1], '"""
 local followed = mark and mark >= tonumber(ARGV[2])
 if followed and n > 0 then
   for i = 7, 6 + n do
-    redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', """
-    + str(MAX_EVENTS)
-    + """, '*', '"""
-    + EVENT_FIELD
-    + """', ARGV[i])
+    """
+    + lua_xadd("KEYS[#KEYS]", "ARGV[i]")
+    + """
   end
   redis.call('EXPIRE', KEYS[#KEYS], ARGV[1])
 end
@@ -66,12 +64,11 @@ if ok and type(meta) == 'table' and type(meta['sla_s']) == 'number' then
 end
 if tonumber(run[5]) then redis.call('HINCRBYFLOAT', m, 'cost||' .. wf, run[5]) end
 if followed then
-  redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', """
-    + str(MAX_EVENTS)
-    + """, '*', '"""
-    + EVENT_FIELD
-    + """',
-             cjson.encode({event = 'end', status = status, at = tonumber(ARGV[2])}))
+  """
+    + lua_xadd(
+        "KEYS[#KEYS]", "cjson.encode({event = 'end', status = status, at = tonumber(ARGV[2])})"
+    )
+    + """
   redis.call('EXPIRE', KEYS[#KEYS], ARGV[3])
 end
 table.insert(replies, 1, 1)
