@@ -35,6 +35,12 @@ WAIT_OP_PREFIX = "wait."
 # Message headers stamped at publish time.
 SENT_AT_HEADER = "fleet_sent_at"
 ROUTE_HEADER = "fleet_route"
+# On a fleet.step message: what its worker's main process needs to take the step's start
+# lease in the round trip it makes as it receives the message -- [run id, node path, an item
+# of a map (0/1), the run's state wanted (0/1)] -- and what it found, added there for the
+# pool process: [holder token, when (time.time()), delivery tag, the begin script's reply].
+BEGIN_HEADER = "fleet_begin"
+BEGUN_HEADER = "fleet_begun"
 
 # Redis keys. Everything a run writes expires after the configured run_ttl.
 RUN_KEY = "fleet:run:{id}"  # hash: workflow, status, submitted_at, finished_at, outputs, error

@@ -24,12 +24,15 @@ from celery.utils.imports import symbol_by_name
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from fleet.constants import LANE_ENV, WORKER_CLASS_ENV
+from fleet.engine.dispatch import broker_is_store
 from fleet.messaging.app import fleet_config
+from fleet.messaging.transport import QoS
 from fleet.sdk.registry import registry
 from workers.celery_steps import guard_tasks
 from workers.compat import patch_kombu_redis_restore, patch_thread_pool_flush
 from workers.consumer import Consumer
 from workers.heartbeat import Heartbeat
+from workers.receipt import Receipt
 from workers.runtime import runtime
 
 
@@ -44,6 +47,15 @@ def _start_worker(sender: Any = None, **_: Any) -> None:
     if Heartbeat not in steps:
         steps.add(Heartbeat)
     guard_tasks(sender.app)  # plain tasks run as `celery:` steps pass a step's checks
+    _take_leases_on_receipt(sender)
+
+
+def _take_leases_on_receipt(worker: Any) -> None:
+    """Where the run store is the broker's Redis, the worker's main process takes each
+    step's start lease in the round trip that records the message (workers.receipt)."""
+    cfg = fleet_config(worker.app)
+    if broker_is_store(worker.app, cfg):
+        QoS.receipt = Receipt(worker.hostname, cfg.start_lease_s, cfg.run_ttl)
 
 
 def _batch_task_events(worker: Any) -> None:

@@ -9,7 +9,8 @@ is the step's request in the worker's main process, where a dead pool child is n
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from billiard.einfo import ExceptionInfo
@@ -17,11 +18,12 @@ from celery import Task
 from celery.exceptions import Ignore, WorkerLostError
 from celery.worker.request import Request
 
+from fleet.constants import BEGUN_HEADER
 from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import StepCall
 from fleet.errors import StepFailed
 from fleet.messaging.app import fleet_config
-from fleet.store.leases import Begin, Leases, lease_field
+from fleet.store.leases import Begin, Leases, lease_field, read_begin
 from workers.lease_keeper import Keeper
 from workers.runtime import WorkerRuntime, runtime
 
@@ -83,39 +85,61 @@ def begin(
     state: bool = False,
 ) -> Lease:
     """Hold the step's start lease while its op runs; raise Ignore when this copy must not
-    run it. One round trip, which also reads the run's status: a copy that sat in a queue
-    does no work for a run that failed meanwhile. ``canvas``: the step is a canvas's node
-    (``fleet.node``), whose canvas sends what follows it: a copy does neither. ``state``:
-    the same round trip reads the run's outputs so far (``Lease.state``)."""
+    run it. Taken in one round trip, which also reads the run's status (a copy that sat in
+    a queue does no work for a run that failed meanwhile) -- as the worker received the
+    message, where it could (:mod:`workers.receipt`), else here. ``canvas``: the step is a
+    canvas's node (``fleet.node``), whose canvas sends what follows it: a copy does neither.
+    ``state``: the same round trip reads the run's outputs so far (``Lease.state``)."""
     leases = rt.leases
-    field = lease_field(call["path"], task.request.retries or 0)
-    token = rt.keeper.token(task.request.hostname)
-    found = _check_begin(task, rt.engine, leases, call, run, token, canvas, state)
+    path, attempt = call["path"], task.request.retries or 0
+    field = lease_field(path, attempt)
+    token, found = _received(task, rt)
+    if found is None:
+        worker, group = task.request.hostname or "", bool(call.get("group"))
+        found = leases.begin(run["id"], path, attempt, token, group, worker, state)
+    _check_begin(task, rt.engine, call, run, found, canvas)
+    if state and found.state is None:  # (its sender did not ask for it)
+        found = replace(found, state=rt.store.state_json(run["id"]))
     rt.keeper.hold(leases, run["id"], field, token)
     return Lease(leases, rt.keeper, run["id"], field, found.listened, found.state)
+
+
+def _received(task: Task, rt: WorkerRuntime) -> tuple[str, Begin | None]:
+    """(the holder token, what the round trip that took the lease as the worker received
+    the message found); None for that where it must be taken here: it was not taken then,
+    its holder lapsed (judged here), or the message waited past a third of the lease --
+    taken again here, as the holder it already is, for a lease that may have lapsed."""
+    req = task.request
+    begun = getattr(req, BEGUN_HEADER, None)
+    tag = (getattr(req, "properties", None) or {}).get("delivery_tag")
+    if not isinstance(begun, list) or len(begun) != 4 or begun[2] != tag:
+        return rt.keeper.token(req.hostname), None
+    token, at, _, reply = begun
+    if time.time() - float(at) > rt.leases.lease_s / 3:
+        return str(token), None
+    found = read_begin(reply)
+    if found is None:  # lapsed: nothing was taken; its holder is judged here
+        return rt.keeper.token(req.hostname), None
+    return str(token), found
 
 
 def _check_begin(
     task: Task,
     engine: Dispatcher,
-    leases: Leases,
     call: StepCall,
     run: dict[str, Any],
-    token: str,
+    found: Begin,
     canvas: bool = False,
-    state: bool = False,
-) -> Begin:
-    """Raise Ignore when the run failed, or when this copy must not run the step: it
-    recorded its outputs already (swept back, or redelivered after its worker died past the
-    record) -- the op does not run again, but what it made ready is sent (the claims let
+) -> None:
+    """Raise Ignore when the run failed, or when this copy must not run the step (``found``):
+    it recorded its outputs already (swept back, or redelivered after its worker died past
+    the record) -- the op does not run again, but what it made ready is sent (the claims let
     each successor out once); another live copy runs it now -- this one is sent again, under
     its id, for when that copy's lease would lapse (a holder that dies later is covered); or
     that attempt ended in a retry. A step whose lease was taken over from dead holders
     ``max_worker_losses`` times fails its run: its worker died each time (any pool: a
     thread-pool worker's whole process dies with it)."""
-    path, attempt = call["path"], task.request.retries or 0
-    worker = task.request.hostname or ""
-    found = leases.begin(run["id"], path, attempt, token, bool(call.get("group")), worker, state)
+    path = call["path"]
     if found.status == "failed" or found.verdict == "ended":
         raise Ignore()  # another branch failed the run, or a retry carries the step on
     if found.verdict == "skip":  # its outputs are recorded
@@ -140,7 +164,6 @@ def _check_begin(
         )
         engine.store.fail(run["id"], path, why)
         raise Ignore()
-    return found
 
 
 class StepRequest(Request):

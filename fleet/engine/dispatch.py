@@ -25,6 +25,7 @@ from celery import Celery, Signature
 
 from fleet.config import FleetConfig
 from fleet.constants import (
+    BEGIN_HEADER,
     CELERY_DONE_TASK,
     CELERY_FAILED_TASK,
     CELERY_LEVEL_HEADER,
@@ -35,7 +36,7 @@ from fleet.constants import (
     STEP_TASK,
     WAIT_OP_PREFIX,
 )
-from fleet.engine.compiler import CompiledWorkflow, compile_workflow
+from fleet.engine.compiler import CompiledWorkflow, compile_workflow, may_end, sends_alone
 from fleet.engine.publishing import Held, HeldEvent, Prepared, Publisher
 from fleet.engine.readiness import Decision, Outputs, StepCall, decide
 from fleet.errors import FleetError, ReadinessError, Unroutable
@@ -53,6 +54,17 @@ CACHE_SIZE = 256  # compiled workflows kept per process
 
 
 RUN_OPTIONS = ("priority", "sla_s", "policy")  # what a submitter may set for one run
+
+
+def broker_is_store(app: Celery, cfg: FleetConfig) -> bool:
+    """Whether the run store is the broker's Redis server and database (the same
+    ``redis://`` URL), whose keys kombu does not prefix: a step's messages may then go in
+    the script that records it, and its start lease in the round trip that records its
+    message's receipt (:mod:`workers.receipt`)."""
+    broker = str(app.conf.broker_url or "")
+    if broker != cfg.backend_url or not broker.startswith("redis://"):
+        return False
+    return not (app.conf.broker_transport_options or {}).get("global_keyprefix")
 
 
 def new_run(workflow: CompiledWorkflow, run_id: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -252,20 +264,32 @@ class Dispatcher:
     def _options(self, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         """Celery's options for a step's message: its priority and time limits."""
         options: dict[str, Any] = {"priority": self.cfg.message_priority(run.get("priority"))}
+        options["headers"] = {BEGIN_HEADER: self._begin_ask(call, run)}
         if call["timeout"]:
             options["soft_time_limit"] = call["timeout"]
             options["time_limit"] = call["timeout"] + 5
         return options
 
+    def _begin_ask(self, call: StepCall, run: dict[str, Any]) -> list[str | int]:
+        """What the worker that receives the step needs to take its start lease as it
+        receives it (``BEGIN_HEADER``, :mod:`workers.receipt`): the run, the node, whether
+        it is a map's item, and whether the step wants the run's state as it begins -- one
+        the run may end with, or whose successors it sends in its record (``fleet.step``)."""
+        path, group = call["path"], bool(call.get("group"))
+        state, spec = False, run.get("spec")
+        if spec and run.get("within") is None and not group:
+            with contextlib.suppress(FleetError):  # (its worker reads it if it must)
+                workflow = self.workflow(spec)
+                state = may_end(workflow, path) or (
+                    self.sends_in_record and sends_alone(workflow, path)
+                )
+        return [run["id"], path, int(group), int(state)]
+
     @cached_property
     def sends_in_record(self) -> bool:
-        """Whether a step's messages may go in the script that records it: the run store is
-        the broker's Redis server and database (the same URL), whose keys kombu does not
-        prefix."""
-        broker = str(self.app.conf.broker_url or "")
-        if broker != self.cfg.backend_url or not broker.startswith("redis://"):
-            return False
-        return not (self.app.conf.broker_transport_options or {}).get("global_keyprefix")
+        """Whether a step's messages may go in the script that records it
+        (:func:`broker_is_store`)."""
+        return broker_is_store(self.app, self.cfg)
 
     def send(
         self,

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -33,12 +35,15 @@ from kombu import connection as kombu_connection
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps
 
 from fleet.engine.publishing import captured
 from fleet.store.connection import POOL_WAIT_S
 from fleet.store.records import Command
 
 log = logging.getLogger(__name__)
+# A worker's addition to the round trip that records a message it takes (QoS.receipt).
+Receipt = Callable[[Any, Any], Callable[[list[Any]], None] | None]
 
 
 class _Kept:
@@ -86,9 +91,44 @@ class QoS(kombu_redis.QoS):
     acknowledged later than the turn it was acknowledged in. Any other thread, or a
     worker without the loop (gevent), acknowledges as kombu does."""
 
+    # What a worker does in the round trip that records each message it takes (kombu's
+    # ``append``): given the message and that round trip's pipeline, it may add commands,
+    # and returns what to do with their replies -- a fleet worker takes a step's start lease
+    # there (workers.receipt). Set once per worker process; None: kombu's round trip alone.
+    receipt: Receipt | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._held: list[str] = []
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        """kombu's (the message is recorded as unacknowledged), with what ``receipt`` adds
+        to its round trip. A receipt that fails leaves the message as kombu would."""
+        receipt = type(self).receipt  # (a function set there is not a method)
+        if receipt is None:
+            super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
+            return
+        delivery = message.delivery_info
+        record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
+        then = None
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, record)
+            try:
+                then = receipt(message, pipe)
+            except Exception:
+                log.exception("receipt of message %s", delivery_tag)
+                pipe.command_stack[2:] = []
+            replies = pipe.execute(raise_on_error=False)
+            virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+        for reply in replies[:2]:
+            if isinstance(reply, Exception):
+                raise reply
+        if then is not None:
+            try:
+                then(replies[2:])
+            except Exception:
+                log.exception("receipt of message %s", delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
         if getattr(self.channel.connection, "loop_thread", None) != threading.get_ident():

@@ -32,10 +32,11 @@ Times are the Redis server's (``TIME``), so workers' clocks need not agree.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import redis
 
@@ -160,6 +161,66 @@ def lease_field(path: str, attempt: int) -> str:
     return f"{path}@{attempt}"
 
 
+BEGIN_SHA = hashlib.sha1(_BEGIN.encode()).hexdigest()  # the script as EVALSHA names it
+BEGIN_SCRIPT = _BEGIN
+
+
+def begin_call(
+    run_id: str,
+    path: str,
+    attempt: int,
+    token: str,
+    group: bool,
+    worker: str,
+    ask: bool,
+    state: bool,
+    lease_s: float,
+    ttl: int,
+) -> tuple[list[str], list[str | float | int]]:
+    """The keys and arguments of the begin script (``Leases.begin``) for a copy of step
+    ``path``: here, or in another round trip (a worker's main process takes the lease as it
+    receives the message: :mod:`workers.receipt`). ``ask``: a lapsed lease is returned, not
+    taken over (its holder is judged first)."""
+    keys = [
+        RUN_KEY.format(id=run_id),
+        RUN_OUTPUTS_KEY.format(id=run_id),
+        RUN_LEASES_KEY.format(id=run_id),
+        RUN_STARTS_KEY.format(id=run_id),
+        events_key(run_id),
+    ]
+    args: list[str | float | int] = [path, lease_field(path, attempt), token, lease_s, ttl]
+    args += [int(group), worker, int(ask), int(state)]
+    return keys, args
+
+
+def read_begin(found: list[Any]) -> Begin | None:
+    """What the begin script's reply says (its strings as ``str``); None for a lapsed
+    lease (asked: its holder is to be judged, nothing was taken)."""
+    found = [read_text(v) for v in found]
+    if found[2] == "lapsed":
+        return None
+    status, ran, verdict, taken, wait = found[:5]
+    flat = found[6] if len(found) > 6 and verdict == "run" else None
+    return Begin(
+        status=str(status) or None,
+        ran=bool(int(ran)),
+        verdict=cast(Verdict, str(verdict)),
+        takeovers=int(taken),
+        wait_s=float(wait),
+        listened=len(found) > 5 and bool(int(found[5])),
+        state=None if flat is None else dict(zip(flat[::2], flat[1::2], strict=True)),
+    )
+
+
+def read_text(value: Any) -> Any:
+    """A reply's bytes as text, in lists too (a client without ``decode_responses``)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list):
+        return [read_text(v) for v in value]
+    return value
+
+
 class Leases:
     """The start leases of steps, in the run store's Redis."""
 
@@ -196,20 +257,14 @@ class Leases:
         somebody listens to the run (its start is published then). ``state``: a copy that
         runs the step also gets the run's outputs so far (a step that may be the run's last:
         it can end the run as it records, :meth:`RunStore.record_step`)."""
-        keys = [
-            RUN_KEY.format(id=run_id),
-            RUN_OUTPUTS_KEY.format(id=run_id),
-            RUN_LEASES_KEY.format(id=run_id),
-            RUN_STARTS_KEY.format(id=run_id),
-            events_key(run_id),
-        ]
-        field = lease_field(path, attempt)
-        args: list[str | float | int] = [path, field, token, self.lease_s, self.ttl, int(group)]
-        args += [worker, int(self.judge is not None), int(state)]
+        ask = self.judge is not None
+        keys, args = begin_call(
+            run_id, path, attempt, token, group, worker, ask, state, self.lease_s, self.ttl
+        )
         found = cast(list[str], self._begin(keys=keys, args=args))
         if found[2] == "lapsed":  # rare: a holder stopped renewing; is it dead?
             holder = str(found[6]).rpartition("|")[0]
-            if self._alive(run_id, field, holder):
+            if self._alive(run_id, lease_field(path, attempt), holder):
                 return Begin(
                     status=str(found[0]) or None,
                     ran=bool(int(found[1])),
@@ -218,19 +273,11 @@ class Leases:
                     wait_s=self.lease_s / 2,  # asked again then: it may have come back
                     stalled=holder,
                 )
-            args[-2] = 0  # take it over (the script looks again: it may be back meanwhile)
+            args[7] = 0  # take it over (the script looks again: it may be back meanwhile)
             found = cast(list[str], self._begin(keys=keys, args=args))
-        status, ran, verdict, taken, wait = found[:5]
-        flat = cast(list[str], found[6]) if len(found) > 6 and verdict == "run" else None
-        return Begin(
-            status=str(status) or None,
-            ran=bool(int(ran)),
-            verdict=cast(Verdict, str(verdict)),
-            takeovers=int(taken),
-            wait_s=float(wait),
-            listened=len(found) > 5 and bool(int(found[5])),
-            state=None if flat is None else dict(zip(flat[::2], flat[1::2], strict=True)),
-        )
+        read = read_begin(found)
+        assert read is not None  # (not asked: a lapsed lease is taken over)
+        return read
 
     def _alive(self, run_id: str, field: str, holder: str) -> bool:
         assert self.judge is not None

@@ -295,10 +295,14 @@ class RunStore:
         status, raw = results[-2], results[-1]
         return status, decode_state(raw)
 
+    def state_json(self, run_id: str) -> dict[str, str]:
+        """The outputs of every step of the run so far (and its inputs), as stored: JSON by
+        path (what the begin script reads, ``Leases.begin``)."""
+        return cast(dict[str, str], self.redis.hgetall(self._key(run_id, "out")))
+
     def state(self, run_id: str) -> dict[str, dict[str, Any]]:
         """The outputs of every step of the run so far (and its inputs)."""
-        raw = self.redis.hgetall(self._key(run_id, "out"))
-        return decode_state(cast(dict[str, str], raw))
+        return decode_state(self.state_json(run_id))
 
     def count_loss(self, run_id: str, path: str) -> int:
         """Count one more death of the worker process running ``path``; the new count."""

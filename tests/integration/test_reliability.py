@@ -13,7 +13,7 @@ import pytest
 from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig
-from fleet.constants import STEP_TASK
+from fleet.constants import RUN_LEASES_KEY, STEP_TASK
 from fleet.deploy.local import LocalFleet, free_port
 from fleet.errors import WorkflowFailed
 from fleet.messaging.app import create_app
@@ -45,6 +45,24 @@ def test_killed_worker_process_does_not_lose_the_step(client: Fleet) -> None:
     assert run.get(timeout=60) == {"out": "STILL HERE"}
     steps = [e for e in run.trace() if e.node == "slow" and e.status == "succeeded"]
     assert len(steps) == 1  # it ran to completion once, after redelivery
+
+
+def test_a_step_holds_the_lease_its_worker_took_as_it_received_it(client: Fleet) -> None:
+    """The start lease is taken in the round trip the worker's main process makes as it
+    receives the message (workers/receipt.py): the holder named in the lease is that main
+    process, not the pool child running the op."""
+    wf = Workflow("received", inputs=["v"])
+    slow = wf.step("slow", "test.sleep", seconds=2.0, value=wf.input("v"), classes=["cpu"])
+    wf.output("out", slow["value"])
+    run = client.submit(wf, {"v": "held"})
+    child = _active_pid(client, "slow")
+    held = client.store.redis.hget(RUN_LEASES_KEY.format(id=run.id), "slow@0") or ""
+    holder = held.rpartition("|")[0]  # worker/machine/pid.start/unique
+    pid = int(holder.split("/")[-2].split(".")[0])
+    parent = int(Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[1])
+    assert pid != child and pid == parent
+    assert run.get(timeout=30) == {"out": "held"}
+    assert [(e.node, e.status) for e in run.trace()] == [("slow", "succeeded")]
 
 
 def test_a_poison_step_fails_its_run_and_the_fleet_goes_on(client: Fleet) -> None:

@@ -174,3 +174,26 @@ def test_steps_made_ready_together_go_to_the_broker_in_one_round_trip(
     dispatcher.send_all([_call(None, p) for p in ("a", "b", "c")], {"id": run_id})
     assert flushes == [6]  # 3 messages and 3 task-sent events: one round trip
     assert queued_steps(broker, run_id, cfg.classes["cpu"].queue_name) == ["a", "b", "c"]
+
+
+def test_a_step_tells_its_worker_what_its_start_lease_needs(cfg: FleetConfig) -> None:
+    """Each step's message says what its worker needs to take the step's start lease as it
+    receives it (workers/receipt.py): the run, the node, a map item or not, and whether the
+    step reads the run's state as it begins -- one the run may end with does."""
+    from fleet import Workflow
+    from fleet.constants import BEGIN_HEADER
+    from fleet.engine.compiler import compile_workflow
+
+    wf = Workflow("two", inputs=["t"])
+    first = wf.step("a", "text.upper", text=wf.input("t"))
+    wf.output("out", wf.step("b", "text.upper", text=first["text"])["text"])
+    compiled = compile_workflow(wf.spec(), cfg, registry)
+    app = Recorder()
+    dispatcher = Dispatcher(app, cfg, RunStore("redis://127.0.0.1:1/0"), registry)  # type: ignore[arg-type]
+    dispatcher._remember(compiled.digest, compiled)
+    run = {"id": "r", "spec": compiled.digest}
+    dispatcher.send(_call(None, "a"), run)
+    dispatcher.send(_call(None, "b"), run)
+    dispatcher.send({**_call(None, "b"), "group": "m"}, run)  # a map's item
+    headers = [options["headers"][BEGIN_HEADER] for _, options in app.sent]
+    assert headers == [["r", "a", 0, 0], ["r", "b", 0, 1], ["r", "b", 1, 0]]
