@@ -19,6 +19,7 @@ import redis
 from celery import bootsteps
 
 from fleet.constants import (
+    BEGUN_HEADER,
     CANVAS_FINISH_TASK,
     CANVAS_START_TASK,
     CELERY_RUN_HEADER,
@@ -113,6 +114,9 @@ class Heartbeat(bootsteps.StartStopStep):
             "busy": len(taken),
             "held": held,
             "steps": _steps(taken + waiting),
+            # the start leases it took as it received them, of the steps it holds still
+            # (running ones too: a connection lost empties what is reserved)
+            "received": _received(taken + waiting + list(state.active_requests)),
             "pids": self._pids(),  # its processes: a lapsed lease's holder among them stalled
         }
         try:
@@ -212,6 +216,18 @@ def _say_cpu_fallback(cfg: Any, classes: list[str], hostname: str) -> None:
             ",".join(gpu_classes),
             report.note,
         )
+
+
+def _received(requests: list[Any]) -> list[str]:
+    """The start leases the worker took as it received ``requests`` (workers.receipt): the
+    unique part of each holder token, which :class:`workers.holders.Holders` looks for."""
+    found = set()
+    for request in requests:
+        with contextlib.suppress(AttributeError, IndexError, TypeError):
+            begun = request.request_dict.get(BEGUN_HEADER)
+            if begun:
+                found.add(str(begun[0]).rpartition("/")[2])
+    return sorted(found)
 
 
 def _steps(requests: list[Any]) -> list[tuple[str, str]]:

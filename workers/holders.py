@@ -28,11 +28,12 @@ import logging
 import os
 import time
 import uuid
-from typing import cast
+from typing import Any, cast
 
 import redis
 
 from fleet.constants import WORKER_INFO_KEY
+from fleet.store.leases import IDLE, Judged
 
 log = logging.getLogger("fleet.leases")
 
@@ -78,15 +79,19 @@ def process(pid: int) -> str:
 _me: tuple[int, str] = (0, "")  # this process, as process() names it (read once per pid)
 
 
-def token(hostname: str | None) -> str:
+RECEIVED = "r"  # starts the unique part of a token taken as a worker received the message
+
+
+def token(hostname: str | None, received: bool = False) -> str:
     """A new holder token for a step started by this process: its worker, where the process
     runs, and a unique part. ``|`` and ``/`` separate fields, so they are left out of the
-    worker's name."""
+    worker's name. ``received``: taken by a worker's main process as it received the step's
+    message (workers.receipt), for the pool process that will run it."""
     global _me
     where = (hostname or "?").replace("|", "_").replace("/", "_")
     if _me[0] != os.getpid():  # a forked pool child is a process of its own
         _me = (os.getpid(), process(os.getpid()))
-    return f"{where}/{_me[1]}/{uuid.uuid4().hex[:12]}"
+    return f"{where}/{_me[1]}/{RECEIVED if received else ''}{uuid.uuid4().hex[:12]}"
 
 
 def local_alive(pid: int, start: str) -> bool:
@@ -103,25 +108,56 @@ class Holders:
         self.redis = client
         self.worker_ttl = worker_ttl
 
-    def __call__(self, holder: str) -> bool | None:
+    def __call__(self, holder: str, step: tuple[str, str] | None = None) -> Judged:
+        """Is ``holder`` alive (True), dead (False), or cannot it be told (None)? A holder
+        that took the lease as its worker received the message (``RECEIVED``; ``step``: the
+        run id and node path asked about) is alive only while its worker still holds the
+        request it took it for -- received, waiting or running, as its heartbeat lists the
+        leases of what it holds (or while it is alive and stopped beating: the whole worker
+        stalled). A worker that lives on without it dropped the message unstarted (a lost
+        connection, kombu putting it back): ``IDLE``. By the lease, not by the step: the
+        worker may hold another copy of the same step, sent again for later."""
         parts = holder.split("/")
         if len(parts) != 4:
             return None  # a token of an older worker: it says nothing of its process
-        worker, machine, proc, _ = parts
+        worker, machine, proc, unique = parts
         pid_text, _, start = proc.partition(".")
         if not pid_text.isdigit():
             return None
         pid = int(pid_text)
+        received = step is not None and unique.startswith(RECEIVED)
         if machine and machine == MACHINE:
-            return local_alive(pid, start)
+            if not local_alive(pid, start):
+                return False
+            info = self._beating(worker) if received else None
+            return IDLE if info is not None and not _holds(info, unique) else True
+        info = self._beating(worker)
+        if info is None:
+            return None  # it stopped beating: dead, or the whole worker is paused
+        try:
+            pids = {int(info.get("pid") or 0), *(int(p) for p in info.get("pids") or [])}
+        except (ValueError, TypeError):
+            return None
+        if pid not in pids:
+            return False
+        return IDLE if received and not _holds(info, unique) else True
+
+    def _beating(self, worker: str) -> dict[str, Any] | None:
+        """What ``worker``'s last heartbeat said, if it beats still (within ``worker_ttl``)."""
         raw = self.redis.hget(WORKER_INFO_KEY, worker)
         if raw is None:
             return None
         try:
             info = json.loads(cast(str, raw))
             if time.time() - float(info.get("last_seen", 0)) > self.worker_ttl:
-                return None  # it stopped beating: dead, or the whole worker is paused
-            pids = {int(info.get("pid") or 0), *(int(p) for p in info.get("pids") or [])}
+                return None
         except (ValueError, TypeError, AttributeError):
             return None
-        return pid in pids
+        return info if isinstance(info, dict) else None
+
+
+def _holds(info: dict[str, Any], unique: str) -> bool:
+    """Whether a worker's heartbeat lists the lease ``unique`` (its token's last part) among
+    those of the requests it holds."""
+    received = info.get("received")
+    return isinstance(received, list) and unique in received

@@ -18,10 +18,15 @@ lease had lapsed (its holder is judged first: a Redis read this loop does not ma
 that waited here past a third of ``start_lease_s`` before it started (it takes its lease
 again, as its holder), and any message whose round trip here failed.
 
-The holder token names this main process, not the pool process: a pool process's death is
-seen here and marks the lease ``lost`` (:class:`workers.recovery.StepRequest`), and a lease
-that lapses while this process lives is held, not taken over (its step stalled, or a pool
-process died, and that is told here).
+The holder token names this main process, not the pool process, and says it was taken on
+receipt (``holders.RECEIVED``). A pool process's death, or its kill at a hard time limit, is
+seen here: it is counted and marks the lease ``lost`` (:class:`workers.recovery.StepRequest`).
+A lease that lapses while this process lives is judged by whether this worker still holds
+the step -- received, waiting or running, as its heartbeat says (:class:`workers.holders.
+Holders`): held, it stalled, and no copy runs beside it; not held (the worker dropped the
+message unstarted: a lost connection, a restore), a copy takes the lease over, uncounted.
+Only the worker's consumer takes leases this way: a message read with ``basic_get`` (the
+orphan check draining a gone worker's queue) is not one a pool process here will start.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ class Receipt:
             return None
         run_id, path, group, state = ask
         attempt = int(headers.get("retries") or 0)
-        token = holders.token(self.hostname)
+        token = holders.token(self.hostname, received=True)
         keys, args = begin_call(
             str(run_id), str(path), attempt, token, bool(group), self.hostname, True,
             bool(state), self.lease_s, self.ttl,

@@ -187,6 +187,14 @@ class StepRequest(Request):
             return
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        """A hard time limit: the pool kills the step's process. Counted as a loss of its
+        worker, as a death is (a step that always runs past it fails its run at
+        ``max_worker_losses``), and its lease let go for the next copy, uncounted."""
+        if not soft:
+            self._gave_up(f"killed at its hard time limit ({timeout:g} s)")
+        super().on_timeout(soft, timeout)
+
     def _gave_up(self, how: str) -> bool:
         call, run = self.kwargs.get("call") or {}, self.kwargs.get("run") or {}
         if not call.get("path") or not run.get("id"):

@@ -100,12 +100,14 @@ class QoS(kombu_redis.QoS):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._held: list[str] = []
+        self.consuming = True  # (not while the channel's basic_get takes a message)
 
     def append(self, message: Any, delivery_tag: str) -> None:
         """kombu's (the message is recorded as unacknowledged), with what ``receipt`` adds
-        to its round trip. A receipt that fails leaves the message as kombu would."""
+        to its round trip for a message a consumer takes. A receipt that fails leaves the
+        message as kombu would."""
         receipt = type(self).receipt  # (a function set there is not a method)
-        if receipt is None:
+        if receipt is None or not self.consuming:
             super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
             return
         delivery = message.delivery_info
@@ -199,6 +201,17 @@ class Channel(kombu_redis.Channel):
         props.update(body_encoding=encoding, delivery_tag=self._next_delivery_tag())  # type: ignore[no-untyped-call]
         props["delivery_info"].update(exchange=exchange, routing_key=routing_key)
 
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """kombu's, without the worker's receipt (``QoS.receipt``): a message read this way
+        -- a SimpleQueue's get, the orphan check draining a gone worker's queue -- is not
+        one this worker's pool will start."""
+        qos = self.qos
+        qos.consuming = False
+        try:
+            return super().basic_get(queue, no_ack, **kwargs)  # type: ignore[no-untyped-call]
+        finally:
+            qos.consuming = True
+
     def create_publish_batch(self, max_size: int) -> Any:
         commands = captured()
         if commands is not None:
@@ -258,6 +271,19 @@ class Transport(kombu_redis.Transport):
         loop._fleet_send_held = self._send_held_acks
         loop.on_tick.add(self._send_held_acks)
         loop.on_close.add(self._send_held_acks)
+
+    def _reject_inbound_message(self, raw_message: Any) -> None:
+        """kombu's, for a message that came in with no consumer left for it (cancelled as
+        its BRPOP was answered): put back without the worker's receipt -- no pool process
+        here starts it."""
+        channels = [channel for channel in self.channels if channel]
+        for channel in channels:
+            channel.qos.consuming = False
+        try:
+            super()._reject_inbound_message(raw_message)  # type: ignore[no-untyped-call]
+        finally:
+            for channel in channels:
+                channel.qos.consuming = True
 
     def _send_held_acks(self, closing: Any = None) -> None:
         """Each turn of the loop, before it waits: every channel's held acknowledgements.

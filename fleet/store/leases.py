@@ -48,7 +48,8 @@ Verdict = Literal["run", "held", "ended", "skip"]
 
 # KEYS: run, out, leases, starts. ARGV: path, field, token, lease_s, ttl, group (1: an item
 # of a map, which runs again even when recorded), the worker, ask (1: a lapsed lease is not
-# taken over but returned -- 'lapsed', with its value -- for its holder to be judged first);
+# taken over but returned -- 'lapsed', with its value -- for its holder to be judged first;
+# 2: taken over uncounted, its holder known to live without the step);
 # KEYS[5]: the run's events; ARGV[9] (1: the run's state too, for a copy that runs the step).
 # Returns {status, ran, verdict, takeovers, seconds until a live lease lapses, listened to
 # [, the outputs hash as a flat list]}: a copy that runs the step publishes its start while
@@ -75,8 +76,10 @@ if cur and ran == 0 then
     local expiry = tonumber(string.match(cur, '|([^|]*)$')) or 0
     if expiry > now then return {status, ran, 'held', 0, string.format('%.3f', expiry - now)} end
     if ARGV[8] == '1' then return {status, ran, 'lapsed', 0, '0', 0, cur} end
-    taken = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
-    redis.call('EXPIRE', KEYS[4], ARGV[5])
+    if ARGV[8] ~= '2' then  -- (2: its holder lives and does not hold the step: uncounted)
+      taken = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+      redis.call('EXPIRE', KEYS[4], ARGV[5])
+    end
   end
 end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. '|' .. string.format('%.3f', now + ARGV[4]))
@@ -157,6 +160,11 @@ class Begin:
     state: dict[str, str] | None = None
 
 
+IDLE: Literal["idle"] = "idle"  # a judged holder that lives, but does not hold the step
+Judged = bool | None | Literal["idle"]
+Judge = Callable[[str, tuple[str, str]], Judged]
+
+
 def lease_field(path: str, attempt: int) -> str:
     return f"{path}@{attempt}"
 
@@ -229,11 +237,14 @@ class Leases:
         client: redis.Redis,
         ttl: int,
         lease_s: float,
-        judge: Callable[[str], bool | None] | None = None,
+        judge: Judge | None = None,
     ) -> None:
-        """``judge``: given the token of a lapsed lease's holder, True if it is known alive
-        (it stalled: its lease is not taken over), False if known dead, None if it cannot be
-        told (both taken over, and counted). Without one every lapse counts as a death."""
+        """``judge``: given the token of a lapsed lease's holder and the step (run id, node
+        path), True if it is known alive and holding the step (it stalled: its lease is not
+        taken over), False if known dead, None if it cannot be told (both taken over, and
+        counted), ``"idle"`` if it lives but does not hold the step (a worker that took the
+        lease as it received the message, and dropped the message unstarted: taken over,
+        not counted). Without one every lapse counts as a death."""
         self.redis = client
         self.ttl = ttl
         self.lease_s = lease_s
@@ -264,7 +275,8 @@ class Leases:
         found = cast(list[str], self._begin(keys=keys, args=args))
         if found[2] == "lapsed":  # rare: a holder stopped renewing; is it dead?
             holder = str(found[6]).rpartition("|")[0]
-            if self._alive(run_id, lease_field(path, attempt), holder):
+            judged = self._judged(run_id, path, lease_field(path, attempt), holder)
+            if judged is True:
                 return Begin(
                     status=str(found[0]) or None,
                     ran=bool(int(found[1])),
@@ -273,27 +285,29 @@ class Leases:
                     wait_s=self.lease_s / 2,  # asked again then: it may have come back
                     stalled=holder,
                 )
-            args[7] = 0  # take it over (the script looks again: it may be back meanwhile)
+            # take it over (the script looks again: it may be back meanwhile), counted
+            # unless its holder lives on without the step
+            args[7] = 2 if judged == IDLE else 0
             found = cast(list[str], self._begin(keys=keys, args=args))
         read = read_begin(found)
         assert read is not None  # (not asked: a lapsed lease is taken over)
         return read
 
-    def _alive(self, run_id: str, field: str, holder: str) -> bool:
+    def _judged(self, run_id: str, path: str, field: str, holder: str) -> Judged:
         assert self.judge is not None
         try:
-            alive = self.judge(holder)
+            judged = self.judge(holder, (run_id, path))
         except Exception as exc:  # cannot be told: taken for dead, as without a judge
             log.warning(
                 "run %s: step %s: could not judge holder %s: %s", run_id, field, holder, exc
             )
             return False
-        if alive is not True:
-            how = "dead" if alive is False else "not known to be alive"
+        if judged is not True:
+            how = {False: "dead", IDLE: "alive without the step"}.get(judged, "not known alive")
             log.warning(
                 "run %s: step %s: its holder %s is %s: taken over", run_id, field, holder, how
             )
-        return alive is True
+        return judged
 
     def renew(self, held: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         """Extend the leases ``held`` as (run id, field, token); those another copy took

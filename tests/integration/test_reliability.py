@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ import pytest
 from fleet import Workflow
 from fleet.client.client import Fleet
 from fleet.config import FleetConfig
-from fleet.constants import RUN_LEASES_KEY, STEP_TASK
+from fleet.constants import RUN_LEASES_KEY, STEP_TASK, WORKER_INFO_KEY
 from fleet.deploy.local import LocalFleet, free_port
 from fleet.errors import WorkflowFailed
 from fleet.messaging.app import create_app
@@ -61,8 +62,34 @@ def test_a_step_holds_the_lease_its_worker_took_as_it_received_it(client: Fleet)
     pid = int(holder.split("/")[-2].split(".")[0])
     parent = int(Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[1])
     assert pid != child and pid == parent
+    # its worker's heartbeat lists the lease while it holds the step (workers.holders)
+    worker, unique = holder.split("/")[0], holder.rpartition("/")[2]
+    deadline, listed = time.monotonic() + 5, False
+    while not listed and time.monotonic() < deadline:
+        info = json.loads(client.store.redis.hget(WORKER_INFO_KEY, worker) or "{}")
+        listed = unique in info.get("received", [])
+        time.sleep(0.1)
+    assert listed
     assert run.get(timeout=30) == {"out": "held"}
     assert [(e.node, e.status) for e in run.trace()] == [("slow", "succeeded")]
+
+
+def test_a_step_killed_at_its_hard_time_limit_each_time_fails_its_run(client: Fleet) -> None:
+    """A step that outlasts its soft limit (caught) is killed at the hard one (timeout + 5 s)
+    by the pool; its worker's main process counts the kill as a loss of its worker and lets
+    the lease go. Sent again by the orphan check, killed again: the run fails naming the
+    node. (With the lease taken as the worker received the message, the kill had gone
+    uncounted, and the step was sent again for good: review.)"""
+    wf = Workflow("stubborn", inputs=["v"])
+    slow = wf.step(
+        "slow", "test.stubborn", seconds=60.0, value=wf.input("v"), classes=["cpu"], timeout=1.0
+    )
+    wf.output("out", slow["value"])
+    run = client.submit(wf, {"v": 1})
+    with pytest.raises(WorkflowFailed) as failed:
+        run.get(timeout=90)
+    assert failed.value.node == "slow"
+    assert "killed at its hard time limit (6 s)" in str(failed.value)
 
 
 def test_a_poison_step_fails_its_run_and_the_fleet_goes_on(client: Fleet) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -50,6 +51,19 @@ def spin(seconds: float, value: Any = None) -> dict[str, Any]:
     while time.perf_counter() < end:
         loops += 1
     return {"value": value, "loops": loops}
+
+
+@op("test.stubborn", classes=("cpu",), outputs=("value",))
+def stubborn(seconds: float, value: Any = None) -> dict[str, Any]:
+    """Sleep ``seconds`` through anything raised meanwhile -- a soft time limit included:
+    only a hard time limit's kill stops it early."""
+    if not 0 <= seconds <= 600:
+        raise ValueError(f"seconds must be within 0..600, got {seconds}")
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        with contextlib.suppress(Exception):
+            time.sleep(left)
+    return {"value": value}
 
 
 class InjectedFailure(RuntimeError):

@@ -1,15 +1,17 @@
 """A step's start lease, taken as its worker receives the message (workers/receipt.py): real
 step messages through the fleet's transport on a real Redis, taken off their queue as a
-worker's consumer takes them (kombu's ``basic_get`` records the receipt as ``basic_consume``
-does), and the pool process's side (``workers.recovery.begin``) on a real task's request."""
+worker's consumer takes them (kombu's ``basic_consume``), and the pool process's side
+(``workers.recovery.begin``) on a real task's request."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import redis
@@ -82,12 +84,17 @@ def _send_and_take(
     call = {"path": path, "op": "text.upper", "args": {"text": "x"}}
     kwargs = {"call": call, "run": {"id": run_id}}
     sender.send_task(task, kwargs=kwargs, queue=queue, headers=headers, **options)
-    for _ in range(50):
-        message = channel.basic_get(queue)
-        if message is not None:
-            return cast(Message, message)
-        time.sleep(0.02)
-    raise AssertionError("the message never arrived")
+    got: list[Message] = []
+    channel.basic_consume(queue, False, got.append, queue)
+    try:
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            with contextlib.suppress(socket.timeout):
+                channel.connection.client.drain_events(timeout=0.5)
+    finally:
+        channel.basic_cancel(queue)
+    assert got, "the message never arrived"
+    return got[0]
 
 
 def test_the_receipt_takes_the_lease_and_tells_the_pool_process(
@@ -129,6 +136,29 @@ def test_what_waits_in_the_worker_and_other_tasks_take_nothing(
     assert client.hget(RUN_LEASES_KEY.format(id=run_id), "a@0") is None
     for message in (later, ping):  # (recorded as unacknowledged all the same)
         assert client.hexists("unacked", message.delivery_tag)
+
+
+def test_a_message_read_with_basic_get_takes_no_lease(
+    receiving: Receipt, channel: Any, client: redis.Redis, run_id: str
+) -> None:
+    """The orphan check drains a gone worker's queue with a SimpleQueue (basic_get) in a
+    worker's main process and sends each step again: those are no steps this worker's pool
+    will start, and a lease taken for them would keep every copy waiting (review)."""
+    sender = Celery("receipt-test", broker=channel.connection.client.as_uri(True))
+    queue = f"receipt-{uuid.uuid4().hex[:8]}"
+    headers = {BEGIN_HEADER: [run_id, "a", 0, 0]}
+    sender.send_task(STEP_TASK, kwargs={}, queue=queue, headers=headers)
+    message = None
+    for _ in range(50):
+        message = channel.basic_get(queue)
+        if message is not None:
+            break
+        time.sleep(0.02)
+    assert message is not None and BEGUN_HEADER not in message.headers
+    assert client.hget(RUN_LEASES_KEY.format(id=run_id), "a@0") is None
+    assert client.hexists("unacked", message.delivery_tag)  # recorded as kombu does
+    # and the channel's consumer takes leases again after it
+    assert BEGUN_HEADER in _send_and_take(channel, run_id, path="b").headers
 
 
 def test_a_redis_without_the_script_loads_it_for_the_next(

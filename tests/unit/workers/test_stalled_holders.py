@@ -245,3 +245,60 @@ def test_a_lease_redis_refused_to_let_go_is_let_go_when_redis_answers(
         time.sleep(0.05)
     copy = leases.begin(run_id, "s", 0, holder_of(os.getpid(), "io2@host"), group=False)
     assert (copy.verdict, copy.takeovers) == ("run", 0)
+
+
+def test_a_lease_taken_on_receipt_is_held_only_while_its_worker_holds_the_step(
+    client: redis.Redis, run_id: str, paused: list[subprocess.Popen[bytes]]
+) -> None:
+    """A worker's main process takes a step's lease as it receives the message
+    (workers/receipt.py), for the pool process that will run it. That main process lives on
+    when the message is dropped unstarted -- a lost connection flushes what the pool had not
+    started -- so its being alive says nothing (review: every later copy was held, for
+    good). Its worker's heartbeat does: it lists the leases of the requests it holds
+    (received, waiting or running). Listed, the holder is alive and copies are held; not
+    listed, a copy takes the lease over, uncounted -- nobody died -- even while the worker
+    holds another copy of the same step, sent again for later (second review: judged by the
+    step, that copy kept it "alive"). A dead holder (a one-process pool killed by its step)
+    is still counted, and a live one that stopped beating (the whole worker stalled) holds."""
+    leases = Leases(client, TTL, LEASE, Holders(client, worker_ttl=10.0))
+    worker = f"cpu-{uuid.uuid4().hex[:6]}@here"
+    mine = holders.token(worker, received=True)  # this process: alive
+    unique = mine.rpartition("/")[2]
+    assert unique.startswith(holders.RECEIVED)
+
+    def beat(received: list[str], steps: list[list[str]]) -> None:
+        info = {"pid": os.getpid(), "pids": [os.getpid()], "last_seen": time.time()}
+        info |= {"received": received, "steps": steps}
+        client.hset(WORKER_INFO_KEY, worker, json.dumps(info))
+
+    def lapse(holder: str) -> None:
+        client.hset(RUN_LEASES_KEY.format(id=run_id), "s@0", f"{holder}|1.000")
+
+    try:
+        beat(["r0123", unique], [[run_id, "s"]])  # it holds the request it took it for
+        lapse(mine)
+        copy = leases.begin(run_id, "s", 0, holder_of(os.getpid(), "io2@host"), group=False)
+        assert (copy.verdict, copy.stalled) == ("held", mine)
+        client.hdel(WORKER_INFO_KEY, worker)  # alive, not beating: the whole worker stalled
+        assert leases.begin(run_id, "s", 0, holder_of(os.getpid()), group=False).verdict == "held"
+        # it beats without that request, holding a copy of the step sent again for later
+        beat(["r0123"], [[run_id, "s"]])
+        taken = leases.begin(run_id, "s", 0, holder_of(os.getpid(), "io2@host"), group=False)
+        assert (taken.verdict, taken.takeovers, starts(client, run_id)) == ("run", 0, 0)
+        # on another machine: judged by the heartbeat alone, the same way
+        remote = f"{worker}/0123-boot:4026531836/{os.getpid()}.99/r0123"
+        judge = Holders(client, worker_ttl=10.0)
+        assert judge(remote, (run_id, "s")) is True
+        assert (
+            judge(f"{worker}/0123-boot:4026531836/{os.getpid()}.99/r0456", (run_id, "s")) == "idle"
+        )
+        # a received holder that died is counted, as any dead holder
+        dead = pause_one(paused)
+        gone = f"{worker}/{holders.process(dead.pid)}/r0def"
+        dead.kill()
+        dead.wait()
+        lapse(gone)
+        counted = leases.begin(run_id, "s", 0, holder_of(os.getpid()), group=False)
+        assert (counted.verdict, counted.takeovers) == ("run", 1)
+    finally:
+        client.hdel(WORKER_INFO_KEY, worker)
