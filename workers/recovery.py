@@ -192,7 +192,10 @@ class StepRequest(Request):
         worker, as a death is (a step that always runs past it fails its run at
         ``max_worker_losses``), and its lease let go for the next copy, uncounted."""
         if not soft:
-            self._gave_up(f"killed at its hard time limit ({timeout:g} s)")
+            try:
+                self._gave_up(f"killed at its hard time limit ({timeout:g} s)")
+            except Exception as exc:  # (Redis away: Celery's own handling goes on)
+                log.warning("could not count a hard time limit's kill: %s", exc)
         super().on_timeout(soft, timeout)
 
     def _gave_up(self, how: str) -> bool:
