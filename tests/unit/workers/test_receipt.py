@@ -39,13 +39,6 @@ WORKER = "w1@receipt-test"
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    conn = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
 def receiving() -> Iterator[Receipt]:
     receipt = Receipt(WORKER, 30.0, 600)
     QoS.receipt = receipt

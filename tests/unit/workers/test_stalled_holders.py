@@ -44,13 +44,6 @@ pytestmark = pytest.mark.skipif(not holders.MACHINE, reason="needs /proc to find
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    conn = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
 def run_id(client: redis.Redis) -> Iterator[str]:
     rid = f"stall-test-{uuid.uuid4().hex[:8]}"
     client.hset(RUN_KEY.format(id=rid), "status", "running")
