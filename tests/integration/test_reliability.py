@@ -53,23 +53,27 @@ def test_a_step_holds_the_lease_its_worker_took_as_it_received_it(client: Fleet)
     receives the message (workers/receipt.py): the holder named in the lease is that main
     process, not the pool child running the op."""
     wf = Workflow("received", inputs=["v"])
-    slow = wf.step("slow", "test.sleep", seconds=2.0, value=wf.input("v"), classes=["cpu"])
+    slow = wf.step("slow", "test.sleep", seconds=8.0, value=wf.input("v"), classes=["cpu"])
     wf.output("out", slow["value"])
     run = client.submit(wf, {"v": "held"})
-    child = _active_pid(client, "slow")
-    held = client.store.redis.hget(RUN_LEASES_KEY.format(id=run.id), "slow@0") or ""
+    deadline, held = time.monotonic() + 20, ""
+    while not held and time.monotonic() < deadline:
+        held = client.store.redis.hget(RUN_LEASES_KEY.format(id=run.id), "slow@0") or ""
+        time.sleep(0.05)
     holder = held.rpartition("|")[0]  # worker/machine/pid.start/unique
-    pid = int(holder.split("/")[-2].split(".")[0])
-    parent = int(Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[1])
-    assert pid != child and pid == parent
-    # its worker's heartbeat lists the lease while it holds the step (workers.holders)
+    # its worker's heartbeat lists the lease while it holds the step (workers.holders);
+    # the step sleeps 8 s, past `inspect` round trips and heartbeats on a busy machine
     worker, unique = holder.split("/")[0], holder.rpartition("/")[2]
-    deadline, listed = time.monotonic() + 5, False
+    listed = False
     while not listed and time.monotonic() < deadline:
         info = json.loads(client.store.redis.hget(WORKER_INFO_KEY, worker) or "{}")
         listed = unique in info.get("received", [])
         time.sleep(0.1)
     assert listed
+    child = _active_pid(client, "slow")
+    pid = int(holder.split("/")[-2].split(".")[0])
+    parent = int(Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[1])
+    assert pid != child and pid == parent
     assert run.get(timeout=30) == {"out": "held"}
     assert [(e.node, e.status) for e in run.trace()] == [("slow", "succeeded")]
 
