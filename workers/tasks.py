@@ -26,7 +26,7 @@ from fleet.constants import (
     STEP_TASK,
     WARM_KEY,
 )
-from fleet.engine.compiler import CompiledWorkflow, may_end, only_after, sends_alone
+from fleet.engine.compiler import CompiledWorkflow, only_after
 from fleet.engine.publishing import Prepared
 from fleet.engine.readiness import StepCall, decide
 from fleet.errors import RuntimeRefused, StepFailed, UnknownOpError
@@ -147,11 +147,8 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
     rt = runtime(self.app)
     engine = rt.engine
     workflow = engine.workflow(run["spec"])
-    path, engine_run = call["path"], run.get("within") is None and not call.get("group")
-    # a step the run may end with reads the run's state as it begins, to end it as it records;
-    # one whose readers all read it alone, to send them in that round trip
-    last = engine_run and may_end(workflow, path)
-    alone = engine_run and engine.sends_in_record and sends_alone(workflow, path)
+    path = call["path"]
+    last, alone = engine.begins_with(workflow, call, run)  # (they read the run's state)
     lease = begin(self, rt, call, run, state=last or alone)  # Ignore: this copy must not run
     owner = self.request.id or path
     # the steps this one alone makes ready: claimed in the round trip that records it

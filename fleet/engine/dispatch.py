@@ -277,13 +277,22 @@ class Dispatcher:
         the run may end with, or whose successors it sends in its record (``fleet.step``)."""
         path, group = call["path"], bool(call.get("group"))
         state, spec = False, run.get("spec")
-        if spec and run.get("within") is None and not group:
+        if spec:
             with contextlib.suppress(FleetError):  # (its worker reads it if it must)
-                workflow = self.workflow(spec)
-                state = may_end(workflow, path) or (
-                    self.sends_in_record and sends_alone(workflow, path)
-                )
+                state = any(self.begins_with(self.workflow(spec), call, run))
         return [run["id"], path, int(group), int(state)]
+
+    def begins_with(
+        self, workflow: CompiledWorkflow, call: StepCall, run: dict[str, Any]
+    ) -> tuple[bool, bool]:
+        """What step ``call`` reads the run's state for as it begins: (it may end the run --
+        to end it as it records; every reader of it reads it alone -- to send them in that
+        round trip). Neither for a map's item or a canvas's node. Its sender asks for the
+        state on its behalf (``_begin_ask``), its worker uses it (``fleet.step``)."""
+        if run.get("within") is not None or call.get("group"):
+            return False, False
+        path = call["path"]
+        return may_end(workflow, path), self.sends_in_record and sends_alone(workflow, path)
 
     @cached_property
     def sends_in_record(self) -> bool:

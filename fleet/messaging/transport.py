@@ -24,10 +24,11 @@ successors in the round trip that records it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -101,6 +102,15 @@ class QoS(kombu_redis.QoS):
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._held: list[str] = []
         self.consuming = True  # (not while the channel's basic_get takes a message)
+
+    @contextlib.contextmanager
+    def aside(self) -> Iterator[None]:
+        """Messages taken meanwhile are not a consumer's (no ``receipt``)."""
+        self.consuming = False
+        try:
+            yield
+        finally:
+            self.consuming = True
 
     def append(self, message: Any, delivery_tag: str) -> None:
         """kombu's (the message is recorded as unacknowledged), with what ``receipt`` adds
@@ -205,12 +215,8 @@ class Channel(kombu_redis.Channel):
         """kombu's, without the worker's receipt (``QoS.receipt``): a message read this way
         -- a SimpleQueue's get, the orphan check draining a gone worker's queue -- is not
         one this worker's pool will start."""
-        qos = self.qos
-        qos.consuming = False
-        try:
+        with self.qos.aside():
             return super().basic_get(queue, no_ack, **kwargs)  # type: ignore[no-untyped-call]
-        finally:
-            qos.consuming = True
 
     def create_publish_batch(self, max_size: int) -> Any:
         commands = captured()
@@ -276,14 +282,11 @@ class Transport(kombu_redis.Transport):
         """kombu's, for a message that came in with no consumer left for it (cancelled as
         its BRPOP was answered): put back without the worker's receipt -- no pool process
         here starts it."""
-        channels = [channel for channel in self.channels if channel]
-        for channel in channels:
-            channel.qos.consuming = False
-        try:
+        with contextlib.ExitStack() as stack:
+            for channel in self.channels:
+                if channel:
+                    stack.enter_context(channel.qos.aside())
             super()._reject_inbound_message(raw_message)  # type: ignore[no-untyped-call]
-        finally:
-            for channel in channels:
-                channel.qos.consuming = True
 
     def _send_held_acks(self, closing: Any = None) -> None:
         """Each turn of the loop, before it waits: every channel's held acknowledgements.
