@@ -23,6 +23,7 @@ from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import StepCall
 from fleet.errors import StepFailed
 from fleet.messaging.app import fleet_config
+from fleet.messaging.transport import QoS
 from fleet.store.leases import Begin, Leases, lease_field, read_begin
 from workers.lease_keeper import Keeper
 from workers.runtime import WorkerRuntime, runtime
@@ -40,6 +41,10 @@ class Lease:
     field: str
     listened: bool = False  # somebody listens to the run's events (fleet.store.events)
     state: dict[str, str] | None = None  # the run's outputs as it began, when asked (JSON)
+    # the message's delivery tag, when its worker recorded it as unacknowledged in the run
+    # store's Redis as it took the lease (workers.receipt): the step's record may
+    # acknowledge it (fleet.messaging.transport.ack_commands)
+    tag: str | None = None
 
     def end_by_retry(self) -> None:
         self.leases.mark(self.run_id, self.field, "done")
@@ -93,7 +98,7 @@ def begin(
     leases = rt.leases
     path, attempt = call["path"], task.request.retries or 0
     field = lease_field(path, attempt)
-    token, found = _received(task, rt)
+    token, found, tag = _received(task, rt)
     if found is None:
         worker, group = task.request.hostname or "", bool(call.get("group"))
         found = leases.begin(run["id"], path, attempt, token, group, worker, state)
@@ -101,26 +106,27 @@ def begin(
     if state and found.state is None:  # (its sender did not ask for it)
         found = replace(found, state=rt.store.state_json(run["id"]))
     rt.keeper.hold(leases, run["id"], field, token)
-    return Lease(leases, rt.keeper, run["id"], field, found.listened, found.state)
+    return Lease(leases, rt.keeper, run["id"], field, found.listened, found.state, tag)
 
 
-def _received(task: Task, rt: WorkerRuntime) -> tuple[str, Begin | None]:
+def _received(task: Task, rt: WorkerRuntime) -> tuple[str, Begin | None, str | None]:
     """(the holder token, what the round trip that took the lease as the worker received
-    the message found); None for that where it must be taken here: it was not taken then,
-    its holder lapsed (judged here), or the message waited past a third of the lease --
-    taken again here, as the holder it already is, for a lease that may have lapsed."""
+    the message found, the message's delivery tag if that round trip recorded it); None for
+    what it found where the lease must be taken here: it was not taken then, its holder
+    lapsed (judged here), or the message waited past a third of the lease -- taken again
+    here, as the holder it already is, for a lease that may have lapsed."""
     req = task.request
     begun = getattr(req, BEGUN_HEADER, None)
     tag = (getattr(req, "properties", None) or {}).get("delivery_tag")
     if not isinstance(begun, list) or len(begun) != 4 or begun[2] != tag:
-        return rt.keeper.token(req.hostname), None
+        return rt.keeper.token(req.hostname), None, None
     token, at, _, reply = begun
     if time.time() - float(at) > rt.leases.lease_s / 3:
-        return str(token), None
+        return str(token), None, str(tag)
     found = read_begin(reply)
     if found is None:  # lapsed: nothing was taken; its holder is judged here
-        return rt.keeper.token(req.hostname), None
-    return str(token), found
+        return rt.keeper.token(req.hostname), None, str(tag)
+    return str(token), found, str(tag)
 
 
 def _check_begin(
@@ -166,6 +172,10 @@ def _check_begin(
         raise Ignore()
 
 
+ACKED = "acked"  # the key of a step's result that says its record acknowledged its message
+_ACKED_TAIL = f", '{ACKED}': True}}"  # how that result ends as Celery hands it back (its repr)
+
+
 class StepRequest(Request):
     """A step's request in the worker's main process, where a dead pool child is noticed.
 
@@ -173,7 +183,36 @@ class StepRequest(Request):
     that kills its worker every time. Each loss is counted with the run (atomically, so any
     host's worker counts the same step); at ``max_worker_losses`` the run fails naming the node
     and how its worker died, the message is acknowledged, and the worker serves other runs.
+
+    A step whose record acknowledged its message (``ACKED`` in its result) is acknowledged
+    here for the prefetch count alone: no second round trip to Redis.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Celery makes each task's request class a subclass of this one, with an
+        ``on_success`` of its own (``create_request_cls``): it is wrapped, so that the
+        result is read before the message is acknowledged."""
+        super().__init_subclass__(**kwargs)
+        made = cls.__dict__.get("on_success")
+        if made is not None:
+
+            def on_success(self: StepRequest, failed__retval__runtime: Any, **kw: Any) -> Any:
+                self._note_acked(failed__retval__runtime)
+                return made(self, failed__retval__runtime, **kw)
+
+            cls.on_success = on_success
+
+    def _note_acked(self, failed__retval__runtime: Any) -> None:
+        try:
+            failed, retval, _ = failed__retval__runtime
+        except (TypeError, ValueError):
+            return
+        if failed or not isinstance(retval, str) or not retval.endswith(_ACKED_TAIL):
+            return
+        message = getattr(self, "_message", None)
+        qos = getattr(getattr(message, "channel", None), "qos", None)
+        if message is not None and isinstance(qos, QoS):
+            qos.acked_elsewhere(message.delivery_tag)
 
     def on_failure(
         self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False

@@ -31,6 +31,7 @@ from fleet.engine.publishing import Prepared
 from fleet.engine.readiness import StepCall, decide
 from fleet.errors import RuntimeRefused, StepFailed, UnknownOpError
 from fleet.messaging.app import app, fleet_config
+from fleet.messaging.transport import ack_commands
 from fleet.routing import affinity
 from fleet.routing.affinity import DIRECT_QUEUE
 from fleet.routing.online import observed
@@ -40,9 +41,9 @@ from fleet.sdk.process import cpu_fallback, run_within
 from fleet.sdk.registry import OpSpec, registry
 from fleet.sdk.step import StepContext, running
 from fleet.store.events import Publisher
-from fleet.store.records import Claim, Ending, TraceEntry
+from fleet.store.records import Acknowledgement, Claim, Ending, TraceEntry
 from fleet.store.runs import RunStore, decode_state
-from workers.recovery import StepRequest, begin, reroute
+from workers.recovery import ACKED, Lease, StepRequest, begin, reroute
 from workers.runtime import WorkerRuntime, runtime
 
 log = logging.getLogger("fleet.tasks")
@@ -162,6 +163,7 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         prepared[0] = engine.prepare_sends(_next_run(self, call, run), state, claim.paths)
         claim.sends = prepared[0].commands if prepared[0] is not None else None
 
+    ack = _acknowledgement(self, lease)
     try:
         status, state, _ = execute(
             self,
@@ -172,6 +174,7 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
             claim,
             lease.state if last else None,
             prepare if alone else None,
+            ack,
         )
     except Retry:  # the next attempt was sent: a late copy of this one must not run
         lease.end_by_retry()
@@ -184,7 +187,20 @@ def step(self: Task, *, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
         engine.advance(_next_run(self, call, run), state, owner=owner, claimed=claim)
     elif status == "running" and claim.sends is not None:
         engine.sent(claim, prepared[0])  # their task-sent events
+    if ack is not None and ack.done:  # (its worker's main process reads it: StepRequest)
+        return {"node": path, ACKED: True}
     return {"node": path}
+
+
+def _acknowledgement(task: Task, lease: Lease) -> Acknowledgement | None:
+    """The commands that acknowledge the step's message in the round trip that records it
+    (``RunStore.record_step`` runs them where that round trip is the step's last): for a
+    message its worker recorded as unacknowledged in the run store's Redis, as it took the
+    start lease (``Lease.tag``), of a task acknowledged late."""
+    if lease.tag is None or not task.acks_late:
+        return None
+    options = task.app.conf.broker_transport_options
+    return Acknowledgement(ack_commands(options, lease.tag))
 
 
 def _next_run(task: Task, call: StepCall, run: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +220,7 @@ def execute(
     claim: Claim | None = None,
     before: dict[str, str] | None = None,
     prepare: Callable[[dict[str, Any]], None] | None = None,
+    ack: Acknowledgement | None = None,
 ) -> tuple[str | None, dict[str, dict[str, Any]] | None, dict[str, Any]]:
     """Run the op of one step and record its outputs and trace: (the run's status, its state
     when read back, the outputs). Retries, or fails the run naming the node, by raising.
@@ -212,7 +229,9 @@ def execute(
     run's outputs as the step began (JSON by path), for a step the run may end with -- if
     they and its own complete the run, it ends in the round trip that records the step.
     ``prepare(outputs)``: called before the record, with the op's outputs (it may fill
-    ``claim.sends``, the messages the record's round trip sends)."""
+    ``claim.sends``, the messages the record's round trip sends); ``ack``: what
+    acknowledges the step's message, run by the record's round trip if it is the step's
+    last (``ack.done``)."""
     engine, store, running_now = rt.engine, rt.store, rt.running
     trace = _Trace(task, call)
     _check_trust(task, store, call, run, trace)
@@ -263,6 +282,7 @@ def execute(
         call.get("group"),
         claim,
         None if before is None else _ending(engine.workflow(run["spec"]), call, before, outputs),
+        ack,
     )
     return status, state, outputs
 

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -101,6 +101,9 @@ class QoS(kombu_redis.QoS):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._held: list[str] = []
+        # messages acknowledged in Redis by another round trip (their step's record): their
+        # acknowledgement here is the prefetch count's alone
+        self._acked_elsewhere: set[str] = set()
         self.consuming = True  # (not while the channel's basic_get takes a message)
 
     @contextlib.contextmanager
@@ -142,7 +145,17 @@ class QoS(kombu_redis.QoS):
             except Exception:
                 log.exception("receipt of message %s", delivery_tag)
 
+    def acked_elsewhere(self, delivery_tag: str) -> None:
+        """The message was acknowledged in Redis by the round trip that recorded its step
+        (:func:`ack_commands`, run by the step's pool process): its acknowledgement, which
+        follows, only frees its place in the prefetch count."""
+        self._acked_elsewhere.add(delivery_tag)
+
     def ack(self, delivery_tag: str) -> None:
+        if delivery_tag in self._acked_elsewhere:
+            self._acked_elsewhere.discard(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+            return
         if getattr(self.channel.connection, "loop_thread", None) != threading.get_ident():
             super().ack(delivery_tag)  # type: ignore[no-untyped-call]
             return
@@ -183,6 +196,17 @@ class QoS(kombu_redis.QoS):
         acknowledged this turn, that acknowledgement."""
         self._send_held_quietly()
         return super().restore_visible(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def ack_commands(options: Mapping[str, Any] | None, delivery_tag: str) -> list[Command]:
+    """The Redis commands that acknowledge message ``delivery_tag`` -- kombu's own
+    (``QoS._remove_from_indices``), with the keys the broker's transport ``options`` name --
+    for a round trip of the caller's: a step's pool process acknowledges its message as it
+    records the step (its worker's main process is then told: :meth:`QoS.acked_elsewhere`)."""
+    opts = options or {}
+    index = str(opts.get("unacked_index_key") or kombu_redis.Channel.unacked_index_key)
+    table = str(opts.get("unacked_key") or kombu_redis.Channel.unacked_key)
+    return [("zrem", (index, delivery_tag)), ("hdel", (table, delivery_tag))]
 
 
 class Channel(kombu_redis.Channel):

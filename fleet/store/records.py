@@ -126,6 +126,18 @@ class Claim:
     sends: list[list[Command]] | None = None
 
 
+@dataclass
+class Acknowledgement:
+    """The broker commands that acknowledge a step's message (kombu's own, where the broker
+    is the store's Redis), for ``RunStore.record_step``: run in the round trip that records
+    the step when that round trip leaves the step nothing more to do -- it sends the steps
+    the step made ready, or ends the run. ``done``: they ran (the worker then does not
+    acknowledge the message again)."""
+
+    commands: list[Command]
+    done: bool = False
+
+
 @dataclass(frozen=True)
 class NewRun:
     """A run to record (``RunStore.create_runs``): ``reply``: the Celery task whose result is

@@ -35,7 +35,7 @@ from fleet.constants import (
 )
 from fleet.store.connection import MAX_CONNECTIONS, connect
 from fleet.store.events import EVENT_OUTPUTS_MAX, events_key, mark, notify
-from fleet.store.records import Claim, Ending, NewRun, RunInfo, TraceEntry
+from fleet.store.records import Acknowledgement, Claim, Ending, NewRun, RunInfo, TraceEntry
 from fleet.store.scripts import (
     BUCKETS,
     CLAIM_SCRIPT,
@@ -239,6 +239,7 @@ class RunStore:
         group: list[Any] | None = None,
         claim: Claim | None = None,
         ending: Ending | None = None,
+        ack: Acknowledgement | None = None,
     ) -> tuple[str | None, dict[str, dict[str, Any]] | None]:
         """Write a finished step's outputs and trace and read back the run's status and the
         outputs of every step so far -- one round trip. ``extra(pipe)`` may queue more
@@ -254,7 +255,10 @@ class RunStore:
         same round trip, and the state is not read (None). ``ending``: the step is the run's
         last (its caller decided so from the run's state as the step began): the run ends in
         the same round trip, as :meth:`succeed` would end it a round trip later -- the first
-        ending wins -- and the state is not read (None)."""
+        ending wins -- and the state is not read (None). ``ack``: the commands that
+        acknowledge the step's message, run last in the same round trip when it leaves the
+        step nothing more to do (the state is not read, and the step is not a map's item):
+        ``ack.done`` says so."""
         out_key = self._key(run_id, "out")
         pipe = self.redis.pipeline(transaction=False)
         written = json.dumps(outputs)
@@ -282,7 +286,10 @@ class RunStore:
         read = group is None and ending is None and (claim is None or claim.sends is None)
         if read:
             pipe.hgetall(out_key)
+        acks = _acknowledge_in(pipe, ack) if not read and group is None else 0
         results = pipe.execute()
+        if acks:  # (they were last: the replies above keep their places)
+            results = results[:-acks]
         if claim is not None:
             claim.won = [str(p) for p in results[claimed]] if claimed is not None else []
         if ending is not None and ended is not None:
@@ -454,6 +461,17 @@ def _run_info(run_id: str, h: dict[str, str]) -> RunInfo | None:
 def _fields(ending: Ending) -> dict[str, str]:
     """The run record's fields for a successful ``ending``."""
     return {"status": "succeeded", "outputs": json.dumps(ending.outputs)}
+
+
+def _acknowledge_in(pipe: Any, ack: Acknowledgement | None) -> int:
+    """Queue ``ack``'s commands on ``pipe`` (done once it runs: a failed round trip raises);
+    how many replies they add."""
+    if ack is None:
+        return 0
+    for name, args in ack.commands:
+        pipe.execute_command(name.upper(), *args)
+    ack.done = True
+    return len(ack.commands)
 
 
 def decode_state(raw: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from fleet import Workflow
 from fleet.client.client import Fleet
@@ -76,6 +78,60 @@ def test_a_step_holds_the_lease_its_worker_took_as_it_received_it(client: Fleet)
     assert pid != child and pid == parent
     assert run.get(timeout=30) == {"out": "held"}
     assert [(e.node, e.status) for e in run.trace()] == [("slow", "succeeded")]
+
+
+STOP_WATCHING = "stop-watching-commands"
+
+
+def _watch_commands(url: str, seen: list[tuple[str, str]]) -> None:
+    """Every command Redis runs (MONITOR) as (client, command), until one echoes
+    ``STOP_WATCHING``."""
+    watcher = redis.Redis.from_url(url, decode_responses=True)
+    with watcher.monitor() as monitor:
+        while STOP_WATCHING not in (found := monitor.next_command())["command"]:
+            seen.append((f"{found['client_address']}:{found['client_port']}", found["command"]))
+
+
+def test_a_step_whose_record_is_its_last_work_acknowledges_its_message_there(
+    client: Fleet,
+) -> None:
+    """A step whose record leaves it nothing more to do (here: the run's last, which ends
+    the run there) acknowledges its message in that record's round trip, and its worker's
+    main process does not acknowledge it again; a step whose successor is decided after
+    its record (a join's branches) is acknowledged by its worker's main process, as
+    before. On a prefork and a thread-pool worker, every message leaves kombu's unacked
+    record exactly once."""
+    wf = Workflow("acks", inputs=["x"])
+    double = wf.step("double", "math.add", a=wf.input("x"), b=wf.input("x"), classes=["cpu"])
+    plus = wf.step("plus", "math.add", a=wf.input("x"), b=1, classes=["io"])
+    total = wf.step("total", "math.add", a=double["result"], b=plus["result"], classes=["io"])
+    wf.output("out", total["result"])
+    seen: list[tuple[str, str]] = []
+    watching = threading.Thread(target=_watch_commands, args=(client.cfg.broker_url, seen))
+    watching.start()
+    try:
+        time.sleep(0.5)
+        runs = [client.submit(wf, {"x": i}) for i in range(3)]
+        assert [r.get(timeout=60) for r in runs] == [{"out": 3 * i + 1} for i in range(3)]
+        time.sleep(1.0)  # past the workers' main processes' last turn
+    finally:
+        client.store.redis.echo(STOP_WATCHING)
+        watching.join(timeout=30)
+    taken = [c.split()[2] for _, c in seen if c.startswith("HSET unacked ")]
+    removed = [c.split()[2] for _, c in seen if c.startswith("HDEL unacked ")]
+    assert len(taken) == 9 and sorted(removed) == sorted(taken)  # each once
+    by_client: dict[str, list[str]] = {}
+    for who, command in seen:
+        by_client.setdefault(who, []).append(command)
+    in_record = set()  # the record's status read, then kombu's two removals
+    for commands in by_client.values():
+        for i, command in enumerate(commands):
+            before = commands[max(0, i - 2) : i]
+            if command.startswith("HDEL unacked ") and before[0].startswith("HGET fleet:run:"):
+                in_record.add(command.split()[2])
+    assert len(in_record) == 3  # the runs' last steps
+    steps = {c.split()[2]: c for _, c in seen if c.startswith("HSET unacked ")}
+    assert all("acks:total [math.add]" in steps[tag] for tag in in_record)  # (its shadow)
 
 
 def test_a_step_killed_at_its_hard_time_limit_each_time_fails_its_run(client: Fleet) -> None:

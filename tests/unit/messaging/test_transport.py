@@ -18,7 +18,7 @@ from kombu import Exchange, Queue
 
 from fleet.config import load_config
 from fleet.messaging.app import create_app
-from fleet.messaging.transport import Connection, Transport
+from fleet.messaging.transport import Connection, Transport, ack_commands
 
 
 def test_only_redis_brokers_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,3 +233,38 @@ def test_a_loops_acknowledgements_are_held_until_its_turn_ends(
 
 def _refused(*_: Any, **__: Any) -> Any:
     raise redis.ConnectionError("Redis went away")
+
+
+def test_a_message_its_step_acknowledged_frees_its_place_without_a_round_trip(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step's pool process acknowledges its message in the round trip that records the
+    step (``ack_commands``, with the keys the transport options name); the worker's main
+    process, told so (``QoS.acked_elsewhere``), frees the message's place in the prefetch
+    count and sends nothing to Redis -- any other message is acknowledged as before."""
+    app = create_app(load_config())
+    app.conf.broker_transport_options = {"unacked_key": "ua-test", "unacked_index_key": "uai-test"}
+    index = redis.Redis.from_url(redis_url, decode_responses=True)
+    with app.connection_for_write() as conn:
+        got = _received(conn, f"recorded-test-{uuid.uuid4().hex[:8]}", 2)
+        mine, other = got
+        assert {m.delivery_tag for m in got} <= set(index.hkeys("ua-test"))
+        pipe = index.pipeline(transaction=False)
+        for name, args in ack_commands(app.conf.broker_transport_options, mine.delivery_tag):
+            pipe.execute_command(name.upper(), *args)
+        pipe.execute()  # as the step's record runs them
+        assert mine.delivery_tag not in index.hkeys("ua-test")
+        assert index.zscore("uai-test", mine.delivery_tag) is None
+        qos = mine.channel.qos
+        qos.prefetch_count = 2  # both taken: no room for another
+        assert not qos.can_consume()
+        qos.acked_elsewhere(mine.delivery_tag)
+        with monkeypatch.context() as broken:
+            broken.setattr(redis.client.Pipeline, "execute", _refused)
+            mine.ack()  # no round trip: Redis "refusing" is never asked
+            assert qos.can_consume()  # its place is free
+            with pytest.raises(redis.ConnectionError):
+                other.ack()  # (the other one asks Redis)
+        assert other.delivery_tag in index.hkeys("ua-test")
+        other.channel.qos.ack(other.delivery_tag)
+        assert other.delivery_tag not in index.hkeys("ua-test")

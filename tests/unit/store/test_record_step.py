@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from fleet.store.events import EVENT_FIELD, events_key
-from fleet.store.records import Ending, TraceEntry
+from fleet.store.records import Acknowledgement, Claim, Ending, TraceEntry
 from fleet.store.runs import STATE_AFTER_END_S, RunStore
 
 
@@ -65,3 +65,62 @@ def test_the_step_that_ends_a_followed_run_is_told_before_its_end(redis_url: str
     assert events[0]["outputs"] == {"text": "X"}
     assert store.redis.exists(events_key(quiet)) == 0  # nobody followed: nothing written
     assert 0 < store.redis.ttl(events_key(followed)) <= STATE_AFTER_END_S  # as the run's state
+
+
+def _unacked(store: RunStore, tag: str) -> Acknowledgement:
+    """A message ``tag`` recorded as unacknowledged as kombu records it, and the commands
+    that acknowledge it (the worker's: fleet.messaging.transport.ack_commands)."""
+    store.redis.zadd("unacked_index", {tag: time.time()})
+    store.redis.hset("unacked", tag, "[]")
+    return Acknowledgement([("zrem", ("unacked_index", tag)), ("hdel", ("unacked", tag))])
+
+
+def _still_unacked(store: RunStore, tag: str) -> bool:
+    return bool(store.redis.hexists("unacked", tag)) or store.redis.zscore("unacked_index", tag)
+
+
+def test_a_record_that_leaves_its_step_nothing_to_do_acknowledges_its_message(
+    redis_url: str,
+) -> None:
+    """The step's message is acknowledged in the round trip that records it when nothing
+    is left after it: the run ends there, or the steps it made ready go out there."""
+    store = RunStore(redis_url, 600)
+    ending_run, sending_run = uuid.uuid4().hex, uuid.uuid4().hex
+    for run_id in (ending_run, sending_run):
+        store.create(run_id, "one", {}, {"t": "x"}, spec="digest")
+    ends = _unacked(store, f"tag-{uuid.uuid4().hex}")
+    status, state = store.record_step(
+        ending_run, "a", {"text": "X"}, _entry("a"), ending=Ending("succeeded", {}), ack=ends
+    )
+    assert (status, state, ends.done) == ("succeeded", None, True)
+    sends = _unacked(store, f"tag-{uuid.uuid4().hex}")
+    queue = f"q-{uuid.uuid4().hex}"
+    claim = Claim("task-a", ["b"], sends=[[("lpush", (queue, "message of b"))]])
+    status, state = store.record_step(
+        sending_run, "a", {"text": "X"}, _entry("a"), claim=claim, ack=sends
+    )
+    assert (status, state, claim.won, sends.done) == ("running", None, ["b"], True)
+    assert store.redis.lrange(queue, 0, -1) == ["message of b"]
+    assert store.state(sending_run)["a"] == {"text": "X"}
+    for ack in (ends, sends):
+        tag = ack.commands[0][1][1]
+        assert not _still_unacked(store, tag)
+
+
+def test_a_record_that_leaves_work_after_it_leaves_the_message_unacknowledged(
+    redis_url: str,
+) -> None:
+    """A step whose record reads the run's state (what follows is decided after it) or
+    that is a map's item keeps its message unacknowledged through the record: if its
+    process dies before the rest, the message comes back and a copy finishes the work."""
+    store = RunStore(redis_url, 600)
+    run_id = uuid.uuid4().hex
+    store.create(run_id, "two", {}, {"t": "x"}, spec="digest")
+    reads = _unacked(store, f"tag-{uuid.uuid4().hex}")
+    status, state = store.record_step(run_id, "a", {"text": "X"}, _entry("a"), ack=reads)
+    assert status == "running" and state is not None and state["a"] == {"text": "X"}
+    item = _unacked(store, f"tag-{uuid.uuid4().hex}")
+    store.record_step(run_id, "m[0]", {"v": 1}, _entry("m[0]"), group=["m", 2], ack=item)
+    for ack in (reads, item):
+        assert not ack.done
+        assert _still_unacked(store, ack.commands[0][1][1])
