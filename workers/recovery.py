@@ -18,7 +18,7 @@ from celery import Task
 from celery.exceptions import Ignore, WorkerLostError
 from celery.worker.request import Request
 
-from fleet.constants import BEGUN_HEADER
+from fleet.constants import BEGUN_HEADER, STEP_TASK
 from fleet.engine.dispatch import Dispatcher
 from fleet.engine.readiness import StepCall
 from fleet.errors import StepFailed
@@ -173,7 +173,7 @@ def _check_begin(
 
 
 ACKED = "acked"  # the key of a step's result that says its record acknowledged its message
-_ACKED_TAIL = f", '{ACKED}': True}}"  # how that result ends as Celery hands it back (its repr)
+_ACKED_TAIL = f", '{ACKED}': True}}"  # how that result's repr ends (as Celery hands it back)
 
 
 class StepRequest(Request):
@@ -184,8 +184,9 @@ class StepRequest(Request):
     host's worker counts the same step); at ``max_worker_losses`` the run fails naming the node
     and how its worker died, the message is acknowledged, and the worker serves other runs.
 
-    A step whose record acknowledged its message (``ACKED`` in its result) is acknowledged
-    here for the prefetch count alone: no second round trip to Redis.
+    A ``fleet.step`` whose record acknowledged its message (its result: ``{"node": path,
+    ACKED: True}``) is acknowledged here for the prefetch count alone: no second round trip
+    to Redis.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -197,22 +198,27 @@ class StepRequest(Request):
         if made is not None:
 
             def on_success(self: StepRequest, failed__retval__runtime: Any, **kw: Any) -> Any:
-                self._note_acked(failed__retval__runtime)
+                qos = self._acked_by_record(failed__retval__runtime)
+                if qos is not None:
+                    qos.acked_elsewhere(self._message.delivery_tag)
                 return made(self, failed__retval__runtime, **kw)
 
             cls.on_success = on_success
 
-    def _note_acked(self, failed__retval__runtime: Any) -> None:
+    def _acked_by_record(self, failed__retval__runtime: Any) -> QoS | None:
+        """The channel's QoS, when this is a ``fleet.step`` whose result says its record
+        acknowledged its message (as Celery hands it back: its repr; one cut short is
+        acknowledged as always, as is any other task's, whatever it returned)."""
+        if self.task.name != STEP_TASK:
+            return None
         try:
             failed, retval, _ = failed__retval__runtime
         except (TypeError, ValueError):
-            return
+            return None
         if failed or not isinstance(retval, str) or not retval.endswith(_ACKED_TAIL):
-            return
-        message = getattr(self, "_message", None)
-        qos = getattr(getattr(message, "channel", None), "qos", None)
-        if message is not None and isinstance(qos, QoS):
-            qos.acked_elsewhere(message.delivery_tag)
+            return None
+        qos = getattr(getattr(self._message, "channel", None), "qos", None)
+        return qos if isinstance(qos, QoS) else None
 
     def on_failure(
         self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False

@@ -43,6 +43,9 @@ from fleet.store.connection import POOL_WAIT_S
 from fleet.store.records import Command
 
 log = logging.getLogger(__name__)
+# How long a message's mark that its step's record acknowledged it waits for the worker's
+# own acknowledgement of it (QoS.acked_elsewhere): that comes within the loop's next turns.
+ACKED_ELSEWHERE_S = 60.0
 # A worker's addition to the round trip that records a message it takes (QoS.receipt).
 Receipt = Callable[[Any, Any], Callable[[list[Any]], None] | None]
 
@@ -103,7 +106,7 @@ class QoS(kombu_redis.QoS):
         self._held: list[str] = []
         # messages acknowledged in Redis by another round trip (their step's record): their
         # acknowledgement here is the prefetch count's alone
-        self._acked_elsewhere: set[str] = set()
+        self._acked_elsewhere: dict[str, float] = {}  # delivery tag: when (monotonic)
         self.consuming = True  # (not while the channel's basic_get takes a message)
 
     @contextlib.contextmanager
@@ -148,12 +151,20 @@ class QoS(kombu_redis.QoS):
     def acked_elsewhere(self, delivery_tag: str) -> None:
         """The message was acknowledged in Redis by the round trip that recorded its step
         (:func:`ack_commands`, run by the step's pool process): its acknowledgement, which
-        follows, only frees its place in the prefetch count."""
-        self._acked_elsewhere.add(delivery_tag)
+        follows -- at once, or on the loop's thread (Celery defers a thread pool's) -- only
+        frees its place in the prefetch count. A mark whose acknowledgement never came goes
+        after ACKED_ELSEWHERE_S (a copy given out again under the same tag is then
+        acknowledged in Redis as any other)."""
+        now = time.monotonic()
+        marks = self._acked_elsewhere
+        if len(marks) >= 64:  # (each acknowledgement takes its own: few are left here)
+            for tag, when in list(marks.items()):
+                if now - when > ACKED_ELSEWHERE_S:
+                    marks.pop(tag, None)
+        marks[delivery_tag] = now
 
     def ack(self, delivery_tag: str) -> None:
-        if delivery_tag in self._acked_elsewhere:
-            self._acked_elsewhere.discard(delivery_tag)
+        if self._acked_elsewhere.pop(delivery_tag, None) is not None:
             virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
             return
         if getattr(self.channel.connection, "loop_thread", None) != threading.get_ident():

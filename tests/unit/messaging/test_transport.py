@@ -18,7 +18,7 @@ from kombu import Exchange, Queue
 
 from fleet.config import load_config
 from fleet.messaging.app import create_app
-from fleet.messaging.transport import Connection, Transport, ack_commands
+from fleet.messaging.transport import ACKED_ELSEWHERE_S, Connection, Transport, ack_commands
 
 
 def test_only_redis_brokers_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,13 +258,19 @@ def test_a_message_its_step_acknowledged_frees_its_place_without_a_round_trip(
         qos = mine.channel.qos
         qos.prefetch_count = 2  # both taken: no room for another
         assert not qos.can_consume()
-        qos.acked_elsewhere(mine.delivery_tag)
         with monkeypatch.context() as broken:
             broken.setattr(redis.client.Pipeline, "execute", _refused)
+            qos.acked_elsewhere(mine.delivery_tag)
             mine.ack()  # no round trip: Redis "refusing" is never asked
             assert qos.can_consume()  # its place is free
+            assert not qos._acked_elsewhere  # (the mark went with it)
             with pytest.raises(redis.ConnectionError):
                 other.ack()  # (the other one asks Redis)
+        # marks whose acknowledgement never came do not pile up: they go after a minute
+        stale = time.monotonic() - ACKED_ELSEWHERE_S - 1
+        qos._acked_elsewhere = {f"stale-{i}": stale for i in range(64)}
+        qos.acked_elsewhere("fresh")
+        assert list(qos._acked_elsewhere) == ["fresh"]
         assert other.delivery_tag in index.hkeys("ua-test")
         other.channel.qos.ack(other.delivery_tag)
         assert other.delivery_tag not in index.hkeys("ua-test")
