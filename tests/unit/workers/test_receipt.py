@@ -5,9 +5,7 @@ worker's consumer takes them (kombu's ``basic_consume``), and the pool process's
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from fleet.constants import (
 from fleet.messaging.app import create_app
 from fleet.messaging.transport import QoS
 from fleet.store.leases import Leases, read_begin
+from tests.support.consuming import take
 from workers import recovery, tasks
 from workers.receipt import Receipt
 from workers.runtime import WorkerRuntime
@@ -77,17 +76,7 @@ def _send_and_take(
     call = {"path": path, "op": "text.upper", "args": {"text": "x"}}
     kwargs = {"call": call, "run": {"id": run_id}}
     sender.send_task(task, kwargs=kwargs, queue=queue, headers=headers, **options)
-    got: list[Message] = []
-    channel.basic_consume(queue, False, got.append, queue)
-    try:
-        deadline = time.monotonic() + 5
-        while not got and time.monotonic() < deadline:
-            with contextlib.suppress(socket.timeout):
-                channel.connection.client.drain_events(timeout=0.5)
-    finally:
-        channel.basic_cancel(queue)
-    assert got, "the message never arrived"
-    return got[0]
+    return take(channel, queue)
 
 
 def test_the_receipt_takes_the_lease_and_tells_the_pool_process(

@@ -5,9 +5,6 @@ other result, and any other task's, is."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +19,7 @@ from kombu import Message
 from fleet.config import load_config
 from fleet.constants import STEP_TASK
 from fleet.messaging.app import create_app
+from tests.support.consuming import take
 from workers import tasks
 from workers.recovery import StepRequest
 
@@ -51,17 +49,7 @@ def _taken(channel: Any, task: str) -> Message:
     sender = Celery("request-test", broker=channel.connection.client.as_uri(True))
     queue = f"request-{uuid.uuid4().hex[:8]}"
     sender.send_task(task, kwargs={"call": {"path": "a"}, "run": {"id": "r"}}, queue=queue)
-    got: list[Message] = []
-    channel.basic_consume(queue, False, got.append, queue)
-    try:
-        deadline = time.monotonic() + 5
-        while not got and time.monotonic() < deadline:
-            with contextlib.suppress(socket.timeout):
-                channel.connection.client.drain_events(timeout=0.5)
-    finally:
-        channel.basic_cancel(queue)
-    assert got, "the message never arrived"
-    return got[0]
+    return take(channel, queue)
 
 
 def _succeed(app: Celery, message: Message, result: str) -> None:
