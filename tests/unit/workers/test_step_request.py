@@ -26,11 +26,11 @@ from workers.recovery import StepRequest
 OTHER = "request-test.other"  # another task with the step's request class (a canvas node's)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def app() -> Celery:
     fleet_app = create_app(load_config())
 
-    @fleet_app.task(name=OTHER, Request=StepRequest)  # (this app's alone)
+    @fleet_app.task(name=OTHER, Request=StepRequest, shared=False)  # (this app's alone)
     def other(**_: Any) -> None:
         return None
 
