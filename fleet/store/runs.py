@@ -288,7 +288,8 @@ class RunStore:
             pipe.hgetall(out_key)
         acks = _acknowledge_in(pipe, ack) if not read and group is None else 0
         results = pipe.execute()
-        if acks:  # (they were last: the replies above keep their places)
+        if acks and ack is not None:  # (they were last: the replies above keep their places)
+            ack.done = True
             results = results[:-acks]
         if claim is not None:
             claim.won = [str(p) for p in results[claimed]] if claimed is not None else []
@@ -464,13 +465,11 @@ def _fields(ending: Ending) -> dict[str, str]:
 
 
 def _acknowledge_in(pipe: Any, ack: Acknowledgement | None) -> int:
-    """Queue ``ack``'s commands on ``pipe`` (done once it runs: a failed round trip raises);
-    how many replies they add."""
+    """Queue ``ack``'s commands on ``pipe``; how many replies they add."""
     if ack is None:
         return 0
     for name, args in ack.commands:
         pipe.execute_command(name.upper(), *args)
-    ack.done = True
     return len(ack.commands)
 
 
