@@ -16,10 +16,10 @@ and so do ``rediss://`` and RabbitMQ. Everything else -- the messages, the queue
 fanout of events, acknowledgement and restore -- is kombu's, unchanged; its connections
 still call themselves ``redis://`` (Flower reads the broker's address from there).
 
-A publish batch opened inside :func:`fleet.engine.publishing.capturing` runs nothing: it
-keeps the Redis commands of each message (kombu's own: the queue's LPUSH, an event's
-PUBLISH) for the caller, which runs them in a script of its own -- a step sends its
-successors in the round trip that records it.
+Its channel says it ``keeps_commands``: given a publish batch of the caller's, it puts the
+Redis commands of a message there (kombu's own: the queue's LPUSH, an event's PUBLISH),
+for the caller to run in a script of its own -- a step sends its successors in the round
+trip that records it (:meth:`fleet.engine.publishing.Publisher.prepare`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 
-from fleet.engine.publishing import captured
 from fleet.store.connection import POOL_WAIT_S
 from fleet.store.records import Command
 
@@ -48,29 +47,6 @@ log = logging.getLogger(__name__)
 ACKED_ELSEWHERE_S = 60.0
 # A worker's addition to the round trip that records a message it takes (QoS.receipt).
 Receipt = Callable[[Any, Any], Callable[[list[Any]], None] | None]
-
-
-class _Kept:
-    """A publish batch that keeps its commands (``capturing``): kombu's batch interface."""
-
-    def __init__(self, channel: Channel, commands: list[Command]) -> None:
-        self.channel = channel
-        self.commands = commands
-
-    def publish(self, message: Any, **kwargs: Any) -> Any:
-        return self.channel.basic_publish(message, _publish_batch=self, **kwargs)  # type: ignore[no-untyped-call]
-
-    def add(self, name: str, *args: Any) -> None:
-        self.commands.append((name, args))
-
-    def flush(self) -> None:
-        pass
-
-    def discard(self) -> None:
-        self.commands.clear()
-
-    def close(self) -> None:
-        pass
 
 
 def _waiting(pool: Any) -> redis.BlockingConnectionPool:
@@ -225,7 +201,9 @@ class Channel(kombu_redis.Channel):
     _fleet_client: Any = None
     _fleet_tables: tuple[Any, Any] | None = None  # (the channel's pool, the tables' client)
 
-    keeps_commands = True  # a batch inside ``capturing`` keeps its commands (Publisher.prepare)
+    # ``basic_publish(..., _publish_batch=batch)`` puts a message's commands in ``batch``
+    # (kombu's) and runs none (Publisher.prepare)
+    keeps_commands = True
     # A JSON body travels as it is, where kombu base64-encodes every body (a third more
     # bytes, each read and written again by Redis, the worker's main process and its pool
     # child): a bytes body (compressed, binary) still is. ``transport_options``'
@@ -252,12 +230,6 @@ class Channel(kombu_redis.Channel):
         one this worker's pool will start."""
         with self.qos.aside():
             return super().basic_get(queue, no_ack, **kwargs)  # type: ignore[no-untyped-call]
-
-    def create_publish_batch(self, max_size: int) -> Any:
-        commands = captured()
-        if commands is not None:
-            return _Kept(self, commands)
-        return super().create_publish_batch(max_size)  # type: ignore[no-untyped-call]
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
         """kombu's pool for the channel's commands (publish, ack, restore), made to wait for a

@@ -20,7 +20,7 @@ from typing import Any
 
 from fleet.config import FleetConfig
 from fleet.constants import CELERY_OP_PREFIX, NODE_TASK, STEP_TASK
-from fleet.engine.publishing import captured
+from fleet.engine.publishing import is_preparing
 from fleet.engine.readiness import StepCall
 from fleet.errors import Unroutable
 from fleet.routing import affinity
@@ -195,7 +195,7 @@ class FleetRouter:
         if host:  # the worker that holds this run's prefix for the op, if it has room
             sent = self._sent_to.get(host, 0)
             decision = affinity.apply(req, decision, host, state, self.cfg, sent)
-        if decision.fail and captured() is not None:
+        if decision.fail and is_preparing():
             # a message built to be sent later (Publisher.prepare), perhaps for a run not yet
             # recorded: it is not sent; sent as always, it fails the run then
             raise Unroutable(decision.fail)
