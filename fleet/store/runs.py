@@ -41,6 +41,7 @@ from fleet.store.scripts import (
     CLAIM_SCRIPT,
     CREATE_SCRIPT,
     END_SCRIPT,
+    RECORD_SCRIPT,
     SENT_COMMANDS,
     workflow_counters,
 )
@@ -203,13 +204,9 @@ class RunStore:
         events, JSON; ``notify_here`` False: they are left to the caller (the run's end
         appends them)."""
         key = self._key(run_id, "trace")
-        docs = [json.dumps(e.to_dict()) for e in entries]
+        docs, events = _documents(entries, outputs)
         pipe.rpush(key, *docs)
         pipe.expire(key, self.ttl)
-        head = '{"event": "step", '
-        if outputs is not None and len(outputs) <= EVENT_OUTPUTS_MAX:
-            head += f'"outputs": {outputs}, '
-        events = [head + d[1:] for d in docs]
         if notify_here:
             notify(pipe, run_id, self.ttl, events)
         return events
@@ -262,10 +259,14 @@ class RunStore:
         out_key = self._key(run_id, "out")
         pipe = self.redis.pipeline(transaction=False)
         written = json.dumps(outputs)
-        pipe.hset(out_key, path, written)
-        pipe.expire(out_key, self.ttl)
         ends = ending is not None and group is None
-        events = self._trace(pipe, run_id, [entry], written, notify_here=not ends)
+        # the outputs, the trace and the step's event (the end script appends it to a run it
+        # ends): RECORD_SCRIPT, one command
+        docs, events = _documents([entry], written)
+        keys = [out_key, self._key(run_id, "trace"), self._key(run_id), events_key(run_id)]
+        sent: list[str] = [] if ends else events
+        args: list[str | int] = [self.ttl, path, written, len(docs), *docs, *sent]
+        pipe.eval(RECORD_SCRIPT, len(keys), *keys, *args)
         if extra is not None:
             extra(pipe)
         claimed = ended = None  # where those results are in the pipeline's
@@ -476,3 +477,14 @@ def _acknowledge_in(pipe: Any, ack: Acknowledgement | None) -> int:
 def decode_state(raw: dict[str, str]) -> dict[str, dict[str, Any]]:
     """A run's outputs hash as read from Redis (JSON by path) -> every step's outputs."""
     return {path: json.loads(value) for path, value in raw.items()}
+
+
+def _documents(entries: list[TraceEntry], outputs: str | None) -> tuple[list[str], list[str]]:
+    """Trace ``entries`` as stored (JSON) and as the run's step events, with the step's
+    ``outputs`` (JSON) when they are small (EVENT_OUTPUTS_MAX: a blob reference, a
+    sentence; not a document)."""
+    docs = [json.dumps(e.to_dict()) for e in entries]
+    head = '{"event": "step", '
+    if outputs is not None and len(outputs) <= EVENT_OUTPUTS_MAX:
+        head += f'"outputs": {outputs}, '
+    return docs, [head + d[1:] for d in docs]

@@ -75,6 +75,34 @@ table.insert(replies, 1, 1)
 return replies
 """
 )
+# Record a finished step (RunStore.record_step): its outputs (KEYS[1]: the run's, field
+# ARGV[2]), its trace entries (KEYS[2]) and, while the run is followed (KEYS[3]: its record's
+# mark), its step events (KEYS[4]) -- one command where they were five. ARGV: lifetime,
+# path, outputs (JSON), n, then n trace entries, then the events (none: the caller appends
+# them, as the run's end does).
+RECORD_SCRIPT = (
+    """
+local ttl, n = ARGV[1], tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('RPUSH', KEYS[2], unpack(ARGV, 5, 4 + n))
+redis.call('EXPIRE', KEYS[2], ttl)
+if #ARGV > 4 + n then
+  local mark = tonumber(redis.call('HGET', KEYS[3], '"""
+    + LISTEN_FIELD
+    + """'))
+  if mark and mark >= tonumber(redis.call('TIME')[1]) then
+    for i = 5 + n, #ARGV do
+      """
+    + lua_xadd("KEYS[4]", "ARGV[i]")
+    + """
+    end
+    redis.call('EXPIRE', KEYS[4], ttl)
+  end
+end
+return n
+"""
+)
 BUCKETS = ",".join(repr(b) for b in LATENCY_BUCKETS)
 RUN_ENDINGS = ("succeeded", "failed")
 

@@ -67,6 +67,26 @@ def test_the_step_that_ends_a_followed_run_is_told_before_its_end(redis_url: str
     assert 0 < store.redis.ttl(events_key(followed)) <= STATE_AFTER_END_S  # as the run's state
 
 
+def test_a_step_is_recorded_and_told_only_while_its_run_is_followed(redis_url: str) -> None:
+    """A step that does not end its run: its outputs and trace entry are written, for the
+    store's lifetime, and its step event appended only to a run somebody follows -- in
+    the record's one script (RECORD_SCRIPT)."""
+    store = RunStore(redis_url, 600)
+    followed, quiet = uuid.uuid4().hex, uuid.uuid4().hex
+    store.create(followed, "two", {}, {"t": "x"}, spec="digest", follow=True)
+    store.create(quiet, "two", {}, {"t": "x"}, spec="digest")
+    for run_id in (followed, quiet):
+        status, state = store.record_step(run_id, "a", {"text": "X"}, _entry("a"))
+        assert status == "running" and state is not None and state["a"] == {"text": "X"}
+        assert [(e.node, e.status) for e in store.trace(run_id)] == [("a", "succeeded")]
+        for part in ("out", "trace"):
+            assert 0 < store.redis.ttl(f"fleet:run:{run_id}:{part}") <= 600
+    told = [json.loads(f[EVENT_FIELD]) for _, f in store.redis.xrange(events_key(followed))]
+    assert [(e["event"], e["node"], e["outputs"]) for e in told] == [("step", "a", {"text": "X"})]
+    assert 0 < store.redis.ttl(events_key(followed)) <= 600
+    assert store.redis.exists(events_key(quiet)) == 0  # nobody followed: nothing written
+
+
 def _unacked(store: RunStore, tag: str) -> Acknowledgement:
     """A message ``tag`` recorded as unacknowledged as kombu records it, and the commands
     that acknowledge it (the worker's: fleet.messaging.transport.ack_commands)."""
