@@ -189,20 +189,38 @@ class Publisher:
         app.amqp.send_task_message(builder, name, built, declare=[], **options, **events)
 
     def announce(self, events: list[HeldEvent]) -> None:
-        """Publish the ``task-sent`` events :meth:`prepare` held, of messages that went. An
-        event that cannot go is logged: the step it tells of runs all the same."""
+        """Publish the ``task-sent`` events :meth:`prepare` held, of messages that went: on
+        the fleet's Redis transport, built as :meth:`prepare` builds messages and sent in
+        one round trip of the channel's client. An event that cannot go is logged: the step
+        it tells of runs all the same."""
         if not events:
             return
         try:
-            # (one event alone is published as it is: a batch of one costs more)
-            with (
-                self.app.producer_or_acquire() as producer,
-                producer.batch() if len(events) > 1 else contextlib.nullcontext(),
-            ):
+            with self.app.producer_or_acquire() as producer:
+                channel = producer.channel
+                if not getattr(channel, "keeps_commands", False):
+                    self._announce_each(events, producer)
+                    return
+                builder = _Builder(producer)
                 for kind, fields, options in events:
-                    self._events.publish(kind, fields, producer, **options)
+                    self._events.publish(kind, fields, builder, **options)
+                with channel.conn_or_acquire() as client:
+                    if len(builder.commands) == 1:  # (a pipeline of one costs more)
+                        name, args = builder.commands[0]
+                        client.execute_command(name.upper(), *args)
+                        return
+                    pipe = client.pipeline(transaction=False)
+                    for name, args in builder.commands:
+                        pipe.execute_command(name.upper(), *args)
+                    pipe.execute()
         except Exception as exc:
             log.warning("could not publish %d task-sent event(s): %s", len(events), exc)
+
+    def _announce_each(self, events: list[HeldEvent], producer: Producer) -> None:
+        """:meth:`announce` through kombu's producer (one batch where it batches)."""
+        with producer.batch() if len(events) > 1 else contextlib.nullcontext():  # type: ignore[no-untyped-call]
+            for kind, fields, options in events:
+                self._events.publish(kind, fields, producer, **options)
 
     @cached_property
     def _events(self) -> Any:
@@ -290,8 +308,10 @@ class _Builder:
         message = channel.prepare_message(
             body, priority, content_type, content_encoding, headers or {}, properties
         )
-        for entity in declare or ():  # (an event's exchange: known to the channel once)
-            maybe_declare(entity, channel)  # type: ignore[no-untyped-call]
+        declared = channel.connection.client.declared_entities
+        for entity in declare or ():  # (an event's exchange: declared once, as kombu would;
+            if hash(entity) not in declared:  # kombu binds a copy first, each time)
+                maybe_declare(entity, channel)  # type: ignore[no-untyped-call]
         channel.basic_publish(message, name, routing_key or "", _publish_batch=self)
 
     def add(self, name: str, *args: Any) -> None:
