@@ -25,6 +25,7 @@ from functools import cached_property
 from typing import Any, NamedTuple
 
 from celery import Celery
+from celery.app.task import get_actual_ignore_result
 from celery.utils import uuid
 from kombu.common import maybe_declare
 from kombu.entity import Exchange, maybe_delivery_mode
@@ -127,7 +128,8 @@ class Publisher:
         ``task-sent`` events are held for :meth:`announce`, once the messages went (after
         them, as Celery publishes a message's event after it); else their commands go with
         the message's. None when the broker is not the fleet's Redis transport. Raises what
-        sending would (Unroutable)."""
+        sending would (Unroutable), and ValueError for a message it does not build (a
+        compressed body: ``task_compression``)."""
         with self.app.producer_or_acquire() as producer:
             channel = producer.channel
             if (
@@ -153,10 +155,10 @@ class Publisher:
     def _build(self, message: Held, builder: _Builder, later: _EventsLater | None) -> None:
         """What ``send_task(message.name, kwargs=message.kwargs, **message.options)`` sends,
         into ``builder``; its ``task-sent`` event into ``later`` (else into ``builder``).
-        Celery's own steps, less what a message built to go later does without: an
-        ``AsyncResult`` (a step's result is ignored), a producer of the pool, a publish
-        that retries (nothing is published here). Options other than a step message's
-        go through ``send_task`` itself."""
+        Celery's own steps, less what a message built to go later does without: a
+        producer of the pool, a publish that retries (nothing is published here), and --
+        for a task that ignores its result, as a step does -- the ``AsyncResult`` kept as
+        its child. Options other than a step message's go through ``send_task`` itself."""
         app, name, kwargs = self.app, message.name, message.kwargs
         events = {"event_dispatcher": later} if later is not None else {}
         options = dict(message.options)
@@ -187,6 +189,10 @@ class Publisher:
         if not ignore_result:
             app.backend.on_task_call(builder, task_id)
         app.amqp.send_task_message(builder, name, built, declare=[], **options, **events)
+        if parent and not get_actual_ignore_result(parent, parent.request):
+            # the message a task sends is one of its children, stored with its result (a
+            # step ignores its result: it has none to keep them in)
+            parent.add_trail(app.AsyncResult(task_id))
 
     def announce(self, events: list[HeldEvent]) -> None:
         """Publish the ``task-sent`` events :meth:`prepare` held, of messages that went: on
@@ -197,11 +203,8 @@ class Publisher:
             return
         try:
             with self.app.producer_or_acquire() as producer:
-                channel = producer.channel
-                if not getattr(channel, "keeps_commands", False):
-                    self._announce_each(events, producer)
-                    return
-                builder = _Builder(producer)
+                channel = producer.channel  # (the fleet's transport: held events come
+                builder = _Builder(producer)  # only from prepare, which needs it)
                 for kind, fields, options in events:
                     self._events.publish(kind, fields, builder, **options)
                 with channel.conn_or_acquire() as client:
@@ -216,17 +219,12 @@ class Publisher:
         except Exception as exc:
             log.warning("could not publish %d task-sent event(s): %s", len(events), exc)
 
-    def _announce_each(self, events: list[HeldEvent], producer: Producer) -> None:
-        """:meth:`announce` through kombu's producer (one batch where it batches)."""
-        with producer.batch() if len(events) > 1 else contextlib.nullcontext():  # type: ignore[no-untyped-call]
-            for kind, fields, options in events:
-                self._events.publish(kind, fields, producer, **options)
-
     @cached_property
     def _events(self) -> Any:
         """Celery's own dispatcher for events published with a producer of one's own (the
         app's clock; what ``send_task`` publishes ``task-sent`` with)."""
-        return self.app.events.Dispatcher(enabled=False)
+        # (an event it cannot build raises here, not into a buffer never flushed)
+        return self.app.events.Dispatcher(enabled=False, buffer_while_offline=False)
 
     def _publish_all(self, held: list[Held]) -> None:
         """Every message and its ``task-sent`` event in one batch (a transport without
@@ -296,8 +294,8 @@ class _Builder:
         **properties: Any,
     ) -> None:
         """kombu's ``Producer.publish``, into :attr:`commands`: the same message."""
-        if compression or content_type:  # (not a message of Celery's sender: as kombu does)
-            raise ValueError("a compressed or serialized body is published as kombu does")
+        if compression or content_type:  # (Celery's sender serializes; compressed: kombu's)
+            raise ValueError(f"a body compressed ({compression}) or serialized already")
         channel = self.channel
         own: Any = exchange if isinstance(exchange, Exchange) else self.exchange
         name = own.name if isinstance(exchange, Exchange) else exchange or ""

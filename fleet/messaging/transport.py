@@ -201,8 +201,8 @@ class Channel(kombu_redis.Channel):
     _fleet_client: Any = None
     _fleet_tables: tuple[Any, Any] | None = None  # (the channel's pool, the tables' client)
 
-    # ``basic_publish(..., _publish_batch=batch)`` puts a message's commands in ``batch``
-    # (kombu's) and runs none (Publisher.prepare)
+    # the fleet's transport: Publisher.prepare builds its messages as Redis commands (kombu
+    # 5.7's ``basic_publish(..., _publish_batch=batch)`` puts them in the caller's ``batch``)
     keeps_commands = True
     # A JSON body travels as it is, where kombu base64-encodes every body (a third more
     # bytes, each read and written again by Redis, the worker's main process and its pool

@@ -190,26 +190,14 @@ class RunStore:
         self._trace(pipe, run_id, [entry])
         pipe.execute()
 
-    def _trace(
-        self,
-        pipe: Any,
-        run_id: str,
-        entries: list[TraceEntry],
-        outputs: str | None = None,
-        notify_here: bool = True,
-    ) -> list[str]:
+    def _trace(self, pipe: Any, run_id: str, entries: list[TraceEntry]) -> None:
         """Queue trace ``entries`` on ``pipe``; they are the run's step events too (written
-        only while somebody follows the run), with the step's ``outputs`` (JSON) when they
-        are small (EVENT_OUTPUTS_MAX: a blob reference, a sentence; not a document). The
-        events, JSON; ``notify_here`` False: they are left to the caller (the run's end
-        appends them)."""
+        only while somebody follows the run)."""
         key = self._key(run_id, "trace")
-        docs, events = _documents(entries, outputs)
+        docs, events = _documents(entries, None)
         pipe.rpush(key, *docs)
         pipe.expire(key, self.ttl)
-        if notify_here:
-            notify(pipe, run_id, self.ttl, events)
-        return events
+        notify(pipe, run_id, self.ttl, events)
 
     def add_skips(self, run_id: str, paths: list[str]) -> None:
         """Trace the nodes a condition (or a skipped dependency) ruled out."""

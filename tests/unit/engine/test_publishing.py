@@ -118,10 +118,14 @@ def test_a_prepared_message_is_the_one_celery_publishes(
     app.finalize(auto=True)  # (as a worker's app is)
 
     client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/7")
+    for stale in client.keys(f"{queue}*"):  # (a priority has a list of its own)
+        client.delete(stale)
     events = client.pubsub(ignore_subscribe_messages=True)
     events.psubscribe("*celeryev*")
     held = Held(name, {"call": {"path": "a"}, "run": {"id": "r1"}}, options, "r1", "a")
     running = contextlib.ExitStack()
+    running.callback(client.close)
+    running.callback(events.close)
     if parent:  # inside a step's task: its ids (and priority) are the next one's parent's
         _task_stack.push(quiet)
         quiet.push_request(
@@ -132,13 +136,20 @@ def test_a_prepared_message_is_the_one_celery_publishes(
     with running:
         app.send_task(name, kwargs=held.kwargs, **options)
         prepared = publisher.prepare([held], events_after=False)
+        later = publisher.prepare([held])  # its event held, then announced
+        assert later is not None
+        [key] = [k.decode() for k in client.keys(f"{queue}*")]
+        sent, published = client.rpop(key).decode(), _event(events)
+        publisher.announce(later.events[0])
+        announced = _event(events)
     assert prepared is not None
-    [key] = [k.decode() for k in client.keys(f"{queue}*")]  # (a priority has a list)
-    sent, published = client.rpop(key).decode(), _event(events)
     (lpush, (onto, message)), (publish, (topic, event)) = prepared.commands[0]
     assert (lpush, onto, publish, topic) == ("lpush", key, "publish", published["channel"])
     assert _same(json.loads(message)) == _same(json.loads(sent))
     assert _same(json.loads(event)) == _same(published["data"])
+    assert [name for name, _ in later.commands[0]] == ["lpush"]
+    assert announced["channel"] == published["channel"]
+    assert _same(json.loads(announced["data"])) == _same(published["data"])
     body = json.loads(json.loads(message)["body"])
     assert body[1] == held.kwargs
     headers = json.loads(message)["headers"]
@@ -157,3 +168,33 @@ def _event(pubsub: Any) -> dict[str, Any]:
         if got is not None:
             return {"channel": got["channel"].decode(), "data": got["data"].decode()}
     raise AssertionError("no task-sent event")
+
+
+def test_a_message_prepared_in_a_task_that_keeps_its_result_is_its_child(
+    cfg: FleetConfig, redis_url: str
+) -> None:
+    """As send_task does: what a task sends is one of the children stored with its result
+    (a canvas's workflow task keeps its result); a step ignores its result, and keeps none."""
+    publisher, _ = _publisher(cfg, redis_url, "publishing-test-children")
+    app = publisher.app
+
+    @app.task(name="t.kept", shared=False)
+    def kept() -> None: ...
+
+    @app.task(name="t.ignored", ignore_result=True, shared=False)
+    def ignored() -> None: ...
+
+    app.finalize(auto=True)
+    children = {}
+    for task in (kept, ignored):
+        _task_stack.push(task)
+        task.push_request(id=f"p-{task.name}", children=[], called_directly=False)
+        try:
+            prepared = publisher.prepare([Held("t.any", {}, dict(STEP_OPTIONS), "r", "a")])
+            assert prepared is not None
+            children[task.name] = [r.id for r in task.request.children]
+        finally:
+            task.pop_request()
+            _task_stack.pop()
+        sent = json.loads(prepared.commands[0][0][1][1])["headers"]["id"]
+        assert children[task.name] == ([sent] if task is kept else [])
