@@ -36,32 +36,38 @@ def lua_xadd(events: str, value: str) -> str:
     )
 
 
-# KEYS: run, events. ARGV: ttl, then events (JSON). Appended while the run is followed.
-NOTIFY = f"""
-local mark = redis.call('HGET', KEYS[1], '{LISTEN_FIELD}')
-if not mark then return 0 end
-local t = redis.call('TIME')
-if tonumber(mark) < tonumber(t[1]) then return 0 end
-for i = 2, #ARGV do
-  {lua_xadd("KEYS[2]", "ARGV[i]")}
+def _lua_followed(run: str, events: str, ttl: str, now: str, append: str, then: str) -> str:
+    """Lua that runs ``append`` (appends to ``events``) while the run is followed (its
+    record ``run`` holds a mark not past ``now``, seconds), then sets the events' lifetime
+    and runs ``then``. Every script that appends a run's events checks it so."""
+    return f"""
+local mark = tonumber(redis.call('HGET', {run}, '{LISTEN_FIELD}'))
+if mark and mark >= {now} then
+  {append}
+  redis.call('EXPIRE', {events}, {ttl})
+  {then}
 end
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return #ARGV - 1
 """
+
+
+def lua_append_args(run: str, events: str, first: str, ttl: str, then: str = "") -> str:
+    """Lua that appends the script's ``ARGV[first]`` to its last (events, JSON) to the stream
+    ``events`` while the run is followed (by Redis's clock); ``run``, ``events``, ``first``
+    and ``ttl`` are Lua expressions of that script."""
+    append = f"for i = {first}, #ARGV do {lua_xadd(events, 'ARGV[i]')} end"
+    return _lua_followed(run, events, ttl, "tonumber(redis.call('TIME')[1])", append, then)
+
+
+# KEYS: run, events. ARGV: ttl, then events (JSON). Appended while the run is followed.
+NOTIFY = lua_append_args("KEYS[1]", "KEYS[2]", "2", "ARGV[1]", "return #ARGV - 1") + "return 0\n"
 
 
 def lua_append(run: str, events: str, event: str, ttl: str, now: str, then: str = "") -> str:
     """The same as NOTIFY, as Lua for another script: ``run``, ``events``, ``ttl`` and
     ``now`` (seconds) are Lua expressions of that script, ``event`` a Lua table; ``then``:
     more Lua run when the event was appended."""
-    return f"""
-local mark = tonumber(redis.call('HGET', {run}, '{LISTEN_FIELD}'))
-if mark and mark >= {now} then
-  {lua_xadd(events, f"cjson.encode({event})")}
-  redis.call('EXPIRE', {events}, {ttl})
-  {then}
-end
-"""
+    append = lua_xadd(events, f"cjson.encode({event})")
+    return _lua_followed(run, events, ttl, now, append, then)
 
 
 def events_key(run_id: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fleet.constants import INPUTS, LATENCY_BUCKETS, LISTEN_FIELD
-from fleet.store.events import lua_xadd
+from fleet.store.events import lua_append_args, lua_xadd
 
 # End a run once: the first writer sets finished_at and its fields, wakes the waiters, takes
 # the replies owed to Celery (KEYS[4]), leaves the active runs (KEYS[5], the orphan check's)
@@ -87,19 +87,9 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('RPUSH', KEYS[2], unpack(ARGV, 5, 4 + n))
 redis.call('EXPIRE', KEYS[2], ttl)
-if #ARGV > 4 + n then
-  local mark = tonumber(redis.call('HGET', KEYS[3], '"""
-    + LISTEN_FIELD
-    + """'))
-  if mark and mark >= tonumber(redis.call('TIME')[1]) then
-    for i = 5 + n, #ARGV do
-      """
-    + lua_xadd("KEYS[4]", "ARGV[i]")
-    + """
-    end
-    redis.call('EXPIRE', KEYS[4], ttl)
-  end
-end
+if #ARGV > 4 + n then"""
+    + lua_append_args("KEYS[3]", "KEYS[4]", "5 + n", "ttl")
+    + """end
 return n
 """
 )
