@@ -39,7 +39,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from fleet.constants import BEGIN_HEADER, BEGUN_HEADER, STEP_TASK
-from fleet.store.leases import BEGIN_SCRIPT, BEGIN_SHA, begin_call, read_text
+from fleet.store.leases import BEGIN_SCRIPT, begin_call, read_text
 from workers import holders
 
 log = logging.getLogger("fleet.leases")
@@ -73,8 +73,8 @@ class Receipt:
         )  # fmt: skip
         load = self._load
         if load:
-            pipe.script_load(BEGIN_SCRIPT)
-        pipe.evalsha(BEGIN_SHA, len(keys), *keys, *args)
+            pipe.script_load(BEGIN_SCRIPT.text)
+        BEGIN_SCRIPT.queue(pipe, keys, args)
         tag = message.delivery_tag
 
         def taken(replies: list[Any]) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet.constants import ONLINE_PROFILE_KEY as ONLINE_KEY
+from fleet.store.lua import Lua
 
 ALPHA = 0.2  # weight of the newest observation in the moving averages
 SEND_EVERY_S = 0.1  # a process sends what it observed at most this often
@@ -29,7 +30,8 @@ RATIO_RANGE = (0.05, 20.0)  # an observed/predicted ratio is clipped to this
 
 # For each field, ARGV holds (field, decay, added, alone): new = decay * old + added, or alone
 # where the field has no value yet.
-_OBSERVE = """
+_OBSERVE = Lua(
+    """
 for i = 1, #ARGV, 4 do
   local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]))
   local new = tonumber(ARGV[i + 3])
@@ -38,6 +40,7 @@ for i = 1, #ARGV, 4 do
 end
 return 1
 """
+)
 
 
 @dataclass(slots=True)
@@ -93,7 +96,7 @@ class OnlineStats:
         args: list[Any] = []
         for name, pending in sending.items():
             args += [name, *pending.args()]
-        pipe.eval(_OBSERVE, 1, ONLINE_KEY, *args)
+        _OBSERVE.queue(pipe, [ONLINE_KEY], args)
         return True
 
     def _field(self, name: str) -> Pending:  # (with the lock held)

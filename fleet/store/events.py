@@ -21,6 +21,7 @@ from typing import Any, cast
 import redis
 
 from fleet.constants import LISTEN_FIELD, RUN_EVENTS_KEY, RUN_KEY
+from fleet.store.lua import Lua
 
 LISTEN_S = 60  # how long a follower's mark lasts; it refreshes it every third of that
 MAX_EVENTS = 10_000  # kept per run (about: the stream is trimmed lazily)
@@ -50,16 +51,20 @@ end
 """
 
 
-def lua_append_args(run: str, events: str, first: str, ttl: str, then: str = "") -> str:
-    """Lua that appends the script's ``ARGV[first]`` to its last (events, JSON) to the stream
-    ``events`` while the run is followed (by Redis's clock); ``run``, ``events``, ``first``
-    and ``ttl`` are Lua expressions of that script."""
-    append = f"for i = {first}, #ARGV do {lua_xadd(events, 'ARGV[i]')} end"
+def lua_append_args(
+    run: str, events: str, first: str, ttl: str, then: str = "", last: str = "#ARGV"
+) -> str:
+    """Lua that appends the script's ``ARGV[first]`` to ``ARGV[last]`` (events, JSON) to the
+    stream ``events`` while the run is followed (by Redis's clock); ``run``, ``events``,
+    ``first``, ``last`` and ``ttl`` are Lua expressions of that script."""
+    append = f"for i = {first}, {last} do {lua_xadd(events, 'ARGV[i]')} end"
     return _lua_followed(run, events, ttl, "tonumber(redis.call('TIME')[1])", append, then)
 
 
 # KEYS: run, events. ARGV: ttl, then events (JSON). Appended while the run is followed.
-NOTIFY = lua_append_args("KEYS[1]", "KEYS[2]", "2", "ARGV[1]", "return #ARGV - 1") + "return 0\n"
+NOTIFY = Lua(
+    lua_append_args("KEYS[1]", "KEYS[2]", "2", "ARGV[1]", "return #ARGV - 1") + "return 0\n"
+)
 
 
 def lua_append(run: str, events: str, event: str, ttl: str, now: str, then: str = "") -> str:
@@ -76,10 +81,8 @@ def events_key(run_id: str) -> str:
 
 def notify(pipe: redis.client.Pipeline, run_id: str, ttl: int, events: list[str]) -> None:
     """Queue on ``pipe`` the appending of ``events`` (JSON): appended only while somebody
-    follows the run. As EVAL, not a registered script: a pipeline holding one asks the
-    server whether it knows the script first (SCRIPT EXISTS), a round trip on every step."""
-    keys = [RUN_KEY.format(id=run_id), events_key(run_id)]
-    pipe.eval(NOTIFY, 2, *keys, ttl, *events)
+    follows the run (``pipe``: a store's, :class:`fleet.store.connection.Pipeline`)."""
+    NOTIFY.queue(pipe, [RUN_KEY.format(id=run_id), events_key(run_id)], [ttl, *events])
 
 
 def mark(pipe: Any, run_id: str) -> None:

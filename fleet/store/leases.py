@@ -32,7 +32,6 @@ Times are the Redis server's (``TIME``), so workers' clocks need not agree.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ import redis
 
 from fleet.constants import RUN_KEY, RUN_LEASES_KEY, RUN_OUTPUTS_KEY, RUN_STARTS_KEY
 from fleet.store.events import events_key, lua_append
+from fleet.store.lua import Lua
 
 log = logging.getLogger("fleet.leases")
 Verdict = Literal["run", "held", "ended", "skip"]
@@ -169,8 +169,9 @@ def lease_field(path: str, attempt: int) -> str:
     return f"{path}@{attempt}"
 
 
-BEGIN_SHA = hashlib.sha1(_BEGIN.encode()).hexdigest()  # the script as EVALSHA names it
-BEGIN_SCRIPT = _BEGIN
+BEGIN_SCRIPT = Lua(_BEGIN)
+_RENEW_SCRIPT = Lua(_RENEW)
+_MARK_SCRIPT = Lua(_MARK)
 
 
 def begin_call(
@@ -249,9 +250,6 @@ class Leases:
         self.ttl = ttl
         self.lease_s = lease_s
         self.judge = judge
-        self._begin = client.register_script(_BEGIN)
-        self._renew = client.register_script(_RENEW)
-        self._mark = client.register_script(_MARK)
 
     def begin(
         self,
@@ -272,7 +270,7 @@ class Leases:
         keys, args = begin_call(
             run_id, path, attempt, token, group, worker, ask, state, self.lease_s, self.ttl
         )
-        found = cast(list[str], self._begin(keys=keys, args=args))
+        found = cast(list[str], BEGIN_SCRIPT.run(self.redis, keys, args))
         if found[2] == "lapsed":  # rare: a holder stopped renewing; is it dead?
             holder = str(found[6]).rpartition("|")[0]
             judged = self._judged(run_id, path, lease_field(path, attempt), holder)
@@ -288,7 +286,7 @@ class Leases:
             # take it over (the script looks again: it may be back meanwhile), counted
             # unless its holder lives on without the step
             args[7] = 2 if judged == IDLE else 0
-            found = cast(list[str], self._begin(keys=keys, args=args))
+            found = cast(list[str], BEGIN_SCRIPT.run(self.redis, keys, args))
         read = read_begin(found)
         assert read is not None  # (not asked: a lapsed lease is taken over)
         return read
@@ -321,7 +319,7 @@ class Leases:
         args: list[str | float | int] = [self.lease_s, self.ttl]
         for _, field, token in held:
             args += [field, token]
-        lost = cast(list[int], self._renew(keys=keys, args=args))
+        lost = cast(list[int], _RENEW_SCRIPT.run(self.redis, keys, args))
         return [held[int(i) - 1] for i in lost]
 
     def mark(self, run_id: str, field: str, mark: Literal["done", "lost"], token: str = "") -> bool:
@@ -330,4 +328,4 @@ class Leases:
         the step unfinished. Given ``token``, only while that holder holds it (not a lease
         another copy took over). Whether it was marked."""
         args: list[str | int] = [field, mark, self.ttl, token]
-        return bool(self._mark(keys=[RUN_LEASES_KEY.format(id=run_id)], args=args))
+        return bool(_MARK_SCRIPT.run(self.redis, [RUN_LEASES_KEY.format(id=run_id)], args))

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from fleet.constants import (
@@ -35,12 +36,16 @@ from fleet.constants import (
 )
 from fleet.store.connection import MAX_CONNECTIONS, connect
 from fleet.store.events import EVENT_OUTPUTS_MAX, events_key, mark, notify
+from fleet.store.lua import Arg, Lua
 from fleet.store.records import Acknowledgement, Claim, Ending, NewRun, RunInfo, TraceEntry
 from fleet.store.scripts import (
     BUCKETS,
     CLAIM_SCRIPT,
     CREATE_SCRIPT,
     END_SCRIPT,
+    MAX_UNPACKED,
+    RECORD_CLAIM_SCRIPT,
+    RECORD_END_SCRIPT,
     RECORD_SCRIPT,
     SENT_COMMANDS,
     workflow_counters,
@@ -131,7 +136,7 @@ class RunStore:
             inputs = "" if new.inputs is None else json.dumps(new.inputs)
             run: list[str | int] = [self.ttl, now, new.workflow, json.dumps(new.meta or {})]
             run += [new.spec or "", inputs, new.run_id]
-            pipe.eval(CREATE_SCRIPT, len(keys), *keys, *run, *args)
+            CREATE_SCRIPT.queue(pipe, keys, [*run, *args])
             scripts.append(len(pipe) - 1)
         done = pipe.execute()
         for new, at in zip(runs, scripts, strict=True):
@@ -248,22 +253,27 @@ class RunStore:
         pipe = self.redis.pipeline(transaction=False)
         written = json.dumps(outputs)
         ends = ending is not None and group is None
-        # the outputs, the trace and the step's event (the end script appends it to a run it
-        # ends): RECORD_SCRIPT, one command
-        docs, events = _documents([entry], written)
-        keys = [out_key, self._key(run_id, "trace"), self._key(run_id), events_key(run_id)]
-        sent: list[str] = [] if ends else events
-        args: list[str | int] = [self.ttl, path, written, len(docs), *docs, *sent]
-        pipe.eval(RECORD_SCRIPT, len(keys), *keys, *args)
         if extra is not None:
             extra(pipe)
+        # the outputs, the trace and the step's event (the end script appends it to a run it
+        # ends), in the same script as the claims or the end that follow (one call of the
+        # first of them), else alone
+        docs, events = _documents([entry], written)
+        sent: list[str] = [] if ends else events
+        record: Call | None = Call(
+            [out_key, self._key(run_id, "trace"), self._key(run_id), events_key(run_id)],
+            [self.ttl, path, written, len(docs), len(sent), *docs, *sent],
+        )
         claimed = ended = None  # where those results are in the pipeline's
         if claim is not None and claim.paths:
-            claimed = len(pipe)
-            self._claim_in(pipe, run_id, claim)
+            claimed = _queue(pipe, CLAIM_SCRIPT, Call(*self._claim_call(run_id, claim)), record)
+            record = None
         if ending is not None and ends:
-            ended = len(pipe)
-            self._end_in(pipe, run_id, ending, events)
+            call = Call(*self._end_call(run_id, _fields(ending), events))
+            ended = _queue(pipe, END_SCRIPT, call, record)
+            record = None
+        if record is not None:
+            RECORD_SCRIPT.queue(pipe, record.keys, record.args)
         if group is not None:
             done_key = RUN_MAP_KEY.format(id=run_id, node=group[0])
             pipe.sadd(done_key, path)  # a set: a redelivered item counts once
@@ -309,17 +319,12 @@ class RunStore:
         pipe.expire(key, self.ttl)
         return int(pipe.execute()[0])
 
-    def _claim_in(self, pipe: Any, run_id: str, claim: Claim) -> None:
-        """Queue ``claim`` on ``pipe`` (its result: the paths won)."""
-        keys, args = self._claim_call(run_id, claim)
-        pipe.eval(CLAIM_SCRIPT, 2, *keys, *args)
-
     def claim(self, run_id: str, owner: str, paths: list[str]) -> list[str]:
         """The paths among ``paths`` that ``owner`` may send (each path is sent by one task)."""
         if not paths:
             return []
         keys, args = self._claim_call(run_id, Claim(owner, paths))
-        won = self.redis.eval(CLAIM_SCRIPT, 2, *keys, *args)
+        won = CLAIM_SCRIPT.run(self.redis, keys, args)
         return [str(p) for p in cast(list[Any], won)]
 
     def _claim_call(self, run_id: str, claim: Claim) -> tuple[list[str], list[Any]]:
@@ -341,14 +346,7 @@ class RunStore:
         """Record a terminal state once; the first writer wins (a late branch cannot undo it)
         and settles the replies the run owes (``on_end``)."""
         keys, args = self._end_call(run_id, fields)
-        return self._settle(run_id, ending, self.redis.eval(END_SCRIPT, len(keys), *keys, *args))
-
-    def _end_in(self, pipe: Any, run_id: str, ending: Ending, events: list[str]) -> None:
-        """Queue ``ending`` (a success) on ``pipe``, with the step ``events`` of the step that
-        ends it (appended first, while the run is followed); its result goes to
-        :meth:`_settle`."""
-        keys, args = self._end_call(run_id, _fields(ending), events)
-        pipe.eval(END_SCRIPT, len(keys), *keys, *args)
+        return self._settle(run_id, ending, END_SCRIPT.run(self.redis, keys, args))
 
     def _end_call(
         self, run_id: str, fields: dict[str, str], events: list[str] | None = None
@@ -476,3 +474,29 @@ def _documents(entries: list[TraceEntry], outputs: str | None) -> tuple[list[str
     if outputs is not None and len(outputs) <= EVENT_OUTPUTS_MAX:
         head += f'"outputs": {outputs}, '
     return docs, [head + d[1:] for d in docs]
+
+
+@dataclass(frozen=True)
+class Call:
+    """A script's keys and arguments."""
+
+    keys: Sequence[str]
+    args: Sequence[Arg]
+
+
+_AFTER_RECORD = {CLAIM_SCRIPT: RECORD_CLAIM_SCRIPT, END_SCRIPT: RECORD_END_SCRIPT}
+
+
+def _queue(pipe: Any, script: Lua, call: Call, record: Call | None) -> int:
+    """Queue ``call`` of ``script``; with a step's ``record`` not queued yet, in one script
+    with it, after it (RECORD_CLAIM_SCRIPT, RECORD_END_SCRIPT) -- or, for a call with more
+    arguments than Lua unpacks at once (a claim of thousands of paths), just before it.
+    Where its result is in the pipeline's."""
+    if record is not None and len(call.args) > MAX_UNPACKED:
+        RECORD_SCRIPT.queue(pipe, record.keys, record.args)
+        record = None
+    if record is None:
+        script.queue(pipe, call.keys, call.args)
+    else:
+        _AFTER_RECORD[script].queue(pipe, [*record.keys, *call.keys], [*record.args, *call.args])
+    return len(pipe) - 1

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from fleet.constants import INPUTS, LATENCY_BUCKETS, LISTEN_FIELD
 from fleet.store.events import lua_append_args, lua_xadd
+from fleet.store.lua import Lua
 
 # End a run once: the first writer sets finished_at and its fields, wakes the waiters, takes
 # the replies owed to Celery (KEYS[4]), leaves the active runs (KEYS[5], the orphan check's)
@@ -15,7 +16,7 @@ from fleet.store.events import lua_append_args, lua_xadd
 # ARGV[3] s more. ARGV: lifetime, now, that, buckets, run id, n, then n step events appended
 # before the end while the run is followed (the step that ends it: the record's own check
 # for followers, made here), then field, value, ... Returns 0, or {1, reply field, reply, ...}.
-END_SCRIPT = (
+END_SCRIPT = Lua(
     """
 local n = tonumber(ARGV[6])
 local mark = tonumber(redis.call('HGET', KEYS[1], '"""
@@ -73,24 +74,6 @@ if followed then
 end
 table.insert(replies, 1, 1)
 return replies
-"""
-)
-# Record a finished step (RunStore.record_step): its outputs (KEYS[1]: the run's, field
-# ARGV[2]), its trace entries (KEYS[2]) and, while the run is followed (KEYS[3]: its record's
-# mark), its step events (KEYS[4]) -- one command where they were five. ARGV: lifetime,
-# path, outputs (JSON), n, then n trace entries, then the events (none: the caller appends
-# them, as the run's end does).
-RECORD_SCRIPT = (
-    """
-local ttl, n = ARGV[1], tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('RPUSH', KEYS[2], unpack(ARGV, 5, 4 + n))
-redis.call('EXPIRE', KEYS[2], ttl)
-if #ARGV > 4 + n then"""
-    + lua_append_args("KEYS[3]", "KEYS[4]", "5 + n", "ttl")
-    + """end
-return n
 """
 )
 BUCKETS = ",".join(repr(b) for b in LATENCY_BUCKETS)
@@ -151,7 +134,7 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[o + 2])
 return won
 """
-CLAIM_SCRIPT = "local o = 0" + _CLAIM
+CLAIM_SCRIPT = Lua("local o = 0" + _CLAIM)
 
 # Record a new run -- not over what is there: a submission tried again after a broker error
 # leaves a run that went on (or ended) meanwhile as it is, and its latency from the first --
@@ -159,7 +142,7 @@ CLAIM_SCRIPT = "local o = 0" + _CLAIM
 # run, its outputs, the active runs (the orphan check's). ARGV: lifetime, submission time,
 # workflow, meta (JSON), spec digest ('': none, and the run is not watched), inputs (JSON,
 # '': none), run id.
-CREATE_SCRIPT = (
+CREATE_SCRIPT = Lua(
     f"""
 local run, ttl, now = KEYS[2], ARGV[1], ARGV[2]
 redis.call('HSET', run, 'workflow', ARGV[3], 'meta', ARGV[4])
@@ -177,3 +160,38 @@ end
 local o = 7"""
     + _CLAIM
 )
+
+# Record a finished step (RunStore.record_step): its outputs (KEYS[1]: the run's, field
+# ARGV[2]), its trace entries (KEYS[2]) and, while the run is followed (KEYS[3]: its record's
+# mark), its step events (KEYS[4]). ARGV: lifetime, path, outputs (JSON), n, m, then n trace
+# entries, then m events (none where the run's end appends them).
+_RECORD = (
+    """
+local ttl, n, m = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('RPUSH', KEYS[2], unpack(ARGV, 6, 5 + n))
+redis.call('EXPIRE', KEYS[2], ttl)
+if m > 0 then"""
+    + lua_append_args("KEYS[3]", "KEYS[4]", "6 + n", "ttl", last="5 + n + m")
+    + """end
+"""
+)
+RECORD_SCRIPT = Lua(_RECORD + "return n\n")
+RECORD_KEYS = 4  # (the record's keys, before those of a script that goes with it)
+MAX_UNPACKED = 7000  # a script's arguments copied at once (Lua's unpack stops at 8000)
+
+
+def _after_record(script: Lua) -> Lua:
+    """``script``, run in the same script as a step's record, after it: called with the
+    record's keys and arguments first, then its own (it sees only its own). A step's record
+    and its claims, or its run's end, are one script where they were two."""
+    own = f"""
+local KEYS = {{unpack(KEYS, {RECORD_KEYS + 1})}}
+local ARGV = {{unpack(ARGV, 6 + n + m)}}
+"""
+    return Lua(_RECORD + own + script.text)
+
+
+RECORD_CLAIM_SCRIPT = _after_record(CLAIM_SCRIPT)
+RECORD_END_SCRIPT = _after_record(END_SCRIPT)

@@ -19,12 +19,14 @@ from typing import Any, cast
 import redis
 
 from fleet.constants import RUN_KEY, RUN_OUTPUTS_KEY, RUN_SIGNALS_KEY, RUN_WAITS_KEY, WAITS_DUE_KEY
+from fleet.store.lua import Lua
 
 # KEYS: run, waits, signals, due, out. ARGV: path, signal name ('' for a timer), the wait's
 # record (JSON), until ('' for none), due member, ttl.
 # Returns {0}: nothing to do (the run ended, the node ran or already waits); {1}: parked;
 # {2}: a signal kept for it was taken and the node's outputs written.
-_PARK = """
+_PARK = Lua(
+    """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return {0} end
 if redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 then return {0} end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {0} end
@@ -44,11 +46,13 @@ redis.call('EXPIRE', KEYS[2], ARGV[6])
 if ARGV[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5]) end
 return {1}
 """
+)
 
 # KEYS: run, waits, signals, due, out. ARGV: name, payload (JSON), run id, ttl, most kept.
 # The oldest wait on ``name`` takes the payload as its output ``data``; with none waiting,
 # the payload is kept (FIFO) for the next node that waits on the name.
-_SIGNAL = """
+_SIGNAL = Lua(
+    """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'unknown'} end
 if status ~= 'running' then return {'ended', status} end
@@ -75,11 +79,13 @@ redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(list))
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return {'kept'}
 """
+)
 
 # KEYS: due, run, waits, out. ARGV: due member, path, outputs of a signal wait that timed
 # out, outputs of a timer (JSON). Returns {0} (taken by another, or the run ended), {1, wait}
 # (outputs written), {2, wait} (nothing reads the timeout: the caller fails the run).
-_TIMEOUT = """
+_TIMEOUT = Lua(
+    """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return {0} end
 local raw = redis.call('HGET', KEYS[3], ARGV[2])
 if not raw then return {0} end
@@ -94,6 +100,7 @@ else
 end
 return {1, raw}
 """
+)
 
 
 @dataclass(frozen=True)
@@ -148,14 +155,14 @@ class WaitStore:
         until = "" if wait.until is None else repr(wait.until)
         args: list[str | int] = [wait.path, wait.name or "", wait.to_json(), until, member]
         args.append(self.ttl)
-        found = self.redis.eval(_PARK, 5, *self._keys(run_id), *args)
+        found = _PARK.run(self.redis, self._keys(run_id), args)
         return int(cast(list[Any], found)[0])
 
     def signal(self, run_id: str, name: str, payload: str, most_kept: int) -> Signalled:
         """Send a signal (``payload``: JSON text); raise LookupError for an unknown run,
         ValueError for an ended one or one holding ``most_kept`` unread signals of ``name``."""
         args: list[str | int] = [name, payload, run_id, self.ttl, most_kept]
-        result = self.redis.eval(_SIGNAL, 5, *self._keys(run_id), *args)
+        result = _SIGNAL.run(self.redis, self._keys(run_id), args)
         found = [str(x) for x in cast(list[Any], result)]
         if found[0] == "unknown":
             raise LookupError(f"no run {run_id} (unknown, or its record expired)")
@@ -193,6 +200,6 @@ class WaitStore:
         keys.append(RUN_OUTPUTS_KEY.format(id=run_id))
         timed_out = json.dumps({"data": None, "timed_out": True})
         args = [f"{run_id}|{path}", path, timed_out, json.dumps({"at": at})]
-        found = cast(list[Any], self.redis.eval(_TIMEOUT, len(keys), *keys, *args))
+        found = cast(list[Any], _TIMEOUT.run(self.redis, keys, args))
         code = int(found[0])
         return code, Wait.from_json(path, str(found[1])) if code else None

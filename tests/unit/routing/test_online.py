@@ -88,7 +88,7 @@ class _Recorded:
     def __init__(self) -> None:
         self.sent: list[list[Any]] = []
 
-    def eval(self, script: str, numkeys: int, *args: Any) -> None:
+    def evalsha(self, sha: str, numkeys: int, *args: Any) -> None:
         self.sent.append(list(args[numkeys:]))
 
 

@@ -24,7 +24,9 @@ def test_runs_are_recorded_with_their_claims_in_one_round_trip(
             enumerate(zip(ids, claims, strict=True))]  # fmt: skip
     executed: list[int] = []
     real = Pipeline.execute
-    monkeypatch.setattr(Pipeline, "execute", lambda p, *a: executed.append(1) or real(p, *a))
+    monkeypatch.setattr(
+        Pipeline, "execute", lambda p, *a, **k: executed.append(1) or real(p, *a, **k)
+    )
     store.create_runs(runs)
     assert executed == [1]
     assert [c.won for c in claims] == [[], ["a", "b"], [], ["a", "b"], []]

@@ -9,9 +9,18 @@ import time
 import uuid
 from typing import Any
 
+import pytest
+
 from fleet.store.events import EVENT_FIELD, events_key
+from fleet.store.lua import Lua
 from fleet.store.records import Acknowledgement, Claim, Ending, TraceEntry
 from fleet.store.runs import STATE_AFTER_END_S, RunStore
+from fleet.store.scripts import (
+    END_SCRIPT,
+    RECORD_CLAIM_SCRIPT,
+    RECORD_END_SCRIPT,
+    RECORD_SCRIPT,
+)
 
 
 def _entry(path: str) -> TraceEntry:
@@ -144,3 +153,53 @@ def test_a_record_that_leaves_work_after_it_leaves_the_message_unacknowledged(
     for ack in (reads, item):
         assert not ack.done
         assert _still_unacked(store, ack.commands[0][1][1])
+
+
+def test_a_record_goes_in_one_script_with_the_claims_or_the_end_after_it(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record, then the claims (or else the run's end) in one script: each sees its
+    own keys and arguments, as it did as a script of its own."""
+    queued: list[Lua] = []
+    real = Lua.queue
+    monkeypatch.setattr(Lua, "queue", lambda s, *a: queued.append(s) or real(s, *a))
+    store = RunStore(redis_url, 600)
+    cases = {
+        "end": ([RECORD_END_SCRIPT], None, Ending("succeeded", outputs={"out": "X"})),
+        "claim": ([RECORD_CLAIM_SCRIPT], ["b"], None),
+        "neither": ([RECORD_SCRIPT], None, None),
+        "both": ([RECORD_CLAIM_SCRIPT, END_SCRIPT], ["b"], Ending("succeeded", outputs={})),
+    }
+    for name, (scripts, paths, ending) in cases.items():
+        run_id = uuid.uuid4().hex
+        store.create(run_id, name, {}, {"t": "x"}, spec="digest", follow=True)
+        queue = f"q-{uuid.uuid4().hex}"
+        claim = None if paths is None else Claim("task-a", paths, sends=[[("lpush", (queue, "b"))]])
+        queued.clear()
+        status, _ = store.record_step(
+            run_id, "a", {"text": "X"}, _entry("a"), claim=claim, ending=ending
+        )
+        assert queued == scripts, name
+        assert status == ("succeeded" if ending else "running"), name
+        assert store.state(run_id)["a"] == {"text": "X"}, name
+        assert [e.node for e in store.trace(run_id)] == ["a"], name
+        told = [json.loads(f[EVENT_FIELD]) for _, f in store.redis.xrange(events_key(run_id))]
+        want = [("step", "a")] + ([("end", None)] if ending else [])
+        assert [(e["event"], e.get("node")) for e in told] == want, name
+        if claim is not None:
+            assert claim.won == ["b"] and store.redis.lrange(queue, 0, -1) == ["b"], name
+
+
+def test_a_claim_of_thousands_of_paths_goes_in_a_script_of_its_own(redis_url: str) -> None:
+    """Lua copies at most about 8000 arguments at once: a claim longer than that is not
+    sent in the record's script (it failed there: "too many results to unpack")."""
+    store = RunStore(redis_url, 600)
+    run_id = uuid.uuid4().hex
+    store.create(run_id, "wide", {}, {"t": "x"}, spec="digest")
+    queue = f"q-{uuid.uuid4().hex}"
+    paths = [f"b{i}" for i in range(2000)]
+    claim = Claim("task-a", paths, sends=[[("lpush", (queue, p))] for p in paths])
+    status, _ = store.record_step(run_id, "a", {"text": "X"}, _entry("a"), claim=claim)
+    assert status == "running" and claim.won == paths
+    assert store.redis.llen(queue) == 2000
+    assert store.state(run_id)["a"] == {"text": "X"}
