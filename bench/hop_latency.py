@@ -9,7 +9,10 @@ cpu and one io worker) is started with it, and in interleaved rounds:
 - **one-step throughput**: ``--tasks`` one-step workflows (test.echo) against as many plain
   tasks (fleet.ping), all sent at once; per second. Also split in two: the runs that ended
   while the client was still sending (per second of sending: the workers share the machine
-  with a client busy sending) and those after (per second from then to the last end).
+  with a client busy sending) and those after (per second from then to the last end);
+- **Redis CPU a one-step run**: the broker's own CPU time (``INFO cpu``) over each one-step
+  round, per run, fleet against plain -- Redis is the one serial part every worker of a
+  fleet shares, so this bounds how many runs a second one Redis carries.
 
 The plain tasks run on the fleet's own workers, with the same settings (events included).
 A second baseline, **stock**, is the same chain and the same one-step tasks on stock Celery
@@ -30,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,17 +76,27 @@ def measure(events: bool, args: argparse.Namespace) -> dict[str, Any]:
         hop: dict[str, list[float]] = {"fleet": [], "plain": [], "stock": []}
         rate: dict[str, list[float]] = {"fleet": [], "plain": [], "stock": []}
         phases: dict[str, list[tuple[float, float]]] = {"fleet": [], "plain": []}
+        cpu: dict[str, list[float]] = {"fleet": [], "plain": [], "stock": []}
+        probe = redis.Redis.from_url(url)
         for _ in range(args.rounds):  # interleaved, so drift favours none
             hop["fleet"].append(fleet_hops(client, seq, args.hops, 5))
             hop["plain"].append(plain_hops(client.app, args.hops, 5))
             hop["stock"].append(stock_hops(stock_app, args.hops))
-            for side, split in (("fleet", fleet_split(client, one, args.tasks)),
-                                ("plain", plain_split(client.app, args.tasks))):  # fmt: skip
+            for side in ("fleet", "plain"):
+                before = _redis_cpu(probe)
+                if side == "fleet":
+                    split = fleet_split(client, one, args.tasks)
+                else:
+                    split = plain_split(client.app, args.tasks)
+                cpu[side].append((_redis_cpu(probe) - before) * 1000 / args.tasks)
                 rate[side].append(split[0])
                 phases[side].append(split[1:])
+            before = _redis_cpu(probe)
             rate["stock"].append(stock_round(stock_app, args.tasks))
+            cpu["stock"].append((_redis_cpu(probe) - before) * 1000 / args.tasks)
         med_hop = {k: round(statistics.median(v), 3) for k, v in hop.items()}
         med_rate = {k: round(statistics.median(v), 1) for k, v in rate.items()}
+        med_cpu = {k: round(statistics.median(v), 4) for k, v in cpu.items()}
         return {
             "hop_ms": med_hop,
             "hop_ratio": round(med_hop["fleet"] / med_hop["plain"], 3),
@@ -95,11 +110,19 @@ def measure(events: bool, args: argparse.Namespace) -> dict[str, Any]:
             "one_step_after_sending_per_s": {
                 k: round(statistics.median(p[1] for p in v), 1) for k, v in phases.items()
             },
-            "samples": {"hop_ms": hop, "per_s": rate},
+            "redis_cpu_ms_per_run": med_cpu,
+            "redis_cpu_ratio": round(med_cpu["fleet"] / med_cpu["plain"], 3),
+            "samples": {"hop_ms": hop, "per_s": rate, "redis_cpu_ms": cpu},
         }
     finally:
         stock_celery.stop(stock)
         fleet.stop()
+
+
+def _redis_cpu(client: Any) -> float:
+    """Seconds of CPU the Redis server has used (its own account: every thread)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def _split(
@@ -200,6 +223,11 @@ def main() -> None:
             end="",
         )
         print(f"   after: fleet {after['fleet']:7.1f} /s  plain {after['plain']:7.1f} /s")
+        red = r["redis_cpu_ms_per_run"]
+        print(
+            f"  Redis CPU a one-step run: fleet {red['fleet']:.3f} ms  plain {red['plain']:.3f}"
+            f" ms  ratio {r['redis_cpu_ratio']:.3f}   stock {red['stock']:.3f} ms"
+        )
 
 
 if __name__ == "__main__":
