@@ -21,6 +21,10 @@ workers of its own configured like the fleet's), on the same Redis: the fleet's 
 two things under every task it sends or runs, which its plain tasks get too.
 
     python bench/hop_latency.py [--rounds 3] [--hops 40] [--tasks 300] [--json]
+
+An A/B against older code: run it from the older code's own checkout (``cd`` there, with
+``PYTHONPATH`` set to it). The workers start as ``python -m celery`` in the working
+directory, which ``-m`` puts first on their module path.
 """
 
 from __future__ import annotations
