@@ -22,9 +22,9 @@ two things under every task it sends or runs, which its plain tasks get too.
 
     python bench/hop_latency.py [--rounds 3] [--hops 40] [--tasks 300] [--json]
 
-An A/B against older code: run it from the older code's own checkout (``cd`` there, with
-``PYTHONPATH`` set to it). The workers start as ``python -m celery`` in the working
-directory, which ``-m`` puts first on their module path.
+An A/B against older code: ``PYTHONPATH=<its checkout>``. Celery imports a worker's app
+with the working directory first on the module path, so this benchmark starts its workers
+from its output folder: they import the code its own process imports.
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ def measure(events: bool, args: argparse.Namespace) -> dict[str, Any]:
     env = {"FLEET_BROKER_URL": url, "FLEET_TASK_EVENTS": "1" if events else "0"}
     workdir = args.out / f"hop-latency-{'events' if events else 'quiet'}"
     workdir.mkdir(parents=True, exist_ok=True)
+    # Celery imports the app with the working directory first on the path: started from a
+    # checkout, the workers would run its code whatever PYTHONPATH says (an A/B's baseline)
+    os.chdir(workdir)
     fleet = LocalFleet(cfg, ["cpu", "io"], False, workdir, "WARNING", lambda _: None, env)
     fleet.start()
     stock = stock_celery.start_workers(url, events, workdir)
@@ -199,6 +202,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # (measure() moves into it)
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
     for events in (True, False):
