@@ -43,7 +43,7 @@ class Pipeline(redis.client.Pipeline):
         self.atomic = transaction
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
-        stack = list(self.command_stack)
+        stack = self.command_stack  # (execute's reset gives the pipeline a new list)
         results: list[Any] = super().execute(raise_on_error=False)
         lost = {i for i, r in enumerate(results) if isinstance(r, NoScriptError)}
         if lost:

@@ -39,13 +39,12 @@ from fleet.store.events import EVENT_OUTPUTS_MAX, events_key, mark, notify
 from fleet.store.lua import Arg, Lua
 from fleet.store.records import Acknowledgement, Claim, Ending, NewRun, RunInfo, TraceEntry
 from fleet.store.scripts import (
+    AFTER_RECORD,
     BUCKETS,
     CLAIM_SCRIPT,
     CREATE_SCRIPT,
     END_SCRIPT,
     MAX_UNPACKED,
-    RECORD_CLAIM_SCRIPT,
-    RECORD_END_SCRIPT,
     RECORD_SCRIPT,
     SENT_COMMANDS,
     workflow_counters,
@@ -484,9 +483,6 @@ class Call:
     args: Sequence[Arg]
 
 
-_AFTER_RECORD = {CLAIM_SCRIPT: RECORD_CLAIM_SCRIPT, END_SCRIPT: RECORD_END_SCRIPT}
-
-
 def _queue(pipe: Any, script: Lua, call: Call, record: Call | None) -> int:
     """Queue ``call`` of ``script``; with a step's ``record`` not queued yet, in one script
     with it, after it (RECORD_CLAIM_SCRIPT, RECORD_END_SCRIPT) -- or, for a call with more
@@ -498,5 +494,5 @@ def _queue(pipe: Any, script: Lua, call: Call, record: Call | None) -> int:
     if record is None:
         script.queue(pipe, call.keys, call.args)
     else:
-        _AFTER_RECORD[script].queue(pipe, [*record.keys, *call.keys], [*record.args, *call.args])
+        AFTER_RECORD[script].queue(pipe, [*record.keys, *call.keys], [*record.args, *call.args])
     return len(pipe) - 1
